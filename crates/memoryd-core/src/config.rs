@@ -1,0 +1,796 @@
+//! The configuration (spec 00): TOML file, `MEMORYD_*` environment and
+//! command-line flags, in that rising order of precedence. Unknown keys and
+//! bad values are errors that name the key and where it was set.
+
+use crate::names::is_personality;
+use crate::paths::{Paths, SOCKET_PATH_MAX};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub vault: Option<PathBuf>,
+    pub mcp_port: u16,
+    pub socket_path: Option<PathBuf>,
+    pub iapeer_bin: Option<PathBuf>,
+    pub registrant: Option<String>,
+    pub memoryd_bin: Option<PathBuf>,
+    pub memoryctl_bin: Option<PathBuf>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_stale_after: Duration,
+    pub sweep_interval: Duration,
+    pub fleet_refresh_interval: Duration,
+    pub lock_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_request_bytes: usize,
+    pub presence: PresenceConfig,
+}
+
+/// The `[presence]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceConfig {
+    pub degraded_after: Duration,
+    pub offline_after: Duration,
+    pub sweep_every: Duration,
+    pub min_client_version: Option<ClientVersion>,
+    pub inbox_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            vault: None,
+            mcp_port: 8766,
+            socket_path: None,
+            iapeer_bin: None,
+            registrant: None,
+            memoryd_bin: None,
+            memoryctl_bin: None,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_stale_after: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(600),
+            fleet_refresh_interval: Duration::from_secs(300),
+            lock_timeout: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(20),
+            max_connections: 64,
+            max_request_bytes: 1 << 20,
+            presence: PresenceConfig {
+                degraded_after: Duration::from_secs(30),
+                offline_after: Duration::from_secs(60),
+                sweep_every: Duration::from_secs(5),
+                min_client_version: None,
+                inbox_capacity: 128,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// The control socket: `socket_path`, else `S/memoryd.sock`.
+    pub fn socket(&self, paths: &Paths) -> PathBuf {
+        self.socket_path
+            .clone()
+            .unwrap_or_else(|| paths.default_socket.clone())
+    }
+
+    /// The control socket, refused when it is too long for a Unix socket address.
+    pub fn checked_socket(&self, paths: &Paths) -> Result<PathBuf, SocketPathTooLong> {
+        let socket = self.socket(paths);
+        let len = socket.as_os_str().len();
+        if len > SOCKET_PATH_MAX {
+            return Err(SocketPathTooLong { path: socket, len });
+        }
+        Ok(socket)
+    }
+}
+
+/// The control socket path does not fit a Unix socket address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "control socket path {path} is {len} bytes, over the {max}-byte limit of a Unix socket path; \
+     set `socket_path` in memoryd.toml to a shorter path",
+    max = SOCKET_PATH_MAX
+)]
+pub struct SocketPathTooLong {
+    pub path: PathBuf,
+    pub len: usize,
+}
+
+/// A `MAJOR.MINOR` client version; compares as numbers (`10.0` > `9.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl FromStr for ClientVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number = |part: &str| -> Option<u32> {
+            let canonical = part == "0" || (!part.is_empty() && !part.starts_with('0'));
+            if canonical && part.bytes().all(|b| b.is_ascii_digit()) {
+                part.parse().ok()
+            } else {
+                None
+            }
+        };
+        let (major, minor) = s
+            .split_once('.')
+            .ok_or_else(|| format!("{s:?} is not MAJOR.MINOR"))?;
+        match (number(major), number(minor)) {
+            (Some(major), Some(minor)) => Ok(ClientVersion { major, minor }),
+            _ => Err(format!(
+                "{s:?} is not MAJOR.MINOR (two numbers without leading zeros)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ClientVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// Where a value was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File { path: PathBuf, line: usize },
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "config {} line {line}", path.display()),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the old one stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} line {line}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Key {
+        origin: Origin,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key at fault, when one is.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Key { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Duration,
+    Size,
+    Port,
+    Count,
+    AbsPath,
+    Personality,
+    Version,
+}
+
+/// Every key: its dotted name and kind.
+const KEYS: &[(&str, Kind)] = &[
+    ("vault", Kind::AbsPath),
+    ("mcp_port", Kind::Port),
+    ("socket_path", Kind::AbsPath),
+    ("iapeer_bin", Kind::AbsPath),
+    ("registrant", Kind::Personality),
+    ("memoryd_bin", Kind::AbsPath),
+    ("memoryctl_bin", Kind::AbsPath),
+    ("heartbeat_interval", Kind::Duration),
+    ("heartbeat_stale_after", Kind::Duration),
+    ("sweep_interval", Kind::Duration),
+    ("fleet_refresh_interval", Kind::Duration),
+    ("lock_timeout", Kind::Duration),
+    ("shutdown_grace", Kind::Duration),
+    ("max_connections", Kind::Count),
+    ("max_request_bytes", Kind::Size),
+    ("presence.degraded_after", Kind::Duration),
+    ("presence.offline_after", Kind::Duration),
+    ("presence.sweep_every", Kind::Duration),
+    ("presence.min_client_version", Kind::Version),
+    ("presence.inbox_capacity", Kind::Count),
+];
+
+/// Every key's dotted name, in documentation order.
+pub fn key_names() -> impl Iterator<Item = &'static str> {
+    KEYS.iter().map(|(name, _)| *name)
+}
+
+/// The environment variable that sets `key`: `MEMORYD_<KEY>` with dots as
+/// underscores (`presence.sweep_every` → `MEMORYD_PRESENCE_SWEEP_EVERY`).
+pub fn env_var(key: &str) -> String {
+    format!("MEMORYD_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// A value as it arrived: TOML scalars keep their type, the environment and
+/// flags give strings.
+#[derive(Debug, Clone, Copy)]
+enum Raw<'a> {
+    Str(&'a str),
+    Int(i64),
+    Other(&'a str),
+}
+
+enum Parsed {
+    Duration(Duration),
+    Number(usize),
+    Port(u16),
+    Path(PathBuf),
+    Name(String),
+    Version(ClientVersion),
+}
+
+fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, String> {
+    let int = |raw: Raw<'_>| -> Result<i64, String> {
+        match raw {
+            Raw::Int(i) => Ok(i),
+            Raw::Str(s) if from_text => s
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a whole number")),
+            Raw::Str(s) => Err(format!(
+                "{s:?} is a string; write the number without quotes"
+            )),
+            Raw::Other(t) => Err(format!("expected a whole number, found {t}")),
+        }
+    };
+    let string = |raw: Raw<'_>, what: &str| -> Result<String, String> {
+        match raw {
+            Raw::Str(s) => Ok(s.to_owned()),
+            Raw::Int(i) => Err(format!("expected {what} in quotes, found the number {i}")),
+            Raw::Other(t) => Err(format!("expected {what} in quotes, found {t}")),
+        }
+    };
+    match kind {
+        Kind::Duration => {
+            let s = string(raw, "a duration with a unit such as \"30s\"")?;
+            let d = humantime::parse_duration(s.trim())
+                .map_err(|e| format!("{s:?} is not a duration ({e}); use a number with a unit such as \"250ms\", \"30s\", \"5m\" or \"1h\""))?;
+            if d.is_zero() {
+                return Err(format!("{s:?} is zero; the duration must be positive"));
+            }
+            Ok(Parsed::Duration(d))
+        }
+        Kind::Size => {
+            let bytes = match raw {
+                Raw::Str(s) => parse_size(s.trim())?,
+                other => u64::try_from(int(other)?)
+                    .map_err(|_| "a size cannot be negative".to_owned())?,
+            };
+            if bytes < 1024 {
+                return Err(format!(
+                    "{bytes} bytes is too small; use at least 1024 (\"1KiB\")"
+                ));
+            }
+            Ok(Parsed::Number(
+                usize::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))?,
+            ))
+        }
+        Kind::Port => {
+            let n = int(raw)?;
+            u16::try_from(n).map(Parsed::Port).map_err(|_| {
+                format!("{n} is not a port; use 0 to 65535 (0 turns the MCP endpoint off)")
+            })
+        }
+        Kind::Count => {
+            let n = int(raw)?;
+            match usize::try_from(n) {
+                Ok(n) if n >= 1 => Ok(Parsed::Number(n)),
+                _ => Err(format!("{n} is not a positive whole number")),
+            }
+        }
+        Kind::AbsPath => {
+            let s = string(raw, "a path")?;
+            let p = PathBuf::from(&s);
+            if !p.is_absolute() {
+                return Err(format!("{s:?} is not an absolute path"));
+            }
+            Ok(Parsed::Path(crate::paths::normalize(&p)))
+        }
+        Kind::Personality => {
+            let s = string(raw, "a personality")?;
+            if !is_personality(&s) {
+                return Err(format!(
+                    "{s:?} is not a personality (lower-case letters, digits and dashes, starting with a letter, at most 32)"
+                ));
+            }
+            Ok(Parsed::Name(s))
+        }
+        Kind::Version => {
+            let s = string(raw, "a MAJOR.MINOR version")?;
+            s.trim().parse().map(Parsed::Version)
+        }
+    }
+}
+
+/// `1048576`, `"1MiB"`, `"512KiB"`, `"2GB"` and the like.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; use bytes or a unit such as \"1MiB\""))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "{other:?} is not a size unit; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn apply(config: &mut Config, key: &str, value: Parsed) {
+    use Parsed::*;
+    let p = &mut config.presence;
+    match (key, value) {
+        ("vault", Path(v)) => config.vault = Some(v),
+        ("mcp_port", Port(v)) => config.mcp_port = v,
+        ("socket_path", Path(v)) => config.socket_path = Some(v),
+        ("iapeer_bin", Path(v)) => config.iapeer_bin = Some(v),
+        ("registrant", Name(v)) => config.registrant = Some(v),
+        ("memoryd_bin", Path(v)) => config.memoryd_bin = Some(v),
+        ("memoryctl_bin", Path(v)) => config.memoryctl_bin = Some(v),
+        ("heartbeat_interval", Duration(v)) => config.heartbeat_interval = v,
+        ("heartbeat_stale_after", Duration(v)) => config.heartbeat_stale_after = v,
+        ("sweep_interval", Duration(v)) => config.sweep_interval = v,
+        ("fleet_refresh_interval", Duration(v)) => config.fleet_refresh_interval = v,
+        ("lock_timeout", Duration(v)) => config.lock_timeout = v,
+        ("shutdown_grace", Duration(v)) => config.shutdown_grace = v,
+        ("max_connections", Number(v)) => config.max_connections = v,
+        ("max_request_bytes", Number(v)) => config.max_request_bytes = v,
+        ("presence.degraded_after", Duration(v)) => p.degraded_after = v,
+        ("presence.offline_after", Duration(v)) => p.offline_after = v,
+        ("presence.sweep_every", Duration(v)) => p.sweep_every = v,
+        ("presence.min_client_version", Version(v)) => p.min_client_version = Some(v),
+        ("presence.inbox_capacity", Number(v)) => p.inbox_capacity = v,
+        // KEYS and this table name the same keys with the same kinds.
+        (key, _) => debug_assert!(false, "config key {key} has no setter"),
+    }
+}
+
+/// A loaded configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: PathBuf,
+    /// False when the file does not exist and only defaults, environment and
+    /// flags apply.
+    pub file_found: bool,
+}
+
+/// The layers above the file: `(key, value, origin)` from flags.
+pub type FlagOverrides = Vec<(&'static str, String, String)>;
+
+/// Loads the configuration: defaults, then the file (a missing default file
+/// is fine; a missing `MEMORYD_CONFIG` file is not), then `MEMORYD_*`
+/// variables, then flags.
+pub fn load(
+    file: &Path,
+    file_required: bool,
+    var: impl Fn(&str) -> Option<OsString>,
+    flags: &FlagOverrides,
+) -> Result<Loaded, ConfigError> {
+    let mut config = Config::default();
+    let mut origins: HashMap<&'static str, Origin> = HashMap::new();
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file_required => None,
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: file.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if let Some(text) = &text {
+        apply_file(&mut config, &mut origins, file, text)?;
+    }
+    for (key, kind) in KEYS {
+        let name = env_var(key);
+        let Some(value) = var(&name) else { continue };
+        let origin = Origin::Env(name);
+        let value = value
+            .into_string()
+            .map_err(|_| key_error(&origin, key, "the value is not UTF-8".to_owned()))?;
+        set(
+            &mut config,
+            &mut origins,
+            key,
+            *kind,
+            Raw::Str(&value),
+            true,
+            origin,
+        )?;
+    }
+    for (key, value, flag) in flags {
+        let kind = kind_of(key).ok_or_else(|| {
+            key_error(
+                &Origin::Flag(flag.clone()),
+                key,
+                format!("unknown key `{key}`"),
+            )
+        })?;
+        set(
+            &mut config,
+            &mut origins,
+            key,
+            kind,
+            Raw::Str(value),
+            true,
+            Origin::Flag(flag.clone()),
+        )?;
+    }
+    check_consistency(&config, &origins, file)?;
+    Ok(Loaded {
+        config,
+        file: file.to_path_buf(),
+        file_found: text.is_some(),
+    })
+}
+
+fn kind_of(key: &str) -> Option<Kind> {
+    KEYS.iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, kind)| *kind)
+}
+
+fn key_error(origin: &Origin, key: &str, message: String) -> ConfigError {
+    ConfigError::Key {
+        origin: origin.clone(),
+        key: key.to_owned(),
+        message,
+    }
+}
+
+fn set(
+    config: &mut Config,
+    origins: &mut HashMap<&'static str, Origin>,
+    key: &str,
+    kind: Kind,
+    raw: Raw<'_>,
+    from_text: bool,
+    origin: Origin,
+) -> Result<(), ConfigError> {
+    let value = parse_value(kind, raw, from_text)
+        .map_err(|m| key_error(&origin, key, format!("`{key}`: {m}")))?;
+    apply(config, key, value);
+    if let Some((name, _)) = KEYS.iter().find(|(name, _)| *name == key) {
+        origins.insert(name, origin);
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn apply_file(
+    config: &mut Config,
+    origins: &mut HashMap<&'static str, Origin>,
+    path: &Path,
+    text: &str,
+) -> Result<(), ConfigError> {
+    let doc = toml_edit::Document::parse(text.to_owned()).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line: line_of(text, e.span().map_or(0, |s| s.start)),
+        message: format!("not valid TOML: {}", e.message()),
+    })?;
+    let origin_at = |span: Option<std::ops::Range<usize>>| Origin::File {
+        path: path.to_path_buf(),
+        line: line_of(text, span.map_or(0, |s| s.start)),
+    };
+    let mut entries = Vec::new();
+    collect(doc.as_table(), "", &mut entries);
+    for (dotted, key_span, raw) in entries {
+        let origin = origin_at(key_span);
+        let Some(kind) = kind_of(&dotted) else {
+            let hint = closest_key(&dotted)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            return Err(key_error(
+                &origin,
+                &dotted,
+                format!("unknown key `{dotted}`{hint}"),
+            ));
+        };
+        set(config, origins, &dotted, kind, raw, false, origin)?;
+    }
+    Ok(())
+}
+
+type Span = Option<std::ops::Range<usize>>;
+
+/// Flattens the document into `(dotted key, key span, value)`; a table is
+/// descended into only where a section is expected (`presence`).
+fn collect<'a>(table: &'a toml_edit::Table, prefix: &str, out: &mut Vec<(String, Span, Raw<'a>)>) {
+    for (key, item) in table.iter() {
+        let dotted = if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let span = table.key(key).and_then(|k| k.span());
+        let is_section = KEYS
+            .iter()
+            .any(|(name, _)| name.starts_with(&format!("{dotted}.")));
+        match (item.as_table(), item.as_inline_table()) {
+            (Some(sub), _) if is_section => collect(sub, &dotted, out),
+            (_, Some(sub)) if is_section => {
+                for (k, v) in sub.iter() {
+                    out.push((
+                        format!("{dotted}.{k}"),
+                        sub.key(k).and_then(|k| k.span()),
+                        raw_of(v),
+                    ));
+                }
+            }
+            _ => out.push((
+                dotted,
+                span,
+                item.as_value().map_or(Raw::Other(item.type_name()), raw_of),
+            )),
+        }
+    }
+}
+
+fn raw_of(value: &toml_edit::Value) -> Raw<'_> {
+    match value {
+        toml_edit::Value::String(s) => Raw::Str(s.value()),
+        toml_edit::Value::Integer(i) => Raw::Int(*i.value()),
+        other => Raw::Other(other.type_name()),
+    }
+}
+
+fn closest_key(unknown: &str) -> Option<&'static str> {
+    let distance = |a: &str, b: &str| -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    let leaf = |k: &str| k.rsplit('.').next().unwrap_or(k).to_owned();
+    KEYS.iter()
+        .map(|(name, _)| {
+            (
+                distance(unknown, name).min(distance(&leaf(unknown), &leaf(name))),
+                *name,
+            )
+        })
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, name)| name)
+}
+
+fn check_consistency(
+    config: &Config,
+    origins: &HashMap<&'static str, Origin>,
+    file: &Path,
+) -> Result<(), ConfigError> {
+    let origin_of = |key: &str| {
+        origins.get(key).cloned().unwrap_or_else(|| Origin::File {
+            path: file.to_path_buf(),
+            line: 0,
+        })
+    };
+    let p = &config.presence;
+    if p.offline_after <= p.degraded_after {
+        let key = if origins.contains_key("presence.offline_after") {
+            "presence.offline_after"
+        } else {
+            "presence.degraded_after"
+        };
+        return Err(key_error(
+            &origin_of(key),
+            key,
+            format!(
+                "`presence.offline_after` ({}) must be longer than `presence.degraded_after` ({})",
+                humantime::format_duration(p.offline_after),
+                humantime::format_duration(p.degraded_after)
+            ),
+        ));
+    }
+    if config.heartbeat_stale_after <= config.heartbeat_interval {
+        let key = if origins.contains_key("heartbeat_stale_after") {
+            "heartbeat_stale_after"
+        } else {
+            "heartbeat_interval"
+        };
+        return Err(key_error(
+            &origin_of(key),
+            key,
+            format!(
+                "`heartbeat_stale_after` ({}) must be longer than `heartbeat_interval` ({})",
+                humantime::format_duration(config.heartbeat_stale_after),
+                humantime::format_duration(config.heartbeat_interval)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn load_text(text: &str) -> Result<Loaded, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        load(f.path(), true, no_env, &Vec::new())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let loaded = load(
+            Path::new("/nonexistent/memoryd.toml"),
+            false,
+            no_env,
+            &Vec::new(),
+        )
+        .unwrap();
+        assert!(!loaded.file_found);
+        assert_eq!(loaded.config, Config::default());
+        assert!(
+            load(
+                Path::new("/nonexistent/memoryd.toml"),
+                true,
+                no_env,
+                &Vec::new()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn reads_every_kind() {
+        let c = load_text(
+            "vault = \"/v\"\nmcp_port = 0\nheartbeat_interval = \"250ms\"\nmax_request_bytes = \"2MiB\"\nregistrant = \"boris\"\n\
+             [presence]\nmin_client_version = \"10.2\"\ninbox_capacity = 7\n",
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.vault, Some(PathBuf::from("/v")));
+        assert_eq!(c.mcp_port, 0);
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.max_request_bytes, 2 << 20);
+        assert_eq!(c.registrant.as_deref(), Some("boris"));
+        assert_eq!(
+            c.presence.min_client_version,
+            Some(ClientVersion {
+                major: 10,
+                minor: 2
+            })
+        );
+        assert_eq!(c.presence.inbox_capacity, 7);
+        let inline = load_text("presence = { inbox_capacity = 9 }\n")
+            .unwrap()
+            .config;
+        assert_eq!(inline.presence.inbox_capacity, 9);
+    }
+
+    #[test]
+    fn errors_name_key_file_and_line() {
+        let e = load_text("mcp_port = 1\n\nheartbeat_intervl = \"5s\"\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("line 3")
+                && msg.contains("heartbeat_intervl")
+                && msg.contains("did you mean `heartbeat_interval`"),
+            "{msg}"
+        );
+        let e = load_text("[presence]\nsweep_every = \"5 parsecs\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("presence.sweep_every"));
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = load_text("mcp_port = \"8766\"\n").unwrap_err();
+        assert!(e.to_string().contains("without quotes"), "{e}");
+        let e = load_text("mcp_port = 70000\n").unwrap_err();
+        assert!(e.to_string().contains("not a port"), "{e}");
+        let e = load_text("vault = \"relative/dir\"\n").unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let e = load_text("[other]\nx = 1\n").unwrap_err();
+        assert_eq!(e.key(), Some("other"));
+        let e = load_text("mcp_port = \n").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 1, .. }), "{e}");
+        let e = load_text("[presence]\ndegraded_after = \"2m\"\n").unwrap_err();
+        assert!(e.to_string().contains("offline_after"), "{e}");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"mcp_port = 1\nlock_timeout = \"1s\"\nsweep_interval = \"1m\"\n")
+            .unwrap();
+        let env = |k: &str| match k {
+            "MEMORYD_MCP_PORT" => Some(OsString::from("2")),
+            "MEMORYD_LOCK_TIMEOUT" => Some(OsString::from("2s")),
+            _ => None,
+        };
+        let flags = vec![("mcp_port", "3".to_owned(), "--mcp-port".to_owned())];
+        let c = load(f.path(), true, env, &flags).unwrap().config;
+        assert_eq!(c.mcp_port, 3);
+        assert_eq!(c.lock_timeout, Duration::from_secs(2));
+        assert_eq!(c.sweep_interval, Duration::from_secs(60));
+        let bad =
+            |k: &str| (k == "MEMORYD_PRESENCE_INBOX_CAPACITY").then(|| OsString::from("zero"));
+        let e = load(f.path(), true, bad, &Vec::new()).unwrap_err();
+        assert!(
+            e.to_string().contains("MEMORYD_PRESENCE_INBOX_CAPACITY"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        let v = |s: &str| s.parse::<ClientVersion>().unwrap();
+        assert!(v("10.0") > v("9.0"));
+        assert!(v("1.10") > v("1.9"));
+        for bad in ["1", "1.", "01.0", "1.02", "a.b", "1.0.0", "-1.0"] {
+            assert!(bad.parse::<ClientVersion>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_path_limit() {
+        let paths = Paths::new(PathBuf::from(format!("/{}", "r".repeat(120))));
+        let e = Config::default().checked_socket(&paths).unwrap_err();
+        assert!(e.to_string().contains("socket_path"), "{e}");
+    }
+}

@@ -1,0 +1,385 @@
+//! The egress doorway: running external commands, probing and signalling
+//! processes. Nothing else in memoryd touches other processes.
+//!
+//! The refusing form (test sandbox armed) runs only binaries named
+//! explicitly by an absolute path and memoryd's own binaries, and signals
+//! only a daemon proven to be this root's own (see [`crate::instance`]).
+#![allow(clippy::disallowed_methods)]
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A refused or failed effect on another process.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error(
+        "refused to run {program}: the test sandbox runs only binaries named by an absolute path \
+         (flag, MEMORYD_* variable or config) and memoryd's own"
+    )]
+    Refused { program: PathBuf },
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {secs}s and was killed", secs = after.as_secs_f32())]
+    Timeout { program: PathBuf, after: Duration },
+    #[error("cannot send {signal} to pid {pid}: {source}")]
+    Signal {
+        pid: i32,
+        signal: Signal,
+        source: nix::Error,
+    },
+}
+
+impl EgressError {
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, EgressError::Refused { .. })
+    }
+}
+
+/// What a finished command left behind.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// The exit code; None when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl CommandOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// What can be learned about a live process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// The command line, arguments separated by spaces.
+    pub cmdline: String,
+    /// An opaque start time: the same pid with another start time is
+    /// another process.
+    pub start_time: String,
+}
+
+/// The egress doorway.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    /// `None` for the live form; the allowed binaries for the refusing form.
+    allowed: Option<Vec<PathBuf>>,
+}
+
+impl Egress {
+    pub fn live() -> Egress {
+        Egress { allowed: None }
+    }
+
+    /// The refusing form, allowing these absolute binaries.
+    pub fn refusing(allowed: Vec<PathBuf>) -> Egress {
+        Egress {
+            allowed: Some(allowed),
+        }
+    }
+
+    /// The refusing form when the sandbox is armed, else the live one.
+    pub fn from_env(allowed: Vec<PathBuf>) -> Egress {
+        if crate::sandbox_armed() {
+            Egress::refusing(allowed)
+        } else {
+            Egress::live()
+        }
+    }
+
+    pub fn is_sandboxed(&self) -> bool {
+        self.allowed.is_some()
+    }
+
+    fn check_program(&self, program: &Path) -> Result<(), EgressError> {
+        match &self.allowed {
+            None => Ok(()),
+            Some(allowed) if program.is_absolute() && allowed.iter().any(|a| a == program) => {
+                Ok(())
+            }
+            Some(_) => Err(EgressError::Refused {
+                program: program.to_path_buf(),
+            }),
+        }
+    }
+
+    /// Runs `program` to completion, feeding `stdin`, killing it after `timeout`.
+    pub fn run<S: AsRef<OsStr>>(
+        &self,
+        program: &Path,
+        args: &[S],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, EgressError> {
+        self.check_program(program)?;
+        let spawn_err = |source| EgressError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        };
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A child that exits without reading its stdin is not our failure.
+            let _ = pipe.write_all(bytes);
+        }
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait().map_err(spawn_err)? {
+                Some(status) => break status,
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(EgressError::Timeout {
+                        program: program.to_path_buf(),
+                        after: timeout,
+                    });
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        Ok(CommandOutput {
+            code: status.code(),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
+    }
+
+    /// Starts `program` detached in its own session (`setsid`), stdin from
+    /// /dev/null and both output streams into `log`.
+    pub fn spawn_detached<S: AsRef<OsStr>>(
+        &self,
+        program: &Path,
+        args: &[S],
+        log: File,
+    ) -> Result<Child, EgressError> {
+        self.check_program(program)?;
+        let spawn_err = |source| EgressError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        };
+        let log2 = log.try_clone().map_err(spawn_err)?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        detach(&mut command);
+        command.spawn().map_err(spawn_err)
+    }
+
+    /// What is known about `pid`, or None when no such process lives.
+    pub fn probe(&self, pid: i32) -> Option<ProcessInfo> {
+        if pid <= 0 {
+            return None;
+        }
+        probe_process(pid)
+    }
+
+    /// Whether `pid` has `path` open (Linux: `/proc/<pid>/fd`).
+    pub fn has_open(&self, pid: i32, path: &Path) -> bool {
+        let Ok(wanted) = path.canonicalize() else {
+            return false;
+        };
+        has_open_file(pid, &wanted)
+    }
+
+    /// Sends `signal` to a daemon proven to be this root's own. Never a
+    /// pid <= 1 and never a group.
+    pub fn signal_daemon(
+        &self,
+        daemon: &crate::instance::VerifiedDaemon,
+        signal: Signal,
+    ) -> Result<(), EgressError> {
+        let pid = daemon.pid();
+        if pid <= 1 {
+            return Err(EgressError::Signal {
+                pid,
+                signal,
+                source: nix::Error::EPERM,
+            });
+        }
+        nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|source| EgressError::Signal {
+            pid,
+            signal,
+            source,
+        })
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+#[allow(unsafe_code)]
+fn detach(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only
+    // setsid(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn probe_process(pid: i32) -> Option<ProcessInfo> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = raw
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counts from after the parenthesised command name,
+    // which may itself hold spaces.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let start_time = after_comm.split_whitespace().nth(19)?.to_owned();
+    let state = after_comm.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    Some(ProcessInfo {
+        pid,
+        cmdline,
+        start_time,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_process(pid: i32) -> Option<ProcessInfo> {
+    let out = Command::new("/bin/ps")
+        .args(["-o", "lstart=", "-o", "command=", "-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?.trim();
+    // `lstart` is a fixed 24-character date.
+    let (start, cmd) = line.split_at(line.len().min(24));
+    Some(ProcessInfo {
+        pid,
+        cmdline: cmd.trim().to_owned(),
+        start_time: start.trim().to_owned(),
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn has_open_file(pid: i32, wanted: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|target| target == wanted))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn has_open_file(pid: i32, wanted: &Path) -> bool {
+    let Ok(out) = Command::new("/usr/sbin/lsof")
+        .args(["-Fn", "-p", &pid.to_string()])
+        .output()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.strip_prefix('n').is_some_and(|n| Path::new(n) == wanted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusing_form_runs_only_allowed_absolute_binaries() {
+        let sh = PathBuf::from("/bin/sh");
+        let refusing = Egress::refusing(vec![sh.clone()]);
+        let out = refusing
+            .run(
+                &sh,
+                &["-c", "read x; echo got $x; echo err >&2; exit 3"],
+                Some(b"hi\n"),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert_eq!(out.code, Some(3));
+        assert_eq!(out.stdout, b"got hi\n");
+        assert_eq!(out.stderr, b"err\n");
+        assert!(
+            refusing
+                .run(Path::new("/bin/echo"), &["x"], None, Duration::from_secs(5))
+                .unwrap_err()
+                .is_refusal()
+        );
+        assert!(
+            refusing
+                .run(
+                    Path::new("sh"),
+                    &["-c", "true"],
+                    None,
+                    Duration::from_secs(5)
+                )
+                .unwrap_err()
+                .is_refusal()
+        );
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed() {
+        let e = Egress::live()
+            .run(
+                Path::new("/bin/sleep"),
+                &["5"],
+                None,
+                Duration::from_millis(100),
+            )
+            .unwrap_err();
+        assert!(matches!(e, EgressError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn probes_this_process() {
+        let me = Egress::live().probe(std::process::id() as i32).unwrap();
+        assert!(!me.cmdline.is_empty());
+        assert_eq!(
+            Egress::live()
+                .probe(std::process::id() as i32)
+                .unwrap()
+                .start_time,
+            me.start_time
+        );
+        assert!(Egress::live().probe(0).is_none());
+    }
+}

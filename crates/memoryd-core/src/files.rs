@@ -1,0 +1,375 @@
+//! The file guard: every write, rename and delete memoryd performs.
+//!
+//! The live form writes; the refusing form (test sandbox armed) refuses any
+//! path under the real home's `.iapeer`, `.claude` or `.codex` (the home
+//! from the user database, not `$HOME`) and any path that crosses such a
+//! segment outside the sandbox roots (the temp dir, `R` and the vault).
+#![allow(clippy::disallowed_methods)]
+
+use crate::paths::{normalize, resolve_existing_prefix};
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Directory names that belong to the agents and the iapeer core.
+const GUARDED_SEGMENTS: &[&str] = &[".iapeer", ".claude", ".codex"];
+
+/// A refused or failed file operation, naming the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("refused to {op} {path}: the test sandbox forbids {why}")]
+    Refused {
+        op: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+}
+
+impl FileError {
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, FileError::Refused { .. })
+    }
+
+    pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
+        move |source| FileError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Whether a write changed the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    Unchanged,
+}
+
+#[derive(Debug, Clone)]
+struct Sandbox {
+    /// The real home's guarded dirs (and `~/.claude.json`).
+    protected: Vec<PathBuf>,
+    /// Where a guarded segment may be crossed.
+    roots: Vec<PathBuf>,
+}
+
+/// The only door for writes, renames and deletes.
+#[derive(Debug, Clone)]
+pub struct FileGuard {
+    sandbox: Option<Sandbox>,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl FileGuard {
+    /// The live guard: every operation goes ahead.
+    pub fn live() -> FileGuard {
+        FileGuard { sandbox: None }
+    }
+
+    /// The refusing guard with its sandbox roots (besides the temp dir).
+    pub fn refusing(roots: &[&Path]) -> FileGuard {
+        let real_home = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.dir);
+        let mut protected = Vec::new();
+        if let Some(home) = real_home {
+            let home = resolve_existing_prefix(&home);
+            protected.extend(GUARDED_SEGMENTS.iter().map(|s| home.join(s)));
+            protected.push(home.join(".claude.json"));
+        }
+        let mut all_roots: Vec<PathBuf> = vec![resolve_existing_prefix(&std::env::temp_dir())];
+        all_roots.extend(roots.iter().map(|r| resolve_existing_prefix(r)));
+        FileGuard {
+            sandbox: Some(Sandbox {
+                protected,
+                roots: all_roots,
+            }),
+        }
+    }
+
+    /// The refusing guard when the sandbox is armed, else the live one.
+    pub fn from_env(roots: &[&Path]) -> FileGuard {
+        if crate::sandbox_armed() {
+            FileGuard::refusing(roots)
+        } else {
+            FileGuard::live()
+        }
+    }
+
+    pub fn is_sandboxed(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// Refuses what the sandbox forbids; the live guard allows everything.
+    pub fn check(&self, op: &'static str, path: &Path) -> Result<(), FileError> {
+        let Some(sandbox) = &self.sandbox else {
+            return Ok(());
+        };
+        for candidate in [normalize(path), resolve_existing_prefix(path)] {
+            if let Some(p) = sandbox.protected.iter().find(|p| candidate.starts_with(p)) {
+                return Err(FileError::Refused {
+                    op,
+                    path: path.to_path_buf(),
+                    why: format!("writes under the real {}", p.display()),
+                });
+            }
+            let inside_root = sandbox.roots.iter().any(|r| candidate.starts_with(r));
+            let crosses = candidate
+                .components()
+                .any(|c| GUARDED_SEGMENTS.iter().any(|s| c.as_os_str() == *s));
+            if crosses && !inside_root {
+                return Err(FileError::Refused {
+                    op,
+                    path: path.to_path_buf(),
+                    why: "writes through a .iapeer, .claude or .codex folder outside the sandbox roots".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to `path` through a tmp file in the same dir and a
+    /// rename, so readers see the old or the new content, never a torn one.
+    /// `mode` None keeps an existing file's mode (0644 for a new file).
+    pub fn write_atomic(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), FileError> {
+        self.check("write", path)?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mode = match mode {
+            Some(m) => m,
+            None => std::fs::metadata(path)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o644),
+        };
+        let (tmp, mut file) = create_tmp(dir, &name)?;
+        let result = (|| {
+            file.write_all(bytes)
+                .map_err(FileError::io("write", &tmp))?;
+            file.set_permissions(Permissions::from_mode(mode))
+                .map_err(FileError::io("chmod", &tmp))?;
+            file.sync_data().map_err(FileError::io("sync", &tmp))?;
+            std::fs::rename(&tmp, path).map_err(FileError::io("rename into place", path))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Like [`write_atomic`](Self::write_atomic), but leaves the file alone
+    /// (no mtime churn) when it already holds `bytes` with the right mode.
+    pub fn write_if_changed(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mode: Option<u32>,
+    ) -> Result<WriteOutcome, FileError> {
+        if let Ok(current) = std::fs::read(path) {
+            let mode_ok = match (mode, std::fs::metadata(path)) {
+                (Some(m), Ok(meta)) => meta.permissions().mode() & 0o7777 == m,
+                (None, _) => true,
+                (Some(_), Err(_)) => false,
+            };
+            if current == bytes && mode_ok {
+                return Ok(WriteOutcome::Unchanged);
+            }
+        }
+        self.write_atomic(path, bytes, mode)
+            .map(|()| WriteOutcome::Written)
+    }
+
+    /// Creates `path` and its missing parents; the last component gets `mode`.
+    pub fn create_dir_all(&self, path: &Path, mode: u32) -> Result<(), FileError> {
+        self.check("create", path)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(FileError::io("create", parent))?;
+        }
+        match std::fs::DirBuilder::new().mode(mode).create(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+            Err(e) => Err(FileError::io("create", path)(e)),
+        }
+    }
+
+    /// Sets the permission bits of `path`.
+    pub fn set_mode(&self, path: &Path, mode: u32) -> Result<(), FileError> {
+        self.check("chmod", path)?;
+        std::fs::set_permissions(path, Permissions::from_mode(mode))
+            .map_err(FileError::io("chmod", path))
+    }
+
+    /// Deletes a file; `Ok(false)` when it was already gone.
+    pub fn remove_file(&self, path: &Path) -> Result<bool, FileError> {
+        self.check("delete", path)?;
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(FileError::io("delete", path)(e)),
+        }
+    }
+
+    /// Opens a lock file for reading and writing, creating it (0600) if missing.
+    pub fn open_lock_file(&self, path: &Path) -> Result<File, FileError> {
+        self.check("create", path)?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(FileError::io("open", path))
+    }
+
+    /// Opens a log file for appending, creating it (0600) if missing.
+    pub fn open_append(&self, path: &Path) -> Result<File, FileError> {
+        self.check("create", path)?;
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(FileError::io("open", path))
+    }
+}
+
+fn create_tmp(dir: &Path, name: &str) -> Result<(PathBuf, File), FileError> {
+    let pid = u64::from(std::process::id());
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag = (pid << 40) ^ (n << 20) ^ nanos;
+        let tmp = dir.join(format!(".{name}.memoryd-{tag:012x}.tmp"));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(FileError::io("create a tmp file in", dir)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn writes_atomically_and_skips_unchanged_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let guard = FileGuard::live();
+        let path = dir.path().join("f.json");
+        assert_eq!(
+            guard.write_if_changed(&path, b"a", None).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+        guard.set_mode(&path, 0o600).unwrap();
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(
+            guard.write_if_changed(&path, b"a", None).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            before
+        );
+        assert_eq!(
+            guard.write_if_changed(&path, b"b", None).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().mode() & 0o777,
+            0o600,
+            "mode kept"
+        );
+        assert_eq!(
+            guard.write_if_changed(&path, b"b", Some(0o755)).unwrap(),
+            WriteOutcome::Written,
+            "a lost exec bit is drift"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn the_sandbox_refuses_the_real_home_and_foreign_agent_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let guard = FileGuard::refusing(&[&root]);
+        let home = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap()
+            .dir;
+        for p in [
+            home.join(".claude/settings.json"),
+            home.join(".iapeer/x"),
+            home.join(".codex/config.toml"),
+            home.join(".claude.json"),
+        ] {
+            let e = guard.write_atomic(&p, b"x", None).unwrap_err();
+            assert!(e.is_refusal(), "{p:?}: {e}");
+            assert!(guard.remove_file(&p).unwrap_err().is_refusal());
+        }
+        assert!(
+            guard
+                .check("write", Path::new("/srv/peer/.claude/settings.json"))
+                .unwrap_err()
+                .is_refusal()
+        );
+        assert!(
+            guard
+                .check("write", Path::new("/srv/a/../peer/.codex/x"))
+                .unwrap_err()
+                .is_refusal()
+        );
+        guard
+            .check("write", &dir.path().join("peer/.claude/settings.json"))
+            .unwrap();
+        guard.check("write", &root.join(".iapeer/x")).unwrap();
+        guard
+            .check("write", Path::new("/srv/peer/notes.md"))
+            .unwrap();
+        FileGuard::live()
+            .check("write", &home.join(".claude/x"))
+            .unwrap();
+    }
+}

@@ -1,0 +1,21 @@
+//! The wire contract between `memoryd` and its clients (spec 10).
+//!
+//! JSON-RPC 2.0 messages, one per line (NDJSON), over the control socket.
+//! This crate has no I/O: [`framing::LineFramer`] cuts bytes into capped
+//! lines, [`message`] decodes and encodes messages, [`error`] lists every
+//! stable error kind, and [`methods`] every method name.
+
+pub mod error;
+pub mod framing;
+pub mod message;
+pub mod methods;
+pub mod status;
+
+pub use error::{ErrorKind, RpcError};
+pub use message::{
+    Hello, HelloResult, Incoming, Notification, Progress, ProgressStatus, Request, Response,
+};
+
+/// Changes only when an old client could misread a new daemon.
+/// `session.hello` and `host.restart` keep their shape across versions.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,71 @@
+//! Every method and notification name (each matches
+//! `^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)+$`).
+
+pub const SESSION_HELLO: &str = "session.hello";
+pub const HOST_STATUS: &str = "host.status";
+pub const HOST_RELOAD: &str = "host.reload";
+pub const HOST_SHUTDOWN: &str = "host.shutdown";
+pub const HOST_RESTART: &str = "host.restart";
+
+/// Notification carrying one step or check of a long request.
+pub const HOST_PROGRESS: &str = "host.progress";
+
+/// Methods a client may call before a successful `session.hello`: the
+/// handshake itself and the restart that moves an old daemon onto a new
+/// binary (both keep their shape across protocol versions).
+pub const BEFORE_HELLO: &[&str] = &[SESSION_HELLO, HOST_RESTART];
+
+/// Whether `name` is a well-formed method or notification name.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut parts = name.split('.');
+    let valid_part = |p: &str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some('a'..='z'))
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
+    match parts.next() {
+        Some(first) if valid_part(first) => {}
+        _ => return false,
+    }
+    let mut rest = 0;
+    for p in parts {
+        if !valid_part(p) {
+            return false;
+        }
+        rest += 1;
+    }
+    rest > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for name in [
+            SESSION_HELLO,
+            HOST_STATUS,
+            HOST_RELOAD,
+            HOST_SHUTDOWN,
+            HOST_RESTART,
+            HOST_PROGRESS,
+        ] {
+            assert!(is_valid_name(name), "{name}");
+        }
+        for bad in [
+            "host",
+            "Host.status",
+            "host.",
+            ".host",
+            "host..status",
+            "host.st-atus",
+            "1host.x",
+            "",
+        ] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+        assert!(is_valid_name("runtimenode.capabilityupdate"));
+        assert!(is_valid_name("a1.b2.c3"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The `host.status` object (also what `memoryctl status --json` prints).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub version: Option<String>,
+    pub uptime_secs: Option<u64>,
+    pub root: String,
+    pub heartbeat_age_secs: Option<u64>,
+    /// `on` or `off`; null when no heartbeat says.
+    pub watch: Option<String>,
+    pub fleet: FleetStatus,
+    pub last_sweep: Option<SweepStatus>,
+    pub lock: LockStatus,
+    pub presence: PresenceCounts,
+    pub mcp: McpStatus,
+    pub vault: VaultStatus,
+    pub supervisor: Option<String>,
+    pub healthy: bool,
+    /// One sentence per reason `healthy` is false.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatus {
+    /// Null when there is no readable map.
+    pub peers: Option<usize>,
+    pub checked_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepStatus {
+    /// RFC 3339.
+    pub at: String,
+    /// Peer-runtimes with no failed surface.
+    pub ok: usize,
+    /// Peer-runtimes with a failed surface.
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LockStatus {
+    /// `"<pid> <what>"` of the provision lock's holder, null when free.
+    pub holder: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PresenceCounts {
+    pub online: usize,
+    pub degraded: usize,
+    pub offline: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpStatus {
+    /// 0 when the endpoint is off.
+    pub port: u16,
+    pub listening: bool,
+    /// Whether connections from other uids can be refused on this system.
+    pub uid_check: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultStatus {
+    pub path: Option<String>,
+    pub notes: usize,
+    pub watching: bool,
+    pub refused_rescan: bool,
+}
