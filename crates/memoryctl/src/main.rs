@@ -1,1 +1,346 @@
-fn main() {}
+//! memoryctl: the command-line client of memoryd.
+
+mod client;
+mod daemon_cmd;
+mod output;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+use client::{Client, ConnectError};
+use memoryd_core::config::{self, Config, ConfigError};
+use memoryd_core::paths::{self, Paths};
+use memoryd_proto::{ErrorKind, RpcError, methods};
+use output::Style;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+/// Operate memoryd, the host daemon that keeps a fleet of agent peers wired
+/// to shared memory.
+///
+/// memoryctl talks to the running daemon over its control socket
+/// (R/state/memoryd/memoryd.sock). Exit codes: 0 success, 1 failure or
+/// refusal, 2 usage error.
+#[derive(Debug, Parser)]
+#[command(name = "memoryctl", version, about, long_about)]
+struct Cli {
+    /// The iapeer root R [default: $MEMORYD_ROOT, $IAPEER_ROOT, ~/.iapeer]
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Print one JSON document instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log at debug level to stderr (RUST_LOG still wins)
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// How long connecting and session.hello may take before the daemon
+    /// counts as not answering
+    #[arg(long, global = true, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// A deadline for the request itself [default: none]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show whether memoryd runs and is healthy (exit 1 when down or unhealthy)
+    Status,
+    /// Ask the running daemon to stop gracefully
+    Shutdown,
+    /// Ask the running daemon to re-read its config (a bad config is refused)
+    Reload,
+    /// Start or stop a daemon on hosts without systemd or launchd
+    Daemon {
+        #[command(subcommand)]
+        action: DaemonAction,
+    },
+    /// Inspect the configuration
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonAction {
+    /// Start a detached memoryd and wait until it answers
+    Start,
+    /// Stop the daemon: gracefully, or by the verified kill when it hangs
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Load the config as memoryd would and print every key's value
+    Check,
+}
+
+impl Command {
+    fn verb(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Shutdown => "shutdown",
+            Command::Reload => "reload",
+            Command::Daemon {
+                action: DaemonAction::Start,
+            } => "daemon start",
+            Command::Daemon {
+                action: DaemonAction::Stop,
+            } => "daemon stop",
+            Command::Config { .. } => "config check",
+        }
+    }
+}
+
+/// What every command needs.
+pub struct Ctx {
+    pub paths: Paths,
+    pub config: Config,
+    pub config_file: PathBuf,
+    pub config_found: bool,
+    pub config_error: Option<ConfigError>,
+    pub socket: PathBuf,
+    pub json: bool,
+    pub style: Style,
+    pub connect_timeout: Duration,
+    pub timeout: Option<Duration>,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> anyhow::Result<Ctx> {
+        let env = |k: &str| std::env::var_os(k);
+        let paths = Paths::new(paths::resolve_root(cli.root.as_deref(), env)?);
+        let config_file = paths.config_file(env);
+        let required = std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
+        let (config, config_found, config_error) =
+            match config::load(&config_file, required, env, &Vec::new()) {
+                Ok(loaded) => (loaded.config, loaded.file_found, None),
+                Err(e) => (Config::default(), config_file.exists(), Some(e)),
+            };
+        let socket = config.checked_socket(&paths)?;
+        Ok(Ctx {
+            paths,
+            config,
+            config_file,
+            config_found,
+            config_error,
+            socket,
+            json: cli.json,
+            style: Style::detect(),
+            connect_timeout: cli.connect_timeout,
+            timeout: cli.timeout,
+        })
+    }
+
+    /// `memoryctl --root R` as a user would type it again.
+    pub fn ctl(&self) -> String {
+        format!("memoryctl --root {}", self.paths.root.display())
+    }
+
+    /// Connects to the daemon; None when it does not answer.
+    pub async fn connect(&self) -> anyhow::Result<Option<Client>> {
+        match Client::connect(&self.socket, self.connect_timeout).await {
+            Ok(client) => Ok(Some(client)),
+            Err(ConnectError::NotAnswering(why)) => {
+                tracing::debug!(why, "memoryd is not answering");
+                Ok(None)
+            }
+            Err(ConnectError::Refused(e)) => Err(anyhow!(e.message)),
+        }
+    }
+
+    /// Connects or fails with the sentence that says how to start memoryd.
+    pub async fn require(&self) -> anyhow::Result<Client> {
+        self.connect().await?.ok_or_else(|| {
+            anyhow!(
+                "memoryd is not running (start it with: {} daemon start)",
+                self.ctl()
+            )
+        })
+    }
+
+    /// One request, printing progress lines as they stream in (text mode),
+    /// within `--timeout` when one is set.
+    pub async fn call(
+        &self,
+        client: &mut Client,
+        method: &str,
+        params: Value,
+    ) -> anyhow::Result<Result<Value, RpcError>> {
+        let style = self.style;
+        let json = self.json;
+        let call = client.call(method, params, |p| {
+            if !json {
+                println!("{}", style.progress(&p));
+            }
+        });
+        let outcome = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
+                anyhow!(
+                    "memoryd did not answer {method} within {}",
+                    humantime::format_duration(limit)
+                )
+            })?,
+            None => call.await,
+        };
+        outcome.map_err(|e| anyhow!(e))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let verb = cli.command.verb();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("memoryctl {verb}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::WARN
+    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(default.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx::new(&cli)?;
+    if let (Some(e), false) = (
+        &ctx.config_error,
+        matches!(cli.command, Command::Config { .. }),
+    ) {
+        eprintln!(
+            "memoryctl: warning: {e}; using the defaults to reach memoryd (see: memoryctl config check)"
+        );
+    }
+    match cli.command {
+        Command::Status => status(&ctx).await,
+        Command::Shutdown => daemon_cmd::shutdown(&ctx, false).await,
+        Command::Reload => reload(&ctx).await,
+        Command::Daemon {
+            action: DaemonAction::Start,
+        } => daemon_cmd::start(&ctx).await,
+        Command::Daemon {
+            action: DaemonAction::Stop,
+        } => daemon_cmd::shutdown(&ctx, true).await,
+        Command::Config {
+            action: ConfigAction::Check,
+        } => config_check(&ctx),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let status = match ctx.connect().await? {
+        Some(mut client) => {
+            let value = ctx
+                .call(&mut client, methods::HOST_STATUS, json!({}))
+                .await?
+                .map_err(|e| anyhow!(e.message))?;
+            serde_json::from_value(value).context("memoryd sent a malformed status")?
+        }
+        None => {
+            eprintln!(
+                "memoryd is not running (start it with: {} daemon start)",
+                ctx.ctl()
+            );
+            let mut status =
+                memoryd_core::status::from_disk(&ctx.paths, &ctx.config, SystemTime::now());
+            memoryd_core::status::assess(&mut status, &ctx.config);
+            status
+        }
+    };
+    if ctx.json {
+        print_json(&status)?;
+    } else {
+        for line in output::status_lines(&status, ctx.style) {
+            println!("{line}");
+        }
+    }
+    Ok(if status.running && status.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn reload(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let mut client = ctx.require().await?;
+    match ctx
+        .call(&mut client, methods::HOST_RELOAD, json!({}))
+        .await?
+    {
+        Ok(result) => {
+            if ctx.json {
+                print_json(&result)?;
+            } else {
+                println!(
+                    "config reloaded from {}",
+                    result["file"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.kind() == Some(ErrorKind::ConfigInvalid) => bail!("{}", e.message),
+        Err(e) => bail!("memoryd refused the reload: {}", e.message),
+    }
+}
+
+fn config_check(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    if let Some(e) = &ctx.config_error {
+        if ctx.json {
+            print_json(
+                &json!({"ok": false, "file": ctx.config_file, "error": e.to_string(), "key": e.key()}),
+            )?;
+            return Ok(ExitCode::FAILURE);
+        }
+        bail!("{e}");
+    }
+    let values = config::describe(&ctx.config);
+    if ctx.json {
+        let map: serde_json::Map<String, Value> = values
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v)))
+            .collect();
+        print_json(
+            &json!({"ok": true, "file": ctx.config_file, "fileFound": ctx.config_found, "socket": ctx.socket, "config": map}),
+        )?;
+    } else {
+        let origin = if ctx.config_found {
+            ""
+        } else {
+            " (not found: defaults, environment and flags only)"
+        };
+        println!("config ok: {}{origin}", ctx.config_file.display());
+        for (key, value) in values {
+            println!("  {key:<28} {value}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -794,3 +794,60 @@ mod tests {
         assert!(e.to_string().contains("socket_path"), "{e}");
     }
 }
+
+/// Every key with its effective value, in documentation order, for
+/// `memoryctl config check`.
+pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or("unset".to_owned(), |p| p.display().to_string())
+    };
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let p = &config.presence;
+    vec![
+        ("vault", path(&config.vault)),
+        ("mcp_port", config.mcp_port.to_string()),
+        ("socket_path", path(&config.socket_path)),
+        ("iapeer_bin", path(&config.iapeer_bin)),
+        (
+            "registrant",
+            config
+                .registrant
+                .clone()
+                .unwrap_or_else(|| "unset".to_owned()),
+        ),
+        ("memoryd_bin", path(&config.memoryd_bin)),
+        ("memoryctl_bin", path(&config.memoryctl_bin)),
+        ("heartbeat_interval", dur(config.heartbeat_interval)),
+        ("heartbeat_stale_after", dur(config.heartbeat_stale_after)),
+        ("sweep_interval", dur(config.sweep_interval)),
+        ("fleet_refresh_interval", dur(config.fleet_refresh_interval)),
+        ("lock_timeout", dur(config.lock_timeout)),
+        ("shutdown_grace", dur(config.shutdown_grace)),
+        ("max_connections", config.max_connections.to_string()),
+        ("max_request_bytes", config.max_request_bytes.to_string()),
+        ("presence.degraded_after", dur(p.degraded_after)),
+        ("presence.offline_after", dur(p.offline_after)),
+        ("presence.sweep_every", dur(p.sweep_every)),
+        (
+            "presence.min_client_version",
+            p.min_client_version
+                .map_or("unset".to_owned(), |v| v.to_string()),
+        ),
+        ("presence.inbox_capacity", p.inbox_capacity.to_string()),
+    ]
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn describes_every_key_in_order() {
+        let names: Vec<_> = describe(&Config::default())
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names, key_names().collect::<Vec<_>>());
+    }
+}

@@ -41,3 +41,67 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
     status.healthy = problems.is_empty();
     status.problems = problems;
 }
+
+use crate::fleet::FleetRead;
+use crate::heartbeat::Heartbeat;
+use crate::instance::{lock_is_held, read_pid};
+use crate::paths::Paths;
+use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, PresenceCounts, VaultStatus};
+use std::time::SystemTime;
+
+/// The facts that can be read from disk without the daemon: the pid while
+/// the lock is held, the heartbeat, the fleet map and its freshness, the
+/// provision lock's holder, and the configured endpoints. `running` is
+/// false and the daemon fills in what only it knows.
+pub fn from_disk(paths: &Paths, config: &Config, now: SystemTime) -> HostStatus {
+    let heartbeat = Heartbeat::read(&paths.heartbeat);
+    let locked = lock_is_held(&paths.instance_lock).unwrap_or(false);
+    let peers = FleetRead::load(&paths.fleet_map)
+        .map()
+        .map(|m| m.peers.len());
+    let checked_age_secs = std::fs::read_to_string(&paths.fleet_checked)
+        .ok()
+        .and_then(|t| humantime::parse_rfc3339(t.trim()).ok())
+        .map(|at| now.duration_since(at).unwrap_or_default().as_secs());
+    let holder = lock_is_held(&paths.provision_lock)
+        .unwrap_or(false)
+        .then(|| {
+            std::fs::read_to_string(&paths.provision_lock)
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_default()
+        });
+    HostStatus {
+        running: false,
+        pid: if locked {
+            read_pid(&paths.pid_file)
+        } else {
+            None
+        },
+        version: None,
+        uptime_secs: None,
+        root: paths.root.display().to_string(),
+        heartbeat_age_secs: heartbeat.as_ref().map(|h| h.age(now).as_secs()),
+        watch: heartbeat
+            .as_ref()
+            .map(|h| if h.watch_on { "on" } else { "off" }.to_owned()),
+        fleet: FleetStatus {
+            peers,
+            checked_age_secs,
+        },
+        last_sweep: None,
+        lock: LockStatus { holder },
+        presence: PresenceCounts::default(),
+        mcp: McpStatus {
+            port: config.mcp_port,
+            listening: false,
+            uid_check: cfg!(target_os = "linux"),
+        },
+        vault: VaultStatus {
+            path: config.vault.as_ref().map(|v| v.display().to_string()),
+            ..VaultStatus::default()
+        },
+        supervisor: None,
+        healthy: false,
+        problems: Vec::new(),
+    }
+}

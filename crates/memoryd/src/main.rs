@@ -1,1 +1,389 @@
-fn main() {}
+//! memoryd: the host daemon that keeps a fleet of agent peers wired to
+//! shared memory. See the README for operating it.
+
+mod daemon;
+mod sdnotify;
+mod server;
+mod tasks;
+
+use anyhow::Context;
+use clap::Parser;
+use daemon::{ConfigSource, Daemon};
+use memoryd_core::config::FlagOverrides;
+use memoryd_core::files::FileGuard;
+use memoryd_core::instance::{self, InstanceError, InstanceLock};
+use memoryd_core::paths::{self, Paths};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixListener;
+
+/// memoryd keeps every Claude Code and Codex peer of an iapeer fleet wired
+/// to shared memory: it owns the heartbeat and the control socket, watches
+/// the fleet map, and answers `memoryctl`.
+///
+/// It runs in the foreground and logs to stderr; run it under systemd
+/// (systemd/memoryd.service), launchd, or `memoryctl daemon start`.
+/// Settings come from flags, then MEMORYD_* variables, then the config file
+/// (R/plugins/memoryd/memoryd.toml, or MEMORYD_CONFIG), then defaults.
+/// SIGTERM or SIGINT stops it cleanly; SIGHUP reloads the config.
+///
+/// Exit codes: 0 clean stop, 1 failure (another memoryd runs, unsafe state
+/// dir, a task died, a second signal), 2 bad flags or bad config.
+#[derive(Debug, Parser)]
+#[command(name = "memoryd", version, about, long_about)]
+struct Args {
+    /// The iapeer root R [default: $MEMORYD_ROOT, $IAPEER_ROOT, ~/.iapeer]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// The config file [default: $MEMORYD_CONFIG, R/plugins/memoryd/memoryd.toml]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Absolute path of the iapeer binary (config key iapeer_bin)
+    #[arg(long, value_name = "PATH")]
+    iapeer_bin: Option<String>,
+    /// Port of the MCP endpoint, 0 = off (config key mcp_port)
+    #[arg(long, value_name = "PORT")]
+    mcp_port: Option<String>,
+    /// Where the control socket lives (config key socket_path)
+    #[arg(long, value_name = "PATH")]
+    socket_path: Option<String>,
+    /// The vault of Markdown notes (config key vault)
+    #[arg(long, value_name = "DIR")]
+    vault: Option<String>,
+    /// Log at debug level (RUST_LOG still wins)
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+impl Args {
+    fn flag_overrides(&self) -> FlagOverrides {
+        [
+            ("iapeer_bin", &self.iapeer_bin, "--iapeer-bin"),
+            ("mcp_port", &self.mcp_port, "--mcp-port"),
+            ("socket_path", &self.socket_path, "--socket-path"),
+            ("vault", &self.vault, "--vault"),
+        ]
+        .into_iter()
+        .filter_map(|(key, value, flag)| value.as_ref().map(|v| (key, v.clone(), flag.to_owned())))
+        .collect()
+    }
+}
+
+/// A start-up failure and its exit code.
+struct Fatal {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn fatal(code: u8) -> impl FnOnce(anyhow::Error) -> Fatal {
+    move |error| Fatal { code, error }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    install_panic_log();
+    match run(args) {
+        Ok(code) => code,
+        Err(Fatal { code, error }) => {
+            eprintln!("memoryd: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(default.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}
+
+fn install_panic_log() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        tracing::error!(thread, panic = %info, "panic");
+        default(info);
+    }));
+}
+
+/// Files that must not outlive the process: removed on a clean stop, on an
+/// error return and on a panic that unwinds through `run`.
+struct RunFiles {
+    files: FileGuard,
+    pid: PathBuf,
+    socket: Mutex<Option<PathBuf>>,
+}
+
+impl RunFiles {
+    fn remove(&self) {
+        let socket = self.socket.lock().ok().and_then(|mut s| s.take());
+        for path in socket.iter().chain([&self.pid]) {
+            if let Err(e) = self.files.remove_file(path) {
+                tracing::warn!(error = %e, "cleanup");
+            }
+        }
+    }
+}
+
+impl Drop for RunFiles {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, Fatal> {
+    // Step 1: the config.
+    let env = |k: &str| std::env::var_os(k);
+    let root = paths::resolve_root(args.root.as_deref(), env).map_err(|e| fatal(2)(e.into()))?;
+    let paths = Paths::new(root);
+    let required =
+        args.config.is_some() || std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
+    let file = args
+        .config
+        .as_deref()
+        .map(paths::absolute)
+        .unwrap_or_else(|| paths.config_file(env));
+    let source = ConfigSource {
+        file,
+        required,
+        flags: args.flag_overrides(),
+    };
+    let config = source.load().map_err(|e| fatal(2)(e.into()))?;
+    let socket = config
+        .checked_socket(&paths)
+        .map_err(|e| fatal(2)(e.into()))?;
+
+    let sandbox_roots: Vec<&Path> = [Some(paths.root.as_path()), config.vault.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let files = FileGuard::from_env(&sandbox_roots);
+
+    // Step 2: the private state dir (and a moved socket's dir).
+    instance::ensure_private_dir(&files, &paths.state).map_err(|e| fatal(1)(e.into()))?;
+    if let Some(dir) = socket.parent().filter(|d| *d != paths.state) {
+        instance::ensure_private_dir(&files, dir).map_err(|e| fatal(1)(e.into()))?;
+    }
+    raise_nofile_limit();
+
+    // Step 3: one daemon per root.
+    let lock = match InstanceLock::acquire(&files, &paths) {
+        Ok(lock) => lock,
+        Err(e @ InstanceError::Held { .. }) => return Err(fatal(1)(e.into())),
+        Err(e) => {
+            return Err(fatal(1)(
+                anyhow::Error::new(e).context("cannot take the single-instance lock"),
+            ));
+        }
+    };
+    // Step 4: the pid, right after the lock.
+    instance::write_pid(&files, &paths, &lock).map_err(|e| fatal(1)(e.into()))?;
+    let run_files = Arc::new(RunFiles {
+        files: files.clone(),
+        pid: paths.pid_file.clone(),
+        socket: Mutex::new(None),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("memoryd")
+        .build()
+        .context("cannot start the tokio runtime")
+        .map_err(fatal(1))?;
+    let supervisor = memoryd_core::supervisor::detect(|k| std::env::var(k).ok());
+    let daemon = Arc::new(Daemon::new(
+        paths, source, config, files, socket, supervisor,
+    ));
+    let code = runtime.block_on(serve(daemon.clone(), run_files.clone()))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if code == ExitCode::SUCCESS
+        && let Err(e) = daemon.files.remove_file(&daemon.paths.heartbeat)
+    {
+        tracing::warn!(error = %e, "cleanup");
+    }
+    run_files.remove();
+    drop(lock);
+    Ok(code)
+}
+
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
+/// Step 5: binds the control socket, after proving any file already there
+/// is a dead daemon's.
+fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
+    let path = &daemon.socket;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                anyhow::bail!(
+                    "{} exists and is not a socket; move it away",
+                    path.display()
+                );
+            }
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => anyhow::bail!(
+                    "another memoryd answers on {}; stop it first (memoryctl daemon stop)",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "removing the stale socket of a dead daemon");
+                    daemon.files.remove_file(path)?;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot probe the existing socket {}", path.display())
+                    });
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+    // The dir is 0700 and ours: nobody can reach the socket before the chmod.
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    daemon.files.set_mode(path, 0o600)?;
+    Ok(listener)
+}
+
+async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode, Fatal> {
+    let listener = bind_control_socket(&daemon).map_err(fatal(1))?;
+    if let Ok(mut socket) = run_files.socket.lock() {
+        *socket = Some(daemon.socket.clone());
+    }
+
+    // Step 7: first heartbeat, tasks, READY=1, one line.
+    let fleet_watch = tasks::FleetWatch::start(&daemon);
+    daemon
+        .beat()
+        .context("cannot write the first heartbeat")
+        .map_err(fatal(1))?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    spawn_task(
+        &tasks,
+        &daemon,
+        "fleet-watcher",
+        tasks::fleet_watcher(daemon.clone(), fleet_watch),
+    );
+    spawn_task(
+        &tasks,
+        &daemon,
+        "heartbeat",
+        tasks::heartbeat(daemon.clone()),
+    );
+    // Outside the tracker: it must outlive the drain to catch a second signal.
+    let files_for_exit = run_files.clone();
+    tokio::spawn(tasks::signals(daemon.clone(), move || {
+        files_for_exit.remove();
+        std::process::exit(1);
+    }));
+    tasks.spawn(server::serve(
+        listener,
+        daemon.clone(),
+        daemon.shutdown.clone(),
+    ));
+    tasks.close();
+
+    sdnotify::notify("READY=1");
+    let config = daemon.config();
+    tracing::info!(
+        "memoryd up: root={} socket={} fleet={} watch={} mcp={}",
+        daemon.paths.root.display(),
+        daemon.socket.display(),
+        daemon.fleet_describe(),
+        if daemon.watch_on.load(Ordering::Relaxed) {
+            "on"
+        } else {
+            "off"
+        },
+        if config.mcp_port == 0 {
+            "off".to_owned()
+        } else {
+            format!("{} (not served by this build)", config.mcp_port)
+        },
+    );
+    if daemon.files.is_sandboxed()
+        && std::env::var("MEMORYD_TEST_PANIC").is_ok_and(|v| v == "after-ready")
+    {
+        panic!("MEMORYD_TEST_PANIC=after-ready: injected panic (test sandbox only)");
+    }
+
+    daemon.shutdown.begun.cancelled().await;
+    sdnotify::notify("STOPPING=1");
+    let grace = daemon.config().shutdown_grace;
+    let shutdown = &daemon.shutdown;
+    shutdown.connections.close();
+    shutdown.requests.close();
+    let drained = async {
+        shutdown.connections.wait().await;
+        shutdown.requests.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(grace = ?grace, "requests still running after shutdown_grace; answering them with daemon.shutting_down");
+        shutdown.grace_over.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), shutdown.connections.wait()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let failed = daemon.failed.load(Ordering::Relaxed);
+    tracing::info!(failed, "memoryd stopped");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs a task; if it panics, the daemon stops with exit 1 (the supervisor
+/// restarts it) rather than limp on without it.
+fn spawn_task(
+    tasks: &tokio_util::task::TaskTracker,
+    daemon: &Arc<Daemon>,
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    let handle = tokio::spawn(task);
+    let daemon = daemon.clone();
+    tasks.spawn(async move {
+        if let Err(e) = handle.await
+            && e.is_panic()
+        {
+            tracing::error!(
+                task = name,
+                "task panicked; stopping memoryd so the supervisor restarts it"
+            );
+            daemon.failed.store(true, Ordering::Relaxed);
+            daemon.shutdown.begun.cancel();
+        }
+    });
+}

@@ -1,0 +1,124 @@
+//! The control socket client: connect, `session.hello`, then requests with
+//! streamed progress.
+
+use memoryd_proto::message::Incoming;
+use memoryd_proto::{Hello, HelloResult, PROTOCOL_VERSION, Progress, Request, RpcError, methods};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Why no conversation with the daemon could start.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Nothing answered within the connect timeout; the sentence says what
+    /// was seen.
+    NotAnswering(String),
+    /// The daemon answered and refused (another uid, protocol mismatch).
+    Refused(RpcError),
+}
+
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    next_id: u64,
+    pub hello: HelloResult,
+}
+
+impl Client {
+    /// Connects and says hello, both within `timeout`.
+    pub async fn connect(socket: &Path, timeout: Duration) -> Result<Client, ConnectError> {
+        match tokio::time::timeout(timeout, Client::connect_inner(socket)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::NotAnswering(format!(
+                "no answer on {} within {}",
+                socket.display(),
+                humantime::format_duration(timeout)
+            ))),
+        }
+    }
+
+    async fn connect_inner(socket: &Path) -> Result<Client, ConnectError> {
+        let stream = UnixStream::connect(socket).await.map_err(|e| {
+            ConnectError::NotAnswering(format!("cannot connect to {}: {e}", socket.display()))
+        })?;
+        let (reader, writer) = stream.into_split();
+        let mut client = Client {
+            reader: BufReader::new(reader),
+            writer,
+            next_id: 1,
+            hello: placeholder_hello(),
+        };
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            client: format!("memoryctl {}", memoryd_core::VERSION),
+        };
+        let params = serde_json::to_value(hello).unwrap_or(Value::Null);
+        let result = match client.call(methods::SESSION_HELLO, params, |_| {}).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
+            Err(e) => return Err(ConnectError::NotAnswering(e)),
+        };
+        client.hello = serde_json::from_value(result).map_err(|e| {
+            ConnectError::NotAnswering(format!("memoryd sent a malformed hello: {e}"))
+        })?;
+        Ok(client)
+    }
+
+    /// Sends one request and reads until its response, passing each
+    /// progress notification to `on_progress` as it arrives. The outer
+    /// error is a broken connection; the inner one the daemon's answer.
+    pub async fn call(
+        &mut self,
+        method: &str,
+        params: Value,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Result<Result<Value, RpcError>, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = Request::new(id, method, params).encode();
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(|e| format!("cannot send {method} to memoryd: {e}"))?;
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            let n = self
+                .reader
+                .read_line(&mut buf)
+                .await
+                .map_err(|e| format!("lost the connection to memoryd: {e}"))?;
+            if n == 0 {
+                return Err(format!(
+                    "memoryd closed the connection before answering {method}"
+                ));
+            }
+            match Incoming::decode(buf.as_bytes())? {
+                Incoming::Notification(n) if n.method == methods::HOST_PROGRESS => {
+                    if let Ok(progress) = serde_json::from_value::<Progress>(n.params) {
+                        on_progress(progress);
+                    }
+                }
+                Incoming::Notification(_) => {}
+                // A refusal sent before any request was read has a null id.
+                Incoming::Response(r) if r.id == Value::from(id) || r.id.is_null() => {
+                    return Ok(r.outcome);
+                }
+                Incoming::Response(_) => {}
+            }
+        }
+    }
+}
+
+fn placeholder_hello() -> HelloResult {
+    HelloResult {
+        protocol: PROTOCOL_VERSION,
+        version: String::new(),
+        pid: 0,
+        root: String::new(),
+        supervisor: None,
+    }
+}

@@ -1,0 +1,193 @@
+//! `daemon start`, `daemon stop` and `shutdown`.
+
+use crate::Ctx;
+use anyhow::{Context as _, anyhow, bail};
+use memoryd_core::egress::Egress;
+use memoryd_core::files::FileGuard;
+use memoryd_core::instance::{self, DaemonCheck, KillOutcome};
+use memoryd_proto::methods;
+use serde_json::json;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// How long `daemon start` waits for the new daemon to answer.
+const START_LIMIT: Duration = Duration::from_secs(15);
+
+/// The installed memoryd: `memoryd_bin`, else the sibling of this binary.
+fn memoryd_bin(ctx: &Ctx) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = &ctx.config.memoryd_bin {
+        return Ok(bin.clone());
+    }
+    let me = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .context("cannot find this memoryctl binary")?;
+    Ok(me.with_file_name("memoryd"))
+}
+
+fn guards(ctx: &Ctx, allowed: Vec<PathBuf>) -> (FileGuard, Egress) {
+    let roots: Vec<&Path> = [Some(ctx.paths.root.as_path()), ctx.config.vault.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    (FileGuard::from_env(&roots), Egress::from_env(allowed))
+}
+
+pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    if let Some(client) = ctx.connect().await? {
+        println!("memoryd is already running (pid {})", client.hello.pid);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if instance::lock_is_held(&ctx.paths.instance_lock).unwrap_or(false) {
+        bail!(
+            "a memoryd (pid {}) holds the lock of this root but does not answer; end it with: {} daemon stop",
+            instance::read_pid(&ctx.paths.pid_file).map_or("unknown".to_owned(), |p| p.to_string()),
+            ctx.ctl()
+        );
+    }
+    let bin = memoryd_bin(ctx)?;
+    if !bin.is_file() {
+        bail!(
+            "{} is missing; build or install memoryd, or set memoryd_bin in {}",
+            bin.display(),
+            ctx.config_file.display()
+        );
+    }
+    let (files, egress) = guards(ctx, vec![bin.clone()]);
+    files.create_dir_all(&ctx.paths.logs, 0o700)?;
+    let log_path = ctx.paths.logs.join("memoryd.log");
+    let log = files.open_append(&log_path)?;
+    let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let root = ctx.paths.root.as_os_str().to_owned();
+    let mut child = egress.spawn_detached(&bin, &[std::ffi::OsStr::new("--root"), &root], log)?;
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().context("cannot watch the new memoryd")? {
+            let why = first_error(&log_path, offset)
+                .unwrap_or_else(|| format!("it exited with {status} and logged nothing"));
+            bail!("memoryd did not start: {why} (log: {})", log_path.display());
+        }
+        if let Some(client) = ctx.connect().await? {
+            if ctx.json {
+                println!(
+                    "{}",
+                    json!({"started": true, "pid": client.hello.pid, "log": log_path})
+                );
+            } else {
+                println!(
+                    "memoryd started (pid {}), logging to {}",
+                    client.hello.pid,
+                    log_path.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "memoryd (pid {}) did not answer within {}s; see {}",
+                child.id(),
+                START_LIMIT.as_secs(),
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The daemon's own first error line (`memoryd: …`) written after `offset`.
+fn first_error(log: &Path, offset: u64) -> Option<String> {
+    let mut file = std::fs::File::open(log).ok()?;
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memoryd: "))
+        .map(str::to_owned)
+        .or_else(|| text.lines().last().map(str::to_owned))
+}
+
+/// `shutdown` asks a running daemon to stop; `daemon stop` also waits for
+/// it and ends a hung one by the verified-kill rule.
+pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
+    let Some(mut client) = ctx.connect().await? else {
+        if !stop {
+            bail!(
+                "memoryd is not running (start it with: {} daemon start)",
+                ctx.ctl()
+            );
+        }
+        return kill_hung(ctx).await;
+    };
+    let pid = client.hello.pid;
+    let result = ctx
+        .call(&mut client, methods::HOST_SHUTDOWN, json!({}))
+        .await?
+        .map_err(|e| anyhow!(e.message))?;
+    let supervisor = result["supervisor"].as_str().map(str::to_owned);
+    let grace = ctx.config.shutdown_grace + Duration::from_secs(5);
+    let lock = ctx.paths.instance_lock.clone();
+    let stopped =
+        tokio::task::spawn_blocking(move || instance::wait_for_release(&lock, grace)).await?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"pid": pid, "stopped": stopped, "supervisor": supervisor})
+        );
+    } else if stopped {
+        println!("memoryd (pid {pid}) stopped");
+    } else {
+        println!(
+            "memoryd (pid {pid}) is still stopping after {}s",
+            grace.as_secs()
+        );
+    }
+    if let Some(sup) = supervisor {
+        eprintln!(
+            "memoryd runs under {sup}, which will restart it; to keep it down: {}",
+            memoryd_core::supervisor::stop_command(&sup)
+        );
+    }
+    Ok(if stopped {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn kill_hung(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let (_, egress) = guards(ctx, Vec::new());
+    let paths = ctx.paths.clone();
+    let found = {
+        let (paths, egress) = (paths.clone(), egress.clone());
+        tokio::task::spawn_blocking(move || instance::verify_daemon(&paths, &egress)).await?
+    };
+    match found {
+        DaemonCheck::NotRunning => {
+            println!("memoryd is not running");
+            Ok(ExitCode::SUCCESS)
+        }
+        DaemonCheck::Unverified(why) => {
+            bail!("memoryd does not answer and nothing was signalled: {why}")
+        }
+        DaemonCheck::Verified(daemon) => {
+            let pid = daemon.pid();
+            let outcome = tokio::task::spawn_blocking(move || {
+                instance::kill_verified(
+                    &paths,
+                    &egress,
+                    &daemon,
+                    Duration::from_secs(5),
+                    Duration::from_secs(2),
+                )
+            })
+            .await??;
+            let how = match outcome {
+                KillOutcome::Terminated => "SIGTERM",
+                KillOutcome::Killed => "SIGKILL",
+            };
+            println!("memoryd (pid {pid}) did not answer; ended it with {how}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The daemon's shared state and the methods it answers.
+
+use crate::server::{ProgressSink, Service, Shutdown};
+use memoryd_core::config::{self, Config, ConfigError, FlagOverrides};
+use memoryd_core::files::FileGuard;
+use memoryd_core::fleet::FleetRead;
+use memoryd_core::paths::Paths;
+use memoryd_proto::{
+    ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, ProgressStatus, Request, RpcError, methods,
+};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Where the configuration is read from, kept for reloads.
+pub struct ConfigSource {
+    pub file: PathBuf,
+    pub required: bool,
+    pub flags: FlagOverrides,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        config::load(
+            &self.file,
+            self.required,
+            |k| std::env::var_os(k),
+            &self.flags,
+        )
+        .map(|l| l.config)
+    }
+}
+
+pub struct Daemon {
+    pub paths: Paths,
+    pub source: ConfigSource,
+    config: watch::Sender<Arc<Config>>,
+    pub files: FileGuard,
+    pub socket: PathBuf,
+    pub hostname: String,
+    pub supervisor: Option<&'static str>,
+    pub started: Instant,
+    pub shutdown: Shutdown,
+    /// Whether the fleet map watcher runs (false while it only polls).
+    pub watch_on: AtomicBool,
+    pub fleet: Mutex<FleetRead>,
+    /// Set when a task died and the daemon must exit 1.
+    pub failed: AtomicBool,
+}
+
+impl Daemon {
+    pub fn new(
+        paths: Paths,
+        source: ConfigSource,
+        config: Config,
+        files: FileGuard,
+        socket: PathBuf,
+        supervisor: Option<&'static str>,
+    ) -> Daemon {
+        let fleet = FleetRead::load(&paths.fleet_map);
+        Daemon {
+            paths,
+            source,
+            config: watch::Sender::new(Arc::new(config)),
+            files,
+            socket,
+            hostname: memoryd_core::heartbeat::hostname(),
+            supervisor,
+            started: Instant::now(),
+            shutdown: Shutdown::default(),
+            watch_on: AtomicBool::new(false),
+            fleet: Mutex::new(fleet),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    pub fn subscribe_config(&self) -> watch::Receiver<Arc<Config>> {
+        self.config.subscribe()
+    }
+
+    /// Re-reads the configuration; a bad one is refused and the old one kept.
+    /// Keys that only a restart applies are reported as `warn` progress.
+    pub fn reload(&self, progress: &ProgressSink) -> Result<Value, ConfigError> {
+        let new = self.source.load()?;
+        let old = self.config();
+        let mut restart_needed = Vec::new();
+        if new.socket_path != old.socket_path {
+            restart_needed.push("socket_path");
+        }
+        if new.mcp_port != old.mcp_port {
+            restart_needed.push("mcp_port");
+        }
+        for key in &restart_needed {
+            tracing::warn!(
+                key,
+                "config change takes effect at the next start of memoryd"
+            );
+            progress.send(
+                key,
+                ProgressStatus::Warn,
+                "changed; takes effect at the next start of memoryd",
+            );
+        }
+        let changed = *old != new;
+        self.config.send_replace(Arc::new(new));
+        tracing::info!(file = %self.source.file.display(), changed, "config reloaded");
+        Ok(
+            json!({"reloaded": true, "changed": changed, "file": self.source.file, "restartNeeded": restart_needed}),
+        )
+    }
+
+    /// Writes one heartbeat line.
+    pub fn beat(&self) -> Result<(), memoryd_core::files::FileError> {
+        let line = memoryd_core::heartbeat::Heartbeat::render(
+            SystemTime::now(),
+            &self.hostname,
+            self.watch_on.load(Ordering::Relaxed),
+        );
+        self.files
+            .write_atomic(&self.paths.heartbeat, line.as_bytes(), Some(0o644))
+    }
+
+    pub fn fleet_describe(&self) -> String {
+        self.fleet
+            .lock()
+            .map(|f| f.describe())
+            .unwrap_or_else(|_| "no map (state poisoned)".to_owned())
+    }
+
+    pub fn status(&self) -> memoryd_proto::status::HostStatus {
+        let config = self.config();
+        let mut status = memoryd_core::status::from_disk(&self.paths, &config, SystemTime::now());
+        status.running = true;
+        status.pid = Some(std::process::id());
+        status.version = Some(memoryd_core::VERSION.to_owned());
+        status.uptime_secs = Some(self.started.elapsed().as_secs());
+        status.watch = Some(
+            if self.watch_on.load(Ordering::Relaxed) {
+                "on"
+            } else {
+                "off"
+            }
+            .to_owned(),
+        );
+        status.supervisor = self.supervisor.map(str::to_owned);
+        memoryd_core::status::assess(&mut status, &config);
+        status
+    }
+
+    fn hello_result(&self) -> HelloResult {
+        HelloResult {
+            protocol: PROTOCOL_VERSION,
+            version: memoryd_core::VERSION.to_owned(),
+            pid: std::process::id(),
+            root: self.paths.root.display().to_string(),
+            supervisor: self.supervisor.map(str::to_owned),
+        }
+    }
+}
+
+impl Service for Daemon {
+    fn limits(&self) -> (usize, usize) {
+        let config = self.config();
+        (config.max_connections, config.max_request_bytes)
+    }
+
+    fn hello(&self, request: &Request) -> Result<Value, RpcError> {
+        let hello: Hello = request.params()?;
+        if hello.protocol != PROTOCOL_VERSION {
+            let fix = if hello.protocol > PROTOCOL_VERSION {
+                "restart memoryd onto the installed binary with: memoryctl update"
+            } else {
+                "upgrade memoryctl to the daemon's version"
+            };
+            return Err(RpcError::new(
+                ErrorKind::ProtocolMismatch,
+                format!("{} speaks protocol {} but memoryd {} speaks protocol {PROTOCOL_VERSION}; {fix}", hello.client, hello.protocol, memoryd_core::VERSION),
+            )
+            .with_details(serde_json::to_value(self.hello_result()).unwrap_or(Value::Null)));
+        }
+        tracing::debug!(client = hello.client, "session.hello");
+        serde_json::to_value(self.hello_result())
+            .map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    fn call(
+        self: Arc<Self>,
+        request: Request,
+        progress: ProgressSink,
+    ) -> impl Future<Output = Result<Value, RpcError>> + Send + 'static {
+        async move {
+            match request.method.as_str() {
+                methods::HOST_STATUS => serde_json::to_value(self.status())
+                    .map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string())),
+                methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
+                    RpcError::new(
+                        ErrorKind::ConfigInvalid,
+                        format!("{e}; the running configuration is kept"),
+                    )
+                }),
+                methods::HOST_SHUTDOWN => Ok(json!({
+                    "stopping": true,
+                    "supervisor": self.supervisor,
+                    "restarted": self.supervisor.is_some(),
+                })),
+                other => Err(RpcError::new(
+                    ErrorKind::MethodUnknown,
+                    format!("unknown method `{other}`"),
+                )),
+            }
+        }
+    }
+
+    fn after_reply(&self, method: &str) {
+        if method == methods::HOST_SHUTDOWN {
+            tracing::info!("shutdown requested over the control socket");
+            self.shutdown.begun.cancel();
+        }
+    }
+}

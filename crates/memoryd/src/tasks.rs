@@ -1,0 +1,201 @@
+//! The daemon's long-running tasks: heartbeat, fleet map watcher, signals.
+
+use crate::daemon::Daemon;
+use crate::sdnotify;
+use memoryd_core::fleet::FleetRead;
+use notify::Watcher;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval};
+
+/// How often the fleet map's mtime is polled when no watcher runs.
+const POLL_EVERY: Duration = Duration::from_secs(5);
+/// Events closer together than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Writes the heartbeat every `heartbeat_interval` and pings the systemd
+/// watchdog from the same loop, so a stuck loop stops the pings.
+pub async fn heartbeat(daemon: Arc<Daemon>) {
+    let watchdog = sdnotify::watchdog_period();
+    let mut config = daemon.subscribe_config();
+    loop {
+        let period = config.borrow_and_update().heartbeat_interval;
+        if let Some(w) = watchdog
+            && period > w / 2
+        {
+            tracing::warn!(heartbeat_interval = ?period, watchdog = ?w, "heartbeat_interval is longer than half the systemd watchdog; the supervisor may kill a healthy daemon");
+        }
+        let mut tick = interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = daemon.shutdown.begun.cancelled() => return,
+                changed = config.changed() => {
+                    if changed.is_err() { return; }
+                    if config.borrow().heartbeat_interval != period { break; }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = daemon.beat() {
+                        tracing::error!(task = "heartbeat", error = %e, "cannot write the heartbeat");
+                        continue;
+                    }
+                    if watchdog.is_some() {
+                        sdnotify::notify("WATCHDOG=1");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The fleet map watcher, started before the first heartbeat so that the
+/// heartbeat's `watch=` tells the truth from the start.
+pub struct FleetWatch {
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::UnboundedReceiver<Result<(), String>>,
+}
+
+impl FleetWatch {
+    /// Watches `S/` (the parent dir, so atomic renames are seen) for
+    /// events on the fleet map; on failure the daemon polls (`watch=off`).
+    pub fn start(daemon: &Daemon) -> FleetWatch {
+        let (tx, events) = mpsc::unbounded_channel::<Result<(), String>>();
+        let map_name = daemon.paths.fleet_map.file_name().map(|n| n.to_os_string());
+        let handler = move |event: notify::Result<notify::Event>| {
+            let sent = match event {
+                Ok(event)
+                    if event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) =>
+                {
+                    tx.send(Ok(()))
+                }
+                Ok(_) => Ok(()),
+                Err(e) => tx.send(Err(e.to_string())),
+            };
+            drop(sent);
+        };
+        let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(&daemon.paths.state, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(task = "fleet-watcher", error = %e, "cannot watch the fleet map; polling it every 5 s (watch=off)");
+                None
+            }
+        };
+        daemon.watch_on.store(watcher.is_some(), Ordering::Relaxed);
+        FleetWatch {
+            _watcher: watcher,
+            events,
+        }
+    }
+}
+
+/// Acts on fleet map changes, debounced; polls the map's mtime while the
+/// watcher is off.
+pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
+    let FleetWatch {
+        _watcher,
+        events: mut rx,
+    } = watch;
+    let mut poll = interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_mtime = mtime(&daemon.paths.fleet_map);
+    loop {
+        tokio::select! {
+            _ = daemon.shutdown.begun.cancelled() => return,
+            event = rx.recv(), if daemon.watch_on.load(Ordering::Relaxed) => match event {
+                Some(Ok(())) => {
+                    // Let a burst of events settle into one change.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    reload_fleet(&daemon);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(task = "fleet-watcher", error = %e, "the fleet map watcher failed; polling every 5 s (watch=off)");
+                    daemon.watch_on.store(false, Ordering::Relaxed);
+                }
+                None => daemon.watch_on.store(false, Ordering::Relaxed),
+            },
+            _ = poll.tick(), if !daemon.watch_on.load(Ordering::Relaxed) => {
+                let now = mtime(&daemon.paths.fleet_map);
+                if now != last_mtime {
+                    last_mtime = now;
+                    reload_fleet(&daemon);
+                }
+            }
+        }
+    }
+}
+
+fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reads the map again; a missing or broken map is never taken for an
+/// empty fleet: the last good one stays.
+fn reload_fleet(daemon: &Daemon) {
+    let new = FleetRead::load(&daemon.paths.fleet_map);
+    let Ok(mut current) = daemon.fleet.lock() else {
+        return;
+    };
+    if *current == new {
+        return;
+    }
+    match (&*current, &new) {
+        (FleetRead::Map(_), FleetRead::Missing | FleetRead::Unreadable(_)) => {
+            tracing::warn!(
+                fleet = new.describe(),
+                "the fleet map is gone or unreadable; keeping the last good map"
+            );
+        }
+        _ => {
+            tracing::info!(fleet = new.describe(), "fleet map changed");
+            *current = new;
+        }
+    }
+}
+
+/// SIGTERM/SIGINT begin the shutdown (a second one exits 1 at once);
+/// SIGHUP reloads the config.
+pub async fn signals(daemon: Arc<Daemon>, on_second: impl Fn() + Send + 'static) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!(task = "signals", "cannot install signal handlers");
+        daemon.failed.store(true, Ordering::Relaxed);
+        daemon.shutdown.begun.cancel();
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                if let Err(e) = daemon.reload(&crate::server::ProgressSink::discard()) {
+                    tracing::error!(error = %e, "SIGHUP: the new config is refused; the running configuration is kept");
+                }
+                continue;
+            }
+        };
+        if daemon.shutdown.begun.is_cancelled() {
+            tracing::warn!(
+                signal = name,
+                "second signal during shutdown: exiting at once"
+            );
+            on_second();
+        }
+        tracing::info!(signal = name, "shutting down");
+        daemon.shutdown.begun.cancel();
+    }
+}
