@@ -1,1 +1,249 @@
+//! The end-to-end harness: real `memoryd` and `memoryctl` binaries, a temp
+//! root per test, the sandbox armed, `HOME` pointed at a canary dir.
+// Tests build fixtures and drive real processes directly.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use memoryd_core::paths::Paths;
+
+/// The freshly built binaries (built once per test process, so a single
+/// test never runs a stale binary).
+pub struct Bins {
+    pub memoryd: PathBuf,
+    pub memoryctl: PathBuf,
+}
+
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "memoryd", "-p", "memoryctl"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        // target/<profile>/deps/<test binary> → target/<profile>
+        let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+        let bins = Bins { memoryd: dir.join("memoryd"), memoryctl: dir.join("memoryctl") };
+        assert!(bins.memoryd.is_file() && bins.memoryctl.is_file(), "binaries missing in {}", dir.display());
+        bins
+    })
+}
+
+/// A temp root for one test.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+    pub paths: Paths,
+    pub home: PathBuf,
+}
+
+impl Root {
+    /// A root whose config turns the MCP endpoint off (not built yet), so
+    /// a healthy daemon reports healthy.
+    pub fn new() -> Root {
+        let root = Root::bare();
+        root.write_config("mcp_port = 0\n");
+        root
+    }
+
+    /// A root with no config file.
+    pub fn bare() -> Root {
+        let dir = tempfile::Builder::new().prefix("md").tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("r"));
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        Root { dir, paths, home }
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::create_dir_all(&self.paths.plugin_dir).unwrap();
+        std::fs::write(&self.paths.default_config, text).unwrap();
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.paths.default_socket.clone()
+    }
+
+    /// A command with the sandbox armed and nothing of the host's memoryd
+    /// environment leaking in.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("MEMORYD_TEST_SANDBOX", "1")
+            .env("HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env_remove("FORCE_COLOR")
+            .env_remove("MEMORYD_ROOT")
+            .env_remove("IAPEER_ROOT")
+            .env_remove("MEMORYD_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("INVOCATION_ID")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `memoryctl --root R <args>` to completion.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.command(&bins().memoryctl).arg("--root").arg(&self.paths.root).args(args).output().unwrap()
+    }
+
+    /// Starts `memoryd --root R` in the foreground, its stderr in a file.
+    pub fn spawn_daemon(&self) -> Daemon {
+        self.spawn_daemon_with(|_| {})
+    }
+
+    pub fn spawn_daemon_with(&self, setup: impl FnOnce(&mut Command)) -> Daemon {
+        let log = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
+        let (log_file, log_path) = log.keep().unwrap();
+        let mut cmd = self.command(&bins().memoryd);
+        cmd.arg("--root").arg(&self.paths.root).stdout(Stdio::null()).stderr(log_file);
+        setup(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        Daemon { child, log: log_path }
+    }
+
+    /// Starts a daemon and waits until it answers `session.hello`.
+    pub fn start_daemon(&self) -> Daemon {
+        let mut daemon = self.spawn_daemon();
+        daemon.wait_ready(self);
+        daemon
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root::new()
+    }
+}
+
+/// A running `memoryd` child; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the socket answers hello (panics with the log if the
+    /// daemon exits or 20 s pass).
+    pub fn wait_ready(&mut self, root: &Root) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("memoryd exited with {status} before answering:\n{}", self.log());
+            }
+            if let Ok(mut conn) = Conn::open(&root.socket()) {
+                if conn.hello().get("result").is_some() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "memoryd did not answer within 20 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the exit, panicking after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "memoryd did not exit within {limit:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw protocol connection, for tests that speak the wire themselves.
+pub struct Conn {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+    next_id: u64,
+}
+
+impl Conn {
+    pub fn open(socket: &Path) -> std::io::Result<Conn> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream, next_id: 1 })
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// The next line as JSON; Null at end of stream.
+    pub fn read_value(&mut self) -> Value {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => Value::Null,
+            Ok(_) => serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")),
+        }
+    }
+
+    /// Whether the daemon closed the connection (EOF within the timeout).
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        // A refused connection may be closed before the request is
+        // written; the refusal is still there to be read.
+        let _ = self.send_raw(format!("{line}\n").as_bytes());
+        loop {
+            let v = self.read_value();
+            if v.get("id") == Some(&json!(id)) || v.is_null() || v.get("id") == Some(&Value::Null) {
+                return v;
+            }
+        }
+    }
+
+    pub fn hello(&mut self) -> Value {
+        self.request("session.hello", json!({"protocol": memoryd_proto::PROTOCOL_VERSION, "client": "e2e"}))
+    }
+}
+
+/// `error.data.kind` of a response.
+pub fn kind(response: &Value) -> &str {
+    response["error"]["data"]["kind"].as_str().unwrap_or("")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -41,29 +41,20 @@ impl Client {
     }
 
     async fn connect_inner(socket: &Path) -> Result<Client, ConnectError> {
-        let stream = UnixStream::connect(socket).await.map_err(|e| {
-            ConnectError::NotAnswering(format!("cannot connect to {}: {e}", socket.display()))
-        })?;
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| ConnectError::NotAnswering(format!("cannot connect to {}: {e}", socket.display())))?;
         let (reader, writer) = stream.into_split();
-        let mut client = Client {
-            reader: BufReader::new(reader),
-            writer,
-            next_id: 1,
-            hello: placeholder_hello(),
-        };
-        let hello = Hello {
-            protocol: PROTOCOL_VERSION,
-            client: format!("memoryctl {}", memoryd_core::VERSION),
-        };
+        let mut client = Client { reader: BufReader::new(reader), writer, next_id: 1, hello: placeholder_hello() };
+        let hello = Hello { protocol: PROTOCOL_VERSION, client: format!("memoryctl {}", memoryd_core::VERSION) };
         let params = serde_json::to_value(hello).unwrap_or(Value::Null);
         let result = match client.call(methods::SESSION_HELLO, params, |_| {}).await {
             Ok(Ok(result)) => result,
             Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
             Err(e) => return Err(ConnectError::NotAnswering(e)),
         };
-        client.hello = serde_json::from_value(result).map_err(|e| {
-            ConnectError::NotAnswering(format!("memoryd sent a malformed hello: {e}"))
-        })?;
+        client.hello = serde_json::from_value(result)
+            .map_err(|e| ConnectError::NotAnswering(format!("memoryd sent a malformed hello: {e}")))?;
         Ok(client)
     }
 
@@ -79,22 +70,20 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = Request::new(id, method, params).encode();
-        self.writer
-            .write_all(&line)
-            .await
-            .map_err(|e| format!("cannot send {method} to memoryd: {e}"))?;
+        // A daemon that refuses the connection (another uid, too busy) may
+        // close it before the request is written: its reason is still there
+        // to be read, so a failed write only ends the call at end of stream.
+        let sent = self.writer.write_all(&line).await;
         let mut buf = String::new();
         loop {
             buf.clear();
-            let n = self
-                .reader
-                .read_line(&mut buf)
-                .await
-                .map_err(|e| format!("lost the connection to memoryd: {e}"))?;
+            let n =
+                self.reader.read_line(&mut buf).await.map_err(|e| format!("lost the connection to memoryd: {e}"))?;
             if n == 0 {
-                return Err(format!(
-                    "memoryd closed the connection before answering {method}"
-                ));
+                return Err(match sent {
+                    Err(e) => format!("cannot send {method} to memoryd: {e}"),
+                    Ok(()) => format!("memoryd closed the connection before answering {method}"),
+                });
             }
             match Incoming::decode(buf.as_bytes())? {
                 Incoming::Notification(n) if n.method == methods::HOST_PROGRESS => {
@@ -114,11 +103,5 @@ impl Client {
 }
 
 fn placeholder_hello() -> HelloResult {
-    HelloResult {
-        protocol: PROTOCOL_VERSION,
-        version: String::new(),
-        pid: 0,
-        root: String::new(),
-        supervisor: None,
-    }
+    HelloResult { protocol: PROTOCOL_VERSION, version: String::new(), pid: 0, root: String::new(), supervisor: None }
 }

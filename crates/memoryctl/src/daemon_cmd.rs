@@ -20,17 +20,13 @@ fn memoryd_bin(ctx: &Ctx) -> anyhow::Result<PathBuf> {
     if let Some(bin) = &ctx.config.memoryd_bin {
         return Ok(bin.clone());
     }
-    let me = std::env::current_exe()
-        .and_then(|p| p.canonicalize())
-        .context("cannot find this memoryctl binary")?;
+    let me = std::env::current_exe().and_then(|p| p.canonicalize()).context("cannot find this memoryctl binary")?;
     Ok(me.with_file_name("memoryd"))
 }
 
 fn guards(ctx: &Ctx, allowed: Vec<PathBuf>) -> (FileGuard, Egress) {
-    let roots: Vec<&Path> = [Some(ctx.paths.root.as_path()), ctx.config.vault.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let roots: Vec<&Path> =
+        [Some(ctx.paths.root.as_path()), ctx.config.vault.as_deref()].into_iter().flatten().collect();
     (FileGuard::from_env(&roots), Egress::from_env(allowed))
 }
 
@@ -64,22 +60,15 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + START_LIMIT;
     loop {
         if let Some(status) = child.try_wait().context("cannot watch the new memoryd")? {
-            let why = first_error(&log_path, offset)
-                .unwrap_or_else(|| format!("it exited with {status} and logged nothing"));
+            let why =
+                first_error(&log_path, offset).unwrap_or_else(|| format!("it exited with {status} and logged nothing"));
             bail!("memoryd did not start: {why} (log: {})", log_path.display());
         }
         if let Some(client) = ctx.connect().await? {
             if ctx.json {
-                println!(
-                    "{}",
-                    json!({"started": true, "pid": client.hello.pid, "log": log_path})
-                );
+                println!("{}", json!({"started": true, "pid": client.hello.pid, "log": log_path}));
             } else {
-                println!(
-                    "memoryd started (pid {}), logging to {}",
-                    client.hello.pid,
-                    log_path.display()
-                );
+                println!("memoryd started (pid {}), logging to {}", client.hello.pid, log_path.display());
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -112,35 +101,22 @@ fn first_error(log: &Path, offset: u64) -> Option<String> {
 pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
     let Some(mut client) = ctx.connect().await? else {
         if !stop {
-            bail!(
-                "memoryd is not running (start it with: {} daemon start)",
-                ctx.ctl()
-            );
+            bail!("memoryd is not running (start it with: {} daemon start)", ctx.ctl());
         }
         return kill_hung(ctx).await;
     };
     let pid = client.hello.pid;
-    let result = ctx
-        .call(&mut client, methods::HOST_SHUTDOWN, json!({}))
-        .await?
-        .map_err(|e| anyhow!(e.message))?;
+    let result = ctx.call(&mut client, methods::HOST_SHUTDOWN, json!({})).await?.map_err(|e| anyhow!(e.message))?;
     let supervisor = result["supervisor"].as_str().map(str::to_owned);
     let grace = ctx.config.shutdown_grace + Duration::from_secs(5);
     let lock = ctx.paths.instance_lock.clone();
-    let stopped =
-        tokio::task::spawn_blocking(move || instance::wait_for_release(&lock, grace)).await?;
+    let stopped = tokio::task::spawn_blocking(move || instance::wait_for_release(&lock, grace)).await?;
     if ctx.json {
-        println!(
-            "{}",
-            json!({"pid": pid, "stopped": stopped, "supervisor": supervisor})
-        );
+        println!("{}", json!({"pid": pid, "stopped": stopped, "supervisor": supervisor}));
     } else if stopped {
         println!("memoryd (pid {pid}) stopped");
     } else {
-        println!(
-            "memoryd (pid {pid}) is still stopping after {}s",
-            grace.as_secs()
-        );
+        println!("memoryd (pid {pid}) is still stopping after {}s", grace.as_secs());
     }
     if let Some(sup) = supervisor {
         eprintln!(
@@ -148,11 +124,7 @@ pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
             memoryd_core::supervisor::stop_command(&sup)
         );
     }
-    Ok(if stopped {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if stopped { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn kill_hung(ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -173,13 +145,7 @@ async fn kill_hung(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         DaemonCheck::Verified(daemon) => {
             let pid = daemon.pid();
             let outcome = tokio::task::spawn_blocking(move || {
-                instance::kill_verified(
-                    &paths,
-                    &egress,
-                    &daemon,
-                    Duration::from_secs(5),
-                    Duration::from_secs(2),
-                )
+                instance::kill_verified(&paths, &egress, &daemon, Duration::from_secs(5), Duration::from_secs(2))
             })
             .await??;
             let how = match outcome {

@@ -85,12 +85,8 @@ impl Command {
             Command::Status => "status",
             Command::Shutdown => "shutdown",
             Command::Reload => "reload",
-            Command::Daemon {
-                action: DaemonAction::Start,
-            } => "daemon start",
-            Command::Daemon {
-                action: DaemonAction::Stop,
-            } => "daemon stop",
+            Command::Daemon { action: DaemonAction::Start } => "daemon start",
+            Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Config { .. } => "config check",
         }
     }
@@ -116,11 +112,10 @@ impl Ctx {
         let paths = Paths::new(paths::resolve_root(cli.root.as_deref(), env)?);
         let config_file = paths.config_file(env);
         let required = std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
-        let (config, config_found, config_error) =
-            match config::load(&config_file, required, env, &Vec::new()) {
-                Ok(loaded) => (loaded.config, loaded.file_found, None),
-                Err(e) => (Config::default(), config_file.exists(), Some(e)),
-            };
+        let (config, config_found, config_error) = match config::load(&config_file, required, env, &Vec::new()) {
+            Ok(loaded) => (loaded.config, loaded.file_found, None),
+            Err(e) => (Config::default(), config_file.exists(), Some(e)),
+        };
         let socket = config.checked_socket(&paths)?;
         Ok(Ctx {
             paths,
@@ -155,12 +150,9 @@ impl Ctx {
 
     /// Connects or fails with the sentence that says how to start memoryd.
     pub async fn require(&self) -> anyhow::Result<Client> {
-        self.connect().await?.ok_or_else(|| {
-            anyhow!(
-                "memoryd is not running (start it with: {} daemon start)",
-                self.ctl()
-            )
-        })
+        self.connect()
+            .await?
+            .ok_or_else(|| anyhow!("memoryd is not running (start it with: {} daemon start)", self.ctl()))
     }
 
     /// One request, printing progress lines as they stream in (text mode),
@@ -179,12 +171,9 @@ impl Ctx {
             }
         });
         let outcome = match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, call).await.map_err(|_| {
-                anyhow!(
-                    "memoryd did not answer {method} within {}",
-                    humantime::format_duration(limit)
-                )
-            })?,
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .map_err(|_| anyhow!("memoryd did not answer {method} within {}", humantime::format_duration(limit)))?,
             None => call.await,
         };
         outcome.map_err(|e| anyhow!(e))
@@ -210,44 +199,23 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: bool) {
-    let default = if verbose {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::WARN
-    };
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .with_default_directive(default.into())
-        .from_env_lossy();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_env_filter(filter)
-        .init();
+    let default = if verbose { tracing::Level::DEBUG } else { tracing::Level::WARN };
+    let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(default.into()).from_env_lossy();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_env_filter(filter).init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::new(&cli)?;
-    if let (Some(e), false) = (
-        &ctx.config_error,
-        matches!(cli.command, Command::Config { .. }),
-    ) {
-        eprintln!(
-            "memoryctl: warning: {e}; using the defaults to reach memoryd (see: memoryctl config check)"
-        );
+    if let (Some(e), false) = (&ctx.config_error, matches!(cli.command, Command::Config { .. })) {
+        eprintln!("memoryctl: warning: {e}; using the defaults to reach memoryd (see: memoryctl config check)");
     }
     match cli.command {
         Command::Status => status(&ctx).await,
         Command::Shutdown => daemon_cmd::shutdown(&ctx, false).await,
         Command::Reload => reload(&ctx).await,
-        Command::Daemon {
-            action: DaemonAction::Start,
-        } => daemon_cmd::start(&ctx).await,
-        Command::Daemon {
-            action: DaemonAction::Stop,
-        } => daemon_cmd::shutdown(&ctx, true).await,
-        Command::Config {
-            action: ConfigAction::Check,
-        } => config_check(&ctx),
+        Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
+        Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
+        Command::Config { action: ConfigAction::Check } => config_check(&ctx),
     }
 }
 
@@ -259,19 +227,13 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = match ctx.connect().await? {
         Some(mut client) => {
-            let value = ctx
-                .call(&mut client, methods::HOST_STATUS, json!({}))
-                .await?
-                .map_err(|e| anyhow!(e.message))?;
+            let value =
+                ctx.call(&mut client, methods::HOST_STATUS, json!({})).await?.map_err(|e| anyhow!(e.message))?;
             serde_json::from_value(value).context("memoryd sent a malformed status")?
         }
         None => {
-            eprintln!(
-                "memoryd is not running (start it with: {} daemon start)",
-                ctx.ctl()
-            );
-            let mut status =
-                memoryd_core::status::from_disk(&ctx.paths, &ctx.config, SystemTime::now());
+            eprintln!("memoryd is not running (start it with: {} daemon start)", ctx.ctl());
+            let mut status = memoryd_core::status::from_disk(&ctx.paths, &ctx.config, SystemTime::now());
             memoryd_core::status::assess(&mut status, &ctx.config);
             status
         }
@@ -283,27 +245,17 @@ async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
     }
-    Ok(if status.running && status.healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if status.running && status.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn reload(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let mut client = ctx.require().await?;
-    match ctx
-        .call(&mut client, methods::HOST_RELOAD, json!({}))
-        .await?
-    {
+    match ctx.call(&mut client, methods::HOST_RELOAD, json!({})).await? {
         Ok(result) => {
             if ctx.json {
                 print_json(&result)?;
             } else {
-                println!(
-                    "config reloaded from {}",
-                    result["file"].as_str().unwrap_or("?")
-                );
+                println!("config reloaded from {}", result["file"].as_str().unwrap_or("?"));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -315,28 +267,20 @@ async fn reload(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 fn config_check(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     if let Some(e) = &ctx.config_error {
         if ctx.json {
-            print_json(
-                &json!({"ok": false, "file": ctx.config_file, "error": e.to_string(), "key": e.key()}),
-            )?;
+            print_json(&json!({"ok": false, "file": ctx.config_file, "error": e.to_string(), "key": e.key()}))?;
             return Ok(ExitCode::FAILURE);
         }
         bail!("{e}");
     }
     let values = config::describe(&ctx.config);
     if ctx.json {
-        let map: serde_json::Map<String, Value> = values
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), Value::String(v)))
-            .collect();
+        let map: serde_json::Map<String, Value> =
+            values.into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect();
         print_json(
             &json!({"ok": true, "file": ctx.config_file, "fileFound": ctx.config_found, "socket": ctx.socket, "config": map}),
         )?;
     } else {
-        let origin = if ctx.config_found {
-            ""
-        } else {
-            " (not found: defaults, environment and flags only)"
-        };
+        let origin = if ctx.config_found { "" } else { " (not found: defaults, environment and flags only)" };
         println!("config ok: {}{origin}", ctx.config_file.display());
         for (key, value) in values {
             println!("  {key:<28} {value}");

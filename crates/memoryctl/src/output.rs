@@ -13,20 +13,12 @@ pub struct Style {
 impl Style {
     pub fn detect() -> Style {
         let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
-        let color = if set("NO_COLOR") {
-            false
-        } else {
-            set("FORCE_COLOR") || std::io::stdout().is_terminal()
-        };
+        let color = if set("NO_COLOR") { false } else { set("FORCE_COLOR") || std::io::stdout().is_terminal() };
         Style { color }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text.to_owned()
-        }
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }
 
     pub fn good(&self, text: &str) -> String {
@@ -50,18 +42,13 @@ impl Style {
             ProgressStatus::Warn => self.warn("warn    "),
             ProgressStatus::Fail => self.bad("FAIL    "),
         };
-        format!("{mark} {:<18}  {}", p.name, p.detail)
-            .trim_end()
-            .to_owned()
+        format!("{mark} {:<18}  {}", p.name, p.detail).trim_end().to_owned()
     }
 }
 
 fn age(secs: Option<u64>) -> String {
     secs.map_or("never".to_owned(), |s| {
-        format!(
-            "{} ago",
-            humantime::format_duration(std::time::Duration::from_secs(s))
-        )
+        format!("{} ago", humantime::format_duration(std::time::Duration::from_secs(s)))
     })
 }
 
@@ -71,24 +58,15 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
     let running = match (s.running, s.pid) {
         (true, Some(pid)) => style.good(&format!(
             "running (pid {pid}{})",
-            s.supervisor
-                .as_ref()
-                .map(|v| format!(", under {v}"))
-                .unwrap_or_default()
+            s.supervisor.as_ref().map(|v| format!(", under {v}")).unwrap_or_default()
         )),
         (false, Some(pid)) => style.bad(&format!("not answering (pid {pid} holds the lock)")),
         _ => style.bad("not running"),
     };
     rows.push(("memoryd", running));
-    rows.push((
-        "version",
-        s.version.clone().unwrap_or_else(|| "unknown".to_owned()),
-    ));
+    rows.push(("version", s.version.clone().unwrap_or_else(|| "unknown".to_owned())));
     if let Some(up) = s.uptime_secs {
-        rows.push((
-            "uptime",
-            humantime::format_duration(std::time::Duration::from_secs(up)).to_string(),
-        ));
+        rows.push(("uptime", humantime::format_duration(std::time::Duration::from_secs(up)).to_string()));
     }
     rows.push(("root", s.root.clone()));
     rows.push((
@@ -112,61 +90,30 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
             None => "none yet".to_owned(),
         },
     ));
-    rows.push((
-        "provision lock",
-        s.lock
-            .holder
-            .clone()
-            .map_or("free".to_owned(), |h| format!("held by {h}")),
-    ));
+    rows.push(("provision lock", s.lock.holder.clone().map_or("free".to_owned(), |h| format!("held by {h}"))));
     rows.push((
         "presence",
-        format!(
-            "{} online, {} degraded, {} offline",
-            s.presence.online, s.presence.degraded, s.presence.offline
-        ),
+        format!("{} online, {} degraded, {} offline", s.presence.online, s.presence.degraded, s.presence.offline),
     ));
     rows.push((
         "mcp",
         match s.mcp.port {
             0 => "off".to_owned(),
-            port => format!(
-                "port {port}, {}",
-                if s.mcp.listening {
-                    "listening"
-                } else {
-                    "not listening"
-                }
-            ),
+            port => format!("port {port}, {}", if s.mcp.listening { "listening" } else { "not listening" }),
         },
     ));
     rows.push((
         "vault",
         match &s.vault.path {
-            Some(p) => format!(
-                "{p}, {} notes indexed{}",
-                s.vault.notes,
-                if s.vault.watching {
-                    ""
-                } else {
-                    ", not watched"
-                }
-            ),
+            Some(p) => {
+                format!("{p}, {} notes indexed{}", s.vault.notes, if s.vault.watching { "" } else { ", not watched" })
+            }
             None => "no vault configured".to_owned(),
         },
     ));
-    rows.push((
-        "healthy",
-        if s.healthy {
-            style.good("yes")
-        } else {
-            style.bad("no")
-        },
-    ));
+    rows.push(("healthy", if s.healthy { style.good("yes") } else { style.bad("no") }));
     for problem in &s.problems {
         rows.push(("problem", style.warn(problem)));
     }
-    rows.into_iter()
-        .map(|(k, v)| format!("{k:<15} {v}"))
-        .collect()
+    rows.into_iter().map(|(k, v)| format!("{k:<15} {v}")).collect()
 }

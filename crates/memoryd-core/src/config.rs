@@ -74,9 +74,7 @@ impl Default for Config {
 impl Config {
     /// The control socket: `socket_path`, else `S/memoryd.sock`.
     pub fn socket(&self, paths: &Paths) -> PathBuf {
-        self.socket_path
-            .clone()
-            .unwrap_or_else(|| paths.default_socket.clone())
+        self.socket_path.clone().unwrap_or_else(|| paths.default_socket.clone())
     }
 
     /// The control socket, refused when it is too long for a Unix socket address.
@@ -115,20 +113,12 @@ impl FromStr for ClientVersion {
     fn from_str(s: &str) -> Result<Self, String> {
         let number = |part: &str| -> Option<u32> {
             let canonical = part == "0" || (!part.is_empty() && !part.starts_with('0'));
-            if canonical && part.bytes().all(|b| b.is_ascii_digit()) {
-                part.parse().ok()
-            } else {
-                None
-            }
+            if canonical && part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
         };
-        let (major, minor) = s
-            .split_once('.')
-            .ok_or_else(|| format!("{s:?} is not MAJOR.MINOR"))?;
+        let (major, minor) = s.split_once('.').ok_or_else(|| format!("{s:?} is not MAJOR.MINOR"))?;
         match (number(major), number(minor)) {
             (Some(major), Some(minor)) => Ok(ClientVersion { major, minor }),
-            _ => Err(format!(
-                "{s:?} is not MAJOR.MINOR (two numbers without leading zeros)"
-            )),
+            _ => Err(format!("{s:?} is not MAJOR.MINOR (two numbers without leading zeros)")),
         }
     }
 }
@@ -161,22 +151,11 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path} line {line}: {message}")]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Syntax { path: PathBuf, line: usize, message: String },
     #[error("{origin}: {message}")]
-    Key {
-        origin: Origin,
-        key: String,
-        message: String,
-    },
+    Key { origin: Origin, key: String, message: String },
 }
 
 impl ConfigError {
@@ -257,13 +236,8 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
     let int = |raw: Raw<'_>| -> Result<i64, String> {
         match raw {
             Raw::Int(i) => Ok(i),
-            Raw::Str(s) if from_text => s
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a whole number")),
-            Raw::Str(s) => Err(format!(
-                "{s:?} is a string; write the number without quotes"
-            )),
+            Raw::Str(s) if from_text => s.trim().parse().map_err(|_| format!("{s:?} is not a whole number")),
+            Raw::Str(s) => Err(format!("{s:?} is a string; write the number without quotes")),
             Raw::Other(t) => Err(format!("expected a whole number, found {t}")),
         }
     };
@@ -287,23 +261,18 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
         Kind::Size => {
             let bytes = match raw {
                 Raw::Str(s) => parse_size(s.trim())?,
-                other => u64::try_from(int(other)?)
-                    .map_err(|_| "a size cannot be negative".to_owned())?,
+                other => u64::try_from(int(other)?).map_err(|_| "a size cannot be negative".to_owned())?,
             };
             if bytes < 1024 {
-                return Err(format!(
-                    "{bytes} bytes is too small; use at least 1024 (\"1KiB\")"
-                ));
+                return Err(format!("{bytes} bytes is too small; use at least 1024 (\"1KiB\")"));
             }
-            Ok(Parsed::Number(
-                usize::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))?,
-            ))
+            Ok(Parsed::Number(usize::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large"))?))
         }
         Kind::Port => {
             let n = int(raw)?;
-            u16::try_from(n).map(Parsed::Port).map_err(|_| {
-                format!("{n} is not a port; use 0 to 65535 (0 turns the MCP endpoint off)")
-            })
+            u16::try_from(n)
+                .map(Parsed::Port)
+                .map_err(|_| format!("{n} is not a port; use 0 to 65535 (0 turns the MCP endpoint off)"))
         }
         Kind::Count => {
             let n = int(raw)?;
@@ -340,9 +309,7 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
 fn parse_size(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; use bytes or a unit such as \"1MiB\""))?;
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size; use bytes or a unit such as \"1MiB\""))?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -352,13 +319,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "{other:?} is not a size unit; use B, KiB, MiB, GiB, KB, MB or GB"
-            ));
+            return Err(format!("{other:?} is not a size unit; use B, KiB, MiB, GiB, KB, MB or GB"));
         }
     };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(factor).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn apply(config: &mut Config, key: &str, value: Parsed) {
@@ -418,10 +382,7 @@ pub fn load(
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file_required => None,
         Err(source) => {
-            return Err(ConfigError::Read {
-                path: file.to_path_buf(),
-                source,
-            });
+            return Err(ConfigError::Read { path: file.to_path_buf(), source });
         }
     };
     if let Some(text) = &text {
@@ -431,57 +392,24 @@ pub fn load(
         let name = env_var(key);
         let Some(value) = var(&name) else { continue };
         let origin = Origin::Env(name);
-        let value = value
-            .into_string()
-            .map_err(|_| key_error(&origin, key, "the value is not UTF-8".to_owned()))?;
-        set(
-            &mut config,
-            &mut origins,
-            key,
-            *kind,
-            Raw::Str(&value),
-            true,
-            origin,
-        )?;
+        let value = value.into_string().map_err(|_| key_error(&origin, key, "the value is not UTF-8".to_owned()))?;
+        set(&mut config, &mut origins, key, *kind, Raw::Str(&value), true, origin)?;
     }
     for (key, value, flag) in flags {
-        let kind = kind_of(key).ok_or_else(|| {
-            key_error(
-                &Origin::Flag(flag.clone()),
-                key,
-                format!("unknown key `{key}`"),
-            )
-        })?;
-        set(
-            &mut config,
-            &mut origins,
-            key,
-            kind,
-            Raw::Str(value),
-            true,
-            Origin::Flag(flag.clone()),
-        )?;
+        let kind =
+            kind_of(key).ok_or_else(|| key_error(&Origin::Flag(flag.clone()), key, format!("unknown key `{key}`")))?;
+        set(&mut config, &mut origins, key, kind, Raw::Str(value), true, Origin::Flag(flag.clone()))?;
     }
     check_consistency(&config, &origins, file)?;
-    Ok(Loaded {
-        config,
-        file: file.to_path_buf(),
-        file_found: text.is_some(),
-    })
+    Ok(Loaded { config, file: file.to_path_buf(), file_found: text.is_some() })
 }
 
 fn kind_of(key: &str) -> Option<Kind> {
-    KEYS.iter()
-        .find(|(name, _)| *name == key)
-        .map(|(_, kind)| *kind)
+    KEYS.iter().find(|(name, _)| *name == key).map(|(_, kind)| *kind)
 }
 
 fn key_error(origin: &Origin, key: &str, message: String) -> ConfigError {
-    ConfigError::Key {
-        origin: origin.clone(),
-        key: key.to_owned(),
-        message,
-    }
+    ConfigError::Key { origin: origin.clone(), key: key.to_owned(), message }
 }
 
 fn set(
@@ -493,8 +421,7 @@ fn set(
     from_text: bool,
     origin: Origin,
 ) -> Result<(), ConfigError> {
-    let value = parse_value(kind, raw, from_text)
-        .map_err(|m| key_error(&origin, key, format!("`{key}`: {m}")))?;
+    let value = parse_value(kind, raw, from_text).map_err(|m| key_error(&origin, key, format!("`{key}`: {m}")))?;
     apply(config, key, value);
     if let Some((name, _)) = KEYS.iter().find(|(name, _)| *name == key) {
         origins.insert(name, origin);
@@ -503,11 +430,7 @@ fn set(
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 fn apply_file(
@@ -530,14 +453,8 @@ fn apply_file(
     for (dotted, key_span, raw) in entries {
         let origin = origin_at(key_span);
         let Some(kind) = kind_of(&dotted) else {
-            let hint = closest_key(&dotted)
-                .map(|k| format!(" (did you mean `{k}`?)"))
-                .unwrap_or_default();
-            return Err(key_error(
-                &origin,
-                &dotted,
-                format!("unknown key `{dotted}`{hint}"),
-            ));
+            let hint = closest_key(&dotted).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
+            return Err(key_error(&origin, &dotted, format!("unknown key `{dotted}`{hint}")));
         };
         set(config, origins, &dotted, kind, raw, false, origin)?;
     }
@@ -550,31 +467,17 @@ type Span = Option<std::ops::Range<usize>>;
 /// descended into only where a section is expected (`presence`).
 fn collect<'a>(table: &'a toml_edit::Table, prefix: &str, out: &mut Vec<(String, Span, Raw<'a>)>) {
     for (key, item) in table.iter() {
-        let dotted = if prefix.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{prefix}.{key}")
-        };
+        let dotted = if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
         let span = table.key(key).and_then(|k| k.span());
-        let is_section = KEYS
-            .iter()
-            .any(|(name, _)| name.starts_with(&format!("{dotted}.")));
+        let is_section = KEYS.iter().any(|(name, _)| name.starts_with(&format!("{dotted}.")));
         match (item.as_table(), item.as_inline_table()) {
             (Some(sub), _) if is_section => collect(sub, &dotted, out),
             (_, Some(sub)) if is_section => {
                 for (k, v) in sub.iter() {
-                    out.push((
-                        format!("{dotted}.{k}"),
-                        sub.key(k).and_then(|k| k.span()),
-                        raw_of(v),
-                    ));
+                    out.push((format!("{dotted}.{k}"), sub.key(k).and_then(|k| k.span()), raw_of(v)));
                 }
             }
-            _ => out.push((
-                dotted,
-                span,
-                item.as_value().map_or(Raw::Other(item.type_name()), raw_of),
-            )),
+            _ => out.push((dotted, span, item.as_value().map_or(Raw::Other(item.type_name()), raw_of))),
         }
     }
 }
@@ -604,28 +507,15 @@ fn closest_key(unknown: &str) -> Option<&'static str> {
     };
     let leaf = |k: &str| k.rsplit('.').next().unwrap_or(k).to_owned();
     KEYS.iter()
-        .map(|(name, _)| {
-            (
-                distance(unknown, name).min(distance(&leaf(unknown), &leaf(name))),
-                *name,
-            )
-        })
+        .map(|(name, _)| (distance(unknown, name).min(distance(&leaf(unknown), &leaf(name))), *name))
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, name)| name)
 }
 
-fn check_consistency(
-    config: &Config,
-    origins: &HashMap<&'static str, Origin>,
-    file: &Path,
-) -> Result<(), ConfigError> {
-    let origin_of = |key: &str| {
-        origins.get(key).cloned().unwrap_or_else(|| Origin::File {
-            path: file.to_path_buf(),
-            line: 0,
-        })
-    };
+fn check_consistency(config: &Config, origins: &HashMap<&'static str, Origin>, file: &Path) -> Result<(), ConfigError> {
+    let origin_of =
+        |key: &str| origins.get(key).cloned().unwrap_or_else(|| Origin::File { path: file.to_path_buf(), line: 0 });
     let p = &config.presence;
     if p.offline_after <= p.degraded_after {
         let key = if origins.contains_key("presence.offline_after") {
@@ -644,11 +534,8 @@ fn check_consistency(
         ));
     }
     if config.heartbeat_stale_after <= config.heartbeat_interval {
-        let key = if origins.contains_key("heartbeat_stale_after") {
-            "heartbeat_stale_after"
-        } else {
-            "heartbeat_interval"
-        };
+        let key =
+            if origins.contains_key("heartbeat_stale_after") { "heartbeat_stale_after" } else { "heartbeat_interval" };
         return Err(key_error(
             &origin_of(key),
             key,
@@ -679,24 +566,10 @@ mod tests {
 
     #[test]
     fn defaults_without_a_file() {
-        let loaded = load(
-            Path::new("/nonexistent/memoryd.toml"),
-            false,
-            no_env,
-            &Vec::new(),
-        )
-        .unwrap();
+        let loaded = load(Path::new("/nonexistent/memoryd.toml"), false, no_env, &Vec::new()).unwrap();
         assert!(!loaded.file_found);
         assert_eq!(loaded.config, Config::default());
-        assert!(
-            load(
-                Path::new("/nonexistent/memoryd.toml"),
-                true,
-                no_env,
-                &Vec::new()
-            )
-            .is_err()
-        );
+        assert!(load(Path::new("/nonexistent/memoryd.toml"), true, no_env, &Vec::new()).is_err());
     }
 
     #[test]
@@ -712,17 +585,9 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(c.max_request_bytes, 2 << 20);
         assert_eq!(c.registrant.as_deref(), Some("boris"));
-        assert_eq!(
-            c.presence.min_client_version,
-            Some(ClientVersion {
-                major: 10,
-                minor: 2
-            })
-        );
+        assert_eq!(c.presence.min_client_version, Some(ClientVersion { major: 10, minor: 2 }));
         assert_eq!(c.presence.inbox_capacity, 7);
-        let inline = load_text("presence = { inbox_capacity = 9 }\n")
-            .unwrap()
-            .config;
+        let inline = load_text("presence = { inbox_capacity = 9 }\n").unwrap().config;
         assert_eq!(inline.presence.inbox_capacity, 9);
     }
 
@@ -756,8 +621,7 @@ mod tests {
     #[test]
     fn flag_beats_env_beats_file() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(b"mcp_port = 1\nlock_timeout = \"1s\"\nsweep_interval = \"1m\"\n")
-            .unwrap();
+        f.write_all(b"mcp_port = 1\nlock_timeout = \"1s\"\nsweep_interval = \"1m\"\n").unwrap();
         let env = |k: &str| match k {
             "MEMORYD_MCP_PORT" => Some(OsString::from("2")),
             "MEMORYD_LOCK_TIMEOUT" => Some(OsString::from("2s")),
@@ -768,13 +632,9 @@ mod tests {
         assert_eq!(c.mcp_port, 3);
         assert_eq!(c.lock_timeout, Duration::from_secs(2));
         assert_eq!(c.sweep_interval, Duration::from_secs(60));
-        let bad =
-            |k: &str| (k == "MEMORYD_PRESENCE_INBOX_CAPACITY").then(|| OsString::from("zero"));
+        let bad = |k: &str| (k == "MEMORYD_PRESENCE_INBOX_CAPACITY").then(|| OsString::from("zero"));
         let e = load(f.path(), true, bad, &Vec::new()).unwrap_err();
-        assert!(
-            e.to_string().contains("MEMORYD_PRESENCE_INBOX_CAPACITY"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("MEMORYD_PRESENCE_INBOX_CAPACITY"), "{e}");
     }
 
     #[test]
@@ -798,10 +658,7 @@ mod tests {
 /// Every key with its effective value, in documentation order, for
 /// `memoryctl config check`.
 pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map_or("unset".to_owned(), |p| p.display().to_string())
-    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map_or("unset".to_owned(), |p| p.display().to_string());
     let dur = |d: Duration| humantime::format_duration(d).to_string();
     let p = &config.presence;
     vec![
@@ -809,13 +666,7 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("mcp_port", config.mcp_port.to_string()),
         ("socket_path", path(&config.socket_path)),
         ("iapeer_bin", path(&config.iapeer_bin)),
-        (
-            "registrant",
-            config
-                .registrant
-                .clone()
-                .unwrap_or_else(|| "unset".to_owned()),
-        ),
+        ("registrant", config.registrant.clone().unwrap_or_else(|| "unset".to_owned())),
         ("memoryd_bin", path(&config.memoryd_bin)),
         ("memoryctl_bin", path(&config.memoryctl_bin)),
         ("heartbeat_interval", dur(config.heartbeat_interval)),
@@ -829,11 +680,7 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("presence.degraded_after", dur(p.degraded_after)),
         ("presence.offline_after", dur(p.offline_after)),
         ("presence.sweep_every", dur(p.sweep_every)),
-        (
-            "presence.min_client_version",
-            p.min_client_version
-                .map_or("unset".to_owned(), |v| v.to_string()),
-        ),
+        ("presence.min_client_version", p.min_client_version.map_or("unset".to_owned(), |v| v.to_string())),
         ("presence.inbox_capacity", p.inbox_capacity.to_string()),
     ]
 }
@@ -844,10 +691,7 @@ mod describe_tests {
 
     #[test]
     fn describes_every_key_in_order() {
-        let names: Vec<_> = describe(&Config::default())
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let names: Vec<_> = describe(&Config::default()).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, key_names().collect::<Vec<_>>());
     }
 }

@@ -24,18 +24,11 @@ pub enum EgressError {
     )]
     Refused { program: PathBuf },
     #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: PathBuf,
-        source: std::io::Error,
-    },
+    Spawn { program: PathBuf, source: std::io::Error },
     #[error("{program} did not finish within {secs}s and was killed", secs = after.as_secs_f32())]
     Timeout { program: PathBuf, after: Duration },
     #[error("cannot send {signal} to pid {pid}: {source}")]
-    Signal {
-        pid: i32,
-        signal: Signal,
-        source: nix::Error,
-    },
+    Signal { pid: i32, signal: Signal, source: nix::Error },
 }
 
 impl EgressError {
@@ -84,18 +77,12 @@ impl Egress {
 
     /// The refusing form, allowing these absolute binaries.
     pub fn refusing(allowed: Vec<PathBuf>) -> Egress {
-        Egress {
-            allowed: Some(allowed),
-        }
+        Egress { allowed: Some(allowed) }
     }
 
     /// The refusing form when the sandbox is armed, else the live one.
     pub fn from_env(allowed: Vec<PathBuf>) -> Egress {
-        if crate::sandbox_armed() {
-            Egress::refusing(allowed)
-        } else {
-            Egress::live()
-        }
+        if crate::sandbox_armed() { Egress::refusing(allowed) } else { Egress::live() }
     }
 
     pub fn is_sandboxed(&self) -> bool {
@@ -105,12 +92,8 @@ impl Egress {
     fn check_program(&self, program: &Path) -> Result<(), EgressError> {
         match &self.allowed {
             None => Ok(()),
-            Some(allowed) if program.is_absolute() && allowed.iter().any(|a| a == program) => {
-                Ok(())
-            }
-            Some(_) => Err(EgressError::Refused {
-                program: program.to_path_buf(),
-            }),
+            Some(allowed) if program.is_absolute() && allowed.iter().any(|a| a == program) => Ok(()),
+            Some(_) => Err(EgressError::Refused { program: program.to_path_buf() }),
         }
     }
 
@@ -123,17 +106,10 @@ impl Egress {
         timeout: Duration,
     ) -> Result<CommandOutput, EgressError> {
         self.check_program(program)?;
-        let spawn_err = |source| EgressError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        };
+        let spawn_err = |source| EgressError::Spawn { program: program.to_path_buf(), source };
         let mut child = Command::new(program)
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -151,10 +127,7 @@ impl Egress {
                 None if Instant::now() >= deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(EgressError::Timeout {
-                        program: program.to_path_buf(),
-                        after: timeout,
-                    });
+                    return Err(EgressError::Timeout { program: program.to_path_buf(), after: timeout });
                 }
                 None => std::thread::sleep(Duration::from_millis(5)),
             }
@@ -168,24 +141,12 @@ impl Egress {
 
     /// Starts `program` detached in its own session (`setsid`), stdin from
     /// /dev/null and both output streams into `log`.
-    pub fn spawn_detached<S: AsRef<OsStr>>(
-        &self,
-        program: &Path,
-        args: &[S],
-        log: File,
-    ) -> Result<Child, EgressError> {
+    pub fn spawn_detached<S: AsRef<OsStr>>(&self, program: &Path, args: &[S], log: File) -> Result<Child, EgressError> {
         self.check_program(program)?;
-        let spawn_err = |source| EgressError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        };
+        let spawn_err = |source| EgressError::Spawn { program: program.to_path_buf(), source };
         let log2 = log.try_clone().map_err(spawn_err)?;
         let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        command.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
         detach(&mut command);
         command.spawn().map_err(spawn_err)
     }
@@ -208,24 +169,12 @@ impl Egress {
 
     /// Sends `signal` to a daemon proven to be this root's own. Never a
     /// pid <= 1 and never a group.
-    pub fn signal_daemon(
-        &self,
-        daemon: &crate::instance::VerifiedDaemon,
-        signal: Signal,
-    ) -> Result<(), EgressError> {
+    pub fn signal_daemon(&self, daemon: &crate::instance::VerifiedDaemon, signal: Signal) -> Result<(), EgressError> {
         let pid = daemon.pid();
         if pid <= 1 {
-            return Err(EgressError::Signal {
-                pid,
-                signal,
-                source: nix::Error::EPERM,
-            });
+            return Err(EgressError::Signal { pid, signal, source: nix::Error::EPERM });
         }
-        nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|source| EgressError::Signal {
-            pid,
-            signal,
-            source,
-        })
+        nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|source| EgressError::Signal { pid, signal, source })
     }
 }
 
@@ -245,11 +194,7 @@ fn detach(command: &mut Command) {
     // SAFETY: the closure runs between fork and exec and calls only
     // setsid(2), which is async-signal-safe.
     unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
+        command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
     }
 }
 
@@ -271,28 +216,18 @@ fn probe_process(pid: i32) -> Option<ProcessInfo> {
     if state == "Z" || state == "X" {
         return None;
     }
-    Some(ProcessInfo {
-        pid,
-        cmdline,
-        start_time,
-    })
+    Some(ProcessInfo { pid, cmdline, start_time })
 }
 
 #[cfg(not(target_os = "linux"))]
 fn probe_process(pid: i32) -> Option<ProcessInfo> {
-    let out = Command::new("/bin/ps")
-        .args(["-o", "lstart=", "-o", "command=", "-p", &pid.to_string()])
-        .output()
-        .ok()?;
+    let out =
+        Command::new("/bin/ps").args(["-o", "lstart=", "-o", "command=", "-p", &pid.to_string()]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().next()?.trim();
     // `lstart` is a fixed 24-character date.
     let (start, cmd) = line.split_at(line.len().min(24));
-    Some(ProcessInfo {
-        pid,
-        cmdline: cmd.trim().to_owned(),
-        start_time: start.trim().to_owned(),
-    })
+    Some(ProcessInfo { pid, cmdline: cmd.trim().to_owned(), start_time: start.trim().to_owned() })
 }
 
 #[cfg(target_os = "linux")]
@@ -300,22 +235,15 @@ fn has_open_file(pid: i32, wanted: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
-    entries
-        .flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|target| target == wanted))
+    entries.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|target| target == wanted))
 }
 
 #[cfg(not(target_os = "linux"))]
 fn has_open_file(pid: i32, wanted: &Path) -> bool {
-    let Ok(out) = Command::new("/usr/sbin/lsof")
-        .args(["-Fn", "-p", &pid.to_string()])
-        .output()
-    else {
+    let Ok(out) = Command::new("/usr/sbin/lsof").args(["-Fn", "-p", &pid.to_string()]).output() else {
         return false;
     };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.strip_prefix('n').is_some_and(|n| Path::new(n) == wanted))
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.strip_prefix('n').is_some_and(|n| Path::new(n) == wanted))
 }
 
 #[cfg(test)]
@@ -327,45 +255,18 @@ mod tests {
         let sh = PathBuf::from("/bin/sh");
         let refusing = Egress::refusing(vec![sh.clone()]);
         let out = refusing
-            .run(
-                &sh,
-                &["-c", "read x; echo got $x; echo err >&2; exit 3"],
-                Some(b"hi\n"),
-                Duration::from_secs(5),
-            )
+            .run(&sh, &["-c", "read x; echo got $x; echo err >&2; exit 3"], Some(b"hi\n"), Duration::from_secs(5))
             .unwrap();
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout, b"got hi\n");
         assert_eq!(out.stderr, b"err\n");
-        assert!(
-            refusing
-                .run(Path::new("/bin/echo"), &["x"], None, Duration::from_secs(5))
-                .unwrap_err()
-                .is_refusal()
-        );
-        assert!(
-            refusing
-                .run(
-                    Path::new("sh"),
-                    &["-c", "true"],
-                    None,
-                    Duration::from_secs(5)
-                )
-                .unwrap_err()
-                .is_refusal()
-        );
+        assert!(refusing.run(Path::new("/bin/echo"), &["x"], None, Duration::from_secs(5)).unwrap_err().is_refusal());
+        assert!(refusing.run(Path::new("sh"), &["-c", "true"], None, Duration::from_secs(5)).unwrap_err().is_refusal());
     }
 
     #[test]
     fn a_command_past_its_timeout_is_killed() {
-        let e = Egress::live()
-            .run(
-                Path::new("/bin/sleep"),
-                &["5"],
-                None,
-                Duration::from_millis(100),
-            )
-            .unwrap_err();
+        let e = Egress::live().run(Path::new("/bin/sleep"), &["5"], None, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(e, EgressError::Timeout { .. }), "{e}");
     }
 
@@ -373,13 +274,7 @@ mod tests {
     fn probes_this_process() {
         let me = Egress::live().probe(std::process::id() as i32).unwrap();
         assert!(!me.cmdline.is_empty());
-        assert_eq!(
-            Egress::live()
-                .probe(std::process::id() as i32)
-                .unwrap()
-                .start_time,
-            me.start_time
-        );
+        assert_eq!(Egress::live().probe(std::process::id() as i32).unwrap().start_time, me.start_time);
         assert!(Egress::live().probe(0).is_none());
     }
 }

@@ -21,17 +21,9 @@ const GUARDED_SEGMENTS: &[&str] = &[".iapeer", ".claude", ".codex"];
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot {op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error("refused to {op} {path}: the test sandbox forbids {why}")]
-    Refused {
-        op: &'static str,
-        path: PathBuf,
-        why: String,
-    },
+    Refused { op: &'static str, path: PathBuf, why: String },
 }
 
 impl FileError {
@@ -40,11 +32,7 @@ impl FileError {
     }
 
     pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
-        move |source| FileError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| FileError::Io { op, path: path.to_path_buf(), source }
     }
 }
 
@@ -79,10 +67,7 @@ impl FileGuard {
 
     /// The refusing guard with its sandbox roots (besides the temp dir).
     pub fn refusing(roots: &[&Path]) -> FileGuard {
-        let real_home = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .ok()
-            .flatten()
-            .map(|u| u.dir);
+        let real_home = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir);
         let mut protected = Vec::new();
         if let Some(home) = real_home {
             let home = resolve_existing_prefix(&home);
@@ -91,21 +76,12 @@ impl FileGuard {
         }
         let mut all_roots: Vec<PathBuf> = vec![resolve_existing_prefix(&std::env::temp_dir())];
         all_roots.extend(roots.iter().map(|r| resolve_existing_prefix(r)));
-        FileGuard {
-            sandbox: Some(Sandbox {
-                protected,
-                roots: all_roots,
-            }),
-        }
+        FileGuard { sandbox: Some(Sandbox { protected, roots: all_roots }) }
     }
 
     /// The refusing guard when the sandbox is armed, else the live one.
     pub fn from_env(roots: &[&Path]) -> FileGuard {
-        if crate::sandbox_armed() {
-            FileGuard::refusing(roots)
-        } else {
-            FileGuard::live()
-        }
+        if crate::sandbox_armed() { FileGuard::refusing(roots) } else { FileGuard::live() }
     }
 
     pub fn is_sandboxed(&self) -> bool {
@@ -126,9 +102,7 @@ impl FileGuard {
                 });
             }
             let inside_root = sandbox.roots.iter().any(|r| candidate.starts_with(r));
-            let crosses = candidate
-                .components()
-                .any(|c| GUARDED_SEGMENTS.iter().any(|s| c.as_os_str() == *s));
+            let crosses = candidate.components().any(|c| GUARDED_SEGMENTS.iter().any(|s| c.as_os_str() == *s));
             if crosses && !inside_root {
                 return Err(FileError::Refused {
                     op,
@@ -143,33 +117,18 @@ impl FileGuard {
     /// Writes `bytes` to `path` through a tmp file in the same dir and a
     /// rename, so readers see the old or the new content, never a torn one.
     /// `mode` None keeps an existing file's mode (0644 for a new file).
-    pub fn write_atomic(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        mode: Option<u32>,
-    ) -> Result<(), FileError> {
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), FileError> {
         self.check("write", path)?;
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mode = match mode {
             Some(m) => m,
-            None => std::fs::metadata(path)
-                .map(|m| m.permissions().mode() & 0o7777)
-                .unwrap_or(0o644),
+            None => std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644),
         };
         let (tmp, mut file) = create_tmp(dir, &name)?;
         let result = (|| {
-            file.write_all(bytes)
-                .map_err(FileError::io("write", &tmp))?;
-            file.set_permissions(Permissions::from_mode(mode))
-                .map_err(FileError::io("chmod", &tmp))?;
+            file.write_all(bytes).map_err(FileError::io("write", &tmp))?;
+            file.set_permissions(Permissions::from_mode(mode)).map_err(FileError::io("chmod", &tmp))?;
             file.sync_data().map_err(FileError::io("sync", &tmp))?;
             std::fs::rename(&tmp, path).map_err(FileError::io("rename into place", path))
         })();
@@ -181,12 +140,7 @@ impl FileGuard {
 
     /// Like [`write_atomic`](Self::write_atomic), but leaves the file alone
     /// (no mtime churn) when it already holds `bytes` with the right mode.
-    pub fn write_if_changed(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        mode: Option<u32>,
-    ) -> Result<WriteOutcome, FileError> {
+    pub fn write_if_changed(&self, path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<WriteOutcome, FileError> {
         if let Ok(current) = std::fs::read(path) {
             let mode_ok = match (mode, std::fs::metadata(path)) {
                 (Some(m), Ok(meta)) => meta.permissions().mode() & 0o7777 == m,
@@ -197,8 +151,7 @@ impl FileGuard {
                 return Ok(WriteOutcome::Unchanged);
             }
         }
-        self.write_atomic(path, bytes, mode)
-            .map(|()| WriteOutcome::Written)
+        self.write_atomic(path, bytes, mode).map(|()| WriteOutcome::Written)
     }
 
     /// Creates `path` and its missing parents; the last component gets `mode`.
@@ -217,8 +170,7 @@ impl FileGuard {
     /// Sets the permission bits of `path`.
     pub fn set_mode(&self, path: &Path, mode: u32) -> Result<(), FileError> {
         self.check("chmod", path)?;
-        std::fs::set_permissions(path, Permissions::from_mode(mode))
-            .map_err(FileError::io("chmod", path))
+        std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(FileError::io("chmod", path))
     }
 
     /// Deletes a file; `Ok(false)` when it was already gone.
@@ -247,30 +199,18 @@ impl FileGuard {
     /// Opens a log file for appending, creating it (0600) if missing.
     pub fn open_append(&self, path: &Path) -> Result<File, FileError> {
         self.check("create", path)?;
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(FileError::io("open", path))
+        OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(FileError::io("open", path))
     }
 }
 
 fn create_tmp(dir: &Path, name: &str) -> Result<(PathBuf, File), FileError> {
     let pid = u64::from(std::process::id());
     loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::from(d.subsec_nanos()));
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = (pid << 40) ^ (n << 20) ^ nanos;
         let tmp = dir.join(format!(".{name}.memoryd-{tag:012x}.tmp"));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-        {
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(FileError::io("create a tmp file in", dir)(e)),
@@ -288,30 +228,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let guard = FileGuard::live();
         let path = dir.path().join("f.json");
-        assert_eq!(
-            guard.write_if_changed(&path, b"a", None).unwrap(),
-            WriteOutcome::Written
-        );
+        assert_eq!(guard.write_if_changed(&path, b"a", None).unwrap(), WriteOutcome::Written);
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
         guard.set_mode(&path, 0o600).unwrap();
         let before = std::fs::metadata(&path).unwrap().modified().unwrap();
-        assert_eq!(
-            guard.write_if_changed(&path, b"a", None).unwrap(),
-            WriteOutcome::Unchanged
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().modified().unwrap(),
-            before
-        );
-        assert_eq!(
-            guard.write_if_changed(&path, b"b", None).unwrap(),
-            WriteOutcome::Written
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().mode() & 0o777,
-            0o600,
-            "mode kept"
-        );
+        assert_eq!(guard.write_if_changed(&path, b"a", None).unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), before);
+        assert_eq!(guard.write_if_changed(&path, b"b", None).unwrap(), WriteOutcome::Written);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600, "mode kept");
         assert_eq!(
             guard.write_if_changed(&path, b"b", Some(0o755)).unwrap(),
             WriteOutcome::Written,
@@ -319,13 +243,7 @@ mod tests {
         );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".tmp")
-            })
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
     }
@@ -335,10 +253,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let guard = FileGuard::refusing(&[&root]);
-        let home = nix::unistd::User::from_uid(nix::unistd::getuid())
-            .unwrap()
-            .unwrap()
-            .dir;
+        let home = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap().dir;
         for p in [
             home.join(".claude/settings.json"),
             home.join(".iapeer/x"),
@@ -349,27 +264,11 @@ mod tests {
             assert!(e.is_refusal(), "{p:?}: {e}");
             assert!(guard.remove_file(&p).unwrap_err().is_refusal());
         }
-        assert!(
-            guard
-                .check("write", Path::new("/srv/peer/.claude/settings.json"))
-                .unwrap_err()
-                .is_refusal()
-        );
-        assert!(
-            guard
-                .check("write", Path::new("/srv/a/../peer/.codex/x"))
-                .unwrap_err()
-                .is_refusal()
-        );
-        guard
-            .check("write", &dir.path().join("peer/.claude/settings.json"))
-            .unwrap();
+        assert!(guard.check("write", Path::new("/srv/peer/.claude/settings.json")).unwrap_err().is_refusal());
+        assert!(guard.check("write", Path::new("/srv/a/../peer/.codex/x")).unwrap_err().is_refusal());
+        guard.check("write", &dir.path().join("peer/.claude/settings.json")).unwrap();
         guard.check("write", &root.join(".iapeer/x")).unwrap();
-        guard
-            .check("write", Path::new("/srv/peer/notes.md"))
-            .unwrap();
-        FileGuard::live()
-            .check("write", &home.join(".claude/x"))
-            .unwrap();
+        guard.check("write", Path::new("/srv/peer/notes.md")).unwrap();
+        FileGuard::live().check("write", &home.join(".claude/x")).unwrap();
     }
 }

@@ -13,11 +13,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn render(at: SystemTime, host: &str, watch_on: bool) -> String {
-        format!(
-            "{} {host} watch={}\n",
-            humantime::format_rfc3339_seconds(at),
-            if watch_on { "on" } else { "off" }
-        )
+        format!("{} {host} watch={}\n", humantime::format_rfc3339_seconds(at), if watch_on { "on" } else { "off" })
     }
 
     pub fn parse(text: &str) -> Option<Heartbeat> {
@@ -62,14 +58,7 @@ mod tests {
         let line = Heartbeat::render(at, "box", false);
         assert_eq!(line, "2026-11-23T10:00:00Z box watch=off\n");
         let hb = Heartbeat::parse(&line).unwrap();
-        assert_eq!(
-            hb,
-            Heartbeat {
-                at,
-                host: "box".into(),
-                watch_on: false
-            }
-        );
+        assert_eq!(hb, Heartbeat { at, host: "box".into(), watch_on: false });
         assert_eq!(hb.age(at + Duration::from_secs(5)), Duration::from_secs(5));
         assert!(Heartbeat::parse("").is_none());
         assert!(Heartbeat::parse("2026-11-23T10:00:00Z box watch=maybe").is_none());

@@ -20,9 +20,7 @@ pub enum InstanceError {
         "{path} is a symlink; memoryd keeps its state only in a real directory: remove the link and let memoryd create the directory"
     )]
     Symlink { path: PathBuf },
-    #[error(
-        "{path} is owned by uid {owner}, not by this user (uid {me}); fix with: chown {me} {path}"
-    )]
+    #[error("{path} is owned by uid {owner}, not by this user (uid {me}); fix with: chown {me} {path}")]
     Owner { path: PathBuf, owner: u32, me: u32 },
     #[error("{path} grants group or other permissions (mode {mode:o}); fix with: chmod 700 {path}")]
     Mode { path: PathBuf, mode: u32 },
@@ -31,11 +29,7 @@ pub enum InstanceError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error("cannot {op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: io::Error },
 }
 
 /// Creates `dir` with mode 0700 if missing, then refuses it unless it is a
@@ -44,11 +38,7 @@ pub fn ensure_private_dir(files: &FileGuard, dir: &Path) -> Result<(), InstanceE
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => files.create_dir_all(dir, 0o700)?,
         Err(source) => {
-            return Err(InstanceError::Io {
-                op: "inspect",
-                path: dir.to_path_buf(),
-                source,
-            });
+            return Err(InstanceError::Io { op: "inspect", path: dir.to_path_buf(), source });
         }
         Ok(_) => {}
     }
@@ -66,11 +56,7 @@ pub fn ensure_private_dir(files: &FileGuard, dir: &Path) -> Result<(), InstanceE
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(InstanceError::Owner {
-            path,
-            owner: meta.uid(),
-            me,
-        });
+        return Err(InstanceError::Owner { path, owner: meta.uid(), me });
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -92,14 +78,10 @@ impl InstanceLock {
         let file = files.open_lock_file(&paths.instance_lock)?;
         match file.try_lock() {
             Ok(()) => Ok(InstanceLock { file }),
-            Err(TryLockError::WouldBlock) => Err(InstanceError::Held {
-                pid: read_pid(&paths.pid_file),
-            }),
-            Err(TryLockError::Error(source)) => Err(InstanceError::Io {
-                op: "lock",
-                path: paths.instance_lock.clone(),
-                source,
-            }),
+            Err(TryLockError::WouldBlock) => Err(InstanceError::Held { pid: read_pid(&paths.pid_file) }),
+            Err(TryLockError::Error(source)) => {
+                Err(InstanceError::Io { op: "lock", path: paths.instance_lock.clone(), source })
+            }
         }
     }
 
@@ -134,11 +116,7 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 
 /// Writes `"<pid>\n"` (tmp + rename). Only the lock holder calls this.
 pub fn write_pid(files: &FileGuard, paths: &Paths, _held: &InstanceLock) -> Result<(), FileError> {
-    files.write_atomic(
-        &paths.pid_file,
-        format!("{}\n", std::process::id()).as_bytes(),
-        Some(0o644),
-    )
+    files.write_atomic(&paths.pid_file, format!("{}\n", std::process::id()).as_bytes(), Some(0o644))
 }
 
 /// A daemon proven to be this root's own: the lock is held, the pid file
@@ -172,27 +150,17 @@ pub fn verify_daemon(paths: &Paths, egress: &Egress) -> DaemonCheck {
         Ok(false) => return DaemonCheck::NotRunning,
         Ok(true) => {}
         Err(e) => {
-            return DaemonCheck::Unverified(format!(
-                "cannot test the lock {}: {e}",
-                paths.instance_lock.display()
-            ));
+            return DaemonCheck::Unverified(format!("cannot test the lock {}: {e}", paths.instance_lock.display()));
         }
     }
     let Some(pid) = read_pid(&paths.pid_file).and_then(|p| i32::try_from(p).ok()) else {
-        return DaemonCheck::Unverified(format!(
-            "the lock is held but {} names no pid",
-            paths.pid_file.display()
-        ));
+        return DaemonCheck::Unverified(format!("the lock is held but {} names no pid", paths.pid_file.display()));
     };
     if pid <= 1 {
-        return DaemonCheck::Unverified(format!(
-            "the pid file names pid {pid}, which is never signalled"
-        ));
+        return DaemonCheck::Unverified(format!("the pid file names pid {pid}, which is never signalled"));
     }
     let Some(info) = egress.probe(pid) else {
-        return DaemonCheck::Unverified(format!(
-            "the lock is held but pid {pid} from the pid file is not running"
-        ));
+        return DaemonCheck::Unverified(format!("the lock is held but pid {pid} from the pid file is not running"));
     };
     let names_memoryd = info
         .cmdline
@@ -279,31 +247,17 @@ mod tests {
         let files = FileGuard::live();
         let state = dir.path().join("a/state");
         ensure_private_dir(&files, &state).unwrap();
-        assert_eq!(
-            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
         files.set_mode(&state, 0o750).unwrap();
-        assert!(matches!(
-            ensure_private_dir(&files, &state),
-            Err(InstanceError::Mode { .. })
-        ));
+        assert!(matches!(ensure_private_dir(&files, &state), Err(InstanceError::Mode { .. })));
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&state, &link).unwrap();
         let e = ensure_private_dir(&files, &link).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         let open = dir.path().join("open");
-        std::fs::DirBuilder::new()
-            .mode(0o777)
-            .create(&open)
-            .unwrap();
+        std::fs::DirBuilder::new().mode(0o777).create(&open).unwrap();
         files.set_mode(&open, 0o777).unwrap();
-        assert!(
-            ensure_private_dir(&files, &open)
-                .unwrap_err()
-                .to_string()
-                .contains("chmod 700")
-        );
+        assert!(ensure_private_dir(&files, &open).unwrap_err().to_string().contains("chmod 700"));
     }
 
     #[test]
@@ -329,9 +283,6 @@ mod tests {
         drop(lock);
         assert!(!lock_is_held(&paths.instance_lock).unwrap());
         assert_eq!(verify_daemon(&paths, &egress), DaemonCheck::NotRunning);
-        assert!(
-            paths.instance_lock.exists(),
-            "the lock file is never deleted"
-        );
+        assert!(paths.instance_lock.exists(), "the lock file is never deleted");
     }
 }

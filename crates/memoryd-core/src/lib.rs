@@ -23,7 +23,5 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `IAPEER_TEST_SANDBOX=1`). Read once at start-up by whoever builds the
 /// file guard and the egress.
 pub fn sandbox_armed() -> bool {
-    ["MEMORYD_TEST_SANDBOX", "IAPEER_TEST_SANDBOX"]
-        .iter()
-        .any(|var| std::env::var_os(var).is_some_and(|v| v == "1"))
+    ["MEMORYD_TEST_SANDBOX", "IAPEER_TEST_SANDBOX"].iter().any(|var| std::env::var_os(var).is_some_and(|v| v == "1"))
 }

@@ -15,9 +15,7 @@ fn valid(s: &str, dash: bool) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 32
         && bytes[0].is_ascii_lowercase()
-        && bytes[1..]
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || (dash && b == b'-'))
+        && bytes[1..].iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || (dash && b == b'-'))
 }
 
 /// Splits a node id `<runtime>-<personality>` at the first dash.

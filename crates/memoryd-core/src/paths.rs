@@ -67,10 +67,7 @@ pub struct NoRoot;
 
 /// The root ladder: `--root` > `MEMORYD_ROOT` > `IAPEER_ROOT` > `$HOME/.iapeer`.
 /// A relative root is taken from the current directory.
-pub fn resolve_root(
-    flag: Option<&Path>,
-    var: impl Fn(&str) -> Option<OsString>,
-) -> Result<PathBuf, NoRoot> {
+pub fn resolve_root(flag: Option<&Path>, var: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, NoRoot> {
     let non_empty = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let root = flag
         .map(Path::to_path_buf)
@@ -87,9 +84,7 @@ pub fn absolute(path: &Path) -> PathBuf {
     let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir()
-            .unwrap_or_else(|_| PathBuf::from("/"))
-            .join(path)
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(path)
     };
     normalize(&joined)
 }
@@ -141,70 +136,37 @@ mod tests {
     use super::*;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| OsString::from(v))
-        }
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
     }
 
     #[test]
     fn root_ladder() {
-        let all = [
-            ("MEMORYD_ROOT", "/m"),
-            ("IAPEER_ROOT", "/i"),
-            ("HOME", "/h"),
-        ];
-        assert_eq!(
-            resolve_root(Some(Path::new("/f")), env(&all)).unwrap(),
-            PathBuf::from("/f")
-        );
+        let all = [("MEMORYD_ROOT", "/m"), ("IAPEER_ROOT", "/i"), ("HOME", "/h")];
+        assert_eq!(resolve_root(Some(Path::new("/f")), env(&all)).unwrap(), PathBuf::from("/f"));
         assert_eq!(resolve_root(None, env(&all)).unwrap(), PathBuf::from("/m"));
-        assert_eq!(
-            resolve_root(None, env(&all[1..])).unwrap(),
-            PathBuf::from("/i")
-        );
-        assert_eq!(
-            resolve_root(None, env(&all[2..])).unwrap(),
-            PathBuf::from("/h/.iapeer")
-        );
+        assert_eq!(resolve_root(None, env(&all[1..])).unwrap(), PathBuf::from("/i"));
+        assert_eq!(resolve_root(None, env(&all[2..])).unwrap(), PathBuf::from("/h/.iapeer"));
         assert_eq!(
             resolve_root(None, env(&[("MEMORYD_ROOT", ""), ("HOME", "/h")])).unwrap(),
             PathBuf::from("/h/.iapeer")
         );
         assert!(resolve_root(None, env(&[])).is_err());
-        assert_eq!(
-            resolve_root(Some(Path::new("/a/./b/../c")), env(&[])).unwrap(),
-            PathBuf::from("/a/c")
-        );
+        assert_eq!(resolve_root(Some(Path::new("/a/./b/../c")), env(&[])).unwrap(), PathBuf::from("/a/c"));
     }
 
     #[test]
     fn layout() {
         let p = Paths::new(PathBuf::from("/r"));
         assert_eq!(p.state, PathBuf::from("/r/state/memoryd"));
-        assert_eq!(
-            p.default_socket,
-            PathBuf::from("/r/state/memoryd/memoryd.sock")
-        );
-        assert_eq!(
-            p.config_file(env(&[])),
-            PathBuf::from("/r/plugins/memoryd/memoryd.toml")
-        );
-        assert_eq!(
-            p.config_file(env(&[("MEMORYD_CONFIG", "/etc/m.toml")])),
-            PathBuf::from("/etc/m.toml")
-        );
+        assert_eq!(p.default_socket, PathBuf::from("/r/state/memoryd/memoryd.sock"));
+        assert_eq!(p.config_file(env(&[])), PathBuf::from("/r/plugins/memoryd/memoryd.toml"));
+        assert_eq!(p.config_file(env(&[("MEMORYD_CONFIG", "/etc/m.toml")])), PathBuf::from("/etc/m.toml"));
     }
 
     #[test]
     fn resolves_the_existing_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().canonicalize().unwrap();
-        assert_eq!(
-            resolve_existing_prefix(&dir.path().join("x/../y/z")),
-            real.join("y/z")
-        );
+        assert_eq!(resolve_existing_prefix(&dir.path().join("x/../y/z")), real.join("y/z"));
     }
 }

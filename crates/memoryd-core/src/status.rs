@@ -14,29 +14,21 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
     let stale = config.heartbeat_stale_after.as_secs();
     match status.heartbeat_age_secs {
         None => problems.push("there is no heartbeat file.".to_owned()),
-        Some(age) if age > stale => problems.push(format!(
-            "the heartbeat is {age}s old, past heartbeat_stale_after ({stale}s)."
-        )),
+        Some(age) if age > stale => {
+            problems.push(format!("the heartbeat is {age}s old, past heartbeat_stale_after ({stale}s)."))
+        }
         Some(_) => {}
     }
     if status.watch.as_deref() == Some("off") {
-        problems.push(
-            "the fleet map watcher is off; changes are seen only by polling every 5 s.".to_owned(),
-        );
+        problems.push("the fleet map watcher is off; changes are seen only by polling every 5 s.".to_owned());
     }
     if let Some(sweep) = &status.last_sweep
         && sweep.failed > 0
     {
-        problems.push(format!(
-            "the last sweep failed for {} peer-runtime(s); run: memoryctl verify",
-            sweep.failed
-        ));
+        problems.push(format!("the last sweep failed for {} peer-runtime(s); run: memoryctl verify", sweep.failed));
     }
     if status.mcp.port != 0 && !status.mcp.listening {
-        problems.push(format!(
-            "the MCP endpoint on port {} is not listening.",
-            status.mcp.port
-        ));
+        problems.push(format!("the MCP endpoint on port {} is not listening.", status.mcp.port));
     }
     status.healthy = problems.is_empty();
     status.problems = problems;
@@ -56,50 +48,28 @@ use std::time::SystemTime;
 pub fn from_disk(paths: &Paths, config: &Config, now: SystemTime) -> HostStatus {
     let heartbeat = Heartbeat::read(&paths.heartbeat);
     let locked = lock_is_held(&paths.instance_lock).unwrap_or(false);
-    let peers = FleetRead::load(&paths.fleet_map)
-        .map()
-        .map(|m| m.peers.len());
+    let peers = FleetRead::load(&paths.fleet_map).map().map(|m| m.peers.len());
     let checked_age_secs = std::fs::read_to_string(&paths.fleet_checked)
         .ok()
         .and_then(|t| humantime::parse_rfc3339(t.trim()).ok())
         .map(|at| now.duration_since(at).unwrap_or_default().as_secs());
     let holder = lock_is_held(&paths.provision_lock)
         .unwrap_or(false)
-        .then(|| {
-            std::fs::read_to_string(&paths.provision_lock)
-                .map(|t| t.trim().to_owned())
-                .unwrap_or_default()
-        });
+        .then(|| std::fs::read_to_string(&paths.provision_lock).map(|t| t.trim().to_owned()).unwrap_or_default());
     HostStatus {
         running: false,
-        pid: if locked {
-            read_pid(&paths.pid_file)
-        } else {
-            None
-        },
+        pid: if locked { read_pid(&paths.pid_file) } else { None },
         version: None,
         uptime_secs: None,
         root: paths.root.display().to_string(),
         heartbeat_age_secs: heartbeat.as_ref().map(|h| h.age(now).as_secs()),
-        watch: heartbeat
-            .as_ref()
-            .map(|h| if h.watch_on { "on" } else { "off" }.to_owned()),
-        fleet: FleetStatus {
-            peers,
-            checked_age_secs,
-        },
+        watch: heartbeat.as_ref().map(|h| if h.watch_on { "on" } else { "off" }.to_owned()),
+        fleet: FleetStatus { peers, checked_age_secs },
         last_sweep: None,
         lock: LockStatus { holder },
         presence: PresenceCounts::default(),
-        mcp: McpStatus {
-            port: config.mcp_port,
-            listening: false,
-            uid_check: cfg!(target_os = "linux"),
-        },
-        vault: VaultStatus {
-            path: config.vault.as_ref().map(|v| v.display().to_string()),
-            ..VaultStatus::default()
-        },
+        mcp: McpStatus { port: config.mcp_port, listening: false, uid_check: cfg!(target_os = "linux") },
+        vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },
         supervisor: None,
         healthy: false,
         problems: Vec::new(),

@@ -27,17 +27,8 @@ mod tests {
     #[test]
     fn detects() {
         assert_eq!(detect(|_| None), None);
-        assert_eq!(
-            detect(|v| (v == "INVOCATION_ID").then(|| "x".into())),
-            Some("systemd")
-        );
-        assert_eq!(
-            detect(|v| (v == "XPC_SERVICE_NAME").then(|| "0".into())),
-            None
-        );
-        assert_eq!(
-            detect(|v| (v == "XPC_SERVICE_NAME").then(|| "com.memoryd.memoryd".into())),
-            Some("launchd")
-        );
+        assert_eq!(detect(|v| (v == "INVOCATION_ID").then(|| "x".into())), Some("systemd"));
+        assert_eq!(detect(|v| (v == "XPC_SERVICE_NAME").then(|| "0".into())), None);
+        assert_eq!(detect(|v| (v == "XPC_SERVICE_NAME").then(|| "com.memoryd.memoryd".into())), Some("launchd"));
     }
 }

@@ -107,10 +107,7 @@ impl ErrorKind {
 
     /// Whether the daemon closes the connection after sending this error.
     pub fn closes_connection(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::RequestTooLarge | ErrorKind::ServerBusy | ErrorKind::ConnectionRefused
-        )
+        matches!(self, ErrorKind::RequestTooLarge | ErrorKind::ServerBusy | ErrorKind::ConnectionRefused)
     }
 }
 
@@ -143,27 +140,18 @@ impl RpcError {
         RpcError {
             code: kind.code(),
             message: message.into(),
-            data: Some(ErrorData {
-                kind: kind.as_str().to_owned(),
-                details: None,
-            }),
+            data: Some(ErrorData { kind: kind.as_str().to_owned(), details: None }),
         }
     }
 
     /// A line that is not JSON (-32700, `request.invalid`).
     pub fn parse_error(message: impl Into<String>) -> Self {
-        RpcError {
-            code: CODE_PARSE_ERROR,
-            ..RpcError::new(ErrorKind::RequestInvalid, message)
-        }
+        RpcError { code: CODE_PARSE_ERROR, ..RpcError::new(ErrorKind::RequestInvalid, message) }
     }
 
     /// JSON that is not a JSON-RPC 2.0 request (-32600, `request.invalid`).
     pub fn invalid_request(message: impl Into<String>) -> Self {
-        RpcError {
-            code: CODE_INVALID_REQUEST,
-            ..RpcError::new(ErrorKind::RequestInvalid, message)
-        }
+        RpcError { code: CODE_INVALID_REQUEST, ..RpcError::new(ErrorKind::RequestInvalid, message) }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -175,9 +163,7 @@ impl RpcError {
 
     /// The stable kind, when the peer sent one this build knows.
     pub fn kind(&self) -> Option<ErrorKind> {
-        self.data
-            .as_ref()
-            .and_then(|d| ErrorKind::from_name(&d.kind))
+        self.data.as_ref().and_then(|d| ErrorKind::from_name(&d.kind))
     }
 
     /// The raw `data.kind` string, known to this build or not.
@@ -206,10 +192,7 @@ mod tests {
             let name = kind.as_str();
             assert!(seen.insert(name), "duplicate {name}");
             assert!(name == "internal" || name.contains('.'), "{name}");
-            assert!(
-                name == "internal" || is_valid_name(&name.replace('_', "")),
-                "{name}"
-            );
+            assert!(name == "internal" || is_valid_name(&name.replace('_', "")), "{name}");
             assert_eq!(ErrorKind::from_name(name), Some(*kind));
         }
     }
@@ -221,9 +204,6 @@ mod tests {
         assert_eq!(RpcError::new(ErrorKind::RequestInvalid, "x").code, -32602);
         assert_eq!(RpcError::new(ErrorKind::MethodUnknown, "x").code, -32601);
         assert_eq!(RpcError::new(ErrorKind::RequestTooLarge, "x").code, -32000);
-        assert_eq!(
-            RpcError::parse_error("x").kind(),
-            Some(ErrorKind::RequestInvalid)
-        );
+        assert_eq!(RpcError::parse_error("x").kind(), Some(ErrorKind::RequestInvalid));
     }
 }

@@ -22,11 +22,7 @@ pub struct LineFramer {
 
 impl LineFramer {
     pub fn new(cap: usize) -> Self {
-        LineFramer {
-            cap,
-            partial: Vec::new(),
-            complete: VecDeque::new(),
-        }
+        LineFramer { cap, partial: Vec::new(), complete: VecDeque::new() }
     }
 
     /// Adds bytes read from the stream. Fails as soon as the unfinished line

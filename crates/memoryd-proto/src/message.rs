@@ -25,11 +25,7 @@ pub struct DecodeError {
 
 impl Request {
     pub fn new(id: impl Into<Value>, method: &str, params: Value) -> Self {
-        Request {
-            id: id.into(),
-            method: method.to_owned(),
-            params,
-        }
+        Request { id: id.into(), method: method.to_owned(), params }
     }
 
     /// Decodes one line. Every failure names what was wrong.
@@ -38,25 +34,16 @@ impl Request {
         let value: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(e) => {
-                return fail(
-                    Value::Null,
-                    RpcError::parse_error(format!("the line is not JSON: {e}")),
-                );
+                return fail(Value::Null, RpcError::parse_error(format!("the line is not JSON: {e}")));
             }
         };
         let Value::Object(mut obj) = value else {
-            return fail(
-                Value::Null,
-                RpcError::invalid_request("a request must be a JSON object"),
-            );
+            return fail(Value::Null, RpcError::invalid_request("a request must be a JSON object"));
         };
         let id = match obj.remove("id") {
             Some(id @ (Value::String(_) | Value::Number(_))) => id,
             Some(_) => {
-                return fail(
-                    Value::Null,
-                    RpcError::invalid_request("`id` must be a string or a number"),
-                );
+                return fail(Value::Null, RpcError::invalid_request("`id` must be a string or a number"));
             }
             None => {
                 return fail(
@@ -88,9 +75,7 @@ impl Request {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        encode_line(
-            &json!({"jsonrpc": "2.0", "id": self.id, "method": self.method, "params": self.params}),
-        )
+        encode_line(&json!({"jsonrpc": "2.0", "id": self.id, "method": self.method, "params": self.params}))
     }
 }
 
@@ -147,8 +132,8 @@ pub enum Incoming {
 
 impl Incoming {
     pub fn decode(line: &[u8]) -> Result<Incoming, String> {
-        let value: Value = serde_json::from_slice(line)
-            .map_err(|e| format!("memoryd sent a line that is not JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| format!("memoryd sent a line that is not JSON: {e}"))?;
         let Value::Object(mut obj) = value else {
             return Err("memoryd sent a line that is not a JSON object".to_owned());
         };
@@ -158,8 +143,9 @@ impl Incoming {
         }
         let id = obj.remove("id").unwrap_or(Value::Null);
         let outcome = match (obj.remove("result"), obj.remove("error")) {
-            (_, Some(error)) => Err(serde_json::from_value(error)
-                .map_err(|e| format!("memoryd sent a malformed error object: {e}"))?),
+            (_, Some(error)) => {
+                Err(serde_json::from_value(error).map_err(|e| format!("memoryd sent a malformed error object: {e}"))?)
+            }
             (Some(result), None) => Ok(result),
             (None, None) => {
                 return Err("memoryd sent a response with neither `result` nor `error`".to_owned());
@@ -250,42 +236,22 @@ mod tests {
         assert_eq!(e.error.code, -32700);
         assert!(e.error.message.contains("not JSON"));
         assert_eq!(decode_err("[1]").error.code, -32600);
-        assert!(
-            decode_err(r#"{"jsonrpc":"2.0","method":"a.b"}"#)
-                .error
-                .message
-                .contains("`id`")
-        );
+        assert!(decode_err(r#"{"jsonrpc":"2.0","method":"a.b"}"#).error.message.contains("`id`"));
         let e = decode_err(r#"{"jsonrpc":"1.0","id":"x","method":"a.b"}"#);
         assert_eq!(e.id, json!("x"));
         assert!(e.error.message.contains("jsonrpc"));
+        assert!(decode_err(r#"{"jsonrpc":"2.0","id":1,"method":5}"#).error.message.contains("`method`"));
         assert!(
-            decode_err(r#"{"jsonrpc":"2.0","id":1,"method":5}"#)
-                .error
-                .message
-                .contains("`method`")
-        );
-        assert!(
-            decode_err(r#"{"jsonrpc":"2.0","id":1,"method":"a.b","params":[1]}"#)
-                .error
-                .message
-                .contains("`params`")
+            decode_err(r#"{"jsonrpc":"2.0","id":1,"method":"a.b","params":[1]}"#).error.message.contains("`params`")
         );
         for line in ["{not json", "[1]", r#"{"jsonrpc":"2.0","id":1}"#] {
-            assert_eq!(
-                decode_err(line).error.kind(),
-                Some(ErrorKind::RequestInvalid)
-            );
+            assert_eq!(decode_err(line).error.kind(), Some(ErrorKind::RequestInvalid));
         }
     }
 
     #[test]
     fn bad_params_name_the_field() {
-        let r = Request::new(
-            1,
-            "session.hello",
-            json!({"protocol": "one", "client": "t"}),
-        );
+        let r = Request::new(1, "session.hello", json!({"protocol": "one", "client": "t"}));
         let e = r.params::<Hello>().unwrap_err();
         assert_eq!(e.code, -32602);
         assert!(e.message.contains("`protocol`"), "{}", e.message);
@@ -296,12 +262,7 @@ mod tests {
 
     #[test]
     fn incoming_tells_responses_from_notifications() {
-        let p = Progress {
-            id: json!(3),
-            name: "fleet".into(),
-            status: ProgressStatus::Ok,
-            detail: "12 peers".into(),
-        };
+        let p = Progress { id: json!(3), name: "fleet".into(), status: ProgressStatus::Ok, detail: "12 peers".into() };
         match Incoming::decode(&p.notification().encode()).unwrap() {
             Incoming::Notification(n) => {
                 assert_eq!(n.method, "host.progress");
@@ -309,10 +270,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err = Response {
-            id: json!(1),
-            outcome: Err(RpcError::new(ErrorKind::ServerBusy, "busy")),
-        };
+        let err = Response { id: json!(1), outcome: Err(RpcError::new(ErrorKind::ServerBusy, "busy")) };
         match Incoming::decode(&err.encode()).unwrap() {
             Incoming::Response(r) => {
                 assert_eq!(r.outcome.unwrap_err().kind(), Some(ErrorKind::ServerBusy))

@@ -20,8 +20,7 @@ pub fn is_valid_name(name: &str) -> bool {
     let mut parts = name.split('.');
     let valid_part = |p: &str| {
         let mut chars = p.chars();
-        matches!(chars.next(), Some('a'..='z'))
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        matches!(chars.next(), Some('a'..='z')) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     };
     match parts.next() {
         Some(first) if valid_part(first) => {}
@@ -43,26 +42,10 @@ mod tests {
 
     #[test]
     fn names_follow_the_rule() {
-        for name in [
-            SESSION_HELLO,
-            HOST_STATUS,
-            HOST_RELOAD,
-            HOST_SHUTDOWN,
-            HOST_RESTART,
-            HOST_PROGRESS,
-        ] {
+        for name in [SESSION_HELLO, HOST_STATUS, HOST_RELOAD, HOST_SHUTDOWN, HOST_RESTART, HOST_PROGRESS] {
             assert!(is_valid_name(name), "{name}");
         }
-        for bad in [
-            "host",
-            "Host.status",
-            "host.",
-            ".host",
-            "host..status",
-            "host.st-atus",
-            "1host.x",
-            "",
-        ] {
+        for bad in ["host", "Host.status", "host.", ".host", "host..status", "host.st-atus", "1host.x", ""] {
             assert!(!is_valid_name(bad), "{bad}");
         }
         assert!(is_valid_name("runtimenode.capabilityupdate"));

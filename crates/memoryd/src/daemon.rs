@@ -5,9 +5,7 @@ use memoryd_core::config::{self, Config, ConfigError, FlagOverrides};
 use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::paths::Paths;
-use memoryd_proto::{
-    ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, ProgressStatus, Request, RpcError, methods,
-};
+use memoryd_proto::{ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, ProgressStatus, Request, RpcError, methods};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,13 +22,7 @@ pub struct ConfigSource {
 
 impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
-        config::load(
-            &self.file,
-            self.required,
-            |k| std::env::var_os(k),
-            &self.flags,
-        )
-        .map(|l| l.config)
+        config::load(&self.file, self.required, |k| std::env::var_os(k), &self.flags).map(|l| l.config)
     }
 }
 
@@ -98,22 +90,13 @@ impl Daemon {
             restart_needed.push("mcp_port");
         }
         for key in &restart_needed {
-            tracing::warn!(
-                key,
-                "config change takes effect at the next start of memoryd"
-            );
-            progress.send(
-                key,
-                ProgressStatus::Warn,
-                "changed; takes effect at the next start of memoryd",
-            );
+            tracing::warn!(key, "config change takes effect at the next start of memoryd");
+            progress.send(key, ProgressStatus::Warn, "changed; takes effect at the next start of memoryd");
         }
         let changed = *old != new;
         self.config.send_replace(Arc::new(new));
         tracing::info!(file = %self.source.file.display(), changed, "config reloaded");
-        Ok(
-            json!({"reloaded": true, "changed": changed, "file": self.source.file, "restartNeeded": restart_needed}),
-        )
+        Ok(json!({"reloaded": true, "changed": changed, "file": self.source.file, "restartNeeded": restart_needed}))
     }
 
     /// Writes one heartbeat line.
@@ -123,15 +106,11 @@ impl Daemon {
             &self.hostname,
             self.watch_on.load(Ordering::Relaxed),
         );
-        self.files
-            .write_atomic(&self.paths.heartbeat, line.as_bytes(), Some(0o644))
+        self.files.write_atomic(&self.paths.heartbeat, line.as_bytes(), Some(0o644))
     }
 
     pub fn fleet_describe(&self) -> String {
-        self.fleet
-            .lock()
-            .map(|f| f.describe())
-            .unwrap_or_else(|_| "no map (state poisoned)".to_owned())
+        self.fleet.lock().map(|f| f.describe()).unwrap_or_else(|_| "no map (state poisoned)".to_owned())
     }
 
     pub fn status(&self) -> memoryd_proto::status::HostStatus {
@@ -141,14 +120,7 @@ impl Daemon {
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());
         status.uptime_secs = Some(self.started.elapsed().as_secs());
-        status.watch = Some(
-            if self.watch_on.load(Ordering::Relaxed) {
-                "on"
-            } else {
-                "off"
-            }
-            .to_owned(),
-        );
+        status.watch = Some(if self.watch_on.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
         status.supervisor = self.supervisor.map(str::to_owned);
         memoryd_core::status::assess(&mut status, &config);
         status
@@ -181,13 +153,17 @@ impl Service for Daemon {
             };
             return Err(RpcError::new(
                 ErrorKind::ProtocolMismatch,
-                format!("{} speaks protocol {} but memoryd {} speaks protocol {PROTOCOL_VERSION}; {fix}", hello.client, hello.protocol, memoryd_core::VERSION),
+                format!(
+                    "{} speaks protocol {} but memoryd {} speaks protocol {PROTOCOL_VERSION}; {fix}",
+                    hello.client,
+                    hello.protocol,
+                    memoryd_core::VERSION
+                ),
             )
             .with_details(serde_json::to_value(self.hello_result()).unwrap_or(Value::Null)));
         }
         tracing::debug!(client = hello.client, "session.hello");
-        serde_json::to_value(self.hello_result())
-            .map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+        serde_json::to_value(self.hello_result()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
     }
 
     fn call(
@@ -197,23 +173,18 @@ impl Service for Daemon {
     ) -> impl Future<Output = Result<Value, RpcError>> + Send + 'static {
         async move {
             match request.method.as_str() {
-                methods::HOST_STATUS => serde_json::to_value(self.status())
-                    .map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string())),
+                methods::HOST_STATUS => {
+                    serde_json::to_value(self.status()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+                }
                 methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
-                    RpcError::new(
-                        ErrorKind::ConfigInvalid,
-                        format!("{e}; the running configuration is kept"),
-                    )
+                    RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
                 }),
                 methods::HOST_SHUTDOWN => Ok(json!({
                     "stopping": true,
                     "supervisor": self.supervisor,
                     "restarted": self.supervisor.is_some(),
                 })),
-                other => Err(RpcError::new(
-                    ErrorKind::MethodUnknown,
-                    format!("unknown method `{other}`"),
-                )),
+                other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
             }
         }
     }

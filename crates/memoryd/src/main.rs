@@ -97,14 +97,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: bool) {
-    let default = if verbose {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .with_default_directive(default.into())
-        .from_env_lossy();
+    let default = if verbose { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(default.into()).from_env_lossy();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -115,10 +109,7 @@ fn init_logging(verbose: bool) {
 fn install_panic_log() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or("unnamed")
-            .to_owned();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
         tracing::error!(thread, panic = %info, "panic");
         default(info);
     }));
@@ -154,27 +145,14 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
     let env = |k: &str| std::env::var_os(k);
     let root = paths::resolve_root(args.root.as_deref(), env).map_err(|e| fatal(2)(e.into()))?;
     let paths = Paths::new(root);
-    let required =
-        args.config.is_some() || std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
-    let file = args
-        .config
-        .as_deref()
-        .map(paths::absolute)
-        .unwrap_or_else(|| paths.config_file(env));
-    let source = ConfigSource {
-        file,
-        required,
-        flags: args.flag_overrides(),
-    };
+    let required = args.config.is_some() || std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
+    let file = args.config.as_deref().map(paths::absolute).unwrap_or_else(|| paths.config_file(env));
+    let source = ConfigSource { file, required, flags: args.flag_overrides() };
     let config = source.load().map_err(|e| fatal(2)(e.into()))?;
-    let socket = config
-        .checked_socket(&paths)
-        .map_err(|e| fatal(2)(e.into()))?;
+    let socket = config.checked_socket(&paths).map_err(|e| fatal(2)(e.into()))?;
 
-    let sandbox_roots: Vec<&Path> = [Some(paths.root.as_path()), config.vault.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let sandbox_roots: Vec<&Path> =
+        [Some(paths.root.as_path()), config.vault.as_deref()].into_iter().flatten().collect();
     let files = FileGuard::from_env(&sandbox_roots);
 
     // Step 2: the private state dir (and a moved socket's dir).
@@ -189,18 +167,12 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
         Ok(lock) => lock,
         Err(e @ InstanceError::Held { .. }) => return Err(fatal(1)(e.into())),
         Err(e) => {
-            return Err(fatal(1)(
-                anyhow::Error::new(e).context("cannot take the single-instance lock"),
-            ));
+            return Err(fatal(1)(anyhow::Error::new(e).context("cannot take the single-instance lock")));
         }
     };
     // Step 4: the pid, right after the lock.
     instance::write_pid(&files, &paths, &lock).map_err(|e| fatal(1)(e.into()))?;
-    let run_files = Arc::new(RunFiles {
-        files: files.clone(),
-        pid: paths.pid_file.clone(),
-        socket: Mutex::new(None),
-    });
+    let run_files = Arc::new(RunFiles { files: files.clone(), pid: paths.pid_file.clone(), socket: Mutex::new(None) });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -210,9 +182,7 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
         .context("cannot start the tokio runtime")
         .map_err(fatal(1))?;
     let supervisor = memoryd_core::supervisor::detect(|k| std::env::var(k).ok());
-    let daemon = Arc::new(Daemon::new(
-        paths, source, config, files, socket, supervisor,
-    ));
+    let daemon = Arc::new(Daemon::new(paths, source, config, files, socket, supervisor));
     let code = runtime.block_on(serve(daemon.clone(), run_files.clone()))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     if code == ExitCode::SUCCESS
@@ -246,10 +216,7 @@ fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                anyhow::bail!(
-                    "{} exists and is not a socket; move it away",
-                    path.display()
-                );
+                anyhow::bail!("{} exists and is not a socket; move it away", path.display());
             }
             match std::os::unix::net::UnixStream::connect(path) {
                 Ok(_) => anyhow::bail!(
@@ -261,9 +228,7 @@ fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
                     daemon.files.remove_file(path)?;
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("cannot probe the existing socket {}", path.display())
-                    });
+                    return Err(e).with_context(|| format!("cannot probe the existing socket {}", path.display()));
                 }
             }
         }
@@ -271,8 +236,8 @@ fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
     // The dir is 0700 and ours: nobody can reach the socket before the chmod.
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind the control socket {}", path.display()))?;
     daemon.files.set_mode(path, 0o600)?;
     Ok(listener)
 }
@@ -285,34 +250,17 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
 
     // Step 7: first heartbeat, tasks, READY=1, one line.
     let fleet_watch = tasks::FleetWatch::start(&daemon);
-    daemon
-        .beat()
-        .context("cannot write the first heartbeat")
-        .map_err(fatal(1))?;
+    daemon.beat().context("cannot write the first heartbeat").map_err(fatal(1))?;
     let tasks = tokio_util::task::TaskTracker::new();
-    spawn_task(
-        &tasks,
-        &daemon,
-        "fleet-watcher",
-        tasks::fleet_watcher(daemon.clone(), fleet_watch),
-    );
-    spawn_task(
-        &tasks,
-        &daemon,
-        "heartbeat",
-        tasks::heartbeat(daemon.clone()),
-    );
+    spawn_task(&tasks, &daemon, "fleet-watcher", tasks::fleet_watcher(daemon.clone(), fleet_watch));
+    spawn_task(&tasks, &daemon, "heartbeat", tasks::heartbeat(daemon.clone()));
     // Outside the tracker: it must outlive the drain to catch a second signal.
     let files_for_exit = run_files.clone();
     tokio::spawn(tasks::signals(daemon.clone(), move || {
         files_for_exit.remove();
         std::process::exit(1);
     }));
-    tasks.spawn(server::serve(
-        listener,
-        daemon.clone(),
-        daemon.shutdown.clone(),
-    ));
+    tasks.spawn(server::serve(listener, daemon.clone(), daemon.shutdown.clone()));
     tasks.close();
 
     sdnotify::notify("READY=1");
@@ -322,20 +270,10 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
         daemon.paths.root.display(),
         daemon.socket.display(),
         daemon.fleet_describe(),
-        if daemon.watch_on.load(Ordering::Relaxed) {
-            "on"
-        } else {
-            "off"
-        },
-        if config.mcp_port == 0 {
-            "off".to_owned()
-        } else {
-            format!("{} (not served by this build)", config.mcp_port)
-        },
+        if daemon.watch_on.load(Ordering::Relaxed) { "on" } else { "off" },
+        if config.mcp_port == 0 { "off".to_owned() } else { format!("{} (not served by this build)", config.mcp_port) },
     );
-    if daemon.files.is_sandboxed()
-        && std::env::var("MEMORYD_TEST_PANIC").is_ok_and(|v| v == "after-ready")
-    {
+    if daemon.files.is_sandboxed() && std::env::var("MEMORYD_TEST_PANIC").is_ok_and(|v| v == "after-ready") {
         panic!("MEMORYD_TEST_PANIC=after-ready: injected panic (test sandbox only)");
     }
 
@@ -357,11 +295,7 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     let failed = daemon.failed.load(Ordering::Relaxed);
     tracing::info!(failed, "memoryd stopped");
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Runs a task; if it panics, the daemon stops with exit 1 (the supervisor
@@ -378,10 +312,7 @@ fn spawn_task(
         if let Err(e) = handle.await
             && e.is_panic()
         {
-            tracing::error!(
-                task = name,
-                "task panicked; stopping memoryd so the supervisor restarts it"
-            );
+            tracing::error!(task = name, "task panicked; stopping memoryd so the supervisor restarts it");
             daemon.failed.store(true, Ordering::Relaxed);
             daemon.shutdown.begun.cancel();
         }

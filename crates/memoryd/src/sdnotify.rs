@@ -29,9 +29,7 @@ fn send(state: &str, target: &std::ffi::OsStr) -> std::io::Result<()> {
         #[cfg(not(target_os = "linux"))]
         {
             let _ = name;
-            return Err(std::io::Error::other(
-                "abstract notify sockets exist only on Linux",
-            ));
+            return Err(std::io::Error::other("abstract notify sockets exist only on Linux"));
         }
     }
     socket.send_to(state.as_bytes(), target)?;

@@ -67,25 +67,12 @@ pub struct ProgressSink {
 impl ProgressSink {
     /// A sink that drops every line (work started without a client).
     pub fn discard() -> ProgressSink {
-        ProgressSink {
-            id: Value::Null,
-            tx: None,
-        }
+        ProgressSink { id: Value::Null, tx: None }
     }
 
-    pub fn send(
-        &self,
-        name: &str,
-        status: memoryd_proto::ProgressStatus,
-        detail: impl Into<String>,
-    ) {
+    pub fn send(&self, name: &str, status: memoryd_proto::ProgressStatus, detail: impl Into<String>) {
         if let Some(tx) = &self.tx {
-            let progress = Progress {
-                id: self.id.clone(),
-                name: name.to_owned(),
-                status,
-                detail: detail.into(),
-            };
+            let progress = Progress { id: self.id.clone(), name: name.to_owned(), status, detail: detail.into() };
             // A client that hung up does not stop the request.
             let _ = tx.send(progress.notification().encode());
         }
@@ -105,23 +92,13 @@ pub async fn serve<S: Service>(listener: UnixListener, service: Arc<S>, shutdown
                 let (max_connections, _) = service.limits();
                 match Slot::take(&open, max_connections) {
                     Some(slot) => {
-                        shutdown.connections.spawn(connection(
-                            stream,
-                            service.clone(),
-                            shutdown.clone(),
-                            slot,
-                        ));
+                        shutdown.connections.spawn(connection(stream, service.clone(), shutdown.clone(), slot));
                     }
                     None => {
-                        tracing::warn!(
-                            max_connections,
-                            "refused a connection: max_connections reached"
-                        );
+                        tracing::warn!(max_connections, "refused a connection: max_connections reached");
                         let busy = RpcError::new(
                             ErrorKind::ServerBusy,
-                            format!(
-                                "memoryd is serving its maximum of {max_connections} connections; retry shortly"
-                            ),
+                            format!("memoryd is serving its maximum of {max_connections} connections; retry shortly"),
                         );
                         shutdown.connections.spawn(refuse(stream, busy));
                     }
@@ -141,11 +118,9 @@ struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
     fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| Slot(open.clone()))
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(open.clone()))
     }
 }
 
@@ -156,11 +131,7 @@ impl Drop for Slot {
 }
 
 async fn refuse(mut stream: UnixStream, error: RpcError) {
-    let line = Response {
-        id: Value::Null,
-        outcome: Err(error),
-    }
-    .encode();
+    let line = Response { id: Value::Null, outcome: Err(error) }.encode();
     let _ = tokio::time::timeout(WRITE_LIMIT, stream.write_all(&line)).await;
     let _ = stream.shutdown().await;
 }
@@ -202,18 +173,10 @@ async fn next_line(
 }
 
 async fn write(writer: &mut OwnedWriteHalf, line: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_LIMIT, writer.write_all(line)).await,
-        Ok(Ok(()))
-    )
+    matches!(tokio::time::timeout(WRITE_LIMIT, writer.write_all(line)).await, Ok(Ok(())))
 }
 
-async fn connection<S: Service>(
-    stream: UnixStream,
-    service: Arc<S>,
-    shutdown: Shutdown,
-    _slot: Slot,
-) {
+async fn connection<S: Service>(stream: UnixStream, service: Arc<S>, shutdown: Shutdown, _slot: Slot) {
     let me = nix::unistd::geteuid().as_raw();
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == me => {}
@@ -221,10 +184,7 @@ async fn connection<S: Service>(
             tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a connection from another user");
             let error = RpcError::new(
                 ErrorKind::ConnectionRefused,
-                format!(
-                    "memoryd serves only uid {me}; this connection comes from uid {}",
-                    cred.uid()
-                ),
+                format!("memoryd serves only uid {me}; this connection comes from uid {}", cred.uid()),
             );
             return refuse(stream, error).await;
         }
@@ -247,15 +207,7 @@ async fn connection<S: Service>(
                         "the request line is longer than max_request_bytes ({cap} bytes); the connection is closed"
                     ),
                 );
-                write(
-                    &mut writer,
-                    &Response {
-                        id: Value::Null,
-                        outcome: Err(error),
-                    }
-                    .encode(),
-                )
-                .await;
+                write(&mut writer, &Response { id: Value::Null, outcome: Err(error) }.encode()).await;
                 return;
             }
             Next::End => return,
@@ -263,16 +215,7 @@ async fn connection<S: Service>(
         let request = match Request::decode(&line) {
             Ok(request) => request,
             Err(DecodeError { id, error }) => {
-                if !write(
-                    &mut writer,
-                    &Response {
-                        id,
-                        outcome: Err(error),
-                    }
-                    .encode(),
-                )
-                .await
-                {
+                if !write(&mut writer, &Response { id, outcome: Err(error) }.encode()).await {
                     return;
                 }
                 continue;
@@ -322,10 +265,7 @@ async fn run_request<S: Service>(
     writer: &mut OwnedWriteHalf,
 ) -> Option<Result<Value, RpcError>> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let sink = ProgressSink {
-        id: request.id.clone(),
-        tx: Some(tx),
-    };
+    let sink = ProgressSink { id: request.id.clone(), tx: Some(tx) };
     let method = request.method.clone();
     let mut task = shutdown.requests.spawn(service.call(request, sink));
     let outcome = loop {

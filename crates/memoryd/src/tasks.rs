@@ -66,12 +66,7 @@ impl FleetWatch {
         let map_name = daemon.paths.fleet_map.file_name().map(|n| n.to_os_string());
         let handler = move |event: notify::Result<notify::Event>| {
             let sent = match event {
-                Ok(event)
-                    if event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) =>
-                {
+                Ok(event) if event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) => {
                     tx.send(Ok(()))
                 }
                 Ok(_) => Ok(()),
@@ -91,20 +86,14 @@ impl FleetWatch {
             }
         };
         daemon.watch_on.store(watcher.is_some(), Ordering::Relaxed);
-        FleetWatch {
-            _watcher: watcher,
-            events,
-        }
+        FleetWatch { _watcher: watcher, events }
     }
 }
 
 /// Acts on fleet map changes, debounced; polls the map's mtime while the
 /// watcher is off.
 pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
-    let FleetWatch {
-        _watcher,
-        events: mut rx,
-    } = watch;
+    let FleetWatch { _watcher, events: mut rx } = watch;
     let mut poll = interval(POLL_EVERY);
     poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last_mtime = mtime(&daemon.paths.fleet_map);
@@ -151,10 +140,7 @@ fn reload_fleet(daemon: &Daemon) {
     }
     match (&*current, &new) {
         (FleetRead::Map(_), FleetRead::Missing | FleetRead::Unreadable(_)) => {
-            tracing::warn!(
-                fleet = new.describe(),
-                "the fleet map is gone or unreadable; keeping the last good map"
-            );
+            tracing::warn!(fleet = new.describe(), "the fleet map is gone or unreadable; keeping the last good map");
         }
         _ => {
             tracing::info!(fleet = new.describe(), "fleet map changed");
@@ -167,11 +153,9 @@ fn reload_fleet(daemon: &Daemon) {
 /// SIGHUP reloads the config.
 pub async fn signals(daemon: Arc<Daemon>, on_second: impl Fn() + Send + 'static) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!(task = "signals", "cannot install signal handlers");
         daemon.failed.store(true, Ordering::Relaxed);
         daemon.shutdown.begun.cancel();
@@ -189,10 +173,7 @@ pub async fn signals(daemon: Arc<Daemon>, on_second: impl Fn() + Send + 'static)
             }
         };
         if daemon.shutdown.begun.is_cancelled() {
-            tracing::warn!(
-                signal = name,
-                "second signal during shutdown: exiting at once"
-            );
+            tracing::warn!(signal = name, "second signal during shutdown: exiting at once");
             on_second();
         }
         tracing::info!(signal = name, "shutting down");
