@@ -148,10 +148,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("memoryd exited with {status} before answering:\n{}", self.log());
             }
-            if let Ok(mut conn) = Conn::open(&root.socket()) {
-                if conn.hello().get("result").is_some() {
-                    return;
-                }
+            if let Ok(mut conn) = Conn::open(&root.socket())
+                && conn.hello().get("result").is_some()
+            {
+                return;
             }
             assert!(Instant::now() < deadline, "memoryd did not answer within 20 s:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));

@@ -1,5 +1,5 @@
 //! Configuration: layering, errors that name the key, reload.
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use memoryd_e2e::*;
 use nix::sys::signal::Signal;

@@ -1,5 +1,5 @@
 //! The control socket protocol against the real daemon.
-#![allow(clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use memoryd_e2e::*;
 use serde_json::json;

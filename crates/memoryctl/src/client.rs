@@ -93,7 +93,7 @@ impl Client {
                 }
                 Incoming::Notification(_) => {}
                 // A refusal sent before any request was read has a null id.
-                Incoming::Response(r) if r.id == Value::from(id) || r.id.is_null() => {
+                Incoming::Response(r) if r.id == id || r.id.is_null() => {
                     return Ok(r.outcome);
                 }
                 Incoming::Response(_) => {}

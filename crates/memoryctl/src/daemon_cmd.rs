@@ -101,7 +101,7 @@ fn first_error(log: &Path, offset: u64) -> Option<String> {
 pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
     let Some(mut client) = ctx.connect().await? else {
         if !stop {
-            bail!("memoryd is not running (start it with: {} daemon start)", ctx.ctl());
+            bail!("{}", ctx.not_answering());
         }
         return kill_hung(ctx).await;
     };

@@ -148,11 +148,21 @@ impl Ctx {
         }
     }
 
-    /// Connects or fails with the sentence that says how to start memoryd.
+    /// Connects or fails with the sentence that says what to do.
     pub async fn require(&self) -> anyhow::Result<Client> {
-        self.connect()
-            .await?
-            .ok_or_else(|| anyhow!("memoryd is not running (start it with: {} daemon start)", self.ctl()))
+        self.connect().await?.ok_or_else(|| anyhow!("{}", self.not_answering()))
+    }
+
+    /// Why no daemon answered, and what to do about it: a daemon that holds
+    /// the lock but does not answer is hung, not stopped.
+    pub fn not_answering(&self) -> String {
+        if memoryd_core::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
+            let pid =
+                memoryd_core::instance::read_pid(&self.paths.pid_file).map_or("unknown".to_owned(), |p| p.to_string());
+            format!("memoryd (pid {pid}) holds the lock but does not answer (end it with: {} daemon stop)", self.ctl())
+        } else {
+            format!("memoryd is not running (start it with: {} daemon start)", self.ctl())
+        }
     }
 
     /// One request, printing progress lines as they stream in (text mode),
@@ -232,7 +242,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             serde_json::from_value(value).context("memoryd sent a malformed status")?
         }
         None => {
-            eprintln!("memoryd is not running (start it with: {} daemon start)", ctx.ctl());
+            eprintln!("{}", ctx.not_answering());
             let mut status = memoryd_core::status::from_disk(&ctx.paths, &ctx.config, SystemTime::now());
             memoryd_core::status::assess(&mut status, &ctx.config);
             status

@@ -150,8 +150,8 @@ impl fmt::Display for Origin {
 /// A configuration that cannot be used; the old one stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("config {path} line {line}: {message}")]
     Syntax { path: PathBuf, line: usize, message: String },
     #[error("{origin}: {message}")]
@@ -381,8 +381,8 @@ pub fn load(
     let text = match std::fs::read_to_string(file) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file_required => None,
-        Err(source) => {
-            return Err(ConfigError::Read { path: file.to_path_buf(), source });
+        Err(error) => {
+            return Err(ConfigError::Read { path: file.to_path_buf(), error });
         }
     };
     if let Some(text) = &text {
@@ -550,6 +550,7 @@ fn check_consistency(config: &Config, origins: &HashMap<&'static str, Origin>, f
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
     use std::io::Write;
@@ -686,6 +687,7 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod describe_tests {
     use super::*;
 

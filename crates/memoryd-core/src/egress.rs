@@ -23,12 +23,12 @@ pub enum EgressError {
          (flag, MEMORYD_* variable or config) and memoryd's own"
     )]
     Refused { program: PathBuf },
-    #[error("cannot run {program}: {source}")]
-    Spawn { program: PathBuf, source: std::io::Error },
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: PathBuf, error: std::io::Error },
     #[error("{program} did not finish within {secs}s and was killed", secs = after.as_secs_f32())]
     Timeout { program: PathBuf, after: Duration },
-    #[error("cannot send {signal} to pid {pid}: {source}")]
-    Signal { pid: i32, signal: Signal, source: nix::Error },
+    #[error("cannot send {signal} to pid {pid}: {error}")]
+    Signal { pid: i32, signal: Signal, error: nix::Error },
 }
 
 impl EgressError {
@@ -56,6 +56,8 @@ impl CommandOutput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: i32,
+    /// The program as the process named it (argv[0], spaces and all).
+    pub argv0: String,
     /// The command line, arguments separated by spaces.
     pub cmdline: String,
     /// An opaque start time: the same pid with another start time is
@@ -106,7 +108,7 @@ impl Egress {
         timeout: Duration,
     ) -> Result<CommandOutput, EgressError> {
         self.check_program(program)?;
-        let spawn_err = |source| EgressError::Spawn { program: program.to_path_buf(), source };
+        let spawn_err = |error| EgressError::Spawn { program: program.to_path_buf(), error };
         let mut child = Command::new(program)
             .args(args)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -143,7 +145,7 @@ impl Egress {
     /// /dev/null and both output streams into `log`.
     pub fn spawn_detached<S: AsRef<OsStr>>(&self, program: &Path, args: &[S], log: File) -> Result<Child, EgressError> {
         self.check_program(program)?;
-        let spawn_err = |source| EgressError::Spawn { program: program.to_path_buf(), source };
+        let spawn_err = |error| EgressError::Spawn { program: program.to_path_buf(), error };
         let log2 = log.try_clone().map_err(spawn_err)?;
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
@@ -172,9 +174,9 @@ impl Egress {
     pub fn signal_daemon(&self, daemon: &crate::instance::VerifiedDaemon, signal: Signal) -> Result<(), EgressError> {
         let pid = daemon.pid();
         if pid <= 1 {
-            return Err(EgressError::Signal { pid, signal, source: nix::Error::EPERM });
+            return Err(EgressError::Signal { pid, signal, error: nix::Error::EPERM });
         }
-        nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|source| EgressError::Signal { pid, signal, source })
+        nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|error| EgressError::Signal { pid, signal, error })
     }
 }
 
@@ -201,12 +203,9 @@ fn detach(command: &mut Command) {
 #[cfg(target_os = "linux")]
 fn probe_process(pid: i32) -> Option<ProcessInfo> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = raw
-        .split(|&b| b == 0)
-        .filter(|p| !p.is_empty())
-        .map(|p| String::from_utf8_lossy(p))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let argv: Vec<_> = raw.split(|&b| b == 0).filter(|p| !p.is_empty()).map(String::from_utf8_lossy).collect();
+    let argv0 = argv.first().map(|a| a.to_string()).unwrap_or_default();
+    let cmdline = argv.join(" ");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22 (starttime) counts from after the parenthesised command name,
     // which may itself hold spaces.
@@ -216,7 +215,7 @@ fn probe_process(pid: i32) -> Option<ProcessInfo> {
     if state == "Z" || state == "X" {
         return None;
     }
-    Some(ProcessInfo { pid, cmdline, start_time })
+    Some(ProcessInfo { pid, argv0, cmdline, start_time })
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -227,7 +226,9 @@ fn probe_process(pid: i32) -> Option<ProcessInfo> {
     let line = text.lines().next()?.trim();
     // `lstart` is a fixed 24-character date.
     let (start, cmd) = line.split_at(line.len().min(24));
-    Some(ProcessInfo { pid, cmdline: cmd.trim().to_owned(), start_time: start.trim().to_owned() })
+    let cmdline = cmd.trim().to_owned();
+    let argv0 = cmdline.split_whitespace().next().unwrap_or_default().to_owned();
+    Some(ProcessInfo { pid, argv0, cmdline, start_time: start.trim().to_owned() })
 }
 
 #[cfg(target_os = "linux")]
@@ -247,6 +248,7 @@ fn has_open_file(pid: i32, wanted: &Path) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
 

@@ -20,8 +20,8 @@ const GUARDED_SEGMENTS: &[&str] = &[".iapeer", ".claude", ".codex"];
 /// A refused or failed file operation, naming the operation and the path.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("cannot {op} {path}: {error}")]
+    Io { op: &'static str, path: PathBuf, error: io::Error },
     #[error("refused to {op} {path}: the test sandbox forbids {why}")]
     Refused { op: &'static str, path: PathBuf, why: String },
 }
@@ -32,7 +32,7 @@ impl FileError {
     }
 
     pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
-        move |source| FileError::Io { op, path: path.to_path_buf(), source }
+        move |error| FileError::Io { op, path: path.to_path_buf(), error }
     }
 }
 
@@ -219,6 +219,7 @@ fn create_tmp(dir: &Path, name: &str) -> Result<(PathBuf, File), FileError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;

@@ -49,6 +49,7 @@ pub fn hostname() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
 

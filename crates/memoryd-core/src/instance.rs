@@ -28,8 +28,8 @@ pub enum InstanceError {
     NotDir { path: PathBuf },
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("cannot {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("cannot {op} {path}: {error}")]
+    Io { op: &'static str, path: PathBuf, error: io::Error },
 }
 
 /// Creates `dir` with mode 0700 if missing, then refuses it unless it is a
@@ -37,15 +37,15 @@ pub enum InstanceError {
 pub fn ensure_private_dir(files: &FileGuard, dir: &Path) -> Result<(), InstanceError> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => files.create_dir_all(dir, 0o700)?,
-        Err(source) => {
-            return Err(InstanceError::Io { op: "inspect", path: dir.to_path_buf(), source });
+        Err(error) => {
+            return Err(InstanceError::Io { op: "inspect", path: dir.to_path_buf(), error });
         }
         Ok(_) => {}
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| InstanceError::Io {
+    let meta = std::fs::symlink_metadata(dir).map_err(|error| InstanceError::Io {
         op: "inspect",
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let path = dir.to_path_buf();
     if meta.file_type().is_symlink() {
@@ -79,8 +79,8 @@ impl InstanceLock {
         match file.try_lock() {
             Ok(()) => Ok(InstanceLock { file }),
             Err(TryLockError::WouldBlock) => Err(InstanceError::Held { pid: read_pid(&paths.pid_file) }),
-            Err(TryLockError::Error(source)) => {
-                Err(InstanceError::Io { op: "lock", path: paths.instance_lock.clone(), source })
+            Err(TryLockError::Error(error)) => {
+                Err(InstanceError::Io { op: "lock", path: paths.instance_lock.clone(), error })
             }
         }
     }
@@ -162,11 +162,7 @@ pub fn verify_daemon(paths: &Paths, egress: &Egress) -> DaemonCheck {
     let Some(info) = egress.probe(pid) else {
         return DaemonCheck::Unverified(format!("the lock is held but pid {pid} from the pid file is not running"));
     };
-    let names_memoryd = info
-        .cmdline
-        .split_whitespace()
-        .next()
-        .is_some_and(|argv0| Path::new(argv0).file_name().is_some_and(|n| n == "memoryd"));
+    let names_memoryd = Path::new(&info.argv0).file_name().is_some_and(|n| n == "memoryd");
     if !names_memoryd {
         return DaemonCheck::Unverified(format!("pid {pid} runs `{}`, not memoryd", info.cmdline));
     }
@@ -237,6 +233,7 @@ pub fn wait_for_release(lock: &Path, limit: Duration) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
     use std::os::unix::fs::DirBuilderExt;

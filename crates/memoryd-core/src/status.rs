@@ -8,8 +8,10 @@ use memoryd_proto::status::HostStatus;
 /// or the MCP endpoint is configured but not listening.
 pub fn assess(status: &mut HostStatus, config: &Config) {
     let mut problems = Vec::new();
-    if !status.running {
-        problems.push("memoryd is not running.".to_owned());
+    match (status.running, status.pid) {
+        (true, _) => {}
+        (false, Some(pid)) => problems.push(format!("memoryd (pid {pid}) holds the lock but does not answer.")),
+        (false, None) => problems.push("memoryd is not running.".to_owned()),
     }
     let stale = config.heartbeat_stale_after.as_secs();
     match status.heartbeat_age_secs {

@@ -181,6 +181,7 @@ impl fmt::Display for RpcError {
 impl std::error::Error for RpcError {}
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
     use crate::methods::is_valid_name;

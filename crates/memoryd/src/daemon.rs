@@ -80,14 +80,18 @@ impl Daemon {
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     /// Keys that only a restart applies are reported as `warn` progress.
     pub fn reload(&self, progress: &ProgressSink) -> Result<Value, ConfigError> {
-        let new = self.source.load()?;
+        let mut new = self.source.load()?;
         let old = self.config();
+        // The sockets are bound once; their keys keep their running values
+        // until the next start, so status keeps telling the truth.
         let mut restart_needed = Vec::new();
         if new.socket_path != old.socket_path {
             restart_needed.push("socket_path");
+            new.socket_path = old.socket_path.clone();
         }
         if new.mcp_port != old.mcp_port {
             restart_needed.push("mcp_port");
+            new.mcp_port = old.mcp_port;
         }
         for key in &restart_needed {
             tracing::warn!(key, "config change takes effect at the next start of memoryd");
@@ -166,26 +170,20 @@ impl Service for Daemon {
         serde_json::to_value(self.hello_result()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
     }
 
-    fn call(
-        self: Arc<Self>,
-        request: Request,
-        progress: ProgressSink,
-    ) -> impl Future<Output = Result<Value, RpcError>> + Send + 'static {
-        async move {
-            match request.method.as_str() {
-                methods::HOST_STATUS => {
-                    serde_json::to_value(self.status()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
-                }
-                methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
-                    RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
-                }),
-                methods::HOST_SHUTDOWN => Ok(json!({
-                    "stopping": true,
-                    "supervisor": self.supervisor,
-                    "restarted": self.supervisor.is_some(),
-                })),
-                other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
+    async fn call(self: Arc<Self>, request: Request, progress: ProgressSink) -> Result<Value, RpcError> {
+        match request.method.as_str() {
+            methods::HOST_STATUS => {
+                serde_json::to_value(self.status()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
+            methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
+                RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
+            }),
+            methods::HOST_SHUTDOWN => Ok(json!({
+                "stopping": true,
+                "supervisor": self.supervisor,
+                "restarted": self.supervisor.is_some(),
+            })),
+            other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
         }
     }
 

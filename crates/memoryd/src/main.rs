@@ -158,7 +158,15 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
     // Step 2: the private state dir (and a moved socket's dir).
     instance::ensure_private_dir(&files, &paths.state).map_err(|e| fatal(1)(e.into()))?;
     if let Some(dir) = socket.parent().filter(|d| *d != paths.state) {
-        instance::ensure_private_dir(&files, dir).map_err(|e| fatal(1)(e.into()))?;
+        instance::ensure_private_dir(&files, dir).map_err(|e| match e {
+            // Never advise loosening or tightening a shared dir such as /tmp.
+            InstanceError::Mode { path, mode } => fatal(1)(anyhow::anyhow!(
+                "the directory of socket_path, {}, grants group or other permissions (mode {mode:o}); \
+                 set socket_path inside a private directory of its own (mode 0700)",
+                path.display()
+            )),
+            other => fatal(1)(other.into()),
+        })?;
     }
     raise_nofile_limit();
 
@@ -252,15 +260,25 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
     let fleet_watch = tasks::FleetWatch::start(&daemon);
     daemon.beat().context("cannot write the first heartbeat").map_err(fatal(1))?;
     let tasks = tokio_util::task::TaskTracker::new();
-    spawn_task(&tasks, &daemon, "fleet-watcher", tasks::fleet_watcher(daemon.clone(), fleet_watch));
-    spawn_task(&tasks, &daemon, "heartbeat", tasks::heartbeat(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "fleet-watcher", tasks::fleet_watcher(daemon.clone(), fleet_watch));
+    spawn_task(Some(&tasks), &daemon, "heartbeat", tasks::heartbeat(daemon.clone()));
     // Outside the tracker: it must outlive the drain to catch a second signal.
     let files_for_exit = run_files.clone();
-    tokio::spawn(tasks::signals(daemon.clone(), move || {
-        files_for_exit.remove();
-        std::process::exit(1);
-    }));
-    tasks.spawn(server::serve(listener, daemon.clone(), daemon.shutdown.clone()));
+    spawn_task(
+        None,
+        &daemon,
+        "signals",
+        tasks::signals(daemon.clone(), move || {
+            files_for_exit.remove();
+            std::process::exit(1);
+        }),
+    );
+    spawn_task(
+        Some(&tasks),
+        &daemon,
+        "control-socket",
+        server::serve(listener, daemon.clone(), daemon.shutdown.clone()),
+    );
     tasks.close();
 
     sdnotify::notify("READY=1");
@@ -299,16 +317,17 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
 }
 
 /// Runs a task; if it panics, the daemon stops with exit 1 (the supervisor
-/// restarts it) rather than limp on without it.
+/// restarts it) rather than limp on without it. An untracked task is not
+/// waited for when the daemon drains.
 fn spawn_task(
-    tasks: &tokio_util::task::TaskTracker,
+    tasks: Option<&tokio_util::task::TaskTracker>,
     daemon: &Arc<Daemon>,
     name: &'static str,
     task: impl Future<Output = ()> + Send + 'static,
 ) {
     let handle = tokio::spawn(task);
     let daemon = daemon.clone();
-    tasks.spawn(async move {
+    let monitor = async move {
         if let Err(e) = handle.await
             && e.is_panic()
         {
@@ -316,5 +335,9 @@ fn spawn_task(
             daemon.failed.store(true, Ordering::Relaxed);
             daemon.shutdown.begun.cancel();
         }
-    });
+    };
+    match tasks {
+        Some(tasks) => drop(tasks.spawn(monitor)),
+        None => drop(tokio::spawn(monitor)),
+    }
 }
