@@ -235,6 +235,18 @@ impl Conn {
     }
 }
 
+/// Waits until `probe` holds, for up to 10 s; false if it never does.
+pub fn eventually(mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if probe() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 /// `error.data.kind` of a response.
 pub fn kind(response: &Value) -> &str {
     response["error"]["data"]["kind"].as_str().unwrap_or("")

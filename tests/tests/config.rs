@@ -4,7 +4,7 @@
 use memoryd_e2e::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn a_bad_config_exits_2_naming_key_file_and_line() {
@@ -57,18 +57,6 @@ fn config_check_prints_the_effective_values_with_env_over_file() {
     assert_eq!(v["config"]["sweep_interval"], "3m");
     assert_eq!(v["config"]["presence.min_client_version"], "1.2");
     assert_eq!(v["config"]["heartbeat_interval"], "30s");
-}
-
-/// Waits until `probe` holds, for up to 10 s.
-fn eventually(mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if probe() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// Whether, with one client served, a second one is refused as busy.

@@ -25,9 +25,7 @@ fn memoryd_bin(ctx: &Ctx) -> anyhow::Result<PathBuf> {
 }
 
 fn guards(ctx: &Ctx, allowed: Vec<PathBuf>) -> (FileGuard, Egress) {
-    let roots: Vec<&Path> =
-        [Some(ctx.paths.root.as_path()), ctx.config.vault.as_deref()].into_iter().flatten().collect();
-    (FileGuard::from_env(&roots), Egress::from_env(allowed))
+    (FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref()), Egress::from_env(allowed))
 }
 
 pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -36,11 +34,7 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if instance::lock_is_held(&ctx.paths.instance_lock).unwrap_or(false) {
-        bail!(
-            "a memoryd (pid {}) holds the lock of this root but does not answer; end it with: {} daemon stop",
-            instance::read_pid(&ctx.paths.pid_file).map_or("unknown".to_owned(), |p| p.to_string()),
-            ctx.ctl()
-        );
+        bail!("{}", ctx.not_answering());
     }
     let bin = memoryd_bin(ctx)?;
     if !bin.is_file() {

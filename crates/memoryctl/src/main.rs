@@ -110,8 +110,7 @@ impl Ctx {
     fn new(cli: &Cli) -> anyhow::Result<Ctx> {
         let env = |k: &str| std::env::var_os(k);
         let paths = Paths::new(paths::resolve_root(cli.root.as_deref(), env)?);
-        let config_file = paths.config_file(env);
-        let required = std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
+        let (config_file, required) = paths.config_file(env);
         let (config, config_found, config_error) = match config::load(&config_file, required, env, &Vec::new()) {
             Ok(loaded) => (loaded.config, loaded.file_found, None),
             Err(e) => (Config::default(), config_file.exists(), Some(e)),

@@ -84,6 +84,13 @@ impl FileGuard {
         if crate::sandbox_armed() { FileGuard::refusing(roots) } else { FileGuard::live() }
     }
 
+    /// The guard of one install: its sandbox roots are the root `R` and the
+    /// vault, when one is configured.
+    pub fn for_install(root: &Path, vault: Option<&Path>) -> FileGuard {
+        let roots: Vec<&Path> = [Some(root), vault].into_iter().flatten().collect();
+        FileGuard::from_env(&roots)
+    }
+
     pub fn is_sandboxed(&self) -> bool {
         self.sandbox.is_some()
     }

@@ -51,11 +51,13 @@ impl Paths {
         }
     }
 
-    /// The config file: `MEMORYD_CONFIG` when set, else `R/plugins/memoryd/memoryd.toml`.
-    pub fn config_file(&self, var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    /// The config file: `MEMORYD_CONFIG` when set, else
+    /// `R/plugins/memoryd/memoryd.toml`; and whether it was named
+    /// explicitly (then it must exist, while the default may be missing).
+    pub fn config_file(&self, var: impl Fn(&str) -> Option<OsString>) -> (PathBuf, bool) {
         match var("MEMORYD_CONFIG").filter(|v| !v.is_empty()) {
-            Some(p) => absolute(Path::new(&p)),
-            None => self.default_config.clone(),
+            Some(p) => (absolute(Path::new(&p)), true),
+            None => (self.default_config.clone(), false),
         }
     }
 }
@@ -160,8 +162,8 @@ mod tests {
         let p = Paths::new(PathBuf::from("/r"));
         assert_eq!(p.state, PathBuf::from("/r/state/memoryd"));
         assert_eq!(p.default_socket, PathBuf::from("/r/state/memoryd/memoryd.sock"));
-        assert_eq!(p.config_file(env(&[])), PathBuf::from("/r/plugins/memoryd/memoryd.toml"));
-        assert_eq!(p.config_file(env(&[("MEMORYD_CONFIG", "/etc/m.toml")])), PathBuf::from("/etc/m.toml"));
+        assert_eq!(p.config_file(env(&[])), (PathBuf::from("/r/plugins/memoryd/memoryd.toml"), false));
+        assert_eq!(p.config_file(env(&[("MEMORYD_CONFIG", "/etc/m.toml")])), (PathBuf::from("/etc/m.toml"), true));
     }
 
     #[test]

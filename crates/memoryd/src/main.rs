@@ -14,7 +14,7 @@ use memoryd_core::files::FileGuard;
 use memoryd_core::instance::{self, InstanceError, InstanceLock};
 use memoryd_core::paths::{self, Paths};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -145,15 +145,15 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
     let env = |k: &str| std::env::var_os(k);
     let root = paths::resolve_root(args.root.as_deref(), env).map_err(|e| fatal(2)(e.into()))?;
     let paths = Paths::new(root);
-    let required = args.config.is_some() || std::env::var_os("MEMORYD_CONFIG").is_some_and(|v| !v.is_empty());
-    let file = args.config.as_deref().map(paths::absolute).unwrap_or_else(|| paths.config_file(env));
+    let (file, required) = match &args.config {
+        Some(flag) => (paths::absolute(flag), true),
+        None => paths.config_file(env),
+    };
     let source = ConfigSource { file, required, flags: args.flag_overrides() };
     let config = source.load().map_err(|e| fatal(2)(e.into()))?;
     let socket = config.checked_socket(&paths).map_err(|e| fatal(2)(e.into()))?;
 
-    let sandbox_roots: Vec<&Path> =
-        [Some(paths.root.as_path()), config.vault.as_deref()].into_iter().flatten().collect();
-    let files = FileGuard::from_env(&sandbox_roots);
+    let files = FileGuard::for_install(&paths.root, config.vault.as_deref());
 
     // Step 2: the private state dir (and a moved socket's dir).
     instance::ensure_private_dir(&files, &paths.state).map_err(|e| fatal(1)(e.into()))?;

@@ -138,7 +138,7 @@ async fn refuse(mut stream: UnixStream, error: RpcError) {
 
 enum Next {
     Line(Vec<u8>),
-    TooLarge(usize),
+    TooLarge,
     /// Closed, idle past the limit, shutting down, or broken.
     End,
 }
@@ -146,7 +146,6 @@ enum Next {
 async fn next_line(
     reader: &mut tokio::net::unix::OwnedReadHalf,
     framer: &mut LineFramer,
-    cap: usize,
     begun: &CancellationToken,
 ) -> Next {
     let deadline = tokio::time::Instant::now() + IDLE_LIMIT;
@@ -165,7 +164,7 @@ async fn next_line(
             Ok(0) | Err(_) => return Next::End,
             Ok(n) => {
                 if framer.push(&buf[..n]).is_err() {
-                    return Next::TooLarge(cap);
+                    return Next::TooLarge;
                 }
             }
         }
@@ -198,9 +197,9 @@ async fn connection<S: Service>(stream: UnixStream, service: Arc<S>, shutdown: S
     let mut framer = LineFramer::new(cap);
     let mut greeted = false;
     loop {
-        let line = match next_line(&mut reader, &mut framer, cap, &shutdown.begun).await {
+        let line = match next_line(&mut reader, &mut framer, &shutdown.begun).await {
             Next::Line(line) => line,
-            Next::TooLarge(cap) => {
+            Next::TooLarge => {
                 let error = RpcError::new(
                     ErrorKind::RequestTooLarge,
                     format!(
