@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Directory names that belong to the agents and the iapeer core.
 const GUARDED_SEGMENTS: &[&str] = &[".iapeer", ".claude", ".codex"];
@@ -161,17 +161,64 @@ impl FileGuard {
         self.write_atomic(path, bytes, mode).map(|()| WriteOutcome::Written)
     }
 
-    /// Creates `path` and its missing parents; the last component gets `mode`.
+    /// Creates `path` and its missing parents, each with `mode`.
     pub fn create_dir_all(&self, path: &Path, mode: u32) -> Result<(), FileError> {
+        self.create_dirs(path, mode).map(drop)
+    }
+
+    /// Creates `path` and its missing parents, each with `mode`, and names
+    /// the ones this call created (outermost first), so a caller can
+    /// remember what is its own to remove later.
+    pub fn create_dirs(&self, path: &Path, mode: u32) -> Result<Vec<PathBuf>, FileError> {
         self.check("create", path)?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(FileError::io("create", parent))?;
+        let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.as_os_str().is_empty() && !p.is_dir()).collect();
+        let mut created = Vec::new();
+        for dir in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(mode).create(dir) {
+                Ok(()) => created.push(dir.to_path_buf()),
+                // Someone else made it meanwhile: not ours.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                Err(e) => return Err(FileError::io("create", dir)(e)),
+            }
         }
-        match std::fs::DirBuilder::new().mode(mode).create(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-            Err(e) => Err(FileError::io("create", path)(e)),
+        Ok(created)
+    }
+
+    /// Removes an empty directory; `Ok(false)` when it is gone or not empty.
+    pub fn remove_empty_dir(&self, path: &Path) -> Result<bool, FileError> {
+        self.check("delete", path)?;
+        match std::fs::remove_dir(path) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => Ok(false),
+            Err(e) => Err(FileError::io("delete", path)(e)),
         }
+    }
+
+    /// Removes the tmp files that a killed writer of `path` left next to it
+    /// (ours only, by name), when older than `older_than`.
+    pub fn remove_stale_tmp(&self, path: &Path, older_than: Duration) -> Result<usize, FileError> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(0);
+        };
+        let prefix = format!(".{}.memoryd-", name.to_string_lossy());
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(FileError::io("list", dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if !(file_name.starts_with(&prefix) && file_name.ends_with(".tmp")) {
+                continue;
+            }
+            let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age >= older_than) && self.remove_file(&entry.path())? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Sets the permission bits of `path`.

@@ -9,12 +9,18 @@ pub mod config;
 pub mod egress;
 pub mod files;
 pub mod fleet;
+pub mod fragment;
 pub mod heartbeat;
+pub mod install;
 pub mod instance;
+pub mod lock;
 pub mod names;
 pub mod paths;
+pub mod provision;
+pub mod slot;
 pub mod status;
 pub mod supervisor;
+pub mod surfaces;
 
 /// The crate version, which is memoryd's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

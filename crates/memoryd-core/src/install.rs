@@ -1,0 +1,79 @@
+//! The binaries an install runs: `memoryd`, `memoryctl` and `iapeer`.
+//!
+//! Every command we generate names them by absolute path: the iapeer core
+//! runs our provision command with launchd's minimal PATH, where a bare
+//! name is not found.
+
+use crate::config::Config;
+use std::path::{Path, PathBuf};
+
+/// The absolute `memoryd` and `memoryctl` of this install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    pub memoryd: PathBuf,
+    pub memoryctl: PathBuf,
+}
+
+impl Binaries {
+    /// `memoryd_bin` / `memoryctl_bin` from the config, else the running
+    /// binary and its sibling. `running` is the canonical path of this
+    /// process's binary, taken at start-up: a binary replaced on disk can
+    /// no longer name itself (Linux says `… (deleted)`).
+    pub fn resolve(config: &Config, running: &Path) -> Binaries {
+        Binaries {
+            memoryd: config.memoryd_bin.clone().unwrap_or_else(|| running.with_file_name("memoryd")),
+            memoryctl: config.memoryctl_bin.clone().unwrap_or_else(|| running.with_file_name("memoryctl")),
+        }
+    }
+
+    /// The canonical path of the running binary.
+    pub fn running() -> std::io::Result<PathBuf> {
+        std::env::current_exe()?.canonicalize()
+    }
+}
+
+/// The `iapeer` binary: `iapeer_bin`, else (outside the test sandbox) the
+/// first `iapeer` in PATH, then `~/.local/bin/iapeer`. The error is the
+/// sentence to show.
+pub fn iapeer_bin(config: &Config, sandboxed: bool) -> Result<PathBuf, String> {
+    if let Some(bin) = &config.iapeer_bin {
+        return Ok(bin.clone());
+    }
+    if sandboxed {
+        return Err("iapeer_bin is not set, and the test sandbox never looks iapeer up in PATH; \
+                    pass --iapeer-bin or set MEMORYD_IAPEER_BIN"
+            .to_owned());
+    }
+    let in_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("iapeer")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let local = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/bin/iapeer"));
+    in_path.into_iter().chain(local).find(|p| p.is_absolute() && p.is_file()).ok_or_else(|| {
+        "iapeer was not found in PATH or ~/.local/bin; set iapeer_bin in the config \
+         (memoryctl init --iapeer-bin PATH)"
+            .to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_wins_then_the_siblings_of_the_running_binary() {
+        let mut config = Config::default();
+        let found = Binaries::resolve(&config, Path::new("/opt/m/bin/memoryctl"));
+        assert_eq!(found.memoryd, PathBuf::from("/opt/m/bin/memoryd"));
+        assert_eq!(found.memoryctl, PathBuf::from("/opt/m/bin/memoryctl"));
+        config.memoryd_bin = Some(PathBuf::from("/usr/bin/memoryd"));
+        assert_eq!(Binaries::resolve(&config, Path::new("/x/memoryctl")).memoryd, PathBuf::from("/usr/bin/memoryd"));
+    }
+
+    #[test]
+    fn the_sandbox_never_resolves_iapeer_through_path() {
+        let mut config = Config::default();
+        assert!(iapeer_bin(&config, true).unwrap_err().contains("--iapeer-bin"));
+        config.iapeer_bin = Some(PathBuf::from("/t/iapeer"));
+        assert_eq!(iapeer_bin(&config, true).unwrap(), PathBuf::from("/t/iapeer"));
+    }
+}

@@ -1,0 +1,323 @@
+//! Provisioning peers and sweeping the fleet (spec 20), always under the
+//! provision lock: the daemon's timer and on-change sweeps, its
+//! `peer.provision` requests and an offline `memoryctl` all come here.
+
+use crate::egress::Egress;
+use crate::files::{FileError, FileGuard};
+use crate::fleet::{self, FleetPeer};
+use crate::fragment::{self, FragmentInputs};
+use crate::lock::{LockError, ProvisionGuard, ProvisionLock};
+use crate::paths::Paths;
+use crate::slot::SlotState;
+use crate::surfaces::{Action, Outcome, Settings, SurfaceState, Surfaces, shims, surface_names};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A sweep holds the lock for about this long per batch, so a birth or an
+/// operator's request never waits behind a whole fleet.
+const BATCH: Duration = Duration::from_millis(250);
+
+/// One failed surface, as `host.sweep` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub personality: String,
+    pub runtime: String,
+    pub surface: String,
+    pub detail: String,
+}
+
+/// The surfaces of one peer-runtime.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairReport {
+    pub personality: String,
+    pub runtime: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl PairReport {
+    pub fn ok(&self) -> bool {
+        !self.outcomes.iter().any(|o| o.action == Action::Failed)
+    }
+
+    fn failures(&self) -> impl Iterator<Item = Failure> + '_ {
+        self.outcomes.iter().filter(|o| o.action == Action::Failed).map(|o| Failure {
+            personality: self.personality.clone(),
+            runtime: self.runtime.clone(),
+            surface: o.surface.clone(),
+            detail: o.detail.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// A peer a sweep did not provision, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub personality: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub pairs: Vec<PairReport>,
+    pub skipped: Vec<Skipped>,
+    pub shims_written: usize,
+    pub fragments_written: usize,
+    /// Surface files and fragments (re)written: 0 for a no-op sweep.
+    pub writes: usize,
+}
+
+impl SweepReport {
+    pub fn ok_count(&self) -> usize {
+        self.pairs.iter().filter(|p| p.ok()).count()
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        self.pairs.iter().flat_map(PairReport::failures).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{0}")]
+    Slot(String),
+    #[error("cannot write the hook shims, so no entry may point at them: {0}")]
+    Shims(FileError),
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+/// A provision or unprovision request for one peer-runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRequest {
+    pub personality: String,
+    pub cwd: PathBuf,
+    pub runtime: String,
+    /// `birth`, `remove`, `sweep-on`, `off-peer`, `off-all` or another
+    /// (accepted and logged).
+    pub occasion: String,
+}
+
+impl PeerRequest {
+    /// The argument rules of spec 30: names by the name rules, an absolute
+    /// cwd that exists when provisioning. The error names the argument.
+    pub fn validate(&self, provisioning: bool) -> Result<(), String> {
+        if !crate::names::is_personality(&self.personality) {
+            return Err(format!("--personality {:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$", self.personality));
+        }
+        if !crate::names::is_runtime(&self.runtime) {
+            return Err(format!("--runtime {:?} breaks the name rule ^[a-z][a-z0-9]{{0,31}}$", self.runtime));
+        }
+        if !self.cwd.is_absolute() {
+            return Err(format!("--cwd {} is not an absolute path", self.cwd.display()));
+        }
+        if provisioning && !self.cwd.is_dir() {
+            return Err(format!("--cwd {} does not exist or is not a directory", self.cwd.display()));
+        }
+        let occasion_ok = !self.occasion.is_empty()
+            && self.occasion.len() <= 32
+            && self.occasion.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+        if !occasion_ok {
+            return Err(format!(
+                "--occasion {:?} is not an occasion name (birth, remove, sweep-on, off-peer, off-all)",
+                self.occasion
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `provision-peer` / `unprovision-peer` did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReport {
+    /// Empty when the runtime has no surfaces.
+    pub outcomes: Vec<Outcome>,
+    /// The reason nothing was provisioned (not a session runtime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nothing: Option<String>,
+    /// Whether a birth added the peer to the fleet map.
+    pub fleet_updated: bool,
+}
+
+impl PeerReport {
+    pub fn ok(&self) -> bool {
+        !self.outcomes.iter().any(|o| o.action == Action::Failed)
+    }
+}
+
+/// The doors, the lock and the settings one operation works with.
+pub struct Provisioner<'a> {
+    pub paths: &'a Paths,
+    pub files: &'a FileGuard,
+    pub egress: &'a Egress,
+    pub settings: &'a Settings,
+    pub vault: Option<&'a Path>,
+    pub lock: &'a ProvisionLock,
+    pub lock_timeout: Duration,
+    /// Asked while waiting for the lock (a shutting-down daemon stops).
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Provisioner<'_> {
+    fn surfaces(&self) -> Surfaces<'_> {
+        Surfaces { settings: self.settings, files: self.files, egress: self.egress }
+    }
+
+    fn acquire(&self, what: &str) -> Result<ProvisionGuard<'_>, LockError> {
+        self.lock.acquire(what, self.lock_timeout, self.cancelled)
+    }
+
+    fn write_shims(&self, _held: &ProvisionGuard<'_>) -> Result<usize, ProvisionError> {
+        shims::write_all(self.files, &self.settings.hooks_dir, &self.settings.memoryctl, &self.settings.root)
+            .map_err(ProvisionError::Shims)
+    }
+
+    fn fragment(&self, held: &ProvisionGuard<'_>, state: &mut SurfaceState, personality: &str, cwd: &Path) -> Outcome {
+        let inputs = FragmentInputs {
+            personality,
+            vault: self.vault,
+            mcp_port: (self.settings.mcp_port != 0).then_some(self.settings.mcp_port),
+            ..FragmentInputs::default()
+        };
+        let outcome = self.surfaces().write_fragment(held, state, cwd, &fragment::render(&inputs));
+        if outcome.action == Action::Failed {
+            tracing::warn!(personality, detail = outcome.detail.as_deref().unwrap_or(""), "cannot write the fragment");
+        }
+        outcome
+    }
+
+    /// Provisions every session runtime of every peer, batch by batch,
+    /// releasing the lock in between. A foreign or unreadable slot stops
+    /// the sweep before it touches anything.
+    pub fn sweep(&self, peers: &[FleetPeer]) -> Result<SweepReport, ProvisionError> {
+        if let Some(refusal) = SlotState::read(&self.paths.slot).refusal(&self.paths.slot) {
+            return Err(ProvisionError::Slot(refusal));
+        }
+        let mut report = SweepReport::default();
+        let work: Vec<&FleetPeer> = peers
+            .iter()
+            .filter(|peer| {
+                let reason = if peer.session_runtimes().next().is_none() {
+                    Some("no session runtime".to_owned())
+                } else if !peer.cwd.is_dir() {
+                    Some(format!("cwd missing: {}", peer.cwd.display()))
+                } else {
+                    None
+                };
+                if let Some(reason) = &reason {
+                    report.skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
+                }
+                reason.is_none()
+            })
+            .collect();
+        let mut next = 0;
+        let mut first = true;
+        while first || next < work.len() {
+            let held = self.acquire("sweep")?;
+            if first {
+                report.shims_written = self.write_shims(&held)?;
+                first = false;
+            }
+            let mut state = SurfaceState::load(&self.paths.surface_state);
+            let started = Instant::now();
+            while next < work.len() && started.elapsed() < BATCH {
+                let peer = work[next];
+                next += 1;
+                for runtime in peer.session_runtimes() {
+                    let outcomes =
+                        match self.surfaces().provision(&held, &mut state, &peer.personality, &peer.cwd, runtime) {
+                            Ok(outcomes) => outcomes,
+                            Err(reason) => {
+                                report.skipped.push(Skipped { personality: peer.personality.clone(), reason });
+                                continue;
+                            }
+                        };
+                    report.writes += outcomes.iter().filter(|o| o.action == Action::Written).count();
+                    report.pairs.push(PairReport {
+                        personality: peer.personality.clone(),
+                        runtime: runtime.to_owned(),
+                        outcomes,
+                    });
+                }
+                if self.fragment(&held, &mut state, &peer.personality, &peer.cwd).action == Action::Written {
+                    report.fragments_written += 1;
+                    report.writes += 1;
+                }
+            }
+            state.save(self.files, &self.paths.surface_state)?;
+        }
+        Ok(report)
+    }
+
+    /// `provision-peer`: a birth first adds the peer to the fleet map.
+    pub fn provision_peer(&self, request: &PeerRequest) -> Result<PeerReport, ProvisionError> {
+        let what = format!("provision-peer {}:{}", request.personality, request.runtime);
+        let held = self.acquire(&what)?;
+        let mut fleet_updated = false;
+        if request.occasion == "birth" {
+            fleet_updated = fleet::record_birth(
+                &held,
+                self.files,
+                self.paths,
+                &request.personality,
+                &request.cwd,
+                &request.runtime,
+                SystemTime::now(),
+            )? == crate::files::WriteOutcome::Written;
+        }
+        if surface_names(&request.runtime).is_none() {
+            return Ok(PeerReport {
+                outcomes: Vec::new(),
+                nothing: Some(nothing_for(&request.runtime)),
+                fleet_updated,
+            });
+        }
+        self.write_shims(&held)?;
+        let mut state = SurfaceState::load(&self.paths.surface_state);
+        let outcomes = self
+            .surfaces()
+            .provision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
+            .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
+        self.fragment(&held, &mut state, &request.personality, &request.cwd);
+        state.save(self.files, &self.paths.surface_state)?;
+        Ok(PeerReport { outcomes, nothing: None, fleet_updated })
+    }
+
+    /// `unprovision-peer`: the mirror; revocation (occasion `remove`) is
+    /// the presence store's business.
+    pub fn unprovision_peer(&self, request: &PeerRequest) -> Result<PeerReport, ProvisionError> {
+        if surface_names(&request.runtime).is_none() {
+            return Ok(PeerReport {
+                outcomes: Vec::new(),
+                nothing: Some(nothing_for(&request.runtime)),
+                fleet_updated: false,
+            });
+        }
+        let what = format!("unprovision-peer {}:{}", request.personality, request.runtime);
+        let held = self.acquire(&what)?;
+        let mut state = SurfaceState::load(&self.paths.surface_state);
+        let outcomes = self
+            .surfaces()
+            .unprovision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
+            .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
+        state.save(self.files, &self.paths.surface_state)?;
+        Ok(PeerReport { outcomes, nothing: None, fleet_updated: false })
+    }
+}
+
+fn nothing_for(runtime: &str) -> String {
+    format!("runtime `{runtime}` has no session surfaces; nothing to provision")
+}
+
+fn skipped_all(runtime: &str, cwd: &Path, reason: &str) -> Outcome {
+    Outcome {
+        surface: runtime.to_owned(),
+        action: Action::Skipped,
+        path: cwd.to_path_buf(),
+        detail: Some(reason.to_owned()),
+    }
+}

@@ -1,0 +1,126 @@
+//! The hook shims `R/plugins/memoryd/hooks/memoryd.<runtime>.<event>.sh`:
+//! fail-open `#!/bin/sh` scripts that hand the agent's hook to
+//! `memoryctl hook`. Every hook entry we write points at one of them.
+
+use crate::files::{FileError, FileGuard, WriteOutcome};
+use std::path::{Path, PathBuf};
+
+/// The surfaces contract version (`MAJOR.MINOR` of the shim format). The
+/// shims report it as their client version, so a peer still wired by an
+/// older memoryd shows up as such until a sweep rewrites its shims.
+pub const CLIENT_VERSION: &str = "1.0";
+
+/// One hook event: the shim's event name, the agents' event name, the
+/// explicit timeout (seconds) and Claude's tool matcher.
+#[derive(Debug, Clone, Copy)]
+pub struct HookEvent {
+    pub shim: &'static str,
+    pub agent: &'static str,
+    pub timeout: u64,
+    pub claude_matcher: Option<&'static str>,
+}
+
+pub const EVENTS: [HookEvent; 4] = [
+    HookEvent { shim: "session-start", agent: "SessionStart", timeout: 10, claude_matcher: None },
+    HookEvent { shim: "prompt-submit", agent: "UserPromptSubmit", timeout: 5, claude_matcher: None },
+    HookEvent {
+        shim: "post-tool",
+        agent: "PostToolUse",
+        timeout: 5,
+        claude_matcher: Some("Write|Edit|MultiEdit|Bash"),
+    },
+    HookEvent { shim: "session-end", agent: "SessionEnd", timeout: 2, claude_matcher: None },
+];
+
+/// The runtimes that get surfaces.
+pub const SESSION_RUNTIMES: [&str; 2] = ["claude", "codex"];
+
+pub fn shim_path(hooks_dir: &Path, runtime: &str, event: &HookEvent) -> PathBuf {
+    hooks_dir.join(format!("memoryd.{runtime}.{}.sh", event.shim))
+}
+
+/// The shim's bytes: exec the absolute `memoryctl` with the root, or exit 0
+/// when it is missing so a broken install never blocks an agent.
+pub fn render(memoryctl: &Path, root: &Path, runtime: &str, event: &HookEvent) -> String {
+    format!(
+        "#!/bin/sh\n\
+         # memoryd hook shim ({runtime} {event}), surfaces contract {CLIENT_VERSION}.\n\
+         # Written by memoryd; a sweep repairs any edit.\n\
+         bin={bin}\n\
+         [ -x \"$bin\" ] || exit 0\n\
+         exec \"$bin\" --root {root} hook {event} --runtime {runtime} --client-version {CLIENT_VERSION}\n",
+        event = event.shim,
+        bin = sh_quote(&memoryctl.to_string_lossy()),
+        root = sh_quote(&root.to_string_lossy()),
+    )
+}
+
+/// Writes every shim of every session runtime (0755, byte for byte; a lost
+/// exec bit is drift). How many were (re)written.
+pub fn write_all(files: &FileGuard, hooks_dir: &Path, memoryctl: &Path, root: &Path) -> Result<usize, FileError> {
+    files.create_dir_all(hooks_dir, 0o755)?;
+    let mut written = 0;
+    for runtime in SESSION_RUNTIMES {
+        for event in &EVENTS {
+            let bytes = render(memoryctl, root, runtime, event);
+            let path = shim_path(hooks_dir, runtime, event);
+            if files.write_if_changed(&path, bytes.as_bytes(), Some(0o755))? == WriteOutcome::Written {
+                written += 1;
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// A word for `sh`: bare when it holds only safe characters, else single
+/// quotes (a `'` inside becomes `'\''`).
+pub fn sh_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
+mod tests {
+    use super::*;
+    use crate::egress::Egress;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(sh_quote("/usr/bin/memoryctl"), "/usr/bin/memoryctl");
+        assert_eq!(sh_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+
+    #[test]
+    fn a_shim_execs_memoryctl_with_stdin_and_fails_open_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks dir");
+        let fake = dir.path().join("bin/memory ctl");
+        std::fs::create_dir_all(fake.parent().unwrap()).unwrap();
+        std::fs::write(&fake, "#!/bin/sh\necho \"$@\"\ncat\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let files = FileGuard::live();
+        assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 8);
+        assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 0, "unchanged shims stay");
+        let shim = shim_path(&hooks, "codex", &EVENTS[1]);
+        assert_eq!(std::fs::metadata(&shim).unwrap().permissions().mode() & 0o777, 0o755);
+        let sh = PathBuf::from("/bin/sh");
+        let egress = Egress::refusing(vec![sh.clone()]);
+        let arg = [shim.to_str().unwrap()];
+        let out = egress.run(&sh, &arg, Some(b"{\"x\":1}"), Duration::from_secs(5)).unwrap();
+        assert!(out.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "--root /r oot hook prompt-submit --runtime codex --client-version 1.0\n{\"x\":1}"
+        );
+        std::fs::remove_file(&fake).unwrap();
+        let out = egress.run(&sh, &arg, Some(b"{}"), Duration::from_secs(5)).unwrap();
+        assert!(out.success() && out.stdout.is_empty(), "fail-open when memoryctl is missing");
+    }
+}
