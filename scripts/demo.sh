@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds memoryd and runs it against a self-contained demo root in ./demo:
-# a sample fleet map and peer folders, the test sandbox armed so nothing
-# outside ./demo (no ~/.claude, ~/.codex or ~/.iapeer) is ever touched.
+# a fake `iapeer` that lists three peers, their folders (inside the root, so
+# the armed test sandbox lets memoryd write their .claude and .codex files),
+# and nothing outside ./demo (no ~/.claude, ~/.codex or ~/.iapeer) touched.
 set -eu
 cd "$(dirname "$0")/.."
 cargo build --quiet -p memoryd -p memoryctl
@@ -10,30 +11,43 @@ R="$demo/root"
 ctl="$(pwd)/target/debug/memoryctl"
 export MEMORYD_TEST_SANDBOX=1
 "$ctl" --root "$R" daemon stop >/dev/null 2>&1 || true
-mkdir -p "$R/plugins/memoryd" "$R/state/memoryd" "$demo/peers/boris" "$demo/peers/vera" "$demo/peers/olga"
-chmod 700 "$R/state/memoryd"
+P="$R/peers"
+mkdir -p "$R/plugins/memoryd" "$demo/bin" "$P/boris" "$P/vera" "$P/olga"
+cat > "$demo/bin/iapeer" <<SH
+#!/bin/sh
+# A stand-in for the iapeer core: \`list --json\` and \`trust-hooks\`.
+case "\$1" in
+  list) cat <<'JSON'
+[{"personality":"boris","default_runtime":"claude","cwd":"$P/boris","runtimes":[{"runtime":"claude","status":"live"}]},
+ {"personality":"vera","default_runtime":"codex","cwd":"$P/vera","runtimes":[{"runtime":"codex","status":"asleep"}]},
+ {"personality":"olga","default_runtime":"claude","cwd":"$P/olga","runtimes":[{"runtime":"claude","status":"live"},{"runtime":"codex","status":"stopped"}]},
+ {"personality":"ana","intelligence":"natural","cwd":"","runtimes":[]}]
+JSON
+  ;;
+  trust-hooks) echo "trusted \$2" ;;
+  *) echo "demo iapeer: unknown command \$1" >&2; exit 2 ;;
+esac
+SH
+chmod 755 "$demo/bin/iapeer"
 cat > "$R/plugins/memoryd/memoryd.toml" <<TOML
 # Demo config. The MCP endpoint is not built yet, so it is off here.
 mcp_port = 0
 heartbeat_interval = "5s"
+iapeer_bin = "$demo/bin/iapeer"
 TOML
-cat > "$R/state/memoryd/fleet.json" <<JSON
-{
-  "updatedAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-  "peers": [
-    {"personality": "boris", "cwd": "$demo/peers/boris", "defaultRuntime": "claude", "runtimes": ["claude"]},
-    {"personality": "vera", "cwd": "$demo/peers/vera", "defaultRuntime": "codex", "runtimes": ["codex"]},
-    {"personality": "olga", "cwd": "$demo/peers/olga", "defaultRuntime": "claude", "runtimes": ["claude", "codex"]}
-  ]
-}
-JSON
 "$ctl" --root "$R" daemon start
 echo
+"$ctl" --root "$R" sweep
+echo
 "$ctl" --root "$R" status || true
+echo
+echo "Surfaces memoryd wrote into the peer folders:"
+(cd "$P" && find . -type f | sort)
 echo
 echo "memoryd runs detached on the demo root. Try:"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R status --json"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R reload"
+echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R provision-peer --cwd $P/boris --runtime codex --personality boris"
 echo "  tail $R/logs/memoryd/memoryd.log"
 echo "Stop it with:"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R daemon stop"

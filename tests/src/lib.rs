@@ -259,3 +259,116 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A stand-in for the iapeer core: `list --json` prints the listing file,
+/// `trust-hooks PATH [--check]` logs its call and says `trusted`.
+pub struct FakeIapeer {
+    pub bin: PathBuf,
+    pub listing: PathBuf,
+    /// One line per `trust-hooks` call.
+    pub trust_log: PathBuf,
+}
+
+impl FakeIapeer {
+    /// Writes what `iapeer list --json` prints: peers as `(name, cwd,
+    /// runtimes)`, with a human without a cwd among them.
+    pub fn set_listing(&self, peers: &[(&str, &Path, &[&str])]) {
+        let mut rows: Vec<Value> = peers
+            .iter()
+            .map(|(name, cwd, runtimes)| {
+                json!({
+                    "personality": name, "intelligence": "artificial", "cwd": cwd,
+                    "default_runtime": runtimes.first(),
+                    "runtimes": runtimes.iter().map(|r| json!({"runtime": r, "status": "asleep"})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        rows.push(json!({"personality": "ana", "intelligence": "natural", "cwd": "", "runtimes": []}));
+        std::fs::write(&self.listing, serde_json::to_vec(&rows).unwrap()).unwrap();
+    }
+
+    pub fn trust_calls(&self) -> usize {
+        std::fs::read_to_string(&self.trust_log).map(|t| t.lines().count()).unwrap_or(0)
+    }
+}
+
+impl Root {
+    /// Installs a fake `iapeer` in the test's temp dir (an empty fleet).
+    pub fn fake_iapeer(&self) -> FakeIapeer {
+        let dir = self.dir.path().join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake =
+            FakeIapeer { bin: dir.join("iapeer"), listing: dir.join("listing.json"), trust_log: dir.join("trust.log") };
+        let script = format!(
+            "#!/bin/sh\ncase \"$1\" in\n  list) cat '{listing}' ;;\n  trust-hooks) echo \"$*\" >> '{log}'; echo trusted ;;\n  *) exit 2 ;;\nesac\n",
+            listing = fake.listing.display(),
+            log = fake.trust_log.display(),
+        );
+        std::fs::write(&fake.bin, script).unwrap();
+        std::fs::set_permissions(&fake.bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fake.set_listing(&[]);
+        fake
+    }
+
+    /// A peer folder in the test's temp dir (inside the sandbox roots).
+    pub fn peer_dir(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join("peers").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.canonicalize().unwrap()
+    }
+
+    /// Creates the state dir `S` as the daemon would (0700).
+    pub fn make_state_dir(&self) {
+        std::fs::create_dir_all(&self.paths.state).unwrap();
+        std::fs::set_permissions(&self.paths.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    }
+
+    /// Writes `S/fleet.json` as the core's refresh would (tmp + rename).
+    pub fn write_fleet_map(&self, peers: &[(&str, &Path, &[&str])]) {
+        let peers: Vec<Value> = peers
+            .iter()
+            .map(|(name, cwd, runtimes)| {
+                json!({"personality": name, "cwd": cwd, "defaultRuntime": runtimes.first(), "runtimes": runtimes})
+            })
+            .collect();
+        let map = json!({"updatedAt": "2026-11-23T10:00:00Z", "peers": peers});
+        self.make_state_dir();
+        let tmp = self.paths.state.join(".fleet.json.test.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&map).unwrap()).unwrap();
+        std::fs::rename(&tmp, &self.paths.fleet_map).unwrap();
+    }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Every file and dir under `dir` with its mtime.
+pub fn mtimes(dir: &Path) -> std::collections::BTreeMap<PathBuf, std::time::SystemTime> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            out.insert(entry.path(), meta.modified().unwrap());
+        }
+    }
+    out
+}
+
+/// The hook commands of one event in a settings or hooks.json file.
+pub fn hook_commands(file: &Path, event: &str) -> Vec<String> {
+    let v: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    v["hooks"][event]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["hooks"].as_array().cloned().unwrap_or_default())
+        .filter_map(|h| h["command"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -3,6 +3,7 @@
 mod client;
 mod daemon_cmd;
 mod output;
+mod provision_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -53,6 +54,19 @@ enum Command {
     Shutdown,
     /// Ask the running daemon to re-read its config (a bad config is refused)
     Reload,
+    /// Ask the daemon to sweep every peer's surfaces now and repair drift
+    Sweep,
+    /// Wire one peer-runtime's session surfaces (the iapeer core calls this)
+    ///
+    /// One line per surface, then a summary. Forwarded to the daemon when it
+    /// answers; otherwise run here under the same provision lock. Occasion
+    /// `birth` also adds the peer to the fleet map at once.
+    ProvisionPeer(provision_cmd::PeerArgs),
+    /// Remove one peer-runtime's session surfaces (the mirror of provision-peer)
+    ///
+    /// Only memoryd's part of each file goes; files and dirs memoryd created
+    /// go when nothing else is in them. A vanished folder reports `absent`.
+    UnprovisionPeer(provision_cmd::PeerArgs),
     /// Start or stop a daemon on hosts without systemd or launchd
     Daemon {
         #[command(subcommand)]
@@ -85,12 +99,20 @@ impl Command {
             Command::Status => "status",
             Command::Shutdown => "shutdown",
             Command::Reload => "reload",
+            Command::Sweep => "sweep",
+            Command::ProvisionPeer(_) => "provision-peer",
+            Command::UnprovisionPeer(_) => "unprovision-peer",
             Command::Daemon { action: DaemonAction::Start } => "daemon start",
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Config { .. } => "config check",
         }
     }
 }
+
+/// A usage error: bad input that exits 2 with its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
 
 /// What every command needs.
 pub struct Ctx {
@@ -202,7 +224,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("memoryctl {verb}: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<Usage>() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -222,6 +244,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => status(&ctx).await,
         Command::Shutdown => daemon_cmd::shutdown(&ctx, false).await,
         Command::Reload => reload(&ctx).await,
+        Command::Sweep => provision_cmd::sweep(&ctx).await,
+        Command::ProvisionPeer(args) => provision_cmd::peer(&ctx, args, true).await,
+        Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),

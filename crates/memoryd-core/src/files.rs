@@ -326,4 +326,23 @@ mod tests {
         guard.check("write", Path::new("/srv/peer/notes.md")).unwrap();
         FileGuard::live().check("write", &home.join(".claude/x")).unwrap();
     }
+
+    #[test]
+    fn removes_only_our_stale_tmp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("settings.json");
+        let old = dir.path().join(".settings.json.memoryd-00aa.tmp");
+        let fresh = dir.path().join(".settings.json.memoryd-00bb.tmp");
+        let foreign = dir.path().join(".settings.json.editor.tmp");
+        for p in [&old, &fresh, &foreign] {
+            std::fs::write(p, "x").unwrap();
+        }
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        for p in [&old, &foreign] {
+            std::fs::File::options().write(true).open(p).unwrap().set_modified(long_ago).unwrap();
+        }
+        let guard = FileGuard::live();
+        assert_eq!(guard.remove_stale_tmp(&target, Duration::from_secs(60)).unwrap(), 1);
+        assert!(!old.exists() && fresh.exists() && foreign.exists());
+    }
 }

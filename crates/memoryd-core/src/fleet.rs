@@ -102,10 +102,14 @@ impl FleetPeer {
 pub enum RefreshError {
     #[error("cannot run iapeer: {0}")]
     Run(String),
+    #[error("{0}")]
+    NoIapeer(String),
     #[error("`iapeer list --json` exited with {code}: {stderr}")]
     Failed { code: String, stderr: String },
     #[error("`iapeer list --json` printed something that is not a JSON list of peers: {0}")]
     Parse(String),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
     File(#[from] FileError),
 }

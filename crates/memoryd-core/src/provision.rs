@@ -2,16 +2,19 @@
 //! provision lock: the daemon's timer and on-change sweeps, its
 //! `peer.provision` requests and an offline `memoryctl` all come here.
 
+use crate::config::Config;
 use crate::egress::Egress;
 use crate::files::{FileError, FileGuard};
 use crate::fleet::{self, FleetPeer};
 use crate::fragment::{self, FragmentInputs};
+use crate::install::{self, Binaries};
 use crate::lock::{LockError, ProvisionGuard, ProvisionLock};
 use crate::paths::Paths;
 use crate::slot::SlotState;
 use crate::surfaces::{Action, Outcome, Settings, SurfaceState, Surfaces, shims, surface_names};
-use serde::Serialize;
-use std::path::{Path, PathBuf};
+pub use memoryd_proto::PeerProvision as PeerRequest;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 /// A sweep holds the lock for about this long per batch, so a birth or an
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 const BATCH: Duration = Duration::from_millis(250);
 
 /// One failed surface, as `host.sweep` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub personality: String,
     pub runtime: String,
@@ -90,48 +93,36 @@ pub enum ProvisionError {
     File(#[from] FileError),
 }
 
-/// A provision or unprovision request for one peer-runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerRequest {
-    pub personality: String,
-    pub cwd: PathBuf,
-    pub runtime: String,
-    /// `birth`, `remove`, `sweep-on`, `off-peer`, `off-all` or another
-    /// (accepted and logged).
-    pub occasion: String,
-}
-
-impl PeerRequest {
-    /// The argument rules of spec 30: names by the name rules, an absolute
-    /// cwd that exists when provisioning. The error names the argument.
-    pub fn validate(&self, provisioning: bool) -> Result<(), String> {
-        if !crate::names::is_personality(&self.personality) {
-            return Err(format!("--personality {:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$", self.personality));
-        }
-        if !crate::names::is_runtime(&self.runtime) {
-            return Err(format!("--runtime {:?} breaks the name rule ^[a-z][a-z0-9]{{0,31}}$", self.runtime));
-        }
-        if !self.cwd.is_absolute() {
-            return Err(format!("--cwd {} is not an absolute path", self.cwd.display()));
-        }
-        if provisioning && !self.cwd.is_dir() {
-            return Err(format!("--cwd {} does not exist or is not a directory", self.cwd.display()));
-        }
-        let occasion_ok = !self.occasion.is_empty()
-            && self.occasion.len() <= 32
-            && self.occasion.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
-        if !occasion_ok {
-            return Err(format!(
-                "--occasion {:?} is not an occasion name (birth, remove, sweep-on, off-peer, off-all)",
-                self.occasion
-            ));
-        }
-        Ok(())
+/// The argument rules of spec 30 for a provision or unprovision request:
+/// names by the name rules, an absolute cwd that exists when provisioning.
+/// The error names the argument.
+pub fn validate(request: &PeerRequest, provisioning: bool) -> Result<(), String> {
+    if !crate::names::is_personality(&request.personality) {
+        return Err(format!("--personality {:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$", request.personality));
     }
+    if !crate::names::is_runtime(&request.runtime) {
+        return Err(format!("--runtime {:?} breaks the name rule ^[a-z][a-z0-9]{{0,31}}$", request.runtime));
+    }
+    if !request.cwd.is_absolute() {
+        return Err(format!("--cwd {} is not an absolute path", request.cwd.display()));
+    }
+    if provisioning && !request.cwd.is_dir() {
+        return Err(format!("--cwd {} does not exist or is not a directory", request.cwd.display()));
+    }
+    let occasion_ok = !request.occasion.is_empty()
+        && request.occasion.len() <= 32
+        && request.occasion.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    if !occasion_ok {
+        return Err(format!(
+            "--occasion {:?} is not an occasion name (birth, remove, sweep-on, off-peer, off-all)",
+            request.occasion
+        ));
+    }
+    Ok(())
 }
 
 /// What `provision-peer` / `unprovision-peer` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerReport {
     /// Empty when the runtime has no surfaces.
@@ -140,12 +131,42 @@ pub struct PeerReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nothing: Option<String>,
     /// Whether a birth added the peer to the fleet map.
+    #[serde(default)]
     pub fleet_updated: bool,
 }
 
 impl PeerReport {
     pub fn ok(&self) -> bool {
         !self.outcomes.iter().any(|o| o.action == Action::Failed)
+    }
+}
+
+/// The surface settings and the egress of one operation, from the config
+/// in force: the daemon and an offline `memoryctl` build them alike.
+pub struct Tools {
+    pub settings: Settings,
+    pub egress: Egress,
+}
+
+impl Tools {
+    /// `running` is the canonical path of this process's binary; the
+    /// refusing egress (test sandbox) allows this install's binaries and an
+    /// explicitly configured `iapeer`.
+    pub fn new(paths: &Paths, config: &Config, running: &Path, sandboxed: bool) -> Tools {
+        let binaries = Binaries::resolve(config, running);
+        let iapeer = install::iapeer_bin(config, sandboxed);
+        let mut allowed = vec![binaries.memoryd.clone(), binaries.memoryctl.clone()];
+        allowed.extend(iapeer.iter().cloned());
+        Tools {
+            settings: Settings {
+                root: paths.root.clone(),
+                hooks_dir: paths.hooks_dir.clone(),
+                memoryctl: binaries.memoryctl,
+                mcp_port: config.mcp_port,
+                iapeer,
+            },
+            egress: if sandboxed { Egress::refusing(allowed) } else { Egress::live() },
+        }
     }
 }
 
@@ -190,6 +211,15 @@ impl Provisioner<'_> {
         outcome
     }
 
+    /// Refreshes the fleet map from `iapeer list --json` (run without the
+    /// lock), then stores it under the lock. A failure leaves the old map.
+    pub fn refresh_fleet(&self, refresh_interval: Duration) -> Result<fleet::Refreshed, fleet::RefreshError> {
+        let iapeer = self.settings.iapeer.clone().map_err(fleet::RefreshError::NoIapeer)?;
+        let listed = fleet::list(self.egress, &iapeer)?;
+        let held = self.acquire("fleet-refresh")?;
+        fleet::store_refresh(&held, self.files, self.paths, listed, refresh_interval, SystemTime::now())
+    }
+
     /// Provisions every session runtime of every peer, batch by batch,
     /// releasing the lock in between. A foreign or unreadable slot stops
     /// the sweep before it touches anything.
@@ -217,6 +247,9 @@ impl Provisioner<'_> {
         let mut next = 0;
         let mut first = true;
         while first || next < work.len() {
+            if (self.cancelled)() {
+                return Err(ProvisionError::Lock(LockError::Cancelled));
+            }
             let held = self.acquire("sweep")?;
             if first {
                 report.shims_written = self.write_shims(&held)?;

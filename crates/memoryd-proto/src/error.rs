@@ -90,6 +90,8 @@ error_kinds! {
     PeerMessageTooLong => "peer.message_too_long",
     /// The recipient is not visible to the sender.
     PeerNotVisible => "peer.not_visible",
+    /// There is no readable fleet map to work on.
+    FleetUnavailable => "fleet.unavailable",
     /// A failure inside the daemon that is none of the above.
     Internal => "internal",
 }

@@ -12,7 +12,9 @@ pub mod methods;
 pub mod status;
 
 pub use error::{ErrorKind, RpcError};
-pub use message::{Hello, HelloResult, Incoming, Notification, Progress, ProgressStatus, Request, Response};
+pub use message::{
+    Hello, HelloResult, Incoming, Notification, PeerProvision, Progress, ProgressStatus, Request, Response,
+};
 
 /// Changes only when an old client could misread a new daemon.
 /// `session.hello` and `host.restart` keep their shape across versions.

@@ -280,3 +280,14 @@ mod tests {
         }
     }
 }
+
+/// `peer.provision` / `peer.unprovision` params (spec 20/30).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProvision {
+    pub cwd: std::path::PathBuf,
+    pub runtime: String,
+    pub personality: String,
+    /// `birth`, `remove`, `sweep-on`, `off-peer`, `off-all`, or another
+    /// (accepted and logged).
+    pub occasion: String,
+}

@@ -6,6 +6,9 @@ pub const HOST_STATUS: &str = "host.status";
 pub const HOST_RELOAD: &str = "host.reload";
 pub const HOST_SHUTDOWN: &str = "host.shutdown";
 pub const HOST_RESTART: &str = "host.restart";
+pub const HOST_SWEEP: &str = "host.sweep";
+pub const PEER_PROVISION: &str = "peer.provision";
+pub const PEER_UNPROVISION: &str = "peer.unprovision";
 
 /// Notification carrying one step or check of a long request.
 pub const HOST_PROGRESS: &str = "host.progress";

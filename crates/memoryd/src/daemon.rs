@@ -4,8 +4,12 @@ use crate::server::{ProgressSink, Service, Shutdown};
 use memoryd_core::config::{self, Config, ConfigError, FlagOverrides};
 use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
+use memoryd_core::lock::ProvisionLock;
 use memoryd_core::paths::Paths;
-use memoryd_proto::{ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, ProgressStatus, Request, RpcError, methods};
+use memoryd_proto::status::SweepStatus;
+use memoryd_proto::{
+    ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, PeerProvision, ProgressStatus, Request, RpcError, methods,
+};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,22 +45,37 @@ pub struct Daemon {
     pub fleet: Mutex<FleetRead>,
     /// Set when a task died and the daemon must exit 1.
     pub failed: AtomicBool,
+    /// The canonical path of this binary, taken at start-up.
+    pub running_exe: PathBuf,
+    /// Whether the test sandbox was armed at start-up.
+    pub sandboxed: bool,
+    pub lock: ProvisionLock,
+    pub last_sweep: Mutex<Option<SweepStatus>>,
+    /// The last fleet refresh error, logged once until it changes.
+    pub refresh_error: Mutex<Option<String>>,
+}
+
+/// What the daemon is built from at start-up.
+pub struct Parts {
+    pub paths: Paths,
+    pub source: ConfigSource,
+    pub config: Config,
+    pub files: FileGuard,
+    pub socket: PathBuf,
+    pub supervisor: Option<&'static str>,
+    pub running_exe: PathBuf,
+    pub lock: ProvisionLock,
 }
 
 impl Daemon {
-    pub fn new(
-        paths: Paths,
-        source: ConfigSource,
-        config: Config,
-        files: FileGuard,
-        socket: PathBuf,
-        supervisor: Option<&'static str>,
-    ) -> Daemon {
+    pub fn new(parts: Parts) -> Daemon {
+        let Parts { paths, source, config, files, socket, supervisor, running_exe, lock } = parts;
         let fleet = FleetRead::load(&paths.fleet_map);
         Daemon {
             paths,
             source,
             config: watch::Sender::new(Arc::new(config)),
+            sandboxed: files.is_sandboxed(),
             files,
             socket,
             hostname: memoryd_core::heartbeat::hostname(),
@@ -66,6 +85,10 @@ impl Daemon {
             watch_on: AtomicBool::new(false),
             fleet: Mutex::new(fleet),
             failed: AtomicBool::new(false),
+            running_exe,
+            lock,
+            last_sweep: Mutex::new(None),
+            refresh_error: Mutex::new(None),
         }
     }
 
@@ -126,6 +149,7 @@ impl Daemon {
         status.uptime_secs = Some(self.started.elapsed().as_secs());
         status.watch = Some(if self.watch_on.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
         status.supervisor = self.supervisor.map(str::to_owned);
+        status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
         memoryd_core::status::assess(&mut status, &config);
         status
     }
@@ -178,6 +202,22 @@ impl Service for Daemon {
             methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
                 RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
             }),
+            methods::HOST_SWEEP => {
+                let report = self.sweep(None, "request").await?;
+                let failed = report.failures();
+                Ok(json!({
+                    "ok": failed.is_empty(),
+                    "failed": failed,
+                    "pairs": report.pairs.len(),
+                    "skipped": report.skipped,
+                    "writes": report.writes,
+                }))
+            }
+            methods::PEER_PROVISION | methods::PEER_UNPROVISION => {
+                let params: PeerProvision = request.params()?;
+                let report = self.provision(params, request.method == methods::PEER_PROVISION).await?;
+                serde_json::to_value(report).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+            }
             methods::HOST_SHUTDOWN => Ok(json!({
                 "stopping": true,
                 "supervisor": self.supervisor,

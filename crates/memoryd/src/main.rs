@@ -2,16 +2,19 @@
 //! shared memory. See the README for operating it.
 
 mod daemon;
+mod provisioning;
 mod sdnotify;
 mod server;
 mod tasks;
 
 use anyhow::Context;
 use clap::Parser;
-use daemon::{ConfigSource, Daemon};
+use daemon::{ConfigSource, Daemon, Parts};
 use memoryd_core::config::FlagOverrides;
 use memoryd_core::files::FileGuard;
+use memoryd_core::install::Binaries;
 use memoryd_core::instance::{self, InstanceError, InstanceLock};
+use memoryd_core::lock::ProvisionLock;
 use memoryd_core::paths::{self, Paths};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -190,7 +193,20 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
         .context("cannot start the tokio runtime")
         .map_err(fatal(1))?;
     let supervisor = memoryd_core::supervisor::detect(|k| std::env::var(k).ok());
-    let daemon = Arc::new(Daemon::new(paths, source, config, files, socket, supervisor));
+    let running_exe = Binaries::running().context("cannot find this memoryd binary").map_err(fatal(1))?;
+    let provision_lock = ProvisionLock::open(&files, &paths.provision_lock)
+        .context("cannot open the provision lock")
+        .map_err(fatal(1))?;
+    let daemon = Arc::new(Daemon::new(Parts {
+        paths,
+        source,
+        config,
+        files,
+        socket,
+        supervisor,
+        running_exe,
+        lock: provision_lock,
+    }));
     let code = runtime.block_on(serve(daemon.clone(), run_files.clone()))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     if code == ExitCode::SUCCESS
@@ -262,6 +278,8 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
     let tasks = tokio_util::task::TaskTracker::new();
     spawn_task(Some(&tasks), &daemon, "fleet-watcher", tasks::fleet_watcher(daemon.clone(), fleet_watch));
     spawn_task(Some(&tasks), &daemon, "heartbeat", tasks::heartbeat(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "fleet-refresh", tasks::fleet_refresh(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "surface-sweep", tasks::surface_sweep(daemon.clone()));
     // Outside the tracker: it must outlive the drain to catch a second signal.
     let files_for_exit = run_files.clone();
     spawn_task(

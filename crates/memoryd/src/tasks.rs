@@ -2,53 +2,88 @@
 
 use crate::daemon::Daemon;
 use crate::sdnotify;
-use memoryd_core::fleet::FleetRead;
+use memoryd_core::config::Config;
 use notify::Watcher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, interval};
+use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 /// How often the fleet map's mtime is polled when no watcher runs.
 const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Events closer together than this are one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Writes the heartbeat every `heartbeat_interval` and pings the systemd
-/// watchdog from the same loop, so a stuck loop stops the pings.
-pub async fn heartbeat(daemon: Arc<Daemon>) {
-    let watchdog = sdnotify::watchdog_period();
+/// Runs `tick` every `period_of(config)` (not at once), following config
+/// reloads, until the shutdown begins.
+async fn every<Fut: Future<Output = ()>>(
+    daemon: &Daemon,
+    period_of: impl Fn(&Config) -> Duration,
+    mut tick: impl FnMut() -> Fut,
+) {
     let mut config = daemon.subscribe_config();
     loop {
-        let period = config.borrow_and_update().heartbeat_interval;
-        if let Some(w) = watchdog
-            && period > w / 2
-        {
-            tracing::warn!(heartbeat_interval = ?period, watchdog = ?w, "heartbeat_interval is longer than half the systemd watchdog; the supervisor may kill a healthy daemon");
-        }
-        let mut tick = interval(period);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        tick.tick().await;
+        let period = period_of(&config.borrow_and_update());
+        let mut ticker = interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = daemon.shutdown.begun.cancelled() => return,
                 changed = config.changed() => {
                     if changed.is_err() { return; }
-                    if config.borrow().heartbeat_interval != period { break; }
+                    if period_of(&config.borrow()) != period { break; }
                 }
-                _ = tick.tick() => {
-                    if let Err(e) = daemon.beat() {
-                        tracing::error!(task = "heartbeat", error = %e, "cannot write the heartbeat");
-                        continue;
-                    }
-                    if watchdog.is_some() {
-                        sdnotify::notify("WATCHDOG=1");
-                    }
-                }
+                _ = ticker.tick() => tick().await,
             }
         }
     }
+}
+
+/// Writes the heartbeat every `heartbeat_interval` and pings the systemd
+/// watchdog from the same loop, so a stuck loop stops the pings.
+pub async fn heartbeat(daemon: Arc<Daemon>) {
+    let watchdog = sdnotify::watchdog_period();
+    let period = daemon.config().heartbeat_interval;
+    if let Some(w) = watchdog
+        && period > w / 2
+    {
+        tracing::warn!(heartbeat_interval = ?period, watchdog = ?w, "heartbeat_interval is longer than half the systemd watchdog; the supervisor may kill a healthy daemon");
+    }
+    every(
+        &daemon,
+        |c| c.heartbeat_interval,
+        || async {
+            if let Err(e) = daemon.beat() {
+                tracing::error!(task = "heartbeat", error = %e, "cannot write the heartbeat");
+            } else if watchdog.is_some() {
+                sdnotify::notify("WATCHDOG=1");
+            }
+        },
+    )
+    .await;
+}
+
+/// Refreshes the fleet map every `fleet_refresh_interval` (the first
+/// refresh is the start-up sweep's).
+pub async fn fleet_refresh(daemon: Arc<Daemon>) {
+    every(&daemon, |c| c.fleet_refresh_interval, || daemon.refresh_fleet()).await;
+}
+
+/// At start-up, refreshes the fleet map and then sweeps every peer; then
+/// sweeps every `sweep_interval`.
+pub async fn surface_sweep(daemon: Arc<Daemon>) {
+    daemon.refresh_fleet().await;
+    // Failures are logged and kept for `status` by the sweep itself.
+    let _ = daemon.sweep(None, "start-up").await;
+    every(
+        &daemon,
+        |c| c.sweep_interval,
+        || async {
+            let _ = daemon.sweep(None, "timer").await;
+        },
+    )
+    .await;
 }
 
 /// The fleet map watcher, started before the first heartbeat so that the
@@ -105,7 +140,7 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
                     // Let a burst of events settle into one change.
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    reload_fleet(&daemon);
+                    daemon.reload_fleet().await;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(task = "fleet-watcher", error = %e, "the fleet map watcher failed; polling every 5 s (watch=off)");
@@ -117,7 +152,7 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
                 let now = mtime(&daemon.paths.fleet_map);
                 if now != last_mtime {
                     last_mtime = now;
-                    reload_fleet(&daemon);
+                    daemon.reload_fleet().await;
                 }
             }
         }
@@ -126,27 +161,6 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
 
 fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// Reads the map again; a missing or broken map is never taken for an
-/// empty fleet: the last good one stays.
-fn reload_fleet(daemon: &Daemon) {
-    let new = FleetRead::load(&daemon.paths.fleet_map);
-    let Ok(mut current) = daemon.fleet.lock() else {
-        return;
-    };
-    if *current == new {
-        return;
-    }
-    match (&*current, &new) {
-        (FleetRead::Map(_), FleetRead::Missing | FleetRead::Unreadable(_)) => {
-            tracing::warn!(fleet = new.describe(), "the fleet map is gone or unreadable; keeping the last good map");
-        }
-        _ => {
-            tracing::info!(fleet = new.describe(), "fleet map changed");
-            *current = new;
-        }
-    }
 }
 
 /// SIGTERM/SIGINT begin the shutdown (a second one exits 1 at once);

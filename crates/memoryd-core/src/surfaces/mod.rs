@@ -225,16 +225,33 @@ impl Folder<'_> {
     }
 }
 
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+/// Why a surface could not be handled: a failure, or a refusal of the
+/// test sandbox, which is reported `skipped` and never as success.
+#[derive(Debug, Clone)]
+struct Problem {
+    action: Action,
+    detail: String,
+}
+
+impl From<String> for Problem {
+    fn from(detail: String) -> Problem {
+        Problem { action: Action::Failed, detail }
     }
 }
 
-fn describe(e: &FileError) -> String {
-    e.to_string()
+impl From<FileError> for Problem {
+    fn from(e: FileError) -> Problem {
+        let action = if e.is_refusal() { Action::Skipped } else { Action::Failed };
+        Problem { action, detail: e.to_string() }
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, Problem> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+    }
 }
 
 /// A short, stable hash of a file's content (FNV-1a, 64 bits): change
@@ -306,8 +323,8 @@ impl Surfaces<'_> {
         }
         if folder.record.runtimes.is_empty() {
             let (_, fragment) = self.delete_file(&mut folder, FRAGMENT_PATH);
-            if let Err(detail) = fragment {
-                tracing::warn!(folder = %folder.real.display(), detail, "cannot remove the fragment");
+            if let Err(problem) = fragment {
+                tracing::warn!(folder = %folder.real.display(), detail = problem.detail, "cannot remove the fragment");
             }
         }
         self.prune_created_dirs(&mut folder);
@@ -396,7 +413,7 @@ impl Surfaces<'_> {
                         }
                         folder.push("skill", Direction::Remove.action(removed), &path, None);
                     }
-                    Err(detail) => folder.push("skill", Action::Failed, &path, Some(detail)),
+                    Err(problem) => folder.push("skill", problem.action, &path, Some(problem.detail)),
                 }
             }
         }
@@ -485,7 +502,7 @@ impl Surfaces<'_> {
     /// Applies the edits of several surfaces to one file, read once and
     /// written at most once.
     fn edit_file<F: Format>(&self, folder: &mut Folder<'_>, rel: &str, edits: Vec<Edit<'_, F::Doc>>) {
-        let prepared = folder.locate(rel).and_then(|path| {
+        let prepared = folder.locate(rel).map_err(Problem::from).and_then(|path| {
             let _ = self.files.remove_stale_tmp(&path, STALE_TMP);
             let existing = read_optional(&path)?;
             let doc = match &existing {
@@ -496,10 +513,10 @@ impl Surfaces<'_> {
         });
         let (path, existed, mut doc) = match prepared {
             Ok(p) => p,
-            Err(detail) => {
+            Err(problem) => {
                 let path = folder.real.join(rel);
                 for edit in &edits {
-                    folder.push(edit.surface, Action::Failed, &path, Some(detail.clone()));
+                    folder.push(edit.surface, problem.action, &path, Some(problem.detail.clone()));
                 }
                 return;
             }
@@ -507,7 +524,7 @@ impl Surfaces<'_> {
         let results: Vec<Result<bool, String>> = edits.iter().map(|e| (e.run)(&mut doc)).collect();
         let changed = results.iter().any(|r| matches!(r, Ok(true)));
         let only_removals = edits.iter().all(|e| e.direction == Direction::Remove);
-        let written: Result<(), String> = if !changed {
+        let written: Result<(), Problem> = if !changed {
             Ok(())
         } else if only_removals
             && F::is_empty(&doc)
@@ -516,12 +533,12 @@ impl Surfaces<'_> {
             // A file we created and that now holds nothing goes entirely.
             self.delete_file(folder, rel).1.map(drop)
         } else {
-            F::render(&doc).and_then(|bytes| self.write(folder, &path, &bytes, existed, 0o755))
+            F::render(&doc).map_err(Problem::from).and_then(|bytes| self.write(folder, &path, &bytes, existed, 0o755))
         };
         for (edit, result) in edits.iter().zip(results) {
             let (action, detail) = match (result, &written) {
                 (Err(detail), _) => (Action::Failed, Some(detail)),
-                (Ok(true), Err(detail)) => (Action::Failed, Some(detail.clone())),
+                (Ok(true), Err(problem)) => (problem.action, Some(problem.detail.clone())),
                 (Ok(changed), _) => (edit.direction.action(changed), None),
             };
             folder.push(edit.surface, action, &path, detail);
@@ -530,7 +547,7 @@ impl Surfaces<'_> {
 
     /// A whole file of ours, compared byte for byte.
     fn put_file(&self, folder: &mut Folder<'_>, surface: &str, rel: &str, bytes: &[u8], dir_mode: u32) {
-        let result = folder.locate(rel).and_then(|path| {
+        let result = folder.locate(rel).map_err(Problem::from).and_then(|path| {
             let _ = self.files.remove_stale_tmp(&path, STALE_TMP);
             let current = read_optional(&path)?;
             if current.as_deref() == Some(bytes) {
@@ -540,7 +557,7 @@ impl Surfaces<'_> {
         });
         match result {
             Ok((path, changed)) => folder.push(surface, Direction::Ensure.action(changed), &path, None),
-            Err(detail) => folder.push(surface, Action::Failed, &folder.real.join(rel), Some(detail)),
+            Err(problem) => folder.push(surface, problem.action, &folder.real.join(rel), Some(problem.detail)),
         }
     }
 
@@ -553,16 +570,16 @@ impl Surfaces<'_> {
         bytes: &[u8],
         existed: bool,
         dir_mode: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), Problem> {
         if let Some(dir) = path.parent() {
-            let created = self.files.create_dirs(dir, dir_mode).map_err(|e| describe(&e))?;
+            let created = self.files.create_dirs(dir, dir_mode)?;
             for dir in created {
                 if let Some(rel) = folder.relative(&dir) {
                     folder.record.created.insert(rel);
                 }
             }
         }
-        self.files.write_atomic(path, bytes, None).map_err(|e| describe(&e))?;
+        self.files.write_atomic(path, bytes, None)?;
         if !existed && let Some(rel) = folder.relative(path) {
             folder.record.created.insert(rel);
         }
@@ -570,12 +587,12 @@ impl Surfaces<'_> {
     }
 
     /// Deletes a file of ours; whether it was there.
-    fn delete_file(&self, folder: &mut Folder<'_>, rel: &str) -> (PathBuf, Result<bool, String>) {
+    fn delete_file(&self, folder: &mut Folder<'_>, rel: &str) -> (PathBuf, Result<bool, Problem>) {
         let path = match folder.locate(rel) {
             Ok(path) => path,
-            Err(detail) => return (folder.real.join(rel), Err(detail)),
+            Err(detail) => return (folder.real.join(rel), Err(detail.into())),
         };
-        let result = self.files.remove_file(&path).map_err(|e| describe(&e));
+        let result = self.files.remove_file(&path).map_err(Problem::from);
         if result.is_ok()
             && let Some(rel) = folder.relative(&path)
         {

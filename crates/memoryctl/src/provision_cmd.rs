@@ -1,0 +1,132 @@
+//! `sweep`, `provision-peer` and `unprovision-peer`: forwarded to the daemon
+//! when it answers, run in-process under the same provision lock when it
+//! does not (or with `--local`).
+
+use crate::{Ctx, Usage};
+use anyhow::{Context as _, anyhow, bail};
+use clap::Args;
+use memoryd_core::files::FileGuard;
+use memoryd_core::install::Binaries;
+use memoryd_core::instance;
+use memoryd_core::lock::ProvisionLock;
+use memoryd_core::provision::{self, Failure, PeerReport, PeerRequest, ProvisionError, Provisioner, Tools};
+use memoryd_core::surfaces::Action;
+use memoryd_proto::{ErrorKind, methods};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The arguments of `provision-peer` and `unprovision-peer` (spec 30).
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The peer's folder (absolute)
+    #[arg(long, value_name = "DIR")]
+    cwd: PathBuf,
+    /// The runtime: claude and codex get surfaces, others have none
+    #[arg(long, value_name = "RUNTIME")]
+    runtime: String,
+    /// The peer's name
+    #[arg(long, value_name = "NAME")]
+    personality: String,
+    /// Why the core calls: birth, remove, sweep-on, off-peer, off-all
+    /// [default: sweep-on to provision, off-peer to unprovision]
+    #[arg(long, value_name = "OCCASION")]
+    occasion: Option<String>,
+    /// Run in this process under the provision lock even when the daemon answers
+    #[arg(long)]
+    local: bool,
+}
+
+/// `provision-peer` (`provisioning`) or `unprovision-peer`.
+pub async fn peer(ctx: &Ctx, args: PeerArgs, provisioning: bool) -> anyhow::Result<ExitCode> {
+    let occasion = args.occasion.unwrap_or_else(|| if provisioning { "sweep-on" } else { "off-peer" }.to_owned());
+    let request = PeerRequest { cwd: args.cwd, runtime: args.runtime, personality: args.personality, occasion };
+    provision::validate(&request, provisioning).map_err(Usage)?;
+    let client = if args.local { None } else { ctx.connect().await? };
+    let report = match client {
+        Some(mut client) => {
+            let method = if provisioning { methods::PEER_PROVISION } else { methods::PEER_UNPROVISION };
+            let params = serde_json::to_value(&request)?;
+            match ctx.call(&mut client, method, params).await? {
+                Ok(value) => serde_json::from_value::<PeerReport>(value).context("memoryd sent a malformed report")?,
+                Err(e) if e.kind() == Some(ErrorKind::RequestInvalid) => return Err(Usage(e.message).into()),
+                Err(e) => bail!("{}", e.message),
+            }
+        }
+        None => {
+            if !args.local {
+                eprintln!("memoryd not answering: running locally");
+            }
+            run_locally(ctx, |p| if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) })?
+        }
+    };
+    if ctx.json {
+        crate::print_json(&report)?;
+    } else {
+        print_peer_report(&report, &request, provisioning);
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_peer_report(report: &PeerReport, request: &PeerRequest, provisioning: bool) {
+    let pair = format!("{}:{}", request.personality, request.runtime);
+    if let Some(nothing) = &report.nothing {
+        println!("{pair}: {nothing}");
+        return;
+    }
+    for o in &report.outcomes {
+        let mark = if o.action == Action::Failed { "FAIL" } else { "ok  " };
+        let detail = o.detail.as_deref().map(|d| format!(" — {d}")).unwrap_or_default();
+        println!("{mark}  {:<7} {}{detail} ({})", o.surface, o.action.as_str(), o.path.display());
+    }
+    let failed = report.outcomes.iter().filter(|o| o.action == Action::Failed).count();
+    let verb = if provisioning { "provisioned" } else { "unprovisioned" };
+    if failed == 0 {
+        println!("{pair} {verb}: {} surface(s) ok", report.outcomes.len());
+    } else {
+        println!("{pair}: {failed} of {} surface(s) failed", report.outcomes.len());
+    }
+}
+
+/// Runs `job` in this process, under the provision lock the daemon uses.
+fn run_locally<T>(ctx: &Ctx, job: impl FnOnce(&Provisioner<'_>) -> Result<T, ProvisionError>) -> anyhow::Result<T> {
+    let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
+    instance::ensure_private_dir(&files, &ctx.paths.state)?;
+    let lock = ProvisionLock::open(&files, &ctx.paths.provision_lock)?;
+    let running = Binaries::running().context("cannot find this memoryctl binary")?;
+    let tools = Tools::new(&ctx.paths, &ctx.config, &running, files.is_sandboxed());
+    let provisioner = Provisioner {
+        paths: &ctx.paths,
+        files: &files,
+        egress: &tools.egress,
+        settings: &tools.settings,
+        vault: ctx.config.vault.as_deref(),
+        lock: &lock,
+        lock_timeout: ctx.config.lock_timeout,
+        cancelled: &|| false,
+    };
+    job(&provisioner).map_err(|e| anyhow!(e))
+}
+
+/// `sweep`: ask the daemon to sweep every peer now.
+pub async fn sweep(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let mut client = ctx.require().await?;
+    let result = ctx.call(&mut client, methods::HOST_SWEEP, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    if ctx.json {
+        crate::print_json(&result)?;
+    } else {
+        let failed: Vec<Failure> = serde_json::from_value(result["failed"].clone()).unwrap_or_default();
+        for f in &failed {
+            println!("      FAIL {}:{} — {}: {}", f.personality, f.runtime, f.surface, f.detail);
+        }
+        let pairs = result["pairs"].as_u64().unwrap_or(0);
+        let writes = result["writes"].as_u64().unwrap_or(0);
+        let skipped = result["skipped"].as_array().map_or(0, Vec::len);
+        let summary = format!(
+            "{pairs} peer-runtime(s), {} failed, {skipped} peer(s) skipped, {writes} file(s) written",
+            failed.len()
+        );
+        println!("sweep {}: {summary}", if failed.is_empty() { "ok" } else { "FAILED" });
+    }
+    Ok(if result["ok"] == Value::Bool(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

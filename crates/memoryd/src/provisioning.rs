@@ -1,0 +1,223 @@
+//! The daemon's provisioning work: fleet refreshes, fleet changes, sweeps
+//! and provision requests. Each runs on a blocking thread with the domain's
+//! [`Provisioner`], under the provision lock it shares with any `memoryctl`.
+
+use crate::daemon::Daemon;
+use memoryd_core::fleet::{self, FleetDiff, FleetPeer, FleetRead};
+use memoryd_core::lock::LockError;
+use memoryd_core::provision::{self, PeerReport, PeerRequest, ProvisionError, Provisioner, SweepReport, Tools};
+use memoryd_proto::status::SweepStatus;
+use memoryd_proto::{ErrorKind, RpcError};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// The refusal a caller sees for a provisioning failure.
+pub fn rpc_error(e: ProvisionError) -> RpcError {
+    match &e {
+        ProvisionError::Lock(LockError::Busy { holder, .. }) => {
+            RpcError::new(ErrorKind::LockBusy, e.to_string()).with_details(json!({"holder": holder}))
+        }
+        ProvisionError::Lock(LockError::Cancelled) => {
+            RpcError::new(ErrorKind::DaemonShuttingDown, "memoryd is shutting down; try again when it is back")
+        }
+        ProvisionError::Slot(_) => RpcError::new(ErrorKind::SlotForeign, e.to_string()),
+        _ => RpcError::new(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+impl Daemon {
+    /// Runs `job` with a provisioner on a blocking thread. A panic in it
+    /// goes on unwinding in the caller's task, as if it had happened there.
+    async fn provisioning<T: Send + 'static>(
+        self: &Arc<Self>,
+        job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
+    ) -> T {
+        let daemon = self.clone();
+        let config = self.config();
+        let joined = tokio::task::spawn_blocking(move || {
+            let tools = Tools::new(&daemon.paths, &config, &daemon.running_exe, daemon.sandboxed);
+            let cancelled = || daemon.shutdown.begun.is_cancelled();
+            job(&Provisioner {
+                paths: &daemon.paths,
+                files: &daemon.files,
+                egress: &tools.egress,
+                settings: &tools.settings,
+                vault: config.vault.as_deref(),
+                lock: &daemon.lock,
+                lock_timeout: config.lock_timeout,
+                cancelled: &cancelled,
+            })
+        })
+        .await;
+        match joined {
+            Ok(value) => value,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Sweeps `peers`, or the whole map when None; a whole-map sweep is
+    /// what `status` reports as the last sweep.
+    pub async fn sweep(
+        self: &Arc<Self>,
+        peers: Option<Vec<FleetPeer>>,
+        why: &'static str,
+    ) -> Result<SweepReport, RpcError> {
+        let whole = peers.is_none();
+        let peers = match peers {
+            Some(peers) => peers,
+            None => match self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.clone())) {
+                Some(peers) => peers,
+                None => {
+                    let fleet = self.fleet_describe();
+                    tracing::warn!(why, fleet, "no fleet map to sweep");
+                    return Err(RpcError::new(
+                        ErrorKind::FleetUnavailable,
+                        format!(
+                            "there is no fleet map to sweep: {fleet}; memoryd refreshes it from `iapeer list --json` \
+                             (check iapeer_bin with: memoryctl config check)"
+                        ),
+                    ));
+                }
+            },
+        };
+        let started = Instant::now();
+        let report = self.provisioning(move |p| p.sweep(&peers)).await.map_err(rpc_error);
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(why, error = %e.message, "sweep failed");
+                return Err(e);
+            }
+        };
+        let failures = report.failures();
+        for f in &failures {
+            tracing::warn!(
+                personality = f.personality,
+                runtime = f.runtime,
+                surface = f.surface,
+                detail = f.detail,
+                "surface failed"
+            );
+        }
+        for s in &report.skipped {
+            tracing::debug!(personality = s.personality, reason = s.reason, "peer skipped");
+        }
+        tracing::info!(
+            why,
+            pairs = report.pairs.len(),
+            failed = report.pairs.len() - report.ok_count(),
+            skipped = report.skipped.len(),
+            writes = report.writes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "sweep done"
+        );
+        if whole && let Ok(mut last) = self.last_sweep.lock() {
+            *last = Some(SweepStatus {
+                at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                ok: report.ok_count(),
+                failed: report.pairs.len() - report.ok_count(),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Swaps in what the map file now says and returns what to act on.
+    /// A missing or broken map is never taken for an empty fleet: the
+    /// last good one stays.
+    pub fn apply_fleet(&self, new: FleetRead) -> Option<FleetDiff> {
+        let mut current = self.fleet.lock().ok()?;
+        if *current == new {
+            return None;
+        }
+        match (&*current, &new) {
+            (FleetRead::Map(_), FleetRead::Missing | FleetRead::Unreadable(_)) => {
+                tracing::warn!(
+                    fleet = new.describe(),
+                    "the fleet map is gone or unreadable; keeping the last good map"
+                );
+                None
+            }
+            (_, FleetRead::Map(map)) => {
+                let diff = fleet::diff(current.map(), map);
+                tracing::info!(
+                    fleet = new.describe(),
+                    provision = diff.provision.len(),
+                    gone = diff.gone.len(),
+                    "fleet map changed"
+                );
+                *current = new;
+                Some(diff)
+            }
+            _ => {
+                *current = new;
+                None
+            }
+        }
+    }
+
+    /// Acts on a fleet change: new peers, new session runtimes and moved
+    /// folders are provisioned now; peers that left are only hidden.
+    pub async fn on_fleet_change(self: &Arc<Self>, diff: FleetDiff) {
+        for personality in &diff.gone {
+            tracing::info!(personality, "peer left the fleet map: hidden, not revoked and not unprovisioned");
+        }
+        if diff.provision.is_empty() {
+            return;
+        }
+        let peers = diff.provision.into_iter().map(|(peer, _)| peer).collect();
+        // The outcome is logged by `sweep`.
+        let _ = self.sweep(Some(peers), "fleet-change").await;
+    }
+
+    /// Re-reads the map file and acts on the change.
+    pub async fn reload_fleet(self: &Arc<Self>) {
+        if let Some(diff) = self.apply_fleet(FleetRead::load(&self.paths.fleet_map)) {
+            self.on_fleet_change(diff).await;
+        }
+    }
+
+    /// Refreshes the map from `iapeer list --json`; a failure keeps the
+    /// last map and is logged once per distinct error.
+    pub async fn refresh_fleet(self: &Arc<Self>) {
+        let interval = self.config().fleet_refresh_interval;
+        let result = self.provisioning(move |p| p.refresh_fleet(interval)).await;
+        let error = result.as_ref().err().map(ToString::to_string);
+        if let Ok(mut last) = self.refresh_error.lock()
+            && *last != error
+        {
+            match &error {
+                Some(e) => tracing::warn!(error = e, "fleet refresh failed; keeping the last map"),
+                None if last.is_some() => tracing::info!("fleet refresh works again"),
+                None => {}
+            }
+            *last = error;
+        }
+        if let Ok(refreshed) = result
+            && refreshed.changed
+        {
+            self.reload_fleet().await;
+        }
+    }
+
+    /// `peer.provision` / `peer.unprovision`.
+    pub async fn provision(self: &Arc<Self>, request: PeerRequest, provisioning: bool) -> Result<PeerReport, RpcError> {
+        provision::validate(&request, provisioning).map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
+        tracing::info!(
+            personality = request.personality,
+            runtime = request.runtime,
+            occasion = request.occasion,
+            cwd = %request.cwd.display(),
+            "{}",
+            if provisioning { "provision-peer" } else { "unprovision-peer" }
+        );
+        let report = self
+            .provisioning(move |p| if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) })
+            .await
+            .map_err(rpc_error)?;
+        if report.fleet_updated {
+            self.reload_fleet().await;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,303 @@
+//! The daemon's main job end to end: every peer's surfaces appear, a new
+//! peer is wired without waiting for the timer, drift is repaired, a no-op
+//! sweep touches nothing, and `provision-peer` works with and without the
+//! daemon, under the provision lock it shares with the daemon.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use memoryd_e2e::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const EVENTS: [&str; 4] = ["SessionStart", "UserPromptSubmit", "PostToolUse", "SessionEnd"];
+
+fn config(iapeer: &FakeIapeer, port: u16, extra: &str) -> String {
+    format!("mcp_port = {port}\niapeer_bin = \"{}\"\n{extra}", iapeer.bin.display())
+}
+
+/// The surface files of a peer-runtime.
+fn surface_files(cwd: &Path, runtime: &str) -> Vec<PathBuf> {
+    match runtime {
+        "claude" => {
+            vec![cwd.join(".claude/settings.json"), cwd.join(".mcp.json"), cwd.join(".claude/skills/memoryd/SKILL.md")]
+        }
+        _ => vec![cwd.join(".codex/config.toml"), cwd.join(".codex/hooks.json")],
+    }
+}
+
+fn wired(cwd: &Path, runtime: &str) -> bool {
+    surface_files(cwd, runtime).iter().all(|f| f.is_file()) && cwd.join(".iapeer/fragments/memoryd.md").is_file()
+}
+
+fn our_hooks(file: &Path, event: &str) -> usize {
+    hook_commands(file, event).iter().filter(|c| c.contains("/memoryd.") && c.ends_with(".sh")).count()
+}
+
+#[test]
+fn the_daemon_wires_every_peer_heals_drift_and_leaves_settled_files_alone() {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    let port = free_port();
+    root.write_config(&config(&iapeer, port, ""));
+    let (boris, vera, olga) = (root.peer_dir("boris"), root.peer_dir("vera"), root.peer_dir("olga"));
+    // Foreign content that must survive.
+    std::fs::create_dir_all(olga.join(".claude")).unwrap();
+    std::fs::write(
+        olga.join(".claude/settings.json"),
+        r#"{"model":"opus","hooks":{"SessionStart":[{"hooks":[{"type":"command","command":"team.sh"}]}]}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(vera.join(".codex")).unwrap();
+    std::fs::write(
+        vera.join(".codex/config.toml"),
+        "# team settings\nmodel = \"o4\"\n\n[mcp_servers.github]\ncommand = \"gh\"\n",
+    )
+    .unwrap();
+    iapeer.set_listing(&[
+        ("boris", &boris, &["claude"]),
+        ("vera", &vera, &["codex", "telegram"]),
+        ("olga", &olga, &["claude", "codex"]),
+    ]);
+    let daemon = root.start_daemon();
+
+    assert!(
+        eventually(|| wired(&boris, "claude")
+            && wired(&vera, "codex")
+            && wired(&olga, "claude")
+            && wired(&olga, "codex")),
+        "surfaces did not appear:\n{}",
+        daemon.log()
+    );
+    // The shims exist, executable, and every entry points at one.
+    for runtime in ["claude", "codex"] {
+        for event in ["session-start", "prompt-submit", "post-tool", "session-end"] {
+            let shim = root.paths.hooks_dir.join(format!("memoryd.{runtime}.{event}.sh"));
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&shim).unwrap().permissions());
+            assert_eq!(mode & 0o777, 0o755, "{}", shim.display());
+        }
+    }
+    let settings = olga.join(".claude/settings.json");
+    for event in EVENTS {
+        assert_eq!(our_hooks(&settings, event), 1, "{event}");
+    }
+    assert!(hook_commands(&settings, "SessionStart").contains(&"team.sh".to_owned()), "foreign hook kept");
+    let mcp: Value = serde_json::from_slice(&std::fs::read(olga.join(".mcp.json")).unwrap()).unwrap();
+    assert_eq!(mcp["mcpServers"]["memoryd"]["url"], format!("http://127.0.0.1:{port}/mcp"));
+    assert_eq!(mcp["mcpServers"]["memoryd"]["headers"]["X-IAPeer-Identity"], "${PEER_IDENTITY:-claude-olga}");
+    let toml = std::fs::read_to_string(vera.join(".codex/config.toml")).unwrap();
+    assert!(toml.starts_with("# team settings\nmodel = \"o4\"\n\n[mcp_servers.github]"), "{toml}");
+    assert!(toml.contains("[mcp_servers.memoryd]") && toml.contains("\"codex-vera\""), "{toml}");
+    assert!(std::fs::read_to_string(&root.paths.fleet_map).unwrap().contains("\"olga\""));
+    assert!(eventually(|| iapeer.trust_calls() == 2), "codex hooks trusted once per folder");
+
+    // A new peer in the map is wired without waiting for the timer.
+    let newt = root.peer_dir("newt");
+    root.write_fleet_map(&[
+        ("boris", &boris, &["claude"]),
+        ("vera", &vera, &["codex", "telegram"]),
+        ("olga", &olga, &["claude", "codex"]),
+        ("newt", &newt, &["codex"]),
+    ]);
+    assert!(eventually(|| wired(&newt, "codex")), "the newborn was not wired:\n{}", daemon.log());
+
+    // Drift is repaired by the next sweep.
+    std::fs::write(
+        boris.join(".mcp.json"),
+        r#"{"mcpServers":{"memoryd":{"type":"http","url":"http://127.0.0.1:1/mcp"}}}"#,
+    )
+    .unwrap();
+    std::fs::remove_file(boris.join(".claude/skills/memoryd/SKILL.md")).unwrap();
+    let out = root.ctl(&["sweep"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(std::fs::read_to_string(boris.join(".mcp.json")).unwrap().contains(&format!(":{port}/mcp")));
+    assert!(boris.join(".claude/skills/memoryd/SKILL.md").is_file());
+
+    // A sweep with nothing to do writes nothing and spawns nothing.
+    let trusts = iapeer.trust_calls();
+    let before: Vec<_> =
+        [root.dir.path().join("peers"), root.paths.plugin_dir.clone()].iter().map(|d| mtimes(d)).collect();
+    let map_before = std::fs::read(&root.paths.fleet_map).unwrap();
+    let out = root.ctl(&["sweep", "--json"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["writes"], 0, "{result}");
+    assert_eq!(result["pairs"], 5, "{result}");
+    let after: Vec<_> =
+        [root.dir.path().join("peers"), root.paths.plugin_dir.clone()].iter().map(|d| mtimes(d)).collect();
+    assert_eq!(before, after, "a no-op sweep touched files");
+    assert_eq!(std::fs::read(&root.paths.fleet_map).unwrap(), map_before);
+    assert_eq!(iapeer.trust_calls(), trusts, "a no-op sweep spawned iapeer");
+
+    let status: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["lastSweep"]["ok"], 5, "{status}");
+    assert_eq!(status["lastSweep"]["failed"], 0, "{status}");
+    assert_eq!(status["fleet"]["peers"], 4, "{status}");
+}
+
+#[test]
+fn a_map_that_vanishes_is_not_an_empty_fleet_and_a_gone_peer_is_not_unprovisioned() {
+    let root = Root::new();
+    let a = root.peer_dir("a");
+    root.write_fleet_map(&[("a", &a, &["claude"])]);
+    let daemon = root.start_daemon();
+    assert!(eventually(|| a.join(".claude/settings.json").is_file()), "{}", daemon.log());
+    std::fs::write(&root.paths.fleet_map, "{ torn").unwrap();
+    assert!(eventually(|| daemon.log().contains("keeping the last good map")), "{}", daemon.log());
+    let out = root.ctl(&["sweep", "--json"]);
+    assert!(out.status.success(), "the sweep runs on the last good map: {}{}", stdout(&out), stderr(&out));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["pairs"], 1);
+    root.write_fleet_map(&[]);
+    assert!(eventually(|| daemon.log().contains("peer left the fleet map")), "{}", daemon.log());
+    assert!(a.join(".claude/settings.json").is_file(), "a gone peer keeps its surfaces");
+}
+
+#[test]
+fn provision_peer_runs_locally_without_a_daemon_and_through_it_with_one() {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    root.write_config(&config(&iapeer, free_port(), ""));
+    let cwd = root.peer_dir("zed");
+    let cwd_s = cwd.to_str().unwrap();
+    let provision =
+        |extra: &[&str]| root.ctl(&[&["provision-peer", "--cwd", cwd_s, "--personality", "zed"][..], extra].concat());
+
+    // Bad input exits 2 with the reason.
+    for (args, why) in [
+        (vec!["provision-peer", "--cwd", "rel/dir", "--runtime", "claude", "--personality", "zed"], "absolute"),
+        (vec!["provision-peer", "--cwd", cwd_s, "--runtime", "claude", "--personality", "Zed"], "name rule"),
+        (
+            vec!["provision-peer", "--cwd", "/nonexistent/x", "--runtime", "claude", "--personality", "zed"],
+            "does not exist",
+        ),
+    ] {
+        let out = root.ctl(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
+    let out = provision(&["--runtime", "telegram"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("nothing to provision"), "{}", stdout(&out));
+
+    // No daemon: in-process, saying so; a birth puts the peer in the map.
+    let out = provision(&["--runtime", "claude", "--occasion", "birth"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("memoryd not answering: running locally"), "{}", stderr(&out));
+    let text = stdout(&out);
+    for surface in ["hooks  ", "approve", "mcp    ", "skill  "] {
+        assert!(text.contains(&format!("ok    {surface} written (")), "{surface}: {text}");
+    }
+    assert!(text.contains("zed:claude provisioned: 4 surface(s) ok"), "{text}");
+    let map = std::fs::read_to_string(&root.paths.fleet_map).unwrap();
+    assert!(map.contains("\"zed\"") && map.contains("\"claude\""), "{map}");
+    let again = provision(&["--runtime", "claude"]);
+    assert!(stdout(&again).contains("ok    hooks   already ("), "{}", stdout(&again));
+
+    // With a daemon: forwarded (no local line), same lines.
+    let daemon = root.start_daemon();
+    let out = provision(&["--runtime", "codex", "--occasion", "birth"]);
+    assert!(out.status.success(), "{}{}\n{}", stdout(&out), stderr(&out), daemon.log());
+    assert!(!stderr(&out).contains("running locally"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok    trust   written ("), "{}", stdout(&out));
+    assert!(daemon.log().contains("provision-peer"), "{}", daemon.log());
+
+    // Unprovision mirrors it: the folder is empty again.
+    for runtime in ["claude", "codex"] {
+        let out = root.ctl(&["unprovision-peer", "--cwd", cwd_s, "--runtime", runtime, "--personality", "zed"]);
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    }
+    let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let gone =
+        root.ctl(&["unprovision-peer", "--cwd", "/nonexistent/zed", "--runtime", "claude", "--personality", "zed"]);
+    assert!(gone.status.success() && stdout(&gone).contains("absent"), "{}", stdout(&gone));
+}
+
+#[test]
+fn a_busy_provision_lock_fails_with_the_holder_after_lock_timeout() {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    root.write_config(&config(&iapeer, 0, "lock_timeout = \"300ms\"\n"));
+    let cwd = root.peer_dir("zed");
+    root.make_state_dir();
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&root.paths.provision_lock).unwrap();
+    lock.try_lock().unwrap();
+    std::fs::write(&root.paths.provision_lock, "4242 a test holding it\n").unwrap();
+    let out = root.ctl(&[
+        "provision-peer",
+        "--local",
+        "--cwd",
+        cwd.to_str().unwrap(),
+        "--runtime",
+        "claude",
+        "--personality",
+        "zed",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("busy") && stderr(&out).contains("4242 a test holding it"), "{}", stderr(&out));
+    assert!(!cwd.join(".claude").exists(), "nothing written without the lock");
+    drop(lock);
+}
+
+#[test]
+fn the_daemon_sweeping_and_a_local_provision_at_once_leave_one_hook_per_event_and_all_foreign_ones() {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    root.write_config(&config(&iapeer, 0, "sweep_interval = \"20ms\"\n"));
+    let names = ["p1", "p2", "p3"];
+    let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
+    for dir in &dirs {
+        std::fs::create_dir_all(dir.join(".claude")).unwrap();
+        std::fs::create_dir_all(dir.join(".codex")).unwrap();
+        std::fs::write(
+            dir.join(".claude/settings.json"),
+            r#"{"hooks":{"SessionStart":[{"hooks":[{"type":"command","command":"mine.sh"}]}],"Stop":[{"hooks":[{"type":"command","command":"bye.sh"}]}]},"env":{"A":"1"}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(".codex/hooks.json"),
+            r#"{"hooks":{"UserPromptSubmit":[{"hooks":[{"type":"command","command":"lint.sh"}]}]}}"#,
+        )
+        .unwrap();
+    }
+    let listing: Vec<(&str, &Path, &[&str])> =
+        names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude", "codex"][..])).collect();
+    iapeer.set_listing(&listing);
+    let daemon = root.start_daemon();
+    std::thread::scope(|s| {
+        for (name, dir) in names.iter().zip(&dirs) {
+            s.spawn(|| {
+                for round in 0..6 {
+                    let runtime = if round % 2 == 0 { "claude" } else { "codex" };
+                    let out = root.ctl(&[
+                        "provision-peer",
+                        "--local",
+                        "--cwd",
+                        dir.to_str().unwrap(),
+                        "--runtime",
+                        runtime,
+                        "--personality",
+                        name,
+                    ]);
+                    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+                }
+            });
+        }
+    });
+    assert!(daemon.log().matches("sweep done").count() >= 3, "the daemon was sweeping meanwhile:\n{}", daemon.log());
+    for dir in &dirs {
+        let settings = dir.join(".claude/settings.json");
+        let hooks = dir.join(".codex/hooks.json");
+        for event in EVENTS {
+            assert_eq!(our_hooks(&settings, event), 1, "{} {event}", settings.display());
+            assert_eq!(our_hooks(&hooks, event), 1, "{} {event}", hooks.display());
+        }
+        assert!(hook_commands(&settings, "SessionStart").contains(&"mine.sh".to_owned()));
+        assert_eq!(hook_commands(&settings, "Stop"), ["bye.sh"]);
+        assert!(hook_commands(&hooks, "UserPromptSubmit").contains(&"lint.sh".to_owned()));
+        let v: Value = serde_json::from_slice(&std::fs::read(&settings).unwrap()).unwrap();
+        assert_eq!(v["env"]["A"], "1");
+        let stray: Vec<_> = std::fs::read_dir(dir.join(".claude")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(stray.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{stray:?}");
+    }
+}
