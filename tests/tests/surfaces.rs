@@ -301,3 +301,31 @@ fn the_daemon_sweeping_and_a_local_provision_at_once_leave_one_hook_per_event_an
         assert!(stray.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{stray:?}");
     }
 }
+
+#[test]
+fn the_shims_run_memoryctl_hook_which_never_fails_an_agent() {
+    let root = Root::new();
+    let cwd = root.peer_dir("zed");
+    let out =
+        root.ctl(&["provision-peer", "--cwd", cwd.to_str().unwrap(), "--runtime", "claude", "--personality", "zed"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let shim = root.paths.hooks_dir.join("memoryd.claude.prompt-submit.sh");
+    assert!(std::fs::read_to_string(&shim).unwrap().contains(&bins().memoryctl.display().to_string()));
+    for stdin in [&br#"{"session_id":"s1","cwd":"/x","hook_event_name":"UserPromptSubmit"}"#[..], b"not json"] {
+        let mut child = root
+            .command(Path::new("/bin/sh"))
+            .arg(&shim)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(out.stdout.is_empty(), "{}", stdout(&out));
+    }
+    let bad = root.ctl(&["hook", "prompt-submit", "--no-such-flag"]);
+    assert_eq!(bad.status.code(), Some(0), "a bad flag must not fail a hook");
+    let log = std::fs::read_to_string(root.paths.logs.join("hook-errors.log")).unwrap();
+    assert!(log.contains("not JSON") && log.contains("bad hook arguments"), "{log}");
+}

@@ -2,6 +2,7 @@
 
 mod client;
 mod daemon_cmd;
+mod hook_cmd;
 mod output;
 mod provision_cmd;
 
@@ -67,6 +68,13 @@ enum Command {
     /// Only memoryd's part of each file goes; files and dirs memoryd created
     /// go when nothing else is in them. A vanished folder reports `absent`.
     UnprovisionPeer(provision_cmd::PeerArgs),
+    /// Run by the hook shims inside an agent session; always exits 0
+    ///
+    /// Reads the agent's hook JSON on stdin. It prints nothing unless it
+    /// has something to deliver, and logs problems to
+    /// R/logs/memoryd/hook-errors.log instead of failing: an agent treats a
+    /// failing hook as "block this prompt".
+    Hook(hook_cmd::HookArgs),
     /// Start or stop a daemon on hosts without systemd or launchd
     Daemon {
         #[command(subcommand)]
@@ -102,6 +110,7 @@ impl Command {
             Command::Sweep => "sweep",
             Command::ProvisionPeer(_) => "provision-peer",
             Command::UnprovisionPeer(_) => "unprovision-peer",
+            Command::Hook(_) => "hook",
             Command::Daemon { action: DaemonAction::Start } => "daemon start",
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Config { .. } => "config check",
@@ -212,7 +221,27 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if !matches!(e.kind(), clap::error::ErrorKind::DisplayHelp)
+                && let Some(root_flag) = hook_invocation() =>
+        {
+            // Even a bad flag must not fail an agent's hook.
+            if let Ok(root) = paths::resolve_root(root_flag.as_deref(), |k| std::env::var_os(k)) {
+                hook_cmd::log_error(&Paths::new(root), &format!("bad hook arguments: {}", e.kind()));
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => e.exit(),
+    };
+    if let Command::Hook(args) = &cli.command {
+        // No config, no daemon needed to fail open: only the root.
+        if let Ok(root) = paths::resolve_root(cli.root.as_deref(), |k| std::env::var_os(k)) {
+            hook_cmd::run(&Paths::new(root), args);
+        }
+        return ExitCode::SUCCESS;
+    }
     init_logging(cli.verbose);
     let verb = cli.command.verb();
     let result = tokio::runtime::Builder::new_current_thread()
@@ -227,6 +256,24 @@ fn main() -> ExitCode {
             if e.is::<Usage>() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// When the command line names the `hook` subcommand (the first word that
+/// is neither a global option nor its value): the `--root` it carries.
+fn hook_invocation() -> Option<Option<PathBuf>> {
+    let mut args = std::env::args_os().skip(1);
+    let mut root = None;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--root") => root = args.next().map(PathBuf::from),
+            Some("--connect-timeout" | "--timeout") => {
+                args.next();
+            }
+            Some(a) if a.starts_with('-') => {}
+            a => return (a == Some("hook")).then_some(root),
+        }
+    }
+    None
 }
 
 fn init_logging(verbose: bool) {
@@ -247,6 +294,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep => provision_cmd::sweep(&ctx).await,
         Command::ProvisionPeer(args) => provision_cmd::peer(&ctx, args, true).await,
         Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
+        // Handled in `main`, before anything that could fail.
+        Command::Hook(_) => Ok(ExitCode::SUCCESS),
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
