@@ -264,11 +264,17 @@ fn the_daemon_sweeping_and_a_local_provision_at_once_leave_one_hook_per_event_an
         names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude", "codex"][..])).collect();
     iapeer.set_listing(&listing);
     let daemon = root.start_daemon();
+    let timer_sweeps = || daemon.log().matches("sweep done why=\"timer\"").count();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rounds = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for (name, dir) in names.iter().zip(&dirs) {
-            s.spawn(|| {
-                for round in 0..6 {
+            let (stop, rounds, root) = (&stop, &rounds, &root);
+            s.spawn(move || {
+                let mut round = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let runtime = if round % 2 == 0 { "claude" } else { "codex" };
+                    round += 1;
                     let out = root.ctl(&[
                         "provision-peer",
                         "--local",
@@ -280,11 +286,19 @@ fn the_daemon_sweeping_and_a_local_provision_at_once_leave_one_hook_per_event_an
                         name,
                     ]);
                     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+                    rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Gaps let the daemon's polled lock waits in too.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
             });
         }
+        // Run until the daemon swept on its timer several times meanwhile.
+        let baseline = timer_sweeps();
+        let interleaved =
+            eventually(|| timer_sweeps() >= baseline + 3 && rounds.load(std::sync::atomic::Ordering::Relaxed) >= 18);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(interleaved, "the daemon did not sweep while provisioning ran:\n{}", daemon.log());
     });
-    assert!(daemon.log().matches("sweep done").count() >= 3, "the daemon was sweeping meanwhile:\n{}", daemon.log());
     for dir in &dirs {
         let settings = dir.join(".claude/settings.json");
         let hooks = dir.join(".codex/hooks.json");
