@@ -121,31 +121,48 @@ pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
     Ok(if stopped { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-async fn kill_hung(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+/// What became of a daemon that holds the lock but does not answer.
+pub enum Hung {
+    NotRunning,
+    /// Proven to be this root's daemon and ended, by this signal.
+    Ended {
+        pid: i32,
+        how: &'static str,
+    },
+    /// Not proven, so nothing was signalled: why.
+    Unverified(String),
+    Failed(String),
+}
+
+/// The verified kill (spec 30) of a daemon that does not answer.
+pub async fn end_hung(ctx: &Ctx) -> Hung {
     let (_, egress) = guards(ctx, Vec::new());
     let paths = ctx.paths.clone();
-    let found = {
-        let (paths, egress) = (paths.clone(), egress.clone());
-        tokio::task::spawn_blocking(move || instance::verify_daemon(&paths, &egress)).await?
-    };
-    match found {
-        DaemonCheck::NotRunning => {
+    let joined = tokio::task::spawn_blocking(move || match instance::verify_daemon(&paths, &egress) {
+        DaemonCheck::NotRunning => Hung::NotRunning,
+        DaemonCheck::Unverified(why) => Hung::Unverified(why),
+        DaemonCheck::Verified(daemon) => {
+            let pid = daemon.pid();
+            match instance::kill_verified(&paths, &egress, &daemon, Duration::from_secs(5), Duration::from_secs(2)) {
+                Ok(KillOutcome::Terminated) => Hung::Ended { pid, how: "SIGTERM" },
+                Ok(KillOutcome::Killed) => Hung::Ended { pid, how: "SIGKILL" },
+                Err(e) => Hung::Failed(e.to_string()),
+            }
+        }
+    })
+    .await;
+    joined.unwrap_or_else(|e| Hung::Failed(e.to_string()))
+}
+
+async fn kill_hung(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    match end_hung(ctx).await {
+        Hung::NotRunning => {
             println!("memoryd is not running");
             Ok(ExitCode::SUCCESS)
         }
-        DaemonCheck::Unverified(why) => {
-            bail!("memoryd does not answer and nothing was signalled: {why}")
-        }
-        DaemonCheck::Verified(daemon) => {
-            let pid = daemon.pid();
-            let outcome = tokio::task::spawn_blocking(move || {
-                instance::kill_verified(&paths, &egress, &daemon, Duration::from_secs(5), Duration::from_secs(2))
-            })
-            .await??;
-            let how = match outcome {
-                KillOutcome::Terminated => "SIGTERM",
-                KillOutcome::Killed => "SIGKILL",
-            };
+        Hung::Unverified(why) => bail!("memoryd does not answer and nothing was signalled: {why}"),
+        Hung::Failed(e) => bail!("{e}"),
+        Hung::Ended { pid, how } => {
             println!("memoryd (pid {pid}) did not answer; ended it with {how}");
             Ok(ExitCode::SUCCESS)
         }

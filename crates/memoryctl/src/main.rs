@@ -3,6 +3,8 @@
 mod client;
 mod daemon_cmd;
 mod hook_cmd;
+mod install_cmd;
+mod ops_cmd;
 mod output;
 mod provision_cmd;
 
@@ -55,6 +57,51 @@ enum Command {
     Shutdown,
     /// Ask the running daemon to re-read its config (a bad config is refused)
     Reload,
+    /// Check every part of the host, one line per check; repair with --repair
+    ///
+    /// Without --repair nothing is written and no lock is taken. Exit 1 if
+    /// any check is FAIL (after repair). Run by the daemon when it answers,
+    /// here when it does not (a hung daemon is ended by --repair).
+    Verify {
+        /// Repair what can be repaired (re-sweep drifted peers, rewrite the
+        /// slot and the launcher, refresh the fleet map, end a hung daemon)
+        #[arg(long)]
+        repair: bool,
+        /// Run in this process even when the daemon answers
+        #[arg(long)]
+        local: bool,
+    },
+    /// Bring the host to this version: binary, fleet, surfaces, slot,
+    /// launcher, triggers, fragments, then restart the daemon
+    ///
+    /// Every step runs even after one failed. The daemon restarts onto the
+    /// installed memoryd at the end without closing its sockets.
+    Update {
+        /// Report this step as skipped instead of running it (repeatable)
+        #[arg(long, value_name = "STEP")]
+        skip: Vec<String>,
+        /// Run in this process even when the daemon answers
+        #[arg(long)]
+        local: bool,
+    },
+    /// Install memoryd on this root: write the config, then run update's
+    /// steps 1 to 7 here
+    ///
+    /// Stores the absolute iapeer, memoryd and memoryctl paths (the core
+    /// runs memoryd with a minimal PATH). Refuses to change an existing
+    /// vault without --force. Asks a running daemon to reload, or prints
+    /// how to start one.
+    Init(install_cmd::InitArgs),
+    /// Remove memoryd from this root: the watcher, the daemon, every peer's
+    /// surfaces, the slot, the shims and the launcher
+    ///
+    /// Keeps the vault, the config and the state dir. Needs --yes when
+    /// stdin is not a terminal.
+    Uninstall {
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
     /// Ask the daemon to sweep every peer's surfaces now and repair drift
     Sweep,
     /// Wire one peer-runtime's session surfaces (the iapeer core calls this)
@@ -108,6 +155,10 @@ impl Command {
             Command::Shutdown => "shutdown",
             Command::Reload => "reload",
             Command::Sweep => "sweep",
+            Command::Init(_) => "init",
+            Command::Uninstall { .. } => "uninstall",
+            Command::Verify { .. } => "verify",
+            Command::Update { .. } => "update",
             Command::ProvisionPeer(_) => "provision-peer",
             Command::UnprovisionPeer(_) => "unprovision-peer",
             Command::Hook(_) => "hook",
@@ -203,13 +254,25 @@ impl Ctx {
         method: &str,
         params: Value,
     ) -> anyhow::Result<Result<Value, RpcError>> {
-        let style = self.style;
-        let json = self.json;
-        let call = client.call(method, params, |p| {
+        let (style, json) = (self.style, self.json);
+        self.call_with(client, method, params, |p| {
             if !json {
                 println!("{}", style.progress(&p));
             }
-        });
+        })
+        .await
+    }
+
+    /// One request, each progress line handed to `on_progress` as it
+    /// arrives, within `--timeout` when one is set.
+    pub async fn call_with(
+        &self,
+        client: &mut Client,
+        method: &str,
+        params: Value,
+        on_progress: impl FnMut(memoryd_proto::Progress),
+    ) -> anyhow::Result<Result<Value, RpcError>> {
+        let call = client.call(method, params, on_progress);
         let outcome = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
@@ -292,6 +355,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shutdown => daemon_cmd::shutdown(&ctx, false).await,
         Command::Reload => reload(&ctx).await,
         Command::Sweep => provision_cmd::sweep(&ctx).await,
+        Command::Init(args) => install_cmd::init(&ctx, args).await,
+        Command::Uninstall { yes } => install_cmd::uninstall(&ctx, yes).await,
+        Command::Verify { repair, local } => ops_cmd::verify(&ctx, repair, local).await,
+        Command::Update { skip, local } => ops_cmd::update(&ctx, skip, local).await,
         Command::ProvisionPeer(args) => provision_cmd::peer(&ctx, args, true).await,
         Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
         // Handled in `main`, before anything that could fail.

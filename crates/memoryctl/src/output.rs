@@ -33,7 +33,24 @@ impl Style {
         self.paint("33", text)
     }
 
-    /// One streamed progress line: `<mark>  <name padded to 18>  <detail>`.
+    /// One `update` line: `<ok  |FAIL|skip>  <step padded to 18>  <detail>`,
+    /// or, for a failed peer-runtime under a step (named
+    /// `<personality>:<runtime>`), `      FAIL <peer>:<runtime> — <detail>`.
+    pub fn update_line(&self, p: &Progress) -> String {
+        if is_sub_line(p) {
+            return format!("      {} {} — {}", self.bad("FAIL"), p.name, p.detail);
+        }
+        let mark = match p.status {
+            ProgressStatus::Ok | ProgressStatus::Repaired => self.good("ok  "),
+            ProgressStatus::Skip => "skip".to_owned(),
+            ProgressStatus::Warn => self.warn("warn"),
+            ProgressStatus::Fail => self.bad("FAIL"),
+        };
+        format!("{mark}  {:<18}  {}", p.name, p.detail).trim_end().to_owned()
+    }
+
+    /// One `verify` line (and any other streamed progress):
+    /// `<mark, 8 wide> <name padded to 18>  <detail>`.
     pub fn progress(&self, p: &Progress) -> String {
         let mark = match p.status {
             ProgressStatus::Ok => self.good("ok      "),
@@ -116,4 +133,45 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
         rows.push(("problem", style.warn(problem)));
     }
     rows.into_iter().map(|(k, v)| format!("{k:<15} {v}")).collect()
+}
+
+/// The lines of one long command: printed as they come (text), kept for
+/// `--json`.
+pub struct Lines {
+    json: bool,
+    style: Style,
+    /// `update` marks (4 wide) rather than `verify` marks (8 wide).
+    update: bool,
+    items: Vec<Progress>,
+}
+
+impl Lines {
+    pub fn new(json: bool, style: Style, update: bool) -> Lines {
+        Lines { json, style, update, items: Vec::new() }
+    }
+
+    pub fn push(&mut self, p: Progress) {
+        if !self.json {
+            println!("{}", if self.update { self.style.update_line(&p) } else { self.style.progress(&p) });
+        }
+        self.items.push(p);
+    }
+
+    pub fn add(&mut self, name: &str, status: ProgressStatus, detail: &str) {
+        self.push(Progress { id: serde_json::Value::Null, name: name.to_owned(), status, detail: detail.to_owned() });
+    }
+
+    /// Lines reported `fail`, sub-lines of a failed step excluded.
+    pub fn problems(&self) -> usize {
+        self.items.iter().filter(|p| p.status == ProgressStatus::Fail && !is_sub_line(p)).count()
+    }
+
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.items.iter().map(|p| serde_json::json!({"name": p.name, "status": p.status, "detail": p.detail})).collect()
+    }
+}
+
+/// A failed peer-runtime under an `update` step, named `<peer>:<runtime>`.
+fn is_sub_line(p: &Progress) -> bool {
+    p.name.contains(':') && !p.name.contains('[')
 }

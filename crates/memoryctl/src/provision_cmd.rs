@@ -5,11 +5,12 @@
 use crate::{Ctx, Usage};
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
+use memoryd_core::config::Config;
 use memoryd_core::files::FileGuard;
 use memoryd_core::install::Binaries;
 use memoryd_core::instance;
 use memoryd_core::lock::ProvisionLock;
-use memoryd_core::provision::{self, Failure, PeerReport, PeerRequest, ProvisionError, Provisioner, Tools};
+use memoryd_core::provision::{self, Failure, PeerReport, PeerRequest, Provisioner, Tools};
 use memoryd_core::surfaces::Action;
 use memoryd_proto::{ErrorKind, methods};
 use serde_json::{Value, json};
@@ -57,7 +58,7 @@ pub async fn peer(ctx: &Ctx, args: PeerArgs, provisioning: bool) -> anyhow::Resu
             if !args.local {
                 eprintln!("memoryd not answering: running locally");
             }
-            run_locally(ctx, |p| if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) })?
+            run_locally(ctx, |p| if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) })??
         }
     };
     if ctx.json {
@@ -88,24 +89,21 @@ fn print_peer_report(report: &PeerReport, request: &PeerRequest, provisioning: b
     }
 }
 
-/// Runs `job` in this process, under the provision lock the daemon uses.
-fn run_locally<T>(ctx: &Ctx, job: impl FnOnce(&Provisioner<'_>) -> Result<T, ProvisionError>) -> anyhow::Result<T> {
-    let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
+/// Runs `job` in this process, with the provision lock the daemon uses.
+pub fn run_locally<T>(ctx: &Ctx, job: impl FnOnce(&Provisioner<'_>) -> T) -> anyhow::Result<T> {
+    run_locally_with(ctx, &ctx.config, job)
+}
+
+/// [`run_locally`] with another config (`init`'s new one).
+pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisioner<'_>) -> T) -> anyhow::Result<T> {
+    let files = FileGuard::for_install(&ctx.paths.root, config.vault.as_deref());
     instance::ensure_private_dir(&files, &ctx.paths.state)?;
     let lock = ProvisionLock::open(&files, &ctx.paths.provision_lock)?;
     let running = Binaries::running().context("cannot find this memoryctl binary")?;
-    let tools = Tools::new(&ctx.paths, &ctx.config, &running, files.is_sandboxed());
-    let provisioner = Provisioner {
-        paths: &ctx.paths,
-        files: &files,
-        egress: &tools.egress,
-        settings: &tools.settings,
-        vault: ctx.config.vault.as_deref(),
-        lock: &lock,
-        lock_timeout: ctx.config.lock_timeout,
-        cancelled: &|| false,
-    };
-    job(&provisioner).map_err(|e| anyhow!(e))
+    let tools = Tools::new(&ctx.paths, config, &running, files.is_sandboxed());
+    let provisioner =
+        Provisioner { paths: &ctx.paths, files: &files, tools: &tools, config, lock: &lock, cancelled: &|| false };
+    Ok(job(&provisioner))
 }
 
 /// `sweep`: ask the daemon to sweep every peer now.

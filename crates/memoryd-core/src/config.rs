@@ -404,6 +404,34 @@ pub fn load(
     Ok(Loaded { config, file: file.to_path_buf(), file_found: text.is_some() })
 }
 
+/// A value `init` writes into the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Text(String),
+    Number(i64),
+}
+
+/// The config file's text with `settings` set, its comments, order and
+/// other keys kept; refused (naming the key) if the result is not a valid
+/// config.
+pub fn with_settings(file: &Path, text: &str, settings: &[(&str, Setting)]) -> Result<String, ConfigError> {
+    let mut doc = text.parse::<toml_edit::DocumentMut>().map_err(|e| ConfigError::Syntax {
+        path: file.to_path_buf(),
+        line: line_of(text, e.span().map_or(0, |s| s.start)),
+        message: format!("not valid TOML: {}", e.message()),
+    })?;
+    for (key, value) in settings {
+        doc[*key] = match value {
+            Setting::Text(s) => toml_edit::value(s.as_str()),
+            Setting::Number(n) => toml_edit::value(*n),
+        };
+    }
+    let text = doc.to_string();
+    let mut config = Config::default();
+    apply_file(&mut config, &mut HashMap::new(), file, &text)?;
+    Ok(text)
+}
+
 fn kind_of(key: &str) -> Option<Kind> {
     KEYS.iter().find(|(name, _)| *name == key).map(|(_, kind)| *kind)
 }

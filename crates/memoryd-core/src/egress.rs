@@ -29,6 +29,8 @@ pub enum EgressError {
     Timeout { program: PathBuf, after: Duration },
     #[error("cannot send {signal} to pid {pid}: {error}")]
     Signal { pid: i32, signal: Signal, error: nix::Error },
+    #[error("HTTP to 127.0.0.1:{port}: {error}")]
+    Http { port: u16, error: String },
 }
 
 impl EgressError {
@@ -153,6 +155,18 @@ impl Egress {
         command.spawn().map_err(spawn_err)
     }
 
+    /// Replaces this process with `program` (same pid), adding `env`.
+    /// Returns only if that failed.
+    pub fn exec<S: AsRef<OsStr>>(&self, program: &Path, args: &[S], env: &[(&str, &str)]) -> EgressError {
+        use std::os::unix::process::CommandExt;
+        if let Err(e) = self.check_program(program) {
+            return e;
+        }
+        let mut command = Command::new(program);
+        command.args(args).envs(env.iter().copied());
+        EgressError::Spawn { program: program.to_path_buf(), error: command.exec() }
+    }
+
     /// What is known about `pid`, or None when no such process lives.
     pub fn probe(&self, pid: i32) -> Option<ProcessInfo> {
         if pid <= 0 {
@@ -177,6 +191,44 @@ impl Egress {
             return Err(EgressError::Signal { pid, signal, error: nix::Error::EPERM });
         }
         nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|error| EgressError::Signal { pid, signal, error })
+    }
+}
+
+impl Egress {
+    /// POSTs `body` (JSON) to `http://127.0.0.1:<port><path>` and returns
+    /// the status code. Loopback only; allowed in both forms.
+    pub fn http_post_loopback(
+        &self,
+        port: u16,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u16, EgressError> {
+        use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+        let http = |error: String| EgressError::Http { port, error };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| http(e.to_string()))?;
+        stream.set_read_timeout(Some(timeout)).map_err(|e| http(e.to_string()))?;
+        stream.set_write_timeout(Some(timeout)).map_err(|e| http(e.to_string()))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(|e| http(e.to_string()))?;
+        let mut status_line = Vec::new();
+        let mut byte = [0u8; 1];
+        while status_line.len() < 256 && stream.read(&mut byte).map_err(|e| http(e.to_string()))? == 1 {
+            if byte[0] == b'\n' {
+                break;
+            }
+            status_line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&status_line);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| http(format!("not an HTTP answer: {:?}", line.trim())))
     }
 }
 

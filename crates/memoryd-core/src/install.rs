@@ -32,6 +32,29 @@ impl Binaries {
     }
 }
 
+/// The launcher the iapeer notifier's watcher runs to relaunch memoryd.
+pub fn launcher_script(memoryd: &Path, root: &Path) -> String {
+    use crate::surfaces::shims::sh_quote;
+    format!(
+        "#!/bin/sh\n\
+         # memoryd launcher: the iapeer notifier's watcher runs it to relaunch memoryd.\n\
+         # Written by memoryd update; verify --repair restores it.\n\
+         exec {} --root {} \"$@\"\n",
+        sh_quote(&memoryd.to_string_lossy()),
+        sh_quote(&root.to_string_lossy())
+    )
+}
+
+/// Whether `path` is an executable file; the error says what is wrong.
+pub fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!("{} is not an executable file", path.display())),
+        Err(e) => Err(format!("{} is missing ({e})", path.display())),
+    }
+}
+
 /// The `iapeer` binary: `iapeer_bin`, else (outside the test sandbox) the
 /// first `iapeer` in PATH, then `~/.local/bin/iapeer`. The error is the
 /// sentence to show.

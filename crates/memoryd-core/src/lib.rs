@@ -17,10 +17,13 @@ pub mod lock;
 pub mod names;
 pub mod paths;
 pub mod provision;
+pub mod report;
 pub mod slot;
 pub mod status;
 pub mod supervisor;
 pub mod surfaces;
+pub mod update;
+pub mod verify;
 
 /// The crate version, which is memoryd's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -146,6 +146,7 @@ impl PeerReport {
 pub struct Tools {
     pub settings: Settings,
     pub egress: Egress,
+    pub binaries: Binaries,
 }
 
 impl Tools {
@@ -161,11 +162,12 @@ impl Tools {
             settings: Settings {
                 root: paths.root.clone(),
                 hooks_dir: paths.hooks_dir.clone(),
-                memoryctl: binaries.memoryctl,
+                memoryctl: binaries.memoryctl.clone(),
                 mcp_port: config.mcp_port,
                 iapeer,
             },
             egress: if sandboxed { Egress::refusing(allowed) } else { Egress::live() },
+            binaries,
         }
     }
 }
@@ -174,34 +176,37 @@ impl Tools {
 pub struct Provisioner<'a> {
     pub paths: &'a Paths,
     pub files: &'a FileGuard,
-    pub egress: &'a Egress,
-    pub settings: &'a Settings,
-    pub vault: Option<&'a Path>,
+    pub tools: &'a Tools,
+    pub config: &'a Config,
     pub lock: &'a ProvisionLock,
-    pub lock_timeout: Duration,
     /// Asked while waiting for the lock (a shutting-down daemon stops).
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl Provisioner<'_> {
     fn surfaces(&self) -> Surfaces<'_> {
-        Surfaces { settings: self.settings, files: self.files, egress: self.egress }
+        Surfaces { settings: &self.tools.settings, files: self.files, egress: &self.tools.egress }
     }
 
     fn acquire(&self, what: &str) -> Result<ProvisionGuard<'_>, LockError> {
-        self.lock.acquire(what, self.lock_timeout, self.cancelled)
+        self.lock.acquire(what, self.config.lock_timeout, self.cancelled)
     }
 
     fn write_shims(&self, _held: &ProvisionGuard<'_>) -> Result<usize, ProvisionError> {
-        shims::write_all(self.files, &self.settings.hooks_dir, &self.settings.memoryctl, &self.settings.root)
-            .map_err(ProvisionError::Shims)
+        shims::write_all(
+            self.files,
+            &self.tools.settings.hooks_dir,
+            &self.tools.settings.memoryctl,
+            &self.tools.settings.root,
+        )
+        .map_err(ProvisionError::Shims)
     }
 
     fn fragment(&self, held: &ProvisionGuard<'_>, state: &mut SurfaceState, personality: &str, cwd: &Path) -> Outcome {
         let inputs = FragmentInputs {
             personality,
-            vault: self.vault,
-            mcp_port: (self.settings.mcp_port != 0).then_some(self.settings.mcp_port),
+            vault: self.config.vault.as_deref(),
+            mcp_port: (self.tools.settings.mcp_port != 0).then_some(self.tools.settings.mcp_port),
             ..FragmentInputs::default()
         };
         let outcome = self.surfaces().write_fragment(held, state, cwd, &fragment::render(&inputs));
@@ -213,22 +218,49 @@ impl Provisioner<'_> {
 
     /// Refreshes the fleet map from `iapeer list --json` (run without the
     /// lock), then stores it under the lock. A failure leaves the old map.
-    pub fn refresh_fleet(&self, refresh_interval: Duration) -> Result<fleet::Refreshed, fleet::RefreshError> {
-        let iapeer = self.settings.iapeer.clone().map_err(fleet::RefreshError::NoIapeer)?;
-        let listed = fleet::list(self.egress, &iapeer)?;
+    pub fn refresh_fleet(&self) -> Result<fleet::Refreshed, fleet::RefreshError> {
+        let iapeer = self.tools.settings.iapeer.clone().map_err(fleet::RefreshError::NoIapeer)?;
+        let listed = fleet::list(&self.tools.egress, &iapeer)?;
         let held = self.acquire("fleet-refresh")?;
-        fleet::store_refresh(&held, self.files, self.paths, listed, refresh_interval, SystemTime::now())
+        let interval = self.config.fleet_refresh_interval;
+        fleet::store_refresh(&held, self.files, self.paths, listed, interval, SystemTime::now())
     }
 
-    /// Provisions every session runtime of every peer, batch by batch,
-    /// releasing the lock in between. A foreign or unreadable slot stops
-    /// the sweep before it touches anything.
-    pub fn sweep(&self, peers: &[FleetPeer]) -> Result<SweepReport, ProvisionError> {
-        if let Some(refusal) = SlotState::read(&self.paths.slot).refusal(&self.paths.slot) {
-            return Err(ProvisionError::Slot(refusal));
+    /// Runs `each` over `items` in batches of about [`BATCH`], taking the
+    /// lock per batch and releasing it in between, so a birth or an
+    /// operator's request never waits behind a whole fleet. `first` runs
+    /// once, under the first batch's hold.
+    fn in_batches<T>(
+        &self,
+        what: &str,
+        items: &[T],
+        first: impl FnOnce(&ProvisionGuard<'_>) -> Result<(), ProvisionError>,
+        mut each: impl FnMut(&ProvisionGuard<'_>, &mut SurfaceState, &T),
+    ) -> Result<(), ProvisionError> {
+        let mut first = Some(first);
+        let mut next = 0;
+        while first.is_some() || next < items.len() {
+            if (self.cancelled)() {
+                return Err(ProvisionError::Lock(LockError::Cancelled));
+            }
+            let held = self.acquire(what)?;
+            if let Some(first) = first.take() {
+                first(&held)?;
+            }
+            let mut state = SurfaceState::load(&self.paths.surface_state);
+            let started = Instant::now();
+            while next < items.len() && started.elapsed() < BATCH {
+                each(&held, &mut state, &items[next]);
+                next += 1;
+            }
+            state.save(self.files, &self.paths.surface_state)?;
         }
-        let mut report = SweepReport::default();
-        let work: Vec<&FleetPeer> = peers
+        Ok(())
+    }
+
+    /// The peers a sweep works on; the others are reported skipped.
+    fn sweepable<'p>(peers: &'p [FleetPeer], skipped: &mut Vec<Skipped>) -> Vec<&'p FleetPeer> {
+        peers
             .iter()
             .filter(|peer| {
                 let reason = if peer.session_runtimes().next().is_none() {
@@ -239,51 +271,136 @@ impl Provisioner<'_> {
                     None
                 };
                 if let Some(reason) = &reason {
-                    report.skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
+                    skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
                 }
                 reason.is_none()
             })
-            .collect();
-        let mut next = 0;
-        let mut first = true;
-        while first || next < work.len() {
-            if (self.cancelled)() {
-                return Err(ProvisionError::Lock(LockError::Cancelled));
-            }
-            let held = self.acquire("sweep")?;
-            if first {
-                report.shims_written = self.write_shims(&held)?;
-                first = false;
-            }
-            let mut state = SurfaceState::load(&self.paths.surface_state);
-            let started = Instant::now();
-            while next < work.len() && started.elapsed() < BATCH {
-                let peer = work[next];
-                next += 1;
+            .collect()
+    }
+
+    /// Provisions every session runtime of every peer (and renders its
+    /// fragment), batch by batch. A foreign or unreadable slot stops the
+    /// sweep before it touches anything.
+    pub fn sweep(&self, peers: &[FleetPeer]) -> Result<SweepReport, ProvisionError> {
+        if let Some(refusal) = SlotState::read(&self.paths.slot).refusal(&self.paths.slot) {
+            return Err(ProvisionError::Slot(refusal));
+        }
+        let mut report = SweepReport::default();
+        let work = Self::sweepable(peers, &mut report.skipped);
+        let mut shims_written = 0;
+        self.in_batches(
+            "sweep",
+            &work,
+            |held| {
+                shims_written = self.write_shims(held)?;
+                Ok(())
+            },
+            |held, state, peer| {
                 for runtime in peer.session_runtimes() {
-                    let outcomes =
-                        match self.surfaces().provision(&held, &mut state, &peer.personality, &peer.cwd, runtime) {
-                            Ok(outcomes) => outcomes,
-                            Err(reason) => {
-                                report.skipped.push(Skipped { personality: peer.personality.clone(), reason });
-                                continue;
-                            }
-                        };
-                    report.writes += outcomes.iter().filter(|o| o.action == Action::Written).count();
-                    report.pairs.push(PairReport {
-                        personality: peer.personality.clone(),
-                        runtime: runtime.to_owned(),
-                        outcomes,
-                    });
+                    match self.surfaces().provision(held, state, &peer.personality, &peer.cwd, runtime) {
+                        Ok(outcomes) => {
+                            report.writes += outcomes.iter().filter(|o| o.action == Action::Written).count();
+                            report.pairs.push(PairReport {
+                                personality: peer.personality.clone(),
+                                runtime: runtime.to_owned(),
+                                outcomes,
+                            });
+                        }
+                        Err(reason) => report.skipped.push(Skipped { personality: peer.personality.clone(), reason }),
+                    }
                 }
-                if self.fragment(&held, &mut state, &peer.personality, &peer.cwd).action == Action::Written {
+                if self.fragment(held, state, &peer.personality, &peer.cwd).action == Action::Written {
                     report.fragments_written += 1;
                     report.writes += 1;
                 }
-            }
-            state.save(self.files, &self.paths.surface_state)?;
-        }
+            },
+        )?;
+        report.shims_written = shims_written;
         Ok(report)
+    }
+
+    /// What a sweep would change, changing nothing and taking no lock:
+    /// one report per session peer-runtime, `written` outcomes being drift.
+    pub fn inspect(&self, peers: &[FleetPeer]) -> (Vec<PairReport>, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let state = SurfaceState::load(&self.paths.surface_state);
+        let mut pairs = Vec::new();
+        for peer in Self::sweepable(peers, &mut skipped) {
+            for runtime in peer.session_runtimes() {
+                match self.surfaces().inspect(&state, &peer.personality, &peer.cwd, runtime) {
+                    Ok(outcomes) => pairs.push(PairReport {
+                        personality: peer.personality.clone(),
+                        runtime: runtime.to_owned(),
+                        outcomes,
+                    }),
+                    Err(reason) => skipped.push(Skipped { personality: peer.personality.clone(), reason }),
+                }
+            }
+        }
+        (pairs, skipped)
+    }
+
+    /// Re-renders every peer's fragment; (written, unchanged, failed).
+    pub fn render_fragments(&self, peers: &[FleetPeer]) -> Result<(usize, usize, usize), ProvisionError> {
+        let mut skipped = Vec::new();
+        let work = Self::sweepable(peers, &mut skipped);
+        let mut counts = (0, 0, 0);
+        self.in_batches(
+            "fragments",
+            &work,
+            |_| Ok(()),
+            |held, state, peer| match self.fragment(held, state, &peer.personality, &peer.cwd).action {
+                Action::Written => counts.0 += 1,
+                Action::Already => counts.1 += 1,
+                _ => counts.2 += 1,
+            },
+        )?;
+        Ok(counts)
+    }
+
+    /// Declares the slot with this version and these commands.
+    pub fn declare_slot(&self) -> Result<crate::slot::Declared, ProvisionError> {
+        let held = self.acquire("slot")?;
+        crate::slot::declare(&held, self.files, self.paths, &self.tools.settings.memoryctl, SystemTime::now()).map_err(
+            |e| match e {
+                crate::slot::SlotError::Refused(why) => ProvisionError::Slot(why),
+                crate::slot::SlotError::File(e) => ProvisionError::File(e),
+            },
+        )
+    }
+
+    /// `uninstall`'s last step: our slot (never a foreign one), the hook
+    /// shims and the launcher go. What was removed, by name.
+    pub fn remove_install(&self) -> Result<Vec<String>, ProvisionError> {
+        let held = self.acquire("uninstall")?;
+        let mut removed = Vec::new();
+        match crate::slot::remove(&held, self.files, self.paths) {
+            Ok(true) => removed.push("slot".to_owned()),
+            Ok(false) => {}
+            Err(crate::slot::SlotError::Refused(why)) => return Err(ProvisionError::Slot(why)),
+            Err(crate::slot::SlotError::File(e)) => return Err(e.into()),
+        }
+        for runtime in shims::SESSION_RUNTIMES {
+            for event in &shims::EVENTS {
+                if self.files.remove_file(&shims::shim_path(&self.tools.settings.hooks_dir, runtime, event))? {
+                    removed.push(format!("memoryd.{runtime}.{}.sh", event.shim));
+                }
+            }
+        }
+        self.files.remove_empty_dir(&self.tools.settings.hooks_dir)?;
+        if self.files.remove_file(&self.paths.launcher)? {
+            removed.push("launcher".to_owned());
+        }
+        Ok(removed)
+    }
+
+    /// Writes the hook shims and the launcher (0755, byte for byte); how
+    /// many files were (re)written.
+    pub fn write_launcher_and_shims(&self) -> Result<usize, ProvisionError> {
+        let held = self.acquire("launcher")?;
+        let script = crate::install::launcher_script(&self.tools.binaries.memoryd, &self.paths.root);
+        let launcher = self.files.write_if_changed(&self.paths.launcher, script.as_bytes(), Some(0o755))?;
+        Ok(self.write_shims(&held)? + usize::from(launcher == crate::files::WriteOutcome::Written))
     }
 
     /// `provision-peer`: a birth first adds the peer to the fleet map.

@@ -146,6 +146,16 @@ pub fn declare(
     Ok(Declared::Written)
 }
 
+/// Removes our slot (never another provider's, never one we cannot read);
+/// whether there was one.
+pub fn remove(_held: &ProvisionGuard<'_>, files: &FileGuard, paths: &Paths) -> Result<bool, SlotError> {
+    let state = SlotState::read(&paths.slot);
+    if let Some(refusal) = state.refusal(&paths.slot) {
+        return Err(SlotError::Refused(refusal));
+    }
+    Ok(files.remove_file(&paths.slot)?)
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {

@@ -205,7 +205,22 @@ fn run_case(case: &Case, failures: &mut Vec<String>) {
     let guard = lock.acquire("test", Duration::from_secs(1), &|| false).unwrap();
     let mut state = SurfaceState::default();
 
+    // Inspecting changes nothing, and predicts every write.
+    let laid_out = (read_tree(&peer), mtimes(&peer));
+    let predicted = surfaces.inspect(&state, "boris", &peer, case.runtime).unwrap();
+    if (read_tree(&peer), mtimes(&peer)) != laid_out {
+        failures.push(format!("{}: inspect changed the folder", case.name));
+    }
     let first = surfaces.provision(&guard, &mut state, "boris", &peer, case.runtime).unwrap();
+    for o in first.iter().filter(|o| o.action.as_str() == "written" && o.surface != "trust") {
+        if !predicted.iter().any(|p| p.surface == o.surface && p.action.as_str() == "written") {
+            failures.push(format!("{}: inspect did not predict the write of {}", case.name, o.surface));
+        }
+    }
+    let settled = surfaces.inspect(&state, "boris", &peer, case.runtime).unwrap();
+    if let Some(o) = settled.iter().find(|o| o.action.as_str() == "written") {
+        failures.push(format!("{}: inspect after provision still sees drift: {o:?}", case.name));
+    }
     check_golden(&format!("{}.outcomes", case.name), &outcome_lines(&first, &tmp_str), failures);
     check_golden(&format!("{}.after", case.name), &render_snapshot(&read_tree(&peer), &tmp_str), failures);
 

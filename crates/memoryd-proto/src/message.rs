@@ -291,3 +291,18 @@ pub struct PeerProvision {
     /// (accepted and logged).
     pub occasion: String,
 }
+
+/// `host.update` params.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateParams {
+    /// Step names to report `skip` instead of running.
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+/// `host.verify` params.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyParams {
+    #[serde(default)]
+    pub repair: bool,
+}

@@ -7,6 +7,8 @@ pub const HOST_RELOAD: &str = "host.reload";
 pub const HOST_SHUTDOWN: &str = "host.shutdown";
 pub const HOST_RESTART: &str = "host.restart";
 pub const HOST_SWEEP: &str = "host.sweep";
+pub const HOST_UPDATE: &str = "host.update";
+pub const HOST_VERIFY: &str = "host.verify";
 pub const PEER_PROVISION: &str = "peer.provision";
 pub const PEER_UNPROVISION: &str = "peer.unprovision";
 

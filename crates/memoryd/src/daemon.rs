@@ -53,6 +53,12 @@ pub struct Daemon {
     pub last_sweep: Mutex<Option<SweepStatus>>,
     /// The last fleet refresh error, logged once until it changes.
     pub refresh_error: Mutex<Option<String>>,
+    /// Set by an update or `host.restart` whose reply, once written,
+    /// starts the restart.
+    pub restart_pending: AtomicBool,
+    /// The shutdown under way is a restart onto `memoryd_bin` (exec, the
+    /// sockets handed over), not a stop.
+    pub restarting: AtomicBool,
 }
 
 /// What the daemon is built from at start-up.
@@ -89,6 +95,8 @@ impl Daemon {
             lock,
             last_sweep: Mutex::new(None),
             refresh_error: Mutex::new(None),
+            restart_pending: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
         }
     }
 
@@ -213,6 +221,32 @@ impl Service for Daemon {
                     "writes": report.writes,
                 }))
             }
+            methods::HOST_UPDATE => {
+                let params: memoryd_proto::UpdateParams = request.params()?;
+                if let Some(bad) = params.skip.iter().find(|s| !memoryd_core::update::STEPS.contains(&s.as_str())) {
+                    return Err(RpcError::new(
+                        ErrorKind::RequestInvalid,
+                        format!(
+                            "unknown step `{bad}` in skip; the steps are {}",
+                            memoryd_core::update::STEPS.join(", ")
+                        ),
+                    ));
+                }
+                Ok(self.update(params.skip, progress).await)
+            }
+            methods::HOST_VERIFY => {
+                let params: memoryd_proto::VerifyParams = request.params()?;
+                Ok(self.verify(params.repair, progress).await)
+            }
+            methods::HOST_RESTART => {
+                let tools =
+                    memoryd_core::provision::Tools::new(&self.paths, &self.config(), &self.running_exe, self.sandboxed);
+                let bin = tools.binaries.memoryd;
+                memoryd_core::install::check_executable(&bin)
+                    .map_err(|e| RpcError::new(ErrorKind::Internal, format!("cannot restart: {e}")))?;
+                self.restart_pending.store(true, Ordering::Relaxed);
+                Ok(json!({"restarting": true, "binary": bin, "pid": std::process::id()}))
+            }
             methods::PEER_PROVISION | methods::PEER_UNPROVISION => {
                 let params: PeerProvision = request.params()?;
                 let report = self.provision(params, request.method == methods::PEER_PROVISION).await?;
@@ -228,6 +262,13 @@ impl Service for Daemon {
     }
 
     fn after_reply(&self, method: &str) {
+        if matches!(method, methods::HOST_UPDATE | methods::HOST_RESTART)
+            && self.restart_pending.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(method, "restarting onto the installed memoryd, keeping the sockets open");
+            self.restarting.store(true, Ordering::Relaxed);
+            self.shutdown.begun.cancel();
+        }
         if method == methods::HOST_SHUTDOWN {
             tracing::info!("shutdown requested over the control socket");
             self.shutdown.begun.cancel();

@@ -2,6 +2,7 @@
 //! shared memory. See the README for operating it.
 
 mod daemon;
+mod inherit;
 mod provisioning;
 mod sdnotify;
 mod server;
@@ -17,6 +18,7 @@ use memoryd_core::instance::{self, InstanceError, InstanceLock};
 use memoryd_core::lock::ProvisionLock;
 use memoryd_core::paths::{self, Paths};
 use std::io::IsTerminal;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -87,10 +89,11 @@ fn fatal(code: u8) -> impl FnOnce(anyhow::Error) -> Fatal {
 }
 
 fn main() -> ExitCode {
+    let inherited = inherit::take_var();
     let args = Args::parse();
     init_logging(args.verbose);
     install_panic_log();
-    match run(args) {
+    match run(args, inherited) {
         Ok(code) => code,
         Err(Fatal { code, error }) => {
             eprintln!("memoryd: {error:#}");
@@ -124,6 +127,10 @@ struct RunFiles {
     files: FileGuard,
     pid: PathBuf,
     socket: Mutex<Option<PathBuf>>,
+    /// A close-on-exec duplicate of the control listener, kept for a
+    /// restart hand-off: it holds the socket open while the server's own
+    /// listener is dropped and the new image starts.
+    control: Mutex<Option<OwnedFd>>,
 }
 
 impl RunFiles {
@@ -143,7 +150,14 @@ impl Drop for RunFiles {
     }
 }
 
-fn run(args: Args) -> Result<ExitCode, Fatal> {
+/// How `serve` ended.
+enum Ending {
+    Exit(ExitCode),
+    /// Exec `memoryd_bin`, handing over the lock and the listener.
+    Restart,
+}
+
+fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
     // Step 1: the config.
     let env = |k: &str| std::env::var_os(k);
     let root = paths::resolve_root(args.root.as_deref(), env).map_err(|e| fatal(2)(e.into()))?;
@@ -173,17 +187,33 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
     }
     raise_nofile_limit();
 
-    // Step 3: one daemon per root.
-    let lock = match InstanceLock::acquire(&files, &paths) {
-        Ok(lock) => lock,
-        Err(e @ InstanceError::Held { .. }) => return Err(fatal(1)(e.into())),
-        Err(e) => {
-            return Err(fatal(1)(anyhow::Error::new(e).context("cannot take the single-instance lock")));
+    // Step 3: one daemon per root (after an exec hand-off: the lock and
+    // the control socket of the previous image, validated).
+    let mut inherited_control = None;
+    let lock = match inherited {
+        Some(spec) => {
+            let taken = inherit::adopt(&spec, &paths.instance_lock, &socket)
+                .context("the restart hand-off failed; the supervisor restarts memoryd")
+                .map_err(fatal(1))?;
+            inherited_control = Some(taken.control);
+            InstanceLock::from_inherited(taken.lock)
         }
+        None => match InstanceLock::acquire(&files, &paths) {
+            Ok(lock) => lock,
+            Err(e @ InstanceError::Held { .. }) => return Err(fatal(1)(e.into())),
+            Err(e) => {
+                return Err(fatal(1)(anyhow::Error::new(e).context("cannot take the single-instance lock")));
+            }
+        },
     };
     // Step 4: the pid, right after the lock.
     instance::write_pid(&files, &paths, &lock).map_err(|e| fatal(1)(e.into()))?;
-    let run_files = Arc::new(RunFiles { files: files.clone(), pid: paths.pid_file.clone(), socket: Mutex::new(None) });
+    let run_files = Arc::new(RunFiles {
+        files: files.clone(),
+        pid: paths.pid_file.clone(),
+        socket: Mutex::new(None),
+        control: Mutex::new(None),
+    });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -207,8 +237,25 @@ fn run(args: Args) -> Result<ExitCode, Fatal> {
         running_exe,
         lock: provision_lock,
     }));
-    let code = runtime.block_on(serve(daemon.clone(), run_files.clone()))?;
+    let ending = runtime.block_on(serve(daemon.clone(), run_files.clone(), inherited_control))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
+    let code = match ending {
+        Ending::Exit(code) => code,
+        Ending::Restart => {
+            let tools = memoryd_core::provision::Tools::new(
+                &daemon.paths,
+                &daemon.config(),
+                &daemon.running_exe,
+                daemon.sandboxed,
+            );
+            let Some(control) = run_files.control.lock().ok().and_then(|mut c| c.take()) else {
+                return Err(fatal(1)(anyhow::anyhow!("the control socket was not kept for the hand-off")));
+            };
+            let error = inherit::hand_off(&tools.egress, &tools.binaries.memoryd, lock.file().as_fd(), control.as_fd());
+            tracing::error!(error = %format!("{error:#}"), "restart failed; stopping cleanly so the supervisor restarts memoryd");
+            ExitCode::SUCCESS
+        }
+    };
     if code == ExitCode::SUCCESS
         && let Err(e) = daemon.files.remove_file(&daemon.paths.heartbeat)
     {
@@ -266,10 +313,24 @@ fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode, Fatal> {
-    let listener = bind_control_socket(&daemon).map_err(fatal(1))?;
+async fn serve(
+    daemon: Arc<Daemon>,
+    run_files: Arc<RunFiles>,
+    inherited: Option<std::os::unix::net::UnixListener>,
+) -> Result<Ending, Fatal> {
+    let listener = match inherited {
+        Some(listener) => {
+            tracing::info!("restarted in place: the lock and the control socket were handed over");
+            UnixListener::from_std(listener).context("cannot adopt the inherited control socket").map_err(fatal(1))?
+        }
+        None => bind_control_socket(&daemon).map_err(fatal(1))?,
+    };
     if let Ok(mut socket) = run_files.socket.lock() {
         *socket = Some(daemon.socket.clone());
+    }
+    let kept = listener.as_fd().try_clone_to_owned().context("cannot keep the control socket").map_err(fatal(1))?;
+    if let Ok(mut control) = run_files.control.lock() {
+        *control = Some(kept);
     }
 
     // Step 7: first heartbeat, tasks, READY=1, one line.
@@ -314,7 +375,10 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
     }
 
     daemon.shutdown.begun.cancelled().await;
-    sdnotify::notify("STOPPING=1");
+    let restarting = daemon.restarting.load(Ordering::Relaxed);
+    if !restarting {
+        sdnotify::notify("STOPPING=1");
+    }
     let grace = daemon.config().shutdown_grace;
     let shutdown = &daemon.shutdown;
     shutdown.connections.close();
@@ -330,8 +394,12 @@ async fn serve(daemon: Arc<Daemon>, run_files: Arc<RunFiles>) -> Result<ExitCode
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     let failed = daemon.failed.load(Ordering::Relaxed);
+    if restarting && !failed {
+        tracing::info!("drained; handing over to the new memoryd");
+        return Ok(Ending::Restart);
+    }
     tracing::info!(failed, "memoryd stopped");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(Ending::Exit(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }))
 }
 
 /// Runs a task; if it panics, the daemon stops with exit 1 (the supervisor

@@ -3,13 +3,20 @@
 //! [`Provisioner`], under the provision lock it shares with any `memoryctl`.
 
 use crate::daemon::Daemon;
+use crate::server::ProgressSink;
 use memoryd_core::fleet::{self, FleetDiff, FleetPeer, FleetRead};
+use memoryd_core::install::check_executable;
 use memoryd_core::lock::LockError;
 use memoryd_core::provision::{self, PeerReport, PeerRequest, ProvisionError, Provisioner, SweepReport, Tools};
+use memoryd_core::report::Tally;
+use memoryd_core::{update, verify};
+use memoryd_proto::ProgressStatus;
 use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{ErrorKind, RpcError};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 /// The refusal a caller sees for a provisioning failure.
@@ -41,11 +48,9 @@ impl Daemon {
             job(&Provisioner {
                 paths: &daemon.paths,
                 files: &daemon.files,
-                egress: &tools.egress,
-                settings: &tools.settings,
-                vault: config.vault.as_deref(),
+                tools: &tools,
+                config: &config,
                 lock: &daemon.lock,
-                lock_timeout: config.lock_timeout,
                 cancelled: &cancelled,
             })
         })
@@ -180,8 +185,7 @@ impl Daemon {
     /// Refreshes the map from `iapeer list --json`; a failure keeps the
     /// last map and is logged once per distinct error.
     pub async fn refresh_fleet(self: &Arc<Self>) {
-        let interval = self.config().fleet_refresh_interval;
-        let result = self.provisioning(move |p| p.refresh_fleet(interval)).await;
+        let result = self.provisioning(|p| p.refresh_fleet()).await;
         let error = result.as_ref().err().map(ToString::to_string);
         if let Ok(mut last) = self.refresh_error.lock()
             && *last != error
@@ -198,6 +202,62 @@ impl Daemon {
         {
             self.reload_fleet().await;
         }
+    }
+
+    /// `host.update`: steps 1 to 7 stream as progress; step 8 (the restart
+    /// onto `memoryd_bin`) happens after the reply, unless skipped.
+    pub async fn update(self: &Arc<Self>, skip: Vec<String>, progress: ProgressSink) -> Value {
+        let sink = progress.clone();
+        let problems = self
+            .provisioning(move |p| {
+                let mut send = |name: &str, status: ProgressStatus, detail: &str| sink.send(name, status, detail);
+                let mut tally = Tally::new(&mut send);
+                update::run(p, &skip, update::INIT_STEPS, &mut tally);
+                let bin = &p.tools.binaries.memoryd;
+                let restart = if skip.iter().any(|s| s == "memoryd") {
+                    tally.line("memoryd", ProgressStatus::Skip, "skipped on request");
+                    false
+                } else if let Err(e) = check_executable(bin) {
+                    tally.line("memoryd", ProgressStatus::Fail, &format!("cannot restart: {e}"));
+                    false
+                } else {
+                    let detail = format!("restarting onto {} after this reply; sockets stay open", bin.display());
+                    tally.line("memoryd", ProgressStatus::Ok, &detail);
+                    true
+                };
+                (tally.problems, restart)
+            })
+            .await;
+        let (problems, restart) = problems;
+        self.restart_pending.store(restart, Ordering::Relaxed);
+        json!({"ok": problems == 0, "problems": problems, "version": memoryd_core::VERSION, "restart": restart})
+    }
+
+    /// `host.verify`: every check in order, streamed; repairs when asked.
+    pub async fn verify(self: &Arc<Self>, repair: bool, progress: ProgressSink) -> Value {
+        let heartbeat = verify::heartbeat_from_disk(&self.paths.heartbeat, &self.config(), SystemTime::now());
+        let pid = std::process::id();
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let checks = self
+            .provisioning(move |p| {
+                let mut checks = Vec::new();
+                let ok = {
+                    let mut send = |name: &str, status: ProgressStatus, detail: &str| {
+                        progress.send(name, status, detail);
+                        checks.push(json!({"name": name, "status": status, "detail": detail}));
+                    };
+                    let mut tally = Tally::new(&mut send);
+                    verify::config(p.config, None, &mut tally);
+                    // The daemon runs these checks itself, so it is answering.
+                    tally.line("memoryd-heartbeat", heartbeat.0, &heartbeat.1);
+                    tally.line("memoryd-socket", ProgressStatus::Ok, &format!("answering (pid {pid})"));
+                    verify::Verify { p, repair, home }.rest(&mut tally);
+                    tally.problems == 0
+                };
+                (ok, checks)
+            })
+            .await;
+        json!({"ok": checks.0, "checks": checks.1})
     }
 
     /// `peer.provision` / `peer.unprovision`.

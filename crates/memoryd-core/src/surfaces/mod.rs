@@ -199,6 +199,13 @@ struct Folder<'r> {
     real: PathBuf,
     record: &'r mut PeerRecord,
     outcomes: Vec<Outcome>,
+    /// Inspect only: report what a provision would change, touch nothing.
+    dry: bool,
+}
+
+/// What a dry run says about a surface a provision would write.
+fn drift(existed: bool) -> String {
+    if existed { "not as memoryd writes it".to_owned() } else { "missing".to_owned() }
 }
 
 impl Folder<'_> {
@@ -275,11 +282,35 @@ impl Surfaces<'_> {
         cwd: &Path,
         runtime: &str,
     ) -> Result<Vec<Outcome>, String> {
+        self.ensure(state, personality, cwd, runtime, false)
+    }
+
+    /// What [`provision`](Self::provision) would change, changing nothing
+    /// (no lock, no write, no process): `written` outcomes are drift, their
+    /// detail says how. Codex hook trust is left to the trust check.
+    pub fn inspect(
+        &self,
+        state: &SurfaceState,
+        personality: &str,
+        cwd: &Path,
+        runtime: &str,
+    ) -> Result<Vec<Outcome>, String> {
+        self.ensure(&mut state.clone(), personality, cwd, runtime, true)
+    }
+
+    fn ensure(
+        &self,
+        state: &mut SurfaceState,
+        personality: &str,
+        cwd: &Path,
+        runtime: &str,
+        dry: bool,
+    ) -> Result<Vec<Outcome>, String> {
         if surface_names(runtime).is_none() {
             return Err(format!("no surfaces for runtime `{runtime}`"));
         }
         let real = cwd.canonicalize().map_err(|e| format!("cwd missing: {} ({e})", cwd.display()))?;
-        let mut folder = Folder { record: state.record(&real), real, outcomes: Vec::new() };
+        let mut folder = Folder { record: state.record(&real), real, outcomes: Vec::new(), dry };
         match runtime {
             "claude" => self.claude(&mut folder, personality, Direction::Ensure),
             _ => self.codex(&mut folder, personality, Direction::Ensure),
@@ -313,7 +344,7 @@ impl Surfaces<'_> {
             };
             return Ok(names.iter().map(absent).collect());
         };
-        let mut folder = Folder { record: state.record(&real), real, outcomes: Vec::new() };
+        let mut folder = Folder { record: state.record(&real), real, outcomes: Vec::new(), dry: false };
         match runtime {
             "claude" => self.claude(&mut folder, personality, Direction::Remove),
             _ => self.codex(&mut folder, personality, Direction::Remove),
@@ -350,7 +381,7 @@ impl Surfaces<'_> {
                 detail: Some(format!("cwd missing: {}", cwd.display())),
             };
         };
-        let mut folder = Folder { record: state.record(&real), real, outcomes: Vec::new() };
+        let mut folder = Folder { record: state.record(&real), real, outcomes: Vec::new(), dry: false };
         self.put_file(&mut folder, "fragment", FRAGMENT_PATH, text.as_bytes(), 0o700);
         folder.outcomes.pop().unwrap_or(Outcome {
             surface: "fragment".to_owned(),
@@ -446,6 +477,7 @@ impl Surfaces<'_> {
         };
         self.edit_file::<JsonFile>(folder, CODEX_HOOKS, vec![hooks]);
         match direction {
+            Direction::Ensure if folder.dry => {}
             Direction::Ensure => self.trust(folder),
             Direction::Remove => {
                 // Hook trust lives in the user's Codex config; we hold none.
@@ -502,8 +534,11 @@ impl Surfaces<'_> {
     /// Applies the edits of several surfaces to one file, read once and
     /// written at most once.
     fn edit_file<F: Format>(&self, folder: &mut Folder<'_>, rel: &str, edits: Vec<Edit<'_, F::Doc>>) {
+        let dry = folder.dry;
         let prepared = folder.locate(rel).map_err(Problem::from).and_then(|path| {
-            let _ = self.files.remove_stale_tmp(&path, STALE_TMP);
+            if !dry {
+                let _ = self.files.remove_stale_tmp(&path, STALE_TMP);
+            }
             let existing = read_optional(&path)?;
             let doc = match &existing {
                 Some(bytes) => F::parse(bytes).map_err(|e| format!("{}: {e}; left as it is", path.display()))?,
@@ -526,6 +561,8 @@ impl Surfaces<'_> {
         let only_removals = edits.iter().all(|e| e.direction == Direction::Remove);
         let written: Result<(), Problem> = if !changed {
             Ok(())
+        } else if dry {
+            Err(Problem { action: Action::Written, detail: drift(existed) })
         } else if only_removals
             && F::is_empty(&doc)
             && folder.relative(&path).is_some_and(|r| folder.record.created.contains(&r))
@@ -547,11 +584,17 @@ impl Surfaces<'_> {
 
     /// A whole file of ours, compared byte for byte.
     fn put_file(&self, folder: &mut Folder<'_>, surface: &str, rel: &str, bytes: &[u8], dir_mode: u32) {
+        let dry = folder.dry;
         let result = folder.locate(rel).map_err(Problem::from).and_then(|path| {
-            let _ = self.files.remove_stale_tmp(&path, STALE_TMP);
+            if !dry {
+                let _ = self.files.remove_stale_tmp(&path, STALE_TMP);
+            }
             let current = read_optional(&path)?;
             if current.as_deref() == Some(bytes) {
                 return Ok((path, false));
+            }
+            if dry {
+                return Err(Problem { action: Action::Written, detail: drift(current.is_some()) });
             }
             self.write(folder, &path, bytes, current.is_some(), dir_mode).map(|()| (path, true))
         });

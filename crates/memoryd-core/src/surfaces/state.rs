@@ -58,6 +58,11 @@ impl SurfaceState {
         self.folders.entry(folder.to_path_buf()).or_default()
     }
 
+    /// Every folder memoryd wired, with its record.
+    pub fn folders(&self) -> impl Iterator<Item = (&Path, &PeerRecord)> {
+        self.folders.iter().map(|(path, record)| (path.as_path(), record))
+    }
+
     /// Drops records that hold nothing any more.
     pub fn prune(&mut self) {
         self.folders.retain(|_, r| !r.is_empty());

@@ -1,0 +1,444 @@
+//! `verify [--repair]` (spec 30): one line per check, in order, repair
+//! where the table says so. Without repair nothing is written at all and
+//! no lock is taken.
+//!
+//! The daemon checks (`memoryd-heartbeat`, `memoryd-socket`) depend on who
+//! runs them, so the caller reports them between [`config`] and [`rest`].
+
+use crate::config::Config;
+use crate::fleet::{FleetPeer, FleetRead};
+use crate::heartbeat::Heartbeat;
+use crate::install::{check_executable, launcher_script};
+use crate::provision::{PairReport, Provisioner};
+use crate::report::Tally;
+use crate::slot::{self, SlotState};
+use crate::surfaces::{Action, shims};
+use memoryd_proto::ProgressStatus::{self, Fail, Ok as Good, Repaired, Skip, Warn};
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// The check names, in order.
+pub const CHECKS: [&str; 12] = [
+    "config",
+    "memoryd-heartbeat",
+    "memoryd-socket",
+    "memory-slot",
+    "fleet-map",
+    "peer-surfaces",
+    "peer-trust",
+    "launcher",
+    "mcp-endpoint",
+    "vault",
+    "provision-lock",
+    "store",
+];
+
+/// How long `iapeer trust-hooks --check` may take.
+const TRUST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `config`: the config loads and the vault, if set, is a readable dir.
+pub fn config(config: &Config, error: Option<&str>, out: &mut Tally<'_>) {
+    let (status, detail) = match (error, &config.vault) {
+        (Some(e), _) => (Fail, format!("{e}; fix that key (memoryctl config check)")),
+        (None, Some(vault)) if std::fs::read_dir(vault).is_err() => {
+            (Fail, format!("vault {} is not a readable directory; fix the `vault` key", vault.display()))
+        }
+        (None, _) => (Good, "loads".to_owned()),
+    };
+    out.line("config", status, &detail);
+}
+
+/// `memoryd-heartbeat` as read from disk: present, fresh, `watch=on`.
+pub fn heartbeat_from_disk(path: &Path, config: &Config, now: SystemTime) -> (ProgressStatus, String) {
+    let Some(beat) = Heartbeat::read(path) else {
+        return (Fail, format!("no heartbeat at {}: memoryd is not running", path.display()));
+    };
+    let age = beat.age(now);
+    let stale = config.heartbeat_stale_after;
+    if age > stale {
+        (Fail, format!("{}s old, past heartbeat_stale_after ({}s)", age.as_secs(), stale.as_secs()))
+    } else if !beat.watch_on {
+        (Fail, format!("{}s old, but watch=off: the fleet map is only polled", age.as_secs()))
+    } else {
+        (Good, format!("{}s old, watch=on", age.as_secs()))
+    }
+}
+
+/// Everything after the daemon checks.
+pub struct Verify<'a> {
+    pub p: &'a Provisioner<'a>,
+    pub repair: bool,
+    /// The user's home, where the agents keep their folder trust.
+    pub home: Option<PathBuf>,
+}
+
+impl Verify<'_> {
+    pub fn rest(&self, out: &mut Tally<'_>) {
+        self.slot(out);
+        self.fleet_map(out);
+        let peers = crate::update::map_peers(self.p).unwrap_or_default();
+        self.peer_surfaces(&peers, out);
+        self.peer_trust(&peers, out);
+        self.launcher(out);
+        self.mcp_endpoint(out);
+        self.vault(out);
+        self.provision_lock(out);
+        self.store(out);
+    }
+
+    fn slot(&self, out: &mut Tally<'_>) {
+        let paths = self.p.paths;
+        let state = SlotState::read(&paths.slot);
+        if let Some(refusal) = state.refusal(&paths.slot) {
+            return out.line("memory-slot", Fail, &refusal);
+        }
+        let problem = match &state {
+            SlotState::Ours(current) => {
+                let mut want = slot::expected(paths, &self.p.tools.settings.memoryctl, SystemTime::now());
+                want.registered_at = current.registered_at.clone();
+                if *current != want {
+                    Some(if current.version != want.version {
+                        format!("declares v{}, this is v{}", current.version, want.version)
+                    } else {
+                        "its heartbeat or provision commands are stale".to_owned()
+                    })
+                } else {
+                    check_executable(Path::new(&current.provision.command)).err()
+                }
+            }
+            _ => Some("empty: the iapeer core cannot find memoryd's provision commands".to_owned()),
+        };
+        let Some(problem) = problem else {
+            return out.line("memory-slot", Good, &format!("ours, v{}", crate::VERSION));
+        };
+        if !self.repair {
+            return out.line("memory-slot", Fail, &problem);
+        }
+        match self.p.declare_slot() {
+            Ok(_) => out.line("memory-slot", Repaired, &format!("{problem}; rewritten")),
+            Err(e) => out.line("memory-slot", Fail, &format!("{problem}; cannot rewrite: {e}")),
+        }
+    }
+
+    fn fleet_problem(&self) -> Option<String> {
+        let paths = self.p.paths;
+        match FleetRead::load(&paths.fleet_map) {
+            FleetRead::Map(map) if map.peers.is_empty() => return Some("the map lists no peer".to_owned()),
+            FleetRead::Map(_) => {}
+            other => return Some(other.describe()),
+        }
+        let limit = self.p.config.fleet_refresh_interval * 3;
+        let checked = std::fs::read_to_string(&paths.fleet_checked)
+            .ok()
+            .and_then(|t| humantime::parse_rfc3339(t.trim()).ok())
+            .map(|at| SystemTime::now().duration_since(at).unwrap_or_default());
+        match checked {
+            None => Some("never refreshed from iapeer (no fleet.checked)".to_owned()),
+            Some(age) if age > limit => {
+                Some(format!("last refreshed {}s ago, past 3 × fleet_refresh_interval", age.as_secs()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn fleet_map(&self, out: &mut Tally<'_>) {
+        let Some(problem) = self.fleet_problem() else {
+            let peers = crate::update::map_peers(self.p).map(|p| p.len()).unwrap_or(0);
+            return out.line("fleet-map", Good, &format!("{peers} peers, fresh"));
+        };
+        if !self.repair {
+            return out.line("fleet-map", Fail, &problem);
+        }
+        match self.p.refresh_fleet().map(|_| self.fleet_problem()) {
+            Ok(None) => out.line("fleet-map", Repaired, &format!("{problem}; refreshed from iapeer")),
+            Ok(Some(still)) => out.line("fleet-map", Fail, &format!("refreshed, but {still}")),
+            Err(e) => out.line("fleet-map", Fail, &format!("{problem}; refresh failed: {e}")),
+        }
+    }
+
+    fn peer_surfaces(&self, peers: &[FleetPeer], out: &mut Tally<'_>) {
+        let (pairs, _) = self.p.inspect(peers);
+        let total = pairs.len();
+        let mut drifted: Vec<PairReport> = pairs.into_iter().filter(is_drifted).collect();
+        if drifted.is_empty() {
+            return out.line("peer-surfaces", Good, &format!("{total} peer-runtime(s) in place"));
+        }
+        let mut repaired = 0;
+        if self.repair {
+            let names: Vec<&str> = drifted.iter().map(|d| d.personality.as_str()).collect();
+            let subset: Vec<FleetPeer> =
+                peers.iter().filter(|p| names.contains(&p.personality.as_str())).cloned().collect();
+            if let Err(e) = self.p.sweep(&subset) {
+                return out.line("peer-surfaces", Fail, &format!("cannot re-sweep the drifted peers: {e}"));
+            }
+            let before = drifted.len();
+            drifted = self.p.inspect(&subset).0.into_iter().filter(is_drifted).collect();
+            repaired = before - drifted.len();
+        }
+        for pair in &drifted {
+            let problems: Vec<String> = pair
+                .outcomes
+                .iter()
+                .filter(|o| matches!(o.action, Action::Written | Action::Failed))
+                .map(|o| format!("{}: {}", o.surface, o.detail.as_deref().unwrap_or("not in place")))
+                .collect();
+            let name = format!("peer-surfaces[{}:{}]", pair.personality, pair.runtime);
+            out.line(&name, Fail, &problems.join("; "));
+        }
+        match (drifted.len(), repaired) {
+            (0, n) => out.line("peer-surfaces", Repaired, &format!("{n} drifted peer-runtime(s) re-swept")),
+            (left, _) => out.line("peer-surfaces", Fail, &format!("{left} of {total} peer-runtime(s) not in place")),
+        }
+    }
+
+    fn peer_trust(&self, peers: &[FleetPeer], out: &mut Tally<'_>) {
+        let home = self.home.as_deref();
+        let claude_trust = home
+            .and_then(|h| std::fs::read(h.join(".claude.json")).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let codex_trust = home
+            .and_then(|h| std::fs::read_to_string(h.join(".codex/config.toml")).ok())
+            .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok());
+        let (mut warned, mut failed, mut repaired, mut checked) = (0, 0, 0, 0);
+        for peer in peers.iter().filter(|p| p.cwd.is_dir()) {
+            let keys = folder_keys(&peer.cwd);
+            for runtime in peer.session_runtimes() {
+                checked += 1;
+                let name = format!("peer-trust[{}:{runtime}]", peer.personality);
+                let trusted = match runtime {
+                    "claude" => keys.iter().any(|k| {
+                        claude_trust.as_ref().and_then(|v| v["projects"][k]["hasTrustDialogAccepted"].as_bool())
+                            == Some(true)
+                    }),
+                    _ => keys.iter().any(|k| {
+                        codex_trust
+                            .as_ref()
+                            .and_then(|d| d.get("projects")?.get(k)?.get("trust_level")?.as_str().map(str::to_owned))
+                            .as_deref()
+                            == Some("trusted")
+                    }),
+                };
+                if !trusted {
+                    warned += 1;
+                    let file = if runtime == "claude" { "~/.claude.json" } else { "~/.codex/config.toml" };
+                    out.line(
+                        &name,
+                        Warn,
+                        &format!(
+                            "{} is not trusted in {file}; the iapeer core trusts folders at birth",
+                            peer.cwd.display()
+                        ),
+                    );
+                }
+                if runtime == "codex" {
+                    match self.hook_trust(&peer.cwd) {
+                        HookTrust::Trusted => {}
+                        HookTrust::Repaired => repaired += 1,
+                        HookTrust::Unknown(why) => {
+                            warned += 1;
+                            out.line(&name, Skip, &why);
+                        }
+                        HookTrust::Untrusted(why) => {
+                            failed += 1;
+                            out.line(&name, Fail, &why);
+                        }
+                    }
+                }
+            }
+        }
+        let (status, detail) = match (failed, repaired, warned) {
+            (0, 0, 0) => (Good, format!("{checked} peer-runtime(s) trusted")),
+            (0, 0, w) => (Warn, format!("{w} finding(s) above; memoryd cannot change folder trust")),
+            (0, r, _) => (Repaired, format!("re-seeded Codex hook trust for {r} folder(s)")),
+            (f, _, _) => {
+                (Fail, format!("{f} Codex hooks.json not trusted: Codex skips untrusted hooks in headless sessions"))
+            }
+        };
+        out.line("peer-trust", status, &detail);
+    }
+
+    /// Asks the core whether our hooks.json is trusted; re-seeds it under
+    /// `--repair`.
+    fn hook_trust(&self, cwd: &Path) -> HookTrust {
+        let Ok(hooks) = cwd.join(".codex/hooks.json").canonicalize() else {
+            return HookTrust::Untrusted("no .codex/hooks.json (see peer-surfaces)".to_owned());
+        };
+        let iapeer = match &self.p.tools.settings.iapeer {
+            Ok(iapeer) => iapeer,
+            Err(why) => return HookTrust::Unknown(format!("cannot ask about hook trust: {why}")),
+        };
+        let check = self.p.tools.egress.run(
+            iapeer,
+            &[std::ffi::OsStr::new("trust-hooks"), hooks.as_os_str(), "--check".as_ref()],
+            None,
+            TRUST_TIMEOUT,
+        );
+        match check {
+            Ok(out) if out.success() => HookTrust::Trusted,
+            Ok(_) if self.repair => {
+                let seeded = self.p.tools.egress.run(
+                    iapeer,
+                    &[std::ffi::OsStr::new("trust-hooks"), hooks.as_os_str()],
+                    None,
+                    TRUST_TIMEOUT,
+                );
+                match seeded {
+                    Ok(out) if out.success() => HookTrust::Repaired,
+                    Ok(out) => HookTrust::Untrusted(format!(
+                        "{} is not trusted and `iapeer trust-hooks` failed: {}",
+                        hooks.display(),
+                        String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("no message")
+                    )),
+                    Err(e) => HookTrust::Untrusted(e.to_string()),
+                }
+            }
+            Ok(_) => HookTrust::Untrusted(format!("{} is not trusted by Codex", hooks.display())),
+            Err(e) if e.is_refusal() => HookTrust::Unknown(e.to_string()),
+            Err(e) => HookTrust::Untrusted(format!("cannot ask about hook trust: {e}")),
+        }
+    }
+
+    fn launcher(&self, out: &mut Tally<'_>) {
+        let settings = &self.p.tools.settings;
+        let mut wanted =
+            vec![(self.p.paths.launcher.clone(), launcher_script(&self.p.tools.binaries.memoryd, &self.p.paths.root))];
+        for runtime in shims::SESSION_RUNTIMES {
+            for event in &shims::EVENTS {
+                wanted.push((
+                    shims::shim_path(&settings.hooks_dir, runtime, event),
+                    shims::render(&settings.memoryctl, &settings.root, runtime, event),
+                ));
+            }
+        }
+        let wrong: Vec<String> = wanted
+            .iter()
+            .filter(|(path, bytes)| {
+                std::fs::read(path).ok().as_deref() != Some(bytes.as_bytes()) || check_executable(path).is_err()
+            })
+            .map(|(path, _)| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect();
+        if wrong.is_empty() {
+            return out.line("launcher", Good, "launcher and hook shims in place");
+        }
+        let problem = format!("missing, changed or not executable: {}", wrong.join(", "));
+        if !self.repair {
+            return out.line("launcher", Fail, &problem);
+        }
+        match self.p.write_launcher_and_shims() {
+            Ok(_) => out.line("launcher", Repaired, &format!("rewrote {}", wrong.join(", "))),
+            Err(e) => out.line("launcher", Fail, &format!("{problem}; cannot rewrite: {e}")),
+        }
+    }
+
+    fn mcp_endpoint(&self, out: &mut Tally<'_>) {
+        let port = self.p.config.mcp_port;
+        if port == 0 {
+            return out.line("mcp-endpoint", Skip, "mcp_port is 0: the endpoint is off");
+        }
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"memoryctl-verify","version":"1"}}}"#;
+        match self.p.tools.egress.http_post_loopback(port, "/mcp", body, Duration::from_secs(2)) {
+            Ok(200) => out.line("mcp-endpoint", Good, &format!("port {port} answers an MCP initialize")),
+            Ok(status) => {
+                out.line("mcp-endpoint", Fail, &format!("port {port} answered HTTP {status} to an MCP initialize"))
+            }
+            Err(e) => out.line("mcp-endpoint", Fail, &format!("port {port} does not answer: {e}")),
+        }
+    }
+
+    fn vault(&self, out: &mut Tally<'_>) {
+        match &self.p.config.vault {
+            None => out.line("vault", Skip, "no vault configured"),
+            Some(vault) => {
+                out.line("vault", Skip, &format!("{}: the vault index is not built in this version", vault.display()))
+            }
+        }
+    }
+
+    fn provision_lock(&self, out: &mut Tally<'_>) {
+        let path = &self.p.paths.provision_lock;
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return out.line("provision-lock", Good, "free (never taken yet)");
+            }
+            Err(e) => return out.line("provision-lock", Fail, &format!("cannot open {}: {e}", path.display())),
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                out.line("provision-lock", Good, "free; flock works here")
+            }
+            Err(TryLockError::WouldBlock) => {
+                let holder = crate::lock::read_holder(path);
+                let held_for = std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                let limit = self.p.config.lock_timeout * 4;
+                let detail = format!("held by {holder} for {}s", held_for.as_secs());
+                if held_for > limit {
+                    out.line("provision-lock", Fail, &format!("{detail}, more than 4 × lock_timeout"));
+                } else {
+                    out.line("provision-lock", Good, &detail);
+                }
+            }
+            Err(TryLockError::Error(e)) => out.line(
+                "provision-lock",
+                Fail,
+                &format!("flock does not work on {} ({e}); move the root to a local filesystem", path.display()),
+            ),
+        }
+    }
+
+    fn store(&self, out: &mut Tally<'_>) {
+        let dir = &self.p.paths.store;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(_) => return out.line("store", Good, "no presence, link or inbox data yet"),
+        };
+        let mut files = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                files += 1;
+                let parsed = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map(drop).map_err(|e| e.to_string()));
+                if let Err(e) = parsed {
+                    return out.line(
+                        "store",
+                        Fail,
+                        &format!("{} does not load: {e}; it is kept as it is", path.display()),
+                    );
+                }
+            }
+        }
+        out.line("store", Good, &format!("{files} file(s) load"));
+    }
+}
+
+enum HookTrust {
+    Trusted,
+    Repaired,
+    /// The check could not be made (no iapeer, the test sandbox).
+    Unknown(String),
+    Untrusted(String),
+}
+
+fn is_drifted(pair: &PairReport) -> bool {
+    pair.outcomes.iter().any(|o| matches!(o.action, Action::Written | Action::Failed))
+}
+
+/// The keys a folder may be trusted under: as the map names it and as its
+/// real path.
+fn folder_keys(cwd: &Path) -> Vec<String> {
+    let mut keys = vec![cwd.display().to_string()];
+    if let Ok(real) = cwd.canonicalize()
+        && real != cwd
+    {
+        keys.push(real.display().to_string());
+    }
+    keys
+}
