@@ -267,6 +267,10 @@ pub struct FakeIapeer {
     pub listing: PathBuf,
     /// One line per `trust-hooks` call.
     pub trust_log: PathBuf,
+    /// Each `send` call: its arguments, then its stdin.
+    pub send_log: PathBuf,
+    /// While this file exists, `trust-hooks --check` says "not trusted".
+    pub untrusted: PathBuf,
 }
 
 impl FakeIapeer {
@@ -297,12 +301,22 @@ impl Root {
     pub fn fake_iapeer(&self) -> FakeIapeer {
         let dir = self.dir.path().join("bin");
         std::fs::create_dir_all(&dir).unwrap();
-        let fake =
-            FakeIapeer { bin: dir.join("iapeer"), listing: dir.join("listing.json"), trust_log: dir.join("trust.log") };
+        let fake = FakeIapeer {
+            bin: dir.join("iapeer"),
+            listing: dir.join("listing.json"),
+            trust_log: dir.join("trust.log"),
+            send_log: dir.join("send.log"),
+            untrusted: dir.join("untrusted"),
+        };
         let script = format!(
-            "#!/bin/sh\ncase \"$1\" in\n  list) cat '{listing}' ;;\n  trust-hooks) echo \"$*\" >> '{log}'; echo trusted ;;\n  *) exit 2 ;;\nesac\n",
+            "#!/bin/sh\ncase \"$1\" in\n  list) cat '{listing}' ;;\n  \
+             trust-hooks) echo \"$*\" >> '{log}'\n    if [ \"$3\" = --check ]; then [ -e '{untrusted}' ] && exit 1; exit 0; fi\n    \
+             rm -f '{untrusted}'; echo trusted ;;\n  \
+             send) echo \"$*\" >> '{send}'; cat >> '{send}'; echo >> '{send}' ;;\n  *) exit 2 ;;\nesac\n",
             listing = fake.listing.display(),
             log = fake.trust_log.display(),
+            untrusted = fake.untrusted.display(),
+            send = fake.send_log.display(),
         );
         std::fs::write(&fake.bin, script).unwrap();
         std::fs::set_permissions(&fake.bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
