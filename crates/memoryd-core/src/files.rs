@@ -137,7 +137,9 @@ impl FileGuard {
             file.write_all(bytes).map_err(FileError::io("write", &tmp))?;
             file.set_permissions(Permissions::from_mode(mode)).map_err(FileError::io("chmod", &tmp))?;
             file.sync_data().map_err(FileError::io("sync", &tmp))?;
-            std::fs::rename(&tmp, path).map_err(FileError::io("rename into place", path))
+            std::fs::rename(&tmp, path).map_err(FileError::io("rename into place", path))?;
+            // The rename itself survives a crash only once the dir is synced.
+            File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::io("sync", dir))
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -225,6 +227,13 @@ impl FileGuard {
     pub fn set_mode(&self, path: &Path, mode: u32) -> Result<(), FileError> {
         self.check("chmod", path)?;
         std::fs::set_permissions(path, Permissions::from_mode(mode)).map_err(FileError::io("chmod", path))
+    }
+
+    /// Renames `from` to `to` (same filesystem; replaces `to`).
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<(), FileError> {
+        self.check("rename", from)?;
+        self.check("rename", to)?;
+        std::fs::rename(from, to).map_err(FileError::io("rename", from))
     }
 
     /// Deletes a file; `Ok(false)` when it was already gone.

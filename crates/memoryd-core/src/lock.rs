@@ -1,5 +1,9 @@
-//! The provision lock `S/provision.lock` (spec 20): every process that
-//! writes surfaces, the slot or the fleet map serialises on it.
+//! Cross-process file locks: the provision lock `S/provision.lock` (spec
+//! 20), on which every process that writes surfaces, the slot or the fleet
+//! map serialises, and the store lock `S/store/store.lock` (spec 40), on
+//! which every change of lasting presence, link and inbox state does. A
+//! marker type keeps their guards apart, so a function that needs one can
+//! never be handed the other.
 //!
 //! An in-process mutex guards the one open file description, then an
 //! exclusive `flock` on it is polled every 50 ms until the timeout, so a
@@ -11,6 +15,7 @@
 use crate::files::{FileError, FileGuard};
 use std::fs::{File, TryLockError};
 use std::io::{Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, TryLockError as MutexTryLockError};
 use std::time::{Duration, Instant};
@@ -19,9 +24,9 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("the provision lock {path} is busy: held by {holder} for more than {secs}s; try again when it is done", secs = waited.as_secs())]
+    #[error("the lock {path} is busy: held by {holder} for more than {secs}s; try again when it is done", secs = waited.as_secs())]
     Busy { path: PathBuf, holder: String, waited: Duration },
-    #[error("waiting for the provision lock was cancelled")]
+    #[error("waiting for a lock was cancelled")]
     Cancelled,
     #[error("cannot lock {path}: {error} (the filesystem may not support flock)")]
     Unsupported { path: PathBuf, error: std::io::Error },
@@ -29,30 +34,44 @@ pub enum LockError {
     File(#[from] FileError),
 }
 
-/// The lock of one root, opened once per process.
+/// Marks the provision lock.
 #[derive(Debug)]
-pub struct ProvisionLock {
+pub struct Provision;
+/// Marks the store lock.
+#[derive(Debug)]
+pub struct Store;
+
+/// A lock file, opened once per process.
+#[derive(Debug)]
+pub struct FileLock<K> {
     path: PathBuf,
     file: Mutex<File>,
+    kind: PhantomData<K>,
 }
 
-/// Proof that the provision lock is held; released on drop.
+/// Proof that a lock is held; released on drop.
 #[derive(Debug)]
-pub struct ProvisionGuard<'a> {
+pub struct Guard<'a, K> {
     file: MutexGuard<'a, File>,
+    kind: PhantomData<K>,
 }
 
-impl Drop for ProvisionGuard<'_> {
+pub type ProvisionLock = FileLock<Provision>;
+pub type ProvisionGuard<'a> = Guard<'a, Provision>;
+pub type StoreLock = FileLock<Store>;
+pub type StoreGuard<'a> = Guard<'a, Store>;
+
+impl<K> Drop for Guard<'_, K> {
     fn drop(&mut self) {
         let _ = self.file.unlock();
     }
 }
 
-impl ProvisionLock {
+impl<K> FileLock<K> {
     /// Opens (creating if missing, never deleting) the lock file.
-    pub fn open(files: &FileGuard, path: &Path) -> Result<ProvisionLock, LockError> {
+    pub fn open(files: &FileGuard, path: &Path) -> Result<FileLock<K>, LockError> {
         let file = files.open_lock_file(path)?;
-        Ok(ProvisionLock { path: path.to_path_buf(), file: Mutex::new(file) })
+        Ok(FileLock { path: path.to_path_buf(), file: Mutex::new(file), kind: PhantomData })
     }
 
     /// Takes the lock for `what`, polling until `timeout`; `cancelled` is
@@ -62,7 +81,7 @@ impl ProvisionLock {
         what: &str,
         timeout: Duration,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<ProvisionGuard<'_>, LockError> {
+    ) -> Result<Guard<'_, K>, LockError> {
         let started = Instant::now();
         loop {
             let inner = match self.file.try_lock() {
@@ -76,7 +95,7 @@ impl ProvisionLock {
                 match file.try_lock() {
                     Ok(()) => {
                         write_holder(&mut file, what);
-                        return Ok(ProvisionGuard { file });
+                        return Ok(Guard { file, kind: PhantomData });
                     }
                     Err(TryLockError::WouldBlock) => {}
                     Err(TryLockError::Error(error)) => {

@@ -1,0 +1,161 @@
+//! The embedded store `S/store/` (spec 00, 40, 50): presence, links and
+//! inboxes, safe across processes and crashes.
+//!
+//! Every change of lasting state is one call that takes the store lock,
+//! re-reads what it changes, writes the new document through a tmp file and
+//! a rename, and appends its events, before the lock is released: a check
+//! and its write are never two calls, so the daemon and an offline
+//! `memoryctl` can never overwrite each other's change. A document that
+//! does not parse is reported, never replaced.
+
+use crate::files::{FileError, FileGuard};
+use crate::lock::{LockError, StoreGuard, StoreLock};
+use crate::paths::Paths;
+use crate::presence::{Event, Presence, Refusal};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Rotate the event log past this size, keeping this many old ones.
+const EVENTS_MAX: u64 = 10 << 20;
+const EVENTS_KEPT: usize = 3;
+/// How long a store call waits for the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+    #[error("{path} does not load: {error}; it is kept as it is (fix or move it away)")]
+    Corrupt { path: PathBuf, error: String },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    File(#[from] FileError),
+}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> StoreError {
+        StoreError::Refused(r)
+    }
+}
+
+/// The store of one root.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    events: PathBuf,
+    files: FileGuard,
+    lock: StoreLock,
+}
+
+impl Store {
+    /// Opens the store, creating `S/store/` (0700) if missing.
+    pub fn open(paths: &Paths, files: &FileGuard) -> Result<Store, StoreError> {
+        files.create_dir_all(&paths.store, 0o700)?;
+        let lock = StoreLock::open(files, &paths.store.join("store.lock"))?;
+        Ok(Store { dir: paths.store.clone(), events: paths.events.clone(), files: files.clone(), lock })
+    }
+
+    fn presence_path(&self) -> PathBuf {
+        self.dir.join("presence.json")
+    }
+
+    fn hold(&self, what: &str) -> Result<StoreGuard<'_>, StoreError> {
+        Ok(self.lock.acquire(what, LOCK_WAIT, &|| false)?)
+    }
+
+    /// Reads the presence document (a consistent snapshot: files are only
+    /// ever replaced by rename).
+    pub fn presence(&self) -> Result<Presence, StoreError> {
+        read_doc(&self.presence_path())
+    }
+
+    /// One locked read-modify-write of the presence document; its events
+    /// are appended to the log before the lock is released.
+    pub fn change_presence<T>(
+        &self,
+        what: &str,
+        change: impl FnOnce(&mut Presence) -> Result<(T, Vec<Event>), Refusal>,
+    ) -> Result<T, StoreError> {
+        let held = self.hold(what)?;
+        let path = self.presence_path();
+        let mut doc: Presence = read_doc(&path)?;
+        let before = doc.clone();
+        let (value, events) = change(&mut doc)?;
+        if doc != before {
+            write_doc(&self.files, &path, &doc)?;
+        }
+        self.append_events(&held, &events)?;
+        Ok(value)
+    }
+
+    /// Appends events to `S/events.jsonl`, rotating it past 10 MiB.
+    pub fn append_events(&self, _held: &StoreGuard<'_>, events: &[Event]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if std::fs::metadata(&self.events).is_ok_and(|m| m.len() > EVENTS_MAX) {
+            for n in (1..EVENTS_KEPT).rev() {
+                let from = rotated(&self.events, n);
+                if from.exists() {
+                    self.files.rename(&from, &rotated(&self.events, n + 1))?;
+                }
+            }
+            self.files.rename(&self.events, &rotated(&self.events, 1))?;
+        }
+        let mut text = String::new();
+        for e in events {
+            text.push_str(&e.to_string());
+            text.push('\n');
+        }
+        let mut log = self.files.open_append(&self.events)?;
+        log.write_all(text.as_bytes()).map_err(FileError::io("append to", &self.events))?;
+        Ok(())
+    }
+
+    /// Runs `change` under the store lock with its guard (for documents
+    /// kept next to presence: links, inboxes).
+    pub fn with_lock<T>(
+        &self,
+        what: &str,
+        change: impl FnOnce(&StoreGuard<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let held = self.hold(what)?;
+        change(&held)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn files(&self) -> &FileGuard {
+        &self.files
+    }
+}
+
+/// `events.jsonl.<n>`.
+pub fn rotated(log: &Path, n: usize) -> PathBuf {
+    let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{n}"));
+    log.with_file_name(name)
+}
+
+/// A store document; a missing file is the empty document.
+pub fn read_doc<T: DeserializeOwned + Default>(path: &Path) -> Result<T, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), error: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(StoreError::Corrupt { path: path.to_path_buf(), error: e.to_string() }),
+    }
+}
+
+/// Writes a store document through a tmp file and a rename (fsynced).
+pub fn write_doc<T: Serialize>(files: &FileGuard, path: &Path, doc: &T) -> Result<(), FileError> {
+    let mut bytes = serde_json::to_vec_pretty(doc).unwrap_or_default();
+    bytes.push(b'\n');
+    files.write_atomic(path, &bytes, Some(0o600))
+}
