@@ -2,7 +2,7 @@
 //! streamed progress.
 
 use memoryd_proto::message::Incoming;
-use memoryd_proto::{Hello, HelloResult, PROTOCOL_VERSION, Progress, Request, RpcError, methods};
+use memoryd_proto::{Hello, HelloResult, Notification, PROTOCOL_VERSION, Request, RpcError, methods};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Client {
         &mut self,
         method: &str,
         params: Value,
-        mut on_progress: impl FnMut(Progress),
+        mut on_notification: impl FnMut(Notification),
     ) -> Result<Result<Value, RpcError>, String> {
         let id = self.next_id;
         self.next_id += 1;
@@ -86,12 +86,7 @@ impl Client {
                 });
             }
             match Incoming::decode(buf.as_bytes())? {
-                Incoming::Notification(n) if n.method == methods::HOST_PROGRESS => {
-                    if let Ok(progress) = serde_json::from_value::<Progress>(n.params) {
-                        on_progress(progress);
-                    }
-                }
-                Incoming::Notification(_) => {}
+                Incoming::Notification(n) => on_notification(n),
                 // A refusal sent before any request was read has a null id.
                 Incoming::Response(r) if r.id == id || r.id.is_null() => {
                     return Ok(r.outcome);

@@ -1,20 +1,31 @@
 //! `memoryctl hook <event>`: what the hook shims run inside an agent's
-//! session. It always exits 0 and prints nothing unless it has something
-//! to deliver: an agent treats exit 2 from a hook as "block this prompt",
-//! so a broken memoryd must never stand in an agent's way. Problems go to
-//! one line in `R/logs/memoryd/hook-errors.log`.
+//! session (spec 40). It always exits 0 and prints nothing unless it has
+//! something to deliver: an agent treats exit 2 from a hook as "block this
+//! prompt", so a broken memoryd must never stand in an agent's way. It
+//! finishes within 2 s (session-end within 1 s); problems go to one line
+//! each in `R/logs/memoryd/hook-errors.log`.
 
+use crate::client::{Client, ConnectError};
+use memoryd_core::config;
+use memoryd_core::egress::Egress;
 use memoryd_core::files::FileGuard;
+use memoryd_core::fleet::FleetRead;
+use memoryd_core::names::split_node_id;
 use memoryd_core::paths::Paths;
+use memoryd_proto::{ErrorKind, RpcError, methods};
+use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::time::SystemTime;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The most of the agent's hook JSON we read from stdin.
 const MAX_STDIN: u64 = 1 << 20;
 
 /// The hook events the shims call.
 pub const EVENTS: [&str; 4] = ["session-start", "prompt-submit", "post-tool", "session-end"];
+
+/// Programs that stand between the agent and its hook command.
+const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "fish", "busybox"];
 
 #[derive(Debug, clap::Args)]
 pub struct HookArgs {
@@ -28,35 +39,140 @@ pub struct HookArgs {
     client_version: Option<String>,
 }
 
-/// Runs the hook: reads the agent's hook JSON and checks it. Session
-/// presence and message delivery build on this (spec 40, 50).
-pub fn run(paths: &Paths, args: &HookArgs) {
-    let mut input = Vec::new();
-    let read = std::io::stdin().take(MAX_STDIN).read_to_end(&mut input);
-    let problem = if !EVENTS.contains(&args.event.as_str()) {
-        Some(format!("unknown hook event `{}`", args.event))
-    } else if let Err(e) = read {
-        Some(format!("cannot read the hook's stdin: {e}"))
-    } else if !input.iter().all(u8::is_ascii_whitespace)
-        && let Err(e) = serde_json::from_slice::<serde_json::Value>(&input)
-    {
-        Some(format!("the hook's stdin is not JSON: {e}"))
-    } else {
-        None
+/// Everything a hook knows once it has read its input.
+struct Hook<'a> {
+    args: &'a HookArgs,
+    node: String,
+    session: String,
+}
+
+/// Runs the hook within its time budget; never fails.
+pub async fn run(paths: &Paths, args: &HookArgs) {
+    let budget = if args.event == "session-end" { Duration::from_secs(1) } else { Duration::from_secs(2) };
+    let deadline = Instant::now() + budget - Duration::from_millis(100);
+    let outcome = tokio::time::timeout_at(deadline.into(), handle(paths, args, deadline)).await;
+    let problem = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(problem)) => Some(problem),
+        Err(_) => Some(format!("gave up after {}ms", budget.as_millis())),
     };
     if let Some(problem) = problem {
-        log_error(paths, &format!("{} ({:?}, runtime {:?})", problem, args.event, args.runtime));
+        log_error(paths, &format!("{} ({}): {problem}", args.event, args.runtime.as_deref().unwrap_or("?")));
     }
+}
+
+async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(), String> {
+    if !EVENTS.contains(&args.event.as_str()) {
+        return Err(format!("unknown hook event `{}`", args.event));
+    }
+    let input = read_stdin().await?;
+    let session = input["session_id"].as_str().filter(|s| !s.is_empty()).ok_or("the hook's JSON has no session_id")?;
+    let cwd = input["cwd"].as_str().map(Path::new);
+    let node = node_of(paths, args.runtime.as_deref(), cwd)?;
+    let env = |k: &str| std::env::var_os(k);
+    let (file, required) = paths.config_file(env);
+    let config = config::load(&file, required, env, &Vec::new()).map(|l| l.config).unwrap_or_default();
+    let socket = config.socket(paths);
+    let hook = Hook { args, node, session: session.to_owned() };
+    let mut client = match Client::connect(&socket, remaining(deadline)).await {
+        Ok(client) => client,
+        Err(ConnectError::NotAnswering(why)) | Err(ConnectError::Refused(RpcError { message: why, .. })) => {
+            return Err(format!("memoryd does not answer: {why}"));
+        }
+    };
+    match args.event.as_str() {
+        "session-start" => attach(&mut client, &hook).await,
+        "session-end" => {
+            // Sent; the daemon finishes it even after we are gone.
+            let params = json!({"nodeId": hook.node, "sessionId": hook.session, "reason": "session-end"});
+            call(&mut client, methods::RUNTIMENODE_DETACH, params).await.map(drop).map_err(|e| e.message)
+        }
+        _ => {
+            let params = json!({"nodeId": hook.node, "sessionId": hook.session, "healthState": "online"});
+            match call(&mut client, methods::RUNTIMENODE_HEARTBEAT, params).await {
+                Err(e) if e.kind() == Some(ErrorKind::RuntimenodeNotAttached) => attach(&mut client, &hook).await,
+                other => other.map(drop).map_err(|e| e.message),
+            }
+        }
+    }
+}
+
+async fn attach(client: &mut Client, hook: &Hook<'_>) -> Result<(), String> {
+    let version = hook.args.client_version.clone().unwrap_or_else(|| "0.0".to_owned());
+    let params = json!({
+        "sessionId": hook.session,
+        "nodeId": hook.node,
+        "clientVersion": version,
+        "capabilities": {"hooks": EVENTS},
+        "healthState": "online",
+        "pid": agent_pid(),
+    });
+    call(client, methods::RUNTIMENODE_ATTACH, params).await.map(drop).map_err(|e| e.message)
+}
+
+async fn call(client: &mut Client, method: &str, params: Value) -> Result<Value, RpcError> {
+    match client.call(method, params, |_| {}).await {
+        Ok(outcome) => outcome,
+        Err(lost) => Err(RpcError::new(ErrorKind::Internal, lost)),
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+async fn read_stdin() -> Result<Value, String> {
+    let read = tokio::task::spawn_blocking(|| {
+        let mut input = Vec::new();
+        std::io::stdin().take(MAX_STDIN).read_to_end(&mut input).map(|_| input)
+    });
+    let input = read.await.map_err(|e| e.to_string())?.map_err(|e| format!("cannot read the hook's stdin: {e}"))?;
+    serde_json::from_slice(&input).map_err(|e| format!("the hook's stdin is not JSON: {e}"))
+}
+
+/// The node: `PEER_IDENTITY`, else `<runtime>-<personality>` of the fleet
+/// peer whose folder is the hook's cwd.
+fn node_of(paths: &Paths, runtime: Option<&str>, cwd: Option<&Path>) -> Result<String, String> {
+    if let Ok(identity) = std::env::var("PEER_IDENTITY")
+        && split_node_id(&identity).is_some()
+    {
+        return Ok(identity);
+    }
+    let runtime = runtime.ok_or("no --runtime and no PEER_IDENTITY")?;
+    let cwd = cwd.ok_or("the hook's JSON has no cwd and PEER_IDENTITY is not set")?;
+    let real = cwd.canonicalize().unwrap_or_else(|_| cwd.to_path_buf());
+    let FleetRead::Map(map) = FleetRead::load(&paths.fleet_map) else {
+        return Err("there is no fleet map to find the peer in".to_owned());
+    };
+    map.peers
+        .iter()
+        .find(|p| p.cwd == cwd || p.cwd.canonicalize().is_ok_and(|c| c == real))
+        .map(|p| format!("{runtime}-{}", p.personality))
+        .ok_or_else(|| format!("no fleet peer lives in {}", cwd.display()))
+}
+
+/// The agent process: the nearest ancestor that is not a shell.
+fn agent_pid() -> Option<i32> {
+    let egress = Egress::refusing(Vec::new());
+    let mut pid = i32::try_from(std::os::unix::process::parent_id()).ok()?;
+    for _ in 0..8 {
+        let info = egress.probe(pid)?;
+        let name = Path::new(&info.argv0).file_name().map(|n| n.to_string_lossy().trim_start_matches('-').to_owned());
+        if !name.is_some_and(|n| SHELLS.contains(&n.as_str())) {
+            return Some(pid);
+        }
+        pid = egress.parent_of(pid)?;
+    }
+    None
 }
 
 /// Appends one line to `hook-errors.log`; failing that, says nothing.
 pub fn log_error(paths: &Paths, line: &str) {
     let files = FileGuard::from_env(&[&paths.root]);
-    let log: PathBuf = paths.logs.join("hook-errors.log");
     if files.create_dir_all(&paths.logs, 0o700).is_err() {
         return;
     }
-    if let Ok(mut file) = files.open_append(&log) {
+    if let Ok(mut file) = files.open_append(&paths.logs.join("hook-errors.log")) {
         let at = humantime::format_rfc3339_seconds(SystemTime::now());
         let _ = writeln!(file, "{at} {line}");
     }

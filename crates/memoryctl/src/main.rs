@@ -6,6 +6,7 @@ mod hook_cmd;
 mod install_cmd;
 mod ops_cmd;
 mod output;
+mod presence_cmd;
 mod provision_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -115,6 +116,35 @@ enum Command {
     /// Only memoryd's part of each file goes; files and dirs memoryd created
     /// go when nothing else is in them. A vanished folder reports `absent`.
     UnprovisionPeer(provision_cmd::PeerArgs),
+    /// Record an agent session's attach (for scripts; the hooks do it too)
+    Attach(presence_cmd::NodeArgs),
+    /// Record a heartbeat of a node's active session
+    Heartbeat(presence_cmd::NodeArgs),
+    /// Detach a node's active session
+    Detach(presence_cmd::NodeArgs),
+    /// The roster: every node's session, state, health, version and pid
+    Peers,
+    /// Revoke a node (terminal until `unrevoke` or a new birth)
+    Revoke {
+        /// <runtime>-<personality>
+        node: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a node's revocation
+    Unrevoke {
+        /// <runtime>-<personality>
+        node: String,
+    },
+    /// Print the presence event log (S/events.jsonl)
+    Events {
+        /// Keep printing new events as they happen
+        #[arg(long)]
+        follow: bool,
+        /// Only this node's events
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+    },
     /// Run by the hook shims inside an agent session; always exits 0
     ///
     /// Reads the agent's hook JSON on stdin. It prints nothing unless it
@@ -162,6 +192,13 @@ impl Command {
             Command::ProvisionPeer(_) => "provision-peer",
             Command::UnprovisionPeer(_) => "unprovision-peer",
             Command::Hook(_) => "hook",
+            Command::Attach(_) => "attach",
+            Command::Heartbeat(_) => "heartbeat",
+            Command::Detach(_) => "detach",
+            Command::Peers => "peers",
+            Command::Revoke { .. } => "revoke",
+            Command::Unrevoke { .. } => "unrevoke",
+            Command::Events { .. } => "events",
             Command::Daemon { action: DaemonAction::Start } => "daemon start",
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Config { .. } => "config check",
@@ -270,9 +307,27 @@ impl Ctx {
         client: &mut Client,
         method: &str,
         params: Value,
-        on_progress: impl FnMut(memoryd_proto::Progress),
+        mut on_progress: impl FnMut(memoryd_proto::Progress),
     ) -> anyhow::Result<Result<Value, RpcError>> {
-        let call = client.call(method, params, on_progress);
+        self.call_raw(client, method, params, |n| {
+            if n.method == methods::HOST_PROGRESS
+                && let Ok(progress) = serde_json::from_value(n.params)
+            {
+                on_progress(progress);
+            }
+        })
+        .await
+    }
+
+    /// One request, every notification handed to `on_notification`.
+    pub async fn call_raw(
+        &self,
+        client: &mut Client,
+        method: &str,
+        params: Value,
+        on_notification: impl FnMut(memoryd_proto::Notification),
+    ) -> anyhow::Result<Result<Value, RpcError>> {
+        let call = client.call(method, params, on_notification);
         let outcome = match self.timeout {
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
@@ -299,11 +354,17 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     if let Command::Hook(args) = &cli.command {
-        // No config, no daemon needed to fail open: only the root.
-        if let Ok(root) = paths::resolve_root(cli.root.as_deref(), |k| std::env::var_os(k)) {
-            hook_cmd::run(&Paths::new(root), args);
+        // Nothing here may fail the hook: a missing root, config or daemon
+        // is logged and the agent goes on.
+        if let Ok(root) = paths::resolve_root(cli.root.as_deref(), |k| std::env::var_os(k))
+            && let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
+        {
+            rt.block_on(hook_cmd::run(&Paths::new(root), args));
+            // A stdin read that never ends must not hold the agent.
+            rt.shutdown_background();
         }
-        return ExitCode::SUCCESS;
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::process::exit(0);
     }
     init_logging(cli.verbose);
     let verb = cli.command.verb();
@@ -363,6 +424,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
         // Handled in `main`, before anything that could fail.
         Command::Hook(_) => Ok(ExitCode::SUCCESS),
+        Command::Attach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_ATTACH, args).await,
+        Command::Heartbeat(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_HEARTBEAT, args).await,
+        Command::Detach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_DETACH, args).await,
+        Command::Peers => presence_cmd::peers(&ctx).await,
+        Command::Revoke { node, reason } => presence_cmd::revocation(&ctx, &node, reason, true).await,
+        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, None, false).await,
+        Command::Events { follow, node } => presence_cmd::events(&ctx, follow, node).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),

@@ -11,6 +11,7 @@ use memoryd_core::install::Binaries;
 use memoryd_core::instance;
 use memoryd_core::lock::ProvisionLock;
 use memoryd_core::provision::{self, Failure, PeerReport, PeerRequest, Provisioner, Tools};
+use memoryd_core::store::Store;
 use memoryd_core::surfaces::Action;
 use memoryd_proto::{ErrorKind, methods};
 use serde_json::{Value, json};
@@ -101,8 +102,16 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
     let lock = ProvisionLock::open(&files, &ctx.paths.provision_lock)?;
     let running = Binaries::running().context("cannot find this memoryctl binary")?;
     let tools = Tools::new(&ctx.paths, config, &running, files.is_sandboxed());
-    let provisioner =
-        Provisioner { paths: &ctx.paths, files: &files, tools: &tools, config, lock: &lock, cancelled: &|| false };
+    let store = Store::open(&ctx.paths, &files)?;
+    let provisioner = Provisioner {
+        paths: &ctx.paths,
+        files: &files,
+        tools: &tools,
+        config,
+        store: &store,
+        lock: &lock,
+        cancelled: &|| false,
+    };
     Ok(job(&provisioner))
 }
 

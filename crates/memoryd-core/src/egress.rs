@@ -175,6 +175,14 @@ impl Egress {
         probe_process(pid)
     }
 
+    /// The parent of `pid`, or None when it is gone.
+    pub fn parent_of(&self, pid: i32) -> Option<i32> {
+        if pid <= 1 {
+            return None;
+        }
+        parent_process(pid)
+    }
+
     /// Whether `pid` has `path` open (Linux: `/proc/<pid>/fd`).
     pub fn has_open(&self, pid: i32, path: &Path) -> bool {
         let Ok(wanted) = path.canonicalize() else {
@@ -284,6 +292,19 @@ fn probe_process(pid: i32) -> Option<ProcessInfo> {
 }
 
 #[cfg(target_os = "linux")]
+fn parent_process(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 4 (ppid) comes after the parenthesised command name.
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn parent_process(pid: i32) -> Option<i32> {
+    let out = Command::new("/bin/ps").args(["-o", "ppid=", "-p", &pid.to_string()]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[cfg(target_os = "linux")]
 fn has_open_file(pid: i32, wanted: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
@@ -330,5 +351,7 @@ mod tests {
         assert!(!me.cmdline.is_empty());
         assert_eq!(Egress::live().probe(std::process::id() as i32).unwrap().start_time, me.start_time);
         assert!(Egress::live().probe(0).is_none());
+        let me = std::process::id() as i32;
+        assert_eq!(Egress::live().parent_of(me), Some(nix::unistd::getppid().as_raw()));
     }
 }

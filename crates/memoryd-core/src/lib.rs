@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod egress;
+pub mod events;
 pub mod files;
 pub mod fleet;
 pub mod fragment;

@@ -4,6 +4,7 @@
 //! transition without sleeping. The store ([`crate::store`]) runs each of
 //! these inside one locked read-modify-write.
 
+use crate::config::ClientVersion;
 use crate::names::split_node_id;
 use memoryd_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
@@ -111,7 +112,7 @@ pub type Event = Value;
 pub struct Rules {
     pub degraded_after: Duration,
     pub offline_after: Duration,
-    pub floor: Option<(u64, u64)>,
+    pub floor: Option<ClientVersion>,
 }
 
 /// `runtimenode.attach` params.
@@ -176,19 +177,13 @@ fn parse_time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(text).ok()
 }
 
-/// `MAJOR.MINOR` as numbers; None when it does not match
-/// `^(0|[1-9]\d*)\.(0|[1-9]\d*)$`.
-pub fn parse_version(text: &str) -> Option<(u64, u64)> {
-    let (major, minor) = text.split_once('.')?;
-    let number = |s: &str| {
-        let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
-        if digits { s.parse::<u64>().ok() } else { None }
-    };
-    Some((number(major)?, number(minor)?))
+/// `MAJOR.MINOR` as numbers; None when it is not one.
+pub fn parse_version(text: &str) -> Option<ClientVersion> {
+    text.parse().ok()
 }
 
 /// Whether a client of `version` is below the floor (read-only).
-pub fn is_read_only(version: Option<&str>, floor: Option<(u64, u64)>) -> bool {
+pub fn is_read_only(version: Option<&str>, floor: Option<ClientVersion>) -> bool {
     match (floor, version.and_then(parse_version)) {
         (None, _) => false,
         (Some(_), None) => true,
@@ -197,8 +192,8 @@ pub fn is_read_only(version: Option<&str>, floor: Option<(u64, u64)>) -> bool {
 }
 
 /// The refusal of a write by a read-only node.
-pub fn floor_refusal(node: &str, version: Option<&str>, floor: (u64, u64)) -> Refusal {
-    let min = format!("{}.{}", floor.0, floor.1);
+pub fn floor_refusal(node: &str, version: Option<&str>, floor: ClientVersion) -> Refusal {
+    let min = floor.to_string();
     Refusal {
         kind: ErrorKind::VersionFloorExceeded,
         message: format!(
@@ -666,7 +661,7 @@ impl Presence {
     }
 
     /// One row per node: its active session, else its newest row.
-    pub fn roster(&self, floor: Option<(u64, u64)>) -> Vec<RosterRow> {
+    pub fn roster(&self, floor: Option<ClientVersion>) -> Vec<RosterRow> {
         let mut by_node: BTreeMap<&str, &Attachment> = BTreeMap::new();
         for row in &self.attachments {
             let better = match by_node.get(row.node_id.as_str()) {
@@ -717,7 +712,11 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
     }
 
-    fn rules(floor: Option<(u64, u64)>) -> Rules {
+    fn v(major: u32, minor: u32) -> Option<ClientVersion> {
+        Some(ClientVersion { major, minor })
+    }
+
+    fn rules(floor: Option<ClientVersion>) -> Rules {
         Rules { degraded_after: Duration::from_secs(30), offline_after: Duration::from_secs(60), floor }
     }
 
@@ -858,20 +857,21 @@ mod tests {
 
     #[test]
     fn the_version_floor_compares_numbers_and_is_derived_at_read_time() {
-        assert_eq!(parse_version("10.0"), Some((10, 0)));
+        assert_eq!(parse_version("10.0"), v(10, 0));
         assert!(parse_version("10.0") > parse_version("9.0"));
         assert_eq!(parse_version("01.0"), None);
         assert_eq!(parse_version("1"), None);
         assert!(!is_read_only(Some("9.0"), None));
-        assert!(is_read_only(Some("9.9"), Some((10, 0))));
-        assert!(!is_read_only(Some("10.0"), Some((10, 0))));
-        assert!(is_read_only(None, Some((1, 0))), "no known version under a floor is read-only");
+        assert!(is_read_only(Some("9.9"), v(10, 0)));
+        assert!(!is_read_only(Some("10.0"), v(10, 0)));
+        assert!(is_read_only(None, v(1, 0)), "no known version under a floor is read-only");
         let mut p = Presence::default();
-        let (a, _) = p.attach(&req("s1", "1.0", None), true, &rules(Some((2, 0))), at(0), &probe).unwrap();
+        let (a, _) = p.attach(&req("s1", "1.0", None), true, &rules(v(2, 0)), at(0), &probe).unwrap();
         assert!(a.read_only, "admitted, read-only");
-        assert!(p.roster(Some((2, 0)))[0].read_only);
-        assert!(!p.roster(Some((1, 0)))[0].read_only, "lowering the floor frees it");
-        let refusal = floor_refusal("claude-boris", p.active_version("claude-boris"), (2, 0));
+        assert!(p.roster(v(2, 0))[0].read_only);
+        assert!(!p.roster(v(1, 0))[0].read_only, "lowering the floor frees it");
+        let refusal =
+            floor_refusal("claude-boris", p.active_version("claude-boris"), ClientVersion { major: 2, minor: 0 });
         assert_eq!(refusal.kind, ErrorKind::VersionFloorExceeded);
         assert_eq!(refusal.details.unwrap()["acceptedRange"]["min"], "2.0");
     }

@@ -178,6 +178,7 @@ pub struct Provisioner<'a> {
     pub files: &'a FileGuard,
     pub tools: &'a Tools,
     pub config: &'a Config,
+    pub store: &'a crate::store::Store,
     pub lock: &'a ProvisionLock,
     /// Asked while waiting for the lock (a shutting-down daemon stops).
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
@@ -418,6 +419,8 @@ impl Provisioner<'_> {
                 &request.runtime,
                 SystemTime::now(),
             )? == crate::files::WriteOutcome::Written;
+            // A new birth is one of the two ways out of a revocation.
+            self.revocation(request, |p, node, now| p.unrevoke(node, "birth", now));
         }
         if surface_names(&request.runtime).is_none() {
             return Ok(PeerReport {
@@ -440,6 +443,11 @@ impl Provisioner<'_> {
     /// `unprovision-peer`: the mirror; revocation (occasion `remove`) is
     /// the presence store's business.
     pub fn unprovision_peer(&self, request: &PeerRequest) -> Result<PeerReport, ProvisionError> {
+        // Only the core's `remove` revokes; the other occasions only turn
+        // memory off for a peer that still exists.
+        if request.occasion == "remove" {
+            self.revocation(request, |p, node, now| p.revoke(node, "core", Some("removed by the iapeer core"), now));
+        }
         if surface_names(&request.runtime).is_none() {
             return Ok(PeerReport {
                 outcomes: Vec::new(),
@@ -456,6 +464,26 @@ impl Provisioner<'_> {
             .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
         state.save(self.files, &self.paths.surface_state)?;
         Ok(PeerReport { outcomes, nothing: None, fleet_updated: false })
+    }
+}
+
+impl Provisioner<'_> {
+    /// Revokes or unrevokes the request's node in the store; a store that
+    /// fails is logged (the surfaces' outcome does not depend on it).
+    fn revocation(
+        &self,
+        request: &PeerRequest,
+        change: impl FnOnce(
+            &mut crate::presence::Presence,
+            &str,
+            SystemTime,
+        ) -> Result<Vec<crate::presence::Event>, crate::presence::Refusal>,
+    ) {
+        let node = format!("{}-{}", request.runtime, request.personality);
+        let result = self.store.change_presence("revocation", |p| change(p, &node, SystemTime::now()).map(|e| ((), e)));
+        if let Err(e) = result {
+            tracing::warn!(node, error = %e, "cannot record the revocation change");
+        }
     }
 }
 

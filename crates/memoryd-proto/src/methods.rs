@@ -11,6 +11,17 @@ pub const HOST_UPDATE: &str = "host.update";
 pub const HOST_VERIFY: &str = "host.verify";
 pub const PEER_PROVISION: &str = "peer.provision";
 pub const PEER_UNPROVISION: &str = "peer.unprovision";
+pub const RUNTIMENODE_ATTACH: &str = "runtimenode.attach";
+pub const RUNTIMENODE_HEARTBEAT: &str = "runtimenode.heartbeat";
+pub const RUNTIMENODE_DETACH: &str = "runtimenode.detach";
+pub const RUNTIMENODE_CAPABILITYUPDATE: &str = "runtimenode.capabilityupdate";
+pub const RUNTIMENODE_ROSTER: &str = "runtimenode.roster";
+pub const RUNTIMENODE_REVOKE: &str = "runtimenode.revoke";
+pub const RUNTIMENODE_UNREVOKE: &str = "runtimenode.unrevoke";
+pub const EVENTS_TAIL: &str = "events.tail";
+
+/// Notification carrying one event of a followed `events.tail`.
+pub const EVENTS_EVENT: &str = "events.event";
 
 /// Notification carrying one step or check of a long request.
 pub const HOST_PROGRESS: &str = "host.progress";
@@ -48,7 +59,28 @@ mod tests {
 
     #[test]
     fn names_follow_the_rule() {
-        for name in [SESSION_HELLO, HOST_STATUS, HOST_RELOAD, HOST_SHUTDOWN, HOST_RESTART, HOST_PROGRESS] {
+        for name in [
+            SESSION_HELLO,
+            HOST_STATUS,
+            HOST_RELOAD,
+            HOST_SHUTDOWN,
+            HOST_RESTART,
+            HOST_PROGRESS,
+            HOST_SWEEP,
+            HOST_UPDATE,
+            HOST_VERIFY,
+            PEER_PROVISION,
+            PEER_UNPROVISION,
+            RUNTIMENODE_ATTACH,
+            RUNTIMENODE_HEARTBEAT,
+            RUNTIMENODE_DETACH,
+            RUNTIMENODE_CAPABILITYUPDATE,
+            RUNTIMENODE_ROSTER,
+            RUNTIMENODE_REVOKE,
+            RUNTIMENODE_UNREVOKE,
+            EVENTS_TAIL,
+            EVENTS_EVENT,
+        ] {
             assert!(is_valid_name(name), "{name}");
         }
         for bad in ["host", "Host.status", "host.", ".host", "host..status", "host.st-atus", "1host.x", ""] {

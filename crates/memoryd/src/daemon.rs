@@ -50,6 +50,7 @@ pub struct Daemon {
     /// Whether the test sandbox was armed at start-up.
     pub sandboxed: bool,
     pub lock: ProvisionLock,
+    pub store: memoryd_core::store::Store,
     pub last_sweep: Mutex<Option<SweepStatus>>,
     /// The last fleet refresh error, logged once until it changes.
     pub refresh_error: Mutex<Option<String>>,
@@ -71,11 +72,12 @@ pub struct Parts {
     pub supervisor: Option<&'static str>,
     pub running_exe: PathBuf,
     pub lock: ProvisionLock,
+    pub store: memoryd_core::store::Store,
 }
 
 impl Daemon {
     pub fn new(parts: Parts) -> Daemon {
-        let Parts { paths, source, config, files, socket, supervisor, running_exe, lock } = parts;
+        let Parts { paths, source, config, files, socket, supervisor, running_exe, lock, store } = parts;
         let fleet = FleetRead::load(&paths.fleet_map);
         Daemon {
             paths,
@@ -93,6 +95,7 @@ impl Daemon {
             failed: AtomicBool::new(false),
             running_exe,
             lock,
+            store,
             last_sweep: Mutex::new(None),
             refresh_error: Mutex::new(None),
             restart_pending: AtomicBool::new(false),
@@ -158,6 +161,7 @@ impl Daemon {
         status.watch = Some(if self.watch_on.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
         status.supervisor = self.supervisor.map(str::to_owned);
         status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
+        status.presence = self.presence_counts();
         memoryd_core::status::assess(&mut status, &config);
         status
     }
@@ -252,6 +256,8 @@ impl Service for Daemon {
                 let report = self.provision(params, request.method == methods::PEER_PROVISION).await?;
                 serde_json::to_value(report).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
+            m if m.starts_with("runtimenode.") => self.runtimenode(request).await,
+            methods::EVENTS_TAIL => self.events_tail(request, progress).await,
             methods::HOST_SHUTDOWN => Ok(json!({
                 "stopping": true,
                 "supervisor": self.supervisor,

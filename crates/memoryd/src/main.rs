@@ -3,6 +3,7 @@
 
 mod daemon;
 mod inherit;
+mod presence;
 mod provisioning;
 mod sdnotify;
 mod server;
@@ -227,6 +228,8 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
     let provision_lock = ProvisionLock::open(&files, &paths.provision_lock)
         .context("cannot open the provision lock")
         .map_err(fatal(1))?;
+    let store =
+        memoryd_core::store::Store::open(&paths, &files).context("cannot open the store S/store").map_err(fatal(1))?;
     let daemon = Arc::new(Daemon::new(Parts {
         paths,
         source,
@@ -236,6 +239,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         supervisor,
         running_exe,
         lock: provision_lock,
+        store,
     }));
     let ending = runtime.block_on(serve(daemon.clone(), run_files.clone(), inherited_control))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -341,6 +345,7 @@ async fn serve(
     spawn_task(Some(&tasks), &daemon, "heartbeat", tasks::heartbeat(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "fleet-refresh", tasks::fleet_refresh(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "surface-sweep", tasks::surface_sweep(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "presence-sweep", tasks::presence_sweep(daemon.clone()));
     // Outside the tracker: it must outlive the drain to catch a second signal.
     let files_for_exit = run_files.clone();
     spawn_task(

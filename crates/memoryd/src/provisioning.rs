@@ -50,6 +50,7 @@ impl Daemon {
                 files: &daemon.files,
                 tools: &tools,
                 config: &config,
+                store: &daemon.store,
                 lock: &daemon.lock,
                 cancelled: &cancelled,
             })

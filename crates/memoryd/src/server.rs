@@ -70,6 +70,19 @@ impl ProgressSink {
         ProgressSink { id: Value::Null, tx: None }
     }
 
+    /// Sends any notification (`events.event`, …) on the request's
+    /// connection.
+    pub fn notify(&self, method: &str, params: Value) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(memoryd_proto::Notification { method: method.to_owned(), params }.encode());
+        }
+    }
+
+    /// Whether the client of this request is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
     pub fn send(&self, name: &str, status: memoryd_proto::ProgressStatus, detail: impl Into<String>) {
         if let Some(tx) = &self.tx {
             let progress = Progress { id: self.id.clone(), name: name.to_owned(), status, detail: detail.into() };

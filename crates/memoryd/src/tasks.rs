@@ -86,6 +86,11 @@ pub async fn surface_sweep(daemon: Arc<Daemon>) {
     .await;
 }
 
+/// Demotes silent sessions every `presence.sweep_every`.
+pub async fn presence_sweep(daemon: Arc<Daemon>) {
+    every(&daemon, |c| c.presence.sweep_every, || daemon.presence_sweep()).await;
+}
+
 /// The fleet map watcher, started before the first heartbeat so that the
 /// heartbeat's `watch=` tells the truth from the start.
 pub struct FleetWatch {

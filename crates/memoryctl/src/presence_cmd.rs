@@ -1,0 +1,214 @@
+//! `attach`, `heartbeat`, `detach` (for scripts), `peers` (the roster),
+//! `revoke`, `unrevoke` and `events`.
+
+use crate::Ctx;
+use anyhow::{Context as _, anyhow};
+use clap::Args;
+use memoryd_core::events::{self, Follower};
+use memoryd_core::files::FileGuard;
+use memoryd_core::presence::{RosterRow, timestamp};
+use memoryd_core::store::Store;
+use memoryd_proto::methods;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node: <runtime>-<personality>, e.g. claude-boris
+    #[arg(long, value_name = "NODE")]
+    node: String,
+    /// The agent's session id (attach: required; else: must be the active one)
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// attach: the client version (MAJOR.MINOR)
+    #[arg(long, value_name = "MAJOR.MINOR")]
+    client_version: Option<String>,
+    /// attach: the agent's pid, which counts as a heartbeat while it lives
+    #[arg(long)]
+    pid: Option<i32>,
+    /// Report the session as degraded rather than online
+    #[arg(long)]
+    degraded: bool,
+    /// detach: why
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// `attach`, `heartbeat` or `detach`, over the socket.
+pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let health = if args.degraded { "degraded" } else { "online" };
+    let params = match method {
+        methods::RUNTIMENODE_ATTACH => json!({
+            "nodeId": args.node,
+            "sessionId": args.session.clone().ok_or_else(|| crate::Usage("attach needs --session".into()))?,
+            "clientVersion": args.client_version.clone().ok_or_else(|| crate::Usage("attach needs --client-version".into()))?,
+            "capabilities": {},
+            "healthState": health,
+            "pid": args.pid,
+        }),
+        methods::RUNTIMENODE_HEARTBEAT => {
+            json!({"nodeId": args.node, "sessionId": args.session, "healthState": health})
+        }
+        _ => json!({"nodeId": args.node, "sessionId": args.session, "reason": args.reason}),
+    };
+    let mut client = ctx.require().await?;
+    let result = ctx.call(&mut client, method, params).await?.map_err(|e| anyhow!(e.message))?;
+    if ctx.json {
+        crate::print_json(&result)?;
+    } else if method == methods::RUNTIMENODE_ATTACH {
+        let ro = if result["readOnly"] == Value::Bool(true) { ", read-only (below the version floor)" } else { "" };
+        println!("{} attached: {}{ro}", args.node, result["state"].as_str().unwrap_or("?"));
+    } else {
+        println!(
+            "{}: {}",
+            args.node,
+            if method == methods::RUNTIMENODE_HEARTBEAT { "heartbeat recorded" } else { "detached" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `peers`: the roster.
+pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let mut client = ctx.require().await?;
+    let result =
+        ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    if ctx.json {
+        crate::print_json(&result)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<RosterRow> = serde_json::from_value(result).context("memoryd sent a malformed roster")?;
+    if rows.is_empty() {
+        println!("no agent session has attached yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID",
+        "NODE", "SESSION", "STATE", "HEALTH", "READONLY", "VERSION", "HEARTBEAT"
+    );
+    let now = SystemTime::now();
+    for r in rows {
+        let age = humantime::parse_rfc3339(&r.last_heartbeat_at)
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or("?".to_owned(), |d| format!("{}s ago", d.as_secs()));
+        let session: String = r.session_id.chars().take(8).collect();
+        println!(
+            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} {}",
+            r.node_id,
+            session,
+            r.state.as_str(),
+            format!("{:?}", r.health).to_lowercase(),
+            if r.read_only { "yes" } else { "-" },
+            r.client_version,
+            age,
+            r.pid.map_or("-".to_owned(), |p| p.to_string()),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `revoke` / `unrevoke`: through the daemon, or on the store directly when
+/// it does not answer (both lock the store, so neither loses the other's
+/// change).
+pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, revoke: bool) -> anyhow::Result<ExitCode> {
+    memoryd_core::presence::check_node(node).map_err(|r| crate::Usage(r.message))?;
+    let method = if revoke { methods::RUNTIMENODE_REVOKE } else { methods::RUNTIMENODE_UNREVOKE };
+    match ctx.connect().await? {
+        Some(mut client) => {
+            ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason}))
+                .await?
+                .map_err(|e| anyhow!(e.message))?;
+        }
+        None => {
+            eprintln!("memoryd not answering: running locally");
+            let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
+            memoryd_core::instance::ensure_private_dir(&files, &ctx.paths.state)?;
+            let store = Store::open(&ctx.paths, &files)?;
+            let now = SystemTime::now();
+            store.change_presence("revocation", |p| {
+                let events = if revoke {
+                    p.revoke(node, "operator", reason.as_deref(), now)?
+                } else {
+                    p.unrevoke(node, "operator", now)?
+                };
+                Ok(((), events))
+            })?;
+        }
+    }
+    if ctx.json {
+        crate::print_json(&json!({"nodeId": node, "revoked": revoke}))?;
+    } else {
+        println!("{node} {}", if revoke { "revoked" } else { "unrevoked" });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `events [--follow] [--node N]`.
+pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Result<ExitCode> {
+    let print = |event: &Value| {
+        if ctx.json {
+            println!("{event}");
+        } else {
+            println!("{}", event_line(event));
+        }
+    };
+    if let Some(mut client) = ctx.connect().await? {
+        let params = json!({"follow": follow, "node": node});
+        let result = ctx
+            .call_raw(&mut client, methods::EVENTS_TAIL, params, |n| {
+                if n.method == methods::EVENTS_EVENT {
+                    print(&n.params);
+                }
+            })
+            .await?
+            .map_err(|e| anyhow!(e.message))?;
+        for event in result.as_array().into_iter().flatten() {
+            print(event);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // No daemon: the log is a file; read (and follow) it here.
+    for event in events::recent(&ctx.paths.events, node.as_deref(), 200) {
+        print(&event);
+    }
+    if follow {
+        let mut follower = Follower::from_end(&ctx.paths.events);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for event in follower.poll().into_iter().filter(|e| events::matches(e, node.as_deref())) {
+                print(&event);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `<ts> <event> <node> [session] prev→new, extras`.
+pub fn event_line(e: &Value) -> String {
+    let mut line = format!(
+        "{} {:<34} {}",
+        e["ts"].as_str().unwrap_or(&timestamp(SystemTime::now())),
+        e["event"].as_str().unwrap_or("?"),
+        e["nodeId"].as_str().unwrap_or("-")
+    );
+    if let Some(s) = e["sessionId"].as_str() {
+        line.push_str(&format!(" session={s}"));
+    }
+    match (e["previousState"].as_str(), e["newState"].as_str()) {
+        (Some(p), Some(n)) => line.push_str(&format!(" {p}→{n}")),
+        (None, Some(n)) => line.push_str(&format!(" →{n}")),
+        _ => {}
+    }
+    if let Value::Object(map) = e {
+        for (k, v) in map {
+            if !["ts", "event", "nodeId", "sessionId", "previousState", "newState"].contains(&k.as_str())
+                && !v.is_null()
+            {
+                line.push_str(&format!(" {k}={v}"));
+            }
+        }
+    }
+    line
+}

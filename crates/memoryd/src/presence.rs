@@ -1,0 +1,233 @@
+//! The daemon's side of session presence (spec 40): the `runtimenode.*`
+//! methods, the staleness sweep and `events.tail`. The state machine is the
+//! domain's; every change is one locked store call on a blocking thread.
+
+use crate::daemon::Daemon;
+use crate::server::ProgressSink;
+use memoryd_core::egress::Egress;
+use memoryd_core::events::{self, Follower};
+use memoryd_core::presence::{AttachRequest, Health, Presence, Refusal, Rules, floor_refusal, is_read_only};
+use memoryd_core::store::StoreError;
+use memoryd_proto::status::PresenceCounts;
+use memoryd_proto::{ErrorKind, Request, RpcError, methods};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How many events `events.tail` returns before following.
+const TAIL: usize = 200;
+/// How often a follower looks for new events.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+pub fn rpc_error(e: StoreError) -> RpcError {
+    match e {
+        StoreError::Refused(Refusal { kind, message, details }) => {
+            let error = RpcError::new(kind, message);
+            match details {
+                Some(d) => error.with_details(d),
+                None => error,
+            }
+        }
+        StoreError::Lock(e) => RpcError::new(ErrorKind::LockBusy, e.to_string()),
+        other => RpcError::new(ErrorKind::Internal, other.to_string()),
+    }
+}
+
+/// The start time of a live process, for the pid checks.
+fn probe(pid: i32) -> Option<String> {
+    Egress::refusing(Vec::new()).probe(pid).map(|p| p.start_time)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeParams {
+    node_id: String,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    health_state: Option<Health>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CapabilityParams {
+    node_id: String,
+    capabilities: Map<String, Value>,
+    #[serde(default)]
+    health_changes: Option<HealthChange>,
+}
+
+#[derive(Deserialize)]
+struct HealthChange {
+    state: Health,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TailParams {
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+impl Daemon {
+    pub fn rules(&self) -> Rules {
+        let config = self.config();
+        Rules {
+            degraded_after: config.presence.degraded_after,
+            offline_after: config.presence.offline_after,
+            floor: config.presence.min_client_version,
+        }
+    }
+
+    /// Whether the fleet map has this node (`<runtime>-<personality>`).
+    pub fn knows(&self, node: &str) -> bool {
+        let Some((runtime, personality)) = memoryd_core::names::split_node_id(node) else { return false };
+        self.fleet.lock().ok().is_some_and(|fleet| {
+            fleet.map().and_then(|m| m.peer(personality)).is_some_and(|p| p.runtimes.iter().any(|r| r == runtime))
+        })
+    }
+
+    /// Runs a store call on a blocking thread.
+    async fn with_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        job: impl FnOnce(&Daemon) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, RpcError> {
+        let daemon = self.clone();
+        match tokio::task::spawn_blocking(move || job(&daemon)).await {
+            Ok(result) => result.map_err(rpc_error),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Refuses a write by a node whose client is below the floor in force
+    /// now (re-derived at every write).
+    pub fn check_floor(&self, node: &str, presence: &Presence) -> Result<(), Refusal> {
+        let floor = self.rules().floor;
+        let version = presence.active_version(node);
+        match floor {
+            Some(floor) if is_read_only(version, Some(floor)) => Err(floor_refusal(node, version, floor)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `runtimenode.*` methods.
+    pub async fn runtimenode(self: &Arc<Self>, request: Request) -> Result<Value, RpcError> {
+        let now = SystemTime::now();
+        match request.method.as_str() {
+            methods::RUNTIMENODE_ATTACH => {
+                let req: AttachRequest = request.params()?;
+                let known = self.knows(&req.node_id);
+                self.with_store(move |d| {
+                    let rules = d.rules();
+                    d.store.change_presence("attach", |p| p.attach(&req, known, &rules, now, &probe))
+                })
+                .await
+                .and_then(|a| serde_json::to_value(a).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string())))
+            }
+            methods::RUNTIMENODE_HEARTBEAT => {
+                let p: NodeParams = request.params()?;
+                let health = p.health_state.unwrap_or(Health::Online);
+                self.with_store(move |d| {
+                    d.store.change_presence("heartbeat", |pr| {
+                        pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| (Value::Null, e))
+                    })
+                })
+                .await
+            }
+            methods::RUNTIMENODE_DETACH => {
+                let p: NodeParams = request.params()?;
+                self.with_store(move |d| {
+                    d.store.change_presence("detach", |pr| {
+                        pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| (Value::Null, e))
+                    })
+                })
+                .await
+            }
+            methods::RUNTIMENODE_CAPABILITYUPDATE => {
+                let p: CapabilityParams = request.params()?;
+                self.with_store(move |d| {
+                    d.store.change_presence("capabilityupdate", |pr| {
+                        d.check_floor(&p.node_id, pr)?;
+                        pr.capability_update(&p.node_id, &p.capabilities, p.health_changes.map(|h| h.state), now)
+                    })
+                })
+                .await
+            }
+            methods::RUNTIMENODE_ROSTER => {
+                let floor = self.rules().floor;
+                let roster = self.with_store(move |d| d.store.presence().map(|p| p.roster(floor))).await?;
+                serde_json::to_value(roster).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+            }
+            methods::RUNTIMENODE_REVOKE | methods::RUNTIMENODE_UNREVOKE => {
+                let p: NodeParams = request.params()?;
+                let revoke = request.method == methods::RUNTIMENODE_REVOKE;
+                self.with_store(move |d| {
+                    d.store.change_presence("revocation", |pr| {
+                        let events = if revoke {
+                            pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
+                        } else {
+                            pr.unrevoke(&p.node_id, "operator", now)?
+                        };
+                        Ok((Value::Null, events))
+                    })
+                })
+                .await
+            }
+            other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
+        }
+    }
+
+    /// One staleness sweep: demotes silent sessions; live pids count as
+    /// heartbeats.
+    pub async fn presence_sweep(self: &Arc<Self>) {
+        let now = SystemTime::now();
+        let result = self
+            .with_store(move |d| {
+                let rules = d.rules();
+                d.store.change_presence("presence-sweep", |p| Ok(((), p.sweep(&rules, now, &probe))))
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed");
+        }
+    }
+
+    /// Node counts by state for `status`.
+    pub fn presence_counts(&self) -> PresenceCounts {
+        let roster = self.store.presence().map(|p| p.roster(self.rules().floor)).unwrap_or_default();
+        let count = |s: &str| roster.iter().filter(|r| r.state.as_str() == s).count();
+        PresenceCounts { online: count("online"), degraded: count("degraded"), offline: count("offline") }
+    }
+
+    /// `events.tail {follow?, node?}`: the recent events; with `follow`,
+    /// new ones stream as `events.event` notifications until the client
+    /// goes or the daemon stops.
+    pub async fn events_tail(self: &Arc<Self>, request: Request, sink: ProgressSink) -> Result<Value, RpcError> {
+        let params: TailParams = if request.params.is_null() { TailParams::default() } else { request.params()? };
+        let recent = events::recent(&self.paths.events, params.node.as_deref(), TAIL);
+        if !params.follow {
+            return Ok(Value::Array(recent));
+        }
+        for event in &recent {
+            sink.notify(methods::EVENTS_EVENT, event.clone());
+        }
+        let mut follower = Follower::from_end(&self.paths.events);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.begun.cancelled() => return Ok(json!({"followed": true, "reason": "memoryd is stopping"})),
+                _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+            if sink.is_closed() {
+                return Ok(Value::Null);
+            }
+            for event in follower.poll().into_iter().filter(|e| events::matches(e, params.node.as_deref())) {
+                sink.notify(methods::EVENTS_EVENT, event);
+            }
+        }
+    }
+}
