@@ -263,3 +263,29 @@ fn the_roster_survives_a_daemon_restart() {
     let status: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["presence"]["online"], 1, "{status}");
 }
+
+#[test]
+fn events_follow_streams_new_events_as_they_happen() {
+    let (root, _boris) = wired_root("");
+    let _daemon = root.start_daemon();
+    let mut follower = root
+        .command(&bins().memoryctl)
+        .args(["--root", root.paths.root.to_str().unwrap(), "events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(follower.stdout.take().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        seen.push(serde_json::from_str::<Value>(&line).unwrap()["event"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ["runtime_node.registered", "runtime_node.online"]);
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}

@@ -159,3 +159,44 @@ pub fn write_doc<T: Serialize>(files: &FileGuard, path: &Path, doc: &T) -> Resul
     bytes.push(b'\n');
     files.write_atomic(path, &bytes, Some(0o600))
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
+mod tests {
+    use super::*;
+    use crate::presence::Presence;
+    use serde_json::json;
+
+    #[test]
+    fn changes_are_written_with_their_events_and_the_log_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let store = Store::open(&paths, &FileGuard::live()).unwrap();
+        let now = std::time::SystemTime::now();
+        store.change_presence("t", |p: &mut Presence| Ok(((), p.revoke("claude-a", "operator", None, now)?))).unwrap();
+        assert!(store.presence().unwrap().revoked.contains_key("claude-a"));
+        let log = std::fs::read_to_string(&paths.events).unwrap();
+        assert_eq!(log.lines().count(), 1);
+        // A refused change writes nothing.
+        let refused =
+            store.change_presence("t", |p: &mut Presence| Ok(((), p.revoke("bad node", "operator", None, now)?)));
+        assert!(matches!(refused, Err(StoreError::Refused(_))));
+        // Past 10 MiB the log rotates, keeping three.
+        std::fs::write(&paths.events, vec![b'x'; (EVENTS_MAX + 1) as usize]).unwrap();
+        for n in 0..4 {
+            std::fs::write(&paths.events, vec![b'x'; (EVENTS_MAX + 1) as usize]).unwrap();
+            let held = store.lock.acquire("t", LOCK_WAIT, &|| false).unwrap();
+            store.append_events(&held, &[json!({"n": n})]).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&paths.events).unwrap().trim(), r#"{"n":3}"#);
+        for n in 1..=EVENTS_KEPT {
+            assert!(rotated(&paths.events, n).exists(), "{n}");
+        }
+        assert!(!rotated(&paths.events, EVENTS_KEPT + 1).exists());
+        // A document that does not parse is reported, never replaced.
+        std::fs::write(store.presence_path(), "{torn").unwrap();
+        let e = store.change_presence("t", |_: &mut Presence| Ok(((), Vec::new()))).unwrap_err();
+        assert!(e.to_string().contains("kept as it is"), "{e}");
+        assert_eq!(std::fs::read_to_string(store.presence_path()).unwrap(), "{torn");
+    }
+}
