@@ -12,6 +12,7 @@ use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::names::split_node_id;
 use memoryd_core::paths::Paths;
+use memoryd_core::peers;
 use memoryd_proto::{ErrorKind, RpcError, methods};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -23,6 +24,10 @@ const MAX_STDIN: u64 = 1 << 20;
 
 /// The hook events the shims call.
 pub const EVENTS: [&str; 4] = ["session-start", "prompt-submit", "post-tool", "session-end"];
+
+/// What a hook may add to the agent's context, in characters (Claude cuts
+/// at 10,000, Codex at about 2,500 tokens).
+const CONTEXT_BUDGET: usize = 7900;
 
 /// Programs that stand between the agent and its hook command.
 const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "fish", "busybox"];
@@ -80,7 +85,7 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
             return Err(format!("memoryd does not answer: {why}"));
         }
     };
-    match args.event.as_str() {
+    let attached = match args.event.as_str() {
         "session-start" => attach(&mut client, &hook).await,
         "session-end" => {
             // Sent; the daemon finishes it even after we are gone.
@@ -94,7 +99,38 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
                 other => other.map(drop).map_err(|e| e.message),
             }
         }
+    };
+    // Messages are delivered even when presence had a problem.
+    let delivered = match args.event.as_str() {
+        "session-start" => deliver(&mut client, &hook, "SessionStart").await,
+        "prompt-submit" => deliver(&mut client, &hook, "UserPromptSubmit").await,
+        _ => Ok(()),
+    };
+    attached.and(delivered)
+}
+
+/// Leases the waiting peer messages, prints them as the one JSON object
+/// both runtimes add to the model's context, then acknowledges what was
+/// printed (a message not acknowledged comes again when its lease ends).
+async fn deliver(client: &mut Client, hook: &Hook<'_>, agent_event: &str) -> Result<(), String> {
+    let personality = split_node_id(&hook.node).map(|(_, p)| p).ok_or("bad node")?;
+    let leased = call(client, methods::PEER_INBOX, json!({"personality": personality, "lease": true}))
+        .await
+        .map_err(|e| e.message)?;
+    let messages: Vec<peers::Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
+    if messages.is_empty() {
+        return Ok(());
     }
+    let (context, printed) = peers::render_for_agent(&messages, CONTEXT_BUDGET);
+    let output = json!({"hookSpecificOutput": {"hookEventName": agent_event, "additionalContext": context}});
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{output}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot print the messages: {e}"))?;
+    call(client, methods::PEER_ACK, json!({"personality": personality, "ids": printed}))
+        .await
+        .map(drop)
+        .map_err(|e| e.message)
 }
 
 async fn attach(client: &mut Client, hook: &Hook<'_>) -> Result<(), String> {

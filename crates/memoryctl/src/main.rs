@@ -6,6 +6,7 @@ mod hook_cmd;
 mod install_cmd;
 mod ops_cmd;
 mod output;
+mod peer_cmd;
 mod presence_cmd;
 mod provision_cmd;
 
@@ -136,6 +137,11 @@ enum Command {
         /// <runtime>-<personality>
         node: String,
     },
+    /// Peer links and messages: link, unlink, visible, send, inbox
+    Peer {
+        #[command(subcommand)]
+        action: peer_cmd::PeerAction,
+    },
     /// Print the presence event log (S/events.jsonl)
     Events {
         /// Keep printing new events as they happen
@@ -199,6 +205,7 @@ impl Command {
             Command::Revoke { .. } => "revoke",
             Command::Unrevoke { .. } => "unrevoke",
             Command::Events { .. } => "events",
+            Command::Peer { .. } => "peer",
             Command::Daemon { action: DaemonAction::Start } => "daemon start",
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Config { .. } => "config check",
@@ -431,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke { node, reason } => presence_cmd::revocation(&ctx, &node, reason, true).await,
         Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, None, false).await,
         Command::Events { follow, node } => presence_cmd::events(&ctx, follow, node).await,
+        Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),

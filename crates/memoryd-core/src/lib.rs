@@ -17,6 +17,7 @@ pub mod instance;
 pub mod lock;
 pub mod names;
 pub mod paths;
+pub mod peers;
 pub mod presence;
 pub mod provision;
 pub mod report;

@@ -23,6 +23,8 @@ const EVENTS_MAX: u64 = 10 << 20;
 const EVENTS_KEPT: usize = 3;
 /// How long a store call waits for the lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// The presence document, relative to `S/store/`.
+const PRESENCE: &str = "presence.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,37 +61,68 @@ impl Store {
         Ok(Store { dir: paths.store.clone(), events: paths.events.clone(), files: files.clone(), lock })
     }
 
-    fn presence_path(&self) -> PathBuf {
-        self.dir.join("presence.json")
-    }
-
-    fn hold(&self, what: &str) -> Result<StoreGuard<'_>, StoreError> {
+    /// Takes the store lock.
+    pub fn hold(&self, what: &str) -> Result<StoreGuard<'_>, StoreError> {
         Ok(self.lock.acquire(what, LOCK_WAIT, &|| false)?)
     }
 
-    /// Reads the presence document (a consistent snapshot: files are only
-    /// ever replaced by rename).
-    pub fn presence(&self) -> Result<Presence, StoreError> {
-        read_doc(&self.presence_path())
+    /// A consistent snapshot of one document (files are only ever replaced
+    /// by rename); `file` is relative to `S/store/`.
+    pub fn read<D: DeserializeOwned + Default>(&self, file: &str) -> Result<D, StoreError> {
+        read_doc(&self.dir.join(file))
     }
 
-    /// One locked read-modify-write of the presence document; its events
-    /// are appended to the log before the lock is released.
+    /// Reads the presence document.
+    pub fn presence(&self) -> Result<Presence, StoreError> {
+        self.read(PRESENCE)
+    }
+
+    /// Re-reads one document under the held lock, applies `change`, writes
+    /// it if it changed and appends the events.
+    pub fn update<D, T>(
+        &self,
+        held: &StoreGuard<'_>,
+        file: &str,
+        change: impl FnOnce(&mut D) -> Result<(T, Vec<Event>), Refusal>,
+    ) -> Result<T, StoreError>
+    where
+        D: Serialize + DeserializeOwned + Default + Clone + PartialEq,
+    {
+        let path = self.dir.join(file);
+        let mut doc: D = read_doc(&path)?;
+        let before = doc.clone();
+        let (value, events) = change(&mut doc)?;
+        if doc != before {
+            if let Some(dir) = path.parent() {
+                self.files.create_dir_all(dir, 0o700)?;
+            }
+            write_doc(&self.files, &path, &doc)?;
+        }
+        self.append_events(held, &events)?;
+        Ok(value)
+    }
+
+    /// One locked read-modify-write of one document.
+    pub fn change<D, T>(
+        &self,
+        what: &str,
+        file: &str,
+        change: impl FnOnce(&mut D) -> Result<(T, Vec<Event>), Refusal>,
+    ) -> Result<T, StoreError>
+    where
+        D: Serialize + DeserializeOwned + Default + Clone + PartialEq,
+    {
+        let held = self.hold(what)?;
+        self.update(&held, file, change)
+    }
+
+    /// One locked read-modify-write of the presence document.
     pub fn change_presence<T>(
         &self,
         what: &str,
         change: impl FnOnce(&mut Presence) -> Result<(T, Vec<Event>), Refusal>,
     ) -> Result<T, StoreError> {
-        let held = self.hold(what)?;
-        let path = self.presence_path();
-        let mut doc: Presence = read_doc(&path)?;
-        let before = doc.clone();
-        let (value, events) = change(&mut doc)?;
-        if doc != before {
-            write_doc(&self.files, &path, &doc)?;
-        }
-        self.append_events(&held, &events)?;
-        Ok(value)
+        self.change(what, PRESENCE, change)
     }
 
     /// Appends events to `S/events.jsonl`, rotating it past 10 MiB.
@@ -114,17 +147,6 @@ impl Store {
         let mut log = self.files.open_append(&self.events)?;
         log.write_all(text.as_bytes()).map_err(FileError::io("append to", &self.events))?;
         Ok(())
-    }
-
-    /// Runs `change` under the store lock with its guard (for documents
-    /// kept next to presence: links, inboxes).
-    pub fn with_lock<T>(
-        &self,
-        what: &str,
-        change: impl FnOnce(&StoreGuard<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let held = self.hold(what)?;
-        change(&held)
     }
 
     pub fn dir(&self) -> &Path {
@@ -194,9 +216,9 @@ mod tests {
         }
         assert!(!rotated(&paths.events, EVENTS_KEPT + 1).exists());
         // A document that does not parse is reported, never replaced.
-        std::fs::write(store.presence_path(), "{torn").unwrap();
+        std::fs::write(store.dir().join(PRESENCE), "{torn").unwrap();
         let e = store.change_presence("t", |_: &mut Presence| Ok(((), Vec::new()))).unwrap_err();
         assert!(e.to_string().contains("kept as it is"), "{e}");
-        assert_eq!(std::fs::read_to_string(store.presence_path()).unwrap(), "{torn");
+        assert_eq!(std::fs::read_to_string(store.dir().join(PRESENCE)).unwrap(), "{torn");
     }
 }

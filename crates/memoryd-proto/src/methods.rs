@@ -19,6 +19,12 @@ pub const RUNTIMENODE_ROSTER: &str = "runtimenode.roster";
 pub const RUNTIMENODE_REVOKE: &str = "runtimenode.revoke";
 pub const RUNTIMENODE_UNREVOKE: &str = "runtimenode.unrevoke";
 pub const EVENTS_TAIL: &str = "events.tail";
+pub const PEER_LINK: &str = "peer.link";
+pub const PEER_UNLINK: &str = "peer.unlink";
+pub const PEER_VISIBLE: &str = "peer.visible";
+pub const PEER_SEND: &str = "peer.send";
+pub const PEER_INBOX: &str = "peer.inbox";
+pub const PEER_ACK: &str = "peer.ack";
 
 /// Notification carrying one event of a followed `events.tail`.
 pub const EVENTS_EVENT: &str = "events.event";
@@ -80,6 +86,12 @@ mod tests {
             RUNTIMENODE_UNREVOKE,
             EVENTS_TAIL,
             EVENTS_EVENT,
+            PEER_LINK,
+            PEER_UNLINK,
+            PEER_VISIBLE,
+            PEER_SEND,
+            PEER_INBOX,
+            PEER_ACK,
         ] {
             assert!(is_valid_name(name), "{name}");
         }

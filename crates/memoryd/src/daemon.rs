@@ -251,6 +251,12 @@ impl Service for Daemon {
                 self.restart_pending.store(true, Ordering::Relaxed);
                 Ok(json!({"restarting": true, "binary": bin, "pid": std::process::id()}))
             }
+            methods::PEER_LINK
+            | methods::PEER_UNLINK
+            | methods::PEER_VISIBLE
+            | methods::PEER_SEND
+            | methods::PEER_INBOX
+            | methods::PEER_ACK => self.peer_call(request).await,
             methods::PEER_PROVISION | methods::PEER_UNPROVISION => {
                 let params: PeerProvision = request.params()?;
                 let report = self.provision(params, request.method == methods::PEER_PROVISION).await?;

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod inherit;
+mod peers;
 mod presence;
 mod provisioning;
 mod sdnotify;
