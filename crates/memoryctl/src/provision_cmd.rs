@@ -103,12 +103,16 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
     let running = Binaries::running().context("cannot find this memoryctl binary")?;
     let tools = Tools::new(&ctx.paths, config, &running, files.is_sandboxed());
     let store = Store::open(&ctx.paths, &files)?;
+    // The fragments list the vault's notes: scan it once for this run.
+    let index =
+        config.vault.as_deref().and_then(|v| memoryd_core::vault::scan(v).ok()).map(memoryd_core::vault::Index::build);
     let provisioner = Provisioner {
         paths: &ctx.paths,
         files: &files,
         tools: &tools,
         config,
         store: &store,
+        index: index.as_ref(),
         lock: &lock,
         cancelled: &|| false,
     };

@@ -209,6 +209,7 @@ impl Egress {
         &self,
         port: u16,
         path: &str,
+        headers: &[(&str, &str)],
         body: &[u8],
         timeout: Duration,
     ) -> Result<u16, EgressError> {
@@ -218,9 +219,10 @@ impl Egress {
         let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| http(e.to_string()))?;
         stream.set_read_timeout(Some(timeout)).map_err(|e| http(e.to_string()))?;
         stream.set_write_timeout(Some(timeout)).map_err(|e| http(e.to_string()))?;
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+             Accept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(|e| http(e.to_string()))?;

@@ -40,6 +40,85 @@ pub struct FragmentInputs<'a> {
 /// The newest notes a fragment lists.
 pub const RECENT_NOTES: usize = 50;
 
+/// What every fragment of one operation is rendered from, read once: the
+/// peers present in the fleet map, the links, the roster and the vault
+/// index.
+pub struct Context<'a> {
+    pub present: std::collections::HashSet<String>,
+    pub links: crate::peers::Links,
+    pub roster: Vec<crate::presence::RosterRow>,
+    pub index: Option<&'a crate::vault::Index>,
+}
+
+impl<'a> Context<'a> {
+    /// Reads the map, the links and the roster; a store that does not load
+    /// renders as no links and no presence (and is reported by `verify`).
+    pub fn load(
+        paths: &crate::paths::Paths,
+        store: &crate::store::Store,
+        floor: Option<crate::config::ClientVersion>,
+        index: Option<&'a crate::vault::Index>,
+    ) -> Context<'a> {
+        let present = crate::fleet::FleetRead::load(&paths.fleet_map)
+            .map()
+            .map(|m| m.peers.iter().map(|p| p.personality.clone()).collect())
+            .unwrap_or_default();
+        Context {
+            present,
+            links: store.read(crate::peers::LINKS).unwrap_or_default(),
+            roster: store.presence().map(|p| p.roster(floor)).unwrap_or_default(),
+            index,
+        }
+    }
+
+    /// The peers `personality` sees besides itself, present in the fleet.
+    pub fn linked(&self, personality: &str) -> Vec<String> {
+        let mut linked: Vec<String> =
+            self.links.of(personality).filter(|l| self.present.contains(*l)).map(str::to_owned).collect();
+        linked.sort();
+        linked
+    }
+
+    /// The inputs of one peer's fragment.
+    pub fn inputs(
+        &self,
+        store: &crate::store::Store,
+        personality: &'a str,
+        vault: Option<&'a Path>,
+        mcp_port: Option<u16>,
+    ) -> FragmentInputs<'a> {
+        let linked = self.linked(personality);
+        let presence = |name: &str| {
+            self.roster
+                .iter()
+                .filter(|r| r.personality == name)
+                .map(|r| r.state.as_str())
+                .max_by_key(|s| ["revoked", "offline", "registering", "degraded", "online"].iter().position(|x| x == s))
+                .unwrap_or("offline")
+                .to_owned()
+        };
+        let names: Vec<&str> = linked.iter().map(String::as_str).collect();
+        let notes = self
+            .index
+            .map(|index| {
+                index
+                    .recent(|n| crate::vault::readable(n, personality, &names), RECENT_NOTES)
+                    .into_iter()
+                    .map(|n| NoteRef { title: n.title.clone(), author: n.author.clone(), path: n.path.clone() })
+                    .collect()
+            })
+            .unwrap_or_default();
+        FragmentInputs {
+            personality,
+            vault,
+            mcp_port,
+            linked: linked.iter().map(|l| LinkedPeer { personality: l.clone(), presence: presence(l) }).collect(),
+            notes,
+            waiting_messages: crate::peers::waiting(store, personality),
+        }
+    }
+}
+
 /// The four sections, in order.
 pub fn render(inputs: &FragmentInputs<'_>) -> String {
     let mut out = String::from("## memoryd\n\n");

@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod install;
 pub mod instance;
 pub mod lock;
+pub mod memory;
 pub mod names;
 pub mod paths;
 pub mod peers;
@@ -27,6 +28,7 @@ pub mod store;
 pub mod supervisor;
 pub mod surfaces;
 pub mod update;
+pub mod vault;
 pub mod verify;
 
 /// The crate version, which is memoryd's version.

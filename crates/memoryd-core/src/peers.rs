@@ -23,7 +23,8 @@ pub const MAX_MESSAGE_CHARS: usize = 7000;
 /// How long a leased message is hidden from other readers.
 pub const LEASE: Duration = Duration::from_secs(30);
 
-const LINKS: &str = "links.json";
+/// The links document, relative to `S/store/`.
+pub const LINKS: &str = "links.json";
 
 fn inbox_file(personality: &str) -> String {
     format!("inbox/{personality}.json")

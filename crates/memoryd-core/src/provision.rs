@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::egress::Egress;
 use crate::files::{FileError, FileGuard};
 use crate::fleet::{self, FleetPeer};
-use crate::fragment::{self, FragmentInputs};
+use crate::fragment;
 use crate::install::{self, Binaries};
 use crate::lock::{LockError, ProvisionGuard, ProvisionLock};
 use crate::paths::Paths;
@@ -179,6 +179,8 @@ pub struct Provisioner<'a> {
     pub tools: &'a Tools,
     pub config: &'a Config,
     pub store: &'a crate::store::Store,
+    /// The vault index the fragments list notes from (None: no notes).
+    pub index: Option<&'a crate::vault::Index>,
     pub lock: &'a ProvisionLock,
     /// Asked while waiting for the lock (a shutting-down daemon stops).
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
@@ -203,13 +205,21 @@ impl Provisioner<'_> {
         .map_err(ProvisionError::Shims)
     }
 
-    fn fragment(&self, held: &ProvisionGuard<'_>, state: &mut SurfaceState, personality: &str, cwd: &Path) -> Outcome {
-        let inputs = FragmentInputs {
-            personality,
-            vault: self.config.vault.as_deref(),
-            mcp_port: (self.tools.settings.mcp_port != 0).then_some(self.tools.settings.mcp_port),
-            ..FragmentInputs::default()
-        };
+    /// What this operation's fragments are rendered from, read once.
+    fn fragment_context(&self) -> fragment::Context<'_> {
+        fragment::Context::load(self.paths, self.store, self.config.presence.min_client_version, self.index)
+    }
+
+    fn fragment(
+        &self,
+        held: &ProvisionGuard<'_>,
+        context: &fragment::Context<'_>,
+        state: &mut SurfaceState,
+        personality: &str,
+        cwd: &Path,
+    ) -> Outcome {
+        let port = self.tools.settings.mcp_port;
+        let inputs = context.inputs(self.store, personality, self.config.vault.as_deref(), (port != 0).then_some(port));
         let outcome = self.surfaces().write_fragment(held, state, cwd, &fragment::render(&inputs));
         if outcome.action == Action::Failed {
             tracing::warn!(personality, detail = outcome.detail.as_deref().unwrap_or(""), "cannot write the fragment");
@@ -289,6 +299,7 @@ impl Provisioner<'_> {
         let mut report = SweepReport::default();
         let work = Self::sweepable(peers, &mut report.skipped);
         let mut shims_written = 0;
+        let context = self.fragment_context();
         self.in_batches(
             "sweep",
             &work,
@@ -310,7 +321,7 @@ impl Provisioner<'_> {
                         Err(reason) => report.skipped.push(Skipped { personality: peer.personality.clone(), reason }),
                     }
                 }
-                if self.fragment(held, state, &peer.personality, &peer.cwd).action == Action::Written {
+                if self.fragment(held, &context, state, &peer.personality, &peer.cwd).action == Action::Written {
                     report.fragments_written += 1;
                     report.writes += 1;
                 }
@@ -346,11 +357,12 @@ impl Provisioner<'_> {
         let mut skipped = Vec::new();
         let work = Self::sweepable(peers, &mut skipped);
         let mut counts = (0, 0, 0);
+        let context = self.fragment_context();
         self.in_batches(
             "fragments",
             &work,
             |_| Ok(()),
-            |held, state, peer| match self.fragment(held, state, &peer.personality, &peer.cwd).action {
+            |held, state, peer| match self.fragment(held, &context, state, &peer.personality, &peer.cwd).action {
                 Action::Written => counts.0 += 1,
                 Action::Already => counts.1 += 1,
                 _ => counts.2 += 1,
@@ -435,7 +447,7 @@ impl Provisioner<'_> {
             .surfaces()
             .provision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
             .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
-        self.fragment(&held, &mut state, &request.personality, &request.cwd);
+        self.fragment(&held, &self.fragment_context(), &mut state, &request.personality, &request.cwd);
         state.save(self.files, &self.paths.surface_state)?;
         Ok(PeerReport { outcomes, nothing: None, fleet_updated })
     }

@@ -71,6 +71,8 @@ pub struct Verify<'a> {
     pub repair: bool,
     /// The user's home, where the agents keep their folder trust.
     pub home: Option<PathBuf>,
+    /// Whether the daemon refused a rescan of the vault (false offline).
+    pub refused_rescan: bool,
 }
 
 impl Verify<'_> {
@@ -337,8 +339,16 @@ impl Verify<'_> {
             return out.line("mcp-endpoint", Skip, "mcp_port is 0: the endpoint is off");
         }
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"memoryctl-verify","version":"1"}}}"#;
-        match self.p.tools.egress.http_post_loopback(port, "/mcp", body, Duration::from_secs(2)) {
+        // The endpoint answers only fleet nodes: speak as the first one.
+        let node = crate::update::map_peers(self.p)
+            .ok()
+            .and_then(|peers| peers.iter().find_map(|p| p.runtimes.first().map(|r| format!("{r}-{}", p.personality))));
+        let headers: Vec<(&str, &str)> = node.iter().map(|n| ("X-IAPeer-Identity", n.as_str())).collect();
+        match self.p.tools.egress.http_post_loopback(port, "/mcp", &headers, body, Duration::from_secs(2)) {
             Ok(200) => out.line("mcp-endpoint", Good, &format!("port {port} answers an MCP initialize")),
+            Ok(403) if node.is_none() => {
+                out.line("mcp-endpoint", Good, &format!("port {port} answers (no fleet node to identify as)"))
+            }
             Ok(status) => {
                 out.line("mcp-endpoint", Fail, &format!("port {port} answered HTTP {status} to an MCP initialize"))
             }

@@ -60,6 +60,12 @@ pub struct Daemon {
     /// The shutdown under way is a restart onto `memoryd_bin` (exec, the
     /// sockets handed over), not a stop.
     pub restarting: AtomicBool,
+    pub vault: crate::vault::VaultState,
+    /// Whether the MCP endpoint serves now.
+    pub mcp_listening: AtomicBool,
+    /// Fragments to re-render (None: every peer's), for the renderer task.
+    fragment_tx: tokio::sync::mpsc::UnboundedSender<Option<Vec<String>>>,
+    pub fragment_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Option<Vec<String>>>>>,
 }
 
 /// What the daemon is built from at start-up.
@@ -79,6 +85,8 @@ impl Daemon {
     pub fn new(parts: Parts) -> Daemon {
         let Parts { paths, source, config, files, socket, supervisor, running_exe, lock, store } = parts;
         let fleet = FleetRead::load(&paths.fleet_map);
+        let (fragment_tx, fragment_rx) = tokio::sync::mpsc::unbounded_channel();
+        let vault = crate::vault::VaultState::new(config.vault.clone());
         Daemon {
             paths,
             source,
@@ -100,6 +108,40 @@ impl Daemon {
             refresh_error: Mutex::new(None),
             restart_pending: AtomicBool::new(false),
             restarting: AtomicBool::new(false),
+            vault,
+            mcp_listening: AtomicBool::new(false),
+            fragment_tx,
+            fragment_rx: Mutex::new(Some(fragment_rx)),
+        }
+    }
+
+    /// Asks the renderer task to re-render these peers' fragments (every
+    /// peer's with None).
+    pub fn refresh_fragments(&self, peers: Option<Vec<String>>) {
+        let _ = self.fragment_tx.send(peers);
+    }
+
+    /// The peers linked with `personality` that are present in the fleet.
+    pub fn linked_with(&self, personality: &str) -> Vec<String> {
+        let links: memoryd_core::peers::Links = self.store.read(memoryd_core::peers::LINKS).unwrap_or_default();
+        let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
+        links
+            .of(personality)
+            .filter(|l| fleet.as_ref().is_some_and(|m| m.peer(l).is_some()))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Re-renders the fragments of the peers linked with any of these (their
+    /// "Linked peers" section shows these peers' presence).
+    pub fn refresh_linked(&self, personalities: &[String]) {
+        let links: memoryd_core::peers::Links = self.store.read(memoryd_core::peers::LINKS).unwrap_or_default();
+        let mut linked: Vec<String> =
+            personalities.iter().flat_map(|p| links.of(p).map(str::to_owned).collect::<Vec<_>>()).collect();
+        linked.sort();
+        linked.dedup();
+        if !linked.is_empty() {
+            self.refresh_fragments(Some(linked));
         }
     }
 
@@ -162,6 +204,10 @@ impl Daemon {
         status.supervisor = self.supervisor.map(str::to_owned);
         status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
+        status.mcp.listening = self.mcp_listening.load(Ordering::Relaxed);
+        status.vault.notes = self.vault.index().len();
+        status.vault.watching = self.vault.watching.load(Ordering::Relaxed);
+        status.vault.refused_rescan = self.vault.refused.load(Ordering::Relaxed);
         memoryd_core::status::assess(&mut status, &config);
         status
     }

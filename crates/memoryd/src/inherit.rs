@@ -1,6 +1,6 @@
-//! The restart without a gap (spec 10): the single-instance lock and the
-//! control socket listener are handed to the new binary across `exec`, in
-//! `MEMORYD_INHERIT_FDS=lock:<fd>,control:<fd>`. Same pid, so a supervisor
+//! The restart without a gap (spec 10): the single-instance lock, the
+//! control socket listener and the MCP listener are handed to the new
+//! binary across `exec`, in `MEMORYD_INHERIT_FDS=lock:<fd>,control:<fd>,mcp:<fd>`. Same pid, so a supervisor
 //! keeps tracking it; connections that arrive meanwhile wait in the listen
 //! backlog, so none is refused.
 
@@ -31,13 +31,17 @@ pub fn take_var() -> Option<String> {
 pub struct Inherited {
     pub lock: File,
     pub control: UnixListener,
+    /// The MCP listener, when the endpoint was on.
+    pub mcp: Option<std::net::TcpListener>,
 }
 
 /// Adopts the descriptors named in `spec`: the lock must be this root's
-/// lock file, still locked; the listener a Unix socket bound at `socket`.
-pub fn adopt(spec: &str, lock_path: &Path, socket: &Path) -> anyhow::Result<Inherited> {
+/// lock file, still locked; the listener a Unix socket bound at `socket`;
+/// the MCP listener a TCP socket bound at 127.0.0.1:`mcp_port`.
+pub fn adopt(spec: &str, lock_path: &Path, socket: &Path, mcp_port: u16) -> anyhow::Result<Inherited> {
     let mut lock = None;
     let mut control = None;
+    let mut mcp = None;
     for part in spec.split(',') {
         let (name, fd) = part.split_once(':').with_context(|| format!("{VAR}: `{part}` is not name:fd"))?;
         let fd: RawFd = fd.parse().with_context(|| format!("{VAR}: `{fd}` is not a descriptor number"))?;
@@ -45,8 +49,9 @@ pub fn adopt(spec: &str, lock_path: &Path, socket: &Path) -> anyhow::Result<Inhe
         match name {
             "lock" => lock = Some(own(fd)),
             "control" => control = Some(own(fd)),
-            // Handed over by a newer build: not ours to use, but keep
-            // nothing open that we do not understand.
+            "mcp" => mcp = Some(own(fd)),
+            // Handed over by a newer build: keep nothing open that we do
+            // not understand.
             _ => drop(own(fd)),
         }
     }
@@ -66,11 +71,24 @@ pub fn adopt(spec: &str, lock_path: &Path, socket: &Path) -> anyhow::Result<Inhe
     if bound.as_pathname() != Some(socket) {
         bail!("{VAR}: the inherited control socket is bound at {:?}, not {}", bound.as_pathname(), socket.display());
     }
+    let mcp = match mcp {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            let bound = listener.local_addr().context("the inherited MCP descriptor is not a TCP socket")?;
+            if !bound.ip().is_loopback() || bound.port() != mcp_port {
+                bail!("{VAR}: the inherited MCP listener is bound at {bound}, not 127.0.0.1:{mcp_port}");
+            }
+            set_cloexec(listener.as_fd(), true)?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
     for fd in [lock.as_fd(), control.as_fd()] {
         set_cloexec(fd, true)?;
     }
     control.set_nonblocking(true)?;
-    Ok(Inherited { lock, control })
+    Ok(Inherited { lock, control, mcp })
 }
 
 fn borrow(fd: RawFd) -> anyhow::Result<BorrowedFd<'static>> {
@@ -98,14 +116,23 @@ fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> anyhow::Result<()> {
 }
 
 /// Execs `memoryd_bin` with this process's arguments and the lock and the
-/// listener left open for it. Returns only if the hand-off failed.
-pub fn hand_off(egress: &Egress, memoryd: &Path, lock: BorrowedFd<'_>, control: BorrowedFd<'_>) -> anyhow::Error {
-    for fd in [lock, control] {
+/// listeners left open for it. Returns only if the hand-off failed.
+pub fn hand_off(
+    egress: &Egress,
+    memoryd: &Path,
+    lock: BorrowedFd<'_>,
+    control: BorrowedFd<'_>,
+    mcp: Option<BorrowedFd<'_>>,
+) -> anyhow::Error {
+    for fd in [Some(lock), Some(control), mcp].into_iter().flatten() {
         if let Err(e) = set_cloexec(fd, false) {
             return e;
         }
     }
-    let spec = format!("lock:{},control:{}", lock.as_raw_fd(), control.as_raw_fd());
+    let mut spec = format!("lock:{},control:{}", lock.as_raw_fd(), control.as_raw_fd());
+    if let Some(mcp) = mcp {
+        spec.push_str(&format!(",mcp:{}", mcp.as_raw_fd()));
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let error: EgressError = egress.exec(memoryd, &args, &[(VAR, spec.as_str())]);
     anyhow::Error::new(error).context(format!("cannot exec {}", memoryd.display()))

@@ -3,12 +3,14 @@
 
 mod daemon;
 mod inherit;
+mod mcp;
 mod peers;
 mod presence;
 mod provisioning;
 mod sdnotify;
 mod server;
 mod tasks;
+mod vault;
 
 use anyhow::Context;
 use clap::Parser;
@@ -106,7 +108,13 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: bool) {
     let default = if verbose { tracing::Level::DEBUG } else { tracing::Level::INFO };
-    let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(default.into()).from_env_lossy();
+    let mut filter = tracing_subscriber::EnvFilter::builder().with_default_directive(default.into()).from_env_lossy();
+    // The MCP SDK logs every stateless request at info; keep its warnings.
+    if std::env::var_os("RUST_LOG").is_none()
+        && let Ok(quiet) = "rmcp=warn".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -133,6 +141,8 @@ struct RunFiles {
     /// restart hand-off: it holds the socket open while the server's own
     /// listener is dropped and the new image starts.
     control: Mutex<Option<OwnedFd>>,
+    /// The same for the MCP listener.
+    mcp: Mutex<Option<OwnedFd>>,
 }
 
 impl RunFiles {
@@ -192,12 +202,14 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
     // Step 3: one daemon per root (after an exec hand-off: the lock and
     // the control socket of the previous image, validated).
     let mut inherited_control = None;
+    let mut inherited_mcp = None;
     let lock = match inherited {
         Some(spec) => {
-            let taken = inherit::adopt(&spec, &paths.instance_lock, &socket)
+            let taken = inherit::adopt(&spec, &paths.instance_lock, &socket, config.mcp_port)
                 .context("the restart hand-off failed; the supervisor restarts memoryd")
                 .map_err(fatal(1))?;
             inherited_control = Some(taken.control);
+            inherited_mcp = taken.mcp;
             InstanceLock::from_inherited(taken.lock)
         }
         None => match InstanceLock::acquire(&files, &paths) {
@@ -215,6 +227,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         pid: paths.pid_file.clone(),
         socket: Mutex::new(None),
         control: Mutex::new(None),
+        mcp: Mutex::new(None),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -242,7 +255,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         lock: provision_lock,
         store,
     }));
-    let ending = runtime.block_on(serve(daemon.clone(), run_files.clone(), inherited_control))?;
+    let ending = runtime.block_on(serve(daemon.clone(), run_files.clone(), inherited_control, inherited_mcp))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     let code = match ending {
         Ending::Exit(code) => code,
@@ -256,7 +269,14 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
             let Some(control) = run_files.control.lock().ok().and_then(|mut c| c.take()) else {
                 return Err(fatal(1)(anyhow::anyhow!("the control socket was not kept for the hand-off")));
             };
-            let error = inherit::hand_off(&tools.egress, &tools.binaries.memoryd, lock.file().as_fd(), control.as_fd());
+            let mcp = run_files.mcp.lock().ok().and_then(|mut m| m.take());
+            let error = inherit::hand_off(
+                &tools.egress,
+                &tools.binaries.memoryd,
+                lock.file().as_fd(),
+                control.as_fd(),
+                mcp.as_ref().map(|m| m.as_fd()),
+            );
             tracing::error!(error = %format!("{error:#}"), "restart failed; stopping cleanly so the supervisor restarts memoryd");
             ExitCode::SUCCESS
         }
@@ -322,6 +342,7 @@ async fn serve(
     daemon: Arc<Daemon>,
     run_files: Arc<RunFiles>,
     inherited: Option<std::os::unix::net::UnixListener>,
+    inherited_mcp: Option<std::net::TcpListener>,
 ) -> Result<Ending, Fatal> {
     let listener = match inherited {
         Some(listener) => {
@@ -338,6 +359,26 @@ async fn serve(
         *control = Some(kept);
     }
 
+    // Step 6: the MCP endpoint, early: agents starting now must find it.
+    let port = daemon.config().mcp_port;
+    let mcp_listener = match inherited_mcp {
+        Some(listener) => Some(listener),
+        None if port == 0 => None,
+        None => match mcp::bind(port) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::error!(port, error = %e, "cannot bind the MCP endpoint; memoryd runs without it (status and verify report it)");
+                None
+            }
+        },
+    };
+    if let Some(listener) = &mcp_listener {
+        let kept = listener.as_fd().try_clone_to_owned().context("cannot keep the MCP listener").map_err(fatal(1))?;
+        if let Ok(mut mcp) = run_files.mcp.lock() {
+            *mcp = Some(kept);
+        }
+    }
+
     // Step 7: first heartbeat, tasks, READY=1, one line.
     let fleet_watch = tasks::FleetWatch::start(&daemon);
     daemon.beat().context("cannot write the first heartbeat").map_err(fatal(1))?;
@@ -347,6 +388,11 @@ async fn serve(
     spawn_task(Some(&tasks), &daemon, "fleet-refresh", tasks::fleet_refresh(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "surface-sweep", tasks::surface_sweep(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "presence-sweep", tasks::presence_sweep(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "vault-watcher", vault::watch(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "fragments", tasks::fragment_renderer(daemon.clone()));
+    if let Some(listener) = mcp_listener {
+        spawn_task(Some(&tasks), &daemon, "mcp", mcp::serve(listener, daemon.clone()));
+    }
     // Outside the tracker: it must outlive the drain to catch a second signal.
     let files_for_exit = run_files.clone();
     spawn_task(
@@ -374,7 +420,7 @@ async fn serve(
         daemon.socket.display(),
         daemon.fleet_describe(),
         if daemon.watch_on.load(Ordering::Relaxed) { "on" } else { "off" },
-        if config.mcp_port == 0 { "off".to_owned() } else { format!("{} (not served by this build)", config.mcp_port) },
+        if config.mcp_port == 0 { "off".to_owned() } else { config.mcp_port.to_string() },
     );
     if daemon.files.is_sandboxed() && std::env::var("MEMORYD_TEST_PANIC").is_ok_and(|v| v == "after-ready") {
         panic!("MEMORYD_TEST_PANIC=after-ready: injected panic (test sandbox only)");

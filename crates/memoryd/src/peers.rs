@@ -70,11 +70,13 @@ impl Daemon {
                 methods::PEER_LINK => {
                     let p: Pair = request.params()?;
                     let made = peers::link(store, &fleet?, &p.a, &p.b).map_err(rpc_error)?;
+                    daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
                     Ok(json!({"linked": true, "already": !made, "a": p.a, "b": p.b}))
                 }
                 methods::PEER_UNLINK => {
                     let p: Pair = request.params()?;
                     let was = peers::unlink(store, &p.a, &p.b).map_err(rpc_error)?;
+                    daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
                     Ok(json!({"unlinked": was, "a": p.a, "b": p.b}))
                 }
                 methods::PEER_VISIBLE => {
@@ -83,7 +85,10 @@ impl Daemon {
                 }
                 methods::PEER_SEND => {
                     let p: Send = request.params()?;
-                    peers::send(store, &fleet?, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)
+                    let sent =
+                        peers::send(store, &fleet?, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
+                    daemon.refresh_fragments(Some(vec![p.to]));
+                    Ok(sent)
                 }
                 methods::PEER_INBOX => {
                     let p: InboxParams = request.params()?;
@@ -91,7 +96,9 @@ impl Daemon {
                 }
                 methods::PEER_ACK => {
                     let p: Ack = request.params()?;
-                    Ok(json!({"acked": peers::ack(store, &p.personality, &p.ids).map_err(rpc_error)?}))
+                    let acked = peers::ack(store, &p.personality, &p.ids).map_err(rpc_error)?;
+                    daemon.refresh_fragments(Some(vec![p.personality]));
+                    Ok(json!({"acked": acked}))
                 }
                 other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
             }

@@ -34,6 +34,32 @@ pub fn rpc_error(e: StoreError) -> RpcError {
     }
 }
 
+/// The peers whose presence the events changed (their linked peers'
+/// fragments show it).
+fn moved(events: &[memoryd_core::presence::Event]) -> Vec<String> {
+    let mut out: Vec<String> = events
+        .iter()
+        .filter(|e| e["newState"].is_string())
+        .filter_map(|e| e["nodeId"].as_str().and_then(memoryd_core::names::split_node_id).map(|(_, p)| p.to_owned()))
+        .collect();
+    out.dedup();
+    out
+}
+
+/// A presence change's outcome: its value and its events.
+type Changed<T> = Result<(T, Vec<memoryd_core::presence::Event>), Refusal>;
+
+/// Runs a presence change and keeps the personalities it moved.
+fn tracked<T>(
+    change: impl FnOnce(&mut Presence) -> Changed<T>,
+) -> impl FnOnce(&mut Presence) -> Changed<(T, Vec<String>)> {
+    move |p| {
+        let (value, events) = change(p)?;
+        let moved = moved(&events);
+        Ok(((value, moved), events))
+    }
+}
+
 /// The start time of a live process, for the pid checks.
 fn probe(pid: i32) -> Option<String> {
     Egress::refusing(Vec::new()).probe(pid).map(|p| p.start_time)
@@ -115,6 +141,17 @@ impl Daemon {
         }
     }
 
+    /// Passes a tracked result on, re-rendering the fragments of the peers
+    /// linked with those whose presence moved.
+    fn moved<T>(&self, result: Result<(T, Vec<String>), RpcError>) -> Result<T, RpcError> {
+        result.map(|(value, moved)| {
+            if !moved.is_empty() {
+                self.refresh_linked(&moved);
+            }
+            value
+        })
+    }
+
     /// The `runtimenode.*` methods.
     pub async fn runtimenode(self: &Arc<Self>, request: Request) -> Result<Value, RpcError> {
         let now = SystemTime::now();
@@ -122,41 +159,62 @@ impl Daemon {
             methods::RUNTIMENODE_ATTACH => {
                 let req: AttachRequest = request.params()?;
                 let known = self.knows(&req.node_id);
-                self.with_store(move |d| {
-                    let rules = d.rules();
-                    d.store.change_presence("attach", |p| p.attach(&req, known, &rules, now, &probe))
+                let attached = self
+                    .with_store(move |d| {
+                        let rules = d.rules();
+                        d.store.change_presence("attach", tracked(|p| p.attach(&req, known, &rules, now, &probe)))
+                    })
+                    .await;
+                self.moved(attached).and_then(|a| {
+                    serde_json::to_value(a).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
                 })
-                .await
-                .and_then(|a| serde_json::to_value(a).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string())))
             }
             methods::RUNTIMENODE_HEARTBEAT => {
                 let p: NodeParams = request.params()?;
                 let health = p.health_state.unwrap_or(Health::Online);
-                self.with_store(move |d| {
-                    d.store.change_presence("heartbeat", |pr| {
-                        pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| (Value::Null, e))
+                let beat = self
+                    .with_store(move |d| {
+                        d.store.change_presence(
+                            "heartbeat",
+                            tracked(|pr| {
+                                pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| (Value::Null, e))
+                            }),
+                        )
                     })
-                })
-                .await
+                    .await;
+                self.moved(beat)
             }
             methods::RUNTIMENODE_DETACH => {
                 let p: NodeParams = request.params()?;
-                self.with_store(move |d| {
-                    d.store.change_presence("detach", |pr| {
-                        pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| (Value::Null, e))
+                let detached = self
+                    .with_store(move |d| {
+                        d.store.change_presence(
+                            "detach",
+                            tracked(|pr| pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| (Value::Null, e))),
+                        )
                     })
-                })
-                .await
+                    .await;
+                self.moved(detached)
             }
             methods::RUNTIMENODE_CAPABILITYUPDATE => {
                 let p: CapabilityParams = request.params()?;
-                self.with_store(move |d| {
-                    d.store.change_presence("capabilityupdate", |pr| {
-                        d.check_floor(&p.node_id, pr)?;
-                        pr.capability_update(&p.node_id, &p.capabilities, p.health_changes.map(|h| h.state), now)
+                let updated = self
+                    .with_store(move |d| {
+                        d.store.change_presence(
+                            "capabilityupdate",
+                            tracked(|pr| {
+                                d.check_floor(&p.node_id, pr)?;
+                                pr.capability_update(
+                                    &p.node_id,
+                                    &p.capabilities,
+                                    p.health_changes.map(|h| h.state),
+                                    now,
+                                )
+                            }),
+                        )
                     })
-                })
-                .await
+                    .await;
+                self.moved(updated)
             }
             methods::RUNTIMENODE_ROSTER => {
                 let floor = self.rules().floor;
@@ -166,17 +224,22 @@ impl Daemon {
             methods::RUNTIMENODE_REVOKE | methods::RUNTIMENODE_UNREVOKE => {
                 let p: NodeParams = request.params()?;
                 let revoke = request.method == methods::RUNTIMENODE_REVOKE;
-                self.with_store(move |d| {
-                    d.store.change_presence("revocation", |pr| {
-                        let events = if revoke {
-                            pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
-                        } else {
-                            pr.unrevoke(&p.node_id, "operator", now)?
-                        };
-                        Ok((Value::Null, events))
+                let changed = self
+                    .with_store(move |d| {
+                        d.store.change_presence(
+                            "revocation",
+                            tracked(|pr| {
+                                let events = if revoke {
+                                    pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
+                                } else {
+                                    pr.unrevoke(&p.node_id, "operator", now)?
+                                };
+                                Ok((Value::Null, events))
+                            }),
+                        )
                     })
-                })
-                .await
+                    .await;
+                self.moved(changed)
             }
             other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
         }
@@ -189,10 +252,10 @@ impl Daemon {
         let result = self
             .with_store(move |d| {
                 let rules = d.rules();
-                d.store.change_presence("presence-sweep", |p| Ok(((), p.sweep(&rules, now, &probe))))
+                d.store.change_presence("presence-sweep", tracked(|p| Ok(((), p.sweep(&rules, now, &probe)))))
             })
             .await;
-        if let Err(e) = result {
+        if let Err(e) = self.moved(result) {
             tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed");
         }
     }

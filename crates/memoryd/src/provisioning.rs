@@ -34,6 +34,14 @@ pub fn rpc_error(e: ProvisionError) -> RpcError {
 }
 
 impl Daemon {
+    /// [`provisioning`](Self::provisioning) for other modules' jobs.
+    pub async fn provisioning_job<T: Send + 'static>(
+        self: &Arc<Self>,
+        job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
+    ) -> T {
+        self.provisioning(job).await
+    }
+
     /// Runs `job` with a provisioner on a blocking thread. A panic in it
     /// goes on unwinding in the caller's task, as if it had happened there.
     async fn provisioning<T: Send + 'static>(
@@ -42,6 +50,7 @@ impl Daemon {
     ) -> T {
         let daemon = self.clone();
         let config = self.config();
+        let index = self.vault.index();
         let joined = tokio::task::spawn_blocking(move || {
             let tools = Tools::new(&daemon.paths, &config, &daemon.running_exe, daemon.sandboxed);
             let cancelled = || daemon.shutdown.begun.is_cancelled();
@@ -51,6 +60,7 @@ impl Daemon {
                 tools: &tools,
                 config: &config,
                 store: &daemon.store,
+                index: Some(&index),
                 lock: &daemon.lock,
                 cancelled: &cancelled,
             })
@@ -239,6 +249,7 @@ impl Daemon {
         let heartbeat = verify::heartbeat_from_disk(&self.paths.heartbeat, &self.config(), SystemTime::now());
         let pid = std::process::id();
         let home = std::env::var_os("HOME").map(PathBuf::from);
+        let refused_rescan = self.vault.refused.load(Ordering::Relaxed);
         let checks = self
             .provisioning(move |p| {
                 let mut checks = Vec::new();
@@ -252,7 +263,7 @@ impl Daemon {
                     // The daemon runs these checks itself, so it is answering.
                     tally.line("memoryd-heartbeat", heartbeat.0, &heartbeat.1);
                     tally.line("memoryd-socket", ProgressStatus::Ok, &format!("answering (pid {pid})"));
-                    verify::Verify { p, repair, home }.rest(&mut tally);
+                    verify::Verify { p, repair, home, refused_rescan }.rest(&mut tally);
                     tally.problems == 0
                 };
                 (ok, checks)

@@ -86,6 +86,36 @@ pub async fn surface_sweep(daemon: Arc<Daemon>) {
     .await;
 }
 
+/// Re-renders the fragments asked for, a burst of requests at a time.
+pub async fn fragment_renderer(daemon: Arc<Daemon>) {
+    let Some(mut rx) = daemon.fragment_rx.lock().ok().and_then(|mut r| r.take()) else { return };
+    loop {
+        let first = tokio::select! {
+            _ = daemon.shutdown.begun.cancelled() => return,
+            next = rx.recv() => match next { Some(n) => n, None => return },
+        };
+        tokio::time::sleep(DEBOUNCE).await;
+        let mut wanted: Option<std::collections::BTreeSet<String>> = first.map(|p| p.into_iter().collect());
+        while let Ok(next) = rx.try_recv() {
+            match (&mut wanted, next) {
+                (Some(set), Some(more)) => set.extend(more),
+                (_, None) => wanted = None,
+                (None, Some(_)) => {}
+            }
+        }
+        let Some(map) = daemon.fleet.lock().ok().and_then(|f| f.map().cloned()) else { continue };
+        let peers: Vec<_> =
+            map.peers.into_iter().filter(|p| wanted.as_ref().is_none_or(|w| w.contains(&p.personality))).collect();
+        match daemon.provisioning_job(move |p| p.render_fragments(&peers)).await {
+            Ok((written, _, failed)) if written + failed > 0 => {
+                tracing::info!(written, failed, "fragments re-rendered");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(task = "fragments", error = %e, "cannot re-render fragments"),
+        }
+    }
+}
+
 /// Demotes silent sessions every `presence.sweep_every`.
 pub async fn presence_sweep(daemon: Arc<Daemon>) {
     every(&daemon, |c| c.presence.sweep_every, || daemon.presence_sweep()).await;

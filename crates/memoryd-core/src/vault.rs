@@ -1,0 +1,420 @@
+//! The vault of Markdown notes and its search index (spec 60).
+//!
+//! Zones: `peers/<personality>/**.md` is that peer's own; every other note
+//! is shared. A peer reads shared notes, its own and its linked peers'.
+//!
+//! Search is BM25 over title and body, title terms weighted up (a BM25F
+//! style combination: a title occurrence counts [`TITLE_WEIGHT`] times). A
+//! hand-written in-memory index: spec 60 expects one to be enough for tens
+//! of thousands of notes, and BENCHMARKS.md measures it (search over
+//! 10,000 notes, growth per note) against `tantivy`'s reason to exist: we
+//! would reach for it only if those figures showed the need.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+/// Notes larger than this are skipped (and counted).
+pub const MAX_NOTE_BYTES: u64 = 1 << 20;
+/// How much more a title occurrence counts than a body occurrence.
+pub const TITLE_WEIGHT: f32 = 3.0;
+const K1: f32 = 1.2;
+const B: f32 = 0.75;
+
+/// One note of the vault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    /// Relative to the vault, `/`-separated.
+    pub path: String,
+    pub title: String,
+    pub author: Option<String>,
+    pub created: Option<String>,
+    pub tags: Vec<String>,
+    /// The peer whose zone holds it; None for a shared note.
+    pub owner: Option<String>,
+    pub body: String,
+    pub modified: SystemTime,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    pub notes: Vec<Note>,
+    /// Files skipped: not UTF-8, or larger than 1 MiB.
+    pub skipped: usize,
+}
+
+/// Walks the vault: hidden dirs and `*.tmp` files are ignored, notes that
+/// are not UTF-8 or too large are skipped and counted.
+pub fn scan(vault: &Path) -> std::io::Result<Scan> {
+    let mut out = Scan::default();
+    let mut stack = vec![vault.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if dir == vault => return Err(e),
+            Err(_) => continue,
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with(".tmp") {
+                continue;
+            }
+            let Ok(kind) = entry.file_type() else { continue };
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() && name.ends_with(".md") {
+                match read_note(vault, &path) {
+                    Some(note) => out.notes.push(note),
+                    None => out.skipped += 1,
+                }
+            }
+        }
+    }
+    out.notes.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Reads one note; None when it must be skipped.
+pub fn read_note(vault: &Path, path: &Path) -> Option<Note> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.len() > MAX_NOTE_BYTES {
+        return None;
+    }
+    let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
+    let rel = path
+        .strip_prefix(vault)
+        .ok()?
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/");
+    Some(parse_note(&rel, &text, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+}
+
+/// The zone owner of a relative path: `peers/<personality>/…`.
+pub fn owner_of(rel: &str) -> Option<String> {
+    let mut parts = rel.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("peers"), Some(p), Some(_)) if crate::names::is_personality(p) => Some(p.to_owned()),
+        _ => None,
+    }
+}
+
+/// Parses front matter (`title`, `author`, `created`, `tags` as `[a, b]` or
+/// `- item` lines; other keys ignored) and the body. A note without a title
+/// takes its first `# ` heading, else its file name.
+pub fn parse_note(rel: &str, text: &str, modified: SystemTime) -> Note {
+    let mut fields: HashMap<String, String> = HashMap::new();
+    let mut tags = Vec::new();
+    let mut body = text;
+    if let Some(rest) = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n"))
+        && let Some(end) = rest.find("\n---")
+    {
+        let block = &rest[..end];
+        body = rest[end + 4..].trim_start_matches(['\r', '\n']);
+        let mut in_tags = false;
+        for line in block.lines() {
+            if let Some(item) = line.trim_start().strip_prefix("- ").filter(|_| in_tags) {
+                tags.push(unquote(item));
+                continue;
+            }
+            in_tags = false;
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let (key, value) = (key.trim().to_lowercase(), value.trim());
+            if key == "tags" {
+                if let Some(list) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+                    tags.extend(list.split(',').map(unquote).filter(|t| !t.is_empty()));
+                } else if value.is_empty() {
+                    in_tags = true;
+                } else {
+                    tags.push(unquote(value));
+                }
+            } else {
+                fields.insert(key, unquote(value));
+            }
+        }
+    }
+    let heading = body.lines().find_map(|l| l.strip_prefix("# ")).map(|h| h.trim().to_owned());
+    let file_name = rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".md").to_owned();
+    let title = fields.remove("title").filter(|t| !t.is_empty()).or(heading).unwrap_or(file_name);
+    Note {
+        path: rel.to_owned(),
+        title,
+        author: fields.remove("author").filter(|a| !a.is_empty()),
+        created: fields.remove("created").filter(|c| !c.is_empty()),
+        tags,
+        owner: owner_of(rel),
+        body: body.to_owned(),
+        modified,
+    }
+}
+
+fn unquote(s: &str) -> String {
+    let s = s.trim();
+    ['"', '\''].iter().find_map(|q| s.strip_prefix(*q).and_then(|x| x.strip_suffix(*q))).unwrap_or(s).to_owned()
+}
+
+/// Lower-cased alphanumeric words.
+pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+}
+
+/// One posting: the note and the term's weighted frequency in it.
+#[derive(Debug, Clone, Copy)]
+struct Posting {
+    note: u32,
+    tf: f32,
+}
+
+/// The search index over one scan.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    notes: Vec<Note>,
+    postings: HashMap<String, Vec<Posting>>,
+    /// Weighted length of each note.
+    lengths: Vec<f32>,
+    avg_length: f32,
+    by_path: HashMap<String, u32>,
+    pub skipped: usize,
+}
+
+/// One search hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit<'a> {
+    pub note: &'a Note,
+    pub score: f32,
+}
+
+impl Index {
+    pub fn build(scan: Scan) -> Index {
+        let mut postings: HashMap<String, Vec<Posting>> = HashMap::new();
+        let mut lengths = Vec::with_capacity(scan.notes.len());
+        let mut by_path = HashMap::with_capacity(scan.notes.len());
+        for (i, note) in scan.notes.iter().enumerate() {
+            let mut tf: HashMap<String, f32> = HashMap::new();
+            let mut length = 0.0;
+            for t in tokens(&note.title) {
+                *tf.entry(t).or_default() += TITLE_WEIGHT;
+                length += TITLE_WEIGHT;
+            }
+            for t in tokens(&note.body) {
+                *tf.entry(t).or_default() += 1.0;
+                length += 1.0;
+            }
+            lengths.push(length);
+            for (term, tf) in tf {
+                postings.entry(term).or_default().push(Posting { note: i as u32, tf });
+            }
+            by_path.insert(note.path.clone(), i as u32);
+        }
+        let avg_length = if lengths.is_empty() { 0.0 } else { lengths.iter().sum::<f32>() / lengths.len() as f32 };
+        Index { notes: scan.notes, postings, lengths, avg_length, by_path, skipped: scan.skipped }
+    }
+
+    pub fn len(&self) -> usize {
+        self.notes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.notes.is_empty()
+    }
+
+    pub fn notes(&self) -> &[Note] {
+        &self.notes
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Note> {
+        self.by_path.get(path).map(|&i| &self.notes[i as usize])
+    }
+
+    /// BM25 over the notes `visible` allows, best first.
+    pub fn search(&self, query: &str, visible: impl Fn(&Note) -> bool, limit: usize) -> Vec<Hit<'_>> {
+        let n = self.notes.len() as f32;
+        let mut scores: HashMap<u32, f32> = HashMap::new();
+        let mut terms: Vec<String> = tokens(query).collect();
+        terms.sort();
+        terms.dedup();
+        for term in &terms {
+            let Some(list) = self.postings.get(term) else { continue };
+            let df = list.len() as f32;
+            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+            for p in list {
+                let len = self.lengths[p.note as usize];
+                let norm = K1 * (1.0 - B + B * len / self.avg_length.max(1.0));
+                *scores.entry(p.note).or_default() += idf * p.tf * (K1 + 1.0) / (p.tf + norm);
+            }
+        }
+        let mut hits: Vec<Hit<'_>> = scores
+            .into_iter()
+            .map(|(i, score)| Hit { note: &self.notes[i as usize], score })
+            .filter(|h| visible(h.note))
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.note.path.cmp(&b.note.path)));
+        hits.truncate(limit);
+        hits
+    }
+
+    /// The newest `n` notes `visible` allows (by `created`, else mtime).
+    pub fn recent(&self, visible: impl Fn(&Note) -> bool, n: usize) -> Vec<&Note> {
+        let mut notes: Vec<&Note> = self.notes.iter().filter(|n| visible(n)).collect();
+        let key = |note: &Note| {
+            note.created.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok()).unwrap_or(note.modified)
+        };
+        notes.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.path.cmp(&b.path)));
+        notes.truncate(n);
+        notes
+    }
+}
+
+/// Whether `reader` may read `note`: shared, its own, or a linked peer's.
+pub fn readable(note: &Note, reader: &str, linked: &[&str]) -> bool {
+    match &note.owner {
+        None => true,
+        Some(owner) => owner == reader || linked.contains(&owner.as_str()),
+    }
+}
+
+/// A rescan that would drop more than 10 notes and more than 20 % of the
+/// index is refused: a vault can vanish for a moment (an unmounted disk).
+pub fn rescan_refused(old: usize, new: usize) -> bool {
+    let dropped = old.saturating_sub(new);
+    dropped > 10 && dropped * 5 > old
+}
+
+/// The slug of a title: lower-cased, every run of characters other than
+/// `a-z0-9` one `-`, trimmed, at most 80 characters; None when empty.
+pub fn slug(title: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in title.to_lowercase().chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let trimmed: String = out.trim_matches('-').chars().take(80).collect();
+    let trimmed = trimmed.trim_end_matches('-').to_owned();
+    (!trimmed.is_empty()).then_some(trimmed)
+}
+
+/// A note's text with its front matter.
+pub fn render_note(title: &str, author: &str, created: &str, tags: &[String], body: &str) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let tags: Vec<String> = tags.iter().map(|t| quote(t)).collect();
+    format!(
+        "---\ntitle: {}\nauthor: {author}\ncreated: {created}\ntags: [{}]\n---\n\n{}\n",
+        quote(title),
+        tags.join(", "),
+        body.trim_end()
+    )
+}
+
+/// A vault-relative path made safe: no absolute path, no `..`, no hidden
+/// part, `.md` only. None when it is not one.
+pub fn safe_relative(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(part) if !part.to_string_lossy().starts_with('.') => out.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (out.extension().is_some_and(|e| e == "md")).then_some(out)
+}
+
+/// The first body line that holds a query term, shortened.
+pub fn snippet(note: &Note, query: &str) -> String {
+    let terms: Vec<String> = tokens(query).collect();
+    let line = note
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| tokens(l).any(|t| terms.contains(&t)))
+        .or_else(|| note.body.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')))
+        .unwrap_or("");
+    let line = line.trim();
+    if line.chars().count() > 160 {
+        format!("{}…", line.chars().take(160).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_front_matter_headings_and_zones() {
+        let t = SystemTime::UNIX_EPOCH;
+        let n = parse_note(
+            "peers/ada/plan.md",
+            "---\ntitle: \"The plan\"\nauthor: ada\ncreated: 2026-11-01T10:00:00Z\ntags: [a, 'b']\nmood: x\n---\n\nBody text.\n",
+            t,
+        );
+        assert_eq!((n.title.as_str(), n.author.as_deref(), n.owner.as_deref()), ("The plan", Some("ada"), Some("ada")));
+        assert_eq!(n.tags, ["a", "b"]);
+        assert_eq!(n.body, "Body text.\n");
+        let n = parse_note("notes/x.md", "---\ntags:\n- one\n- two\n---\n# Heading\ntext", t);
+        assert_eq!((n.title.as_str(), n.owner), ("Heading", None));
+        assert_eq!(n.tags, ["one", "two"]);
+        assert_eq!(parse_note("deploy-notes.md", "no heading", t).title, "deploy-notes");
+    }
+
+    #[test]
+    fn bm25_ranks_title_matches_up_and_respects_visibility() {
+        let t = SystemTime::UNIX_EPOCH;
+        let notes = vec![
+            parse_note("a.md", "# Kafka tuning\nbatch sizes", t),
+            parse_note("b.md", "# Notes\nkafka kafka appears in the body", t),
+            parse_note("peers/bob/c.md", "# Kafka secrets\nbob only", t),
+            parse_note("d.md", "# Other\nnothing", t),
+        ];
+        let index = Index::build(Scan { notes, skipped: 0 });
+        let hits = index.search("kafka", |_| true, 10);
+        assert_eq!(hits.len(), 3);
+        assert_ne!(hits[0].note.path, "b.md", "a title match outranks body repeats");
+        let hits = index.search("kafka", |n| readable(n, "ada", &[]), 10);
+        assert!(hits.iter().all(|h| h.note.path != "peers/bob/c.md"));
+        let linked = index.search("kafka", |n| readable(n, "ada", &["bob"]), 10);
+        assert_eq!(linked.len(), 3);
+        assert!(snippet(hits[0].note, "kafka").len() < 200);
+    }
+
+    #[test]
+    fn slugs_paths_and_the_rescan_guard() {
+        assert_eq!(slug("  Hello, World! 2026 ").as_deref(), Some("hello-world-2026"));
+        assert_eq!(slug("!!!"), None);
+        assert_eq!(slug(&"a".repeat(100)).unwrap().len(), 80);
+        assert!(safe_relative("../../etc/passwd").is_none());
+        assert!(safe_relative("/etc/passwd.md").is_none());
+        assert!(safe_relative("peers/.hidden/x.md").is_none());
+        assert!(safe_relative("notes/x.txt").is_none());
+        assert_eq!(safe_relative("./peers/ada/x.md").unwrap(), PathBuf::from("peers/ada/x.md"));
+        assert!(rescan_refused(100, 50));
+        assert!(!rescan_refused(100, 85), "15 % dropped");
+        assert!(!rescan_refused(20, 10), "only 10 dropped");
+    }
+
+    #[test]
+    fn scans_skip_hidden_tmp_large_and_binary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path();
+        std::fs::create_dir_all(v.join("peers/ada")).unwrap();
+        std::fs::create_dir_all(v.join(".git")).unwrap();
+        std::fs::write(v.join("peers/ada/one.md"), "# One").unwrap();
+        std::fs::write(v.join("two.md"), "# Two").unwrap();
+        std::fs::write(v.join(".git/x.md"), "# hidden").unwrap();
+        std::fs::write(v.join("three.md.tmp"), "# tmp").unwrap();
+        std::fs::write(v.join("bin.md"), [0xff, 0xfe]).unwrap();
+        std::fs::write(v.join("big.md"), vec![b'a'; (MAX_NOTE_BYTES + 1) as usize]).unwrap();
+        let s = scan(v).unwrap();
+        assert_eq!(s.notes.iter().map(|n| n.path.as_str()).collect::<Vec<_>>(), ["peers/ada/one.md", "two.md"]);
+        assert_eq!(s.skipped, 2);
+    }
+}

@@ -1,0 +1,353 @@
+//! The memory MCP endpoint (spec 60): Streamable HTTP on
+//! `127.0.0.1:<mcp_port>/mcp`, through the official SDK (`rmcp`) in
+//! stateless mode, so a restart of the daemon is invisible to clients.
+//!
+//! Before MCP, at the HTTP level, a guard refuses with 403 and a
+//! one-sentence JSON body: another uid (Linux, by the connection's owner in
+//! `/proc/net/tcp`), a `Host` that is not loopback with our port, a
+//! non-loopback `Origin` (DNS rebinding), and a missing or unknown
+//! `X-IAPeer-Identity`. OAuth discovery probes get a plain 404.
+
+use crate::daemon::Daemon;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use memoryd_core::memory::{self, Caller};
+use memoryd_core::names::split_node_id;
+use memoryd_core::peers;
+use memoryd_core::presence::Refusal;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, ServerHandler};
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+pub const IDENTITY: &str = "x-iapeer-identity";
+
+/// Binds `127.0.0.1:<port>` (step 6 of start-up, before any slow work).
+pub fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves MCP on `listener` until the daemon stops.
+pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(task = "mcp", error = %e, "cannot serve the MCP endpoint");
+            return;
+        }
+    };
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let config = daemon.config();
+    let mut http = StreamableHttpServerConfig::default();
+    http.legacy_session_mode = false;
+    http.json_response = true;
+    http.sse_keep_alive = None;
+    http.max_request_body_bytes = config.max_request_bytes;
+    http.cancellation_token = daemon.shutdown.begun.child_token();
+    // Our guard validates Host and Origin first; the SDK's own checks agree.
+    http.allowed_hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
+    let server = daemon.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(MemoryServer { daemon: server.clone() }),
+        Arc::new(LocalSessionManager::default()),
+        http,
+    );
+    let router = axum::Router::new()
+        .nest_service("/mcp", service)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn_with_state((daemon.clone(), port), guard));
+    daemon.mcp_listening.store(true, Ordering::Relaxed);
+    let stop = daemon.shutdown.begun.clone();
+    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    daemon.mcp_listening.store(false, Ordering::Relaxed);
+    if let Err(e) = served {
+        tracing::error!(task = "mcp", error = %e, "the MCP endpoint stopped");
+    }
+}
+
+fn forbidden(sentence: String) -> Response {
+    (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], json!({"error": sentence}).to_string())
+        .into_response()
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// `Host` must name the loopback address or `localhost` with our port.
+fn host_ok(headers: &HeaderMap, port: u16) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    host.rsplit_once(':').is_some_and(|(h, p)| is_loopback_host(h) && p.parse() == Ok(port))
+}
+
+/// An `Origin`, when present, must be a loopback origin.
+fn origin_ok(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else { return false };
+    let host = match rest.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => rest,
+    };
+    is_loopback_host(host)
+}
+
+/// The uid owning the client end of a loopback TCP connection (Linux).
+#[cfg(target_os = "linux")]
+fn connection_uid(client: SocketAddr, server_port: u16) -> Option<u32> {
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if cols.len() > 7 && port(cols[1]) == Some(client.port()) && port(cols[2]) == Some(server_port) {
+                return cols[7].parse().ok();
+            }
+        }
+    }
+    None
+}
+
+async fn guard(
+    State((daemon, port)): State<(Arc<Daemon>, u16)>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path().starts_with("/.well-known/") {
+        // Codex probes OAuth discovery for servers without a bearer token.
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let me = nix::unistd::getuid().as_raw();
+        if connection_uid(client, port).is_some_and(|uid| uid != me) {
+            return forbidden("connections from another user are refused; memoryd serves only its own user".to_owned());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = client;
+    let headers = request.headers();
+    if !host_ok(headers, port) {
+        return forbidden(format!("the Host header must be 127.0.0.1:{port} or localhost:{port}"));
+    }
+    if !origin_ok(headers) {
+        return forbidden("only loopback origins may call memoryd".to_owned());
+    }
+    let identity = headers.get(IDENTITY).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if identity.is_empty() {
+        return forbidden(
+            "set the X-IAPeer-Identity header to <runtime>-<personality> of a fleet peer (memoryd's surfaces do)"
+                .to_owned(),
+        );
+    }
+    if !daemon.knows(identity) {
+        return forbidden(format!("X-IAPeer-Identity {identity:?} is not a peer-runtime of the fleet map"));
+    }
+    next.run(request).await
+}
+
+/// The MCP server of one request (stateless: built per request).
+#[derive(Clone)]
+struct MemoryServer {
+    daemon: Arc<Daemon>,
+}
+
+fn object(schema: Value) -> Arc<Map<String, Value>> {
+    Arc::new(schema.as_object().cloned().unwrap_or_default())
+}
+
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new(
+            "memory_search",
+            "Search the notes you may read (your own, shared ones, linked peers'); ranked by relevance.",
+            object(json!({"type": "object", "properties": {
+                "query": {"type": "string", "description": "What to look for"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 50, "description": "At most this many (10)"},
+                "scope": {"type": "string", "enum": ["all", "own", "shared", "peers"]},
+            }, "required": ["query"]})),
+        ),
+        Tool::new(
+            "memory_read",
+            "Read one note by its path relative to the vault (as memory_search returns it).",
+            object(json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})),
+        ),
+        Tool::new(
+            "memory_write",
+            "Save a note in your own zone (peers/<you>/<slug>.md); returns similar notes to link or merge by hand.",
+            object(json!({"type": "object", "properties": {
+                "title": {"type": "string"},
+                "body": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "replace": {"type": "boolean", "description": "Replace your existing note of that title"},
+            }, "required": ["title", "body"]})),
+        ),
+        Tool::new(
+            "peers_list",
+            "The peers you can see: yourself and your linked peers, with their presence.",
+            object(json!({"type": "object", "properties": {}})),
+        ),
+        Tool::new(
+            "peer_send",
+            "Send a short message to a linked peer; it arrives at the start of its next turn.",
+            object(json!({"type": "object", "properties": {
+                "to": {"type": "string"},
+                "message": {"type": "string", "maxLength": 7000},
+            }, "required": ["to", "message"]})),
+        ),
+    ]
+}
+
+fn refusal_text(r: &Refusal) -> String {
+    format!("{} ({})", r.message, r.kind)
+}
+
+impl MemoryServer {
+    /// The caller's node, from the header the guard checked.
+    fn node(context: &RequestContext<RoleServer>) -> Option<String> {
+        let parts = context.extensions.get::<axum::http::request::Parts>()?;
+        parts.headers.get(IDENTITY)?.to_str().ok().map(str::to_owned)
+    }
+
+    /// Refuses a write by a read-only node (no known version counts as
+    /// read-only under a floor).
+    fn check_write(&self, node: &str) -> Result<(), String> {
+        let presence = self.daemon.store.presence().map_err(|e| e.to_string())?;
+        self.daemon.check_floor(node, &presence).map_err(|r| refusal_text(&r))
+    }
+
+    async fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
+        let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
+        let text = |key: &str| args.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+        let linked_names = self.daemon.linked_with(&personality);
+        let linked: Vec<&str> = linked_names.iter().map(String::as_str).collect();
+        let caller = Caller { personality: &personality, linked: &linked };
+        let vault = self.daemon.vault.path.clone();
+        let no_vault = || "no vault configured; set `vault` in memoryd.toml (memoryctl init --vault DIR)".to_owned();
+        match name {
+            "memory_search" => {
+                vault.ok_or_else(no_vault)?;
+                let index = self.daemon.vault.index();
+                let limit = args.get("limit").and_then(Value::as_u64);
+                memory::search(&index, &caller, &text("query"), limit, args.get("scope").and_then(Value::as_str))
+            }
+            "memory_read" => {
+                let vault = vault.ok_or_else(no_vault)?;
+                memory::read(&vault, &caller, &text("path")).map(Value::String)
+            }
+            "memory_write" => {
+                let vault = vault.ok_or_else(no_vault)?;
+                self.check_write(node)?;
+                let tags: Vec<String> = args
+                    .get("tags")
+                    .and_then(Value::as_array)
+                    .map(|t| t.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default();
+                let replace = args.get("replace").and_then(Value::as_bool).unwrap_or(false);
+                let index = self.daemon.vault.index();
+                let result = memory::write(
+                    &self.daemon.files,
+                    &vault,
+                    &index,
+                    &caller,
+                    &text("title"),
+                    &text("body"),
+                    &tags,
+                    replace,
+                    SystemTime::now(),
+                )?;
+                // The writer's next search must find it.
+                if self.daemon.rescan_vault("memory_write").await {
+                    self.daemon.refresh_fragments(None);
+                }
+                Ok(result)
+            }
+            "peers_list" => {
+                let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
+                let floor = self.daemon.rules().floor;
+                let visible =
+                    peers::visible_in(&self.daemon.store, &fleet, floor, &personality).map_err(|e| e.to_string())?;
+                serde_json::to_value(visible).map_err(|e| e.to_string())
+            }
+            "peer_send" => {
+                self.check_write(node)?;
+                let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
+                let to = text("to");
+                let capacity = self.daemon.config().presence.inbox_capacity;
+                let sent = peers::send(
+                    &self.daemon.store,
+                    &fleet,
+                    &personality,
+                    &to,
+                    &text("message"),
+                    capacity,
+                    SystemTime::now(),
+                )
+                .map_err(|e| match e {
+                    memoryd_core::store::StoreError::Refused(r) => refusal_text(&r),
+                    other => other.to_string(),
+                })?;
+                self.daemon.refresh_fragments(Some(vec![to]));
+                Ok(sent)
+            }
+            other => Err(format!("unknown tool `{other}`")),
+        }
+    }
+}
+
+impl ServerHandler for MemoryServer {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = Implementation::from_build_env();
+        info.name = "memoryd".to_owned();
+        info.version = memoryd_core::VERSION.to_owned();
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(info)
+            .with_instructions(
+                "Shared memory of this agent fleet: search and read notes, write your own, message linked peers.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if !tools().iter().any(|t| t.name == request.name) {
+            return Err(ErrorData::invalid_params(format!("unknown tool `{}`", request.name), None));
+        }
+        let Some(node) = Self::node(&context) else {
+            return Err(ErrorData::invalid_request("no X-IAPeer-Identity on this request", None));
+        };
+        let args = request.arguments.unwrap_or_default();
+        let result = match self.run(&node, &request.name, &args).await {
+            Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
+            Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
+            Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),
+        };
+        Ok(result.into())
+    }
+}

@@ -1,0 +1,130 @@
+//! The daemon's vault index (spec 60): built at start, kept current from a
+//! recursive watcher (debounced), with a periodic rescan when watching
+//! fails. A rescan that would empty much of the index is refused.
+
+use crate::daemon::Daemon;
+use memoryd_core::vault::{self, Index};
+use notify::Watcher;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Changes closer together than this are one rescan.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// The rescan period when the vault cannot be watched (and the retry of a
+/// refused rescan).
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// The index and what `status` says about it.
+pub struct VaultState {
+    /// The vault in force since start (a new `vault` applies at restart).
+    pub path: Option<PathBuf>,
+    index: RwLock<Arc<Index>>,
+    pub watching: AtomicBool,
+    /// A rescan was refused and waits for a retry.
+    pub refused: AtomicBool,
+}
+
+impl VaultState {
+    pub fn new(path: Option<PathBuf>) -> VaultState {
+        VaultState {
+            path,
+            index: RwLock::new(Arc::new(Index::default())),
+            watching: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    pub fn index(&self) -> Arc<Index> {
+        self.index.read().map(|i| i.clone()).unwrap_or_default()
+    }
+
+    fn swap(&self, index: Index) {
+        if let Ok(mut current) = self.index.write() {
+            *current = Arc::new(index);
+        }
+    }
+}
+
+impl Daemon {
+    /// Rescans the vault; whether the index changed. A rescan that would
+    /// drop more than 10 notes and 20 % of the index keeps the old one.
+    pub async fn rescan_vault(self: &Arc<Self>, why: &'static str) -> bool {
+        let Some(path) = self.vault.path.clone() else { return false };
+        let scanned = tokio::task::spawn_blocking(move || vault::scan(&path)).await;
+        let scan = match scanned {
+            Ok(Ok(scan)) => scan,
+            Ok(Err(e)) => {
+                tracing::warn!(why, error = %e, "cannot scan the vault; keeping the last index");
+                return false;
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let old = self.vault.index();
+        if vault::rescan_refused(old.len(), scan.notes.len()) {
+            if !self.vault.refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    why,
+                    indexed = old.len(),
+                    found = scan.notes.len(),
+                    "a rescan would drop most of the vault; keeping the old index and retrying later"
+                );
+            }
+            return false;
+        }
+        self.vault.refused.store(false, Ordering::Relaxed);
+        if old.notes() == scan.notes.as_slice() {
+            return false;
+        }
+        tracing::info!(why, notes = scan.notes.len(), skipped = scan.skipped, "vault indexed");
+        self.vault.swap(Index::build(scan));
+        true
+    }
+}
+
+/// Builds the index, then keeps it current; every change re-renders the
+/// fragments.
+pub async fn watch(daemon: Arc<Daemon>) {
+    let Some(path) = daemon.vault.path.clone() else { return };
+    daemon.rescan_vault("start-up").await;
+    daemon.refresh_fragments(None);
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(&path, notify::RecursiveMode::Recursive)?;
+        Ok(w)
+    });
+    let _watcher = match watcher {
+        Ok(w) => {
+            daemon.vault.watching.store(true, Ordering::Relaxed);
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(task = "vault-watcher", error = %e, vault = %path.display(), "cannot watch the vault; rescanning every 30 s");
+            None
+        }
+    };
+    let mut rescan = tokio::time::interval(RESCAN_EVERY);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    rescan.tick().await;
+    loop {
+        let why = tokio::select! {
+            _ = daemon.shutdown.begun.cancelled() => return,
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                "change"
+            }
+            _ = rescan.tick(), if _watcher.is_none() || daemon.vault.refused.load(Ordering::Relaxed) => "rescan",
+        };
+        if daemon.rescan_vault(why).await {
+            daemon.refresh_fragments(None);
+        }
+    }
+}
