@@ -386,3 +386,79 @@ pub fn hook_commands(file: &Path, event: &str) -> Vec<String> {
         .filter_map(|h| h["command"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// An HTTP answer.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// POSTs `body` to `http://127.0.0.1:<port><path>` (HTTP/1.1, closed after
+/// the answer) with these headers added to the defaults.
+pub fn http_post(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> HttpAnswer {
+    http(port, "POST", path, headers, body)
+}
+
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpAnswer {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+    HttpAnswer { status, body }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One MCP JSON-RPC call as `identity`, as Claude Code would send it.
+pub fn mcp(port: u16, identity: &str, method: &str, params: Value) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let answer = http_post(
+        port,
+        "/mcp",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("MCP-Protocol-Version", "2025-06-18"),
+            ("X-IAPeer-Identity", identity),
+        ],
+        &body,
+    );
+    assert_eq!(answer.status, 200, "{method} as {identity}: {}", answer.body);
+    // A JSON body, or an event stream whose data lines carry it.
+    let json = answer.body.lines().find_map(|l| l.strip_prefix("data:")).map_or(answer.body.as_str(), str::trim);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body))
+}
+
+/// Calls one MCP tool; (isError, the text of its content).
+pub fn mcp_tool(port: u16, identity: &str, tool: &str, arguments: Value) -> (bool, String) {
+    let v = mcp(port, identity, "tools/call", json!({"name": tool, "arguments": arguments}));
+    let result = &v["result"];
+    assert!(result.is_object(), "{tool}: {v}");
+    (result["isError"] == true, result["content"][0]["text"].as_str().unwrap_or("").to_owned())
+}

@@ -122,6 +122,9 @@ fn update_reports_every_step_then_changes_nothing_the_second_time() {
 fn the_restart_at_the_end_of_update_refuses_no_connection_and_keeps_the_pid() {
     let root = Root::bare();
     fleet(&root, "");
+    let port = free_port();
+    let config = std::fs::read_to_string(&root.paths.default_config).unwrap();
+    root.write_config(&config.replace("mcp_port = 0", &format!("mcp_port = {port}")));
     let daemon = root.start_daemon();
     let done = std::sync::atomic::AtomicBool::new(false);
     let (refused, tried) = std::thread::scope(|s| {
@@ -130,7 +133,10 @@ fn the_restart_at_the_end_of_update_refuses_no_connection_and_keeps_the_pid() {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 tried += 1;
                 if let Err(e) = std::os::unix::net::UnixStream::connect(root.socket()) {
-                    refused.push(e.to_string());
+                    refused.push(format!("control socket: {e}"));
+                }
+                if let Err(e) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    refused.push(format!("MCP port: {e}"));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -149,6 +155,16 @@ fn the_restart_at_the_end_of_update_refuses_no_connection_and_keeps_the_pid() {
     assert!(daemon.log().contains("restarted in place"), "{}", daemon.log());
     let mut conn = Conn::open(&root.socket()).unwrap();
     assert_eq!(conn.hello()["result"]["pid"], daemon.pid(), "same pid after the exec");
+    // The new image serves MCP on the listener it inherited.
+    let init = mcp(
+        port,
+        "claude-boris",
+        "initialize",
+        serde_json::json!({
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"},
+        }),
+    );
+    assert_eq!(init["result"]["serverInfo"]["name"], "memoryd", "{init}");
 }
 
 /// A hash-free comparison: every byte of every file under these paths.

@@ -357,11 +357,19 @@ impl Verify<'_> {
     }
 
     fn vault(&self, out: &mut Tally<'_>) {
-        match &self.p.config.vault {
-            None => out.line("vault", Skip, "no vault configured"),
-            Some(vault) => {
-                out.line("vault", Skip, &format!("{}: the vault index is not built in this version", vault.display()))
-            }
+        match (&self.p.config.vault, self.p.index) {
+            (None, _) => out.line("vault", Skip, "no vault configured"),
+            (Some(_), _) if self.refused_rescan => out.line(
+                "vault",
+                Warn,
+                "a rescan that would have dropped most notes was refused; the old index is kept (is the vault's disk mounted?)",
+            ),
+            (Some(vault), Some(index)) => out.line(
+                "vault",
+                Good,
+                &format!("{}: {} notes indexed, {} skipped", vault.display(), index.len(), index.skipped),
+            ),
+            (Some(vault), None) => out.line("vault", Fail, &format!("{}: cannot be indexed", vault.display())),
         }
     }
 

@@ -70,9 +70,11 @@ pub async fn fleet_refresh(daemon: Arc<Daemon>) {
     every(&daemon, |c| c.fleet_refresh_interval, || daemon.refresh_fleet()).await;
 }
 
-/// At start-up, refreshes the fleet map and then sweeps every peer; then
-/// sweeps every `sweep_interval`.
+/// At start-up, indexes the vault and refreshes the fleet map, then sweeps
+/// every peer (rendering fragments with the notes); then sweeps every
+/// `sweep_interval`.
 pub async fn surface_sweep(daemon: Arc<Daemon>) {
+    daemon.rescan_vault("start-up").await;
     daemon.refresh_fleet().await;
     // Failures are logged and kept for `status` by the sweep itself.
     let _ = daemon.sweep(None, "start-up").await;

@@ -84,12 +84,10 @@ impl Daemon {
     }
 }
 
-/// Builds the index, then keeps it current; every change re-renders the
-/// fragments.
+/// Keeps the index current (the start-up sweep builds it first, so the
+/// first fragments list the notes); every change re-renders the fragments.
 pub async fn watch(daemon: Arc<Daemon>) {
     let Some(path) = daemon.vault.path.clone() else { return };
-    daemon.rescan_vault("start-up").await;
-    daemon.refresh_fragments(None);
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {

@@ -1,0 +1,220 @@
+//! The memory MCP endpoint as a real client speaks it, and the fragments.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use memoryd_e2e::*;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+struct World {
+    root: Root,
+    port: u16,
+    vault: PathBuf,
+    dirs: Vec<PathBuf>,
+}
+
+/// Peers ada, bob, cyd (claude), a vault with one shared note, a floor of
+/// 1.0, and the daemon's MCP endpoint on a free port.
+fn world() -> World {
+    let root = Root::bare();
+    let port = free_port();
+    let vault = root.dir.path().join("vault");
+    std::fs::create_dir_all(vault.join("ops")).unwrap();
+    std::fs::write(vault.join("ops/kafka.md"), "---\ntitle: Kafka tuning\nauthor: ops\n---\nBatch sizes and linger.\n")
+        .unwrap();
+    root.write_config(&format!(
+        "mcp_port = {port}\nvault = \"{}\"\n[presence]\nmin_client_version = \"1.0\"\n",
+        vault.display()
+    ));
+    let names = ["ada", "bob", "cyd"];
+    let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
+    let fleet: Vec<(&str, &Path, &[&str])> =
+        names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
+    root.write_fleet_map(&fleet);
+    World { root, port, vault, dirs }
+}
+
+fn attach(root: &Root, node: &str, version: &str) {
+    let out = root.ctl(&["attach", "--node", node, "--session", &format!("s-{node}"), "--client-version", version]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn paths_of(text: &str) -> Vec<String> {
+    let hits: Value = serde_json::from_str(text).unwrap();
+    hits.as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
+}
+
+fn fragment(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(".iapeer/fragments/memoryd.md")).unwrap_or_default()
+}
+
+#[test]
+fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
+    let w = world();
+    let daemon = w.root.start_daemon();
+    let port = w.port;
+    attach(&w.root, "claude-ada", "1.0");
+    attach(&w.root, "claude-bob", "1.2");
+    attach(&w.root, "claude-cyd", "0.9");
+
+    let init = mcp(
+        port,
+        "claude-ada",
+        "initialize",
+        json!({
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"},
+        }),
+    );
+    assert_eq!(init["result"]["serverInfo"]["name"], "memoryd", "{init}");
+    let list = mcp(port, "claude-ada", "tools/list", json!({}));
+    let mut names: Vec<&str> =
+        list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["memory_read", "memory_search", "memory_write", "peer_send", "peers_list"]);
+
+    // Ada writes in her zone; she and (once linked) Bob find it, Cyd not.
+    let (err, text) = mcp_tool(
+        port,
+        "claude-ada",
+        "memory_write",
+        json!({"title": "Deploy checklist", "body": "Canary first, then the fleet.", "tags": ["ops"]}),
+    );
+    assert!(!err, "{text}");
+    let written: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(written["path"], "peers/ada/deploy-checklist.md");
+    assert_eq!(written["created"], true);
+    let note = std::fs::read_to_string(w.vault.join("peers/ada/deploy-checklist.md")).unwrap();
+    assert!(note.starts_with("---\ntitle: \"Deploy checklist\"\nauthor: ada\n"), "{note}");
+    let search = |node: &str, q: &str| paths_of(&mcp_tool(port, node, "memory_search", json!({"query": q})).1);
+    assert_eq!(search("claude-ada", "canary"), ["peers/ada/deploy-checklist.md"]);
+    assert!(search("claude-bob", "canary").is_empty(), "not linked yet");
+    assert!(w.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
+    assert_eq!(search("claude-bob", "canary"), ["peers/ada/deploy-checklist.md"]);
+    assert!(search("claude-cyd", "canary").is_empty());
+    assert_eq!(search("claude-cyd", "kafka"), ["ops/kafka.md"], "shared notes are for everyone");
+
+    // Reads: within the vault and the caller's zones only.
+    let (err, text) = mcp_tool(port, "claude-bob", "memory_read", json!({"path": "peers/ada/deploy-checklist.md"}));
+    assert!(!err && text.contains("Canary first"), "{text}");
+    let (err, _) = mcp_tool(port, "claude-cyd", "memory_read", json!({"path": "peers/ada/deploy-checklist.md"}));
+    assert!(err, "an unlinked peer's note is refused");
+    let (err, text) = mcp_tool(port, "claude-ada", "memory_read", json!({"path": "../../etc/passwd"}));
+    assert!(err && !text.contains("root:"), "{text}");
+
+    // A read-only node (client below the floor) cannot write.
+    let (err, text) = mcp_tool(port, "claude-cyd", "memory_write", json!({"title": "x", "body": "y"}));
+    assert!(err && text.contains("version.floor_exceeded"), "{text}");
+    let (err, text) = mcp_tool(port, "claude-cyd", "peer_send", json!({"to": "ada", "message": "hi"}));
+    assert!(err && text.contains("version.floor_exceeded"), "{text}");
+
+    // Peers and messages.
+    let (_, text) = mcp_tool(port, "claude-ada", "peers_list", json!({}));
+    let visible: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(visible[1]["personality"], "bob");
+    assert_eq!(visible[1]["reason"], "peer");
+    assert_eq!(visible[1]["state"], "online");
+    let (err, text) =
+        mcp_tool(port, "claude-ada", "peer_send", json!({"to": "bob", "message": "The checklist is in the vault."}));
+    assert!(!err, "{text}");
+    let (err, text) = mcp_tool(port, "claude-ada", "peer_send", json!({"to": "cyd", "message": "hi"}));
+    assert!(err && text.contains("peer.not_visible"), "{text}");
+    let printed = session_start(&w.root, &w.dirs[1]);
+    assert!(
+        printed.contains("[Peer message from `ada` at ") && printed.contains("The checklist is in the vault."),
+        "{printed}"
+    );
+    drop(daemon);
+}
+
+/// Runs bob's session-start hook; its stdout.
+fn session_start(root: &Root, cwd: &Path) -> String {
+    let shim = root.paths.hooks_dir.join("memoryd.claude.session-start.sh");
+    let mut child =
+        root.command(Path::new("/bin/sh")).arg(shim).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let input = json!({"session_id": "s-claude-bob", "cwd": cwd}).to_string();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    stdout(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn the_http_guard_refuses_foreign_origins_hosts_and_identities_before_mcp() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}})
+    .to_string();
+    let base = [("Content-Type", "application/json"), ("Accept", "application/json, text/event-stream")];
+    let with = |extra: &[(&str, &str)]| {
+        let headers: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+        http_post(w.port, "/mcp", &headers, &init)
+    };
+    let ok = with(&[("X-IAPeer-Identity", "claude-ada"), ("Origin", "http://localhost:3000")]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    for (extra, why) in [
+        (vec![("X-IAPeer-Identity", "claude-ada"), ("Origin", "https://evil.example")], "Origin"),
+        (vec![("X-IAPeer-Identity", "claude-ada"), ("Host", "evil.example:80")], "Host"),
+        (vec![], "no identity"),
+        (vec![("X-IAPeer-Identity", "claude-nobody")], "unknown identity"),
+    ] {
+        let refused = with(&extra);
+        assert_eq!(refused.status, 403, "{why}: {}", refused.body);
+        let sentence: Value = serde_json::from_str(&refused.body).unwrap();
+        assert!(
+            sentence["error"].as_str().unwrap().ends_with(|c: char| c.is_alphanumeric() || c == ')' || c == '"'),
+            "{why}"
+        );
+    }
+    let probe = http(w.port, "GET", "/.well-known/oauth-authorization-server", &[], "");
+    assert_eq!(probe.status, 404);
+    let status: Value = serde_json::from_slice(&w.root.ctl(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["mcp"]["listening"], true, "{status}");
+    assert_eq!(status["vault"]["notes"], 1, "{status}");
+    assert_eq!(status["vault"]["watching"], true, "{status}");
+    let verify = w.root.ctl(&["verify"]);
+    let text = stdout(&verify);
+    assert!(text.lines().any(|l| l.starts_with("ok       mcp-endpoint")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok       vault") && l.contains("1 notes indexed")), "{text}");
+}
+
+#[test]
+fn an_edited_note_reaches_search_and_the_fragments_that_can_read_it_without_a_restart() {
+    let w = world();
+    let daemon = w.root.start_daemon();
+    assert!(w.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
+    let (ada, bob, cyd) = (&w.dirs[0], &w.dirs[1], &w.dirs[2]);
+    assert!(eventually(|| fragment(bob).contains("- `ada` (")), "{}\n{}", fragment(bob), daemon.log());
+    assert!(
+        eventually(|| fragment(cyd).contains("## Recent notes\n\n- Kafka tuning by `ops` — `ops/kafka.md`")),
+        "{}",
+        fragment(cyd)
+    );
+    for section in ["## memoryd", "## Linked peers", "## Recent notes", "## Peer messages"] {
+        assert!(fragment(ada).contains(section), "{section}");
+    }
+    assert!(fragment(ada).contains(&format!("http://127.0.0.1:{}/mcp", w.port)));
+
+    // Edit the shared note on disk: search and every fragment follow.
+    std::fs::write(w.vault.join("ops/kafka.md"), "---\ntitle: Kafka retention\n---\nRetention is seven days.\n")
+        .unwrap();
+    assert!(
+        eventually(|| mcp_tool(w.port, "claude-cyd", "memory_search", json!({"query": "retention"}))
+            .1
+            .contains("Kafka retention")),
+        "{}",
+        daemon.log()
+    );
+    assert!(eventually(|| fragment(ada).contains("Kafka retention") && fragment(cyd).contains("Kafka retention")));
+
+    // A note in Ada's zone: Bob's fragment lists it, Cyd's keeps its mtime.
+    std::thread::sleep(Duration::from_millis(600));
+    let cyd_before = std::fs::metadata(cyd.join(".iapeer/fragments/memoryd.md")).unwrap().modified().unwrap();
+    std::fs::create_dir_all(w.vault.join("peers/ada")).unwrap();
+    std::fs::write(w.vault.join("peers/ada/plan.md"), "# Ada's plan\nship it\n").unwrap();
+    assert!(eventually(|| fragment(bob).contains("Ada's plan")), "{}", fragment(bob));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!fragment(cyd).contains("Ada's plan"));
+    let cyd_after = std::fs::metadata(cyd.join(".iapeer/fragments/memoryd.md")).unwrap().modified().unwrap();
+    assert_eq!(cyd_before, cyd_after, "a fragment whose inputs did not change keeps its mtime");
+}
