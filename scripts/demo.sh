@@ -29,11 +29,15 @@ JSON
 esac
 SH
 chmod 755 "$demo/bin/iapeer"
+mkdir -p "$demo/vault/peers/boris"
+[ -e "$demo/vault/welcome.md" ] || printf -- '---\ntitle: Welcome\nauthor: demo\n---\nShared notes live here; each peer writes under peers/<name>/.\n' > "$demo/vault/welcome.md"
 cat > "$R/plugins/memoryd/memoryd.toml" <<TOML
-# Demo config. The MCP endpoint is not built yet, so it is off here.
-mcp_port = 0
+# Demo config: the MCP endpoint on a port away from the default 8766, so a
+# real install on this machine is not disturbed.
+mcp_port = 28766
 heartbeat_interval = "5s"
 iapeer_bin = "$demo/bin/iapeer"
+vault = "$demo/vault"
 TOML
 "$ctl" --root "$R" daemon start
 echo
@@ -44,10 +48,15 @@ echo
 echo "Surfaces memoryd wrote into the peer folders:"
 (cd "$P" && find . -type f | sort)
 echo
+echo "boris's context fragment:"
+sed 's/^/  /' "$P/boris/.iapeer/fragments/memoryd.md"
+echo
 echo "memoryd runs detached on the demo root. Try:"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R status --json"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R reload"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R provision-peer --cwd $P/boris --runtime codex --personality boris"
+echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R peer link boris vera"
+echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R verify"
 echo "  tail $R/logs/memoryd/memoryd.log"
 echo "Stop it with:"
 echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R daemon stop"

@@ -46,8 +46,8 @@ pub struct Root {
 }
 
 impl Root {
-    /// A root whose config turns the MCP endpoint off (not built yet), so
-    /// a healthy daemon reports healthy.
+    /// A root whose config turns the MCP endpoint off, so parallel tests
+    /// never race for a port (those that want MCP pick a free one).
     pub fn new() -> Root {
         let root = Root::bare();
         root.write_config("mcp_port = 0\n");

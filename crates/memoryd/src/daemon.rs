@@ -169,6 +169,10 @@ impl Daemon {
             restart_needed.push("mcp_port");
             new.mcp_port = old.mcp_port;
         }
+        if new.vault != old.vault {
+            restart_needed.push("vault");
+            new.vault = old.vault.clone();
+        }
         for key in &restart_needed {
             tracing::warn!(key, "config change takes effect at the next start of memoryd");
             progress.send(key, ProgressStatus::Warn, "changed; takes effect at the next start of memoryd");
