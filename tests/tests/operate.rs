@@ -244,6 +244,14 @@ fn verify_reports_each_drifted_pair_writes_nothing_and_repair_fixes_it() {
     let out = root.ctl(&["verify", "--repair"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(line(&stdout(&out), "peer-trust").starts_with("repaired"), "{}", stdout(&out));
+    // A store document that does not load is named, and kept.
+    let presence = root.paths.store.join("presence.json");
+    std::fs::write(&presence, "{ torn").unwrap();
+    let out = root.ctl(&["verify", "--repair"]);
+    assert_eq!(out.status.code(), Some(1));
+    let store = line(&stdout(&out), "store").to_owned();
+    assert!(store.starts_with("FAIL") && store.contains("presence.json does not load"), "{store}");
+    assert_eq!(std::fs::read_to_string(&presence).unwrap(), "{ torn");
 }
 
 #[test]

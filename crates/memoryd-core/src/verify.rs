@@ -410,30 +410,33 @@ impl Verify<'_> {
         }
     }
 
+    /// Loads every store document with its real type: presence, links,
+    /// each inbox. A document that does not load is named, never deleted.
     fn store(&self, out: &mut Tally<'_>) {
-        let dir = &self.p.paths.store;
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(_) => return out.line("store", Good, "no presence, link or inbox data yet"),
-        };
-        let mut files = 0;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                files += 1;
-                let parsed = std::fs::read(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map(drop).map_err(|e| e.to_string()));
-                if let Err(e) = parsed {
-                    return out.line(
-                        "store",
-                        Fail,
-                        &format!("{} does not load: {e}; it is kept as it is", path.display()),
-                    );
-                }
+        let store = self.p.store;
+        let mut problems = Vec::new();
+        let mut note = |r: Result<(), crate::store::StoreError>| {
+            if let Err(e) = r {
+                problems.push(e.to_string());
             }
+        };
+        note(store.presence().map(drop));
+        note(store.read::<crate::peers::Links>(crate::peers::LINKS).map(drop));
+        let inboxes: Vec<String> = std::fs::read_dir(store.dir().join("inbox"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".json"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in &inboxes {
+            note(store.read::<crate::peers::Inbox>(&format!("inbox/{name}")).map(drop));
         }
-        out.line("store", Good, &format!("{files} file(s) load"));
+        match problems.first() {
+            None => out.line("store", Good, &format!("presence, links and {} inbox(es) load", inboxes.len())),
+            Some(first) => out.line("store", Fail, first),
+        }
     }
 }
 

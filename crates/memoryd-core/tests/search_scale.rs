@@ -20,7 +20,11 @@ fn search_over_ten_thousand_notes() {
         let notes = (0..n)
             .map(|i| {
                 let body: Vec<&str> = (0..200).map(|_| pick().as_str()).collect();
-                parse_note(&format!("n{i}.md"), &format!("# {} {}\n{}", pick(), pick(), body.join(" ")), SystemTime::UNIX_EPOCH)
+                parse_note(
+                    &format!("n{i}.md"),
+                    &format!("# {} {}\n{}", pick(), pick(), body.join(" ")),
+                    SystemTime::UNIX_EPOCH,
+                )
             })
             .collect();
         let started = Instant::now();
