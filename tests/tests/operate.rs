@@ -387,3 +387,18 @@ fn init_then_uninstall_leaves_every_peer_folder_as_it_was() {
     let sent = std::fs::read_to_string(&fleet.iapeer.send_log).unwrap();
     assert!(sent.contains("\"unregister\""), "{sent}");
 }
+
+#[test]
+fn host_restart_moves_the_daemon_onto_the_installed_binary_in_place() {
+    let root = Root::bare();
+    fleet(&root, "");
+    let daemon = root.start_daemon();
+    // Allowed before session.hello: an old client can always move a daemon.
+    let mut conn = Conn::open(&root.socket()).unwrap();
+    let reply = conn.request("host.restart", serde_json::json!({}));
+    assert_eq!(reply["result"]["restarting"], true, "{reply}");
+    assert_eq!(reply["result"]["binary"], bins().memoryd.display().to_string());
+    assert!(eventually(|| daemon.log().matches("memoryd up:").count() == 2), "{}", daemon.log());
+    let mut conn = Conn::open(&root.socket()).unwrap();
+    assert_eq!(conn.hello()["result"]["pid"], daemon.pid());
+}
