@@ -82,9 +82,7 @@ async fn verify_locally(ctx: &Ctx, repair: bool, lines: &mut Lines) -> anyhow::R
 
 /// `memoryctl update [--skip STEP]…`.
 pub async fn update(ctx: &Ctx, skip: Vec<String>, local: bool) -> anyhow::Result<ExitCode> {
-    if let Some(bad) = skip.iter().find(|s| !update::STEPS.contains(&s.as_str())) {
-        return Err(Usage(format!("unknown step `{bad}`; the steps are {}", update::STEPS.join(", "))).into());
-    }
+    update::check_skip(&skip).map_err(Usage)?;
     if !ctx.json {
         println!("memoryd update → v{}", memoryd_core::VERSION);
     }

@@ -247,6 +247,20 @@ fn transition(
     e
 }
 
+/// Ends a session: `offline`, with the last heartbeat and why.
+fn go_offline(now: SystemTime, row: &mut Attachment, reason: &str) -> Event {
+    let last = row.last_heartbeat_at.clone();
+    row.health = Health::Offline;
+    transition(
+        now,
+        row,
+        State::Offline,
+        "runtime_node.offline",
+        None,
+        json!({"lastHeartbeatAt": last, "reason": reason}),
+    )
+}
+
 impl Presence {
     fn active_mut(&mut self, node: &str) -> Option<&mut Attachment> {
         self.attachments.iter_mut().find(|a| a.node_id == node && a.state.is_active())
@@ -342,16 +356,7 @@ impl Presence {
                     details: Some(json!({"activeSessionId": row.session_id})),
                 });
             };
-            let last = row.last_heartbeat_at.clone();
-            events.push(transition(
-                now,
-                row,
-                State::Offline,
-                "runtime_node.offline",
-                None,
-                json!({"lastHeartbeatAt": last, "reason": reason}),
-            ));
-            row.health = Health::Offline;
+            events.push(go_offline(now, row, reason));
         }
         // A reconnect of an offline session, or a new one.
         let idx = match self.attachments.iter().position(|a| a.node_id == req.node_id && a.session_id == req.session_id)
@@ -506,18 +511,7 @@ impl Presence {
     /// `runtimenode.detach`: the active session goes offline.
     pub fn detach(&mut self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, Refusal> {
         let row = self.session_mut(node, session)?;
-        let last = row.last_heartbeat_at.clone();
-        row.health = Health::Offline;
-        Ok(vec![transition(
-            now,
-            row,
-            State::Offline,
-            "runtime_node.offline",
-            None,
-            json!({
-                "lastHeartbeatAt": last, "reason": "explicit_shutdown",
-            }),
-        )])
+        Ok(vec![go_offline(now, row, "explicit_shutdown")])
     }
 
     /// `runtimenode.capabilityupdate` (a write: the caller checks the floor).
@@ -585,18 +579,7 @@ impl Presence {
             }
             let age = parse_time(&row.last_heartbeat_at).and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
             if age > rules.offline_after {
-                let last = row.last_heartbeat_at.clone();
-                row.health = Health::Offline;
-                events.push(transition(
-                    now,
-                    row,
-                    State::Offline,
-                    "runtime_node.offline",
-                    None,
-                    json!({
-                        "lastHeartbeatAt": last, "reason": "heartbeat_lost",
-                    }),
-                ));
+                events.push(go_offline(now, row, "heartbeat_lost"));
             } else if age > rules.degraded_after && row.state != State::Degraded {
                 row.health = Health::Degraded;
                 events.push(transition(

@@ -19,6 +19,14 @@ pub const STEPS: [&str; 8] = ["binary", "fleet", "surfaces", "slot", "launcher",
 /// How long `iapeer send watcher` may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Refuses a `--skip` that names no step.
+pub fn check_skip(skip: &[String]) -> Result<(), String> {
+    match skip.iter().find(|s| !STEPS.contains(&s.as_str())) {
+        Some(bad) => Err(format!("unknown step `{bad}` to skip; the steps are {}", STEPS.join(", "))),
+        None => Ok(()),
+    }
+}
+
 /// The steps `init` runs too (all but the restart).
 pub const INIT_STEPS: usize = 7;
 

@@ -18,22 +18,6 @@ use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// The check names, in order.
-pub const CHECKS: [&str; 12] = [
-    "config",
-    "memoryd-heartbeat",
-    "memoryd-socket",
-    "memory-slot",
-    "fleet-map",
-    "peer-surfaces",
-    "peer-trust",
-    "launcher",
-    "mcp-endpoint",
-    "vault",
-    "provision-lock",
-    "store",
-];
-
 /// How long `iapeer trust-hooks --check` may take.
 const TRUST_TIMEOUT: Duration = Duration::from_secs(30);
 

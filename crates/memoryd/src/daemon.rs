@@ -277,15 +277,8 @@ impl Service for Daemon {
             }
             methods::HOST_UPDATE => {
                 let params: memoryd_proto::UpdateParams = request.params()?;
-                if let Some(bad) = params.skip.iter().find(|s| !memoryd_core::update::STEPS.contains(&s.as_str())) {
-                    return Err(RpcError::new(
-                        ErrorKind::RequestInvalid,
-                        format!(
-                            "unknown step `{bad}` in skip; the steps are {}",
-                            memoryd_core::update::STEPS.join(", ")
-                        ),
-                    ));
-                }
+                memoryd_core::update::check_skip(&params.skip)
+                    .map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
                 Ok(self.update(params.skip, progress).await)
             }
             methods::HOST_VERIFY => {
