@@ -98,13 +98,15 @@ fn a_hooked_agent_is_online_and_after_it_dies_degraded_then_offline() {
     assert_eq!(r["readOnly"], false);
     // Alive and silent: its pid keeps it online past the thresholds.
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(row(&root, "claude-boris").unwrap()["state"], "online");
+    let alive = row(&root, "claude-boris").unwrap();
+    assert_eq!(alive["state"], "online", "{alive}\n{}", daemon.log());
     agent.kill().unwrap();
     agent.wait().unwrap();
     let killed = Instant::now();
     assert!(eventually(|| row(&root, "claude-boris").unwrap()["state"] == "degraded"), "{}", daemon.log());
     assert!(eventually(|| row(&root, "claude-boris").unwrap()["state"] == "offline"), "{}", daemon.log());
-    assert!(killed.elapsed() < Duration::from_secs(8));
+    // offline_after is 2 s; the rest is slack for a loaded machine.
+    assert!(killed.elapsed() < Duration::from_secs(15), "{:?}", killed.elapsed());
     let events: Vec<Value> = std::fs::read_to_string(&root.paths.events)
         .unwrap()
         .lines()
