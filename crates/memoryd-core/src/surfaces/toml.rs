@@ -127,6 +127,11 @@ fn dotted(mut table: Table) -> Table {
     table
 }
 
+/// A whole document as JSON (key order kept), for comparisons.
+pub fn document_json(doc: &DocumentMut) -> Json {
+    plain_table(doc.as_table())
+}
+
 fn plain_table(table: &Table) -> Json {
     Json::Object(table.iter().filter_map(|(k, v)| Some((k.to_owned(), plain(v)?))).collect())
 }
