@@ -236,8 +236,13 @@ impl Conn {
 }
 
 /// Waits until `probe` holds, for up to 10 s; false if it never does.
-pub fn eventually(mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn eventually(probe: impl FnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(10), probe)
+}
+
+/// Waits until `probe` holds, for up to `limit`; false if it never does.
+pub fn eventually_within(limit: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if probe() {
             return true;

@@ -125,6 +125,17 @@ impl FileGuard {
     /// rename, so readers see the old or the new content, never a torn one.
     /// `mode` None keeps an existing file's mode (0644 for a new file).
     pub fn write_atomic(&self, path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), FileError> {
+        self.replace(path, bytes, mode, false)
+    }
+
+    /// [`write_atomic`](Self::write_atomic), and the rename itself made to
+    /// survive a crash (the dir is synced): for what was acknowledged to
+    /// someone, such as a queued message.
+    pub fn write_durable(&self, path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), FileError> {
+        self.replace(path, bytes, mode, true)
+    }
+
+    fn replace(&self, path: &Path, bytes: &[u8], mode: Option<u32>, sync_dir: bool) -> Result<(), FileError> {
         self.check("write", path)?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -138,8 +149,10 @@ impl FileGuard {
             file.set_permissions(Permissions::from_mode(mode)).map_err(FileError::io("chmod", &tmp))?;
             file.sync_data().map_err(FileError::io("sync", &tmp))?;
             std::fs::rename(&tmp, path).map_err(FileError::io("rename into place", path))?;
-            // The rename itself survives a crash only once the dir is synced.
-            File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::io("sync", dir))
+            if sync_dir {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::io("sync", dir))?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);

@@ -175,11 +175,12 @@ pub fn read_doc<T: DeserializeOwned + Default>(path: &Path) -> Result<T, StoreEr
     }
 }
 
-/// Writes a store document through a tmp file and a rename (fsynced).
+/// Writes a store document through a tmp file and a rename, both synced:
+/// a change acknowledged to a caller survives a crash.
 pub fn write_doc<T: Serialize>(files: &FileGuard, path: &Path, doc: &T) -> Result<(), FileError> {
     let mut bytes = serde_json::to_vec_pretty(doc).unwrap_or_default();
     bytes.push(b'\n');
-    files.write_atomic(path, &bytes, Some(0o600))
+    files.write_durable(path, &bytes, Some(0o600))
 }
 
 #[cfg(test)]

@@ -250,3 +250,21 @@ pub fn remove_entry(root: &mut Object, map: &str, name: &str) -> Result<bool, St
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the json_surface fuzz target: a number past u64 changed in
+    /// its last digits when a settings file was rewritten.
+    #[test]
+    fn numbers_survive_a_rewrite_exactly() {
+        for text in [
+            r#"{"mcpSe2verpServers":222220000801344051591}"#,
+            r#"{"a":0.1,"b":1e300,"c":5e-324,"d":-0.0,"e":18446744073709551615,"f":-9223372036854775808}"#,
+        ] {
+            let object = parse_object(text.as_bytes()).unwrap();
+            assert_eq!(parse_object(&render(&object)).unwrap(), object, "{text}");
+        }
+    }
+}
