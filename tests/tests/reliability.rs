@@ -108,6 +108,10 @@ fn sigkill_of_the_daemon_during_sweeps_and_updates_never_tears_a_file() {
     for i in 0..iterations {
         let mut daemon = root.spawn_daemon();
         daemon.wait_ready(&root);
+        // The restarted daemon and one verify --repair recover from the
+        // previous kill.
+        let out = root.ctl(&["verify", "--repair"]);
+        assert!(out.status.success(), "seed {seed}, after kill {kills}:\n{}{}", stdout(&out), stderr(&out));
         // An update (or a sweep) in flight, then SIGKILL at a random moment.
         let verb = if i % 2 == 0 { vec!["update", "--skip", "memoryd"] } else { vec!["sweep"] };
         let client = root.command(&bins().memoryctl).arg("--root").arg(&root.paths.root).args(&verb).spawn().unwrap();
