@@ -455,24 +455,31 @@ impl Presence {
         self.attachments.retain(|_| flags.next().unwrap_or(true));
     }
 
-    /// The node's active row, refusing a `sessionId` that is not it.
-    fn session_mut(&mut self, node: &str, session: Option<&str>) -> Result<&mut Attachment, Refusal> {
+    /// The index of the node's active row, refusing a `sessionId` that is
+    /// not it.
+    fn session_index(&self, node: &str, session: Option<&str>) -> Result<usize, Refusal> {
         check_node(node)?;
-        let Some(row) = self.active_mut(node) else {
+        let Some(i) = self.attachments.iter().position(|a| a.node_id == node && a.state.is_active()) else {
             return Err(Refusal::new(
                 ErrorKind::RuntimenodeNotAttached,
                 format!("{node} has no active session; attach first"),
             ));
         };
+        let active = &self.attachments[i].session_id;
         if let Some(session) = session
-            && session != row.session_id
+            && session != active
         {
             return Err(Refusal::new(
                 ErrorKind::RuntimenodeStaleSession,
-                format!("session {session} is not {node}'s active session ({})", row.session_id),
+                format!("session {session} is not {node}'s active session ({active})"),
             ));
         }
-        Ok(row)
+        Ok(i)
+    }
+
+    fn session_mut(&mut self, node: &str, session: Option<&str>) -> Result<&mut Attachment, Refusal> {
+        let i = self.session_index(node, session)?;
+        Ok(&mut self.attachments[i])
     }
 
     /// A heartbeat: the daemon's clock, the reported health; a degraded
@@ -506,6 +513,29 @@ impl Presence {
             }
             _ => Vec::new(),
         })
+    }
+
+    /// Checks a heartbeat without writing: the refusal `heartbeat` would
+    /// give, or whether it would change no state (then its time alone is
+    /// soft state the caller may keep in memory and apply later).
+    pub fn beat_is_soft(&self, node: &str, session: Option<&str>, health: Health) -> Result<bool, Refusal> {
+        if health == Health::Offline {
+            return Err(Refusal::new(ErrorKind::RequestInvalid, "field `healthState`: must be online or degraded"));
+        }
+        let row = &self.attachments[self.session_index(node, session)?];
+        Ok(!matches!((row.state, health), (State::Degraded, Health::Online) | (State::Online, Health::Degraded)))
+    }
+
+    /// Applies heartbeat times kept in memory: each moves its session's
+    /// `lastHeartbeatAt` forward, never back.
+    pub fn apply_beats<'a>(&mut self, beats: impl IntoIterator<Item = (&'a str, &'a str, SystemTime)>) {
+        for (node, session, at) in beats {
+            if let Some(row) = self.active_mut(node).filter(|r| r.session_id == session)
+                && parse_time(&row.last_heartbeat_at).is_none_or(|t| t < at)
+            {
+                row.last_heartbeat_at = timestamp(at);
+            }
+        }
     }
 
     /// `runtimenode.detach`: the active session goes offline.
@@ -868,5 +898,21 @@ mod tests {
         let (result, e) = p.capability_update("claude-boris", &caps, Some(Health::Degraded), at(1)).unwrap();
         assert_eq!(names(&e), ["runtime_node.capability_updated", "runtime_node.degraded"]);
         assert_eq!(result["state"], "degraded");
+    }
+
+    #[test]
+    fn soft_heartbeats_are_told_apart_and_applied_forward_only() {
+        let mut p = Presence::default();
+        p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
+        assert_eq!(p.beat_is_soft("claude-boris", Some("s1"), Health::Online), Ok(true));
+        assert!(!p.beat_is_soft("claude-boris", None, Health::Degraded).unwrap(), "a health change is a transition");
+        assert_eq!(
+            p.beat_is_soft("claude-boris", Some("old"), Health::Online).unwrap_err().kind,
+            ErrorKind::RuntimenodeStaleSession
+        );
+        p.apply_beats([("claude-boris", "s1", at(40))]);
+        assert!(p.sweep(&rules(None), at(60), &probe).is_empty(), "the kept beat counts");
+        p.apply_beats([("claude-boris", "s1", at(10))]);
+        assert_eq!(p.active("claude-boris").unwrap().last_heartbeat_at, timestamp(at(40)), "never back");
     }
 }

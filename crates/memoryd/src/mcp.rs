@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use memoryd_core::memory::{self, Caller};
 use memoryd_core::names::split_node_id;
 use memoryd_core::peers;
@@ -43,13 +44,16 @@ pub fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
 /// Serves MCP on `listener` until the daemon stops.
 pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
+        // Small JSON answers must not wait for delayed ACKs (Nagle).
+        Ok(l) => l.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        }),
         Err(e) => {
             tracing::error!(task = "mcp", error = %e, "cannot serve the MCP endpoint");
             return;
         }
     };
-    let port = listener.local_addr().map_or(0, |a| a.port());
+    let port = axum::serve::Listener::local_addr(&listener).map_or(0, |a| a.port());
     let config = daemon.config();
     let mut http = StreamableHttpServerConfig::default();
     http.legacy_session_mode = false;

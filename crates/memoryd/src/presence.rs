@@ -218,7 +218,13 @@ impl Daemon {
             }
             methods::RUNTIMENODE_ROSTER => {
                 let floor = self.rules().floor;
-                let roster = self.with_store(move |d| d.store.presence().map(|p| p.roster(floor))).await?;
+                let roster = self
+                    .with_store(move |d| {
+                        let mut presence = d.store.presence()?;
+                        presence.apply_beats(d.soft_beats_now().iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
+                        Ok(presence.roster(floor))
+                    })
+                    .await?;
                 serde_json::to_value(roster).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
             methods::RUNTIMENODE_REVOKE | methods::RUNTIMENODE_UNREVOKE => {
@@ -245,14 +251,26 @@ impl Daemon {
         }
     }
 
-    /// One staleness sweep: demotes silent sessions; live pids count as
-    /// heartbeats.
+    /// The soft heartbeats kept so far.
+    fn soft_beats_now(&self) -> Vec<((String, String), SystemTime)> {
+        self.soft_beats.lock().map(|b| b.iter().map(|(k, t)| (k.clone(), *t)).collect()).unwrap_or_default()
+    }
+
+    /// One staleness sweep: writes the heartbeats kept in memory, then
+    /// demotes silent sessions; live pids count as heartbeats.
     pub async fn presence_sweep(self: &Arc<Self>) {
         let now = SystemTime::now();
+        let beats: Vec<_> = self.soft_beats.lock().map(|mut b| b.drain().collect()).unwrap_or_default();
         let result = self
             .with_store(move |d| {
                 let rules = d.rules();
-                d.store.change_presence("presence-sweep", tracked(|p| Ok(((), p.sweep(&rules, now, &probe)))))
+                d.store.change_presence(
+                    "presence-sweep",
+                    tracked(|p| {
+                        p.apply_beats(beats.iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
+                        Ok(((), p.sweep(&rules, now, &probe)))
+                    }),
+                )
             })
             .await;
         if let Err(e) = self.moved(result) {

@@ -12,8 +12,9 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 /// How often the fleet map's mtime is polled when no watcher runs.
 const POLL_EVERY: Duration = Duration::from_secs(5);
-/// Events closer together than this are one change.
-const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Events closer together than this are one change. Short: a newborn peer
+/// waits this long before it is wired (atomic renames come as one event).
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Runs `tick` every `period_of(config)` (not at once), following config
 /// reloads, until the shutdown begins.
@@ -121,6 +122,8 @@ pub async fn fragment_renderer(daemon: Arc<Daemon>) {
 /// Demotes silent sessions every `presence.sweep_every`.
 pub async fn presence_sweep(daemon: Arc<Daemon>) {
     every(&daemon, |c| c.presence.sweep_every, || daemon.presence_sweep()).await;
+    // Stopping (or restarting): the heartbeats kept in memory go to disk.
+    daemon.presence_sweep().await;
 }
 
 /// The fleet map watcher, started before the first heartbeat so that the

@@ -1,0 +1,443 @@
+//! The figures that need a running daemon: births, socket round trips and
+//! throughput, whole-process clients, heartbeat ingest, idle cost and MCP
+//! search, each with its floor.
+
+use crate::fleet;
+use anyhow::{Context, bail};
+use memoryd_core::fleet::{FleetMap, FleetPeer};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The release binaries next to this one.
+pub struct Bins {
+    pub memoryd: PathBuf,
+    pub memoryctl: PathBuf,
+    pub me: PathBuf,
+}
+
+impl Bins {
+    pub fn next_to_this_binary() -> anyhow::Result<Bins> {
+        let me = std::env::current_exe()?.canonicalize()?;
+        let bins = Bins { memoryd: me.with_file_name("memoryd"), memoryctl: me.with_file_name("memoryctl"), me };
+        anyhow::ensure!(
+            bins.memoryd.is_file() && bins.memoryctl.is_file(),
+            "build memoryd and memoryctl first (scripts/bench.sh does)"
+        );
+        Ok(bins)
+    }
+}
+
+/// What the floor client does: connect, say hello, read one line.
+pub fn floor_client(socket: &str) -> anyhow::Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"session.hello\",\"params\":{\"protocol\":1,\"client\":\"floor\"}}\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(())
+}
+
+/// A line protocol connection.
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Conn {
+    fn open(socket: &Path) -> anyhow::Result<Conn> {
+        let stream = UnixStream::connect(socket)?;
+        let mut conn = Conn { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        conn.call("session.hello", json!({"protocol": 1, "client": "bench"}))?;
+        Ok(conn)
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let line = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+        self.writer.write_all(line.as_bytes())?;
+        self.writer.write_all(b"\n")?;
+        let mut answer = String::new();
+        loop {
+            answer.clear();
+            self.reader.read_line(&mut answer)?;
+            let v: Value = serde_json::from_str(&answer)?;
+            if v.get("id").is_some() {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// A daemon on a synthetic fleet.
+pub struct Live {
+    dir: PathBuf,
+    root: PathBuf,
+    socket: PathBuf,
+    child: Child,
+    log: PathBuf,
+    peers: Vec<FleetPeer>,
+    mcp_port: u16,
+    vault: Option<PathBuf>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn write_map(path: &Path, peers: &[FleetPeer]) -> anyhow::Result<()> {
+    let map = FleetMap { updated_at: "2026-11-23T00:00:00Z".into(), peers: peers.to_vec() };
+    let tmp = path.with_extension("bench.tmp");
+    std::fs::write(&tmp, map.render())?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `n` notes of about 200 words, a quarter in peers' zones.
+fn write_vault(vault: &Path, n: usize) -> anyhow::Result<()> {
+    let words: Vec<String> = (0..5000).map(|i| format!("w{i:x}")).collect();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut pick = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        words[(seed % 5000) as usize].clone()
+    };
+    for i in 0..n {
+        let dir =
+            if i % 4 == 0 { vault.join(format!("peers/p{}", i % 10)) } else { vault.join(format!("notes/{}", i % 50)) };
+        std::fs::create_dir_all(&dir)?;
+        let body: Vec<String> = (0..200).map(|_| pick()).collect();
+        std::fs::write(dir.join(format!("n{i}.md")), format!("# {} {}\n{}\n", pick(), pick(), body.join(" ")))?;
+    }
+    Ok(())
+}
+
+impl Live {
+    /// Starts `memoryd` on a fleet of `n` peers (and a vault of `notes`),
+    /// and waits for its start-up sweep.
+    pub fn start(dir: &Path, n: usize, notes: Option<usize>, bins: &Bins) -> anyhow::Result<Live> {
+        let root = dir.join("r");
+        let state = root.join("state/memoryd");
+        std::fs::create_dir_all(&state)?;
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let peers = fleet::peers(dir, n, 0)?;
+        write_map(&state.join("fleet.json"), &peers)?;
+        let vault = match notes {
+            Some(notes) => {
+                let vault = dir.join("vault");
+                write_vault(&vault, notes)?;
+                Some(vault)
+            }
+            None => None,
+        };
+        let mcp_port = if notes.is_some() { free_port()? } else { 0 };
+        std::fs::create_dir_all(root.join("plugins/memoryd"))?;
+        let vault_line = vault.as_ref().map(|v| format!("vault = \"{}\"\n", v.display())).unwrap_or_default();
+        std::fs::write(
+            root.join("plugins/memoryd/memoryd.toml"),
+            format!("mcp_port = {mcp_port}\nmemoryctl_bin = \"{}\"\n{vault_line}", bins.memoryctl.display()),
+        )?;
+        let log = dir.join("memoryd.log");
+        let child = Command::new(&bins.memoryd)
+            .arg("--root")
+            .arg(&root)
+            .env("MEMORYD_TEST_SANDBOX", "1")
+            .env("HOME", dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let live = Live {
+            dir: dir.to_path_buf(),
+            socket: state.join("memoryd.sock"),
+            root,
+            child,
+            log,
+            peers,
+            mcp_port,
+            vault,
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !std::fs::read_to_string(&live.log)?.contains("sweep done why=\"start-up\"") {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "memoryd did not finish its start-up sweep:\n{}",
+                std::fs::read_to_string(&live.log)?
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(live)
+    }
+
+    /// Birth latency: a new peer written into fleet.json until its
+    /// settings and fragment are in place.
+    pub fn births(&self, count: usize) -> anyhow::Result<Vec<Duration>> {
+        let mut peers = self.peers.clone();
+        let map = self.root.join("state/memoryd/fleet.json");
+        let mut samples = Vec::new();
+        for newborn in fleet::peers(&self.dir, count, 100_000)? {
+            // A claude peer: its settings.json and its fragment.
+            let mut newborn = newborn;
+            newborn.runtimes = vec!["claude".into()];
+            let (settings, fragment) =
+                (newborn.cwd.join(".claude/settings.json"), newborn.cwd.join(".iapeer/fragments/memoryd.md"));
+            let _ = std::fs::remove_file(&settings);
+            peers.push(newborn);
+            let started = Instant::now();
+            write_map(&map, &peers)?;
+            while !(settings.exists() && fragment.exists()) {
+                anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "a newborn was not wired within 30 s");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            samples.push(started.elapsed());
+        }
+        Ok(samples)
+    }
+
+    /// Round trips of one request on one connection.
+    pub fn round_trips(&self, method: &str, count: usize) -> anyhow::Result<crate::report::Stats> {
+        let mut conn = Conn::open(&self.socket)?;
+        let params = if method == "session.hello" { json!({"protocol": 1, "client": "bench"}) } else { json!({}) };
+        let mut samples = Vec::with_capacity(count);
+        for _ in 0..count {
+            let started = Instant::now();
+            let v = conn.call(method, params.clone())?;
+            samples.push(started.elapsed());
+            anyhow::ensure!(v.get("result").is_some(), "{method}: {v}");
+        }
+        Ok(crate::report::Stats::of(samples))
+    }
+
+    /// `host.status` answered per second with `clients` connections busy.
+    pub fn throughput(&self, clients: usize, window: Duration) -> anyhow::Result<f64> {
+        let done: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut conn = Conn::open(&self.socket).unwrap();
+                        let started = Instant::now();
+                        let mut n = 0;
+                        while started.elapsed() < window {
+                            conn.call("host.status", json!({})).unwrap();
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        Ok(done as f64 / window.as_secs_f64())
+    }
+
+    fn timed(mut command: Command) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let out = command.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        let took = started.elapsed();
+        anyhow::ensure!(out.success() || out.code() == Some(1), "{command:?} failed");
+        Ok(took)
+    }
+
+    /// A whole `memoryctl status` process.
+    pub fn time_status(&self) -> anyhow::Result<Duration> {
+        let mut command = Command::new(std::env::current_exe()?.with_file_name("memoryctl"));
+        command.arg("--root").arg(&self.root).arg("status").env("MEMORYD_TEST_SANDBOX", "1");
+        Live::timed(command)
+    }
+
+    /// The floor: a minimal Rust process that connects and reads one line.
+    pub fn time_floor_client(&self, bins: &Bins) -> anyhow::Result<Duration> {
+        let mut command = Command::new(&bins.me);
+        command.arg("--floor-client").arg(&self.socket);
+        Live::timed(command)
+    }
+
+    /// Heartbeats per second over `nodes` attached nodes from `threads`
+    /// client connections.
+    pub fn heartbeat_ingest(&self, nodes: usize, threads: usize, window: Duration) -> anyhow::Result<f64> {
+        let mut conn = Conn::open(&self.socket)?;
+        for peer in self.peers.iter().take(nodes) {
+            let runtime = &peer.runtimes[0];
+            let v = conn.call(
+                "runtimenode.attach",
+                json!({"sessionId": "bench", "nodeId": format!("{runtime}-{}", peer.personality), "clientVersion": "1.0"}),
+            )?;
+            anyhow::ensure!(v.get("result").is_some(), "attach: {v}");
+        }
+        let nodes: Vec<String> =
+            self.peers.iter().take(nodes).map(|p| format!("{}-{}", p.runtimes[0], p.personality)).collect();
+        let done: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .chunks(nodes.len().div_ceil(threads))
+                .map(|slice| {
+                    s.spawn(move || {
+                        let mut conn = Conn::open(&self.socket).unwrap();
+                        let started = Instant::now();
+                        let mut n = 0;
+                        while started.elapsed() < window {
+                            let node = &slice[n % slice.len()];
+                            let v = conn.call("runtimenode.heartbeat", json!({"nodeId": node})).unwrap();
+                            assert!(v.get("result").is_some(), "{v}");
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        Ok(done as f64 / window.as_secs_f64())
+    }
+
+    /// CPU seconds over `window` and resident memory at its end.
+    pub fn idle(&self, window: Duration) -> anyhow::Result<(f64, u64)> {
+        let pid = self.child.id();
+        let ticks = || -> anyhow::Result<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..].split_whitespace().collect();
+            Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        let before = ticks()?;
+        std::thread::sleep(window);
+        let cpu = (ticks()? - before) as f64 / hz;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("VmRSS")?
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()?;
+        Ok((cpu, rss))
+    }
+
+    /// `memory_search` over MCP, and the same queries on an index built in
+    /// this process (the floor).
+    pub fn search(&self, queries: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+        let vault = self.vault.clone().context("no vault")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&self.log)?.contains("vault indexed") {
+            anyhow::ensure!(Instant::now() < deadline, "the vault was not indexed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let index = memoryd_core::vault::Index::build(memoryd_core::vault::scan(&vault)?);
+        let words: Vec<String> = (0..5000).map(|i| format!("w{i:x}")).collect();
+        let (mut http, mut floor) = (Vec::new(), Vec::new());
+        for i in 0..queries {
+            let query = format!("{} {}", words[i * 7 % 5000], words[i * 13 % 5000]);
+            let started = Instant::now();
+            let hits = index.search(&query, |n| memoryd_core::vault::readable(n, "p1", &[]), 10);
+            floor.push(started.elapsed());
+            std::hint::black_box(hits);
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query}}}).to_string();
+            let started = Instant::now();
+            let answer = self.http_post(&body)?;
+            http.push(started.elapsed());
+            if !answer.contains("\"isError\":false") {
+                bail!("memory_search failed: {answer}");
+            }
+        }
+        Ok((http, floor))
+    }
+
+    fn http_post(&self, body: &str) -> anyhow::Result<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.mcp_port))?;
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\nX-IAPeer-Identity: claude-p1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.mcp_port,
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body.as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    }
+}
+
+/// The floor of a socket round trip: a line echoed by a thread over a
+/// Unix socket, in this process.
+pub fn echo_floor(count: usize) -> anyhow::Result<Vec<Duration>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("echo.sock");
+    let listener = UnixListener::bind(&path)?;
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let mut writer = stream.try_clone().unwrap();
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if writer.write_all(format!("{line}\n").as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let stream = UnixStream::connect(&path)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let request = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"host.status\",\"params\":{}}\n";
+    let mut samples = Vec::with_capacity(count);
+    let mut line = String::new();
+    for _ in 0..count {
+        let started = Instant::now();
+        writer.write_all(request)?;
+        line.clear();
+        reader.read_line(&mut line)?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// `pueue status` against a running `pueued`, both installed from
+/// crates.io into a temp dir: (median wall time, median `pueue --version`).
+pub fn pueue_status(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let tools = std::env::var_os("MEMORYD_BENCH_TOOLS").map_or_else(|| dir.join("tools"), PathBuf::from);
+    let pueue = tools.join("bin/pueue");
+    if !pueue.is_file() {
+        eprintln!("   installing pueue from crates.io into {} (once)", tools.display());
+        let status = Command::new("cargo").args(["install", "pueue", "--locked", "--root"]).arg(&tools).status()?;
+        anyhow::ensure!(status.success(), "cargo install pueue failed");
+    }
+    let home = dir.join("pueue-home");
+    let config = home.join("pueue.yml");
+    std::fs::create_dir_all(&home)?;
+    std::fs::write(
+        &config,
+        format!(
+            "shared:\n  pueue_directory: {0}/data\n  runtime_directory: {0}/run\n  use_unix_socket: true\n",
+            home.display()
+        ),
+    )?;
+    let mut daemon = Command::new(tools.join("bin/pueued"))
+        .arg("--config")
+        .arg(&config)
+        .env("HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let status = |args: &[&str]| {
+        let mut command = Command::new(&pueue);
+        command.arg("--config").arg(&config).args(args).env("HOME", &home);
+        Live::timed(command)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&["status"]).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "pueued did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = crate::report::Stats::of((0..30).map(|_| status(&["status"]).unwrap()).collect());
+    let version = crate::report::Stats::of((0..30).map(|_| status(&["--version"]).unwrap()).collect());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    Ok((runs.median, version.median))
+}

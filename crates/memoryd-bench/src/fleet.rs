@@ -1,0 +1,154 @@
+//! Synthetic fleets and the sweeps over them, in this process, with the
+//! same domain code the daemon runs; the floor is this process reading the
+//! same surface files and doing nothing else.
+
+use crate::daemon::Bins;
+use memoryd_core::config::Config;
+use memoryd_core::files::FileGuard;
+use memoryd_core::fleet::FleetPeer;
+use memoryd_core::lock::ProvisionLock;
+use memoryd_core::paths::Paths;
+use memoryd_core::provision::{Provisioner, Tools};
+use memoryd_core::store::Store;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const FOREIGN_SETTINGS: &str = r#"{"model":"opus","permissions":{"allow":["Bash(ls:*)"]},"hooks":{"SessionStart":[{"hooks":[{"type":"command","command":"team-start.sh"}]}],"PreToolUse":[{"matcher":"Bash","hooks":[{"type":"command","command":"guard.sh"}]}]},"enabledMcpjsonServers":["github"]}"#;
+const FOREIGN_MCP: &str = r#"{"mcpServers":{"github":{"type":"stdio","command":"gh-mcp"}}}"#;
+const FOREIGN_TOML: &str = "# team settings\nmodel = \"o4\" # pinned\n\n[mcp_servers.github]\ncommand = \"gh-mcp\"\n\n[profiles.fast]\nmodel = \"o4-mini\"\n";
+
+/// A fake `iapeer`: lists the fleet file and trusts any hooks.json.
+pub fn fake_iapeer(dir: &Path, listing: &Path) -> anyhow::Result<PathBuf> {
+    let bin = dir.join("iapeer");
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  list) cat '{}' ;;\n  trust-hooks) echo trusted ;;\n  *) exit 0 ;;\nesac\n",
+            listing.display()
+        ),
+    )?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
+}
+
+/// The peers of a synthetic fleet of `n`, their folders created under
+/// `dir/peers`, every fifth pre-seeded with foreign content.
+pub fn peers(dir: &Path, n: usize, offset: usize) -> anyhow::Result<Vec<FleetPeer>> {
+    (offset..offset + n)
+        .map(|i| {
+            let cwd = dir.join("peers").join(format!("p{i}"));
+            std::fs::create_dir_all(&cwd)?;
+            if i % 5 == 0 {
+                std::fs::create_dir_all(cwd.join(".claude"))?;
+                std::fs::write(cwd.join(".claude/settings.json"), FOREIGN_SETTINGS)?;
+                std::fs::write(cwd.join(".mcp.json"), FOREIGN_MCP)?;
+                std::fs::create_dir_all(cwd.join(".codex"))?;
+                std::fs::write(cwd.join(".codex/config.toml"), FOREIGN_TOML)?;
+            }
+            let runtimes: Vec<String> = match i % 4 {
+                0 | 1 => vec!["claude".into()],
+                2 => vec!["codex".into()],
+                _ => vec!["claude".into(), "codex".into()],
+            };
+            Ok(FleetPeer {
+                personality: format!("p{i}"),
+                cwd: cwd.canonicalize()?,
+                default_runtime: runtimes.first().cloned(),
+                runtimes,
+                description: String::new(),
+            })
+        })
+        .collect()
+}
+
+/// A fleet and everything a provisioner needs to sweep it here.
+pub struct Fleet {
+    paths: Paths,
+    files: FileGuard,
+    tools: Tools,
+    config: Config,
+    store: Store,
+    lock: ProvisionLock,
+    peers: Vec<FleetPeer>,
+}
+
+impl Fleet {
+    pub fn generate(dir: &Path, n: usize, bins: &Bins) -> anyhow::Result<Fleet> {
+        let paths = Paths::new(dir.join("r"));
+        let files = FileGuard::for_install(&paths.root, None);
+        memoryd_core::instance::ensure_private_dir(&files, &paths.state)?;
+        let peers = peers(dir, n, 0)?;
+        let mut config = Config { mcp_port: 8766, ..Config::default() };
+        config.iapeer_bin = Some(fake_iapeer(dir, &dir.join("listing.json"))?);
+        config.memoryctl_bin = Some(bins.memoryctl.clone());
+        config.memoryd_bin = Some(bins.memoryd.clone());
+        let tools = Tools::new(&paths, &config, &bins.memoryctl, true);
+        let store = Store::open(&paths, &files)?;
+        let lock = ProvisionLock::open(&files, &paths.provision_lock)?;
+        Ok(Fleet { paths, files, tools, config, store, lock, peers })
+    }
+
+    pub fn pairs(&self) -> usize {
+        self.peers.iter().map(|p| p.session_runtimes().count()).sum()
+    }
+
+    fn provisioner(&self) -> Provisioner<'_> {
+        Provisioner {
+            paths: &self.paths,
+            files: &self.files,
+            tools: &self.tools,
+            config: &self.config,
+            store: &self.store,
+            index: None,
+            lock: &self.lock,
+            cancelled: &|| false,
+        }
+    }
+
+    /// One whole sweep; its wall time.
+    pub fn sweep(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let report = self.provisioner().sweep(&self.peers)?;
+        let took = started.elapsed();
+        anyhow::ensure!(report.failures().is_empty(), "the sweep failed: {:?}", report.failures().first());
+        Ok(took)
+    }
+
+    /// The floor of a no-op sweep: reading every surface file it reads.
+    pub fn read_surfaces(&self) -> Duration {
+        let started = Instant::now();
+        let mut bytes = 0;
+        for peer in &self.peers {
+            for runtime in peer.session_runtimes() {
+                let files: &[&str] = match runtime {
+                    "claude" => &[".claude/settings.json", ".mcp.json", ".claude/skills/memoryd/SKILL.md"],
+                    _ => &[".codex/config.toml", ".codex/hooks.json"],
+                };
+                for rel in files {
+                    bytes += std::fs::read(peer.cwd.join(rel)).map_or(0, |b| b.len());
+                }
+            }
+            bytes += std::fs::read(peer.cwd.join(".iapeer/fragments/memoryd.md")).map_or(0, |b| b.len());
+        }
+        std::hint::black_box(bytes);
+        started.elapsed()
+    }
+
+    /// Drifts `percent` % of the peers by hand, then times the sweep that
+    /// repairs them.
+    pub fn drift_and_repair(&self, percent: usize) -> anyhow::Result<Duration> {
+        let every = 100 / percent.max(1);
+        for peer in self.peers.iter().step_by(every) {
+            if peer.runtimes.iter().any(|r| r == "claude") {
+                std::fs::write(
+                    peer.cwd.join(".mcp.json"),
+                    r#"{"mcpServers":{"memoryd":{"type":"http","url":"http://127.0.0.1:1/mcp"}}}"#,
+                )?;
+            } else {
+                std::fs::write(peer.cwd.join(".codex/hooks.json"), r#"{"hooks":{}}"#)?;
+            }
+        }
+        self.sweep()
+    }
+}

@@ -1,0 +1,121 @@
+//! Medians and percentiles, and the tables written into BENCHMARKS.md
+//! between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// A sample's median, p50, p99 and max.
+pub struct Stats {
+    pub median: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Stats {
+    pub fn of(mut samples: Vec<Duration>) -> Stats {
+        samples.sort();
+        let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+        Stats { median: at(0.5), p50: at(0.5), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+pub fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Table rows by section.
+#[derive(Default)]
+pub struct Report {
+    rows: BTreeMap<&'static str, Vec<Vec<String>>>,
+}
+
+/// Each section's header row.
+fn header(section: &str) -> &'static [&'static str] {
+    match section {
+        "sweep" => &[
+            "peers",
+            "peer-runtimes",
+            "first provision",
+            "per peer-runtime",
+            "no-op sweep",
+            "per peer-runtime",
+            "floor per peer-runtime",
+            "no-op / floor",
+            "repair 10 % drift",
+        ],
+        "births" => &["births", "p50", "p99", "max"],
+        "socket" => &["request", "p50", "p99", "p50 / floor"],
+        "throughput" => &["concurrent clients", "host.status per second"],
+        "process" => &["command", "median wall time", "/ floor"],
+        "heartbeats" => &["nodes", "client threads", "heartbeats per second"],
+        "idle" => &["peers", "window", "CPU time", "resident memory"],
+        "search" => &["notes", "MCP p50", "MCP p99", "floor p50 (index in process)", "floor p99"],
+        "machine" => &["fact", "value"],
+        _ => &[],
+    }
+}
+
+impl Report {
+    pub fn row(&mut self, section: &'static str, cells: Vec<String>) {
+        self.rows.entry(section).or_default().push(cells);
+    }
+
+    /// The machine the figures were measured on.
+    pub fn machine(&mut self, took: Duration) {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines().find_map(|l| {
+                    l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+                })
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+            })
+            .map_or("unknown".to_owned(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+        for (fact, value) in [
+            ("CPU", cpu),
+            ("cores", cores.to_string()),
+            ("memory", mem),
+            ("kernel", kernel),
+            ("memoryd", memoryd_core::VERSION.to_owned()),
+            ("run took", format!("{:.0} s", took.as_secs_f64())),
+        ] {
+            self.row("machine", vec![fact.to_owned(), value]);
+        }
+    }
+
+    /// Replaces each section's table in `path`, between its markers.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(path)?;
+        for (section, rows) in &self.rows {
+            let (open, close) = (format!("<!-- bench:{section} -->"), format!("<!-- /bench:{section} -->"));
+            let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
+                anyhow::bail!("{} has no {open} … {close} markers", path.display());
+            };
+            let head = header(section);
+            let mut table = format!(
+                "{open}\n| {} |\n|{}|\n",
+                head.join(" | "),
+                head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+            );
+            for row in rows {
+                table.push_str(&format!("| {} |\n", row.join(" | ")));
+            }
+            text.replace_range(a..b, &table);
+        }
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+}
