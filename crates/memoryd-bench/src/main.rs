@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         std::env::set_var("MEMORYD_TEST_SANDBOX", "1");
     }
+    let repeats: usize = std::env::var("MEMORYD_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(REPEATS);
     let bins = daemon::Bins::next_to_this_binary()?;
     let mut report = Report::default();
     let started = Instant::now();
@@ -54,8 +55,8 @@ fn main() -> anyhow::Result<()> {
         let fleet = fleet::Fleet::generate(tmp.path(), n, &bins)?;
         let first = fleet.sweep()?;
         let pairs = fleet.pairs();
-        let noop = Stats::of((0..REPEATS).map(|_| fleet.sweep().unwrap()).collect());
-        let floor = Stats::of((0..REPEATS).map(|_| fleet.read_surfaces()).collect());
+        let noop = Stats::of((0..repeats).map(|_| fleet.sweep().unwrap()).collect());
+        let floor = Stats::of((0..repeats).map(|_| fleet.read_surfaces()).collect());
         let drift = if n >= 100 { Some(fleet.drift_and_repair(10)?) } else { None };
         eprintln!("   {n} peers: first {first:?}, no-op {:?}, floor {:?}", noop.median, floor.median);
         growth.push((n, pairs, first, noop.median, floor.median));
