@@ -250,6 +250,59 @@ fn the_floor_makes_old_clients_read_only_and_a_reload_changes_it_at_once() {
 }
 
 #[test]
+fn heartbeats_kept_in_memory_hold_a_node_online_and_a_health_change_is_written_at_once() {
+    let (root, _boris) = wired_root(FAST);
+    let daemon = root.start_daemon();
+    assert!(
+        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
+    );
+    let mut conn = Conn::open(&root.socket()).unwrap();
+    conn.hello();
+    let beat = |conn: &mut Conn, health: &str| {
+        let answer = conn.request("runtimenode.heartbeat", json!({"nodeId": "claude-boris", "healthState": health}));
+        assert!(answer.get("result").is_some(), "{answer}");
+    };
+    // Three times past degraded_after, beating: online throughout.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        beat(&mut conn, "online");
+        let r = row(&root, "claude-boris").unwrap();
+        assert_eq!(r["state"], "online", "{r}\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A reported change of health is a transition: in the roster at once.
+    beat(&mut conn, "degraded");
+    assert_eq!(row(&root, "claude-boris").unwrap()["state"], "degraded");
+    beat(&mut conn, "online");
+    assert_eq!(row(&root, "claude-boris").unwrap()["state"], "online");
+}
+
+#[test]
+fn a_heartbeat_kept_in_memory_is_written_when_the_daemon_stops() {
+    let (root, _boris) = wired_root("[presence]\nsweep_every = \"1h\"\n");
+    let mut daemon = root.start_daemon();
+    assert!(
+        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
+    );
+    let on_disk = || -> String {
+        let doc: Value =
+            serde_json::from_slice(&std::fs::read(root.paths.store.join("presence.json")).unwrap()).unwrap();
+        doc["attachments"][0]["lastHeartbeatAt"].as_str().unwrap().to_owned()
+    };
+    let attached = on_disk();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut conn = Conn::open(&root.socket()).unwrap();
+    conn.hello();
+    assert!(conn.request("runtimenode.heartbeat", json!({"nodeId": "claude-boris"})).get("result").is_some());
+    let seen = row(&root, "claude-boris").unwrap()["lastHeartbeatAt"].as_str().unwrap().to_owned();
+    assert!(seen > attached, "the roster shows the kept beat: {seen} vs {attached}");
+    assert_eq!(on_disk(), attached, "not yet written: no sweep ran");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(on_disk(), seen, "written on the way out");
+}
+
+#[test]
 fn the_roster_survives_a_daemon_restart() {
     let (root, _boris) = wired_root("");
     let mut daemon = root.start_daemon();

@@ -8,7 +8,7 @@
 
 use crate::fleet::FleetMap;
 use crate::names::is_personality;
-use crate::presence::{Event, Presence, Refusal, RosterRow, State, timestamp};
+use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
 use crate::store::{Store, StoreError};
 use memoryd_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
@@ -175,7 +175,7 @@ pub fn visible_in(
 ) -> Result<Vec<Visible>, StoreError> {
     check_name("personality", p)?;
     let links: Links = store.read(LINKS)?;
-    let presence: Presence = store.presence()?;
+    let presence = store.presence()?;
     Ok(visible(&links, fleet, &presence.roster(floor), p))
 }
 

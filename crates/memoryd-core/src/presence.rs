@@ -516,14 +516,17 @@ impl Presence {
     }
 
     /// Checks a heartbeat without writing: the refusal `heartbeat` would
-    /// give, or whether it would change no state (then its time alone is
-    /// soft state the caller may keep in memory and apply later).
-    pub fn beat_is_soft(&self, node: &str, session: Option<&str>, health: Health) -> Result<bool, Refusal> {
+    /// give, or, when it would change nothing but the time, the session it
+    /// beats for (that time alone is soft state the caller may keep in
+    /// memory and apply later).
+    pub fn soft_beat(&self, node: &str, session: Option<&str>, health: Health) -> Result<Option<&str>, Refusal> {
         if health == Health::Offline {
             return Err(Refusal::new(ErrorKind::RequestInvalid, "field `healthState`: must be online or degraded"));
         }
         let row = &self.attachments[self.session_index(node, session)?];
-        Ok(!matches!((row.state, health), (State::Degraded, Health::Online) | (State::Online, Health::Degraded)))
+        let transition =
+            matches!((row.state, health), (State::Degraded, Health::Online) | (State::Online, Health::Degraded));
+        Ok((!transition && row.health == health).then_some(row.session_id.as_str()))
     }
 
     /// Applies heartbeat times kept in memory: each moves its session's
@@ -904,10 +907,11 @@ mod tests {
     fn soft_heartbeats_are_told_apart_and_applied_forward_only() {
         let mut p = Presence::default();
         p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
-        assert_eq!(p.beat_is_soft("claude-boris", Some("s1"), Health::Online), Ok(true));
-        assert!(!p.beat_is_soft("claude-boris", None, Health::Degraded).unwrap(), "a health change is a transition");
+        assert_eq!(p.soft_beat("claude-boris", Some("s1"), Health::Online), Ok(Some("s1")));
+        assert_eq!(p.soft_beat("claude-boris", None, Health::Online), Ok(Some("s1")), "the active session");
+        assert_eq!(p.soft_beat("claude-boris", None, Health::Degraded), Ok(None), "a health change is a transition");
         assert_eq!(
-            p.beat_is_soft("claude-boris", Some("old"), Health::Online).unwrap_err().kind,
+            p.soft_beat("claude-boris", Some("old"), Health::Online).unwrap_err().kind,
             ErrorKind::RuntimenodeStaleSession
         );
         p.apply_beats([("claude-boris", "s1", at(40))]);

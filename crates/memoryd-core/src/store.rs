@@ -15,7 +15,9 @@ use crate::presence::{Event, Presence, Refusal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Rotate the event log past this size, keeping this many old ones.
@@ -51,6 +53,31 @@ pub struct Store {
     events: PathBuf,
     files: FileGuard,
     lock: StoreLock,
+    /// The last presence document parsed, by the stamp of the file it came
+    /// from: heartbeats, rosters and status read it far more often than it
+    /// changes, and at a thousand sessions parsing it dominates their cost.
+    presence_cache: Mutex<Option<(Stamp, Arc<Presence>)>>,
+}
+
+/// What identifies one version of a store document: documents are only
+/// ever replaced by a rename, so a new version is a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
 }
 
 impl Store {
@@ -58,7 +85,13 @@ impl Store {
     pub fn open(paths: &Paths, files: &FileGuard) -> Result<Store, StoreError> {
         files.create_dir_all(&paths.store, 0o700)?;
         let lock = StoreLock::open(files, &paths.store.join("store.lock"))?;
-        Ok(Store { dir: paths.store.clone(), events: paths.events.clone(), files: files.clone(), lock })
+        Ok(Store {
+            dir: paths.store.clone(),
+            events: paths.events.clone(),
+            files: files.clone(),
+            lock,
+            presence_cache: Mutex::new(None),
+        })
     }
 
     /// Takes the store lock.
@@ -72,9 +105,28 @@ impl Store {
         read_doc(&self.dir.join(file))
     }
 
-    /// Reads the presence document.
-    pub fn presence(&self) -> Result<Presence, StoreError> {
-        self.read(PRESENCE)
+    /// A snapshot of the presence document, parsed again only when the
+    /// file changed since the last call.
+    pub fn presence(&self) -> Result<Arc<Presence>, StoreError> {
+        let path = self.dir.join(PRESENCE);
+        let stamp = match std::fs::metadata(&path) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(StoreError::Corrupt { path, error: e.to_string() }),
+        };
+        if let Ok(cache) = self.presence_cache.lock()
+            && let Some((cached, doc)) = cache.as_ref()
+            && *cached == stamp
+        {
+            return Ok(doc.clone());
+        }
+        // Stamp first, then read: a rename in between leaves a stamp that
+        // matches nothing, so the next call reads again.
+        let doc: Arc<Presence> = Arc::new(read_doc(&path)?);
+        if let Ok(mut cache) = self.presence_cache.lock() {
+            *cache = Some((stamp, doc.clone()));
+        }
+        Ok(doc)
     }
 
     /// Re-reads one document under the held lock, applies `change`, writes
@@ -189,6 +241,27 @@ mod tests {
     use super::*;
     use crate::presence::Presence;
     use serde_json::json;
+
+    #[test]
+    fn the_cached_presence_follows_a_change_made_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let (reader, writer) =
+            (Store::open(&paths, &FileGuard::live()).unwrap(), Store::open(&paths, &FileGuard::live()).unwrap());
+        assert!(reader.presence().unwrap().revoked.is_empty(), "no file yet");
+        let now = std::time::SystemTime::now();
+        for node in ["claude-a", "claude-b"] {
+            writer.change_presence("t", |p: &mut Presence| Ok(((), p.revoke(node, "operator", None, now)?))).unwrap();
+            let seen = reader.presence().unwrap();
+            assert!(seen.revoked.contains_key(node), "{node} revoked by the other store is seen");
+            assert!(Arc::ptr_eq(&seen, &reader.presence().unwrap()), "an unchanged file is not parsed again");
+        }
+        std::fs::write(paths.store.join(PRESENCE), "{not json").unwrap();
+        assert!(
+            matches!(reader.presence(), Err(StoreError::Corrupt { .. })),
+            "a broken file is reported, not cached over"
+        );
+    }
 
     #[test]
     fn changes_are_written_with_their_events_and_the_log_rotates() {

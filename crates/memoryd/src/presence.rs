@@ -174,6 +174,9 @@ impl Daemon {
                 let health = p.health_state.unwrap_or(Health::Online);
                 let beat = self
                     .with_store(move |d| {
+                        if d.keep_soft_beat(&p.node_id, p.session_id.as_deref(), health, now)? {
+                            return Ok((Value::Null, Vec::new()));
+                        }
                         d.store.change_presence(
                             "heartbeat",
                             tracked(|pr| {
@@ -220,7 +223,7 @@ impl Daemon {
                 let floor = self.rules().floor;
                 let roster = self
                     .with_store(move |d| {
-                        let mut presence = d.store.presence()?;
+                        let mut presence = Presence::clone(&*d.store.presence()?);
                         presence.apply_beats(d.soft_beats_now().iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
                         Ok(presence.roster(floor))
                     })
@@ -256,21 +259,46 @@ impl Daemon {
         self.soft_beats.lock().map(|b| b.iter().map(|(k, t)| (k.clone(), *t)).collect()).unwrap_or_default()
     }
 
+    /// Keeps a heartbeat that changes nothing but the time in memory, to
+    /// be written by the next presence sweep; false for one that moves a
+    /// state, which the caller writes now. The kept beats stay locked from
+    /// the check to the insert, and a sweep holds them from its drain to
+    /// its write, so a beat is either in a sweep's batch or judged against
+    /// what that sweep wrote.
+    fn keep_soft_beat(
+        &self,
+        node: &str,
+        session: Option<&str>,
+        health: Health,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let mut kept = self.soft_beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let presence = self.store.presence()?;
+        let Some(session) = presence.soft_beat(node, session, health)? else { return Ok(false) };
+        kept.insert((node.to_owned(), session.to_owned()), now);
+        Ok(true)
+    }
+
     /// One staleness sweep: writes the heartbeats kept in memory, then
     /// demotes silent sessions; live pids count as heartbeats.
     pub async fn presence_sweep(self: &Arc<Self>) {
         let now = SystemTime::now();
-        let beats: Vec<_> = self.soft_beats.lock().map(|mut b| b.drain().collect()).unwrap_or_default();
         let result = self
             .with_store(move |d| {
                 let rules = d.rules();
-                d.store.change_presence(
+                let mut kept = d.soft_beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let swept = d.store.change_presence(
                     "presence-sweep",
                     tracked(|p| {
-                        p.apply_beats(beats.iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
+                        p.apply_beats(kept.iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
                         Ok(((), p.sweep(&rules, now, &probe)))
                     }),
-                )
+                );
+                // Kept until written: a sweep that failed leaves them for the next.
+                if swept.is_ok() {
+                    kept.clear();
+                }
+                swept
             })
             .await;
         if let Err(e) = self.moved(result) {
