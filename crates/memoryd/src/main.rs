@@ -9,6 +9,8 @@ mod presence;
 mod provisioning;
 mod sdnotify;
 mod server;
+#[cfg(target_os = "linux")]
+mod sockdiag;
 mod tasks;
 mod vault;
 

@@ -111,22 +111,6 @@ fn origin_ok(headers: &HeaderMap) -> bool {
     is_loopback_host(host)
 }
 
-/// The uid owning the client end of a loopback TCP connection (Linux).
-#[cfg(target_os = "linux")]
-fn connection_uid(client: SocketAddr, server_port: u16) -> Option<u32> {
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let port = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if cols.len() > 7 && port(cols[1]) == Some(client.port()) && port(cols[2]) == Some(server_port) {
-                return cols[7].parse().ok();
-            }
-        }
-    }
-    None
-}
-
 async fn guard(
     State((daemon, port)): State<(Arc<Daemon>, u16)>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -140,7 +124,8 @@ async fn guard(
     #[cfg(target_os = "linux")]
     {
         let me = nix::unistd::getuid().as_raw();
-        if connection_uid(client, port).is_some_and(|uid| uid != me) {
+        let server = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        if crate::sockdiag::client_uid(client, server).is_some_and(|uid| uid != me) {
             return forbidden("connections from another user are refused; memoryd serves only its own user".to_owned());
         }
     }
