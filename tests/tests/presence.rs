@@ -260,7 +260,7 @@ fn heartbeats_kept_in_memory_hold_a_node_online_and_a_health_change_is_written_a
     conn.hello();
     let beat = |conn: &mut Conn, health: &str| {
         let answer = conn.request("runtimenode.heartbeat", json!({"nodeId": "claude-boris", "healthState": health}));
-        assert!(answer.get("result").is_some(), "{answer}");
+        assert!(answer.get("result").is_some(), "{answer}\n{}", daemon.log());
     };
     // Three times past degraded_after, beating: online throughout.
     let started = Instant::now();

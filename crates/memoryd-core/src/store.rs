@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,14 +54,27 @@ pub struct Store {
     events: PathBuf,
     files: FileGuard,
     lock: StoreLock,
-    /// The last presence document parsed, by the stamp of the file it came
-    /// from: heartbeats, rosters and status read it far more often than it
-    /// changes, and at a thousand sessions parsing it dominates their cost.
-    presence_cache: Mutex<Option<(Stamp, Arc<Presence>)>>,
+    /// The last presence document parsed, with what identifies the file
+    /// it came from: heartbeats, rosters and status read it far more often
+    /// than it changes, and at a thousand sessions parsing it dominates
+    /// their cost.
+    presence_cache: Mutex<Option<Cached>>,
+    /// Presence writes by this process so far: an entry read before one of
+    /// them is never served after it, whatever the file's stamp says.
+    presence_writes: AtomicU64,
 }
 
-/// What identifies one version of a store document: documents are only
-/// ever replaced by a rename, so a new version is a new inode.
+#[derive(Debug)]
+struct Cached {
+    stamp: Stamp,
+    writes: u64,
+    doc: Arc<Presence>,
+}
+
+/// One version of a store document as the file system shows it. Documents
+/// are only ever replaced by a rename, so a new version is a new inode;
+/// an inode number reused within one timestamp tick with the same length
+/// is told apart only for this process's own writes (by the count above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     ino: u64,
@@ -91,6 +105,7 @@ impl Store {
             files: files.clone(),
             lock,
             presence_cache: Mutex::new(None),
+            presence_writes: AtomicU64::new(0),
         })
     }
 
@@ -109,22 +124,29 @@ impl Store {
     /// file changed since the last call.
     pub fn presence(&self) -> Result<Arc<Presence>, StoreError> {
         let path = self.dir.join(PRESENCE);
-        let stamp = match std::fs::metadata(&path) {
-            Ok(meta) => Stamp::of(&meta),
+        let corrupt = |e: std::io::Error| StoreError::Corrupt { path: path.clone(), error: e.to_string() };
+        let writes = self.presence_writes.load(Ordering::Acquire);
+        // The stamp and the bytes come from one open file, so they always
+        // describe the same version.
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
-            Err(e) => return Err(StoreError::Corrupt { path, error: e.to_string() }),
+            Err(e) => return Err(corrupt(e)),
         };
+        let stamp = Stamp::of(&file.metadata().map_err(corrupt)?);
         if let Ok(cache) = self.presence_cache.lock()
-            && let Some((cached, doc)) = cache.as_ref()
-            && *cached == stamp
+            && let Some(cached) = cache.as_ref()
+            && cached.stamp == stamp
+            && cached.writes == writes
         {
-            return Ok(doc.clone());
+            return Ok(cached.doc.clone());
         }
-        // Stamp first, then read: a rename in between leaves a stamp that
-        // matches nothing, so the next call reads again.
-        let doc: Arc<Presence> = Arc::new(read_doc(&path)?);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(corrupt)?;
+        let doc: Arc<Presence> =
+            Arc::new(serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, error: e.to_string() })?);
         if let Ok(mut cache) = self.presence_cache.lock() {
-            *cache = Some((stamp, doc.clone()));
+            *cache = Some(Cached { stamp, writes, doc: doc.clone() });
         }
         Ok(doc)
     }
@@ -149,6 +171,9 @@ impl Store {
                 self.files.create_dir_all(dir, 0o700)?;
             }
             write_doc(&self.files, &path, &doc)?;
+            if file == PRESENCE {
+                self.presence_writes.fetch_add(1, Ordering::Release);
+            }
         }
         self.append_events(held, &events)?;
         Ok(value)

@@ -12,8 +12,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 
 /// How often the fleet map's mtime is polled when no watcher runs.
 const POLL_EVERY: Duration = Duration::from_secs(5);
-/// Events closer together than this are one change. Short: a newborn peer
-/// waits this long before it is wired (atomic renames come as one event).
+/// Fragment re-renders asked for closer together than this are one batch.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Runs `tick` every `period_of(config)` (not at once), following config
@@ -165,7 +164,7 @@ impl FleetWatch {
     }
 }
 
-/// Acts on fleet map changes, debounced; polls the map's mtime while the
+/// Acts on fleet map changes as they come; polls the map's mtime while the
 /// watcher is off.
 pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
     let FleetWatch { _watcher, events: mut rx } = watch;
@@ -177,10 +176,20 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
             _ = daemon.shutdown.begun.cancelled() => return,
             event = rx.recv(), if daemon.watch_on.load(Ordering::Relaxed) => match event {
                 Some(Ok(())) => {
-                    // Let a burst of events settle into one change.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
-                    daemon.reload_fleet().await;
+                    // At once: every writer of the map replaces it by a
+                    // rename, so its first event is a whole file and a
+                    // newborn need not wait. Events that came during a
+                    // reload may be a newer map: one more reload.
+                    loop {
+                        daemon.reload_fleet().await;
+                        let mut more = false;
+                        while rx.try_recv().is_ok() {
+                            more = true;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(task = "fleet-watcher", error = %e, "the fleet map watcher failed; polling every 5 s (watch=off)");
