@@ -422,3 +422,33 @@ fn a_soaking_daemon_with_a_thousand_peers_keeps_memory_and_descriptors_flat() {
         first.0, last.0, first.1, last.1
     );
 }
+
+#[test]
+fn an_idle_daemon_reads_nothing_not_even_after_reading_its_own_files() {
+    let root = Root::bare();
+    let dirs: Vec<PathBuf> = ["ada", "bob"].iter().map(|n| root.peer_dir(n)).collect();
+    root.write_fleet_map(&[("ada", &dirs[0], &["claude"]), ("bob", &dirs[1], &["codex"])]);
+    let vault = root.dir.path().join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    std::fs::write(vault.join("a.md"), "# A note\nwords\n").unwrap();
+    let port = free_port();
+    root.write_config(&format!("mcp_port = {port}\nvault = \"{}\"\n", vault.display()));
+    let daemon = root.start_daemon();
+    assert!(eventually(|| daemon.log().contains("vault indexed")), "{}", daemon.log());
+    // Reading the map and a note (as the core and an agent would) is not a change.
+    let _ = std::fs::read(root.paths.fleet_map.clone()).unwrap();
+    let (failed, text) = mcp_tool(port, "claude-ada", "memory_read", json!({"path": "a.md"}));
+    assert!(!failed, "{text}");
+    std::thread::sleep(Duration::from_millis(700));
+    let reads = || -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", daemon.pid())).unwrap();
+        io.lines().find_map(|l| l.strip_prefix("syscr: ")).unwrap().trim().parse().unwrap()
+    };
+    let before = reads();
+    std::thread::sleep(Duration::from_secs(2));
+    // A presence sweep or a heartbeat may fall in the window; a watcher
+    // woken by its own reads makes hundreds.
+    let made = reads() - before;
+    assert!(made < 40, "an idle daemon made {made} read calls in 2 s\n{}", daemon.log());
+    assert_eq!(daemon.log().matches("vault indexed").count(), 1, "reads are not changes:\n{}", daemon.log());
+}

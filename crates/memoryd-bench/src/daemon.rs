@@ -142,9 +142,16 @@ impl Live {
         let mcp_port = if notes.is_some() { free_port()? } else { 0 };
         std::fs::create_dir_all(root.join("plugins/memoryd"))?;
         let vault_line = vault.as_ref().map(|v| format!("vault = \"{}\"\n", v.display())).unwrap_or_default();
+        // An iapeer that trusts hooks but lists nothing: the map is the
+        // harness's, and a refresh keeps it.
+        let iapeer = fleet::fake_iapeer(dir, &dir.join("no-listing.json"))?;
         std::fs::write(
             root.join("plugins/memoryd/memoryd.toml"),
-            format!("mcp_port = {mcp_port}\nmemoryctl_bin = \"{}\"\n{vault_line}", bins.memoryctl.display()),
+            format!(
+                "mcp_port = {mcp_port}\nmemoryctl_bin = \"{}\"\niapeer_bin = \"{}\"\n{vault_line}",
+                bins.memoryctl.display(),
+                iapeer.display()
+            ),
         )?;
         let log = dir.join("memoryd.log");
         let child = Command::new(&bins.memoryd)
@@ -196,6 +203,41 @@ impl Live {
             while !(settings.exists() && fragment.exists()) {
                 anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "a newborn was not wired within 30 s");
                 std::thread::sleep(Duration::from_micros(500));
+            }
+            samples.push(started.elapsed());
+        }
+        Ok(samples)
+    }
+
+    /// The floor of a birth: the watcher memoryd uses (notify) seeing a
+    /// map renamed into place, then one newborn's files written as memoryd
+    /// writes them (the bytes of a wired claude peer of this fleet).
+    pub fn birth_floor(&self, count: usize) -> anyhow::Result<Vec<Duration>> {
+        use notify::Watcher;
+        let wired = self.peers.iter().find(|p| p.runtimes == ["claude"]).context("no claude peer")?;
+        let files: Vec<(PathBuf, Vec<u8>)> = fleet::surface_files(wired)
+            .into_iter()
+            .map(|f| Ok((f.strip_prefix(&wired.cwd)?.to_path_buf(), std::fs::read(&f)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let dir = self.dir.join("birth-floor");
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if e.is_ok_and(|e| e.paths.iter().any(|p| p.ends_with("fleet.json"))) {
+                let _ = tx.send(());
+            }
+        })?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        let mut samples = Vec::with_capacity(count);
+        for i in 0..count {
+            let newborn = self.dir.join(format!("birth-floor-peers/n{i}"));
+            std::fs::write(dir.join("fleet.json.tmp"), format!("{i}"))?;
+            while rx.try_recv().is_ok() {}
+            let started = Instant::now();
+            std::fs::rename(dir.join("fleet.json.tmp"), dir.join("fleet.json"))?;
+            rx.recv_timeout(Duration::from_secs(10))?;
+            for (rel, bytes) in &files {
+                fleet::write_like_memoryd(&newborn.join(rel), bytes)?;
             }
             samples.push(started.elapsed());
         }
@@ -299,25 +341,7 @@ impl Live {
 
     /// CPU seconds over `window` and resident memory at its end.
     pub fn idle(&self, window: Duration) -> anyhow::Result<(f64, u64)> {
-        let pid = self.child.id();
-        let ticks = || -> anyhow::Result<u64> {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-            let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..].split_whitespace().collect();
-            Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-        };
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-        let before = ticks()?;
-        std::thread::sleep(window);
-        let cpu = (ticks()? - before) as f64 / hz;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("VmRSS")?
-            .trim()
-            .trim_end_matches(" kB")
-            .parse()?;
-        Ok((cpu, rss))
+        cpu_and_rss(self.child.id(), window)
     }
 
     /// `memory_search` over MCP, and the same queries on an index built in
@@ -365,37 +389,116 @@ impl Live {
     }
 }
 
-/// The floor of a socket round trip: a line echoed by a thread over a
-/// Unix socket, in this process.
-pub fn echo_floor(count: usize) -> anyhow::Result<Vec<Duration>> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("echo.sock");
-    let listener = UnixListener::bind(&path)?;
-    std::thread::spawn(move || {
-        if let Ok((stream, _)) = listener.accept() {
-            let mut writer = stream.try_clone().unwrap();
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if writer.write_all(format!("{line}\n").as_bytes()).is_err() {
-                    break;
-                }
+/// CPU seconds of process `pid` over `window`, and its resident memory
+/// (KiB) at the end.
+pub fn cpu_and_rss(pid: u32, window: Duration) -> anyhow::Result<(f64, u64)> {
+    let ticks = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..].split_whitespace().collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let before = ticks()?;
+    std::thread::sleep(window);
+    let cpu = (ticks()? - before) as f64 / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("VmRSS")?
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()?;
+    Ok((cpu, rss))
+}
+
+/// The floor of an idle daemon: a minimal Rust process (this binary with
+/// `--floor-idle`) that only sleeps through the same window.
+pub fn idle_floor(bins: &Bins, window: Duration) -> anyhow::Result<(f64, u64)> {
+    let mut child = Command::new(&bins.me).arg("--floor-idle").arg("3600").spawn()?;
+    // Let it reach its sleep before the window opens.
+    std::thread::sleep(Duration::from_millis(200));
+    let measured = cpu_and_rss(child.id(), window);
+    let _ = child.kill();
+    let _ = child.wait();
+    measured
+}
+
+/// The floor of the socket figures: a thread per connection echoing each
+/// line back over a Unix socket, in this process.
+pub struct Echo {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+/// A request line of the size the daemon gets.
+const LINE: &[u8] =
+    b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"runtimenode.heartbeat\",\"params\":{\"nodeId\":\"claude-p1\"}}\n";
+
+impl Echo {
+    pub fn start() -> anyhow::Result<Echo> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("echo.sock");
+        let listener = UnixListener::bind(&path)?;
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                std::thread::spawn(move || {
+                    let Ok(mut writer) = stream.try_clone() else { return };
+                    for line in BufReader::new(stream).lines() {
+                        let Ok(line) = line else { break };
+                        if writer.write_all(format!("{line}\n").as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
-        }
-    });
-    let stream = UnixStream::connect(&path)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let request = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"host.status\",\"params\":{}}\n";
-    let mut samples = Vec::with_capacity(count);
-    let mut line = String::new();
-    for _ in 0..count {
-        let started = Instant::now();
-        writer.write_all(request)?;
-        line.clear();
-        reader.read_line(&mut line)?;
-        samples.push(started.elapsed());
+        });
+        Ok(Echo { _dir: dir, path })
     }
-    Ok(samples)
+
+    fn connect(&self) -> anyhow::Result<(BufReader<UnixStream>, UnixStream)> {
+        let stream = UnixStream::connect(&self.path)?;
+        Ok((BufReader::new(stream.try_clone()?), stream))
+    }
+
+    /// Round trips of one line on one connection.
+    pub fn round_trips(&self, count: usize) -> anyhow::Result<Vec<Duration>> {
+        let (mut reader, mut writer) = self.connect()?;
+        let mut line = String::new();
+        (0..count)
+            .map(|_| {
+                let started = Instant::now();
+                writer.write_all(LINE)?;
+                line.clear();
+                reader.read_line(&mut line)?;
+                Ok(started.elapsed())
+            })
+            .collect()
+    }
+
+    /// Lines echoed per second with `clients` connections busy.
+    pub fn throughput(&self, clients: usize, window: Duration) -> anyhow::Result<f64> {
+        let done: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (mut reader, mut writer) = self.connect().unwrap();
+                        let (started, mut n, mut line) = (Instant::now(), 0, String::new());
+                        while started.elapsed() < window {
+                            writer.write_all(LINE).unwrap();
+                            line.clear();
+                            reader.read_line(&mut line).unwrap();
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        Ok(done as f64 / window.as_secs_f64())
+    }
 }
 
 /// `pueue status` against a running `pueued`, both installed from

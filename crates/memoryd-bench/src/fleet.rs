@@ -118,37 +118,98 @@ impl Fleet {
     /// The floor of a no-op sweep: reading every surface file it reads.
     pub fn read_surfaces(&self) -> Duration {
         let started = Instant::now();
-        let mut bytes = 0;
-        for peer in &self.peers {
-            for runtime in peer.session_runtimes() {
-                let files: &[&str] = match runtime {
-                    "claude" => &[".claude/settings.json", ".mcp.json", ".claude/skills/memoryd/SKILL.md"],
-                    _ => &[".codex/config.toml", ".codex/hooks.json"],
-                };
-                for rel in files {
-                    bytes += std::fs::read(peer.cwd.join(rel)).map_or(0, |b| b.len());
-                }
-            }
-            bytes += std::fs::read(peer.cwd.join(".iapeer/fragments/memoryd.md")).map_or(0, |b| b.len());
-        }
+        let bytes: usize =
+            self.peers.iter().flat_map(surface_files).map(|f| std::fs::read(f).map_or(0, |b| b.len())).sum();
         std::hint::black_box(bytes);
         started.elapsed()
+    }
+
+    /// The floor of a first provision: the same bytes written to as many
+    /// files in fresh folders under `dir`, each through a tmp file, a data
+    /// sync and a rename (as every memoryd write is), and nothing else.
+    pub fn write_floor(&self, dir: &Path) -> anyhow::Result<Duration> {
+        let mut files = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            for file in surface_files(peer) {
+                let rel = file.strip_prefix(&peer.cwd)?.to_path_buf();
+                files.push((dir.join(format!("p{i}")).join(rel), std::fs::read(&file)?));
+            }
+        }
+        let started = Instant::now();
+        for (path, bytes) in &files {
+            write_like_memoryd(path, bytes)?;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// The file of each drifted peer (every `100 / percent`-th).
+    fn drifted(&self, percent: usize) -> Vec<(PathBuf, &'static str)> {
+        let every = 100 / percent.max(1);
+        self.peers
+            .iter()
+            .step_by(every)
+            .map(|peer| {
+                if peer.runtimes.iter().any(|r| r == "claude") {
+                    (
+                        peer.cwd.join(".mcp.json"),
+                        r#"{"mcpServers":{"memoryd":{"type":"http","url":"http://127.0.0.1:1/mcp"}}}"#,
+                    )
+                } else {
+                    (peer.cwd.join(".codex/hooks.json"), r#"{"hooks":{}}"#)
+                }
+            })
+            .collect()
     }
 
     /// Drifts `percent` % of the peers by hand, then times the sweep that
     /// repairs them.
     pub fn drift_and_repair(&self, percent: usize) -> anyhow::Result<Duration> {
-        let every = 100 / percent.max(1);
-        for peer in self.peers.iter().step_by(every) {
-            if peer.runtimes.iter().any(|r| r == "claude") {
-                std::fs::write(
-                    peer.cwd.join(".mcp.json"),
-                    r#"{"mcpServers":{"memoryd":{"type":"http","url":"http://127.0.0.1:1/mcp"}}}"#,
-                )?;
-            } else {
-                std::fs::write(peer.cwd.join(".codex/hooks.json"), r#"{"hooks":{}}"#)?;
-            }
+        for (file, drift) in self.drifted(percent) {
+            std::fs::write(file, drift)?;
         }
         self.sweep()
     }
+
+    /// The floor of a drift repair: reading every surface file, then
+    /// writing the drifted ones again as memoryd would.
+    pub fn drift_floor(&self, percent: usize) -> anyhow::Result<Duration> {
+        let repaired: Vec<(PathBuf, Vec<u8>)> = self
+            .drifted(percent)
+            .into_iter()
+            .map(|(file, _)| std::fs::read(&file).map(|bytes| (file, bytes)))
+            .collect::<Result<_, _>>()?;
+        let started = Instant::now();
+        self.read_surfaces();
+        for (file, bytes) in &repaired {
+            write_like_memoryd(file, bytes)?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
+/// The files a sweep reads for one peer (and writes on a first provision).
+pub fn surface_files(peer: &FleetPeer) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = peer
+        .session_runtimes()
+        .flat_map(|runtime| match runtime {
+            "claude" => &[".claude/settings.json", ".mcp.json", ".claude/skills/memoryd/SKILL.md"][..],
+            _ => &[".codex/config.toml", ".codex/hooks.json"][..],
+        })
+        .map(|rel| peer.cwd.join(rel))
+        .collect();
+    files.push(peer.cwd.join(".iapeer/fragments/memoryd.md"));
+    files
+}
+
+/// One write as memoryd makes it: a tmp file, the bytes, a data sync, a
+/// rename into place (the parent created when missing).
+pub fn write_like_memoryd(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("floor.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
 }

@@ -14,7 +14,7 @@ mod daemon;
 mod fleet;
 mod report;
 
-use report::{Report, Stats, ms, us};
+use report::{Report, Stats, ms, per_second, ratio, ratio_of, us};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -23,12 +23,25 @@ const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 /// Repeats of the quick figures; their median is reported.
 const REPEATS: usize = 5;
 
+/// One fleet size's sweep figures, for the growth chart.
+struct Growth {
+    peers: usize,
+    pairs: usize,
+    first: Duration,
+    write_floor: Duration,
+    noop: Duration,
+    read_floor: Duration,
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, socket] = args.as_slice()
-        && flag == "--floor-client"
-    {
-        return daemon::floor_client(socket);
+    match args.as_slice() {
+        [_, flag, socket] if flag == "--floor-client" => return daemon::floor_client(socket),
+        [_, flag, secs] if flag == "--floor-idle" => {
+            std::thread::sleep(Duration::from_secs(secs.parse()?));
+            return Ok(());
+        }
+        _ => {}
     }
     let out =
         args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map_or("BENCHMARKS.md", String::as_str);
@@ -54,37 +67,57 @@ fn main() -> anyhow::Result<()> {
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
         let fleet = fleet::Fleet::generate(tmp.path(), n, &bins)?;
         let first = fleet.sweep()?;
+        let write_floor = fleet.write_floor(&tmp.path().join("floor"))?;
         let pairs = fleet.pairs();
+        let per_pair = |d: Duration| us(d / pairs as u32);
         let noop = Stats::of((0..repeats).map(|_| fleet.sweep().unwrap()).collect());
         let floor = Stats::of((0..repeats).map(|_| fleet.read_surfaces()).collect());
-        let drift = if n >= 100 { Some(fleet.drift_and_repair(10)?) } else { None };
-        eprintln!("   {n} peers: first {first:?}, no-op {:?}, floor {:?}", noop.median, floor.median);
-        growth.push((n, pairs, first, noop.median, floor.median));
+        eprintln!(
+            "   {n} peers: first {first:?} (floor {write_floor:?}), no-op {:?} (floor {:?})",
+            noop.median, floor.median
+        );
+        growth.push(Growth { peers: n, pairs, first, write_floor, noop: noop.median, read_floor: floor.median });
         report.row(
-            "sweep",
+            "first",
             vec![
                 n.to_string(),
                 pairs.to_string(),
                 ms(first),
-                us(first / pairs as u32),
-                ms(noop.median),
-                us(noop.median / pairs as u32),
-                us(floor.median / pairs as u32),
-                format!("{:.1}×", noop.median.as_secs_f64() / floor.median.as_secs_f64()),
-                drift.map_or("—".to_owned(), ms),
+                per_pair(first),
+                per_pair(write_floor),
+                ratio(first, write_floor),
             ],
         );
+        report.row(
+            "noop",
+            vec![
+                n.to_string(),
+                ms(noop.median),
+                per_pair(noop.median),
+                per_pair(floor.median),
+                ratio(noop.median, floor.median),
+            ],
+        );
+        if n >= 100 {
+            let drift = fleet.drift_and_repair(10)?;
+            let drift_floor = fleet.drift_floor(10)?;
+            report.row(
+                "drift",
+                vec![n.to_string(), (n / 10).to_string(), ms(drift), ms(drift_floor), ratio(drift, drift_floor)],
+            );
+        }
     }
+    let per_pair = |pick: fn(&Growth) -> Duration| {
+        growth.iter().map(|g| (g.peers as f64, pick(g).as_secs_f64() * 1e6 / g.pairs as f64)).collect::<Vec<_>>()
+    };
     chart::growth(
         "docs/bench-sweep.svg",
         "Sweep: µs per peer-runtime against fleet size",
         &[
-            ("first provision", growth.iter().map(|g| (g.0 as f64, g.2.as_secs_f64() * 1e6 / g.1 as f64)).collect()),
-            ("no-op sweep", growth.iter().map(|g| (g.0 as f64, g.3.as_secs_f64() * 1e6 / g.1 as f64)).collect()),
-            (
-                "floor: reading the files",
-                growth.iter().map(|g| (g.0 as f64, g.4.as_secs_f64() * 1e6 / g.1 as f64)).collect(),
-            ),
+            ("first provision", per_pair(|g| g.first)),
+            ("floor: writing the same files", per_pair(|g| g.write_floor)),
+            ("no-op sweep", per_pair(|g| g.noop)),
+            ("floor: reading the files", per_pair(|g| g.read_floor)),
         ],
         "peers",
     )?;
@@ -98,37 +131,36 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
     let live = daemon::Live::start(tmp.path(), 100, None, &bins)?;
     let births = Stats::of(live.births(100)?);
-    report.row("births", vec!["100".into(), ms(births.p50), ms(births.p99), ms(births.max)]);
-    let (status, hello) = (live.round_trips("host.status", 2000)?, live.round_trips("session.hello", 2000)?);
-    let floor = Stats::of(daemon::echo_floor(2000)?);
-    for (name, s) in [("session.hello", &hello), ("host.status", &status), ("floor: raw socket echo", &floor)] {
-        report.row(
-            "socket",
-            vec![name.into(), us(s.p50), us(s.p99), format!("{:.1}×", s.p50.as_secs_f64() / floor.p50.as_secs_f64())],
-        );
+    let birth_floor = Stats::of(live.birth_floor(100)?);
+    for (name, s) in [("a newborn peer wired", &births), ("floor: watcher event, then its files written", &birth_floor)]
+    {
+        report.row("births", vec![name.into(), ms(s.p50), ms(s.p99), ms(s.max), ratio(s.p50, birth_floor.p50)]);
     }
-    let throughput = live.throughput(16, Duration::from_secs(3))?;
-    report.row("throughput", vec!["16".into(), format!("{throughput:.0}")]);
+    let (status, hello) = (live.round_trips("host.status", 2000)?, live.round_trips("session.hello", 2000)?);
+    let echo = daemon::Echo::start()?;
+    let floor = Stats::of(echo.round_trips(2000)?);
+    for (name, s) in [("session.hello", &hello), ("host.status", &status), ("floor: raw socket echo", &floor)] {
+        report.row("socket", vec![name.into(), us(s.p50), us(s.p99), ratio(s.p50, floor.p50)]);
+    }
+    let window = Duration::from_secs(3);
+    let (throughput, echo_throughput) = (live.throughput(16, window)?, echo.throughput(16, window)?);
+    report.row(
+        "throughput",
+        vec!["host.status".into(), "16".into(), per_second(throughput), ratio_of(throughput, echo_throughput)],
+    );
+    report.row(
+        "throughput",
+        vec!["floor: raw socket echo".into(), "16".into(), per_second(echo_throughput), "1.0×".into()],
+    );
     let ctl = Stats::of((0..30).map(|_| live.time_status().unwrap()).collect());
     let floor_client = Stats::of((0..30).map(|_| live.time_floor_client(&bins).unwrap()).collect());
-    report.row(
-        "process",
-        vec![
-            "memoryctl status".into(),
-            ms(ctl.median),
-            format!("{:.1}×", ctl.median.as_secs_f64() / floor_client.median.as_secs_f64()),
-        ],
-    );
+    report.row("process", vec!["memoryctl status".into(), ms(ctl.median), ratio(ctl.median, floor_client.median)]);
     report.row("process", vec!["floor: connect, hello, read one line".into(), ms(floor_client.median), "1.0×".into()]);
     match daemon::pueue_status(tmp.path()) {
         Ok((pueue, pueue_floor)) => {
             report.row(
                 "process",
-                vec![
-                    "pueue status (against pueued)".into(),
-                    ms(pueue),
-                    format!("{:.1}×", pueue.as_secs_f64() / floor_client.median.as_secs_f64()),
-                ],
+                vec!["pueue status (against pueued)".into(), ms(pueue), ratio(pueue, floor_client.median)],
             );
             eprintln!("   pueue status {pueue:?} (its own floor: the binary's --version, {pueue_floor:?})");
         }
@@ -140,21 +172,33 @@ fn main() -> anyhow::Result<()> {
     }
     drop(live);
 
-    eprintln!("== a running daemon with 1,000 peers: heartbeat ingest, idle cost");
+    eprintln!("== a running daemon with 1,000 peers: idle cost, then heartbeat ingest");
     let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
     let big = daemon::Live::start(tmp.path(), 1_000, None, &bins)?;
+    let idle_window = Duration::from_secs(idle_secs);
+    let ((cpu, rss), (floor_cpu, floor_rss)) = (big.idle(idle_window)?, daemon::idle_floor(&bins, idle_window)?);
+    for (name, cpu, rss) in
+        [("memoryd, 1,000 peers, no session", cpu, rss), ("floor: a Rust process asleep", floor_cpu, floor_rss)]
+    {
+        report.row(
+            "idle",
+            vec![
+                name.into(),
+                format!("{idle_secs} s"),
+                format!("{cpu:.2} s"),
+                format!("{:.2} %", cpu * 100.0 / idle_secs as f64),
+                format!("{:.1} MiB", rss as f64 / 1024.0),
+                format!("{:.1}×", rss as f64 / floor_rss as f64),
+            ],
+        );
+    }
     let rate = big.heartbeat_ingest(1_000, 8, Duration::from_secs(5))?;
-    report.row("heartbeats", vec!["1,000".into(), "8".into(), format!("{rate:.0}")]);
-    let (cpu, rss) = big.idle(Duration::from_secs(idle_secs))?;
+    let echo_rate = echo.throughput(8, Duration::from_secs(5))?;
     report.row(
-        "idle",
-        vec![
-            "1,000".into(),
-            format!("{idle_secs} s"),
-            format!("{cpu:.3} s"),
-            format!("{:.1} MiB", rss as f64 / 1024.0),
-        ],
+        "heartbeats",
+        vec!["runtimenode.heartbeat, 1,000 nodes".into(), "8".into(), per_second(rate), ratio_of(rate, echo_rate)],
     );
+    report.row("heartbeats", vec!["floor: raw socket echo".into(), "8".into(), per_second(echo_rate), "1.0×".into()]);
     drop(big);
 
     eprintln!("== MCP memory_search");
@@ -165,7 +209,17 @@ fn main() -> anyhow::Result<()> {
         let (over_http, in_process) = live.search(200)?;
         let (http, floor) = (Stats::of(over_http), Stats::of(in_process));
         search_growth.push((notes, http.p50, floor.p50));
-        report.row("search", vec![notes.to_string(), ms(http.p50), ms(http.p99), us(floor.p50), us(floor.p99)]);
+        report.row(
+            "search",
+            vec![
+                notes.to_string(),
+                ms(http.p50),
+                ms(http.p99),
+                us(floor.p50),
+                us(floor.p99),
+                ratio(http.p50, floor.p50),
+            ],
+        );
     }
     chart::growth(
         "docs/bench-search.svg",

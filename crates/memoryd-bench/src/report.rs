@@ -29,6 +29,20 @@ pub fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
+/// How many times the floor a time is.
+pub fn ratio(took: Duration, floor: Duration) -> String {
+    format!("{:.1}×", took.as_secs_f64() / floor.as_secs_f64())
+}
+
+/// How many times slower than the floor a rate is.
+pub fn ratio_of(rate: f64, floor: f64) -> String {
+    format!("{:.1}×", floor / rate)
+}
+
+pub fn per_second(rate: f64) -> String {
+    format!("{rate:.0}/s")
+}
+
 /// Table rows by section.
 #[derive(Default)]
 pub struct Report {
@@ -38,24 +52,18 @@ pub struct Report {
 /// Each section's header row.
 fn header(section: &str) -> &'static [&'static str] {
     match section {
-        "sweep" => &[
-            "peers",
-            "peer-runtimes",
-            "first provision",
-            "per peer-runtime",
-            "no-op sweep",
-            "per peer-runtime",
-            "floor per peer-runtime",
-            "no-op / floor",
-            "repair 10 % drift",
-        ],
-        "births" => &["births", "p50", "p99", "max"],
+        "first" => {
+            &["peers", "peer-runtimes", "first provision", "per peer-runtime", "floor per peer-runtime", "/ floor"]
+        }
+        "noop" => &["peers", "no-op sweep", "per peer-runtime", "floor per peer-runtime", "/ floor"],
+        "drift" => &["peers", "drifted", "repair sweep", "floor", "/ floor"],
+        "births" => &["latency", "p50", "p99", "max", "p50 / floor"],
         "socket" => &["request", "p50", "p99", "p50 / floor"],
-        "throughput" => &["concurrent clients", "host.status per second"],
+        "throughput" => &["requests", "concurrent clients", "per second", "floor / this"],
         "process" => &["command", "median wall time", "/ floor"],
-        "heartbeats" => &["nodes", "client threads", "heartbeats per second"],
-        "idle" => &["peers", "window", "CPU time", "resident memory"],
-        "search" => &["notes", "MCP p50", "MCP p99", "floor p50 (index in process)", "floor p99"],
+        "heartbeats" => &["requests", "client threads", "per second", "floor / this"],
+        "idle" => &["process", "window", "CPU time", "of one core", "resident memory", "/ floor"],
+        "search" => &["notes", "MCP p50", "MCP p99", "floor p50 (index in process)", "floor p99", "p50 / floor"],
         "machine" => &["fact", "value"],
         _ => &[],
     }

@@ -48,9 +48,18 @@ use std::time::SystemTime;
 /// provision lock's holder, and the configured endpoints. `running` is
 /// false and the daemon fills in what only it knows.
 pub fn from_disk(paths: &Paths, config: &Config, now: SystemTime) -> HostStatus {
-    let heartbeat = Heartbeat::read(&paths.heartbeat);
     let locked = lock_is_held(&paths.instance_lock).unwrap_or(false);
     let peers = FleetRead::load(&paths.fleet_map).map().map(|m| m.peers.len());
+    let mut status = shared_facts(paths, config, now, peers);
+    status.pid = if locked { read_pid(&paths.pid_file) } else { None };
+    status
+}
+
+/// The facts the daemon reads from disk too (it knows its pid and its
+/// fleet map): the heartbeat, the map's freshness, the provision lock's
+/// holder and the configured endpoints.
+pub fn shared_facts(paths: &Paths, config: &Config, now: SystemTime, peers: Option<usize>) -> HostStatus {
+    let heartbeat = Heartbeat::read(&paths.heartbeat);
     let checked_age_secs = std::fs::read_to_string(&paths.fleet_checked)
         .ok()
         .and_then(|t| humantime::parse_rfc3339(t.trim()).ok())
@@ -60,7 +69,7 @@ pub fn from_disk(paths: &Paths, config: &Config, now: SystemTime) -> HostStatus 
         .then(|| std::fs::read_to_string(&paths.provision_lock).map(|t| t.trim().to_owned()).unwrap_or_default());
     HostStatus {
         running: false,
-        pid: if locked { read_pid(&paths.pid_file) } else { None },
+        pid: None,
         version: None,
         uptime_secs: None,
         root: paths.root.display().to_string(),

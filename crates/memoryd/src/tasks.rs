@@ -125,6 +125,13 @@ pub async fn presence_sweep(daemon: Arc<Daemon>) {
     daemon.presence_sweep().await;
 }
 
+/// Whether a watcher event may have changed a file. Opening and reading
+/// are events too: counting them, memoryd's own reads of the map or the
+/// vault would wake it again, for ever.
+pub fn is_change(event: &notify::Event) -> bool {
+    !matches!(event.kind, notify::EventKind::Access(_))
+}
+
 /// The fleet map watcher, started before the first heartbeat so that the
 /// heartbeat's `watch=` tells the truth from the start.
 pub struct FleetWatch {
@@ -140,7 +147,10 @@ impl FleetWatch {
         let map_name = daemon.paths.fleet_map.file_name().map(|n| n.to_os_string());
         let handler = move |event: notify::Result<notify::Event>| {
             let sent = match event {
-                Ok(event) if event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) => {
+                Ok(event)
+                    if is_change(&event)
+                        && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) =>
+                {
                     tx.send(Ok(()))
                 }
                 Ok(_) => Ok(()),

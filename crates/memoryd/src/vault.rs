@@ -90,7 +90,7 @@ pub async fn watch(daemon: Arc<Daemon>) {
     let Some(path) = daemon.vault.path.clone() else { return };
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| crate::tasks::is_change(&e)) {
             let _ = tx.send(());
         }
     })
