@@ -205,8 +205,21 @@ fn provision_peer_runs_locally_without_a_daemon_and_through_it_with_one() {
         let out = root.ctl(&["unprovision-peer", "--cwd", cwd_s, "--runtime", runtime, "--personality", "zed"]);
         assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     }
-    let left: Vec<_> = std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let left = || -> Vec<_> { std::fs::read_dir(&cwd).unwrap().map(|e| e.unwrap().file_name()).collect() };
+    assert!(left().is_empty(), "left behind: {:?}", left());
+    // Memory stays off for the peer: a sweep and a repair leave it alone,
+    // and verify does not count it as drift.
+    let swept = root.ctl(&["sweep"]);
+    assert!(swept.status.success(), "{}{}", stdout(&swept), stderr(&swept));
+    let verified = root.ctl(&["verify", "--repair"]);
+    assert!(stdout(&verified).contains("peer-surfaces"), "{}", stdout(&verified));
+    assert!(!stdout(&verified).contains("peer-surfaces[zed"), "{}", stdout(&verified));
+    assert!(left().is_empty(), "a sweep wired a peer turned off: {:?}\n{}", left(), daemon.log());
+    // provision-peer turns it on again, and the sweep keeps it wired.
+    let on = provision(&["--runtime", "claude"]);
+    assert!(stdout(&on).contains("ok    hooks   written ("), "{}", stdout(&on));
+    assert!(root.ctl(&["sweep"]).status.success());
+    assert!(cwd.join(".claude/settings.json").is_file());
     let gone =
         root.ctl(&["unprovision-peer", "--cwd", "/nonexistent/zed", "--runtime", "claude", "--personality", "zed"]);
     assert!(gone.status.success() && stdout(&gone).contains("absent"), "{}", stdout(&gone));

@@ -289,6 +289,25 @@ impl Provisioner<'_> {
             .collect()
     }
 
+    /// The peer's session runtimes memory is on for; those `unprovision-peer`
+    /// turned off are reported skipped.
+    fn switched_on<'p>(state: &SurfaceState, peer: &'p FleetPeer, skipped: &mut Vec<Skipped>) -> Vec<&'p str> {
+        peer.session_runtimes()
+            .filter(|runtime| {
+                let off = state.is_off(&peer.cwd, runtime);
+                if off {
+                    skipped.push(Skipped {
+                        personality: peer.personality.clone(),
+                        reason: format!(
+                            "memory turned off for {runtime} by unprovision-peer; provision-peer turns it on"
+                        ),
+                    });
+                }
+                !off
+            })
+            .collect()
+    }
+
     /// Provisions every session runtime of every peer (and renders its
     /// fragment), batch by batch. A foreign or unreadable slot stops the
     /// sweep before it touches anything.
@@ -308,7 +327,11 @@ impl Provisioner<'_> {
                 Ok(())
             },
             |held, state, peer| {
-                for runtime in peer.session_runtimes() {
+                let runtimes = Self::switched_on(state, peer, &mut report.skipped);
+                if runtimes.is_empty() {
+                    return;
+                }
+                for runtime in runtimes {
                     match self.surfaces().provision(held, state, &peer.personality, &peer.cwd, runtime) {
                         Ok(outcomes) => {
                             report.writes += outcomes.iter().filter(|o| o.action == Action::Written).count();
@@ -338,7 +361,7 @@ impl Provisioner<'_> {
         let state = SurfaceState::load(&self.paths.surface_state);
         let mut pairs = Vec::new();
         for peer in Self::sweepable(peers, &mut skipped) {
-            for runtime in peer.session_runtimes() {
+            for runtime in Self::switched_on(&state, peer, &mut skipped) {
                 match self.surfaces().inspect(&state, &peer.personality, &peer.cwd, runtime) {
                     Ok(outcomes) => pairs.push(PairReport {
                         personality: peer.personality.clone(),
@@ -362,10 +385,15 @@ impl Provisioner<'_> {
             "fragments",
             &work,
             |_| Ok(()),
-            |held, state, peer| match self.fragment(held, &context, state, &peer.personality, &peer.cwd).action {
-                Action::Written => counts.0 += 1,
-                Action::Already => counts.1 += 1,
-                _ => counts.2 += 1,
+            |held, state, peer| {
+                if Self::switched_on(state, peer, &mut skipped).is_empty() {
+                    return;
+                }
+                match self.fragment(held, &context, state, &peer.personality, &peer.cwd).action {
+                    Action::Written => counts.0 += 1,
+                    Action::Already => counts.1 += 1,
+                    _ => counts.2 += 1,
+                }
             },
         )?;
         Ok(counts)
@@ -404,6 +432,9 @@ impl Provisioner<'_> {
         if self.files.remove_file(&self.paths.launcher)? {
             removed.push("launcher".to_owned());
         }
+        let mut state = SurfaceState::load(&self.paths.surface_state);
+        state.forget_switches();
+        state.save(self.files, &self.paths.surface_state)?;
         Ok(removed)
     }
 
@@ -447,6 +478,7 @@ impl Provisioner<'_> {
             .surfaces()
             .provision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
             .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
+        state.switch(&request.cwd, &request.runtime, true);
         self.fragment(&held, &self.fragment_context(), &mut state, &request.personality, &request.cwd);
         state.save(self.files, &self.paths.surface_state)?;
         Ok(PeerReport { outcomes, nothing: None, fleet_updated })
@@ -474,6 +506,7 @@ impl Provisioner<'_> {
             .surfaces()
             .unprovision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
             .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
+        state.switch(&request.cwd, &request.runtime, false);
         state.save(self.files, &self.paths.surface_state)?;
         Ok(PeerReport { outcomes, nothing: None, fleet_updated: false })
     }

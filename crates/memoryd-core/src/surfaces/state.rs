@@ -1,8 +1,8 @@
 //! What memoryd remembers about each peer folder it provisioned
 //! (`S/surfaces.json`): the runtimes it wired, the files and dirs it
-//! created (only those may be deleted by unprovision), and the content hash
-//! of the Codex hooks.json it last had trusted. Read and written under the
-//! provision lock.
+//! created (only those may be deleted by unprovision), the content hash
+//! of the Codex hooks.json it last had trusted, and the runtimes memory was
+//! turned off for. Read and written under the provision lock.
 
 use crate::files::{FileError, FileGuard};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,12 @@ pub struct PeerRecord {
     pub created: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_hooks: Option<String>,
+    /// Runtimes `unprovision-peer` turned memory off for: sweeps, repairs
+    /// and fragment renders leave them alone (otherwise the next sweep
+    /// would wire a removed or switched-off peer again) until
+    /// `provision-peer` turns them back on.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub off: BTreeSet<String>,
 }
 
 impl PeerRecord {
@@ -61,6 +67,33 @@ impl SurfaceState {
     /// Every folder memoryd wired, with its record.
     pub fn folders(&self) -> impl Iterator<Item = (&Path, &PeerRecord)> {
         self.folders.iter().map(|(path, record)| (path.as_path(), record))
+    }
+
+    /// Whether memory is turned off for `runtime` in the folder `cwd`.
+    pub fn is_off(&self, cwd: &Path, runtime: &str) -> bool {
+        // Most states turn nothing off: no path resolution for them.
+        self.folders.values().any(|r| !r.off.is_empty())
+            && cwd.canonicalize().is_ok_and(|real| self.folders.get(&real).is_some_and(|r| r.off.contains(runtime)))
+    }
+
+    /// Records that `unprovision-peer` (`on == false`) or `provision-peer`
+    /// (`on == true`) switched `runtime` in `cwd`; a vanished folder has
+    /// nothing to switch.
+    pub fn switch(&mut self, cwd: &Path, runtime: &str, on: bool) {
+        let Ok(real) = cwd.canonicalize() else { return };
+        let record = self.record(&real);
+        if on {
+            record.off.remove(runtime);
+        } else {
+            record.off.insert(runtime.to_owned());
+        }
+        self.prune();
+    }
+
+    /// Forgets every switch (uninstall: a later `init` wires every peer).
+    pub fn forget_switches(&mut self) {
+        self.folders.values_mut().for_each(|r| r.off.clear());
+        self.prune();
     }
 
     /// Drops records that hold nothing any more.
