@@ -13,7 +13,7 @@ use memoryd_core::fleet::FleetRead;
 use memoryd_core::install::{self, Binaries};
 use memoryd_core::provision::PeerRequest;
 use memoryd_core::report::Tally;
-use memoryd_core::surfaces::{Action, SurfaceState, shims::SESSION_RUNTIMES};
+use memoryd_core::surfaces::{Action, StateFile, shims::SESSION_RUNTIMES};
 use memoryd_core::update;
 use memoryd_proto::{ProgressStatus, methods};
 use serde_json::json;
@@ -211,7 +211,7 @@ pub async fn uninstall(ctx: &Ctx, yes: bool) -> anyhow::Result<ExitCode> {
             }
         }
         // Folders memoryd wired that the map no longer lists.
-        for (folder, record) in SurfaceState::load(&ctx.paths.surface_state).folders() {
+        for (folder, record) in StateFile::load(&ctx.paths.surface_state).state.folders() {
             for runtime in record.runtimes.iter().filter(|r| SESSION_RUNTIMES.contains(&r.as_str())) {
                 let known =
                     pairs.iter().any(|(_, cwd, r)| r == runtime && cwd.canonicalize().ok().as_deref() == Some(folder));

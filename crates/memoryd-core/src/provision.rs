@@ -11,7 +11,7 @@ use crate::install::{self, Binaries};
 use crate::lock::{LockError, ProvisionGuard, ProvisionLock};
 use crate::paths::Paths;
 use crate::slot::SlotState;
-use crate::surfaces::{Action, Outcome, Settings, SurfaceState, Surfaces, shims, surface_names};
+use crate::surfaces::{Action, Outcome, Settings, StateFile, SurfaceState, Surfaces, shims, surface_names};
 pub use memoryd_proto::PeerProvision as PeerRequest;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -250,6 +250,7 @@ impl Provisioner<'_> {
     ) -> Result<(), ProvisionError> {
         let mut first = Some(first);
         let mut next = 0;
+        let mut file: Option<StateFile> = None;
         while first.is_some() || next < items.len() {
             if (self.cancelled)() {
                 return Err(ProvisionError::Lock(LockError::Cancelled));
@@ -258,13 +259,19 @@ impl Provisioner<'_> {
             if let Some(first) = first.take() {
                 first(&held)?;
             }
-            let mut state = SurfaceState::load(&self.paths.surface_state);
+            let file = match &mut file {
+                Some(file) => {
+                    file.refresh();
+                    file
+                }
+                None => file.insert(StateFile::load(&self.paths.surface_state)),
+            };
             let started = Instant::now();
             while next < items.len() && started.elapsed() < BATCH {
-                each(&held, &mut state, &items[next]);
+                each(&held, &mut file.state, &items[next]);
                 next += 1;
             }
-            state.save(self.files, &self.paths.surface_state)?;
+            file.save(self.files)?;
         }
         Ok(())
     }
@@ -358,7 +365,7 @@ impl Provisioner<'_> {
     /// one report per session peer-runtime, `written` outcomes being drift.
     pub fn inspect(&self, peers: &[FleetPeer]) -> (Vec<PairReport>, Vec<Skipped>) {
         let mut skipped = Vec::new();
-        let state = SurfaceState::load(&self.paths.surface_state);
+        let state = StateFile::load(&self.paths.surface_state).state;
         let mut pairs = Vec::new();
         for peer in Self::sweepable(peers, &mut skipped) {
             for runtime in Self::switched_on(&state, peer, &mut skipped) {
@@ -432,9 +439,9 @@ impl Provisioner<'_> {
         if self.files.remove_file(&self.paths.launcher)? {
             removed.push("launcher".to_owned());
         }
-        let mut state = SurfaceState::load(&self.paths.surface_state);
-        state.forget_switches();
-        state.save(self.files, &self.paths.surface_state)?;
+        let mut file = StateFile::load(&self.paths.surface_state);
+        file.state.forget_switches();
+        file.save(self.files)?;
         Ok(removed)
     }
 
@@ -473,14 +480,14 @@ impl Provisioner<'_> {
             });
         }
         self.write_shims(&held)?;
-        let mut state = SurfaceState::load(&self.paths.surface_state);
+        let mut file = StateFile::load(&self.paths.surface_state);
         let outcomes = self
             .surfaces()
-            .provision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
+            .provision(&held, &mut file.state, &request.personality, &request.cwd, &request.runtime)
             .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
-        state.switch(&request.cwd, &request.runtime, true);
-        self.fragment(&held, &self.fragment_context(), &mut state, &request.personality, &request.cwd);
-        state.save(self.files, &self.paths.surface_state)?;
+        file.state.switch(&request.cwd, &request.runtime, true);
+        self.fragment(&held, &self.fragment_context(), &mut file.state, &request.personality, &request.cwd);
+        file.save(self.files)?;
         Ok(PeerReport { outcomes, nothing: None, fleet_updated })
     }
 
@@ -501,13 +508,13 @@ impl Provisioner<'_> {
         }
         let what = format!("unprovision-peer {}:{}", request.personality, request.runtime);
         let held = self.acquire(&what)?;
-        let mut state = SurfaceState::load(&self.paths.surface_state);
+        let mut file = StateFile::load(&self.paths.surface_state);
         let outcomes = self
             .surfaces()
-            .unprovision(&held, &mut state, &request.personality, &request.cwd, &request.runtime)
+            .unprovision(&held, &mut file.state, &request.personality, &request.cwd, &request.runtime)
             .unwrap_or_else(|reason| vec![skipped_all(&request.runtime, &request.cwd, &reason)]);
-        state.switch(&request.cwd, &request.runtime, false);
-        state.save(self.files, &self.paths.surface_state)?;
+        file.state.switch(&request.cwd, &request.runtime, false);
+        file.save(self.files)?;
         Ok(PeerReport { outcomes, nothing: None, fleet_updated: false })
     }
 }

@@ -11,7 +11,7 @@ pub mod shims;
 mod state;
 pub mod toml;
 
-pub use state::{PeerRecord, SurfaceState};
+pub use state::{PeerRecord, StateFile, SurfaceState};
 
 use crate::egress::{Egress, EgressError};
 use crate::files::{FileError, FileGuard};

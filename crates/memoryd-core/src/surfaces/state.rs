@@ -19,12 +19,6 @@ pub struct PeerRecord {
     pub created: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_hooks: Option<String>,
-    /// Runtimes `unprovision-peer` turned memory off for: sweeps, repairs
-    /// and fragment renders leave them alone (otherwise the next sweep
-    /// would wire a removed or switched-off peer again) until
-    /// `provision-peer` turns them back on.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub off: BTreeSet<String>,
 }
 
 impl PeerRecord {
@@ -37,29 +31,79 @@ impl PeerRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SurfaceState {
     folders: BTreeMap<PathBuf, PeerRecord>,
+    /// Per real folder, the runtimes `unprovision-peer` turned memory off
+    /// for: sweeps, repairs and fragment renders leave them alone
+    /// (otherwise the next sweep would wire a removed or switched-off peer
+    /// again) until `provision-peer` turns them back on. Apart from the
+    /// records so that "nothing is off", the usual case, costs nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    off: BTreeMap<PathBuf, BTreeSet<String>>,
 }
 
-impl SurfaceState {
-    /// Loads the state; a missing file is an empty state. A malformed one
-    /// is logged and replaced: losing it only means that files we created
-    /// are kept on unprovision and Codex hook trust is asked for again.
-    pub fn load(path: &Path) -> SurfaceState {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "the surface state is malformed; starting afresh");
-                SurfaceState::default()
-            }),
-            Err(_) => SurfaceState::default(),
+/// `S/surfaces.json` as this operation last read or wrote it. A sweep
+/// takes the lock batch by batch; it parses the file again only when
+/// another writer changed it in between, and writes it only when the state
+/// changed (parsing and writing a 10,000-folder state at every batch cost a
+/// no-op sweep a fifth of its time).
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    /// The file's bytes when last read or written (`None`: no file).
+    bytes: Option<Vec<u8>>,
+    /// What those bytes say.
+    saved: SurfaceState,
+    /// The working copy.
+    pub state: SurfaceState,
+}
+
+impl StateFile {
+    /// Reads the state; a missing file is an empty state. A malformed one
+    /// is logged and taken as empty: losing it only means that files we
+    /// created are kept on unprovision and Codex hook trust is asked for
+    /// again.
+    pub fn load(path: &Path) -> StateFile {
+        let mut file = StateFile {
+            path: path.to_path_buf(),
+            bytes: None,
+            saved: SurfaceState::default(),
+            state: SurfaceState::default(),
+        };
+        file.refresh();
+        file
+    }
+
+    /// Catches up with the file (call it with the lock held): kept as is
+    /// when the bytes are those last seen.
+    pub fn refresh(&mut self) {
+        let bytes = std::fs::read(&self.path).ok();
+        if bytes == self.bytes {
+            return;
         }
+        self.saved = bytes.as_deref().map_or_else(SurfaceState::default, |b| {
+            serde_json::from_slice(b).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.path.display(), error = %e, "the surface state is malformed; starting afresh");
+                SurfaceState::default()
+            })
+        });
+        self.state = self.saved.clone();
+        self.bytes = bytes;
     }
 
     /// Writes the state when it changed.
-    pub fn save(&self, files: &FileGuard, path: &Path) -> Result<(), FileError> {
-        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+    pub fn save(&mut self, files: &FileGuard) -> Result<(), FileError> {
+        if self.state == self.saved {
+            return Ok(());
+        }
+        let mut bytes = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
         bytes.push(b'\n');
-        files.write_if_changed(path, &bytes, Some(0o600)).map(drop)
+        files.write_if_changed(&self.path, &bytes, Some(0o600))?;
+        self.bytes = Some(bytes);
+        self.saved = self.state.clone();
+        Ok(())
     }
+}
 
+impl SurfaceState {
     pub fn record(&mut self, folder: &Path) -> &mut PeerRecord {
         self.folders.entry(folder.to_path_buf()).or_default()
     }
@@ -71,9 +115,8 @@ impl SurfaceState {
 
     /// Whether memory is turned off for `runtime` in the folder `cwd`.
     pub fn is_off(&self, cwd: &Path, runtime: &str) -> bool {
-        // Most states turn nothing off: no path resolution for them.
-        self.folders.values().any(|r| !r.off.is_empty())
-            && cwd.canonicalize().is_ok_and(|real| self.folders.get(&real).is_some_and(|r| r.off.contains(runtime)))
+        !self.off.is_empty()
+            && cwd.canonicalize().is_ok_and(|real| self.off.get(&real).is_some_and(|r| r.contains(runtime)))
     }
 
     /// Records that `unprovision-peer` (`on == false`) or `provision-peer`
@@ -81,23 +124,59 @@ impl SurfaceState {
     /// nothing to switch.
     pub fn switch(&mut self, cwd: &Path, runtime: &str, on: bool) {
         let Ok(real) = cwd.canonicalize() else { return };
-        let record = self.record(&real);
         if on {
-            record.off.remove(runtime);
+            if let Some(off) = self.off.get_mut(&real) {
+                off.remove(runtime);
+                if off.is_empty() {
+                    self.off.remove(&real);
+                }
+            }
         } else {
-            record.off.insert(runtime.to_owned());
+            self.off.entry(real).or_default().insert(runtime.to_owned());
         }
-        self.prune();
     }
 
     /// Forgets every switch (uninstall: a later `init` wires every peer).
     pub fn forget_switches(&mut self) {
-        self.folders.values_mut().for_each(|r| r.off.clear());
-        self.prune();
+        self.off.clear();
     }
 
     /// Drops records that hold nothing any more.
     pub fn prune(&mut self) {
         self.folders.retain(|_, r| !r.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_state_follows_another_writer_and_is_written_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, peer) = (dir.path().join("surfaces.json"), dir.path().to_path_buf());
+        let files = FileGuard::live();
+        let mut mine = StateFile::load(&path);
+        mine.state.record(&peer).runtimes.insert("claude".into());
+        mine.save(&files).unwrap();
+        let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+        // Unchanged: not written again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        mine.refresh();
+        mine.save(&files).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), written);
+
+        // Another writer between two batches: the next refresh sees its work.
+        let mut theirs = StateFile::load(&path);
+        theirs.state.switch(&peer, "codex", false);
+        theirs.save(&files).unwrap();
+        assert!(!mine.state.is_off(&peer, "codex"));
+        mine.refresh();
+        assert!(mine.state.is_off(&peer, "codex"));
+        assert!(mine.state.folders().any(|(_, r)| r.runtimes.contains("claude")));
+        mine.state.switch(&peer, "codex", true);
+        mine.save(&files).unwrap();
+        assert!(!StateFile::load(&path).state.is_off(&peer, "codex"));
     }
 }
