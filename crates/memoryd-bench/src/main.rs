@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("== MCP memory_search");
     let mut search_growth = Vec::new();
-    for notes in [1_000, 10_000] {
+    for notes in [1_000usize, 10_000] {
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
         let live = daemon::Live::start(tmp.path(), 10, Some(notes), &bins)?;
         let (over_http, in_process) = live.search(200)?;
@@ -223,6 +223,7 @@ fn main() -> anyhow::Result<()> {
                 ms(http.p99),
                 us(floor.p50),
                 us(floor.p99),
+                us(floor.p50 * 1000 / notes as u32),
                 ratio(http.p50, floor.p50),
             ],
         );

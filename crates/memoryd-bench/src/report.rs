@@ -63,7 +63,15 @@ fn header(section: &str) -> &'static [&'static str] {
         "process" => &["command", "median wall time", "/ floor"],
         "heartbeats" => &["requests", "client threads", "per second", "floor / this"],
         "idle" => &["process", "window", "CPU time", "of one core", "resident memory", "/ floor"],
-        "search" => &["notes", "MCP p50", "MCP p99", "floor p50 (index in process)", "floor p99", "p50 / floor"],
+        "search" => &[
+            "notes",
+            "MCP p50",
+            "MCP p99",
+            "floor p50 (index in process)",
+            "floor p99",
+            "floor p50 per 1,000 notes",
+            "p50 / floor",
+        ],
         "machine" => &["fact", "value"],
         _ => &[],
     }
