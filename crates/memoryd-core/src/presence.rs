@@ -9,7 +9,7 @@ use crate::names::split_node_id;
 use memoryd_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 /// Attachment state of one (node, session).
@@ -80,6 +80,10 @@ pub struct Revocation {
     pub reason: Option<String>,
     pub at: String,
 }
+
+/// Heartbeat times kept in memory by (node, session): heartbeats that
+/// changed nothing but the time (spec 40 soft state), written later.
+pub type SoftBeats = HashMap<(String, String), SystemTime>;
 
 /// The stored presence document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -531,9 +535,9 @@ impl Presence {
 
     /// Applies heartbeat times kept in memory: each moves its session's
     /// `lastHeartbeatAt` forward, never back.
-    pub fn apply_beats<'a>(&mut self, beats: impl IntoIterator<Item = (&'a str, &'a str, SystemTime)>) {
-        for (node, session, at) in beats {
-            if let Some(row) = self.active_mut(node).filter(|r| r.session_id == session)
+    pub fn apply_beats(&mut self, beats: &SoftBeats) {
+        for ((node, session), &at) in beats {
+            if let Some(row) = self.active_mut(node).filter(|r| r.session_id == *session)
                 && parse_time(&row.last_heartbeat_at).is_none_or(|t| t < at)
             {
                 row.last_heartbeat_at = timestamp(at);
@@ -914,9 +918,10 @@ mod tests {
             p.soft_beat("claude-boris", Some("old"), Health::Online).unwrap_err().kind,
             ErrorKind::RuntimenodeStaleSession
         );
-        p.apply_beats([("claude-boris", "s1", at(40))]);
+        let kept = |t| SoftBeats::from([(("claude-boris".to_owned(), "s1".to_owned()), t)]);
+        p.apply_beats(&kept(at(40)));
         assert!(p.sweep(&rules(None), at(60), &probe).is_empty(), "the kept beat counts");
-        p.apply_beats([("claude-boris", "s1", at(10))]);
+        p.apply_beats(&kept(at(10)));
         assert_eq!(p.active("claude-boris").unwrap().last_heartbeat_at, timestamp(at(40)), "never back");
     }
 }

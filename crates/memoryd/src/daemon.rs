@@ -65,7 +65,7 @@ pub struct Daemon {
     pub mcp_listening: AtomicBool,
     /// Heartbeats that changed no state, by (node, session): soft state
     /// (spec 40) applied to the store at the next presence sweep.
-    pub soft_beats: Mutex<std::collections::HashMap<(String, String), SystemTime>>,
+    pub soft_beats: Mutex<memoryd_core::presence::SoftBeats>,
     /// Fragments to re-render (None: every peer's), for the renderer task.
     fragment_tx: tokio::sync::mpsc::UnboundedSender<Option<Vec<String>>>,
     pub fragment_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Option<Vec<String>>>>>,
@@ -113,7 +113,7 @@ impl Daemon {
             restarting: AtomicBool::new(false),
             vault,
             mcp_listening: AtomicBool::new(false),
-            soft_beats: Mutex::new(std::collections::HashMap::new()),
+            soft_beats: Mutex::default(),
             fragment_tx,
             fragment_rx: Mutex::new(Some(fragment_rx)),
         }

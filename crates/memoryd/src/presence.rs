@@ -224,7 +224,7 @@ impl Daemon {
                 let roster = self
                     .with_store(move |d| {
                         let mut presence = Presence::clone(&*d.store.presence()?);
-                        presence.apply_beats(d.soft_beats_now().iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
+                        presence.apply_beats(&d.soft_beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
                         Ok(presence.roster(floor))
                     })
                     .await?;
@@ -252,11 +252,6 @@ impl Daemon {
             }
             other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
         }
-    }
-
-    /// The soft heartbeats kept so far.
-    fn soft_beats_now(&self) -> Vec<((String, String), SystemTime)> {
-        self.soft_beats.lock().map(|b| b.iter().map(|(k, t)| (k.clone(), *t)).collect()).unwrap_or_default()
     }
 
     /// Keeps a heartbeat that changes nothing but the time in memory, to
@@ -290,7 +285,7 @@ impl Daemon {
                 let swept = d.store.change_presence(
                     "presence-sweep",
                     tracked(|p| {
-                        p.apply_beats(kept.iter().map(|((n, s), t)| (n.as_str(), s.as_str(), *t)));
+                        p.apply_beats(&kept);
                         Ok(((), p.sweep(&rules, now, &probe)))
                     }),
                 );
