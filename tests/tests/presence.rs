@@ -75,6 +75,12 @@ fn fake_agent(root: &Root, input: &str) -> Child {
     child
 }
 
+/// `memoryctl attach` of boris's claude node, session s1, version 1.0.
+fn attach_boris(root: &Root) {
+    let out = root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn roster(root: &Root) -> Vec<Value> {
     let out = root.ctl(&["peers", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -253,9 +259,7 @@ fn the_floor_makes_old_clients_read_only_and_a_reload_changes_it_at_once() {
 fn heartbeats_kept_in_memory_hold_a_node_online_and_a_health_change_is_written_at_once() {
     let (root, _boris) = wired_root(FAST);
     let daemon = root.start_daemon();
-    assert!(
-        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
-    );
+    attach_boris(&root);
     let mut conn = Conn::open(&root.socket()).unwrap();
     conn.hello();
     let beat = |conn: &mut Conn, health: &str| {
@@ -281,9 +285,7 @@ fn heartbeats_kept_in_memory_hold_a_node_online_and_a_health_change_is_written_a
 fn a_heartbeat_kept_in_memory_is_written_when_the_daemon_stops() {
     let (root, _boris) = wired_root("[presence]\nsweep_every = \"1h\"\n");
     let mut daemon = root.start_daemon();
-    assert!(
-        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
-    );
+    attach_boris(&root);
     let on_disk = || -> String {
         let doc: Value =
             serde_json::from_slice(&std::fs::read(root.paths.store.join("presence.json")).unwrap()).unwrap();
@@ -306,9 +308,7 @@ fn a_heartbeat_kept_in_memory_is_written_when_the_daemon_stops() {
 fn the_roster_survives_a_daemon_restart() {
     let (root, _boris) = wired_root("");
     let mut daemon = root.start_daemon();
-    assert!(
-        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
-    );
+    attach_boris(&root);
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     daemon.wait_exit(Duration::from_secs(10));
     let _again = root.start_daemon();
@@ -331,9 +331,7 @@ fn events_follow_streams_new_events_as_they_happen() {
         .unwrap();
     let mut reader = std::io::BufReader::new(follower.stdout.take().unwrap());
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]).status.success()
-    );
+    attach_boris(&root);
     let mut seen = Vec::new();
     for _ in 0..2 {
         let mut line = String::new();
