@@ -91,9 +91,10 @@ impl Root {
         cmd
     }
 
-    /// Runs `memoryctl --root R <args>` to completion.
+    /// Runs `memoryctl --root R <args>` to completion (killed, with what
+    /// it printed, past [`CHILD_LIMIT`]).
     pub fn ctl(&self, args: &[&str]) -> Output {
-        self.command(&bins().memoryctl).arg("--root").arg(&self.paths.root).args(args).output().unwrap()
+        output_within(self.command(&bins().memoryctl).arg("--root").arg(&self.paths.root).args(args), CHILD_LIMIT)
     }
 
     /// Starts `memoryd --root R` in the foreground, its stderr in a file.
@@ -122,6 +123,124 @@ impl Root {
 impl Default for Root {
     fn default() -> Self {
         Root::new()
+    }
+}
+
+/// A daemon a test started detached (`memoryctl daemon start`) dies with
+/// the test's root, whether the test passed or failed: it must not outlive
+/// the temp dir it serves. Only a process that holds this root's lock and
+/// names this root on its command line is killed.
+impl Drop for Root {
+    fn drop(&mut self) {
+        if !memoryd_core::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
+            return;
+        }
+        let Some(pid) = memoryd_core::instance::read_pid(&self.paths.pid_file) else { return };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let root = self.paths.root.as_os_str().as_encoded_bytes();
+        if cmdline.split(|b| *b == 0).any(|arg| arg == root) {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// How long a test waits for any child it runs to completion.
+pub const CHILD_LIMIT: Duration = Duration::from_secs(90);
+
+/// Runs `cmd` with piped output, as [`wait_within`].
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_within(&mut child, limit)
+}
+
+/// Waits for `child` and collects its output; past `limit` it is killed and
+/// the test fails showing what it wrote. Output pipes a grandchild still
+/// holds open are given up on a moment after the child's exit.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Output {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            let _ = tx.send(bytes);
+        });
+        rx
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let collect = |rx: std::sync::mpsc::Receiver<Vec<u8>>| rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+    let (stdout, stderr) = (collect(out), collect(err));
+    let Some(status) = status else {
+        panic!(
+            "child {} still ran after {limit:?} and was killed\nstdout:\n{}\nstderr:\n{}",
+            child.id(),
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output { status, stdout, stderr }
+}
+
+/// A child that is killed when dropped, so a failed test leaves none behind.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// Lines of a child's output, each awaited for a bounded time.
+pub struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    /// Reads `pipe` on its own thread.
+    pub fn new(pipe: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line; panics naming `what` when none comes within `limit`
+    /// or the pipe closed.
+    pub fn next_within(&self, limit: Duration, what: &str) -> String {
+        self.0.recv_timeout(limit).unwrap_or_else(|e| panic!("no line of {what} within {limit:?}: {e}"))
     }
 }
 

@@ -43,14 +43,14 @@ fn a_bad_flag_or_env_value_is_named_too() {
 fn config_check_prints_the_effective_values_with_env_over_file() {
     let root = Root::new();
     root.write_config("mcp_port = 0\nsweep_interval = \"2m\"\n[presence]\nmin_client_version = \"1.2\"\n");
-    let out = root
-        .command(&bins().memoryctl)
-        .env("MEMORYD_SWEEP_INTERVAL", "3m")
-        .arg("--root")
-        .arg(&root.paths.root)
-        .args(["config", "check", "--json"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        root.command(&bins().memoryctl)
+            .env("MEMORYD_SWEEP_INTERVAL", "3m")
+            .arg("--root")
+            .arg(&root.paths.root)
+            .args(["config", "check", "--json"]),
+        CHILD_LIMIT,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);

@@ -155,24 +155,6 @@ fn daemon_start_reports_why_memoryd_did_not_start() {
 }
 
 #[test]
-fn daemon_stop_ends_a_hung_daemon_by_the_verified_kill() {
-    let root = Root::new();
-    let out = root.ctl(&["daemon", "start"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let pid: i32 = std::fs::read_to_string(&root.paths.pid_file).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-    let stop = root.ctl(&["--connect-timeout", "300ms", "daemon", "stop"]);
-    assert!(stop.status.success(), "{}{}", stdout(&stop), stderr(&stop));
-    assert!(
-        stdout(&stop).contains(&format!("memoryd (pid {pid}) did not answer; ended it with SIGTERM")),
-        "{}",
-        stdout(&stop)
-    );
-    assert!(!memoryd_core::instance::lock_is_held(&root.paths.instance_lock).unwrap());
-    root.start_daemon();
-}
-
-#[test]
 fn shutdown_over_the_socket_stops_the_daemon() {
     let root = Root::new();
     let mut daemon = root.start_daemon();

@@ -135,7 +135,7 @@ fn session_start(root: &Root, cwd: &Path) -> String {
         root.command(Path::new("/bin/sh")).arg(shim).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let input = json!({"session_id": "s-claude-bob", "cwd": cwd}).to_string();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    stdout(&child.wait_with_output().unwrap())
+    stdout(&wait_within(&mut child, CHILD_LIMIT))
 }
 
 #[test]

@@ -43,7 +43,7 @@ fn hook(root: &Root, event: &str, session: &str, cwd: &Path) -> String {
         root.command(Path::new("/bin/sh")).arg(shim).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let input = json!({"session_id": session, "cwd": cwd, "hook_event_name": "x"}).to_string();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = wait_within(&mut child, CHILD_LIMIT);
     assert_eq!(out.status.code(), Some(0));
     stdout(&out)
 }

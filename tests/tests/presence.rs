@@ -7,7 +7,7 @@ use memoryd_e2e::*;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const FAST: &str = "[presence]\ndegraded_after = \"1s\"\noffline_after = \"2s\"\nsweep_every = \"100ms\"\n";
@@ -50,28 +50,28 @@ fn run_hook(root: &Root, event: &str, input: &str) -> (Option<i32>, String, Dura
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = wait_within(&mut child, CHILD_LIMIT);
     (out.status.code(), stdout(&out), started.elapsed())
 }
 
 /// A fake agent: a non-shell process that runs the session-start hook the
 /// way Claude Code does, then stays alive.
-fn fake_agent(root: &Root, input: &str) -> Child {
+fn fake_agent(root: &Root, input: &str) -> Reaped {
     let script = "import subprocess, sys, time\n\
                   subprocess.run(['/bin/sh', sys.argv[1]], input=sys.argv[2].encode(), stdout=subprocess.DEVNULL)\n\
                   print('hooked', flush=True)\n\
                   time.sleep(300)\n";
-    let mut child = root
-        .command(Path::new("/usr/bin/env"))
-        .args(["python3", "-c", script])
-        .arg(shim(root, "session-start"))
-        .arg(input)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
-    assert_eq!(line.trim(), "hooked");
+    let mut child = Reaped(
+        root.command(Path::new("/usr/bin/env"))
+            .args(["python3", "-c", script])
+            .arg(shim(root, "session-start"))
+            .arg(input)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::new(child.stdout.take().unwrap());
+    assert_eq!(lines.next_within(CHILD_LIMIT, "the fake agent"), "hooked");
     child
 }
 
@@ -323,19 +323,19 @@ fn the_roster_survives_a_daemon_restart() {
 fn events_follow_streams_new_events_as_they_happen() {
     let (root, _boris) = wired_root("");
     let _daemon = root.start_daemon();
-    let mut follower = root
-        .command(&bins().memoryctl)
-        .args(["--root", root.paths.root.to_str().unwrap(), "events", "--follow", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let mut follower = Reaped(
+        root.command(&bins().memoryctl)
+            .args(["--root", root.paths.root.to_str().unwrap(), "events", "--follow", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::new(follower.stdout.take().unwrap());
     std::thread::sleep(Duration::from_millis(300));
     attach_boris(&root);
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        let line = lines.next_within(Duration::from_secs(20), "events --follow");
         seen.push(serde_json::from_str::<Value>(&line).unwrap()["event"].as_str().unwrap().to_owned());
     }
     assert_eq!(seen, ["runtime_node.registered", "runtime_node.online"]);

@@ -125,7 +125,7 @@ fn another_uid_is_refused_by_the_peer_credential_check() {
         .arg("--root")
         .arg(&root.paths.root)
         .args(["status", "--json"]);
-    let out = cmd.output().unwrap();
+    let out = output_within(&mut cmd, CHILD_LIMIT);
     assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
     assert!(
         stderr(&out).contains("memoryd serves only uid 0; this connection comes from uid 65534"),

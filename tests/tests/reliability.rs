@@ -8,6 +8,7 @@ use memoryd_e2e::*;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -114,12 +115,22 @@ fn sigkill_of_the_daemon_during_sweeps_and_updates_never_tears_a_file() {
         assert!(out.status.success(), "seed {seed}, after kill {kills}:\n{}{}", stdout(&out), stderr(&out));
         // An update (or a sweep) in flight, then SIGKILL at a random moment.
         let verb = if i % 2 == 0 { vec!["update", "--skip", "memoryd"] } else { vec!["sweep"] };
-        let client = root.command(&bins().memoryctl).arg("--root").arg(&root.paths.root).args(&verb).spawn().unwrap();
+        let mut client = root
+            .command(&bins().memoryctl)
+            .arg("--root")
+            .arg(&root.paths.root)
+            .args(&verb)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(rng.next(150)));
         daemon.signal(Signal::SIGKILL);
         daemon.wait_exit(Duration::from_secs(5));
         kills += 1;
-        let _ = client.wait_with_output();
+        // The client of a killed daemon ends by itself (its connection
+        // breaks); it is only waited on, never relied on.
+        wait_within(&mut client, CHILD_LIMIT);
         files += check_files(&peers);
         assert!(lock_is_free(&root), "seed {seed}: the provision lock outlived its holder");
     }
@@ -327,11 +338,18 @@ fn another_user_is_refused_by_the_mcp_endpoint_and_the_canary_home_stays_empty()
              try:\n    print(urllib.request.urlopen(req).status)\n\
              except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n"
         );
-        let out = root
-            .command(Path::new("/usr/bin/setpriv"))
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/env", "python3", "-c", &script])
-            .output()
-            .unwrap();
+        let out = output_within(
+            root.command(Path::new("/usr/bin/setpriv")).args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/env",
+                "python3",
+                "-c",
+                &script,
+            ]),
+            CHILD_LIMIT,
+        );
         let text = stdout(&out);
         assert!(text.starts_with("403") && text.contains("another user"), "{text}{}", stderr(&out));
     } else {
@@ -352,7 +370,7 @@ fn another_user_is_refused_by_the_mcp_endpoint_and_the_canary_home_stays_empty()
         json!({"session_id": "s", "cwd": dir}).to_string().as_bytes(),
     )
     .unwrap();
-    child.wait().unwrap();
+    wait_within(&mut child, CHILD_LIMIT);
     for guarded in [".iapeer", ".claude", ".codex", ".claude.json"] {
         assert!(!root.home.join(guarded).exists(), "{name}: something wrote {guarded} under the canary home");
     }

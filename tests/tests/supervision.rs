@@ -68,7 +68,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memoryd.service");
     std::fs::write(&path, unit).unwrap();
-    let out = std::process::Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let out = output_within(std::process::Command::new(analyze).arg("verify").arg(&path), CHILD_LIMIT);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.trim().is_empty(), "systemd-analyze warns: {err}");

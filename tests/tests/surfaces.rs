@@ -347,7 +347,7 @@ fn the_shims_run_memoryctl_hook_which_never_fails_an_agent() {
             .spawn()
             .unwrap();
         std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = wait_within(&mut child, CHILD_LIMIT);
         assert_eq!(out.status.code(), Some(0));
         assert!(out.stdout.is_empty(), "{}", stdout(&out));
     }

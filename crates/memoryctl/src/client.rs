@@ -10,6 +10,18 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The connection broke or the daemon sent something unreadable.
+    #[error("{0}")]
+    Lost(String),
+    /// The daemon sent nothing at all (no answer, no progress) for
+    /// `silence` while `method` ran.
+    #[error("memoryd sent nothing for {} while running {method}", humantime::format_duration(*.silence))]
+    Silent { method: String, silence: Duration },
+}
+
 /// Why no conversation with the daemon could start.
 #[derive(Debug)]
 pub enum ConnectError {
@@ -48,10 +60,12 @@ impl Client {
         let mut client = Client { reader: BufReader::new(reader), writer, next_id: 1, hello: placeholder_hello() };
         let hello = Hello { protocol: PROTOCOL_VERSION, client: format!("memoryctl {}", memoryd_core::VERSION) };
         let params = serde_json::to_value(hello).unwrap_or(Value::Null);
-        let result = match client.call(methods::SESSION_HELLO, params, |_| {}).await {
+        // `connect` bounds the whole handshake; the hello itself needs no
+        // second limit.
+        let result = match client.call(methods::SESSION_HELLO, params, Duration::MAX, |_| {}).await {
             Ok(Ok(result)) => result,
             Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
-            Err(e) => return Err(ConnectError::NotAnswering(e)),
+            Err(e) => return Err(ConnectError::NotAnswering(e.to_string())),
         };
         client.hello = serde_json::from_value(result)
             .map_err(|e| ConnectError::NotAnswering(format!("memoryd sent a malformed hello: {e}")))?;
@@ -59,14 +73,18 @@ impl Client {
     }
 
     /// Sends one request and reads until its response, passing each
-    /// progress notification to `on_progress` as it arrives. The outer
-    /// error is a broken connection; the inner one the daemon's answer.
+    /// notification to `on_notification` as it arrives. The outer error is
+    /// a broken connection or a daemon that sent nothing for `silence`
+    /// (every notification proves it alive, so a long request that keeps
+    /// reporting progress is never cut off); the inner one the daemon's
+    /// answer.
     pub async fn call(
         &mut self,
         method: &str,
         params: Value,
+        silence: Duration,
         mut on_notification: impl FnMut(Notification),
-    ) -> Result<Result<Value, RpcError>, String> {
+    ) -> Result<Result<Value, RpcError>, CallError> {
         let id = self.next_id;
         self.next_id += 1;
         let line = Request::new(id, method, params).encode();
@@ -77,15 +95,17 @@ impl Client {
         let mut buf = String::new();
         loop {
             buf.clear();
-            let n =
-                self.reader.read_line(&mut buf).await.map_err(|e| format!("lost the connection to memoryd: {e}"))?;
+            let n = match tokio::time::timeout(silence, self.reader.read_line(&mut buf)).await {
+                Ok(read) => read.map_err(|e| CallError::Lost(format!("lost the connection to memoryd: {e}")))?,
+                Err(_) => return Err(CallError::Silent { method: method.to_owned(), silence }),
+            };
             if n == 0 {
-                return Err(match sent {
+                return Err(CallError::Lost(match sent {
                     Err(e) => format!("cannot send {method} to memoryd: {e}"),
                     Ok(()) => format!("memoryd closed the connection before answering {method}"),
-                });
+                }));
             }
-            match Incoming::decode(buf.as_bytes())? {
+            match Incoming::decode(buf.as_bytes()).map_err(CallError::Lost)? {
                 Incoming::Notification(n) => on_notification(n),
                 // A refusal sent before any request was read has a null id.
                 Incoming::Response(r) if r.id == id || r.id.is_null() => {

@@ -1,6 +1,6 @@
 //! `daemon start`, `daemon stop` and `shutdown`.
 
-use crate::Ctx;
+use crate::{Ctx, Silent};
 use anyhow::{Context as _, anyhow, bail};
 use memoryd_core::egress::Egress;
 use memoryd_core::files::FileGuard;
@@ -93,18 +93,16 @@ fn first_error(log: &Path, offset: u64) -> Option<String> {
 /// `shutdown` asks a running daemon to stop; `daemon stop` also waits for
 /// it and ends a hung one by the verified-kill rule.
 pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
-    let Some(mut client) = ctx.connect().await? else {
-        if !stop {
-            bail!("{}", ctx.not_answering());
-        }
-        return kill_hung(ctx).await;
-    };
+    if stop {
+        let ended = end(ctx).await?;
+        print_ended(ctx, &ended);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut client = ctx.require().await?;
     let pid = client.hello.pid;
-    let result = ctx.call(&mut client, methods::HOST_SHUTDOWN, json!({})).await?.map_err(|e| anyhow!(e.message))?;
-    let supervisor = result["supervisor"].as_str().map(str::to_owned);
+    let supervisor = ask_to_stop(ctx, &mut client).await?;
     let grace = ctx.config.shutdown_grace + Duration::from_secs(5);
-    let lock = ctx.paths.instance_lock.clone();
-    let stopped = tokio::task::spawn_blocking(move || instance::wait_for_release(&lock, grace)).await?;
+    let stopped = wait_for_release(ctx, grace).await?;
     if ctx.json {
         println!("{}", json!({"pid": pid, "stopped": stopped, "supervisor": supervisor}));
     } else if stopped {
@@ -112,13 +110,94 @@ pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!("memoryd (pid {pid}) is still stopping after {}s", grace.as_secs());
     }
+    warn_supervisor(supervisor.as_deref());
+    Ok(if stopped { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How the daemon came to be down.
+pub enum Ended {
+    NotRunning,
+    /// It stopped when asked.
+    Stopped {
+        pid: u32,
+        supervisor: Option<String>,
+    },
+    /// It did not answer, or did not stop within its grace, and was proven
+    /// to be this root's daemon and ended by this signal.
+    Killed {
+        pid: i32,
+        how: &'static str,
+    },
+}
+
+/// Ends the daemon: asked to stop over the socket and given its
+/// `shutdown_grace`, or, when it does not answer (before or after hello) or
+/// does not stop in time, ended by the verified kill. An error when a
+/// process holds the lock and could not be proven ours or survived.
+pub async fn end(ctx: &Ctx) -> anyhow::Result<Ended> {
+    if let Some(mut client) = ctx.connect().await? {
+        let pid = client.hello.pid;
+        match ask_to_stop(ctx, &mut client).await {
+            Ok(supervisor) => {
+                let grace = ctx.config.shutdown_grace + Duration::from_secs(5);
+                if wait_for_release(ctx, grace).await? {
+                    warn_supervisor(supervisor.as_deref());
+                    return Ok(Ended::Stopped { pid, supervisor });
+                }
+                eprintln!("memoryd (pid {pid}) still runs {}s after it agreed to stop; ending it", grace.as_secs());
+            }
+            // It answered hello and then went silent (stopped, deadlocked,
+            // stuck on a disk): only the verified kill can end it now.
+            Err(e) if e.is::<Silent>() => eprintln!("memoryd (pid {pid}) did not answer shutdown; ending it"),
+            Err(e) => return Err(e),
+        }
+    }
+    match end_hung(ctx).await {
+        Hung::NotRunning => Ok(Ended::NotRunning),
+        Hung::Ended { pid, how } => Ok(Ended::Killed { pid, how }),
+        Hung::Unverified(why) => bail!("memoryd does not answer and nothing was signalled: {why}"),
+        Hung::Failed(e) => bail!("{e}"),
+    }
+}
+
+/// `host.shutdown`; the supervisor the daemon runs under, if any.
+async fn ask_to_stop(ctx: &Ctx, client: &mut crate::client::Client) -> anyhow::Result<Option<String>> {
+    let result = ctx.call(client, methods::HOST_SHUTDOWN, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    Ok(result["supervisor"].as_str().map(str::to_owned))
+}
+
+async fn wait_for_release(ctx: &Ctx, grace: Duration) -> anyhow::Result<bool> {
+    let lock = ctx.paths.instance_lock.clone();
+    Ok(tokio::task::spawn_blocking(move || instance::wait_for_release(&lock, grace)).await?)
+}
+
+fn warn_supervisor(supervisor: Option<&str>) {
     if let Some(sup) = supervisor {
         eprintln!(
             "memoryd runs under {sup}, which will restart it; to keep it down: {}",
-            memoryd_core::supervisor::stop_command(&sup)
+            memoryd_core::supervisor::stop_command(sup)
         );
     }
-    Ok(if stopped { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_ended(ctx: &Ctx, ended: &Ended) {
+    let (json, text) = match ended {
+        Ended::NotRunning => {
+            (json!({"pid": null, "stopped": true, "running": false}), "memoryd is not running".to_owned())
+        }
+        Ended::Stopped { pid, supervisor } => {
+            (json!({"pid": pid, "stopped": true, "supervisor": supervisor}), format!("memoryd (pid {pid}) stopped"))
+        }
+        Ended::Killed { pid, how } => (
+            json!({"pid": pid, "stopped": true, "killedWith": how}),
+            format!("memoryd (pid {pid}) did not answer; ended it with {how}"),
+        ),
+    };
+    if ctx.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
 }
 
 /// What became of a daemon that holds the lock but does not answer.
@@ -152,19 +231,4 @@ pub async fn end_hung(ctx: &Ctx) -> Hung {
     })
     .await;
     joined.unwrap_or_else(|e| Hung::Failed(e.to_string()))
-}
-
-async fn kill_hung(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    match end_hung(ctx).await {
-        Hung::NotRunning => {
-            println!("memoryd is not running");
-            Ok(ExitCode::SUCCESS)
-        }
-        Hung::Unverified(why) => bail!("memoryd does not answer and nothing was signalled: {why}"),
-        Hung::Failed(e) => bail!("{e}"),
-        Hung::Ended { pid, how } => {
-            println!("memoryd (pid {pid}) did not answer; ended it with {how}");
-            Ok(ExitCode::SUCCESS)
-        }
-    }
 }

@@ -147,9 +147,10 @@ async fn attach(client: &mut Client, hook: &Hook<'_>) -> Result<(), String> {
 }
 
 async fn call(client: &mut Client, method: &str, params: Value) -> Result<Value, RpcError> {
-    match client.call(method, params, |_| {}).await {
+    // The hook's whole budget (`run`'s `timeout_at`) bounds every call.
+    match client.call(method, params, Duration::MAX, |_| {}).await {
         Ok(outcome) => outcome,
-        Err(lost) => Err(RpcError::new(ErrorKind::Internal, lost)),
+        Err(e) => Err(RpcError::new(ErrorKind::Internal, e.to_string())),
     }
 }
 

@@ -12,7 +12,7 @@ mod provision_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
-use client::{Client, ConnectError};
+use client::{CallError, Client, ConnectError};
 use memoryd_core::config::{self, Config, ConfigError};
 use memoryd_core::paths::{self, Paths};
 use memoryd_proto::{ErrorKind, RpcError, methods};
@@ -44,7 +44,11 @@ struct Cli {
     /// counts as not answering
     #[arg(long, global = true, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
-    /// A deadline for the request itself [default: none]
+    /// How long memoryd may stay silent during a request before memoryctl
+    /// gives up: the whole wait for a short request; for update, verify,
+    /// sweep, provision-peer, unprovision-peer and events --follow the
+    /// longest gap between two of the daemon's progress messages
+    /// [default: 10s for short requests, lock_timeout + 45s for long ones]
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     #[command(subcommand)]
@@ -213,6 +217,26 @@ impl Command {
     }
 }
 
+/// The whole wait for a request that reports no progress.
+const SHORT_LIMIT: Duration = Duration::from_secs(10);
+/// Requests that report progress as they go, and may wait for the
+/// provision lock between two reports.
+const LONG_REQUESTS: &[&str] = &[
+    methods::HOST_UPDATE,
+    methods::HOST_VERIFY,
+    methods::HOST_SWEEP,
+    methods::PEER_PROVISION,
+    methods::PEER_UNPROVISION,
+];
+/// Past `lock_timeout`, the longest silent step of a long request: an
+/// `iapeer` call (30 s at most) and a sweep batch, with room to spare.
+const LONG_MARGIN: Duration = Duration::from_secs(45);
+
+/// A daemon that answered hello and then went silent past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Silent(pub String);
+
 /// A usage error: bad input that exits 2 with its reason.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -326,7 +350,9 @@ impl Ctx {
         .await
     }
 
-    /// One request, every notification handed to `on_notification`.
+    /// One request, every notification handed to `on_notification`; the
+    /// daemon may stay silent for at most [`Ctx::silence_limit`] (a
+    /// followed event log counts as a long request).
     pub async fn call_raw(
         &self,
         client: &mut Client,
@@ -334,14 +360,31 @@ impl Ctx {
         params: Value,
         on_notification: impl FnMut(memoryd_proto::Notification),
     ) -> anyhow::Result<Result<Value, RpcError>> {
-        let call = client.call(method, params, on_notification);
-        let outcome = match self.timeout {
-            Some(limit) => tokio::time::timeout(limit, call)
-                .await
-                .map_err(|_| anyhow!("memoryd did not answer {method} within {}", humantime::format_duration(limit)))?,
-            None => call.await,
-        };
-        outcome.map_err(|e| anyhow!(e))
+        let long = LONG_REQUESTS.contains(&method) || (method == methods::EVENTS_TAIL && params["follow"] == true);
+        let silence = self.silence_limit(long);
+        match client.call(method, params, silence, on_notification).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(client.hello.pid, &e)))),
+            Err(e) => Err(anyhow!(e)),
+        }
+    }
+
+    /// How long the daemon may send nothing while `method` runs: `--timeout`
+    /// when given, else the default of the method's kind. Long requests
+    /// report progress at least after every lock wait and every bounded
+    /// step (an `iapeer` call, a batch of a sweep), so their limit is the
+    /// longest such step with a margin; a followed event log is kept alive
+    /// by the daemon's `host.working` beat.
+    pub fn silence_limit(&self, long: bool) -> Duration {
+        self.timeout.unwrap_or(if long { self.config.lock_timeout + LONG_MARGIN } else { SHORT_LIMIT })
+    }
+
+    fn silent_sentence(&self, pid: u32, e: &CallError) -> String {
+        format!(
+            "{e}: memoryd (pid {pid}) answered the connection but may be hung; see what it is doing in its log, end it \
+             with: {} daemon stop, or give it longer with --timeout",
+            self.ctl()
+        )
     }
 }
 

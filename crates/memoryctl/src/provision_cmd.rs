@@ -115,6 +115,7 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
         index: index.as_ref(),
         lock: &lock,
         cancelled: &|| false,
+        on_batch: &|_, _, _| {},
     };
     Ok(job(&provisioner))
 }

@@ -103,6 +103,7 @@ impl Fleet {
             index: None,
             lock: &self.lock,
             cancelled: &|| false,
+            on_batch: &|_, _, _| {},
         }
     }
 

@@ -184,6 +184,9 @@ pub struct Provisioner<'a> {
     pub lock: &'a ProvisionLock,
     /// Asked while waiting for the lock (a shutting-down daemon stops).
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
+    /// Told after every batch (`what`, items done, items in all), so the
+    /// client of a long sweep sees that it moves.
+    pub on_batch: &'a (dyn Fn(&str, usize, usize) + Sync),
 }
 
 impl Provisioner<'_> {
@@ -272,6 +275,7 @@ impl Provisioner<'_> {
                 next += 1;
             }
             file.save(self.files)?;
+            (self.on_batch)(what, next, items.len());
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ pub mod status;
 pub use error::{ErrorKind, RpcError};
 pub use message::{
     Hello, HelloResult, Incoming, Notification, PeerProvision, Progress, ProgressStatus, Request, Response,
-    UpdateParams, VerifyParams,
+    UpdateParams, VerifyParams, Working,
 };
 
 /// Changes only when an old client could misread a new daemon.

@@ -212,6 +212,15 @@ impl Progress {
     }
 }
 
+/// `host.working` params: how far a long request is (`done` of `total`
+/// items of `what`), or a follower's beat (`total` null).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Working {
+    pub what: String,
+    pub done: usize,
+    pub total: Option<usize>,
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {

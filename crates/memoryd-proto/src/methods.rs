@@ -32,6 +32,11 @@ pub const EVENTS_EVENT: &str = "events.event";
 /// Notification carrying one step or check of a long request.
 pub const HOST_PROGRESS: &str = "host.progress";
 
+/// Notification that a long request moved (a sweep batch done) or that a
+/// followed event log is still being followed: it prints nothing, and
+/// tells the client the daemon is alive.
+pub const HOST_WORKING: &str = "host.working";
+
 /// Methods a client may call before a successful `session.hello`: the
 /// handshake itself and the restart that moves an old daemon onto a new
 /// binary (both keep their shape across protocol versions).

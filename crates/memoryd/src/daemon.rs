@@ -270,7 +270,7 @@ impl Service for Daemon {
                 RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
             }),
             methods::HOST_SWEEP => {
-                let report = self.sweep(None, "request").await?;
+                let report = self.sweep(None, "request", progress).await?;
                 let failed = report.failures();
                 Ok(json!({
                     "ok": failed.is_empty(),
@@ -307,7 +307,7 @@ impl Service for Daemon {
             | methods::PEER_ACK => self.peer_call(request).await,
             methods::PEER_PROVISION | methods::PEER_UNPROVISION => {
                 let params: PeerProvision = request.params()?;
-                let report = self.provision(params, request.method == methods::PEER_PROVISION).await?;
+                let report = self.provision(params, request.method == methods::PEER_PROVISION, progress).await?;
                 serde_json::to_value(report).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
             m if m.starts_with("runtimenode.") => self.runtimenode(request).await,

@@ -13,12 +13,15 @@ use memoryd_proto::{ErrorKind, Request, RpcError, methods};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How many events `events.tail` returns before following.
 const TAIL: usize = 200;
 /// How often a follower looks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How long a follower stays silent before it sends a `host.working` beat
+/// (well under the client's silence limit).
+const FOLLOW_BEAT: Duration = Duration::from_secs(5);
 
 pub fn rpc_error(e: StoreError) -> RpcError {
     match e {
@@ -321,6 +324,7 @@ impl Daemon {
             sink.notify(methods::EVENTS_EVENT, event.clone());
         }
         let mut follower = Follower::from_end(&self.paths.events);
+        let (mut sent, mut last_sent) = (recent.len(), Instant::now());
         loop {
             tokio::select! {
                 _ = self.shutdown.begun.cancelled() => return Ok(json!({"followed": true, "reason": "memoryd is stopping"})),
@@ -331,6 +335,13 @@ impl Daemon {
             }
             for event in follower.poll().into_iter().filter(|e| events::matches(e, params.node.as_deref())) {
                 sink.notify(methods::EVENTS_EVENT, event);
+                (sent, last_sent) = (sent + 1, Instant::now());
+            }
+            // A quiet log is not a hung daemon: the beat tells the client
+            // which one it is.
+            if last_sent.elapsed() >= FOLLOW_BEAT {
+                sink.working("events", sent, None);
+                last_sent = Instant::now();
             }
         }
     }

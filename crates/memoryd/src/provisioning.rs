@@ -48,12 +48,23 @@ impl Daemon {
         self: &Arc<Self>,
         job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
     ) -> T {
+        self.provisioning_for(ProgressSink::discard(), job).await
+    }
+
+    /// [`Self::provisioning`] for a client's request: every batch done is a
+    /// `host.working` notification on its connection.
+    async fn provisioning_for<T: Send + 'static>(
+        self: &Arc<Self>,
+        sink: ProgressSink,
+        job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
+    ) -> T {
         let daemon = self.clone();
         let config = self.config();
         let index = self.vault.index();
         let joined = tokio::task::spawn_blocking(move || {
             let tools = Tools::new(&daemon.paths, &config, &daemon.running_exe, daemon.sandboxed);
             let cancelled = || daemon.shutdown.begun.is_cancelled();
+            let on_batch = |what: &str, done, total| sink.working(what, done, Some(total));
             job(&Provisioner {
                 paths: &daemon.paths,
                 files: &daemon.files,
@@ -63,6 +74,7 @@ impl Daemon {
                 index: Some(&index),
                 lock: &daemon.lock,
                 cancelled: &cancelled,
+                on_batch: &on_batch,
             })
         })
         .await;
@@ -78,6 +90,7 @@ impl Daemon {
         self: &Arc<Self>,
         peers: Option<Vec<FleetPeer>>,
         why: &'static str,
+        progress: ProgressSink,
     ) -> Result<SweepReport, RpcError> {
         let whole = peers.is_none();
         let peers = match peers {
@@ -98,7 +111,7 @@ impl Daemon {
             },
         };
         let started = Instant::now();
-        let report = self.provisioning(move |p| p.sweep(&peers)).await.map_err(rpc_error);
+        let report = self.provisioning_for(progress, move |p| p.sweep(&peers)).await.map_err(rpc_error);
         let report = match report {
             Ok(report) => report,
             Err(e) => {
@@ -183,7 +196,7 @@ impl Daemon {
         }
         let peers = diff.provision.into_iter().map(|(peer, _)| peer).collect();
         // The outcome is logged by `sweep`.
-        let _ = self.sweep(Some(peers), "fleet-change").await;
+        let _ = self.sweep(Some(peers), "fleet-change", ProgressSink::discard()).await;
     }
 
     /// Re-reads the map file and acts on the change.
@@ -220,7 +233,7 @@ impl Daemon {
     pub async fn update(self: &Arc<Self>, skip: Vec<String>, progress: ProgressSink) -> Value {
         let sink = progress.clone();
         let problems = self
-            .provisioning(move |p| {
+            .provisioning_for(progress, move |p| {
                 let mut send = |name: &str, status: ProgressStatus, detail: &str| sink.send(name, status, detail);
                 let mut tally = Tally::new(&mut send);
                 update::run(p, &skip, update::INIT_STEPS, &mut tally);
@@ -251,7 +264,7 @@ impl Daemon {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let refused_rescan = self.vault.refused.load(Ordering::Relaxed);
         let checks = self
-            .provisioning(move |p| {
+            .provisioning_for(progress.clone(), move |p| {
                 let mut checks = Vec::new();
                 let ok = {
                     let mut send = |name: &str, status: ProgressStatus, detail: &str| {
@@ -273,7 +286,12 @@ impl Daemon {
     }
 
     /// `peer.provision` / `peer.unprovision`.
-    pub async fn provision(self: &Arc<Self>, request: PeerRequest, provisioning: bool) -> Result<PeerReport, RpcError> {
+    pub async fn provision(
+        self: &Arc<Self>,
+        request: PeerRequest,
+        provisioning: bool,
+        progress: ProgressSink,
+    ) -> Result<PeerReport, RpcError> {
         provision::validate(&request, provisioning).map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
         tracing::info!(
             personality = request.personality,
@@ -284,7 +302,9 @@ impl Daemon {
             if provisioning { "provision-peer" } else { "unprovision-peer" }
         );
         let report = self
-            .provisioning(move |p| if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) })
+            .provisioning_for(progress, move |p| {
+                if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) }
+            })
             .await
             .map_err(rpc_error)?;
         if report.fleet_updated {

@@ -83,6 +83,12 @@ impl ProgressSink {
         self.tx.as_ref().is_none_or(|tx| tx.is_closed())
     }
 
+    /// Tells the client the request moved on (`done` of `total` items).
+    pub fn working(&self, what: &str, done: usize, total: Option<usize>) {
+        let working = memoryd_proto::Working { what: what.to_owned(), done, total };
+        self.notify(methods::HOST_WORKING, serde_json::to_value(working).unwrap_or(Value::Null));
+    }
+
     pub fn send(&self, name: &str, status: memoryd_proto::ProgressStatus, detail: impl Into<String>) {
         if let Some(tx) = &self.tx {
             let progress = Progress { id: self.id.clone(), name: name.to_owned(), status, detail: detail.into() };

@@ -2,6 +2,7 @@
 
 use crate::daemon::Daemon;
 use crate::sdnotify;
+use crate::server::ProgressSink;
 use memoryd_core::config::Config;
 use notify::Watcher;
 use std::sync::Arc;
@@ -77,12 +78,12 @@ pub async fn surface_sweep(daemon: Arc<Daemon>) {
     daemon.rescan_vault("start-up").await;
     daemon.refresh_fleet().await;
     // Failures are logged and kept for `status` by the sweep itself.
-    let _ = daemon.sweep(None, "start-up").await;
+    let _ = daemon.sweep(None, "start-up", ProgressSink::discard()).await;
     every(
         &daemon,
         |c| c.sweep_interval,
         || async {
-            let _ = daemon.sweep(None, "timer").await;
+            let _ = daemon.sweep(None, "timer", ProgressSink::discard()).await;
         },
     )
     .await;
