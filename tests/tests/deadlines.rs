@@ -132,26 +132,27 @@ fn a_short_request_has_a_deadline_by_default() {
     assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(30), "{took:?}");
 }
 
-/// Waits until `pid` is stopped by a signal (state `T` in /proc), so a
-/// test knows SIGSTOP has landed before it goes on.
-fn wait_stopped(pid: i32) {
+/// A daemon started by `daemon start`, then SIGSTOPped; returns once the
+/// stop has landed (state `T` in /proc), so no hello can slip in after.
+fn stopped_detached_daemon() -> (Root, i32) {
+    let root = Root::new();
+    let out = root.ctl(&["daemon", "start"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid: i32 = std::fs::read_to_string(&root.paths.pid_file).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
     let stopped = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
     };
     assert!(eventually(stopped), "pid {pid} did not stop");
+    (root, pid)
 }
 
 #[test]
 fn daemon_stop_ends_a_daemon_that_goes_silent_after_hello_by_the_verified_kill() {
-    let root = Root::new();
-    let out = root.ctl(&["daemon", "start"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let pid: i32 = std::fs::read_to_string(&root.paths.pid_file).unwrap().trim().parse().unwrap();
-    // The real daemon keeps its lock and pid file but stops; what answers
-    // hello on its socket path then never answers `host.shutdown`.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-    wait_stopped(pid);
+    let (root, pid) = stopped_detached_daemon();
+    // The real daemon keeps its lock and pid file; what answers hello on
+    // its socket path then never answers `host.shutdown`.
     std::fs::remove_file(root.socket()).unwrap();
     silent_after_hello(&root, pid as u32);
     let out = root.ctl(&["--timeout", "1s", "daemon", "stop"]);
@@ -167,12 +168,7 @@ fn daemon_stop_ends_a_daemon_that_goes_silent_after_hello_by_the_verified_kill()
 
 #[test]
 fn daemon_stop_ends_a_stopped_daemon_by_the_verified_kill() {
-    let root = Root::new();
-    let out = root.ctl(&["daemon", "start"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let pid: i32 = std::fs::read_to_string(&root.paths.pid_file).unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-    wait_stopped(pid);
+    let (root, pid) = stopped_detached_daemon();
     let stop = root.ctl(&["--connect-timeout", "300ms", "daemon", "stop"]);
     assert!(stop.status.success(), "{}{}", stdout(&stop), stderr(&stop));
     assert!(
