@@ -68,12 +68,8 @@ fn every_command_gives_up_on_a_daemon_that_goes_silent_after_hello() {
         vec!["status"],
         vec!["shutdown"],
         vec!["reload"],
-        vec!["verify"],
-        vec!["verify", "--repair"],
         vec!["update"],
         vec!["sweep"],
-        [&["provision-peer"][..], &peer].concat(),
-        [&["unprovision-peer"][..], &peer].concat(),
         vec!["peers"],
         [&["attach"][..], &node].concat(),
         [&["heartbeat"][..], &node].concat(),
@@ -110,6 +106,18 @@ fn every_command_gives_up_on_a_daemon_that_goes_silent_after_hello() {
         assert!(err.contains("daemon stop"), "{args:?} does not say what to do: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one sentence, not {err}");
         assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
+    }
+    // The commands with an offline path take it: the answer is still one
+    // that was checked.
+    let out = root.ctl(&["--timeout", "1s", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("sent nothing for 1s: running locally"), "{}", stderr(&out));
+    let socket_row = stdout(&out).lines().find(|l| l.contains("memoryd-socket")).unwrap_or_default().to_owned();
+    assert!(socket_row.starts_with("FAIL"), "{}", stdout(&out));
+    for verb in ["provision-peer", "unprovision-peer"] {
+        let out = root.ctl(&[&["--timeout", "1s", verb][..], &peer].concat());
+        assert!(out.status.success(), "{verb}: {}{}", stdout(&out), stderr(&out));
+        assert!(stderr(&out).contains("sent nothing for 1s: running locally"), "{verb}: {}", stderr(&out));
     }
     // init and uninstall went on after steps that already ran: the silent
     // daemon is reported and does not undo or hang them.
@@ -163,6 +171,22 @@ fn daemon_stop_ends_a_daemon_that_goes_silent_after_hello_by_the_verified_kill()
         "{}",
         stdout(&out)
     );
+    assert!(!memoryd_core::instance::lock_is_held(&root.paths.instance_lock).unwrap());
+}
+
+#[test]
+fn verify_repair_ends_a_daemon_that_goes_silent_mid_request() {
+    let (root, pid) = stopped_detached_daemon();
+    std::fs::remove_file(root.socket()).unwrap();
+    silent_after_hello(&root, pid as u32);
+    let out = root.ctl(&["--timeout", "1s", "verify", "--repair"]);
+    assert!(
+        stderr(&out).contains(&format!("memoryd (pid {pid}) sent nothing for 1s: running locally")),
+        "{}",
+        stderr(&out)
+    );
+    let socket_row = stdout(&out).lines().find(|l| l.contains("memoryd-socket")).unwrap_or_default().to_owned();
+    assert!(socket_row.starts_with("repaired") && socket_row.contains("ended it with SIGTERM"), "{}", stdout(&out));
     assert!(!memoryd_core::instance::lock_is_held(&root.paths.instance_lock).unwrap());
 }
 

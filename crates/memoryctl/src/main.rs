@@ -369,6 +369,28 @@ impl Ctx {
         }
     }
 
+    /// A request that also runs in this process (`verify`, `provision-peer`,
+    /// `unprovision-peer`): the daemon's answer, or None when it went
+    /// silent, said on stderr, so the caller runs it here under the same
+    /// locks (spec 10's offline path, for a daemon that hangs mid-request).
+    pub async fn answer_or_run_here(
+        &self,
+        client: &mut Client,
+        method: &str,
+        params: Value,
+        on_progress: impl FnMut(memoryd_proto::Progress),
+    ) -> anyhow::Result<Option<Result<Value, RpcError>>> {
+        match self.call_with(client, method, params, on_progress).await {
+            Ok(answer) => Ok(Some(answer)),
+            Err(e) if e.is::<Silent>() => {
+                let limit = humantime::format_duration(self.silence_limit(true));
+                eprintln!("memoryd (pid {}) sent nothing for {limit}: running locally", client.hello.pid);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// How long the daemon may send nothing while `method` runs: `--timeout`
     /// when given, else the default of the method's kind. Long requests
     /// report progress at least after every lock wait and every bounded

@@ -21,19 +21,28 @@ const RESTART_LIMIT: Duration = Duration::from_secs(20);
 pub async fn verify(ctx: &Ctx, repair: bool, local: bool) -> anyhow::Result<ExitCode> {
     let mut lines = Lines::new(ctx.json, ctx.style, false);
     let client = if local { None } else { ctx.connect().await? };
-    let ok = match client {
+    let answered = match client {
         Some(mut client) => {
             let params = serde_json::to_value(VerifyParams { repair })?;
-            let result = ctx
-                .call_with(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p))
+            ctx.answer_or_run_here(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p))
                 .await?
-                .map_err(|e| anyhow!(e.message))?;
-            result["ok"] == Value::Bool(true)
+                .map(|answer| answer.map(|result| result["ok"] == Value::Bool(true)))
+                .transpose()
+                .map_err(|e| anyhow!(e.message))?
         }
         None => {
             if !local {
                 eprintln!("memoryd not answering: running locally");
             }
+            None
+        }
+    };
+    let ok = match answered {
+        Some(ok) => ok,
+        // The checks run here from the start: what a silent daemon printed
+        // before it stopped is not part of the answer.
+        None => {
+            lines = Lines::new(ctx.json, ctx.style, false);
             verify_locally(ctx, repair, &mut lines).await?
         }
     };

@@ -45,20 +45,34 @@ pub async fn peer(ctx: &Ctx, args: PeerArgs, provisioning: bool) -> anyhow::Resu
     let request = PeerRequest { cwd: args.cwd, runtime: args.runtime, personality: args.personality, occasion };
     provision::validate(&request, provisioning).map_err(Usage)?;
     let client = if args.local { None } else { ctx.connect().await? };
-    let report = match client {
+    let answered = match client {
         Some(mut client) => {
             let method = if provisioning { methods::PEER_PROVISION } else { methods::PEER_UNPROVISION };
             let params = serde_json::to_value(&request)?;
-            match ctx.call(&mut client, method, params).await? {
-                Ok(value) => serde_json::from_value::<PeerReport>(value).context("memoryd sent a malformed report")?,
-                Err(e) if e.kind() == Some(ErrorKind::RequestInvalid) => return Err(Usage(e.message).into()),
-                Err(e) => bail!("{}", e.message),
+            let print = |p| {
+                if !ctx.json {
+                    println!("{}", ctx.style.progress(&p));
+                }
+            };
+            match ctx.answer_or_run_here(&mut client, method, params, print).await? {
+                Some(Ok(value)) => {
+                    Some(serde_json::from_value::<PeerReport>(value).context("memoryd sent a malformed report")?)
+                }
+                Some(Err(e)) if e.kind() == Some(ErrorKind::RequestInvalid) => return Err(Usage(e.message).into()),
+                Some(Err(e)) => bail!("{}", e.message),
+                None => None,
             }
         }
         None => {
             if !args.local {
                 eprintln!("memoryd not answering: running locally");
             }
+            None
+        }
+    };
+    let report = match answered {
+        Some(report) => report,
+        None => {
             run_locally(ctx, |p| if provisioning { p.provision_peer(&request) } else { p.unprovision_peer(&request) })??
         }
     };
