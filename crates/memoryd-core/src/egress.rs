@@ -4,6 +4,8 @@
 //! The refusing form (test sandbox armed) runs only binaries named
 //! explicitly by an absolute path and memoryd's own binaries, and signals
 //! only a daemon proven to be this root's own (see [`crate::instance`]).
+//! The one group ever signalled is the one [`Egress::run`] made for a
+//! command, at its deadline.
 #![allow(clippy::disallowed_methods)]
 
 use nix::sys::signal::Signal;
@@ -102,6 +104,12 @@ impl Egress {
     }
 
     /// Runs `program` to completion, feeding `stdin`, killing it after `timeout`.
+    ///
+    /// The command runs in a process group of its own, and the deadline
+    /// covers its output too: at `timeout` the whole group is killed and
+    /// reading stops, even when a grandchild (`sleep 600 &`) still holds the
+    /// pipes. Once the command itself has exited, what still holds its
+    /// pipes after [`EXIT_GRACE`] is killed with its group too.
     pub fn run<S: AsRef<OsStr>>(
         &self,
         program: &Path,
@@ -109,38 +117,49 @@ impl Egress {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<CommandOutput, EgressError> {
+        use std::os::unix::process::CommandExt;
         self.check_program(program)?;
         let spawn_err = |error| EgressError::Spawn { program: program.to_path_buf(), error };
+        let deadline = Instant::now() + timeout;
         let mut child = Command::new(program)
             .args(args)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(spawn_err)?;
-        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A child that exits without reading its stdin is not our failure.
-            let _ = pipe.write_all(bytes);
-        }
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait().map_err(spawn_err)? {
-                Some(status) => break status,
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
+        // The group is the child's pid (process_group(0) above).
+        let group = child.id() as i32;
+        let mut io = Pipes::new(&mut child, stdin.unwrap_or_default()).map_err(spawn_err)?;
+        let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
+        loop {
+            io.pump();
+            if exited.is_none()
+                && let Some(status) = child.try_wait().map_err(spawn_err)?
+            {
+                exited = Some((status, Instant::now()));
+            }
+            let now = Instant::now();
+            match exited {
+                Some((status, _)) if io.at_end() => return Ok(io.output(status)),
+                Some((status, at)) if now >= deadline || now.duration_since(at) >= EXIT_GRACE => {
+                    tracing::warn!(
+                        program = %program.display(),
+                        "the command exited but left processes holding its output; killed its process group"
+                    );
+                    kill_group(group);
+                    return Ok(io.output(status));
+                }
+                None if now >= deadline => {
+                    kill_group(group);
+                    // SIGKILL cannot be ignored: the child is gone at once.
                     let _ = child.wait();
                     return Err(EgressError::Timeout { program: program.to_path_buf(), after: timeout });
                 }
-                None => std::thread::sleep(Duration::from_millis(5)),
+                _ => std::thread::sleep(Duration::from_millis(5)),
             }
-        };
-        Ok(CommandOutput {
-            code: status.code(),
-            stdout: stdout.join().unwrap_or_default(),
-            stderr: stderr.join().unwrap_or_default(),
-        })
+        }
     }
 
     /// Starts `program` detached in its own session (`setsid`), stdin from
@@ -242,14 +261,103 @@ impl Egress {
     }
 }
 
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
+/// After a command exits, how long its output may take to reach its end
+/// before the processes that still hold the pipes are killed.
+pub const EXIT_GRACE: Duration = Duration::from_millis(200);
+
+/// Kills the process group `run` made for a command: it holds only that
+/// command and what it started (never memoryd, never a group given from
+/// outside).
+fn kill_group(group: i32) {
+    if group > 1 {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
+    }
+}
+
+/// A running command's pipes, all non-blocking, so that one loop can feed,
+/// read and watch the clock without a thread that could outlive the call.
+struct Pipes<'a> {
+    stdin: Option<std::process::ChildStdin>,
+    input: &'a [u8],
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+impl<'a> Pipes<'a> {
+    fn new(child: &mut Child, input: &'a [u8]) -> std::io::Result<Pipes<'a>> {
+        let pipes = Pipes {
+            stdin: child.stdin.take(),
+            input,
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            out: Vec::new(),
+            err: Vec::new(),
+        };
+        let nonblocking = |fd: std::os::fd::BorrowedFd<'_>| {
+            use nix::fcntl::{FcntlArg, OFlag, fcntl};
+            fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map(drop).map_err(std::io::Error::from)
+        };
+        use std::os::fd::AsFd;
+        if let Some(p) = &pipes.stdin {
+            nonblocking(p.as_fd())?;
         }
-        buf
-    })
+        if let Some(p) = &pipes.stdout {
+            nonblocking(p.as_fd())?;
+        }
+        if let Some(p) = &pipes.stderr {
+            nonblocking(p.as_fd())?;
+        }
+        Ok(pipes)
+    }
+
+    /// Writes what the pipes take now and reads what they hold.
+    fn pump(&mut self) {
+        self.feed();
+        read_available(&mut self.stdout, &mut self.out);
+        read_available(&mut self.stderr, &mut self.err);
+    }
+
+    fn feed(&mut self) {
+        let Some(pipe) = &mut self.stdin else { return };
+        while !self.input.is_empty() {
+            match pipe.write(self.input) {
+                Ok(n) => self.input = &self.input[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // A child that exits without reading its stdin is not our failure.
+                Err(_) => break,
+            }
+        }
+        // All written (or refused): closing it is the child's end of input.
+        self.stdin = None;
+    }
+
+    /// Whether both output pipes reached their end.
+    fn at_end(&self) -> bool {
+        self.stdout.is_none() && self.stderr.is_none()
+    }
+
+    fn output(self, status: std::process::ExitStatus) -> CommandOutput {
+        CommandOutput { code: status.code(), stdout: self.out, stderr: self.err }
+    }
+}
+
+/// Reads what `pipe` holds now into `buf`; closes it at its end.
+fn read_available(pipe: &mut Option<impl Read>, buf: &mut Vec<u8>) {
+    let Some(reader) = pipe else { return };
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => break,
+        }
+    }
+    *pipe = None;
 }
 
 #[allow(unsafe_code)]
@@ -345,6 +453,38 @@ mod tests {
     fn a_command_past_its_timeout_is_killed() {
         let e = Egress::live().run(Path::new("/bin/sleep"), &["5"], None, Duration::from_millis(100)).unwrap_err();
         assert!(matches!(e, EgressError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_deadline_covers_a_grandchild_holding_the_output_and_kills_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // The grandchild holds stdout and stderr; the child exits or hangs.
+        for (case, tail) in [("exits", "exit 0"), ("hangs", "sleep 600")] {
+            let pid_file = dir.path().join(case);
+            let script = format!("sleep 600 & echo $! > '{}'; echo started; {tail}", pid_file.display());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let run = Egress::live().run(Path::new("/bin/sh"), &["-c", &script], None, Duration::from_secs(2));
+                let _ = tx.send(run);
+            });
+            let run = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{case}: the call did not return within 10 s"));
+            match (case, run) {
+                ("exits", Ok(out)) => {
+                    assert_eq!(out.code, Some(0));
+                    assert_eq!(out.stdout, b"started\n");
+                }
+                ("hangs", Err(EgressError::Timeout { .. })) => {}
+                (case, other) => panic!("{case}: {other:?}"),
+            }
+            let grandchild: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Egress::live().probe(grandchild).is_some() {
+                assert!(Instant::now() < deadline, "{case}: the grandchild {grandchild} still lives");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     #[test]
