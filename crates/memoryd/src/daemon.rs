@@ -119,6 +119,18 @@ impl Daemon {
         }
     }
 
+    /// Runs `job` on a blocking thread: file I/O, fsync, lock waits and
+    /// large reads never run on the two async workers, so a slow disk
+    /// cannot stall the control socket or the MCP endpoint. A panic in the
+    /// job goes on unwinding in the caller's task, as if it had happened there.
+    pub async fn blocking<T: Send + 'static>(self: &Arc<Self>, job: impl FnOnce(&Daemon) -> T + Send + 'static) -> T {
+        let daemon = self.clone();
+        match tokio::task::spawn_blocking(move || job(&daemon)).await {
+            Ok(value) => value,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// Asks the renderer task to re-render these peers' fragments (every
     /// peer's with None).
     pub fn refresh_fragments(&self, peers: Option<Vec<String>>) {
@@ -264,9 +276,10 @@ impl Service for Daemon {
     async fn call(self: Arc<Self>, request: Request, progress: ProgressSink) -> Result<Value, RpcError> {
         match request.method.as_str() {
             methods::HOST_STATUS => {
-                serde_json::to_value(self.status()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+                let status = self.blocking(Daemon::status).await;
+                serde_json::to_value(status).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
-            methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
+            methods::HOST_RELOAD => self.blocking(move |d| d.reload(&progress)).await.map_err(|e| {
                 RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
             }),
             methods::HOST_SWEEP => {
@@ -291,10 +304,14 @@ impl Service for Daemon {
                 Ok(self.verify(params.repair, progress).await)
             }
             methods::HOST_RESTART => {
-                let tools =
-                    memoryd_core::provision::Tools::new(&self.paths, &self.config(), &self.running_exe, self.sandboxed);
-                let bin = tools.binaries.memoryd;
-                memoryd_core::install::check_executable(&bin)
+                let bin = self
+                    .blocking(|d| {
+                        let tools =
+                            memoryd_core::provision::Tools::new(&d.paths, &d.config(), &d.running_exe, d.sandboxed);
+                        let bin = tools.binaries.memoryd;
+                        memoryd_core::install::check_executable(&bin).map(|()| bin)
+                    })
+                    .await
                     .map_err(|e| RpcError::new(ErrorKind::Internal, format!("cannot restart: {e}")))?;
                 self.restart_pending.store(true, Ordering::Relaxed);
                 Ok(json!({"restarting": true, "binary": bin, "pid": std::process::id()}))

@@ -221,7 +221,9 @@ impl MemoryServer {
         self.daemon.check_floor(node, &presence).map_err(|r| refusal_text(&r))
     }
 
-    async fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
+    /// Runs one tool (on a blocking thread: it reads and writes files and
+    /// may wait for the store lock).
+    fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
         let text = |key: &str| args.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
         let linked_names = self.daemon.linked_with(&personality);
@@ -261,10 +263,6 @@ impl MemoryServer {
                     replace,
                     SystemTime::now(),
                 )?;
-                // The writer's next search must find it.
-                if self.daemon.rescan_vault("memory_write").await {
-                    self.daemon.refresh_fragments(None);
-                }
                 Ok(result)
             }
             "peers_list" => {
@@ -332,7 +330,13 @@ impl ServerHandler for MemoryServer {
             return Err(ErrorData::invalid_request("no X-IAPeer-Identity on this request", None));
         };
         let args = request.arguments.unwrap_or_default();
-        let result = match self.run(&node, &request.name, &args).await {
+        let (server, name) = (self.clone(), request.name.clone());
+        let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args)).await;
+        // The writer's next search must find it.
+        if request.name == "memory_write" && outcome.is_ok() && self.daemon.rescan_vault("memory_write").await {
+            self.daemon.refresh_fragments(None);
+        }
+        let result = match outcome {
             Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
             Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
             Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),

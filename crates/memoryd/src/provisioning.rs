@@ -42,16 +42,14 @@ impl Daemon {
         self.provisioning(job).await
     }
 
-    /// Runs `job` with a provisioner on a blocking thread. A panic in it
-    /// goes on unwinding in the caller's task, as if it had happened there.
+    /// Runs `job` with a provisioner on a blocking thread.
     async fn provisioning<T: Send + 'static>(
         self: &Arc<Self>,
         job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
     ) -> T {
-        let daemon = self.clone();
         let config = self.config();
         let index = self.vault.index();
-        let joined = tokio::task::spawn_blocking(move || {
+        self.blocking(move |daemon| {
             let tools = Tools::new(&daemon.paths, &config, &daemon.running_exe, daemon.sandboxed);
             let cancelled = || daemon.shutdown.begun.is_cancelled();
             job(&Provisioner {
@@ -65,11 +63,7 @@ impl Daemon {
                 cancelled: &cancelled,
             })
         })
-        .await;
-        match joined {
-            Ok(value) => value,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        .await
     }
 
     /// Sweeps `peers`, or the whole map when None; a whole-map sweep is
@@ -188,7 +182,7 @@ impl Daemon {
 
     /// Re-reads the map file and acts on the change.
     pub async fn reload_fleet(self: &Arc<Self>) {
-        if let Some(diff) = self.apply_fleet(FleetRead::load(&self.paths.fleet_map)) {
+        if let Some(diff) = self.blocking(|d| d.apply_fleet(FleetRead::load(&d.paths.fleet_map))).await {
             self.on_fleet_change(diff).await;
         }
     }
@@ -246,7 +240,6 @@ impl Daemon {
 
     /// `host.verify`: every check in order, streamed; repairs when asked.
     pub async fn verify(self: &Arc<Self>, repair: bool, progress: ProgressSink) -> Value {
-        let heartbeat = verify::heartbeat_from_disk(&self.paths.heartbeat, &self.config(), SystemTime::now());
         let pid = std::process::id();
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let refused_rescan = self.vault.refused.load(Ordering::Relaxed);
@@ -261,6 +254,7 @@ impl Daemon {
                     let mut tally = Tally::new(&mut send);
                     verify::config(p.config, None, &mut tally);
                     // The daemon runs these checks itself, so it is answering.
+                    let heartbeat = verify::heartbeat_from_disk(&p.paths.heartbeat, p.config, SystemTime::now());
                     tally.line("memoryd-heartbeat", heartbeat.0, &heartbeat.1);
                     tally.line("memoryd-socket", ProgressStatus::Ok, &format!("answering (pid {pid})"));
                     verify::Verify { p, repair, home, refused_rescan }.rest(&mut tally);
@@ -274,7 +268,11 @@ impl Daemon {
 
     /// `peer.provision` / `peer.unprovision`.
     pub async fn provision(self: &Arc<Self>, request: PeerRequest, provisioning: bool) -> Result<PeerReport, RpcError> {
-        provision::validate(&request, provisioning).map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
+        // Validating looks at the peer's folder: on a blocking thread.
+        let request = self
+            .blocking(move |_| provision::validate(&request, provisioning).map(|()| request))
+            .await
+            .map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
         tracing::info!(
             personality = request.personality,
             runtime = request.runtime,
