@@ -63,3 +63,103 @@ fn status_and_mcp_answer_promptly_while_store_writes_wait_for_the_store_lock() {
         assert!(text.contains("\"deliveredTo\":\"bob\""), "{text}");
     }
 }
+
+/// Any web server on the MCP port: a python3 program that answers every
+/// request with HTTP 200 and `{}`. Killed when dropped.
+struct StandIn(std::process::Child);
+
+impl StandIn {
+    fn start(root: &Root, port: u16) -> StandIn {
+        let script = "import socket, sys, threading\n\
+                      s = socket.socket()\n\
+                      s.bind(('127.0.0.1', int(sys.argv[1])))\n\
+                      s.listen(16)\n\
+                      def answer(c):\n\
+                      \x20   c.settimeout(5)\n\
+                      \x20   try:\n\
+                      \x20       data = b''\n\
+                      \x20       while b'\\r\\n\\r\\n' not in data:\n\
+                      \x20           chunk = c.recv(65536)\n\
+                      \x20           if not chunk:\n\
+                      \x20               break\n\
+                      \x20           data += chunk\n\
+                      \x20       c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\n{}')\n\
+                      \x20   except OSError:\n\
+                      \x20       pass\n\
+                      \x20   c.close()\n\
+                      while True:\n\
+                      \x20   c, _ = s.accept()\n\
+                      \x20   threading.Thread(target=answer, args=(c,), daemon=True).start()\n";
+        let child = root
+            .command(std::path::Path::new("/usr/bin/python3"))
+            .args(["-c", script, &port.to_string()])
+            .spawn()
+            .unwrap();
+        let mut stand_in = StandIn(child);
+        let listening = eventually(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(listening && stand_in.0.try_wait().unwrap().is_none(), "the python3 stand-in does not listen");
+        stand_in
+    }
+
+    /// How `status` and `verify` must name it.
+    fn named(&self) -> String {
+        format!("python3 (pid {})", self.0.id())
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `mcp-endpoint` line of `verify`.
+fn endpoint_line(root: &Root) -> String {
+    let out = root.ctl(&["verify"]);
+    let text = stdout(&out);
+    text.lines().find(|l| l.contains("mcp-endpoint")).unwrap_or_else(|| panic!("{text}{}", stderr(&out))).to_owned()
+}
+
+#[test]
+fn verify_proves_the_mcp_endpoint_is_this_daemon_not_any_program_answering_200() {
+    let (root, port) = world();
+    let stand_in = StandIn::start(&root, port);
+    // No daemon: verify runs here and finds the stand-in on the port.
+    let line = endpoint_line(&root);
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(line.contains(&format!("port {port} is held by {}, not by memoryd", stand_in.named())), "{line}");
+    drop(stand_in);
+
+    let daemon = root.start_daemon();
+    let line = endpoint_line(&root);
+    assert!(line.starts_with("ok "), "{line}\n{}", daemon.log());
+    assert!(line.contains(&format!("as memoryd (pid {})", daemon.pid())), "{line}");
+    let status: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["mcp"]["listening"], true, "{status}");
+    assert_eq!(status["mcp"]["error"], Value::Null, "{status}");
+    assert_eq!(status["mcp"]["uidCheck"], true, "{status}");
+    assert_eq!(status["mcp"]["uidCheckReason"], Value::Null, "{status}");
+}
+
+#[test]
+fn status_and_verify_name_the_program_that_took_the_mcp_port() {
+    let (root, port) = world();
+    let stand_in = StandIn::start(&root, port);
+    let daemon = root.start_daemon();
+    let taken = format!("port {port} is taken by {}", stand_in.named());
+
+    let out = root.ctl(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["mcp"]["listening"], false, "{status}");
+    let error = status["mcp"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with(&taken), "{status}\n{}", daemon.log());
+    assert!(status["problems"].as_array().unwrap().iter().any(|p| p.as_str().unwrap().contains(&taken)), "{status}");
+    let text = stdout(&root.ctl(&["status"]));
+    assert!(text.lines().any(|l| l.starts_with("mcp") && l.contains(&format!("not listening: {taken}"))), "{text}");
+
+    let line = endpoint_line(&root);
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(line.contains(&format!("held by {}, not by memoryd", stand_in.named())), "{line}");
+}

@@ -221,9 +221,57 @@ impl Egress {
     }
 }
 
+/// An HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The most of an HTTP answer read (an MCP initialize answer is a few
+/// hundred bytes).
+const HTTP_MAX: usize = 64 << 10;
+
+/// Who listens on a TCP port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortHolder {
+    pub uid: u32,
+    /// The pid and name of the process, when this user may look into it.
+    pub process: Option<(i32, String)>,
+}
+
+impl std::fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.process {
+            Some((pid, name)) => write!(f, "{name} (pid {pid})"),
+            None => write!(f, "a process of uid {}", self.uid),
+        }
+    }
+}
+
 impl Egress {
-    /// POSTs `body` (JSON) to `http://127.0.0.1:<port><path>` and returns
-    /// the status code. Loopback only; allowed in both forms.
+    /// Who listens on TCP `port` (Linux: `/proc/net/tcp`, `tcp6` and the
+    /// processes' open sockets); None when that cannot be known.
+    pub fn port_holder(&self, port: u16) -> Option<PortHolder> {
+        port_listener(port)
+    }
+
+    /// [`port_holder`](Self::port_holder) as words: "another program" when
+    /// it cannot be known.
+    pub fn who_holds(&self, port: u16) -> String {
+        self.port_holder(port).map_or_else(|| "another program".to_owned(), |h| h.to_string())
+    }
+
+    /// POSTs `body` (JSON) to `http://127.0.0.1:<port><path>` and reads the
+    /// answer, all within `timeout`. Loopback only; allowed in both forms.
     pub fn http_post_loopback(
         &self,
         port: u16,
@@ -231,12 +279,12 @@ impl Egress {
         headers: &[(&str, &str)],
         body: &[u8],
         timeout: Duration,
-    ) -> Result<u16, EgressError> {
+    ) -> Result<HttpAnswer, EgressError> {
         use std::net::{Ipv4Addr, SocketAddr, TcpStream};
         let http = |error: String| EgressError::Http { port, error };
+        let deadline = Instant::now() + timeout;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| http(e.to_string()))?;
-        stream.set_read_timeout(Some(timeout)).map_err(|e| http(e.to_string()))?;
         stream.set_write_timeout(Some(timeout)).map_err(|e| http(e.to_string()))?;
         let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let head = format!(
@@ -245,19 +293,76 @@ impl Egress {
             body.len()
         );
         stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(|e| http(e.to_string()))?;
-        let mut status_line = Vec::new();
-        let mut byte = [0u8; 1];
-        while status_line.len() < 256 && stream.read(&mut byte).map_err(|e| http(e.to_string()))? == 1 {
-            if byte[0] == b'\n' {
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // To the end of the answer, its end of stream, or the deadline.
+        while raw.len() < HTTP_MAX && !parse_http(&raw).is_some_and(|(_, complete)| complete) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 break;
             }
-            status_line.push(byte[0]);
+            stream.set_read_timeout(Some(left)).map_err(|e| http(e.to_string()))?;
+            match stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e) => return Err(http(e.to_string())),
+            }
         }
-        let line = String::from_utf8_lossy(&status_line);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| http(format!("not an HTTP answer: {:?}", line.trim())))
+        match parse_http(&raw) {
+            Some((answer, _)) => Ok(answer),
+            None if raw.is_empty() => Err(http(format!("no answer within {}s", timeout.as_secs_f32()))),
+            None => {
+                let line = String::from_utf8_lossy(&raw[..raw.len().min(80)]).lines().next().unwrap_or("").to_owned();
+                Err(http(format!("not an HTTP answer: {line:?}")))
+            }
+        }
+    }
+}
+
+/// An HTTP answer as far as `raw` holds it, and whether it is complete
+/// (by its length or its last chunk); None before its head is whole.
+fn parse_http(raw: &[u8]) -> Option<(HttpAnswer, bool)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status = status_line.strip_prefix("HTTP/")?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let mut answer = HttpAnswer { status, headers, body: Vec::new() };
+    let complete = if answer.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        dechunk(rest, &mut answer.body)
+    } else if let Some(len) = answer.header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        answer.body.extend_from_slice(&rest[..rest.len().min(len)]);
+        rest.len() >= len
+    } else {
+        answer.body.extend_from_slice(rest);
+        false
+    };
+    Some((answer, complete))
+}
+
+/// Decodes a chunked body into `out`; whether its last chunk came.
+fn dechunk(mut rest: &[u8], out: &mut Vec<u8>) -> bool {
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return false };
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else { return false };
+        if n == 0 {
+            return true;
+        }
+        let data = &rest[eol + 2..];
+        if data.len() < n + 2 {
+            out.extend_from_slice(&data[..data.len().min(n)]);
+            return false;
+        }
+        out.extend_from_slice(&data[..n]);
+        rest = &data[n + 2..];
     }
 }
 
@@ -412,6 +517,41 @@ fn parent_process(pid: i32) -> Option<i32> {
 fn parent_process(pid: i32) -> Option<i32> {
     let out = Command::new("/bin/ps").args(["-o", "ppid=", "-p", &pid.to_string()]).output().ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// The first listener on `port` in `/proc/net/tcp` or `tcp6`: its uid,
+/// and the process that has the socket open when this user may see it.
+#[cfg(target_os = "linux")]
+fn port_listener(port: u16) -> Option<PortHolder> {
+    const LISTEN: &str = "0A";
+    let (uid, inode) = ["/proc/net/tcp", "/proc/net/tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(table).ok()?;
+        text.lines().skip(1).find_map(|line| {
+            // sl local rem st queues timer retransmits uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            if fields.get(3) != Some(&LISTEN) || u16::from_str_radix(local_port, 16) != Ok(port) {
+                return None;
+            }
+            Some((fields.get(7)?.parse::<u32>().ok()?, fields.get(9)?.to_string()))
+        })
+    })?;
+    let socket = PathBuf::from(format!("socket:[{inode}]"));
+    let process = std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+        if !fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == socket)) {
+            return None;
+        }
+        let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        Some((pid, name.trim().to_owned()))
+    });
+    Some(PortHolder { uid, process })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn port_listener(_port: u16) -> Option<PortHolder> {
+    None
 }
 
 #[cfg(target_os = "linux")]

@@ -63,6 +63,11 @@ pub struct Daemon {
     pub vault: crate::vault::VaultState,
     /// Whether the MCP endpoint serves now.
     pub mcp_listening: AtomicBool,
+    /// Why the MCP endpoint could not be bound (naming the port's holder
+    /// when it can be known), for `status`.
+    pub mcp_error: Mutex<Option<String>>,
+    /// The MCP guard's uid step, proven at start-up.
+    pub uid_guard: crate::mcp::UidGuard,
     /// Heartbeats that changed no state, by (node, session): soft state
     /// (spec 40) applied to the store at the next presence sweep.
     pub soft_beats: Mutex<memoryd_core::presence::SoftBeats>,
@@ -113,6 +118,8 @@ impl Daemon {
             restarting: AtomicBool::new(false),
             vault,
             mcp_listening: AtomicBool::new(false),
+            mcp_error: Mutex::new(None),
+            uid_guard: crate::mcp::UidGuard::probe(),
             soft_beats: Mutex::default(),
             fragment_tx,
             fragment_rx: Mutex::new(Some(fragment_rx)),
@@ -226,6 +233,9 @@ impl Daemon {
         status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
         status.mcp.listening = self.mcp_listening.load(Ordering::Relaxed);
+        status.mcp.error = self.mcp_error.lock().ok().and_then(|e| e.clone());
+        status.mcp.uid_check = self.uid_guard.check == crate::mcp::UidCheck::Active;
+        status.mcp.uid_check_reason = self.uid_guard.check.reason();
         status.vault.notes = self.vault.index().len();
         status.vault.watching = self.vault.watching.load(Ordering::Relaxed);
         status.vault.refused_rescan = self.vault.refused.load(Ordering::Relaxed);
