@@ -65,13 +65,15 @@ fn status_and_mcp_answer_promptly_while_store_writes_wait_for_the_store_lock() {
 }
 
 /// Any web server on the MCP port: a python3 program that answers every
-/// request with HTTP 200 and `{}`. Killed when dropped.
+/// request with HTTP 200 and `{}` (with SO_REUSEADDR, as web servers set
+/// it, so the port is free again once it is killed). Killed when dropped.
 struct StandIn(std::process::Child);
 
 impl StandIn {
     fn start(root: &Root, port: u16) -> StandIn {
         let script = "import socket, sys, threading\n\
                       s = socket.socket()\n\
+                      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
                       s.bind(('127.0.0.1', int(sys.argv[1])))\n\
                       s.listen(16)\n\
                       def answer(c):\n\
