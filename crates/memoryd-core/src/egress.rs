@@ -628,6 +628,31 @@ mod tests {
     }
 
     #[test]
+    fn http_answers_are_read_to_their_end_by_length_or_last_chunk() {
+        let head = "HTTP/1.1 200 OK\r\nX-Memoryd-Pid: 42\r\n";
+        let (answer, complete) = parse_http(format!("{head}Content-Length: 5\r\n\r\nhel").as_bytes()).unwrap();
+        assert_eq!((answer.status, answer.header("x-memoryd-pid"), complete), (200, Some("42"), false));
+        let chunked = format!("{head}Transfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n");
+        let (answer, complete) = parse_http(chunked.as_bytes()).unwrap();
+        assert_eq!((answer.body.as_slice(), complete), (&b"hello"[..], true));
+        assert!(parse_http(b"HTTP/1.1 200 OK\r\nContent-Le").is_none(), "the head is not whole yet");
+        assert!(parse_http(b"SSH-2.0-OpenSSH\r\n\r\n").is_none(), "not HTTP");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn names_the_process_listening_on_a_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let holder = Egress::live().port_holder(port).unwrap();
+        assert_eq!(holder.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(holder.process.map(|(pid, _)| pid), Some(std::process::id() as i32));
+        drop(listener);
+        assert_eq!(Egress::live().port_holder(port), None);
+        assert_eq!(Egress::live().who_holds(port), "another program");
+    }
+
+    #[test]
     fn probes_this_process() {
         let me = Egress::live().probe(std::process::id() as i32).unwrap();
         assert!(!me.cmdline.is_empty());
