@@ -116,7 +116,12 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
         "mcp",
         match s.mcp.port {
             0 => "off".to_owned(),
-            port => format!("port {port}, {}", if s.mcp.listening { "listening" } else { "not listening" }),
+            port => match (s.mcp.listening, &s.mcp.error) {
+                (true, _) if !s.mcp.uid_check => format!("port {port}, listening, uid check off"),
+                (true, _) => format!("port {port}, listening"),
+                (false, Some(error)) => format!("port {port}, not listening: {error}"),
+                (false, None) => format!("port {port}, not listening"),
+            },
         },
     ));
     rows.push((

@@ -29,8 +29,17 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
     {
         problems.push(format!("the last sweep failed for {} peer-runtime(s); run: memoryctl verify", sweep.failed));
     }
-    if status.mcp.port != 0 && !status.mcp.listening {
-        problems.push(format!("the MCP endpoint on port {} is not listening.", status.mcp.port));
+    match (&status.mcp, status.running) {
+        (mcp, _) if mcp.port == 0 => {}
+        (mcp, _) if !mcp.listening => problems.push(match &mcp.error {
+            Some(error) => format!("the MCP endpoint on port {} is not listening: {error}.", mcp.port),
+            None => format!("the MCP endpoint on port {} is not listening.", mcp.port),
+        }),
+        // Off Linux the check does not exist (spec 60): said, not a problem.
+        (mcp, true) if !mcp.uid_check && cfg!(target_os = "linux") => {
+            problems.push(format!("{}.", mcp.uid_check_reason.as_deref().unwrap_or("the MCP uid check is not active")))
+        }
+        _ => {}
     }
     status.healthy = problems.is_empty();
     status.problems = problems;
@@ -79,7 +88,8 @@ pub fn shared_facts(paths: &Paths, config: &Config, now: SystemTime, peers: Opti
         last_sweep: None,
         lock: LockStatus { holder },
         presence: PresenceCounts::default(),
-        mcp: McpStatus { port: config.mcp_port, listening: false, uid_check: cfg!(target_os = "linux") },
+        // The daemon fills in what it found; from disk nothing is known.
+        mcp: McpStatus { port: config.mcp_port, ..McpStatus::default() },
         vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },
         supervisor: None,
         healthy: false,

@@ -21,6 +21,11 @@ use std::time::{Duration, SystemTime};
 /// How long `iapeer trust-hooks --check` may take.
 const TRUST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The header on every answer of the MCP endpoint that names the pid of
+/// the memoryd answering: how `mcp-endpoint` tells this daemon's endpoint
+/// from another program (or another root's memoryd) on the port.
+pub const PID_HEADER: &str = "x-memoryd-pid";
+
 /// `config`: the config loads and the vault, if set, is a readable dir.
 pub fn config(config: &Config, error: Option<&str>, out: &mut Tally<'_>) {
     let (status, detail) = match (error, &config.vault) {
@@ -328,16 +333,55 @@ impl Verify<'_> {
             .ok()
             .and_then(|peers| peers.iter().find_map(|p| p.runtimes.first().map(|r| format!("{r}-{}", p.personality))));
         let headers: Vec<(&str, &str)> = node.iter().map(|n| ("X-IAPeer-Identity", n.as_str())).collect();
-        match self.p.tools.egress.http_post_loopback(port, "/mcp", &headers, body, Duration::from_secs(2)) {
-            Ok(200) => out.line("mcp-endpoint", Good, &format!("port {port} answers an MCP initialize")),
-            Ok(403) if node.is_none() => {
-                out.line("mcp-endpoint", Good, &format!("port {port} answers (no fleet node to identify as)"))
+        let egress = &self.p.tools.egress;
+        let answer = egress.http_post_loopback(port, "/mcp", &headers, body, Duration::from_secs(2));
+        // This root's daemon, while it holds the instance lock.
+        let paths = self.p.paths;
+        let ours = crate::instance::lock_is_held(&paths.instance_lock)
+            .unwrap_or(false)
+            .then(|| crate::instance::read_pid(&paths.pid_file))
+            .flatten();
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let detail = match egress.port_holder(port) {
+                    Some(holder) => format!("port {port} is held by {holder}, which does not answer: {e}"),
+                    None => format!("port {port} does not answer: {e}"),
+                };
+                return out.line("mcp-endpoint", Fail, &detail);
             }
-            Ok(status) => {
-                out.line("mcp-endpoint", Fail, &format!("port {port} answered HTTP {status} to an MCP initialize"))
-            }
-            Err(e) => out.line("mcp-endpoint", Fail, &format!("port {port} does not answer: {e}")),
-        }
+        };
+        let served_by: Option<u32> = answer.header(PID_HEADER).and_then(|p| p.parse().ok());
+        let name = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| v["result"]["serverInfo"]["name"].as_str().map(str::to_owned));
+        let (status, detail) = match (served_by, ours) {
+            (Some(pid), Some(ours)) if pid == ours => match answer.status {
+                200 if name.as_deref() == Some("memoryd") => {
+                    (Good, format!("port {port} answers an MCP initialize as memoryd (pid {pid})"))
+                }
+                403 if node.is_none() => {
+                    (Good, format!("port {port} answers as memoryd (pid {pid}); no fleet node to identify as"))
+                }
+                status => {
+                    (Fail, format!("memoryd (pid {pid}) answered HTTP {status} to an MCP initialize on port {port}"))
+                }
+            },
+            (Some(pid), _) => (
+                Fail,
+                format!(
+                    "port {port} is served by another memoryd (pid {pid}), not this root's; give each root its own mcp_port"
+                ),
+            ),
+            (None, _) => (
+                Fail,
+                format!(
+                    "port {port} is held by {}, not by memoryd; stop it, or set mcp_port to a free port and run memoryctl update",
+                    egress.who_holds(port)
+                ),
+            ),
+        };
+        out.line("mcp-endpoint", status, &detail);
     }
 
     fn vault(&self, out: &mut Tally<'_>) {

@@ -63,8 +63,16 @@ pub struct McpStatus {
     /// 0 when the endpoint is off.
     pub port: u16,
     pub listening: bool,
-    /// Whether connections from other uids can be refused on this system.
+    /// Why the endpoint is not listening (the port is taken, and by which
+    /// process when that can be known); null when it listens or is off.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Whether connections from other uids are refused: true only when the
+    /// daemon proved at start-up that it can tell who opened a connection.
     pub uid_check: bool,
+    /// Why `uidCheck` is false; null when it is true.
+    #[serde(default)]
+    pub uid_check_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

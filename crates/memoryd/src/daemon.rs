@@ -63,6 +63,11 @@ pub struct Daemon {
     pub vault: crate::vault::VaultState,
     /// Whether the MCP endpoint serves now.
     pub mcp_listening: AtomicBool,
+    /// Why the MCP endpoint could not be bound (naming the port's holder
+    /// when it can be known), for `status`.
+    pub mcp_error: Mutex<Option<String>>,
+    /// The MCP guard's uid step, proven at start-up.
+    pub uid_guard: crate::mcp::UidGuard,
     /// Heartbeats that changed no state, by (node, session): soft state
     /// (spec 40) applied to the store at the next presence sweep.
     pub soft_beats: Mutex<memoryd_core::presence::SoftBeats>,
@@ -113,9 +118,23 @@ impl Daemon {
             restarting: AtomicBool::new(false),
             vault,
             mcp_listening: AtomicBool::new(false),
+            mcp_error: Mutex::new(None),
+            uid_guard: crate::mcp::UidGuard::probe(),
             soft_beats: Mutex::default(),
             fragment_tx,
             fragment_rx: Mutex::new(Some(fragment_rx)),
+        }
+    }
+
+    /// Runs `job` on a blocking thread: file I/O, fsync, lock waits and
+    /// large reads never run on the two async workers, so a slow disk
+    /// cannot stall the control socket or the MCP endpoint. A panic in the
+    /// job goes on unwinding in the caller's task, as if it had happened there.
+    pub async fn blocking<T: Send + 'static>(self: &Arc<Self>, job: impl FnOnce(&Daemon) -> T + Send + 'static) -> T {
+        let daemon = self.clone();
+        match tokio::task::spawn_blocking(move || job(&daemon)).await {
+            Ok(value) => value,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
     }
 
@@ -214,6 +233,9 @@ impl Daemon {
         status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
         status.mcp.listening = self.mcp_listening.load(Ordering::Relaxed);
+        status.mcp.error = self.mcp_error.lock().ok().and_then(|e| e.clone());
+        status.mcp.uid_check = self.uid_guard.check == crate::mcp::UidCheck::Active;
+        status.mcp.uid_check_reason = self.uid_guard.check.reason();
         status.vault.notes = self.vault.index().len();
         status.vault.watching = self.vault.watching.load(Ordering::Relaxed);
         status.vault.refused_rescan = self.vault.refused.load(Ordering::Relaxed);
@@ -264,9 +286,10 @@ impl Service for Daemon {
     async fn call(self: Arc<Self>, request: Request, progress: ProgressSink) -> Result<Value, RpcError> {
         match request.method.as_str() {
             methods::HOST_STATUS => {
-                serde_json::to_value(self.status()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+                let status = self.blocking(Daemon::status).await;
+                serde_json::to_value(status).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
-            methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
+            methods::HOST_RELOAD => self.blocking(move |d| d.reload(&progress)).await.map_err(|e| {
                 RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
             }),
             methods::HOST_SWEEP => {
@@ -291,10 +314,14 @@ impl Service for Daemon {
                 Ok(self.verify(params.repair, progress).await)
             }
             methods::HOST_RESTART => {
-                let tools =
-                    memoryd_core::provision::Tools::new(&self.paths, &self.config(), &self.running_exe, self.sandboxed);
-                let bin = tools.binaries.memoryd;
-                memoryd_core::install::check_executable(&bin)
+                let bin = self
+                    .blocking(|d| {
+                        let tools =
+                            memoryd_core::provision::Tools::new(&d.paths, &d.config(), &d.running_exe, d.sandboxed);
+                        let bin = tools.binaries.memoryd;
+                        memoryd_core::install::check_executable(&bin).map(|()| bin)
+                    })
+                    .await
                     .map_err(|e| RpcError::new(ErrorKind::Internal, format!("cannot restart: {e}")))?;
                 self.restart_pending.store(true, Ordering::Relaxed);
                 Ok(json!({"restarting": true, "binary": bin, "pid": std::process::id()}))

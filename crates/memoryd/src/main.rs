@@ -369,7 +369,15 @@ async fn serve(
         None => match mcp::bind(port) {
             Ok(listener) => Some(listener),
             Err(e) => {
-                tracing::error!(port, error = %e, "cannot bind the MCP endpoint; memoryd runs without it (status and verify report it)");
+                let why = mcp::bind_error(port, &e);
+                tracing::error!(
+                    port,
+                    error = why,
+                    "cannot bind the MCP endpoint; memoryd runs without it (status and verify report it)"
+                );
+                if let Ok(mut error) = daemon.mcp_error.lock() {
+                    *error = Some(why);
+                }
                 None
             }
         },

@@ -3,14 +3,17 @@
 //! stateless mode, so a restart of the daemon is invisible to clients.
 //!
 //! Before MCP, at the HTTP level, a guard refuses with 403 and a
-//! one-sentence JSON body: another uid (Linux, by the connection's owner in
-//! `/proc/net/tcp`), a `Host` that is not loopback with our port, a
+//! one-sentence JSON body: another uid (Linux, by the connection's owner as
+//! `sock_diag` names it; a connection whose owner cannot be learned is
+//! refused too), a `Host` that is not loopback with our port, a
 //! non-loopback `Origin` (DNS rebinding), and a missing or unknown
-//! `X-IAPeer-Identity`. OAuth discovery probes get a plain 404.
+//! `X-IAPeer-Identity`. OAuth discovery probes get a plain 404. Every
+//! answer carries this daemon's pid (`X-Memoryd-Pid`), so `verify` can tell
+//! this endpoint from another program on the port.
 
 use crate::daemon::Daemon;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
@@ -27,18 +30,140 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::{Map, Value, json};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 pub const IDENTITY: &str = "x-iapeer-identity";
+
+/// Whether the guard can refuse other users' connections (spec 60).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UidCheck {
+    /// The kernel named the owner of a loopback connection made at start-up.
+    Active,
+    /// This system cannot name a connection's owner: other users are not refused.
+    #[cfg_attr(target_os = "linux", allow(dead_code))] // made off Linux only
+    Unavailable,
+    /// The lookup failed at start-up (why): every connection is refused.
+    Broken(String),
+}
+
+impl UidCheck {
+    /// Why the check is not active, for `status`; None when it is.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            UidCheck::Active => None,
+            UidCheck::Unavailable => Some(
+                "only on Linux can memoryd tell which user opened a loopback connection; other local users can reach the MCP endpoint"
+                    .to_owned(),
+            ),
+            UidCheck::Broken(why) => Some(format!(
+                "the kernel did not name the owner of a test loopback connection at start-up ({why}), so the MCP endpoint refuses every connection; load the tcp_diag kernel module (modprobe tcp_diag) and restart memoryd"
+            )),
+        }
+    }
+}
+
+/// The guard's uid step: the check proven at start-up, and the lookup
+/// failures already logged (each distinct reason once).
+#[derive(Debug)]
+pub struct UidGuard {
+    pub check: UidCheck,
+    warned: Mutex<BTreeSet<String>>,
+}
+
+/// Why the uid step refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UidRefusal {
+    /// The check did not work at start-up.
+    Broken,
+    /// The kernel did not name this connection's owner (why).
+    Unknown(String),
+    OtherUser(u32),
+}
+
+impl UidGuard {
+    /// Proves at start-up that connections' owners can be learned here.
+    pub fn probe() -> UidGuard {
+        #[cfg(target_os = "linux")]
+        let check = match crate::sockdiag::probe() {
+            Ok(()) => UidCheck::Active,
+            Err(why) => {
+                tracing::error!(
+                    error = why,
+                    "cannot tell which user opens an MCP connection; the MCP endpoint refuses every connection"
+                );
+                UidCheck::Broken(why)
+            }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let check = UidCheck::Unavailable;
+        UidGuard { check, warned: Mutex::default() }
+    }
+
+    /// Lets a connection from `client` to our `port` on, or refuses it.
+    fn admit(&self, client: SocketAddr, port: u16) -> Result<(), Response> {
+        #[cfg(target_os = "linux")]
+        let lookup = || {
+            crate::sockdiag::client_uid(client, SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)))
+                .map_err(|e| e.to_string())
+        };
+        #[cfg(not(target_os = "linux"))]
+        let lookup = || -> Result<u32, String> { Err(format!("no owner lookup for {client} on port {port}")) };
+        let Some(refusal) = uid_refusal(&self.check, nix::unistd::getuid().as_raw(), lookup) else { return Ok(()) };
+        Err(forbidden(match refusal {
+            UidRefusal::OtherUser(_) => {
+                "connections from another user are refused; memoryd serves only its own user".to_owned()
+            }
+            UidRefusal::Unknown(why) => {
+                if self.warned.lock().is_ok_and(|mut w| w.insert(why.clone())) {
+                    tracing::warn!(%client, error = why, "refused an MCP connection whose user the kernel did not name (logged once per reason)");
+                }
+                "memoryd refuses this connection because it cannot tell which user opened it; see memoryd's log"
+                    .to_owned()
+            }
+            UidRefusal::Broken => {
+                "memoryd refuses every MCP connection because it cannot tell which user opens one; see memoryctl status"
+                    .to_owned()
+            }
+        }))
+    }
+}
+
+/// The uid step's decision: a connection whose owner is not proven to be
+/// `me` is refused (fail closed).
+fn uid_refusal(check: &UidCheck, me: u32, lookup: impl FnOnce() -> Result<u32, String>) -> Option<UidRefusal> {
+    match check {
+        UidCheck::Unavailable => None,
+        UidCheck::Broken(_) => Some(UidRefusal::Broken),
+        UidCheck::Active => match lookup() {
+            Ok(uid) if uid == me => None,
+            Ok(uid) => Some(UidRefusal::OtherUser(uid)),
+            Err(why) => Some(UidRefusal::Unknown(why)),
+        },
+    }
+}
 
 /// Binds `127.0.0.1:<port>` (step 6 of start-up, before any slow work).
 pub fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Why `port` could not be bound, in words for `status`: a taken port
+/// names its holder when that can be known.
+pub fn bind_error(port: u16, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        let holder = memoryd_core::egress::Egress::refusing(Vec::new()).who_holds(port);
+        format!(
+            "port {port} is taken by {holder}; stop it, or set mcp_port to a free port, run memoryctl update and restart memoryd"
+        )
+    } else {
+        format!("cannot listen on 127.0.0.1:{port}: {error}")
+    }
 }
 
 /// Serves MCP on `listener` until the daemon stops.
@@ -117,38 +242,39 @@ async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
+    let mut response = match admit(&daemon, port, client, &request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused,
+    };
+    response.headers_mut().insert(memoryd_core::verify::PID_HEADER, HeaderValue::from(std::process::id()));
+    response
+}
+
+/// Whether a request may reach MCP; the answer that refuses it if not.
+fn admit(daemon: &Daemon, port: u16, client: SocketAddr, request: &Request) -> Result<(), Response> {
     if request.uri().path().starts_with("/.well-known/") {
         // Codex probes OAuth discovery for servers without a bearer token.
-        return (StatusCode::NOT_FOUND, "not found").into_response();
+        return Err((StatusCode::NOT_FOUND, "not found").into_response());
     }
-    #[cfg(target_os = "linux")]
-    {
-        let me = nix::unistd::getuid().as_raw();
-        let server = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
-        if crate::sockdiag::client_uid(client, server).is_some_and(|uid| uid != me) {
-            return forbidden("connections from another user are refused; memoryd serves only its own user".to_owned());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = client;
+    daemon.uid_guard.admit(client, port)?;
     let headers = request.headers();
     if !host_ok(headers, port) {
-        return forbidden(format!("the Host header must be 127.0.0.1:{port} or localhost:{port}"));
+        return Err(forbidden(format!("the Host header must be 127.0.0.1:{port} or localhost:{port}")));
     }
     if !origin_ok(headers) {
-        return forbidden("only loopback origins may call memoryd".to_owned());
+        return Err(forbidden("only loopback origins may call memoryd".to_owned()));
     }
     let identity = headers.get(IDENTITY).and_then(|v| v.to_str().ok()).unwrap_or("");
     if identity.is_empty() {
-        return forbidden(
+        return Err(forbidden(
             "set the X-IAPeer-Identity header to <runtime>-<personality> of a fleet peer (memoryd's surfaces do)"
                 .to_owned(),
-        );
+        ));
     }
     if !daemon.knows(identity) {
-        return forbidden(format!("X-IAPeer-Identity {identity:?} is not a peer-runtime of the fleet map"));
+        return Err(forbidden(format!("X-IAPeer-Identity {identity:?} is not a peer-runtime of the fleet map")));
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// The MCP server of one request (stateless: built per request).
@@ -221,7 +347,9 @@ impl MemoryServer {
         self.daemon.check_floor(node, &presence).map_err(|r| refusal_text(&r))
     }
 
-    async fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
+    /// Runs one tool (on a blocking thread: it reads and writes files and
+    /// may wait for the store lock).
+    fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
         let text = |key: &str| args.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
         let linked_names = self.daemon.linked_with(&personality);
@@ -261,10 +389,6 @@ impl MemoryServer {
                     replace,
                     SystemTime::now(),
                 )?;
-                // The writer's next search must find it.
-                if self.daemon.rescan_vault("memory_write").await {
-                    self.daemon.refresh_fragments(None);
-                }
                 Ok(result)
             }
             "peers_list" => {
@@ -332,11 +456,53 @@ impl ServerHandler for MemoryServer {
             return Err(ErrorData::invalid_request("no X-IAPeer-Identity on this request", None));
         };
         let args = request.arguments.unwrap_or_default();
-        let result = match self.run(&node, &request.name, &args).await {
+        let (server, name) = (self.clone(), request.name.clone());
+        let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args)).await;
+        // The writer's next search must find it.
+        if request.name == "memory_write" && outcome.is_ok() && self.daemon.rescan_vault("memory_write").await {
+            self.daemon.refresh_fragments(None);
+        }
+        let result = match outcome {
             Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
             Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
             Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),
         };
         Ok(result.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_whose_owner_cannot_be_learned_is_refused() {
+        let me = 1000;
+        let lookup_failed = || Err("the kernel knows no such connection (ENOENT)".to_owned());
+        assert_eq!(
+            uid_refusal(&UidCheck::Active, me, lookup_failed),
+            Some(UidRefusal::Unknown("the kernel knows no such connection (ENOENT)".to_owned()))
+        );
+        assert_eq!(uid_refusal(&UidCheck::Active, me, || Ok(1001)), Some(UidRefusal::OtherUser(1001)));
+        assert_eq!(uid_refusal(&UidCheck::Active, me, || Ok(me)), None);
+        // Not proven at start-up: refused without asking.
+        let broken = UidCheck::Broken("no sock_diag".to_owned());
+        assert_eq!(uid_refusal(&broken, me, || unreachable!("not asked")), Some(UidRefusal::Broken));
+        assert!(broken.reason().is_some_and(|r| r.contains("refuses every connection")));
+        assert_eq!(uid_refusal(&UidCheck::Unavailable, me, || unreachable!("not asked")), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_uid_check_is_active_here_and_refuses_with_one_logged_reason() {
+        let guard = UidGuard::probe();
+        assert_eq!(guard.check, UidCheck::Active, "{:?}", guard.check.reason());
+        // A connection the kernel does not know (gone already).
+        let gone = SocketAddr::from(([127, 0, 0, 1], 1));
+        for _ in 0..2 {
+            let refused = guard.admit(gone, 1).unwrap_err();
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        }
+        assert_eq!(guard.warned.lock().unwrap().len(), 1, "one reason, logged once");
     }
 }

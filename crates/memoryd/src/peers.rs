@@ -59,12 +59,11 @@ impl Daemon {
 
     /// The `peer.*` methods of spec 50.
     pub async fn peer_call(self: &Arc<Self>, request: Request) -> Result<Value, RpcError> {
-        let daemon = self.clone();
         let fleet = self.fleet_map();
         let floor = self.rules().floor;
         let capacity = self.config().presence.inbox_capacity;
         let now = SystemTime::now();
-        let job = move || -> Result<Value, RpcError> {
+        let job = move |daemon: &Daemon| -> Result<Value, RpcError> {
             let store = &daemon.store;
             match request.method.as_str() {
                 methods::PEER_LINK => {
@@ -103,9 +102,6 @@ impl Daemon {
                 other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
             }
         };
-        match tokio::task::spawn_blocking(job).await {
-            Ok(result) => result,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        self.blocking(job).await
     }
 }

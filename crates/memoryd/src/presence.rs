@@ -126,11 +126,24 @@ impl Daemon {
         self: &Arc<Self>,
         job: impl FnOnce(&Daemon) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, RpcError> {
-        let daemon = self.clone();
-        match tokio::task::spawn_blocking(move || job(&daemon)).await {
-            Ok(result) => result.map_err(rpc_error),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        self.blocking(job).await.map_err(rpc_error)
+    }
+
+    /// Runs a tracked presence change on a blocking thread, then (there
+    /// too: it reads the links) re-renders the fragments of the peers
+    /// linked with those whose presence moved.
+    async fn change_tracked<T: Send + 'static>(
+        self: &Arc<Self>,
+        job: impl FnOnce(&Daemon) -> Result<(T, Vec<String>), StoreError> + Send + 'static,
+    ) -> Result<T, RpcError> {
+        self.with_store(move |d| {
+            let (value, moved) = job(d)?;
+            if !moved.is_empty() {
+                d.refresh_linked(&moved);
+            }
+            Ok(value)
+        })
+        .await
     }
 
     /// Refuses a write by a node whose client is below the floor in force
@@ -144,17 +157,6 @@ impl Daemon {
         }
     }
 
-    /// Passes a tracked result on, re-rendering the fragments of the peers
-    /// linked with those whose presence moved.
-    fn moved<T>(&self, result: Result<(T, Vec<String>), RpcError>) -> Result<T, RpcError> {
-        result.map(|(value, moved)| {
-            if !moved.is_empty() {
-                self.refresh_linked(&moved);
-            }
-            value
-        })
-    }
-
     /// The `runtimenode.*` methods.
     pub async fn runtimenode(self: &Arc<Self>, request: Request) -> Result<Value, RpcError> {
         let now = SystemTime::now();
@@ -163,64 +165,51 @@ impl Daemon {
                 let req: AttachRequest = request.params()?;
                 let known = self.knows(&req.node_id);
                 let attached = self
-                    .with_store(move |d| {
+                    .change_tracked(move |d| {
                         let rules = d.rules();
                         d.store.change_presence("attach", tracked(|p| p.attach(&req, known, &rules, now, &probe)))
                     })
-                    .await;
-                self.moved(attached).and_then(|a| {
-                    serde_json::to_value(a).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
-                })
+                    .await?;
+                serde_json::to_value(attached).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
             methods::RUNTIMENODE_HEARTBEAT => {
                 let p: NodeParams = request.params()?;
                 let health = p.health_state.unwrap_or(Health::Online);
-                let beat = self
-                    .with_store(move |d| {
-                        if d.keep_soft_beat(&p.node_id, p.session_id.as_deref(), health, now)? {
-                            return Ok((Value::Null, Vec::new()));
-                        }
-                        d.store.change_presence(
-                            "heartbeat",
-                            tracked(|pr| {
-                                pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| (Value::Null, e))
-                            }),
-                        )
-                    })
-                    .await;
-                self.moved(beat)
+                self.change_tracked(move |d| {
+                    if d.keep_soft_beat(&p.node_id, p.session_id.as_deref(), health, now)? {
+                        return Ok((Value::Null, Vec::new()));
+                    }
+                    d.store.change_presence(
+                        "heartbeat",
+                        tracked(|pr| {
+                            pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| (Value::Null, e))
+                        }),
+                    )
+                })
+                .await
             }
             methods::RUNTIMENODE_DETACH => {
                 let p: NodeParams = request.params()?;
-                let detached = self
-                    .with_store(move |d| {
-                        d.store.change_presence(
-                            "detach",
-                            tracked(|pr| pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| (Value::Null, e))),
-                        )
-                    })
-                    .await;
-                self.moved(detached)
+                self.change_tracked(move |d| {
+                    d.store.change_presence(
+                        "detach",
+                        tracked(|pr| pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| (Value::Null, e))),
+                    )
+                })
+                .await
             }
             methods::RUNTIMENODE_CAPABILITYUPDATE => {
                 let p: CapabilityParams = request.params()?;
-                let updated = self
-                    .with_store(move |d| {
-                        d.store.change_presence(
-                            "capabilityupdate",
-                            tracked(|pr| {
-                                d.check_floor(&p.node_id, pr)?;
-                                pr.capability_update(
-                                    &p.node_id,
-                                    &p.capabilities,
-                                    p.health_changes.map(|h| h.state),
-                                    now,
-                                )
-                            }),
-                        )
-                    })
-                    .await;
-                self.moved(updated)
+                self.change_tracked(move |d| {
+                    d.store.change_presence(
+                        "capabilityupdate",
+                        tracked(|pr| {
+                            d.check_floor(&p.node_id, pr)?;
+                            pr.capability_update(&p.node_id, &p.capabilities, p.health_changes.map(|h| h.state), now)
+                        }),
+                    )
+                })
+                .await
             }
             methods::RUNTIMENODE_ROSTER => {
                 let floor = self.rules().floor;
@@ -236,22 +225,20 @@ impl Daemon {
             methods::RUNTIMENODE_REVOKE | methods::RUNTIMENODE_UNREVOKE => {
                 let p: NodeParams = request.params()?;
                 let revoke = request.method == methods::RUNTIMENODE_REVOKE;
-                let changed = self
-                    .with_store(move |d| {
-                        d.store.change_presence(
-                            "revocation",
-                            tracked(|pr| {
-                                let events = if revoke {
-                                    pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
-                                } else {
-                                    pr.unrevoke(&p.node_id, "operator", now)?
-                                };
-                                Ok((Value::Null, events))
-                            }),
-                        )
-                    })
-                    .await;
-                self.moved(changed)
+                self.change_tracked(move |d| {
+                    d.store.change_presence(
+                        "revocation",
+                        tracked(|pr| {
+                            let events = if revoke {
+                                pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
+                            } else {
+                                pr.unrevoke(&p.node_id, "operator", now)?
+                            };
+                            Ok((Value::Null, events))
+                        }),
+                    )
+                })
+                .await
             }
             other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
         }
@@ -282,7 +269,7 @@ impl Daemon {
     pub async fn presence_sweep(self: &Arc<Self>) {
         let now = SystemTime::now();
         let result = self
-            .with_store(move |d| {
+            .change_tracked(move |d| {
                 let rules = d.rules();
                 let mut kept = d.soft_beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let swept = d.store.change_presence(
@@ -299,7 +286,7 @@ impl Daemon {
                 swept
             })
             .await;
-        if let Err(e) = self.moved(result) {
+        if let Err(e) = result {
             tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed");
         }
     }
@@ -316,14 +303,20 @@ impl Daemon {
     /// goes or the daemon stops.
     pub async fn events_tail(self: &Arc<Self>, request: Request, sink: ProgressSink) -> Result<Value, RpcError> {
         let params: TailParams = if request.params.is_null() { TailParams::default() } else { request.params()? };
-        let recent = events::recent(&self.paths.events, params.node.as_deref(), TAIL);
-        if !params.follow {
+        let (node, follow) = (params.node.clone(), params.follow);
+        // The log is up to 10 MiB: read on a blocking thread.
+        let (recent, follower) = self
+            .blocking(move |d| {
+                let recent = events::recent(&d.paths.events, node.as_deref(), TAIL);
+                (recent, follow.then(|| Follower::from_end(&d.paths.events)))
+            })
+            .await;
+        let Some(mut follower) = follower else {
             return Ok(Value::Array(recent));
-        }
+        };
         for event in &recent {
             sink.notify(methods::EVENTS_EVENT, event.clone());
         }
-        let mut follower = Follower::from_end(&self.paths.events);
         let (mut sent, mut last_sent) = (recent.len(), Instant::now());
         loop {
             tokio::select! {
@@ -333,7 +326,14 @@ impl Daemon {
             if sink.is_closed() {
                 return Ok(Value::Null);
             }
-            for event in follower.poll().into_iter().filter(|e| events::matches(e, params.node.as_deref())) {
+            let new;
+            (follower, new) = self
+                .blocking(move |_| {
+                    let new = follower.poll();
+                    (follower, new)
+                })
+                .await;
+            for event in new.into_iter().filter(|e| events::matches(e, params.node.as_deref())) {
                 sink.notify(methods::EVENTS_EVENT, event);
                 (sent, last_sent) = (sent + 1, Instant::now());
             }

@@ -42,8 +42,7 @@ impl Daemon {
         self.provisioning(job).await
     }
 
-    /// Runs `job` with a provisioner on a blocking thread. A panic in it
-    /// goes on unwinding in the caller's task, as if it had happened there.
+    /// Runs `job` with a provisioner on a blocking thread.
     async fn provisioning<T: Send + 'static>(
         self: &Arc<Self>,
         job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
@@ -58,10 +57,9 @@ impl Daemon {
         sink: ProgressSink,
         job: impl FnOnce(&Provisioner<'_>) -> T + Send + 'static,
     ) -> T {
-        let daemon = self.clone();
         let config = self.config();
         let index = self.vault.index();
-        let joined = tokio::task::spawn_blocking(move || {
+        self.blocking(move |daemon| {
             let tools = Tools::new(&daemon.paths, &config, &daemon.running_exe, daemon.sandboxed);
             let cancelled = || daemon.shutdown.begun.is_cancelled();
             let on_batch = |what: &str, done, total| sink.working(what, done, Some(total));
@@ -77,11 +75,7 @@ impl Daemon {
                 on_batch: &on_batch,
             })
         })
-        .await;
-        match joined {
-            Ok(value) => value,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        .await
     }
 
     /// Sweeps `peers`, or the whole map when None; a whole-map sweep is
@@ -201,7 +195,7 @@ impl Daemon {
 
     /// Re-reads the map file and acts on the change.
     pub async fn reload_fleet(self: &Arc<Self>) {
-        if let Some(diff) = self.apply_fleet(FleetRead::load(&self.paths.fleet_map)) {
+        if let Some(diff) = self.blocking(|d| d.apply_fleet(FleetRead::load(&d.paths.fleet_map))).await {
             self.on_fleet_change(diff).await;
         }
     }
@@ -259,7 +253,6 @@ impl Daemon {
 
     /// `host.verify`: every check in order, streamed; repairs when asked.
     pub async fn verify(self: &Arc<Self>, repair: bool, progress: ProgressSink) -> Value {
-        let heartbeat = verify::heartbeat_from_disk(&self.paths.heartbeat, &self.config(), SystemTime::now());
         let pid = std::process::id();
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let refused_rescan = self.vault.refused.load(Ordering::Relaxed);
@@ -274,6 +267,7 @@ impl Daemon {
                     let mut tally = Tally::new(&mut send);
                     verify::config(p.config, None, &mut tally);
                     // The daemon runs these checks itself, so it is answering.
+                    let heartbeat = verify::heartbeat_from_disk(&p.paths.heartbeat, p.config, SystemTime::now());
                     tally.line("memoryd-heartbeat", heartbeat.0, &heartbeat.1);
                     tally.line("memoryd-socket", ProgressStatus::Ok, &format!("answering (pid {pid})"));
                     verify::Verify { p, repair, home, refused_rescan }.rest(&mut tally);
@@ -292,7 +286,11 @@ impl Daemon {
         provisioning: bool,
         progress: ProgressSink,
     ) -> Result<PeerReport, RpcError> {
-        provision::validate(&request, provisioning).map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
+        // Validating looks at the peer's folder: on a blocking thread.
+        let request = self
+            .blocking(move |_| provision::validate(&request, provisioning).map(|()| request))
+            .await
+            .map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
         tracing::info!(
             personality = request.personality,
             runtime = request.runtime,

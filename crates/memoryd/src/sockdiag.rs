@@ -4,7 +4,8 @@
 //! every request: about 10 ms here even with three sockets open, which was
 //! most of an MCP call's time.
 
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, send, socket};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, send, setsockopt, socket};
+use nix::sys::time::{TimeVal, TimeValLike};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
@@ -21,19 +22,64 @@ const HEADER: usize = 16;
 /// 48-byte socket id; expires, rqueue, wqueue: 12 bytes; then the uid).
 const UID_AT: usize = HEADER + 4 + 48 + 12;
 
+/// How long the kernel may take to answer (it answers at once; the bound
+/// keeps a wait from ever being endless).
+const ANSWER_WITHIN: i64 = 500;
+
+/// Why the kernel did not name a connection's owner. The sentences carry
+/// no addresses, so that each distinct reason is logged once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("cannot open a netlink sock_diag socket ({0})")]
+    Socket(nix::Error),
+    #[error("cannot ask the kernel over sock_diag ({0})")]
+    Ask(nix::Error),
+    #[error("the kernel did not answer over sock_diag ({0})")]
+    Answer(nix::Error),
+    #[error("the kernel knows no such connection ({0})")]
+    Kernel(nix::Error),
+    #[error("the kernel's sock_diag answer is not one this memoryd reads")]
+    Garbled,
+    #[error("the two ends are of different address families")]
+    Families,
+}
+
 /// The uid owning the socket whose local end is `client` and whose remote
-/// end is `server`; `None` when the kernel does not say.
-pub fn client_uid(client: SocketAddr, server: SocketAddr) -> Option<u32> {
+/// end is `server`, or why the kernel did not say.
+pub fn client_uid(client: SocketAddr, server: SocketAddr) -> Result<u32, LookupError> {
     let fd = socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkSockDiag)
-        .ok()?;
-    send(fd.as_raw_fd(), &request(client, server)?, MsgFlags::empty()).ok()?;
+        .map_err(LookupError::Socket)?;
+    setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &TimeVal::milliseconds(ANSWER_WITHIN))
+        .map_err(LookupError::Socket)?;
+    send(fd.as_raw_fd(), &request(client, server).ok_or(LookupError::Families)?, MsgFlags::empty())
+        .map_err(LookupError::Ask)?;
     let mut answer = [0u8; 512];
-    let len = recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty()).ok()?;
+    let len = recv(fd.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(LookupError::Answer)?;
     let kind = u16::from_ne_bytes([answer[4], answer[5]]);
-    if len < UID_AT + 4 || kind == NLMSG_ERROR || kind != SOCK_DIAG_BY_FAMILY {
-        return None;
+    if kind == NLMSG_ERROR && len >= HEADER + 4 {
+        // `struct nlmsgerr`: a negative errno after the header.
+        let errno = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
+        return Err(LookupError::Kernel(nix::Error::from_raw(-errno)));
     }
-    Some(u32::from_ne_bytes(answer[UID_AT..UID_AT + 4].try_into().ok()?))
+    if len < UID_AT + 4 || kind != SOCK_DIAG_BY_FAMILY {
+        return Err(LookupError::Garbled);
+    }
+    Ok(u32::from_ne_bytes([answer[UID_AT], answer[UID_AT + 1], answer[UID_AT + 2], answer[UID_AT + 3]]))
+}
+
+/// Proves the lookup works here: the kernel must name this process's uid
+/// as the owner of a loopback connection made for the purpose.
+pub fn probe() -> Result<(), String> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    let server = listener.local_addr().map_err(|e| e.to_string())?;
+    let client = std::net::TcpStream::connect(server).map_err(|e| e.to_string())?;
+    let local = client.local_addr().map_err(|e| e.to_string())?;
+    let me = nix::unistd::getuid().as_raw();
+    match client_uid(local, server) {
+        Ok(uid) if uid == me => Ok(()),
+        Ok(uid) => Err(format!("the kernel named uid {uid} as the owner of this process's own connection (uid {me})")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A `SOCK_DIAG_BY_FAMILY` request (`struct inet_diag_req_v2`) for one
@@ -84,9 +130,11 @@ mod tests {
         let (_accepted, seen) = listener.accept().unwrap();
         assert_eq!(seen, client.local_addr().unwrap());
         let me = nix::unistd::getuid().as_raw();
-        assert_eq!(client_uid(seen, listener.local_addr().unwrap()), Some(me));
-        // No such connection: the kernel does not say.
+        assert_eq!(client_uid(seen, listener.local_addr().unwrap()), Ok(me));
+        // No such connection: the kernel says so.
         let gone = SocketAddr::from(([127, 0, 0, 1], 1));
-        assert_eq!(client_uid(gone, listener.local_addr().unwrap()), None);
+        let e = client_uid(gone, listener.local_addr().unwrap()).unwrap_err();
+        assert!(matches!(e, LookupError::Kernel(nix::Error::ENOENT)), "{e}");
+        assert_eq!(probe(), Ok(()));
     }
 }

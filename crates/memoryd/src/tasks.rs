@@ -55,11 +55,17 @@ pub async fn heartbeat(daemon: Arc<Daemon>) {
         &daemon,
         |c| c.heartbeat_interval,
         || async {
-            if let Err(e) = daemon.beat() {
-                tracing::error!(task = "heartbeat", error = %e, "cannot write the heartbeat");
-            } else if watchdog.is_some() {
-                sdnotify::notify("WATCHDOG=1");
-            }
+            // The write (and the ping, a datagram that may block) on a
+            // blocking thread; a stuck write still stops the pings.
+            daemon
+                .blocking(move |d| {
+                    if let Err(e) = d.beat() {
+                        tracing::error!(task = "heartbeat", error = %e, "cannot write the heartbeat");
+                    } else if watchdog.is_some() {
+                        sdnotify::notify("WATCHDOG=1");
+                    }
+                })
+                .await
         },
     )
     .await;
@@ -181,7 +187,7 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
     let FleetWatch { _watcher, events: mut rx } = watch;
     let mut poll = interval(POLL_EVERY);
     poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut last_mtime = mtime(&daemon.paths.fleet_map);
+    let mut last_mtime = daemon.blocking(|d| mtime(&d.paths.fleet_map)).await;
     loop {
         tokio::select! {
             _ = daemon.shutdown.begun.cancelled() => return,
@@ -209,7 +215,7 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
                 None => daemon.watch_on.store(false, Ordering::Relaxed),
             },
             _ = poll.tick(), if !daemon.watch_on.load(Ordering::Relaxed) => {
-                let now = mtime(&daemon.paths.fleet_map);
+                let now = daemon.blocking(|d| mtime(&d.paths.fleet_map)).await;
                 if now != last_mtime {
                     last_mtime = now;
                     daemon.reload_fleet().await;
@@ -240,7 +246,7 @@ pub async fn signals(daemon: Arc<Daemon>, on_second: impl Fn() + Send + 'static)
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                if let Err(e) = daemon.reload(&crate::server::ProgressSink::discard()) {
+                if let Err(e) = daemon.blocking(|d| d.reload(&crate::server::ProgressSink::discard())).await {
                     tracing::error!(error = %e, "SIGHUP: the new config is refused; the running configuration is kept");
                 }
                 continue;

@@ -53,14 +53,12 @@ impl Daemon {
     /// drop more than 10 notes and 20 % of the index keeps the old one.
     pub async fn rescan_vault(self: &Arc<Self>, why: &'static str) -> bool {
         let Some(path) = self.vault.path.clone() else { return false };
-        let scanned = tokio::task::spawn_blocking(move || vault::scan(&path)).await;
-        let scan = match scanned {
-            Ok(Ok(scan)) => scan,
-            Ok(Err(e)) => {
+        let scan = match self.blocking(move |_| vault::scan(&path)).await {
+            Ok(scan) => scan,
+            Err(e) => {
                 tracing::warn!(why, error = %e, "cannot scan the vault; keeping the last index");
                 return false;
             }
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
         let old = self.vault.index();
         if vault::rescan_refused(old.len(), scan.notes.len()) {
@@ -89,15 +87,21 @@ impl Daemon {
 pub async fn watch(daemon: Arc<Daemon>) {
     let Some(path) = daemon.vault.path.clone() else { return };
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| crate::tasks::is_change(&e)) {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(&path, notify::RecursiveMode::Recursive)?;
-        Ok(w)
-    });
+    let watched = path.clone();
+    // A recursive watch walks the whole vault: on a blocking thread.
+    let watcher = daemon
+        .blocking(move |_| {
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| crate::tasks::is_change(&e)) {
+                    let _ = tx.send(());
+                }
+            })
+            .and_then(|mut w| {
+                w.watch(&watched, notify::RecursiveMode::Recursive)?;
+                Ok(w)
+            })
+        })
+        .await;
     let _watcher = match watcher {
         Ok(w) => {
             daemon.vault.watching.store(true, Ordering::Relaxed);
