@@ -6,7 +6,7 @@ use crate::daemon_cmd::{self, Hung};
 use crate::output::Lines;
 use crate::provision_cmd::run_locally;
 use crate::{Ctx, Usage};
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use memoryd_core::report::Tally;
 use memoryd_core::{update, verify};
 use memoryd_proto::{ProgressStatus, UpdateParams, VerifyParams, methods};
@@ -26,8 +26,7 @@ pub async fn verify(ctx: &Ctx, repair: bool, local: bool) -> anyhow::Result<Exit
             let params = serde_json::to_value(VerifyParams { repair })?;
             let result = ctx
                 .call_with(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p))
-                .await?
-                .map_err(|e| anyhow!(e.message))?;
+                .await??;
             result["ok"] == Value::Bool(true)
         }
         None => {
@@ -94,8 +93,7 @@ pub async fn update(ctx: &Ctx, skip: Vec<String>, local: bool) -> anyhow::Result
             let params = serde_json::to_value(UpdateParams { skip })?;
             let result = ctx
                 .call_with(&mut client, methods::HOST_UPDATE, params, |p| lines.push(p))
-                .await?
-                .map_err(|e| anyhow!(e.message))?;
+                .await??;
             result["problems"].as_u64().unwrap_or(0) as usize
         }
         None => {
@@ -125,7 +123,7 @@ async fn onto_this_version(ctx: &Ctx, mut client: crate::client::Client) -> anyh
     if !ctx.json {
         println!("memoryd v{running} runs; restarting it onto v{} first", memoryd_core::VERSION);
     }
-    ctx.call(&mut client, methods::HOST_RESTART, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    ctx.call(&mut client, methods::HOST_RESTART, json!({})).await??;
     drop(client);
     let deadline = Instant::now() + RESTART_LIMIT;
     loop {

@@ -2,7 +2,7 @@
 //! `revoke`, `unrevoke` and `events`.
 
 use crate::Ctx;
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::events::{self, Follower};
 use memoryd_core::files::FileGuard;
@@ -53,9 +53,17 @@ pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<Exi
         _ => json!({"nodeId": args.node, "sessionId": args.session, "reason": args.reason}),
     };
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, method, params).await?.map_err(|e| anyhow!(e.message))?;
+    let result = ctx.call(&mut client, method, params).await??;
     if ctx.json {
-        crate::print_json(&result)?;
+        // Heartbeat and detach answer null on the wire: say what was done.
+        let done = match method {
+            methods::RUNTIMENODE_ATTACH => result,
+            methods::RUNTIMENODE_HEARTBEAT => {
+                json!({"nodeId": args.node, "sessionId": args.session, "healthState": health, "recorded": true})
+            }
+            _ => json!({"nodeId": args.node, "sessionId": args.session, "detached": true}),
+        };
+        crate::print_json(&done)?;
     } else if method == methods::RUNTIMENODE_ATTACH {
         let ro = if result["readOnly"] == Value::Bool(true) { ", read-only (below the version floor)" } else { "" };
         println!("{} attached: {}{ro}", args.node, result["state"].as_str().unwrap_or("?"));
@@ -73,7 +81,7 @@ pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<Exi
 pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let mut client = ctx.require().await?;
     let result =
-        ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+        ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await??;
     if ctx.json {
         crate::print_json(&result)?;
         return Ok(ExitCode::SUCCESS);
@@ -118,8 +126,7 @@ pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, revoke: b
     match ctx.connect().await? {
         Some(mut client) => {
             ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason}))
-                .await?
-                .map_err(|e| anyhow!(e.message))?;
+                .await??;
         }
         None => {
             eprintln!("memoryd not answering: running locally");
@@ -145,13 +152,18 @@ pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, revoke: b
     Ok(ExitCode::SUCCESS)
 }
 
-/// `events [--follow] [--node N]`.
+/// `events [--follow] [--node N]`. With `--json` the recent events are one
+/// JSON array; `--follow` prints one JSON object per line instead, each as
+/// it happens.
 pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Result<ExitCode> {
-    let print = |event: &Value| {
-        if ctx.json {
+    let mut batch = Vec::new();
+    let mut print = |event: Value| {
+        if !ctx.json {
+            println!("{}", event_line(&event));
+        } else if follow {
             println!("{event}");
         } else {
-            println!("{}", event_line(event));
+            batch.push(event);
         }
     };
     if let Some(mut client) = ctx.connect().await? {
@@ -159,28 +171,30 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
         let result = ctx
             .call_raw(&mut client, methods::EVENTS_TAIL, params, |n| {
                 if n.method == methods::EVENTS_EVENT {
-                    print(&n.params);
+                    print(n.params);
                 }
             })
-            .await?
-            .map_err(|e| anyhow!(e.message))?;
+            .await??;
         for event in result.as_array().into_iter().flatten() {
+            print(event.clone());
+        }
+    } else {
+        // No daemon: the log is a file; read (and follow) it here.
+        for event in events::recent(&ctx.paths.events, node.as_deref(), 200) {
             print(event);
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    // No daemon: the log is a file; read (and follow) it here.
-    for event in events::recent(&ctx.paths.events, node.as_deref(), 200) {
-        print(&event);
-    }
-    if follow {
-        let mut follower = Follower::from_end(&ctx.paths.events);
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            for event in follower.poll().into_iter().filter(|e| events::matches(e, node.as_deref())) {
-                print(&event);
+        if follow {
+            let mut follower = Follower::from_end(&ctx.paths.events);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for event in follower.poll().into_iter().filter(|e| events::matches(e, node.as_deref())) {
+                    print(event);
+                }
             }
         }
+    }
+    if ctx.json && !follow {
+        crate::print_json(&batch)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -238,8 +238,9 @@ pub fn send(
                 json!({"ts": ts, "event": "peer.message_dropped", "personality": to, "messageId": m.id, "from": m.from})
             })
             .collect();
+        // Queued, not delivered: it reaches `to` at their next turn.
         let result = json!({
-            "deliveredTo": to,
+            "to": to,
             "queued": true,
             "queueDepth": inbox.messages.len(),
             "dropped": dropped.len(),

@@ -1,0 +1,169 @@
+//! memoryctl's answers are true: `--json` is a contract, a socket closed
+//! by its modes is reported as such, the store is read from disk when the
+//! daemon is down, a root with no install says so, and names are checked
+//! against the fleet.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use memoryd_e2e::*;
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+/// A root with peers `ada` and `bob` (claude), both wired, a fake iapeer
+/// that lists them, and a daemon-ready config.
+fn fleet_root() -> (Root, FakeIapeer, Vec<PathBuf>) {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    root.write_config(&format!("mcp_port = 0\niapeer_bin = {:?}\n", iapeer.bin.to_str().unwrap()));
+    let dirs: Vec<PathBuf> = ["ada", "bob"].iter().map(|n| root.peer_dir(n)).collect();
+    let peers: Vec<(&str, &Path, &[&str])> =
+        vec![("ada", dirs[0].as_path(), &["claude"][..]), ("bob", dirs[1].as_path(), &["claude"][..])];
+    iapeer.set_listing(&peers);
+    root.write_fleet_map(&peers);
+    for (name, dir) in ["ada", "bob"].iter().zip(&dirs) {
+        let out = root.ctl(&["provision-peer", "--cwd", dir.to_str().unwrap(), "--runtime", "claude", "--personality", name]);
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    }
+    (root, iapeer, dirs)
+}
+
+/// stdout as exactly one JSON document (trailing text fails the parse).
+fn document(args: &[&str], out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("memoryctl {}: stdout is not one JSON document ({e}):\n{}{}", args.join(" "), stdout(out), stderr(out))
+    })
+}
+
+/// Runs a command with `--json` that must succeed; its document.
+fn ok(root: &Root, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = root.ctl(&all);
+    assert!(out.status.success(), "memoryctl {}: {}{}", all.join(" "), stdout(&out), stderr(&out));
+    let doc = document(&all, &out);
+    assert!(doc.get("error").is_none(), "{doc}");
+    doc
+}
+
+/// Runs a command with `--json` that must fail with this exit code and
+/// kind; its message.
+fn fails(root: &Root, args: &[&str], code: i32, kind: &str) -> String {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = root.ctl(&all);
+    assert_eq!(out.status.code(), Some(code), "memoryctl {}: {}{}", all.join(" "), stdout(&out), stderr(&out));
+    let doc = document(&all, &out);
+    assert_eq!(doc["error"]["kind"], kind, "memoryctl {}: {doc}", all.join(" "));
+    let message = doc["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(!message.is_empty() && stderr(&out).contains(&message), "{doc}\n{}", stderr(&out));
+    message
+}
+
+#[test]
+fn every_command_with_json_prints_one_json_document_on_success_and_on_failure() {
+    let (root, iapeer, dirs) = fleet_root();
+    let (ada, bob) = (dirs[0].to_str().unwrap(), dirs[1].to_str().unwrap());
+    let vault = root.dir.path().join("vault");
+    let init = ["init", "--vault", vault.to_str().unwrap(), "--iapeer-bin", iapeer.bin.to_str().unwrap()];
+
+    // Daemon down: what needs it fails with a kind; the rest answer.
+    for args in [
+        &["reload"][..],
+        &["sweep"],
+        &["shutdown"],
+        &["heartbeat", "--node", "claude-ada"],
+        &["detach", "--node", "claude-ada"],
+        &["peer", "visible", "ada"],
+    ] {
+        fails(&root, args, 1, "daemon.not_running");
+    }
+    assert_eq!(ok(&root, &["daemon", "stop"])["how"], "none");
+    assert_eq!(ok(&root, &["events"]), Value::Array(Vec::new()));
+    assert_eq!(ok(&root, &["config", "check"])["ok"], true);
+    assert_eq!(ok(&root, &init)["ok"], true);
+    let verify = root.ctl(&["verify", "--json"]);
+    assert!(document(&["verify"], &verify)["checks"].is_array());
+
+    // Usage errors exit 2 with the kind request.invalid.
+    fails(&root, &["status", "--no-such-flag"], 2, "request.invalid");
+    fails(&root, &["attach", "--node", "claude-ada"], 2, "request.invalid");
+    fails(&root, &["uninstall"], 2, "request.invalid");
+    fails(&root, &["update", "--skip", "no-such-step"], 2, "request.invalid");
+
+    let started = ok(&root, &["daemon", "start"]);
+    assert_eq!(started["started"], true, "{started}");
+    let pid = started["pid"].clone();
+    let again = ok(&root, &["daemon", "start"]);
+    assert_eq!((again["started"].clone(), again["pid"].clone()), (Value::Bool(false), pid.clone()), "{again}");
+    assert_eq!(ok(&root, &["status"])["running"], true);
+    assert_eq!(ok(&root, &["reload"])["reloaded"], true);
+    assert!(ok(&root, &["sweep"])["ok"].is_boolean());
+    assert!(ok(&root, &["verify"])["checks"].is_array());
+    assert!(ok(&root, &["update", "--skip", "memoryd"])["steps"].is_array());
+    ok(&root, &["provision-peer", "--cwd", ada, "--runtime", "claude", "--personality", "ada"]);
+
+    // Presence: heartbeat and detach say what they did, not `null`.
+    let attached = ok(&root, &["attach", "--node", "claude-ada", "--session", "s1", "--client-version", "1.0"]);
+    assert_eq!(attached["state"], "online", "{attached}");
+    let beat = ok(&root, &["heartbeat", "--node", "claude-ada"]);
+    assert_eq!((beat["nodeId"].as_str(), beat["recorded"].as_bool()), (Some("claude-ada"), Some(true)), "{beat}");
+    fails(&root, &["heartbeat", "--node", "claude-ada", "--session", "old"], 1, "runtimenode.stale_session");
+    ok(&root, &["peers"]);
+    let events = ok(&root, &["events", "--node", "claude-ada"]);
+    assert!(events.as_array().is_some_and(|e| !e.is_empty()), "{events}");
+    let detached = ok(&root, &["detach", "--node", "claude-ada"]);
+    assert_eq!(detached["detached"], true, "{detached}");
+    fails(&root, &["detach", "--node", "claude-ada"], 1, "runtimenode.not_attached");
+    ok(&root, &["revoke", "claude-bob"]);
+    ok(&root, &["unrevoke", "claude-bob"]);
+
+    // Peers: a message that waits is `queued`, not `deliveredTo`.
+    fails(&root, &["peer", "send", "--from", "ada", "bob", "hi"], 1, "peer.not_visible");
+    ok(&root, &["peer", "link", "ada", "bob"]);
+    assert_eq!(ok(&root, &["peer", "visible", "ada"]).as_array().map(Vec::len), Some(2));
+    let sent = ok(&root, &["peer", "send", "--from", "ada", "bob", "hi"]);
+    assert_eq!((sent["queued"].as_bool(), sent["to"].as_str()), (Some(true), Some("bob")), "{sent}");
+    assert!(sent.get("deliveredTo").is_none(), "{sent}");
+    assert_eq!(ok(&root, &["peer", "inbox", "bob"]).as_array().map(Vec::len), Some(1));
+    assert_eq!(ok(&root, &["peer", "unlink", "ada", "bob"])["unlinked"], true);
+    ok(&root, &["unprovision-peer", "--cwd", bob, "--runtime", "claude", "--personality", "bob"]);
+
+    // The one stream: one JSON object per line.
+    let mut follow = root
+        .command(&bins().memoryctl)
+        .arg("--root")
+        .arg(&root.paths.root)
+        .args(["events", "--follow", "--json", "--node", "claude-ada"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::io::BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    ok(&root, &["attach", "--node", "claude-ada", "--session", "s2", "--client-version", "1.0"]);
+    let mut streamed = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        assert!(event.is_object(), "{line}");
+        streamed.push(event);
+        if streamed.iter().any(|e| e["sessionId"] == "s2") {
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(streamed.iter().any(|e| e["sessionId"] == "s2"), "{streamed:?}");
+
+    let stopped = ok(&root, &["shutdown"]);
+    assert_eq!((stopped["stopped"].as_bool(), stopped["pid"].clone()), (Some(true), pid), "{stopped}");
+    let uninstalled = ok(&root, &["uninstall", "--yes"]);
+    assert_eq!(uninstalled["ok"], true, "{uninstalled}");
+}
