@@ -167,3 +167,48 @@ fn every_command_with_json_prints_one_json_document_on_success_and_on_failure() 
     let uninstalled = ok(&root, &["uninstall", "--yes"]);
     assert_eq!(uninstalled["ok"], true, "{uninstalled}");
 }
+
+/// Runs memoryctl as `nobody` against `root`.
+fn ctl_as_nobody(root: &Root, args: &[&str]) -> Output {
+    root.command(Path::new("/usr/bin/setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bins().memoryctl)
+        .arg("--root")
+        .arg(&root.paths.root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_socket_closed_by_its_modes_is_reported_as_permission_denied_with_its_path() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to run a client as nobody");
+        return;
+    }
+    let root = Root::new();
+    let _daemon = root.start_daemon();
+    // Every directory down to the socket opened, the socket left 0600 as
+    // the daemon made it: connect() itself gets EACCES.
+    let top = root.dir.path().parent().unwrap();
+    for dir in root.paths.state.ancestors().take_while(|d| *d != top) {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let socket = root.socket().display().to_string();
+    let out = ctl_as_nobody(&root, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("os error 13"), "not a real EACCES: {err}");
+    assert!(!err.contains("not running") && !err.contains("not answering"), "{err}");
+    assert!(err.contains(&format!("permission denied on memoryd's control socket {socket} (owned by uid 0")), "{err}");
+    assert!(err.contains("run memoryctl as uid 0"), "{err}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "connection.permission_denied", "{doc}");
+    // The state dir closed again: the directory is what keeps us out.
+    std::fs::set_permissions(&root.paths.state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = ctl_as_nobody(&root, &["peers"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("os error 13") && err.contains("a directory on its path is closed to this user"), "{err}");
+    assert!(root.ctl(&["status"]).status.success(), "the owner is still served");
+}
