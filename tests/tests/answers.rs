@@ -212,3 +212,55 @@ fn a_socket_closed_by_its_modes_is_reported_as_permission_denied_with_its_path()
     assert!(err.contains("os error 13") && err.contains("a directory on its path is closed to this user"), "{err}");
     assert!(root.ctl(&["status"]).status.success(), "the owner is still served");
 }
+
+#[test]
+fn with_the_daemon_down_status_and_peers_read_the_store_and_leave_unread_facts_unknown() {
+    let (root, _iapeer, _dirs) = fleet_root();
+    let vault = root.dir.path().join("vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    let config = std::fs::read_to_string(&root.paths.default_config).unwrap();
+    root.write_config(&format!("{config}vault = {:?}\n", vault.to_str().unwrap()));
+    let mut daemon = root.start_daemon();
+    ok(&root, &["attach", "--node", "claude-ada", "--session", "s1", "--client-version", "1.0"]);
+    ok(&root, &["peer", "link", "ada", "bob"]);
+    ok(&root, &["peer", "send", "--from", "ada", "bob", "the build is green"]);
+    let mut up = Value::Null;
+    assert!(
+        eventually(|| {
+            up = ok(&root, &["status"]);
+            up["lastSweep"].is_object()
+        }),
+        "no sweep recorded: {up}\n{}",
+        daemon.log()
+    );
+    assert_eq!((up["presence"]["online"].as_u64(), up["waitingMessages"].as_u64()), (Some(1), Some(1)), "{up}");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(20));
+
+    let out = root.ctl(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "status exits 1 while memoryd is not running");
+    let down = document(&["status"], &out);
+    assert_eq!(down["running"], false);
+    assert_eq!(down["presence"], serde_json::json!({"online": 1, "degraded": 0, "offline": 0}), "{down}");
+    assert_eq!(down["waitingMessages"], 1, "{down}");
+    assert_eq!(down["lastSweep"], up["lastSweep"], "the last sweep as the daemon recorded it");
+    assert_eq!(down["fleet"]["peers"], 2, "{down}");
+    for unread in [&down["mcp"]["listening"], &down["vault"]["notes"], &down["vault"]["watching"], &down["uptimeSecs"]] {
+        assert!(unread.is_null(), "a fact nobody read is unknown, not a value: {down}");
+    }
+    let text = stdout(&root.ctl(&["status"]));
+    assert!(text.contains("1 online, 0 degraded, 0 offline (as stored)"), "{text}");
+    assert!(text.contains("1 waiting") && text.contains("index unknown"), "{text}");
+    assert!(!text.contains("0 notes") && !text.contains("none yet"), "{text}");
+
+    let out = root.ctl(&["peers", "--json"]);
+    assert!(out.status.success(), "peers answers from disk: {}", stderr(&out));
+    assert!(stderr(&out).contains("read from disk"), "{}", stderr(&out));
+    let roster = document(&["peers"], &out);
+    assert_eq!(roster["source"], "disk", "{roster}");
+    assert_eq!(roster["waiting"], serde_json::json!({"bob": 1}), "{roster}");
+    let nodes = roster["nodes"].as_array().unwrap();
+    assert!(nodes.iter().any(|n| n["nodeId"] == "claude-ada" && n["state"] == "online"), "{roster}");
+    let text = stdout(&root.ctl(&["peers"]));
+    assert!(text.contains("claude-ada") && text.contains("peer messages waiting: bob 1"), "{text}");
+}

@@ -7,7 +7,8 @@ use clap::Args;
 use memoryd_core::events::{self, Follower};
 use memoryd_core::files::FileGuard;
 use memoryd_core::presence::{RosterRow, timestamp};
-use memoryd_core::store::Store;
+use memoryd_core::peers;
+use memoryd_core::store::{self, Store};
 use memoryd_proto::methods;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -77,24 +78,38 @@ pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// `peers`: the roster.
+/// `peers`: the roster, from the daemon, or as stored when it does not
+/// answer (said on stderr, and by `source` in JSON), with the messages
+/// waiting for each peer.
 pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let mut client = ctx.require().await?;
-    let result =
-        ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await??;
+    let (rows, source): (Vec<RosterRow>, &str) = match ctx.connect().await? {
+        Some(mut client) => {
+            let result = ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await??;
+            (serde_json::from_value(result).context("memoryd sent a malformed roster")?, "memoryd")
+        }
+        None => {
+            eprintln!(
+                "{}; the roster below is read from disk, as memoryd last stored it",
+                ctx.not_answering().trim_end_matches('.')
+            );
+            let presence = store::stored_presence(&ctx.paths)?;
+            (presence.roster(ctx.config.presence.min_client_version), "disk")
+        }
+    };
+    let waiting = peers::waiting_all(&ctx.paths);
     if ctx.json {
-        crate::print_json(&result)?;
+        let waiting = waiting.ok();
+        crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<RosterRow> = serde_json::from_value(result).context("memoryd sent a malformed roster")?;
     if rows.is_empty() {
         println!("no agent session has attached yet");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        println!(
+            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID",
+            "NODE", "SESSION", "STATE", "HEALTH", "READONLY", "VERSION", "HEARTBEAT"
+        );
     }
-    println!(
-        "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID",
-        "NODE", "SESSION", "STATE", "HEALTH", "READONLY", "VERSION", "HEARTBEAT"
-    );
     let now = SystemTime::now();
     for r in rows {
         let age = humantime::parse_rfc3339(&r.last_heartbeat_at)
@@ -113,6 +128,14 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             age,
             r.pid.map_or("-".to_owned(), |p| p.to_string()),
         );
+    }
+    match waiting {
+        Ok(w) if w.is_empty() => println!("no peer message waits"),
+        Ok(w) => {
+            let each: Vec<String> = w.iter().map(|(peer, n)| format!("{peer} {n}")).collect();
+            println!("peer messages waiting: {}", each.join(", "));
+        }
+        Err(e) => println!("peer messages waiting: unknown ({e})"),
     }
     Ok(ExitCode::SUCCESS)
 }

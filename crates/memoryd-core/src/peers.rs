@@ -9,11 +9,12 @@
 use crate::fleet::FleetMap;
 use crate::names::is_personality;
 use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
-use crate::store::{Store, StoreError};
+use crate::paths::Paths;
+use crate::store::{Store, StoreError, read_doc};
 use memoryd_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -283,6 +284,29 @@ pub fn ack(store: &Store, p: &str, ids: &[String]) -> Result<usize, StoreError> 
     })
 }
 
+/// How many messages wait in each inbox of `S/store/inbox/` (leased or
+/// not; empty inboxes left out), read without opening the store.
+pub fn waiting_all(paths: &Paths) -> Result<BTreeMap<String, usize>, StoreError> {
+    let dir = paths.store.join("inbox");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(StoreError::Corrupt { path: dir, error: e.to_string() }),
+    };
+    let mut waiting = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| StoreError::Corrupt { path: dir.clone(), error: e.to_string() })?.path();
+        let Some(peer) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        let n = read_doc::<Inbox>(&path)?.messages.len();
+        if n > 0 {
+            waiting.insert(peer.to_owned(), n);
+        }
+    }
+    Ok(waiting)
+}
+
 /// How many messages wait for `p` (leased or not).
 pub fn waiting(store: &Store, p: &str) -> usize {
     store.read::<Inbox>(&inbox_file(p)).map_or(0, |i| i.messages.len())
@@ -380,6 +404,8 @@ mod tests {
         assert_eq!(inbox(&store, "bob", true, now + LEASE).unwrap().len(), 3, "the lease expired");
         assert_eq!(ack(&store, "bob", &[msgs[0].id.clone()]).unwrap(), 1);
         assert_eq!(waiting(&store, "bob"), 2);
+        let all = waiting_all(&Paths::new(dir.path().into())).unwrap();
+        assert_eq!(all.into_iter().collect::<Vec<_>>(), [("bob".to_owned(), 2)]);
         let (text, ids) = render_for_agent(&msgs[1..], 8000);
         assert!(text.starts_with("[Peer message from `ada` at "), "{text}");
         assert_eq!(ids.len(), 2);

@@ -7,6 +7,7 @@
 use crate::config::ClientVersion;
 use crate::names::split_node_id;
 use memoryd_proto::ErrorKind;
+use memoryd_proto::status::PresenceCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -714,6 +715,13 @@ impl Presence {
                 }
             })
             .collect()
+    }
+
+    /// How many nodes the roster shows online, degraded and offline.
+    pub fn counts(&self) -> PresenceCounts {
+        let roster = self.roster(None);
+        let count = |s: State| roster.iter().filter(|r| r.state == s).count();
+        PresenceCounts { online: count(State::Online), degraded: count(State::Degraded), offline: count(State::Offline) }
     }
 
     /// The client version of the node's active session, if any.

@@ -29,7 +29,7 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
     {
         problems.push(format!("the last sweep failed for {} peer-runtime(s); run: memoryctl verify", sweep.failed));
     }
-    if status.mcp.port != 0 && !status.mcp.listening {
+    if status.mcp.port != 0 && status.mcp.listening == Some(false) {
         problems.push(format!("the MCP endpoint on port {} is not listening.", status.mcp.port));
     }
     status.healthy = problems.is_empty();
@@ -40,24 +40,28 @@ use crate::fleet::FleetRead;
 use crate::heartbeat::Heartbeat;
 use crate::instance::{lock_is_held, read_pid};
 use crate::paths::Paths;
-use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, PresenceCounts, VaultStatus};
+use crate::{peers, store};
+use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, VaultStatus};
 use std::time::SystemTime;
 
 /// The facts that can be read from disk without the daemon: the pid while
 /// the lock is held, the heartbeat, the fleet map and its freshness, the
-/// provision lock's holder, and the configured endpoints. `running` is
-/// false and the daemon fills in what only it knows.
+/// provision lock's holder, the configured endpoints, and the store's
+/// presence counts, waiting messages and last sweep record. `running` is
+/// false; what only a daemon knows stays null.
 pub fn from_disk(paths: &Paths, config: &Config, now: SystemTime) -> HostStatus {
     let locked = lock_is_held(&paths.instance_lock).unwrap_or(false);
     let peers = FleetRead::load(&paths.fleet_map).map().map(|m| m.peers.len());
     let mut status = shared_facts(paths, config, now, peers);
     status.pid = if locked { read_pid(&paths.pid_file) } else { None };
+    status.presence = store::stored_presence(paths).ok().map(|p| p.counts());
+    status.last_sweep = store::stored_last_sweep(paths).ok().flatten();
     status
 }
 
 /// The facts the daemon reads from disk too (it knows its pid and its
 /// fleet map): the heartbeat, the map's freshness, the provision lock's
-/// holder and the configured endpoints.
+/// holder, the waiting messages and the configured endpoints.
 pub fn shared_facts(paths: &Paths, config: &Config, now: SystemTime, peers: Option<usize>) -> HostStatus {
     let heartbeat = Heartbeat::read(&paths.heartbeat);
     let checked_age_secs = std::fs::read_to_string(&paths.fleet_checked)
@@ -78,8 +82,9 @@ pub fn shared_facts(paths: &Paths, config: &Config, now: SystemTime, peers: Opti
         fleet: FleetStatus { peers, checked_age_secs },
         last_sweep: None,
         lock: LockStatus { holder },
-        presence: PresenceCounts::default(),
-        mcp: McpStatus { port: config.mcp_port, listening: false, uid_check: cfg!(target_os = "linux") },
+        presence: None,
+        waiting_messages: peers::waiting_all(paths).ok().map(|w| w.values().sum()),
+        mcp: McpStatus { port: config.mcp_port, listening: None, uid_check: cfg!(target_os = "linux") },
         vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },
         supervisor: None,
         healthy: false,

@@ -16,7 +16,11 @@ pub struct HostStatus {
     pub fleet: FleetStatus,
     pub last_sweep: Option<SweepStatus>,
     pub lock: LockStatus,
-    pub presence: PresenceCounts,
+    /// Null when the presence store could not be read. Without a daemon:
+    /// the counts as stored.
+    pub presence: Option<PresenceCounts>,
+    /// Peer messages waiting in every inbox; null when not read.
+    pub waiting_messages: Option<usize>,
     pub mcp: McpStatus,
     pub vault: VaultStatus,
     pub supervisor: Option<String>,
@@ -62,7 +66,8 @@ pub struct PresenceCounts {
 pub struct McpStatus {
     /// 0 when the endpoint is off.
     pub port: u16,
-    pub listening: bool,
+    /// Null when no daemon answered to say.
+    pub listening: Option<bool>,
     /// Whether connections from other uids can be refused on this system.
     pub uid_check: bool,
 }
@@ -71,7 +76,9 @@ pub struct McpStatus {
 #[serde(rename_all = "camelCase")]
 pub struct VaultStatus {
     pub path: Option<String>,
-    pub notes: usize,
-    pub watching: bool,
-    pub refused_rescan: bool,
+    /// The index and the watcher live in the daemon: null when no daemon
+    /// answered to say.
+    pub notes: Option<usize>,
+    pub watching: Option<bool>,
+    pub refused_rescan: Option<bool>,
 }

@@ -213,10 +213,10 @@ impl Daemon {
         status.supervisor = self.supervisor.map(str::to_owned);
         status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
-        status.mcp.listening = self.mcp_listening.load(Ordering::Relaxed);
-        status.vault.notes = self.vault.index().len();
-        status.vault.watching = self.vault.watching.load(Ordering::Relaxed);
-        status.vault.refused_rescan = self.vault.refused.load(Ordering::Relaxed);
+        status.mcp.listening = Some(self.mcp_listening.load(Ordering::Relaxed));
+        status.vault.notes = Some(self.vault.index().len());
+        status.vault.watching = Some(self.vault.watching.load(Ordering::Relaxed));
+        status.vault.refused_rescan = Some(self.vault.refused.load(Ordering::Relaxed));
         memoryd_core::status::assess(&mut status, &config);
         status
     }
@@ -264,7 +264,12 @@ impl Service for Daemon {
     async fn call(self: Arc<Self>, request: Request, progress: ProgressSink) -> Result<Value, RpcError> {
         match request.method.as_str() {
             methods::HOST_STATUS => {
-                serde_json::to_value(self.status()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+                // It reads the store and the state dir: off the async workers.
+                let daemon = self.clone();
+                let status = tokio::task::spawn_blocking(move || daemon.status())
+                    .await
+                    .map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))?;
+                serde_json::to_value(status).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
             }
             methods::HOST_RELOAD => self.reload(&progress).map_err(|e| {
                 RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))

@@ -301,11 +301,10 @@ impl Daemon {
         }
     }
 
-    /// Node counts by state for `status`.
-    pub fn presence_counts(&self) -> PresenceCounts {
-        let roster = self.store.presence().map(|p| p.roster(self.rules().floor)).unwrap_or_default();
-        let count = |s: &str| roster.iter().filter(|r| r.state.as_str() == s).count();
-        PresenceCounts { online: count("online"), degraded: count("degraded"), offline: count("offline") }
+    /// Node counts by state for `status`; None when the store does not
+    /// load (never zeros for counts not read).
+    pub fn presence_counts(&self) -> Option<PresenceCounts> {
+        self.store.presence().ok().map(|p| p.counts())
     }
 
     /// `events.tail {follow?, node?}`: the recent events; with `follow`,
