@@ -264,3 +264,42 @@ fn with_the_daemon_down_status_and_peers_read_the_store_and_leave_unread_facts_u
     let text = stdout(&root.ctl(&["peers"]));
     assert!(text.contains("claude-ada") && text.contains("peer messages waiting: bob 1"), "{text}");
 }
+
+#[test]
+fn a_root_with_no_install_is_not_healthy_and_daemon_start_says_how_to_make_one() {
+    let root = Root::bare();
+    let where_ = format!("there is no memoryd install at {}", root.paths.root.display());
+    let out = root.ctl(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&where_) && err.contains("init --vault DIR") && err.contains("check --root"), "{err}");
+    assert!(!err.contains("daemon start"), "a root with no install is not a stopped daemon: {err}");
+    assert!(stdout(&out).contains("healthy         no"), "{}", stdout(&out));
+    let status = document(&["status"], &root.ctl(&["status", "--json"]));
+    assert_eq!((status["installed"].as_bool(), status["healthy"].as_bool()), (Some(false), Some(false)), "{status}");
+    assert!(status["problems"][0].as_str().unwrap().contains(&where_), "{status}");
+
+    let message = fails(&root, &["daemon", "start"], 1, "install.missing");
+    assert!(message.contains(&where_) && message.contains("init --vault DIR"), "{message}");
+    fails(&root, &["reload"], 1, "install.missing");
+    assert!(!root.paths.root.exists(), "a mistyped --root is left as it was");
+
+    // A daemon started by hand on such a root answers, and is not healthy.
+    let _daemon = root.spawn_daemon_with(|c| {
+        c.env("MEMORYD_MCP_PORT", "0");
+    });
+    let mut seen = Value::Null;
+    assert!(
+        eventually(|| {
+            let out = root.ctl(&["status", "--json"]);
+            seen = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            seen["running"] == true
+        }),
+        "{seen}"
+    );
+    assert_eq!((seen["installed"].as_bool(), seen["healthy"].as_bool()), (Some(false), Some(false)), "{seen}");
+    assert!(seen["problems"][0].as_str().unwrap().contains(&where_), "{seen}");
+    // The config written, the same daemon is an install's.
+    root.write_config("mcp_port = 0\n");
+    assert!(eventually(|| root.ctl(&["status"]).status.success()), "{}", stdout(&root.ctl(&["status"])));
+}

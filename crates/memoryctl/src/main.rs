@@ -506,7 +506,7 @@ async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         None => {
             eprintln!("{}", ctx.not_answering());
-            let mut status = memoryd_core::status::from_disk(&ctx.paths, &ctx.config, SystemTime::now());
+            let mut status = memoryd_core::status::from_disk(&ctx.paths, &ctx.config, &ctx.config_file, SystemTime::now());
             memoryd_core::status::assess(&mut status, &ctx.config);
             status
         }

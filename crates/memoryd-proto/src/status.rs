@@ -10,6 +10,8 @@ pub struct HostStatus {
     pub version: Option<String>,
     pub uptime_secs: Option<u64>,
     pub root: String,
+    /// Whether the root holds a memoryd install (its config file exists).
+    pub installed: bool,
     pub heartbeat_age_secs: Option<u64>,
     /// `on` or `off`; null when no heartbeat says.
     pub watch: Option<String>,
