@@ -303,3 +303,50 @@ fn a_root_with_no_install_is_not_healthy_and_daemon_start_says_how_to_make_one()
     root.write_config("mcp_port = 0\n");
     assert!(eventually(|| root.ctl(&["status"]).status.success()), "{}", stdout(&root.ctl(&["status"])));
 }
+
+#[test]
+fn names_are_checked_against_the_fleet_and_errors_speak_an_operators_words() {
+    let (root, _iapeer, _dirs) = fleet_root();
+    for daemon_up in [true, false] {
+        let daemon = daemon_up.then(|| root.start_daemon());
+        let message = fails(&root, &["revoke", "claude-nobody"], 1, "runtimenode.unknown_node");
+        assert!(message.contains("its nodes: claude-ada, claude-bob") && message.contains("--force"), "{message}");
+        ok(&root, &["revoke", "claude-nobody", "--force"]);
+        ok(&root, &["unrevoke", "claude-nobody"]);
+        let message = fails(&root, &["unrevoke", "claude-zed"], 1, "runtimenode.unknown_node");
+        assert!(message.contains("its nodes: claude-ada, claude-bob") && message.contains("nor revoked"), "{message}");
+        let message = fails(&root, &["revoke", "claude_bad"], 2, "request.invalid");
+        assert!(message.contains("the node \"claude_bad\" is not <runtime>-<personality>"), "{message}");
+        drop(daemon);
+    }
+    let _daemon = root.start_daemon();
+    for args in [
+        &["peer", "inbox", "zed"][..],
+        &["peer", "visible", "zed"],
+        &["peer", "link", "ada", "zed"],
+        &["peer", "unlink", "zed", "ada"],
+        &["peer", "send", "--from", "ada", "zed", "hi"],
+        &["peer", "send", "--from", "zed", "ada", "hi"],
+    ] {
+        let message = fails(&root, args, 1, "peer.missing");
+        assert!(message.contains("`zed` is not a peer of the fleet (its peers: ada, bob)"), "{args:?}: {message}");
+    }
+    let message = fails(&root, &["peer", "inbox", "Zed"], 1, "request.invalid");
+    assert!(message.contains("the peer name \"Zed\""), "{message}");
+    let message = fails(&root, &["attach", "--node", "claude-ada", "--session", "s", "--client-version", "1.01"], 1, "request.invalid");
+    assert!(message.contains("the client version \"1.01\" is not MAJOR.MINOR"), "{message}");
+    let message = fails(&root, &["heartbeat", "--node", "claude_ada"], 1, "request.invalid");
+    for internal in ["field", "nodeId", "clientVersion", "personality`"] {
+        assert!(!message.contains(internal), "an internal name in {message}");
+    }
+    drop(_daemon);
+
+    // A big fleet is listed in part.
+    let dirs: Vec<PathBuf> = (0..30).map(|i| root.peer_dir(&format!("p{i:02}"))).collect();
+    let names: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
+    let peers: Vec<(&str, &Path, &[&str])> =
+        names.iter().zip(&dirs).map(|(n, d)| (n.as_str(), d.as_path(), &["claude"][..])).collect();
+    root.write_fleet_map(&peers);
+    let message = fails(&root, &["revoke", "claude-nobody"], 1, "runtimenode.unknown_node");
+    assert!(message.contains("claude-p00, claude-p01") && message.contains("claude-p09 and 20 more"), "{message}");
+}

@@ -131,13 +131,19 @@ enum Command {
     /// The roster: every node's session, state, health, version and pid
     Peers,
     /// Revoke a node (terminal until `unrevoke` or a new birth)
+    ///
+    /// The node must be one of the fleet map's; --force revokes a node that
+    /// will exist later.
     Revoke {
         /// <runtime>-<personality>
         node: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Revoke a node the fleet map does not list (yet)
+        #[arg(long)]
+        force: bool,
     },
-    /// Lift a node's revocation
+    /// Lift a node's revocation (a node of the fleet, or a revoked one)
     Unrevoke {
         /// <runtime>-<personality>
         node: String,
@@ -482,8 +488,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Heartbeat(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_HEARTBEAT, args).await,
         Command::Detach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_DETACH, args).await,
         Command::Peers => presence_cmd::peers(&ctx).await,
-        Command::Revoke { node, reason } => presence_cmd::revocation(&ctx, &node, reason, true).await,
-        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, None, false).await,
+        Command::Revoke { node, reason, force } => presence_cmd::revocation(&ctx, &node, reason, Some(force)).await,
+        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, None, None).await,
         Command::Events { follow, node } => presence_cmd::events(&ctx, follow, node).await,
         Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,

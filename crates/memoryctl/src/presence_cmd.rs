@@ -8,8 +8,10 @@ use memoryd_core::events::{self, Follower};
 use memoryd_core::files::FileGuard;
 use memoryd_core::presence::{RosterRow, timestamp};
 use memoryd_core::peers;
-use memoryd_core::store::{self, Store};
-use memoryd_proto::methods;
+use memoryd_core::fleet::FleetRead;
+use memoryd_core::presence::check_operator_node;
+use memoryd_core::store::{self, Store, StoreError};
+use memoryd_proto::{RpcError, methods};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -140,31 +142,43 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `revoke` / `unrevoke`: through the daemon, or on the store directly when
-/// it does not answer (both lock the store, so neither loses the other's
-/// change).
-pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, revoke: bool) -> anyhow::Result<ExitCode> {
+/// `revoke` (`force` is Some) / `unrevoke`: through the daemon, or on the
+/// store directly when it does not answer (both lock the store, so neither
+/// loses the other's change). Either way the node is checked against the
+/// fleet map.
+pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, force: Option<bool>) -> anyhow::Result<ExitCode> {
     memoryd_core::presence::check_node(node).map_err(|r| crate::Usage(r.message))?;
+    let revoke = force.is_some();
+    let force = force.unwrap_or(false);
     let method = if revoke { methods::RUNTIMENODE_REVOKE } else { methods::RUNTIMENODE_UNREVOKE };
     match ctx.connect().await? {
         Some(mut client) => {
-            ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason}))
-                .await??;
+            ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason, "force": force})).await??;
         }
         None => {
+            // A mistyped --root gets no store created in it.
+            if !ctx.installed {
+                return Err(ctx.absent().into());
+            }
             eprintln!("memoryd not answering: running locally");
+            let fleet = FleetRead::load(&ctx.paths.fleet_map);
             let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
             memoryd_core::instance::ensure_private_dir(&files, &ctx.paths.state)?;
             let store = Store::open(&ctx.paths, &files)?;
             let now = SystemTime::now();
-            store.change_presence("revocation", |p| {
+            let changed = store.change_presence("revocation", |p| {
+                check_operator_node(fleet.map(), p, node, revoke, force)?;
                 let events = if revoke {
                     p.revoke(node, "operator", reason.as_deref(), now)?
                 } else {
                     p.unrevoke(node, "operator", now)?
                 };
                 Ok(((), events))
-            })?;
+            });
+            if let Err(StoreError::Refused(r)) = changed {
+                return Err(RpcError::new(r.kind, r.message).into());
+            }
+            changed?;
         }
     }
     if ctx.json {
