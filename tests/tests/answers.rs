@@ -91,6 +91,9 @@ fn every_command_with_json_prints_one_json_document_on_success_and_on_failure() 
     fails(&root, &["attach", "--node", "claude-ada"], 2, "request.invalid");
     fails(&root, &["uninstall"], 2, "request.invalid");
     fails(&root, &["update", "--skip", "no-such-step"], 2, "request.invalid");
+    fails(&root, &["provision-peer", "--cwd", "relative", "--runtime", "claude", "--personality", "ada"], 2, "request.invalid");
+    fails(&root, &["init", "--vault", vault.to_str().unwrap(), "--iapeer-bin", "relative/iapeer"], 2, "request.invalid");
+    fails(&root, &["events", "--follow", "--no-such-flag"], 2, "request.invalid");
 
     let started = ok(&root, &["daemon", "start"]);
     assert_eq!(started["started"], true, "{started}");
@@ -161,6 +164,15 @@ fn every_command_with_json_prints_one_json_document_on_success_and_on_failure() 
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(streamed.iter().any(|e| e["sessionId"] == "s2"), "{streamed:?}");
+
+    // A command that ran and found problems prints its own document.
+    let config = std::fs::read_to_string(&root.paths.default_config).unwrap();
+    root.write_config(&format!("{config}sweep_intervl = \"5m\"\n"));
+    let out = root.ctl(&["config", "check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(document(&["config", "check"], &out)["ok"], false);
+    fails(&root, &["reload"], 1, "config.invalid");
+    root.write_config(&config);
 
     let stopped = ok(&root, &["shutdown"]);
     assert_eq!((stopped["stopped"].as_bool(), stopped["pid"].clone()), (Some(true), pid), "{stopped}");
