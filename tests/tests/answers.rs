@@ -23,7 +23,8 @@ fn fleet_root() -> (Root, FakeIapeer, Vec<PathBuf>) {
     iapeer.set_listing(&peers);
     root.write_fleet_map(&peers);
     for (name, dir) in ["ada", "bob"].iter().zip(&dirs) {
-        let out = root.ctl(&["provision-peer", "--cwd", dir.to_str().unwrap(), "--runtime", "claude", "--personality", name]);
+        let out =
+            root.ctl(&["provision-peer", "--cwd", dir.to_str().unwrap(), "--runtime", "claude", "--personality", name]);
         assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     }
     (root, iapeer, dirs)
@@ -91,8 +92,18 @@ fn every_command_with_json_prints_one_json_document_on_success_and_on_failure() 
     fails(&root, &["attach", "--node", "claude-ada"], 2, "request.invalid");
     fails(&root, &["uninstall"], 2, "request.invalid");
     fails(&root, &["update", "--skip", "no-such-step"], 2, "request.invalid");
-    fails(&root, &["provision-peer", "--cwd", "relative", "--runtime", "claude", "--personality", "ada"], 2, "request.invalid");
-    fails(&root, &["init", "--vault", vault.to_str().unwrap(), "--iapeer-bin", "relative/iapeer"], 2, "request.invalid");
+    fails(
+        &root,
+        &["provision-peer", "--cwd", "relative", "--runtime", "claude", "--personality", "ada"],
+        2,
+        "request.invalid",
+    );
+    fails(
+        &root,
+        &["init", "--vault", vault.to_str().unwrap(), "--iapeer-bin", "relative/iapeer"],
+        2,
+        "request.invalid",
+    );
     fails(&root, &["events", "--follow", "--no-such-flag"], 2, "request.invalid");
 
     let started = ok(&root, &["daemon", "start"]);
@@ -257,7 +268,8 @@ fn with_the_daemon_down_status_and_peers_read_the_store_and_leave_unread_facts_u
     assert_eq!(down["waitingMessages"], 1, "{down}");
     assert_eq!(down["lastSweep"], up["lastSweep"], "the last sweep as the daemon recorded it");
     assert_eq!(down["fleet"]["peers"], 2, "{down}");
-    for unread in [&down["mcp"]["listening"], &down["vault"]["notes"], &down["vault"]["watching"], &down["uptimeSecs"]] {
+    for unread in [&down["mcp"]["listening"], &down["vault"]["notes"], &down["vault"]["watching"], &down["uptimeSecs"]]
+    {
         assert!(unread.is_null(), "a fact nobody read is unknown, not a value: {down}");
     }
     let text = stdout(&root.ctl(&["status"]));
@@ -345,7 +357,12 @@ fn names_are_checked_against_the_fleet_and_errors_speak_an_operators_words() {
     }
     let message = fails(&root, &["peer", "inbox", "Zed"], 1, "request.invalid");
     assert!(message.contains("the peer name \"Zed\""), "{message}");
-    let message = fails(&root, &["attach", "--node", "claude-ada", "--session", "s", "--client-version", "1.01"], 1, "request.invalid");
+    let message = fails(
+        &root,
+        &["attach", "--node", "claude-ada", "--session", "s", "--client-version", "1.01"],
+        1,
+        "request.invalid",
+    );
     assert!(message.contains("the client version \"1.01\" is not MAJOR.MINOR"), "{message}");
     let message = fails(&root, &["heartbeat", "--node", "claude_ada"], 1, "request.invalid");
     for internal in ["field", "nodeId", "clientVersion", "personality`"] {

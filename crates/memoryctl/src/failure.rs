@@ -65,11 +65,10 @@ mod tests {
         let failure: anyhow::Error = Failure::new(ErrorKind::DaemonNotRunning, "down").into();
         assert_eq!(classify(&failure).0, ErrorKind::DaemonNotRunning);
         assert_eq!(classify(&failure).2, ExitCode::FAILURE);
-        let refused = Err::<(), _>(
-            RpcError::new(ErrorKind::LockBusy, "busy").with_details(json!({"holder": "1 sweep"})),
-        )
-        .context("memoryd refused")
-        .unwrap_err();
+        let refused =
+            Err::<(), _>(RpcError::new(ErrorKind::LockBusy, "busy").with_details(json!({"holder": "1 sweep"})))
+                .context("memoryd refused")
+                .unwrap_err();
         let (kind, details, _) = classify(&refused);
         assert_eq!((kind, details), (ErrorKind::LockBusy, Some(json!({"holder": "1 sweep"}))));
         assert_eq!(classify(&anyhow::anyhow!("plain")).0, ErrorKind::Internal);

@@ -305,7 +305,10 @@ impl Ctx {
                 memoryd_core::instance::read_pid(&self.paths.pid_file).map_or("unknown".to_owned(), |p| p.to_string());
             Failure::new(
                 ErrorKind::DaemonNotAnswering,
-                format!("memoryd (pid {pid}) holds the lock but does not answer (end it with: {} daemon stop)", self.ctl()),
+                format!(
+                    "memoryd (pid {pid}) holds the lock but does not answer (end it with: {} daemon stop)",
+                    self.ctl()
+                ),
             )
         } else if !self.installed {
             Failure::new(ErrorKind::InstallMissing, install::missing(&self.paths.root))
@@ -506,13 +509,13 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = match ctx.connect().await? {
         Some(mut client) => {
-            let value =
-                ctx.call(&mut client, methods::HOST_STATUS, json!({})).await??;
+            let value = ctx.call(&mut client, methods::HOST_STATUS, json!({})).await??;
             serde_json::from_value(value).context("memoryd sent a malformed status")?
         }
         None => {
             eprintln!("{}", ctx.not_answering());
-            let mut status = memoryd_core::status::from_disk(&ctx.paths, &ctx.config, &ctx.config_file, SystemTime::now());
+            let mut status =
+                memoryd_core::status::from_disk(&ctx.paths, &ctx.config, &ctx.config_file, SystemTime::now());
             memoryd_core::status::assess(&mut status, &ctx.config);
             status
         }

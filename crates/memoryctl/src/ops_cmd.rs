@@ -24,9 +24,7 @@ pub async fn verify(ctx: &Ctx, repair: bool, local: bool) -> anyhow::Result<Exit
     let ok = match client {
         Some(mut client) => {
             let params = serde_json::to_value(VerifyParams { repair })?;
-            let result = ctx
-                .call_with(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p))
-                .await??;
+            let result = ctx.call_with(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p)).await??;
             result["ok"] == Value::Bool(true)
         }
         None => {
@@ -91,9 +89,7 @@ pub async fn update(ctx: &Ctx, skip: Vec<String>, local: bool) -> anyhow::Result
         Some(client) => {
             let mut client = onto_this_version(ctx, client).await?;
             let params = serde_json::to_value(UpdateParams { skip })?;
-            let result = ctx
-                .call_with(&mut client, methods::HOST_UPDATE, params, |p| lines.push(p))
-                .await??;
+            let result = ctx.call_with(&mut client, methods::HOST_UPDATE, params, |p| lines.push(p)).await??;
             result["problems"].as_u64().unwrap_or(0) as usize
         }
         None => {

@@ -6,10 +6,10 @@ use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::events::{self, Follower};
 use memoryd_core::files::FileGuard;
-use memoryd_core::presence::{RosterRow, timestamp};
-use memoryd_core::peers;
 use memoryd_core::fleet::FleetRead;
+use memoryd_core::peers;
 use memoryd_core::presence::check_operator_node;
+use memoryd_core::presence::{RosterRow, timestamp};
 use memoryd_core::store::{self, Store, StoreError};
 use memoryd_proto::{RpcError, methods};
 use serde_json::{Value, json};
@@ -146,7 +146,12 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 /// store directly when it does not answer (both lock the store, so neither
 /// loses the other's change). Either way the node is checked against the
 /// fleet map.
-pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, force: Option<bool>) -> anyhow::Result<ExitCode> {
+pub async fn revocation(
+    ctx: &Ctx,
+    node: &str,
+    reason: Option<String>,
+    force: Option<bool>,
+) -> anyhow::Result<ExitCode> {
     memoryd_core::presence::check_node(node).map_err(|r| crate::Usage(r.message))?;
     let revoke = force.is_some();
     let force = force.unwrap_or(false);

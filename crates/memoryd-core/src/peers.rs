@@ -8,8 +8,8 @@
 
 use crate::fleet::FleetMap;
 use crate::names::is_personality;
-use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
 use crate::paths::Paths;
+use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
 use crate::store::{Store, StoreError, read_doc};
 use memoryd_proto::ErrorKind;
 use serde::{Deserialize, Serialize};

@@ -238,7 +238,8 @@ pub fn check_operator_node(
     force: bool,
 ) -> Result<(), Refusal> {
     check_node(node)?;
-    if (revoke && force) || fleet.is_some_and(|f| f.has_node(node)) || (!revoke && presence.revoked.contains_key(node)) {
+    if (revoke && force) || fleet.is_some_and(|f| f.has_node(node)) || (!revoke && presence.revoked.contains_key(node))
+    {
         return Ok(());
     }
     let Some(fleet) = fleet else {
@@ -763,7 +764,11 @@ impl Presence {
     pub fn counts(&self) -> PresenceCounts {
         let roster = self.roster(None);
         let count = |s: State| roster.iter().filter(|r| r.state == s).count();
-        PresenceCounts { online: count(State::Online), degraded: count(State::Degraded), offline: count(State::Offline) }
+        PresenceCounts {
+            online: count(State::Online),
+            degraded: count(State::Degraded),
+            offline: count(State::Offline),
+        }
     }
 
     /// The client version of the node's active session, if any.

@@ -204,7 +204,8 @@ impl Daemon {
     pub fn status(&self) -> memoryd_proto::status::HostStatus {
         let config = self.config();
         let peers = self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
-        let mut status = memoryd_core::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
+        let mut status =
+            memoryd_core::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
         status.running = true;
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());
