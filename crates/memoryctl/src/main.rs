@@ -491,8 +491,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Heartbeat(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_HEARTBEAT, args).await,
         Command::Detach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_DETACH, args).await,
         Command::Peers => presence_cmd::peers(&ctx).await,
-        Command::Revoke { node, reason, force } => presence_cmd::revocation(&ctx, &node, reason, Some(force)).await,
-        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, None, None).await,
+        Command::Revoke { node, reason, force } => {
+            presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
+        }
+        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Unrevoke).await,
         Command::Events { follow, node } => presence_cmd::events(&ctx, follow, node).await,
         Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,

@@ -142,19 +142,25 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `revoke` (`force` is Some) / `unrevoke`: through the daemon, or on the
-/// store directly when it does not answer (both lock the store, so neither
-/// loses the other's change). Either way the node is checked against the
-/// fleet map.
-pub async fn revocation(
-    ctx: &Ctx,
-    node: &str,
-    reason: Option<String>,
-    force: Option<bool>,
-) -> anyhow::Result<ExitCode> {
+/// What an operator does to a node.
+pub enum Revocation {
+    /// `force`: the node need not be in the fleet map (yet).
+    Revoke {
+        reason: Option<String>,
+        force: bool,
+    },
+    Unrevoke,
+}
+
+/// `revoke` / `unrevoke`: through the daemon, or on the store directly when
+/// it does not answer (both lock the store, so neither loses the other's
+/// change). Either way the node is checked against the fleet map.
+pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Result<ExitCode> {
     memoryd_core::presence::check_node(node).map_err(|r| crate::Usage(r.message))?;
-    let revoke = force.is_some();
-    let force = force.unwrap_or(false);
+    let (revoke, reason, force) = match what {
+        Revocation::Revoke { reason, force } => (true, reason, force),
+        Revocation::Unrevoke => (false, None, false),
+    };
     let method = if revoke { methods::RUNTIMENODE_REVOKE } else { methods::RUNTIMENODE_UNREVOKE };
     match ctx.connect().await? {
         Some(mut client) => {
