@@ -72,9 +72,10 @@ fn a_message_survives_a_restart_and_arrives_once_at_session_start() {
     assert!(sent.status.success(), "{}", stderr(&sent));
     let result: Value = serde_json::from_slice(&sent.stdout).unwrap();
     assert_eq!(
-        (result["deliveredTo"].as_str(), result["queued"].as_bool(), result["queueDepth"].as_u64()),
+        (result["to"].as_str(), result["queued"].as_bool(), result["queueDepth"].as_u64()),
         (Some("bob"), Some(true), Some(1))
     );
+    assert!(result.get("deliveredTo").is_none(), "a queued message is not delivered yet: {result}");
     assert_eq!(result["dropped"], 0);
     assert!(result["ts"].is_string());
 

@@ -84,7 +84,7 @@ fn attach_boris(root: &Root) {
 fn roster(root: &Root) -> Vec<Value> {
     let out = root.ctl(&["peers", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["nodes"].as_array().unwrap().clone()
 }
 
 fn row(root: &Root, node: &str) -> Option<Value> {

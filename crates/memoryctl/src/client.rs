@@ -2,7 +2,7 @@
 //! streamed progress.
 
 use memoryd_proto::message::Incoming;
-use memoryd_proto::{Hello, HelloResult, Notification, PROTOCOL_VERSION, Request, RpcError, methods};
+use memoryd_proto::{ErrorKind, Hello, HelloResult, Notification, PROTOCOL_VERSION, Request, RpcError, methods};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -28,7 +28,8 @@ pub enum ConnectError {
     /// Nothing answered within the connect timeout; the sentence says what
     /// was seen.
     NotAnswering(String),
-    /// The daemon answered and refused (another uid, protocol mismatch).
+    /// The daemon answered and refused (another uid, protocol mismatch),
+    /// or the socket's file modes keep this user out.
     Refused(RpcError),
 }
 
@@ -53,9 +54,14 @@ impl Client {
     }
 
     async fn connect_inner(socket: &Path) -> Result<Client, ConnectError> {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|e| ConnectError::NotAnswering(format!("cannot connect to {}: {e}", socket.display())))?;
+        let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
+            // The modes keep us out: a daemon may well run, so this is no
+            // "not answering".
+            std::io::ErrorKind::PermissionDenied => {
+                ConnectError::Refused(RpcError::new(ErrorKind::ConnectionPermissionDenied, denied(socket, &e)))
+            }
+            _ => ConnectError::NotAnswering(format!("cannot connect to {}: {e}", socket.display())),
+        })?;
         let (reader, writer) = stream.into_split();
         let mut client = Client { reader: BufReader::new(reader), writer, next_id: 1, hello: placeholder_hello() };
         let hello = Hello { protocol: PROTOCOL_VERSION, client: format!("memoryctl {}", memoryd_core::VERSION) };
@@ -114,6 +120,27 @@ impl Client {
                 Incoming::Response(_) => {}
             }
         }
+    }
+}
+
+/// The sentence for a socket this user may not connect to: whose it is
+/// when that can be seen, and what to do.
+fn denied(socket: &Path, e: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(socket) {
+        Ok(meta) => format!(
+            "permission denied on memoryd's control socket {} (owned by uid {}, mode {:o}: {e}); run memoryctl as \
+             uid {}, the user memoryd runs as, or pass --root for an install of your own",
+            socket.display(),
+            meta.uid(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        ),
+        Err(_) => format!(
+            "permission denied on memoryd's control socket {} (a directory on its path is closed to this user: \
+             {e}); run memoryctl as the user memoryd runs as, or pass --root for an install of your own",
+            socket.display()
+        ),
     }
 }
 

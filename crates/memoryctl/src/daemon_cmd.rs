@@ -1,11 +1,11 @@
 //! `daemon start`, `daemon stop` and `shutdown`.
 
-use crate::{Ctx, Silent};
-use anyhow::{Context as _, anyhow, bail};
+use crate::{Ctx, Failure, Silent};
+use anyhow::{Context as _, bail};
 use memoryd_core::egress::Egress;
 use memoryd_core::files::FileGuard;
 use memoryd_core::instance::{self, DaemonCheck, KillOutcome};
-use memoryd_proto::methods;
+use memoryd_proto::{ErrorKind, methods};
 use serde_json::json;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -30,19 +30,31 @@ fn guards(ctx: &Ctx, allowed: Vec<PathBuf>) -> (FileGuard, Egress) {
 
 pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     if let Some(client) = ctx.connect().await? {
-        println!("memoryd is already running (pid {})", client.hello.pid);
+        let pid = client.hello.pid;
+        if ctx.json {
+            crate::print_json(&json!({"started": false, "alreadyRunning": true, "pid": pid}))?;
+        } else {
+            println!("memoryd is already running (pid {pid})");
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    if instance::lock_is_held(&ctx.paths.instance_lock).unwrap_or(false) {
-        bail!("{}", ctx.not_answering());
+    // A hung daemon must be ended first, and a root with no install gets
+    // none: a mistyped --root would otherwise start a daemon that guards
+    // nothing and reports healthy.
+    if !ctx.installed || instance::lock_is_held(&ctx.paths.instance_lock).unwrap_or(false) {
+        return Err(ctx.absent().into());
     }
     let bin = memoryd_bin(ctx)?;
     if !bin.is_file() {
-        bail!(
-            "{} is missing; build or install memoryd, or set memoryd_bin in {}",
-            bin.display(),
-            ctx.config_file.display()
-        );
+        return Err(Failure::new(
+            ErrorKind::DaemonStartFailed,
+            format!(
+                "{} is missing; build or install memoryd, or set memoryd_bin in {}",
+                bin.display(),
+                ctx.config_file.display()
+            ),
+        )
+        .into());
     }
     let (files, egress) = guards(ctx, vec![bin.clone()]);
     files.create_dir_all(&ctx.paths.logs, 0o700)?;
@@ -56,7 +68,8 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         if let Some(status) = child.try_wait().context("cannot watch the new memoryd")? {
             let why =
                 first_error(&log_path, offset).unwrap_or_else(|| format!("it exited with {status} and logged nothing"));
-            bail!("memoryd did not start: {why} (log: {})", log_path.display());
+            let message = format!("memoryd did not start: {why} (log: {})", log_path.display());
+            return Err(Failure::new(ErrorKind::DaemonStartFailed, message).into());
         }
         if let Some(client) = ctx.connect().await? {
             if ctx.json {
@@ -67,12 +80,13 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() >= deadline {
-            bail!(
+            let message = format!(
                 "memoryd (pid {}) did not answer within {}s; see {}",
                 child.id(),
                 START_LIMIT.as_secs(),
                 log_path.display()
             );
+            return Err(Failure::new(ErrorKind::DaemonStartFailed, message).into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -95,7 +109,7 @@ fn first_error(log: &Path, offset: u64) -> Option<String> {
 pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
     if stop {
         let ended = end(ctx).await?;
-        print_ended(ctx, &ended);
+        print_ended(ctx, &ended)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut client = ctx.require().await?;
@@ -104,7 +118,7 @@ pub async fn shutdown(ctx: &Ctx, stop: bool) -> anyhow::Result<ExitCode> {
     let grace = ctx.config.shutdown_grace + Duration::from_secs(5);
     let stopped = wait_for_release(ctx, grace).await?;
     if ctx.json {
-        println!("{}", json!({"pid": pid, "stopped": stopped, "supervisor": supervisor}));
+        crate::print_json(&json!({"pid": pid, "stopped": stopped, "how": "shutdown", "supervisor": supervisor}))?;
     } else if stopped {
         println!("memoryd (pid {pid}) stopped");
     } else {
@@ -155,14 +169,17 @@ pub async fn end(ctx: &Ctx) -> anyhow::Result<Ended> {
     match end_hung(ctx).await {
         Hung::NotRunning => Ok(Ended::NotRunning),
         Hung::Ended { pid, how } => Ok(Ended::Killed { pid, how }),
-        Hung::Unverified(why) => bail!("memoryd does not answer and nothing was signalled: {why}"),
+        Hung::Unverified(why) => {
+            let message = format!("memoryd does not answer and nothing was signalled: {why}");
+            Err(Failure::new(ErrorKind::DaemonNotAnswering, message).into())
+        }
         Hung::Failed(e) => bail!("{e}"),
     }
 }
 
 /// `host.shutdown`; the supervisor the daemon runs under, if any.
 async fn ask_to_stop(ctx: &Ctx, client: &mut crate::client::Client) -> anyhow::Result<Option<String>> {
-    let result = ctx.call(client, methods::HOST_SHUTDOWN, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    let result = ctx.call(client, methods::HOST_SHUTDOWN, json!({})).await??;
     Ok(result["supervisor"].as_str().map(str::to_owned))
 }
 
@@ -180,24 +197,22 @@ fn warn_supervisor(supervisor: Option<&str>) {
     }
 }
 
-fn print_ended(ctx: &Ctx, ended: &Ended) {
-    let (json, text) = match ended {
-        Ended::NotRunning => {
-            (json!({"pid": null, "stopped": true, "running": false}), "memoryd is not running".to_owned())
-        }
-        Ended::Stopped { pid, supervisor } => {
-            (json!({"pid": pid, "stopped": true, "supervisor": supervisor}), format!("memoryd (pid {pid}) stopped"))
-        }
-        Ended::Killed { pid, how } => (
-            json!({"pid": pid, "stopped": true, "killedWith": how}),
-            format!("memoryd (pid {pid}) did not answer; ended it with {how}"),
-        ),
+fn print_ended(ctx: &Ctx, ended: &Ended) -> anyhow::Result<()> {
+    let (pid, how, supervisor) = match ended {
+        Ended::NotRunning => (None, "none", None),
+        Ended::Stopped { pid, supervisor } => (Some(*pid as i32), "shutdown", supervisor.as_deref()),
+        Ended::Killed { pid, how } => (Some(*pid), *how, None),
     };
     if ctx.json {
-        println!("{json}");
+        crate::print_json(&json!({"pid": pid, "stopped": true, "how": how, "supervisor": supervisor}))?;
     } else {
-        println!("{text}");
+        match ended {
+            Ended::NotRunning => println!("memoryd is not running"),
+            Ended::Stopped { pid, .. } => println!("memoryd (pid {pid}) stopped"),
+            Ended::Killed { pid, how } => println!("memoryd (pid {pid}) did not answer; ended it with {how}"),
+        }
     }
+    Ok(())
 }
 
 /// What became of a daemon that holds the lock but does not answer.

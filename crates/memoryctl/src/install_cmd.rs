@@ -140,12 +140,22 @@ pub async fn uninstall(ctx: &Ctx, yes: bool) -> anyhow::Result<ExitCode> {
         if !std::io::stdin().is_terminal() {
             return Err(Usage("uninstall removes memoryd from every peer folder; pass --yes to confirm".into()).into());
         }
-        print!("Remove memoryd from every peer folder of {}? [y/N] ", ctx.paths.root.display());
-        std::io::stdout().flush()?;
+        // With --json stdout holds the document alone; the question goes to stderr.
+        let question = format!("Remove memoryd from every peer folder of {}? [y/N] ", ctx.paths.root.display());
+        if ctx.json {
+            eprint!("{question}");
+        } else {
+            print!("{question}");
+            std::io::stdout().flush()?;
+        }
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("nothing changed");
+            if ctx.json {
+                crate::print_json(&json!({"ok": true, "problems": 0, "steps": [], "cancelled": true}))?;
+            } else {
+                println!("nothing changed");
+            }
             return Ok(ExitCode::SUCCESS);
         }
     }

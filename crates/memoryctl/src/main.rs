@@ -2,6 +2,7 @@
 
 mod client;
 mod daemon_cmd;
+mod failure;
 mod hook_cmd;
 mod install_cmd;
 mod ops_cmd;
@@ -13,7 +14,9 @@ mod provision_cmd;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use client::{CallError, Client, ConnectError};
+pub use failure::Failure;
 use memoryd_core::config::{self, Config, ConfigError};
+use memoryd_core::install;
 use memoryd_core::paths::{self, Paths};
 use memoryd_proto::{ErrorKind, RpcError, methods};
 use output::Style;
@@ -34,7 +37,9 @@ struct Cli {
     /// The iapeer root R [default: $MEMORYD_ROOT, $IAPEER_ROOT, ~/.iapeer]
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Print one JSON document instead of text
+    /// Print one JSON document instead of text (on failure:
+    /// {"error": {"kind", "message"}}); `events --follow` prints one JSON
+    /// object per line
     #[arg(long, global = true)]
     json: bool,
     /// Log at debug level to stderr (RUST_LOG still wins)
@@ -130,13 +135,19 @@ enum Command {
     /// The roster: every node's session, state, health, version and pid
     Peers,
     /// Revoke a node (terminal until `unrevoke` or a new birth)
+    ///
+    /// The node must be one of the fleet map's; --force revokes a node that
+    /// will exist later.
     Revoke {
         /// <runtime>-<personality>
         node: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Revoke a node the fleet map does not list (yet)
+        #[arg(long)]
+        force: bool,
     },
-    /// Lift a node's revocation
+    /// Lift a node's revocation (a node of the fleet, or a revoked one)
     Unrevoke {
         /// <runtime>-<personality>
         node: String,
@@ -147,8 +158,12 @@ enum Command {
         action: peer_cmd::PeerAction,
     },
     /// Print the presence event log (S/events.jsonl)
+    ///
+    /// With --json the recent events are one JSON array; with --follow
+    /// --json, a stream: one JSON object per line, each as it happens.
     Events {
-        /// Keep printing new events as they happen
+        /// Keep printing new events as they happen (with --json: one JSON
+        /// object per line)
         #[arg(long)]
         follow: bool,
         /// Only this node's events
@@ -249,6 +264,8 @@ pub struct Ctx {
     pub config_file: PathBuf,
     pub config_found: bool,
     pub config_error: Option<ConfigError>,
+    /// Whether this root holds a memoryd install (see [`install::is_installed`]).
+    pub installed: bool,
     pub socket: PathBuf,
     pub json: bool,
     pub style: Style,
@@ -267,6 +284,7 @@ impl Ctx {
         };
         let socket = config.checked_socket(&paths)?;
         Ok(Ctx {
+            installed: install::is_installed(&config_file),
             paths,
             config,
             config_file,
@@ -293,25 +311,42 @@ impl Ctx {
                 tracing::debug!(why, "memoryd is not answering");
                 Ok(None)
             }
-            Err(ConnectError::Refused(e)) => Err(anyhow!(e.message)),
+            Err(ConnectError::Refused(e)) => Err(e.into()),
         }
     }
 
     /// Connects or fails with the sentence that says what to do.
     pub async fn require(&self) -> anyhow::Result<Client> {
-        self.connect().await?.ok_or_else(|| anyhow!("{}", self.not_answering()))
+        Ok(self.connect().await?.ok_or_else(|| self.absent())?)
     }
 
     /// Why no daemon answered, and what to do about it: a daemon that holds
-    /// the lock but does not answer is hung, not stopped.
-    pub fn not_answering(&self) -> String {
+    /// the lock but does not answer is hung, not stopped, and a root with
+    /// no install needs one before any daemon.
+    pub fn absent(&self) -> Failure {
         if memoryd_core::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
             let pid =
                 memoryd_core::instance::read_pid(&self.paths.pid_file).map_or("unknown".to_owned(), |p| p.to_string());
-            format!("memoryd (pid {pid}) holds the lock but does not answer (end it with: {} daemon stop)", self.ctl())
+            Failure::new(
+                ErrorKind::DaemonNotAnswering,
+                format!(
+                    "memoryd (pid {pid}) holds the lock but does not answer (end it with: {} daemon stop)",
+                    self.ctl()
+                ),
+            )
+        } else if !self.installed {
+            Failure::new(ErrorKind::InstallMissing, install::missing(&self.paths.root))
         } else {
-            format!("memoryd is not running (start it with: {} daemon start)", self.ctl())
+            Failure::new(
+                ErrorKind::DaemonNotRunning,
+                format!("memoryd is not running (start it with: {} daemon start)", self.ctl()),
+            )
         }
+    }
+
+    /// [`absent`](Self::absent)'s sentence.
+    pub fn not_answering(&self) -> String {
+        self.absent().message
     }
 
     /// One request, printing progress lines as they stream in (text mode),
@@ -365,7 +400,7 @@ impl Ctx {
         match client.call(method, params, silence, on_notification).await {
             Ok(outcome) => Ok(outcome),
             Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(client.hello.pid, &e)))),
-            Err(e) => Err(anyhow!(e)),
+            Err(e) => Err(Failure::new(ErrorKind::DaemonNotAnswering, e.to_string()).into()),
         }
     }
 
@@ -423,7 +458,17 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        Err(e) => e.exit(),
+        Err(e) => {
+            if !matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion)
+                && json_requested()
+            {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let message = first.strip_prefix("error: ").unwrap_or(first);
+                println!("{}", failure::document(ErrorKind::RequestInvalid, message, None));
+            }
+            e.exit()
+        }
     };
     if let Command::Hook(args) = &cli.command {
         // Nothing here may fail the hook: a missing root, config or daemon
@@ -440,6 +485,7 @@ fn main() -> ExitCode {
     }
     init_logging(cli.verbose);
     let verb = cli.command.verb();
+    let json = cli.json;
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -448,10 +494,20 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("memoryctl {verb}: {e:#}");
-            if e.is::<Usage>() { ExitCode::from(2) } else { ExitCode::FAILURE }
+            let message = format!("{e:#}");
+            eprintln!("memoryctl {verb}: {message}");
+            let (kind, details, code) = failure::classify(&e);
+            if json {
+                println!("{}", failure::document(kind, &message, details));
+            }
+            code
         }
     }
+}
+
+/// Whether `--json` is on a command line clap refused (before any `--`).
+fn json_requested() -> bool {
+    std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json")
 }
 
 /// When the command line names the `hook` subcommand (the first word that
@@ -500,8 +556,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Heartbeat(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_HEARTBEAT, args).await,
         Command::Detach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_DETACH, args).await,
         Command::Peers => presence_cmd::peers(&ctx).await,
-        Command::Revoke { node, reason } => presence_cmd::revocation(&ctx, &node, reason, true).await,
-        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, None, false).await,
+        Command::Revoke { node, reason, force } => {
+            presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
+        }
+        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Unrevoke).await,
         Command::Events { follow, node } => presence_cmd::events(&ctx, follow, node).await,
         Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
@@ -518,13 +576,13 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = match ctx.connect().await? {
         Some(mut client) => {
-            let value =
-                ctx.call(&mut client, methods::HOST_STATUS, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+            let value = ctx.call(&mut client, methods::HOST_STATUS, json!({})).await??;
             serde_json::from_value(value).context("memoryd sent a malformed status")?
         }
         None => {
             eprintln!("{}", ctx.not_answering());
-            let mut status = memoryd_core::status::from_disk(&ctx.paths, &ctx.config, SystemTime::now());
+            let mut status =
+                memoryd_core::status::from_disk(&ctx.paths, &ctx.config, &ctx.config_file, SystemTime::now());
             memoryd_core::status::assess(&mut status, &ctx.config);
             status
         }
@@ -550,8 +608,8 @@ async fn reload(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) if e.kind() == Some(ErrorKind::ConfigInvalid) => bail!("{}", e.message),
-        Err(e) => bail!("memoryd refused the reload: {}", e.message),
+        Err(e) if e.kind() == Some(ErrorKind::ConfigInvalid) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("memoryd refused the reload")),
     }
 }
 

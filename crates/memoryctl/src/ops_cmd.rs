@@ -6,7 +6,7 @@ use crate::daemon_cmd::{self, Hung};
 use crate::output::Lines;
 use crate::provision_cmd::run_locally;
 use crate::{Ctx, Usage};
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use memoryd_core::report::Tally;
 use memoryd_core::{update, verify};
 use memoryd_proto::{ProgressStatus, UpdateParams, VerifyParams, methods};
@@ -27,8 +27,7 @@ pub async fn verify(ctx: &Ctx, repair: bool, local: bool) -> anyhow::Result<Exit
             ctx.answer_or_run_here(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p))
                 .await?
                 .map(|answer| answer.map(|result| result["ok"] == Value::Bool(true)))
-                .transpose()
-                .map_err(|e| anyhow!(e.message))?
+                .transpose()?
         }
         None => {
             if !local {
@@ -101,10 +100,7 @@ pub async fn update(ctx: &Ctx, skip: Vec<String>, local: bool) -> anyhow::Result
         Some(client) => {
             let mut client = onto_this_version(ctx, client).await?;
             let params = serde_json::to_value(UpdateParams { skip })?;
-            let result = ctx
-                .call_with(&mut client, methods::HOST_UPDATE, params, |p| lines.push(p))
-                .await?
-                .map_err(|e| anyhow!(e.message))?;
+            let result = ctx.call_with(&mut client, methods::HOST_UPDATE, params, |p| lines.push(p)).await??;
             result["problems"].as_u64().unwrap_or(0) as usize
         }
         None => {
@@ -134,7 +130,7 @@ async fn onto_this_version(ctx: &Ctx, mut client: crate::client::Client) -> anyh
     if !ctx.json {
         println!("memoryd v{running} runs; restarting it onto v{} first", memoryd_core::VERSION);
     }
-    ctx.call(&mut client, methods::HOST_RESTART, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    ctx.call(&mut client, methods::HOST_RESTART, json!({})).await??;
     drop(client);
     let deadline = Instant::now() + RESTART_LIMIT;
     loop {

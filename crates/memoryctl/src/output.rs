@@ -100,37 +100,51 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
             None => "no map".to_owned(),
         },
     ));
+    // Without a daemon the store's facts are as it last left them, and
+    // what only a daemon knows is unknown, never a zero.
+    let stored = if s.running { "" } else { " (as stored)" };
     rows.push((
         "last sweep",
-        match &s.last_sweep {
-            Some(sw) => format!("{}: {} ok, {} failed", sw.at, sw.ok, sw.failed),
-            None => "none yet".to_owned(),
+        match (&s.last_sweep, s.running) {
+            (Some(sw), _) => format!("{}: {} ok, {} failed{stored}", sw.at, sw.ok, sw.failed),
+            (None, true) => "none yet".to_owned(),
+            (None, false) => "none recorded".to_owned(),
         },
     ));
     rows.push(("provision lock", s.lock.holder.clone().map_or("free".to_owned(), |h| format!("held by {h}"))));
     rows.push((
         "presence",
-        format!("{} online, {} degraded, {} offline", s.presence.online, s.presence.degraded, s.presence.offline),
+        match &s.presence {
+            Some(p) => format!("{} online, {} degraded, {} offline{stored}", p.online, p.degraded, p.offline),
+            None => "unknown (the presence store does not load; see: memoryctl verify)".to_owned(),
+        },
+    ));
+    rows.push((
+        "messages",
+        s.waiting_messages.map_or("unknown (the inboxes do not load)".to_owned(), |n| format!("{n} waiting")),
     ));
     rows.push((
         "mcp",
         match s.mcp.port {
             0 => "off".to_owned(),
             port => match (s.mcp.listening, &s.mcp.error) {
-                (true, _) if !s.mcp.uid_check => format!("port {port}, listening, uid check off"),
-                (true, _) => format!("port {port}, listening"),
-                (false, Some(error)) => format!("port {port}, not listening: {error}"),
-                (false, None) => format!("port {port}, not listening"),
+                (Some(true), _) if s.mcp.uid_check == Some(false) => format!("port {port}, listening, uid check off"),
+                (Some(true), _) => format!("port {port}, listening"),
+                (Some(false), Some(error)) => format!("port {port}, not listening: {error}"),
+                (Some(false), None) => format!("port {port}, not listening"),
+                (None, _) => format!("port {port}, unknown (no daemon answered)"),
             },
         },
     ));
     rows.push((
         "vault",
-        match &s.vault.path {
-            Some(p) => {
-                format!("{p}, {} notes indexed{}", s.vault.notes, if s.vault.watching { "" } else { ", not watched" })
+        match (&s.vault.path, s.vault.notes) {
+            (Some(p), Some(notes)) => {
+                let watched = if s.vault.watching == Some(false) { ", not watched" } else { "" };
+                format!("{p}, {notes} notes indexed{watched}")
             }
-            None => "no vault configured".to_owned(),
+            (Some(p), None) => format!("{p}, index unknown (no daemon answered)"),
+            (None, _) => "no vault configured".to_owned(),
         },
     ));
     rows.push(("healthy", if s.healthy { style.good("yes") } else { style.bad("no") }));

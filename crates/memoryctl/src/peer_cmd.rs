@@ -1,7 +1,6 @@
 //! `memoryctl peer link|unlink|visible|send|inbox` (spec 50).
 
 use crate::Ctx;
-use anyhow::anyhow;
 use clap::Subcommand;
 use memoryd_proto::methods;
 use serde_json::{Value, json};
@@ -48,7 +47,7 @@ pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
         PeerAction::Inbox { personality } => (methods::PEER_INBOX, json!({"personality": personality, "lease": false})),
     };
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, method, params).await?.map_err(|e| anyhow!(e.message))?;
+    let result = ctx.call(&mut client, method, params).await??;
     if ctx.json {
         crate::print_json(&result)?;
         return Ok(ExitCode::SUCCESS);
@@ -81,7 +80,7 @@ pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
                 if dropped > 0 { format!("; the inbox was full, {dropped} oldest dropped") } else { String::new() };
             println!(
                 "queued for {} ({} waiting){note}; it arrives at their next turn",
-                s(&result["deliveredTo"]),
+                s(&result["to"]),
                 result["queueDepth"]
             );
         }

@@ -2,13 +2,16 @@
 //! `revoke`, `unrevoke` and `events`.
 
 use crate::Ctx;
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::events::{self, Follower};
 use memoryd_core::files::FileGuard;
+use memoryd_core::fleet::FleetRead;
+use memoryd_core::peers;
+use memoryd_core::presence::check_operator_node;
 use memoryd_core::presence::{RosterRow, timestamp};
-use memoryd_core::store::Store;
-use memoryd_proto::methods;
+use memoryd_core::store::{self, Store, StoreError};
+use memoryd_proto::{RpcError, methods};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -53,9 +56,17 @@ pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<Exi
         _ => json!({"nodeId": args.node, "sessionId": args.session, "reason": args.reason}),
     };
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, method, params).await?.map_err(|e| anyhow!(e.message))?;
+    let result = ctx.call(&mut client, method, params).await??;
     if ctx.json {
-        crate::print_json(&result)?;
+        // Heartbeat and detach answer null on the wire: say what was done.
+        let done = match method {
+            methods::RUNTIMENODE_ATTACH => result,
+            methods::RUNTIMENODE_HEARTBEAT => {
+                json!({"nodeId": args.node, "sessionId": args.session, "healthState": health, "recorded": true})
+            }
+            _ => json!({"nodeId": args.node, "sessionId": args.session, "detached": true}),
+        };
+        crate::print_json(&done)?;
     } else if method == methods::RUNTIMENODE_ATTACH {
         let ro = if result["readOnly"] == Value::Bool(true) { ", read-only (below the version floor)" } else { "" };
         println!("{} attached: {}{ro}", args.node, result["state"].as_str().unwrap_or("?"));
@@ -69,24 +80,38 @@ pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// `peers`: the roster.
+/// `peers`: the roster, from the daemon, or as stored when it does not
+/// answer (said on stderr, and by `source` in JSON), with the messages
+/// waiting for each peer.
 pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let mut client = ctx.require().await?;
-    let result =
-        ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    let (rows, source): (Vec<RosterRow>, &str) = match ctx.connect().await? {
+        Some(mut client) => {
+            let result = ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await??;
+            (serde_json::from_value(result).context("memoryd sent a malformed roster")?, "memoryd")
+        }
+        None => {
+            eprintln!(
+                "{}; the roster below is read from disk, as memoryd last stored it",
+                ctx.not_answering().trim_end_matches('.')
+            );
+            let presence = store::stored_presence(&ctx.paths)?;
+            (presence.roster(ctx.config.presence.min_client_version), "disk")
+        }
+    };
+    let waiting = peers::waiting_all(&ctx.paths);
     if ctx.json {
-        crate::print_json(&result)?;
+        let waiting = waiting.ok();
+        crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<RosterRow> = serde_json::from_value(result).context("memoryd sent a malformed roster")?;
     if rows.is_empty() {
         println!("no agent session has attached yet");
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        println!(
+            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID",
+            "NODE", "SESSION", "STATE", "HEALTH", "READONLY", "VERSION", "HEARTBEAT"
+        );
     }
-    println!(
-        "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID",
-        "NODE", "SESSION", "STATE", "HEALTH", "READONLY", "VERSION", "HEARTBEAT"
-    );
     let now = SystemTime::now();
     for r in rows {
         let age = humantime::parse_rfc3339(&r.last_heartbeat_at)
@@ -106,35 +131,65 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             r.pid.map_or("-".to_owned(), |p| p.to_string()),
         );
     }
+    match waiting {
+        Ok(w) if w.is_empty() => println!("no peer message waits"),
+        Ok(w) => {
+            let each: Vec<String> = w.iter().map(|(peer, n)| format!("{peer} {n}")).collect();
+            println!("peer messages waiting: {}", each.join(", "));
+        }
+        Err(e) => println!("peer messages waiting: unknown ({e})"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an operator does to a node.
+pub enum Revocation {
+    /// `force`: the node need not be in the fleet map (yet).
+    Revoke {
+        reason: Option<String>,
+        force: bool,
+    },
+    Unrevoke,
 }
 
 /// `revoke` / `unrevoke`: through the daemon, or on the store directly when
 /// it does not answer (both lock the store, so neither loses the other's
-/// change).
-pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, revoke: bool) -> anyhow::Result<ExitCode> {
+/// change). Either way the node is checked against the fleet map.
+pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Result<ExitCode> {
     memoryd_core::presence::check_node(node).map_err(|r| crate::Usage(r.message))?;
+    let (revoke, reason, force) = match what {
+        Revocation::Revoke { reason, force } => (true, reason, force),
+        Revocation::Unrevoke => (false, None, false),
+    };
     let method = if revoke { methods::RUNTIMENODE_REVOKE } else { methods::RUNTIMENODE_UNREVOKE };
     match ctx.connect().await? {
         Some(mut client) => {
-            ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason}))
-                .await?
-                .map_err(|e| anyhow!(e.message))?;
+            ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason, "force": force})).await??;
         }
         None => {
+            // A mistyped --root gets no store created in it.
+            if !ctx.installed {
+                return Err(ctx.absent().into());
+            }
             eprintln!("memoryd not answering: running locally");
+            let fleet = FleetRead::load(&ctx.paths.fleet_map);
             let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
             memoryd_core::instance::ensure_private_dir(&files, &ctx.paths.state)?;
             let store = Store::open(&ctx.paths, &files)?;
             let now = SystemTime::now();
-            store.change_presence("revocation", |p| {
+            let changed = store.change_presence("revocation", |p| {
+                check_operator_node(fleet.map(), p, node, revoke, force)?;
                 let events = if revoke {
                     p.revoke(node, "operator", reason.as_deref(), now)?
                 } else {
                     p.unrevoke(node, "operator", now)?
                 };
                 Ok(((), events))
-            })?;
+            });
+            if let Err(StoreError::Refused(r)) = changed {
+                return Err(RpcError::new(r.kind, r.message).into());
+            }
+            changed?;
         }
     }
     if ctx.json {
@@ -145,13 +200,18 @@ pub async fn revocation(ctx: &Ctx, node: &str, reason: Option<String>, revoke: b
     Ok(ExitCode::SUCCESS)
 }
 
-/// `events [--follow] [--node N]`.
+/// `events [--follow] [--node N]`. With `--json` the recent events are one
+/// JSON array; `--follow` prints one JSON object per line instead, each as
+/// it happens.
 pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Result<ExitCode> {
-    let print = |event: &Value| {
-        if ctx.json {
+    let mut batch = Vec::new();
+    let mut print = |event: Value| {
+        if !ctx.json {
+            println!("{}", event_line(&event));
+        } else if follow {
             println!("{event}");
         } else {
-            println!("{}", event_line(event));
+            batch.push(event);
         }
     };
     if let Some(mut client) = ctx.connect().await? {
@@ -159,28 +219,30 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
         let result = ctx
             .call_raw(&mut client, methods::EVENTS_TAIL, params, |n| {
                 if n.method == methods::EVENTS_EVENT {
-                    print(&n.params);
+                    print(n.params);
                 }
             })
-            .await?
-            .map_err(|e| anyhow!(e.message))?;
+            .await??;
         for event in result.as_array().into_iter().flatten() {
+            print(event.clone());
+        }
+    } else {
+        // No daemon: the log is a file; read (and follow) it here.
+        for event in events::recent(&ctx.paths.events, node.as_deref(), 200) {
             print(event);
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    // No daemon: the log is a file; read (and follow) it here.
-    for event in events::recent(&ctx.paths.events, node.as_deref(), 200) {
-        print(&event);
-    }
-    if follow {
-        let mut follower = Follower::from_end(&ctx.paths.events);
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            for event in follower.poll().into_iter().filter(|e| events::matches(e, node.as_deref())) {
-                print(&event);
+        if follow {
+            let mut follower = Follower::from_end(&ctx.paths.events);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for event in follower.poll().into_iter().filter(|e| events::matches(e, node.as_deref())) {
+                    print(event);
+                }
             }
         }
+    }
+    if ctx.json && !follow {
+        crate::print_json(&batch)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,7 @@
 //! does not (or with `--local`).
 
 use crate::{Ctx, Usage};
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::config::Config;
 use memoryd_core::files::FileGuard;
@@ -59,7 +59,7 @@ pub async fn peer(ctx: &Ctx, args: PeerArgs, provisioning: bool) -> anyhow::Resu
                     Some(serde_json::from_value::<PeerReport>(value).context("memoryd sent a malformed report")?)
                 }
                 Some(Err(e)) if e.kind() == Some(ErrorKind::RequestInvalid) => return Err(Usage(e.message).into()),
-                Some(Err(e)) => bail!("{}", e.message),
+                Some(Err(e)) => return Err(e.into()),
                 None => None,
             }
         }
@@ -137,7 +137,7 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
 /// `sweep`: ask the daemon to sweep every peer now.
 pub async fn sweep(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, methods::HOST_SWEEP, json!({})).await?.map_err(|e| anyhow!(e.message))?;
+    let result = ctx.call(&mut client, methods::HOST_SWEEP, json!({})).await??;
     if ctx.json {
         crate::print_json(&result)?;
     } else {

@@ -88,6 +88,28 @@ impl FleetMap {
     pub fn peer(&self, personality: &str) -> Option<&FleetPeer> {
         self.peers.iter().find(|p| p.personality == personality)
     }
+
+    /// Whether `node` (`<runtime>-<personality>`) is a runtime of a peer.
+    pub fn has_node(&self, node: &str) -> bool {
+        crate::names::split_node_id(node).is_some_and(|(runtime, personality)| {
+            self.peer(personality).is_some_and(|p| p.runtimes.iter().any(|r| r == runtime))
+        })
+    }
+
+    /// Every node of the fleet, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> =
+            self.peers.iter().flat_map(|p| p.runtimes.iter().map(|r| format!("{r}-{}", p.personality))).collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// Every peer's name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.peers.iter().map(|p| p.personality.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 impl FleetPeer {

@@ -32,6 +32,32 @@ impl Binaries {
     }
 }
 
+/// Whether the root whose config file is `config_file` holds a memoryd
+/// install.
+///
+/// The rule: a root is an install when its config file exists
+/// (`R/plugins/memoryd/memoryd.toml`, or the file `MEMORYD_CONFIG` names).
+/// `memoryctl init` writes that file before anything else and `uninstall`
+/// keeps it, so it is there exactly when someone set memoryd up on the
+/// root. The state dir proves nothing: a command run against a mistyped
+/// root can create it. A file that cannot be looked at (a directory closed
+/// to this user) is not taken for a missing one.
+pub fn is_installed(config_file: &Path) -> bool {
+    match std::fs::metadata(config_file) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory),
+    }
+}
+
+/// The sentence for a root that holds no install.
+pub fn missing(root: &Path) -> String {
+    let root = root.display();
+    format!(
+        "there is no memoryd install at {root} (no config file); make one with: memoryctl --root {root} init --vault DIR, \
+         or check --root"
+    )
+}
+
 /// The launcher the iapeer notifier's watcher runs to relaunch memoryd.
 pub fn launcher_script(memoryd: &Path, root: &Path) -> String {
     use crate::surfaces::shims::sh_quote;
@@ -90,6 +116,21 @@ mod tests {
         assert_eq!(found.memoryctl, PathBuf::from("/opt/m/bin/memoryctl"));
         config.memoryd_bin = Some(PathBuf::from("/usr/bin/memoryd"));
         assert_eq!(Binaries::resolve(&config, Path::new("/x/memoryctl")).memoryd, PathBuf::from("/usr/bin/memoryd"));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // the fixture is written directly
+    fn an_install_is_a_root_whose_config_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("plugins/memoryd/memoryd.toml");
+        assert!(!is_installed(&config), "an empty root");
+        assert!(!is_installed(&dir.path().join("a-file/memoryd.toml")), "a root that is not a dir");
+        std::fs::write(dir.path().join("a-file"), "x").unwrap();
+        assert!(!is_installed(&dir.path().join("a-file/memoryd.toml")), "a path through a file");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, "").unwrap();
+        assert!(is_installed(&config));
+        assert!(missing(dir.path()).contains("init --vault DIR"));
     }
 
     #[test]

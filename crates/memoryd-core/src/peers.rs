@@ -8,12 +8,13 @@
 
 use crate::fleet::FleetMap;
 use crate::names::is_personality;
+use crate::paths::Paths;
 use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, read_doc};
 use memoryd_proto::ErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -84,40 +85,53 @@ fn refuse(kind: ErrorKind, message: String) -> StoreError {
     StoreError::Refused(Refusal { kind, message, details: None })
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), StoreError> {
+fn check_name(name: &str) -> Result<(), StoreError> {
     if is_personality(name) {
         Ok(())
     } else {
         Err(refuse(
             ErrorKind::RequestInvalid,
-            format!("field `{field}`: {name:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$"),
+            format!("the peer name {name:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$"),
         ))
     }
 }
 
-fn check_in_fleet(fleet: &FleetMap, name: &str) -> Result<(), StoreError> {
-    match fleet.peer(name) {
-        Some(_) => Ok(()),
-        None => Err(refuse(ErrorKind::PeerMissing, format!("`{name}` is not a peer of the fleet map"))),
+/// Refuses a peer name the fleet map does not list, naming the fleet's
+/// peers, unless the store still knows it (`kept`: a peer that left the
+/// fleet keeps its links and its inbox).
+pub fn check_known(fleet: Option<&FleetMap>, name: &str, kept: bool) -> Result<(), StoreError> {
+    check_name(name)?;
+    match fleet {
+        Some(fleet) if fleet.peer(name).is_some() => Ok(()),
+        _ if kept => Ok(()),
+        Some(fleet) => Err(refuse(
+            ErrorKind::PeerMissing,
+            format!("`{name}` is not a peer of the fleet (its peers: {})", crate::names::listing(&fleet.names())),
+        )),
+        None => Err(refuse(
+            ErrorKind::FleetUnavailable,
+            format!("there is no fleet map to find `{name}` in (memoryctl status shows why)"),
+        )),
     }
 }
 
 /// `peer.link`: reciprocal, idempotent. Whether a new link was made.
 pub fn link(store: &Store, fleet: &FleetMap, a: &str, b: &str) -> Result<bool, StoreError> {
-    check_name("a", a)?;
-    check_name("b", b)?;
-    check_in_fleet(fleet, a)?;
-    check_in_fleet(fleet, b)?;
+    check_known(Some(fleet), a, false)?;
+    check_known(Some(fleet), b, false)?;
     if a == b {
         return Err(refuse(ErrorKind::PeerSelf, format!("`{a}` cannot be linked with itself")));
     }
     store.change("peer-link", LINKS, |links: &mut Links| Ok((links.pairs.insert(Links::pair(a, b)), Vec::new())))
 }
 
-/// `peer.unlink`: both sides in one step. Whether there was a link.
-pub fn unlink(store: &Store, a: &str, b: &str) -> Result<bool, StoreError> {
-    check_name("a", a)?;
-    check_name("b", b)?;
+/// `peer.unlink`: both sides in one step. Whether there was a link. Each
+/// name must be a fleet peer or have a link (one that left the fleet keeps
+/// its links, and may be unlinked).
+pub fn unlink(store: &Store, fleet: Option<&FleetMap>, a: &str, b: &str) -> Result<bool, StoreError> {
+    let links: Links = store.read(LINKS)?;
+    check_known(fleet, a, links.of(a).next().is_some())?;
+    check_known(fleet, b, links.of(b).next().is_some())?;
     store.change("peer-unlink", LINKS, |links: &mut Links| Ok((links.pairs.remove(&Links::pair(a, b)), Vec::new())))
 }
 
@@ -173,7 +187,7 @@ pub fn visible_in(
     floor: Option<crate::config::ClientVersion>,
     p: &str,
 ) -> Result<Vec<Visible>, StoreError> {
-    check_name("personality", p)?;
+    check_known(Some(fleet), p, false)?;
     let links: Links = store.read(LINKS)?;
     let presence = store.presence()?;
     Ok(visible(&links, fleet, &presence.roster(floor), p))
@@ -193,8 +207,8 @@ pub fn send(
     capacity: usize,
     now: SystemTime,
 ) -> Result<Value, StoreError> {
-    check_name("from", from)?;
-    check_name("to", to)?;
+    check_name(from)?;
+    check_name(to)?;
     if from == to {
         return Err(refuse(ErrorKind::PeerSelf, format!("`{from}` cannot send a message to itself")));
     }
@@ -238,8 +252,9 @@ pub fn send(
                 json!({"ts": ts, "event": "peer.message_dropped", "personality": to, "messageId": m.id, "from": m.from})
             })
             .collect();
+        // Queued, not delivered: it reaches `to` at their next turn.
         let result = json!({
-            "deliveredTo": to,
+            "to": to,
             "queued": true,
             "queueDepth": inbox.messages.len(),
             "dropped": dropped.len(),
@@ -253,7 +268,7 @@ pub fn send(
 /// `peer.inbox`: the waiting messages, oldest first, none removed; with
 /// `lease`, the returned ones are hidden from other readers for 30 s.
 pub fn inbox(store: &Store, p: &str, lease: bool, now: SystemTime) -> Result<Vec<Message>, StoreError> {
-    check_name("personality", p)?;
+    check_name(p)?;
     let free = |m: &Message| {
         m.leased_until.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok()).is_none_or(|until| until <= now)
     };
@@ -274,12 +289,35 @@ pub fn inbox(store: &Store, p: &str, lease: bool, now: SystemTime) -> Result<Vec
 
 /// `peer.ack`: removes the named messages; how many were there.
 pub fn ack(store: &Store, p: &str, ids: &[String]) -> Result<usize, StoreError> {
-    check_name("personality", p)?;
+    check_name(p)?;
     store.change("peer-ack", &inbox_file(p), |doc: &mut Inbox| {
         let before = doc.messages.len();
         doc.messages.retain(|m| !ids.contains(&m.id));
         Ok((before - doc.messages.len(), Vec::new()))
     })
+}
+
+/// How many messages wait in each inbox of `S/store/inbox/` (leased or
+/// not; empty inboxes left out), read without opening the store.
+pub fn waiting_all(paths: &Paths) -> Result<BTreeMap<String, usize>, StoreError> {
+    let dir = paths.store.join("inbox");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(StoreError::Corrupt { path: dir, error: e.to_string() }),
+    };
+    let mut waiting = BTreeMap::new();
+    for entry in entries {
+        let path = entry.map_err(|e| StoreError::Corrupt { path: dir.clone(), error: e.to_string() })?.path();
+        let Some(peer) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        let n = read_doc::<Inbox>(&path)?.messages.len();
+        if n > 0 {
+            waiting.insert(peer.to_owned(), n);
+        }
+    }
+    Ok(waiting)
 }
 
 /// How many messages wait for `p` (leased or not).
@@ -352,8 +390,13 @@ mod tests {
         // Absent from the fleet: kept, not visible.
         assert_eq!(visible_in(&store, &fleet(&["bob"]), None, "bob").unwrap().len(), 1);
         assert_eq!(visible_in(&store, &map, None, "bob").unwrap().len(), 2);
-        assert!(unlink(&store, "bob", "ada").unwrap());
-        assert!(!unlink(&store, "bob", "ada").unwrap());
+        let missing = visible_in(&store, &map, None, "zed").unwrap_err();
+        assert!(missing.to_string().contains("`zed` is not a peer of the fleet (its peers: ada, bob)"), "{missing}");
+        assert_eq!(kind(missing), ErrorKind::PeerMissing);
+        // ada left the fleet: her link is kept, and may be removed.
+        assert!(unlink(&store, Some(&fleet(&["bob"])), "bob", "ada").unwrap());
+        assert!(!unlink(&store, Some(&map), "bob", "ada").unwrap());
+        assert_eq!(kind(unlink(&store, Some(&fleet(&["bob"])), "bob", "ada").unwrap_err()), ErrorKind::PeerMissing);
     }
 
     #[test]
@@ -379,6 +422,8 @@ mod tests {
         assert_eq!(inbox(&store, "bob", true, now + LEASE).unwrap().len(), 3, "the lease expired");
         assert_eq!(ack(&store, "bob", &[msgs[0].id.clone()]).unwrap(), 1);
         assert_eq!(waiting(&store, "bob"), 2);
+        let all = waiting_all(&Paths::new(dir.path().into())).unwrap();
+        assert_eq!(all.into_iter().collect::<Vec<_>>(), [("bob".to_owned(), 2)]);
         let (text, ids) = render_for_agent(&msgs[1..], 8000);
         assert!(text.starts_with("[Peer message from `ada` at "), "{text}");
         assert_eq!(ids.len(), 2);

@@ -5,8 +5,10 @@
 //! these inside one locked read-modify-write.
 
 use crate::config::ClientVersion;
+use crate::fleet::FleetMap;
 use crate::names::split_node_id;
 use memoryd_proto::ErrorKind;
+use memoryd_proto::status::PresenceCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -210,14 +212,56 @@ pub fn floor_refusal(node: &str, version: Option<&str>, floor: ClientVersion) ->
     }
 }
 
-/// Checks `nodeId` by the name rules; the error names the field.
+/// Checks a node id by the name rules; the error says so in an
+/// operator's words.
 pub fn check_node(node: &str) -> Result<(), Refusal> {
     split_node_id(node).map(drop).ok_or_else(|| {
         Refusal::new(
             ErrorKind::RequestInvalid,
-            format!("field `nodeId`: {node:?} is not <runtime>-<personality> by the name rules"),
+            format!(
+                "the node {node:?} is not <runtime>-<personality> (such as claude-boris): runtime [a-z][a-z0-9]*, \
+                 personality [a-z][a-z0-9-]*"
+            ),
         )
     })
+}
+
+/// Checks the node an operator revokes (`revoke`) or lets back in: it must
+/// be a node of the fleet map, or, to be let back in, a revoked one. With
+/// `force` a revoke may name a node that will exist later. The refusal
+/// lists the nodes it could have meant.
+pub fn check_operator_node(
+    fleet: Option<&FleetMap>,
+    presence: &Presence,
+    node: &str,
+    revoke: bool,
+    force: bool,
+) -> Result<(), Refusal> {
+    check_node(node)?;
+    if (revoke && force) || fleet.is_some_and(|f| f.has_node(node)) || (!revoke && presence.revoked.contains_key(node))
+    {
+        return Ok(());
+    }
+    let Some(fleet) = fleet else {
+        let fix = if revoke { "; pass --force to revoke it anyway" } else { "" };
+        return Err(Refusal::new(
+            ErrorKind::FleetUnavailable,
+            format!("there is no fleet map to check {node} against (memoryctl status shows why){fix}"),
+        ));
+    };
+    let nodes = crate::names::listing(&fleet.nodes());
+    let message = if revoke {
+        format!(
+            "{node} is not a node of the fleet (its nodes: {nodes}); pass --force to revoke a node that will exist later"
+        )
+    } else {
+        let revoked: Vec<&String> = presence.revoked.keys().collect();
+        format!(
+            "{node} is neither a node of the fleet (its nodes: {nodes}) nor revoked (revoked: {})",
+            crate::names::listing(&revoked)
+        )
+    };
+    Err(Refusal::new(ErrorKind::RuntimenodeUnknownNode, message))
 }
 
 fn event(now: SystemTime, name: &str, row: Option<&Attachment>, node: &str, extra: Value) -> Event {
@@ -289,14 +333,14 @@ impl Presence {
         if parse_version(&req.client_version).is_none() {
             return Err(Refusal::new(
                 ErrorKind::RequestInvalid,
-                format!("field `clientVersion`: {:?} is not MAJOR.MINOR", req.client_version),
+                format!("the client version {:?} is not MAJOR.MINOR (such as 1.0)", req.client_version),
             ));
         }
         if req.session_id.trim().is_empty() {
-            return Err(Refusal::new(ErrorKind::RequestInvalid, "field `sessionId`: must not be empty"));
+            return Err(Refusal::new(ErrorKind::RequestInvalid, "the session id must not be empty"));
         }
         if req.health_state == Health::Offline {
-            return Err(Refusal::new(ErrorKind::RequestInvalid, "field `healthState`: must be online or degraded"));
+            return Err(Refusal::new(ErrorKind::RequestInvalid, "the health state must be online or degraded"));
         }
         if self.revoked.contains_key(&req.node_id) {
             return Err(Refusal::new(
@@ -496,7 +540,7 @@ impl Presence {
         now: SystemTime,
     ) -> Result<Vec<Event>, Refusal> {
         if health == Health::Offline {
-            return Err(Refusal::new(ErrorKind::RequestInvalid, "field `healthState`: must be online or degraded"));
+            return Err(Refusal::new(ErrorKind::RequestInvalid, "the health state must be online or degraded"));
         }
         let row = self.session_mut(node, session)?;
         row.last_heartbeat_at = timestamp(now);
@@ -525,7 +569,7 @@ impl Presence {
     /// memory and apply later).
     pub fn soft_beat(&self, node: &str, session: Option<&str>, health: Health) -> Result<Option<&str>, Refusal> {
         if health == Health::Offline {
-            return Err(Refusal::new(ErrorKind::RequestInvalid, "field `healthState`: must be online or degraded"));
+            return Err(Refusal::new(ErrorKind::RequestInvalid, "the health state must be online or degraded"));
         }
         let row = &self.attachments[self.session_index(node, session)?];
         let transition =
@@ -592,7 +636,7 @@ impl Presence {
             (Some(Health::Offline), _) => {
                 return Err(Refusal::new(
                     ErrorKind::RequestInvalid,
-                    "field `healthChanges.state`: must be online or degraded",
+                    "the health a capability update reports must be online or degraded",
                 ));
             }
             _ => {}
@@ -714,6 +758,17 @@ impl Presence {
                 }
             })
             .collect()
+    }
+
+    /// How many nodes the roster shows online, degraded and offline.
+    pub fn counts(&self) -> PresenceCounts {
+        let roster = self.roster(None);
+        let count = |s: State| roster.iter().filter(|r| r.state == s).count();
+        PresenceCounts {
+            online: count(State::Online),
+            degraded: count(State::Degraded),
+            offline: count(State::Offline),
+        }
     }
 
     /// The client version of the node's active session, if any.
@@ -870,9 +925,45 @@ mod tests {
         assert_eq!(unknown.kind, ErrorKind::RuntimenodeUnknownNode);
         let mut bad = req("s9", "1.0", None);
         bad.node_id = "claude_boris".into();
-        assert!(p.attach(&bad, true, &rules(None), at(6), &probe).unwrap_err().message.contains("nodeId"));
+        let refused = p.attach(&bad, true, &rules(None), at(6), &probe).unwrap_err().message;
+        assert!(refused.starts_with("the node \"claude_boris\" is not <runtime>-<personality>"), "{refused}");
         let bad_version = p.attach(&req("s9", "1.01", None), true, &rules(None), at(6), &probe).unwrap_err();
-        assert!(bad_version.message.contains("clientVersion"));
+        assert!(bad_version.message.contains("the client version \"1.01\""), "{}", bad_version.message);
+    }
+
+    #[test]
+    fn an_operator_names_a_node_of_the_fleet_or_forces_it() {
+        let fleet = FleetMap {
+            updated_at: "x".into(),
+            peers: ["ada", "bob"]
+                .iter()
+                .map(|n| crate::fleet::FleetPeer {
+                    personality: (*n).into(),
+                    cwd: format!("/p/{n}").into(),
+                    default_runtime: None,
+                    runtimes: vec!["claude".into(), "codex".into()],
+                    description: String::new(),
+                })
+                .collect(),
+        };
+        let mut p = Presence::default();
+        let check = |p: &Presence, node, revoke, force| check_operator_node(Some(&fleet), p, node, revoke, force);
+        assert!(check(&p, "codex-bob", true, false).is_ok());
+        let unknown = check(&p, "claude-nobody", true, false).unwrap_err();
+        assert_eq!(unknown.kind, ErrorKind::RuntimenodeUnknownNode);
+        assert!(
+            unknown.message.contains("its nodes: claude-ada, claude-bob, codex-ada, codex-bob")
+                && unknown.message.contains("--force"),
+            "{}",
+            unknown.message
+        );
+        assert!(check(&p, "claude-nobody", true, true).is_ok(), "forced");
+        assert_eq!(check(&p, "claude_x", true, true).unwrap_err().kind, ErrorKind::RequestInvalid, "never forced");
+        assert!(check(&p, "claude-nobody", false, false).unwrap_err().message.contains("nor revoked (revoked: none)"));
+        p.revoke("claude-gone", "core", None, at(0)).unwrap();
+        assert!(check(&p, "claude-gone", false, false).is_ok(), "a revoked node can be let back in");
+        let no_map = check_operator_node(None, &p, "claude-ada", true, false).unwrap_err();
+        assert_eq!(no_map.kind, ErrorKind::FleetUnavailable);
     }
 
     #[test]

@@ -3,11 +3,15 @@
 use crate::config::Config;
 use memoryd_proto::status::HostStatus;
 
-/// Fills `healthy` and `problems`: unhealthy when the daemon is down, the
-/// heartbeat is missing or stale, the watch is off, the last sweep failed,
-/// or the MCP endpoint is configured but not listening.
+/// Fills `healthy` and `problems`: unhealthy when the root holds no
+/// install, the daemon is down, the heartbeat is missing or stale, the
+/// watch is off, the last sweep failed, or the MCP endpoint is configured
+/// but not listening.
 pub fn assess(status: &mut HostStatus, config: &Config) {
     let mut problems = Vec::new();
+    if !status.installed {
+        problems.push(format!("{}.", crate::install::missing(Path::new(&status.root))));
+    }
     match (status.running, status.pid) {
         (true, _) => {}
         (false, Some(pid)) => problems.push(format!("memoryd (pid {pid}) holds the lock but does not answer.")),
@@ -29,14 +33,14 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
     {
         problems.push(format!("the last sweep failed for {} peer-runtime(s); run: memoryctl verify", sweep.failed));
     }
-    match (&status.mcp, status.running) {
-        (mcp, _) if mcp.port == 0 => {}
-        (mcp, _) if !mcp.listening => problems.push(match &mcp.error {
+    match &status.mcp {
+        mcp if mcp.port == 0 => {}
+        mcp if mcp.listening == Some(false) => problems.push(match &mcp.error {
             Some(error) => format!("the MCP endpoint on port {} is not listening: {error}.", mcp.port),
             None => format!("the MCP endpoint on port {} is not listening.", mcp.port),
         }),
         // Off Linux the check does not exist (spec 60): said, not a problem.
-        (mcp, true) if !mcp.uid_check && cfg!(target_os = "linux") => {
+        mcp if mcp.uid_check == Some(false) && cfg!(target_os = "linux") => {
             problems.push(format!("{}.", mcp.uid_check_reason.as_deref().unwrap_or("the MCP uid check is not active")))
         }
         _ => {}
@@ -49,25 +53,37 @@ use crate::fleet::FleetRead;
 use crate::heartbeat::Heartbeat;
 use crate::instance::{lock_is_held, read_pid};
 use crate::paths::Paths;
-use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, PresenceCounts, VaultStatus};
+use crate::{peers, store};
+use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, VaultStatus};
+use std::path::Path;
 use std::time::SystemTime;
 
 /// The facts that can be read from disk without the daemon: the pid while
 /// the lock is held, the heartbeat, the fleet map and its freshness, the
-/// provision lock's holder, and the configured endpoints. `running` is
-/// false and the daemon fills in what only it knows.
-pub fn from_disk(paths: &Paths, config: &Config, now: SystemTime) -> HostStatus {
+/// provision lock's holder, the configured endpoints, and the store's
+/// presence counts, waiting messages and last sweep record. `running` is
+/// false; what only a daemon knows stays null.
+pub fn from_disk(paths: &Paths, config: &Config, config_file: &Path, now: SystemTime) -> HostStatus {
     let locked = lock_is_held(&paths.instance_lock).unwrap_or(false);
     let peers = FleetRead::load(&paths.fleet_map).map().map(|m| m.peers.len());
-    let mut status = shared_facts(paths, config, now, peers);
+    let mut status = shared_facts(paths, config, config_file, now, peers);
     status.pid = if locked { read_pid(&paths.pid_file) } else { None };
+    status.presence = store::stored_presence(paths).ok().map(|p| p.counts());
+    status.last_sweep = store::stored_last_sweep(paths).ok().flatten();
     status
 }
 
 /// The facts the daemon reads from disk too (it knows its pid and its
-/// fleet map): the heartbeat, the map's freshness, the provision lock's
-/// holder and the configured endpoints.
-pub fn shared_facts(paths: &Paths, config: &Config, now: SystemTime, peers: Option<usize>) -> HostStatus {
+/// fleet map): whether the root holds an install, the heartbeat, the map's
+/// freshness, the provision lock's holder, the waiting messages and the
+/// configured endpoints.
+pub fn shared_facts(
+    paths: &Paths,
+    config: &Config,
+    config_file: &Path,
+    now: SystemTime,
+    peers: Option<usize>,
+) -> HostStatus {
     let heartbeat = Heartbeat::read(&paths.heartbeat);
     let checked_age_secs = std::fs::read_to_string(&paths.fleet_checked)
         .ok()
@@ -82,12 +98,14 @@ pub fn shared_facts(paths: &Paths, config: &Config, now: SystemTime, peers: Opti
         version: None,
         uptime_secs: None,
         root: paths.root.display().to_string(),
+        installed: crate::install::is_installed(config_file),
         heartbeat_age_secs: heartbeat.as_ref().map(|h| h.age(now).as_secs()),
         watch: heartbeat.as_ref().map(|h| if h.watch_on { "on" } else { "off" }.to_owned()),
         fleet: FleetStatus { peers, checked_age_secs },
         last_sweep: None,
         lock: LockStatus { holder },
-        presence: PresenceCounts::default(),
+        presence: None,
+        waiting_messages: peers::waiting_all(paths).ok().map(|w| w.values().sum()),
         // The daemon fills in what it found; from disk nothing is known.
         mcp: McpStatus { port: config.mcp_port, ..McpStatus::default() },
         vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },

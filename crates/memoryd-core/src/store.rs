@@ -12,6 +12,7 @@ use crate::files::{FileError, FileGuard};
 use crate::lock::{LockError, StoreGuard, StoreLock};
 use crate::paths::Paths;
 use crate::presence::{Event, Presence, Refusal};
+use memoryd_proto::status::SweepStatus;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::Write;
@@ -28,6 +29,9 @@ const EVENTS_KEPT: usize = 3;
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// The presence document, relative to `S/store/`.
 const PRESENCE: &str = "presence.json";
+/// The daemon's last whole-fleet sweep, relative to `S/store/`: kept on
+/// disk so that `status` can show it while no daemon runs.
+const LAST_SWEEP: &str = "last-sweep.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -202,6 +206,14 @@ impl Store {
         self.change(what, PRESENCE, change)
     }
 
+    /// Records a whole-fleet sweep as the last one.
+    pub fn record_sweep(&self, sweep: &SweepStatus) -> Result<(), StoreError> {
+        self.change("sweep-record", LAST_SWEEP, |last: &mut Option<SweepStatus>| {
+            *last = Some(sweep.clone());
+            Ok(((), Vec::new()))
+        })
+    }
+
     /// Appends events to `S/events.jsonl`, rotating it past 10 MiB.
     pub fn append_events(&self, _held: &StoreGuard<'_>, events: &[Event]) -> Result<(), StoreError> {
         if events.is_empty() {
@@ -240,6 +252,18 @@ pub fn rotated(log: &Path, n: usize) -> PathBuf {
     let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".{n}"));
     log.with_file_name(name)
+}
+
+/// The presence document as stored, read without opening the store (which
+/// would create its directory): for a reader that finds no daemon.
+pub fn stored_presence(paths: &Paths) -> Result<Presence, StoreError> {
+    read_doc(&paths.store.join(PRESENCE))
+}
+
+/// The last whole-fleet sweep a daemon recorded, if any (see
+/// [`stored_presence`]).
+pub fn stored_last_sweep(paths: &Paths) -> Result<Option<SweepStatus>, StoreError> {
+    read_doc(&paths.store.join(LAST_SWEEP))
 }
 
 /// A store document; a missing file is the empty document.
@@ -286,6 +310,24 @@ mod tests {
             matches!(reader.presence(), Err(StoreError::Corrupt { .. })),
             "a broken file is reported, not cached over"
         );
+    }
+
+    #[test]
+    fn a_reader_without_a_daemon_sees_the_stored_documents_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("r"));
+        assert_eq!(stored_presence(&paths).unwrap(), Presence::default(), "nothing stored yet");
+        assert_eq!(stored_last_sweep(&paths).unwrap(), None);
+        assert!(!paths.store.exists(), "reading created the store");
+        let store = Store::open(&paths, &FileGuard::live()).unwrap();
+        let sweep = SweepStatus { at: "2026-12-01T10:00:00Z".into(), ok: 3, failed: 1 };
+        store.record_sweep(&sweep).unwrap();
+        let now = std::time::SystemTime::now();
+        store.change_presence("t", |p: &mut Presence| Ok(((), p.revoke("claude-a", "operator", None, now)?))).unwrap();
+        assert_eq!(stored_last_sweep(&paths).unwrap(), Some(sweep));
+        assert!(stored_presence(&paths).unwrap().revoked.contains_key("claude-a"));
+        std::fs::write(paths.store.join(PRESENCE), "{torn").unwrap();
+        assert!(matches!(stored_presence(&paths), Err(StoreError::Corrupt { .. })), "unreadable is not empty");
     }
 
     #[test]

@@ -92,7 +92,24 @@ error_kinds! {
     PeerNotVisible => "peer.not_visible",
     /// There is no readable fleet map to work on.
     FleetUnavailable => "fleet.unavailable",
-    /// A failure inside the daemon that is none of the above.
+    /// No memoryd install at the root (its config file is missing).
+    /// Raised by memoryctl.
+    InstallMissing => "install.missing",
+    /// No daemon runs on the root (nothing holds its lock). Raised by
+    /// memoryctl.
+    DaemonNotRunning => "daemon.not_running",
+    /// A daemon holds the root's lock or took the connection but did not
+    /// answer in time (hung, stopped, or past a deadline). Raised by
+    /// memoryctl.
+    DaemonNotAnswering => "daemon.not_answering",
+    /// A new daemon exited, or did not answer, before it was up. Raised by
+    /// memoryctl.
+    DaemonStartFailed => "daemon.start_failed",
+    /// The control socket's file modes keep this user out (connect gave
+    /// EACCES or EPERM). Raised by memoryctl.
+    ConnectionPermissionDenied => "connection.permission_denied",
+    /// A failure that is none of the above (in the daemon, or in memoryctl
+    /// itself).
     Internal => "internal",
 }
 

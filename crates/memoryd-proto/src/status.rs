@@ -10,13 +10,19 @@ pub struct HostStatus {
     pub version: Option<String>,
     pub uptime_secs: Option<u64>,
     pub root: String,
+    /// Whether the root holds a memoryd install (its config file exists).
+    pub installed: bool,
     pub heartbeat_age_secs: Option<u64>,
     /// `on` or `off`; null when no heartbeat says.
     pub watch: Option<String>,
     pub fleet: FleetStatus,
     pub last_sweep: Option<SweepStatus>,
     pub lock: LockStatus,
-    pub presence: PresenceCounts,
+    /// Null when the presence store could not be read. Without a daemon:
+    /// the counts as stored.
+    pub presence: Option<PresenceCounts>,
+    /// Peer messages waiting in every inbox; null when not read.
+    pub waiting_messages: Option<usize>,
     pub mcp: McpStatus,
     pub vault: VaultStatus,
     pub supervisor: Option<String>,
@@ -62,14 +68,16 @@ pub struct PresenceCounts {
 pub struct McpStatus {
     /// 0 when the endpoint is off.
     pub port: u16,
-    pub listening: bool,
+    /// Null when no daemon answered to say.
+    pub listening: Option<bool>,
     /// Why the endpoint is not listening (the port is taken, and by which
     /// process when that can be known); null when it listens or is off.
     #[serde(default)]
     pub error: Option<String>,
     /// Whether connections from other uids are refused: true only when the
-    /// daemon proved at start-up that it can tell who opened a connection.
-    pub uid_check: bool,
+    /// daemon proved at start-up that it can tell who opened a connection;
+    /// null when no daemon answered to say.
+    pub uid_check: Option<bool>,
     /// Why `uidCheck` is false; null when it is true.
     #[serde(default)]
     pub uid_check_reason: Option<String>,
@@ -79,7 +87,9 @@ pub struct McpStatus {
 #[serde(rename_all = "camelCase")]
 pub struct VaultStatus {
     pub path: Option<String>,
-    pub notes: usize,
-    pub watching: bool,
-    pub refused_rescan: bool,
+    /// The index and the watcher live in the daemon: null when no daemon
+    /// answered to say.
+    pub notes: Option<usize>,
+    pub watching: Option<bool>,
+    pub refused_rescan: Option<bool>,
 }

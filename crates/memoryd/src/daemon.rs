@@ -223,7 +223,8 @@ impl Daemon {
     pub fn status(&self) -> memoryd_proto::status::HostStatus {
         let config = self.config();
         let peers = self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
-        let mut status = memoryd_core::status::shared_facts(&self.paths, &config, SystemTime::now(), peers);
+        let mut status =
+            memoryd_core::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
         status.running = true;
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());
@@ -232,13 +233,13 @@ impl Daemon {
         status.supervisor = self.supervisor.map(str::to_owned);
         status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
-        status.mcp.listening = self.mcp_listening.load(Ordering::Relaxed);
+        status.mcp.listening = Some(self.mcp_listening.load(Ordering::Relaxed));
         status.mcp.error = self.mcp_error.lock().ok().and_then(|e| e.clone());
-        status.mcp.uid_check = self.uid_guard.check == crate::mcp::UidCheck::Active;
+        status.mcp.uid_check = Some(self.uid_guard.check == crate::mcp::UidCheck::Active);
         status.mcp.uid_check_reason = self.uid_guard.check.reason();
-        status.vault.notes = self.vault.index().len();
-        status.vault.watching = self.vault.watching.load(Ordering::Relaxed);
-        status.vault.refused_rescan = self.vault.refused.load(Ordering::Relaxed);
+        status.vault.notes = Some(self.vault.index().len());
+        status.vault.watching = Some(self.vault.watching.load(Ordering::Relaxed));
+        status.vault.refused_rescan = Some(self.vault.refused.load(Ordering::Relaxed));
         memoryd_core::status::assess(&mut status, &config);
         status
     }

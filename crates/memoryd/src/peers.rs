@@ -74,7 +74,7 @@ impl Daemon {
                 }
                 methods::PEER_UNLINK => {
                     let p: Pair = request.params()?;
-                    let was = peers::unlink(store, &p.a, &p.b).map_err(rpc_error)?;
+                    let was = peers::unlink(store, fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
                     daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
                     Ok(json!({"unlinked": was, "a": p.a, "b": p.b}))
                 }
@@ -84,13 +84,26 @@ impl Daemon {
                 }
                 methods::PEER_SEND => {
                     let p: Send = request.params()?;
+                    let fleet = fleet?;
+                    // An operator's names are checked first, naming the
+                    // fleet's peers (the MCP tool's caller gets no such list).
+                    for name in [&p.from, &p.to] {
+                        peers::check_known(Some(&fleet), name, false).map_err(rpc_error)?;
+                    }
                     let sent =
-                        peers::send(store, &fleet?, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
+                        peers::send(store, &fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
                     daemon.refresh_fragments(Some(vec![p.to]));
                     Ok(sent)
                 }
                 methods::PEER_INBOX => {
                     let p: InboxParams = request.params()?;
+                    // A lease is a hook fetching its own peer's messages; a
+                    // look names any peer, which must be one the store knows.
+                    if !p.lease {
+                        let kept = memoryd_core::names::is_personality(&p.personality)
+                            && peers::waiting(store, &p.personality) > 0;
+                        peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(rpc_error)?;
+                    }
                     to_value(peers::inbox(store, &p.personality, p.lease, now).map_err(rpc_error)?)
                 }
                 methods::PEER_ACK => {

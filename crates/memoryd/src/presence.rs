@@ -6,7 +6,9 @@ use crate::daemon::Daemon;
 use crate::server::ProgressSink;
 use memoryd_core::egress::Egress;
 use memoryd_core::events::{self, Follower};
-use memoryd_core::presence::{AttachRequest, Health, Presence, Refusal, Rules, floor_refusal, is_read_only};
+use memoryd_core::presence::{
+    AttachRequest, Health, Presence, Refusal, Rules, check_operator_node, floor_refusal, is_read_only,
+};
 use memoryd_core::store::StoreError;
 use memoryd_proto::status::PresenceCounts;
 use memoryd_proto::{ErrorKind, Request, RpcError, methods};
@@ -78,6 +80,9 @@ struct NodeParams {
     health_state: Option<Health>,
     #[serde(default)]
     reason: Option<String>,
+    /// revoke: a node the fleet map does not list (yet).
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -115,10 +120,7 @@ impl Daemon {
 
     /// Whether the fleet map has this node (`<runtime>-<personality>`).
     pub fn knows(&self, node: &str) -> bool {
-        let Some((runtime, personality)) = memoryd_core::names::split_node_id(node) else { return false };
-        self.fleet.lock().ok().is_some_and(|fleet| {
-            fleet.map().and_then(|m| m.peer(personality)).is_some_and(|p| p.runtimes.iter().any(|r| r == runtime))
-        })
+        self.fleet.lock().ok().is_some_and(|fleet| fleet.map().is_some_and(|m| m.has_node(node)))
     }
 
     /// Runs a store call on a blocking thread.
@@ -225,10 +227,12 @@ impl Daemon {
             methods::RUNTIMENODE_REVOKE | methods::RUNTIMENODE_UNREVOKE => {
                 let p: NodeParams = request.params()?;
                 let revoke = request.method == methods::RUNTIMENODE_REVOKE;
+                let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
                 self.change_tracked(move |d| {
                     d.store.change_presence(
                         "revocation",
                         tracked(|pr| {
+                            check_operator_node(fleet.as_ref(), pr, &p.node_id, revoke, p.force)?;
                             let events = if revoke {
                                 pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
                             } else {
@@ -291,11 +295,10 @@ impl Daemon {
         }
     }
 
-    /// Node counts by state for `status`.
-    pub fn presence_counts(&self) -> PresenceCounts {
-        let roster = self.store.presence().map(|p| p.roster(self.rules().floor)).unwrap_or_default();
-        let count = |s: &str| roster.iter().filter(|r| r.state.as_str() == s).count();
-        PresenceCounts { online: count("online"), degraded: count("degraded"), offline: count("offline") }
+    /// Node counts by state for `status`; None when the store does not
+    /// load (never zeros for counts not read).
+    pub fn presence_counts(&self) -> Option<PresenceCounts> {
+        self.store.presence().ok().map(|p| p.counts())
     }
 
     /// `events.tail {follow?, node?}`: the recent events; with `follow`,

@@ -105,9 +105,24 @@ impl Daemon {
             },
         };
         let started = Instant::now();
-        let report = self.provisioning_for(progress, move |p| p.sweep(&peers)).await.map_err(rpc_error);
-        let report = match report {
-            Ok(report) => report,
+        let report = self
+            .provisioning_for(progress, move |p| {
+                let report = p.sweep(&peers)?;
+                // Kept on disk too, for a status read while no daemon runs.
+                let record = SweepStatus {
+                    at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                    ok: report.ok_count(),
+                    failed: report.pairs.len() - report.ok_count(),
+                };
+                if whole && let Err(e) = p.store.record_sweep(&record) {
+                    tracing::warn!(error = %e, "cannot record the sweep for status");
+                }
+                Ok((report, record))
+            })
+            .await
+            .map_err(rpc_error);
+        let (report, record) = match report {
+            Ok(done) => done,
             Err(e) => {
                 tracing::error!(why, error = %e.message, "sweep failed");
                 return Err(e);
@@ -136,11 +151,7 @@ impl Daemon {
             "sweep done"
         );
         if whole && let Ok(mut last) = self.last_sweep.lock() {
-            *last = Some(SweepStatus {
-                at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                ok: report.ok_count(),
-                failed: report.pairs.len() - report.ok_count(),
-            });
+            *last = Some(record);
         }
         Ok(report)
     }
