@@ -128,6 +128,36 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
     drop(daemon);
 }
 
+#[test]
+fn a_symlink_in_the_vault_opens_no_zone_to_a_tool() {
+    let w = world();
+    std::fs::create_dir_all(w.vault.join("peers/bob")).unwrap();
+    std::fs::write(w.vault.join("peers/bob/secret.md"), "# Bob secret\nthe launch code\n").unwrap();
+    std::os::unix::fs::symlink("../peers/bob/secret.md", w.vault.join("ops/alias.md")).unwrap();
+    std::os::unix::fs::symlink(w.vault.join("peers/bob/secret.md"), w.vault.join("ops/absolute.md")).unwrap();
+    let outside = w.root.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, w.vault.join("peers/ada")).unwrap();
+    let daemon = w.root.start_daemon();
+    attach(&w.root, "claude-ada", "1.0");
+
+    // Ada is not linked with Bob: a link in the shared zone does not reach his note.
+    for path in ["ops/alias.md", "ops/absolute.md"] {
+        let (err, text) = mcp_tool(w.port, "claude-ada", "memory_read", json!({"path": path}));
+        assert!(err && !text.contains("launch"), "{path}: {text}");
+    }
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": "launch"}));
+    assert!(!err && paths_of(&text).is_empty(), "{text}");
+    // Bob reads his own note through the link.
+    let (err, text) = mcp_tool(w.port, "claude-bob", "memory_read", json!({"path": "ops/alias.md"}));
+    assert!(!err && text.contains("launch code"), "{text}");
+
+    // Ada's zone is a link out of the vault: her write is refused and lands nowhere.
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_write", json!({"title": "Escape", "body": "out"}));
+    assert!(err && text.contains("peers/ada") && text.contains("symbolic link"), "{text}\n{}", daemon.log());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
 /// Runs bob's session-start hook; its stdout.
 fn session_start(root: &Root, cwd: &Path) -> String {
     let shim = root.paths.hooks_dir.join("memoryd.claude.session-start.sh");

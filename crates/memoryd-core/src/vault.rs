@@ -12,7 +12,9 @@
 //! 50,000, far below an agent's tool-call round trip, so an on-disk engine
 //! with its own files, threads and compile cost would buy nothing here.
 
+use crate::files::{EntryKind, FileError, RealDir};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -47,30 +49,35 @@ pub struct Scan {
 }
 
 /// Walks the vault: hidden dirs and `*.tmp` files are ignored, notes that
-/// are not UTF-8 or too large are skipped and counted.
-pub fn scan(vault: &Path) -> std::io::Result<Scan> {
+/// are not UTF-8 or too large are skipped and counted. Symlinks are not
+/// followed (a link could lead out of the vault or into another zone, and
+/// search, snippets and fragments show what the scan indexed); every dir
+/// and note is opened through [`RealDir`], so a dir swapped for a link
+/// during the walk is not followed either.
+pub fn scan(vault: &Path) -> Result<Scan, FileError> {
+    let root = RealDir::open(vault)?;
     let mut out = Scan::default();
-    let mut stack = vec![vault.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if dir == vault => return Err(e),
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = match root.sub(Path::new(&rel)).and_then(|dir| dir.entries().map(|e| (dir, e))) {
+            Ok(listed) => listed,
+            Err(e) if rel.is_empty() => return Err(e),
             Err(_) => continue,
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let (dir, entries) = dir;
+        for (os_name, kind) in entries {
+            let name = os_name.to_string_lossy();
             if name.starts_with('.') || name.ends_with(".tmp") {
                 continue;
             }
-            let Ok(kind) = entry.file_type() else { continue };
-            let path = entry.path();
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() && name.ends_with(".md") {
-                match read_note(vault, &path) {
-                    Some(note) => out.notes.push(note),
-                    None => out.skipped += 1,
-                }
+            let path = if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") };
+            match kind {
+                EntryKind::Dir => stack.push(path),
+                EntryKind::File if path.ends_with(".md") => match read_text(&dir, &os_name) {
+                    Ok(Some((text, modified))) => out.notes.push(parse_note(&path, &text, modified)),
+                    _ => out.skipped += 1,
+                },
+                _ => {}
             }
         }
     }
@@ -78,21 +85,11 @@ pub fn scan(vault: &Path) -> std::io::Result<Scan> {
     Ok(out)
 }
 
-/// Reads one note; None when it must be skipped.
-pub fn read_note(vault: &Path, path: &Path) -> Option<Note> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.len() > MAX_NOTE_BYTES {
-        return None;
-    }
-    let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
-    let rel = path
-        .strip_prefix(vault)
-        .ok()?
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/");
-    Some(parse_note(&rel, &text, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+/// A note's text and mtime, read from `dir` without following a symlink;
+/// None when it must be skipped (larger than 1 MiB, or not UTF-8).
+pub fn read_text(dir: &RealDir, name: &OsStr) -> Result<Option<(String, SystemTime)>, FileError> {
+    let read = dir.read_file(name, MAX_NOTE_BYTES)?;
+    Ok(read.and_then(|f| Some((String::from_utf8(f.bytes).ok()?, f.modified))))
 }
 
 /// The zone owner of a relative path: `peers/<personality>/…`.
@@ -272,10 +269,12 @@ impl Index {
 
 /// Whether `reader` may read `note`: shared, its own, or a linked peer's.
 pub fn readable(note: &Note, reader: &str, linked: &[&str]) -> bool {
-    match &note.owner {
-        None => true,
-        Some(owner) => owner == reader || linked.contains(&owner.as_str()),
-    }
+    zone_readable(note.owner.as_deref(), reader, linked)
+}
+
+/// Whether `reader` may read the zone of `owner` (None: the shared zone).
+pub fn zone_readable(owner: Option<&str>, reader: &str, linked: &[&str]) -> bool {
+    owner.is_none_or(|owner| owner == reader || linked.contains(&owner))
 }
 
 /// A rescan that would drop more than 10 notes and more than 20 % of the
