@@ -107,7 +107,8 @@ fn unreadable(path: &str, e: &FileError) -> String {
 
 /// `memory_write {title, body, tags?, replace?}`: writes
 /// `peers/<caller>/<slug>.md` atomically; an existing note only with
-/// `replace`, and never one written by someone else.
+/// `replace`. Another peer's note is never replaced: the caller writes only
+/// in its own zone, and every note there is the caller's.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     files: &FileGuard,
@@ -120,6 +121,13 @@ pub fn write(
     replace: bool,
     now: SystemTime,
 ) -> Result<Value, String> {
+    one_line("`title`", title)?;
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.is_empty() {
+            return Err(format!("`tags` item {} is empty; leave it out or name it", i + 1));
+        }
+        one_line(&format!("`tags` item {}", i + 1), tag)?;
+    }
     let slug = vault::slug(title).ok_or("the title makes an empty file name; use letters or digits in it")?;
     let name = format!("{slug}.md");
     let rel = format!("peers/{}/{name}", caller.personality);
@@ -141,9 +149,10 @@ pub fn write(
     let zone = Path::new("peers").join(caller.personality);
     let dir = files.create_sub(&vault_dir, &zone, 0o755).map_err(linked)?;
     let name = OsStr::new(&name);
-    let existing = match dir.kind(name).map_err(|e| e.to_string())? {
-        None => None,
-        Some(EntryKind::File) => Some(vault::read_text(&dir, name).map_err(linked)?),
+    // The zone is the caller's, so a note in it is the caller's own.
+    let existed = match dir.kind(name).map_err(|e| e.to_string())? {
+        None => false,
+        Some(EntryKind::File) => true,
         Some(EntryKind::Symlink) => {
             return Err(format!(
                 "{rel} is a symbolic link, and memoryd replaces only real notes in your zone; remove the link or choose another title"
@@ -151,15 +160,8 @@ pub fn write(
         }
         Some(_) => return Err(format!("{rel} exists and is not a note; choose another title")),
     };
-    if let Some(existing) = &existing {
-        if let Some((text, modified)) = existing
-            && let Some(author) = vault::parse_note(&rel, text, *modified).author.filter(|a| a != caller.personality)
-        {
-            return Err(format!("{rel} was written by {author}; memoryd never replaces another peer's note"));
-        }
-        if !replace {
-            return Err(format!("{rel} exists; pass replace: true to replace it, or choose another title"));
-        }
+    if existed && !replace {
+        return Err(format!("{rel} exists; pass replace: true to replace it, or choose another title"));
     }
     files.write_in(&dir, name, text.as_bytes(), Some(0o644)).map_err(linked)?;
     let similar: Vec<Value> = index
@@ -167,7 +169,21 @@ pub fn write(
         .iter()
         .map(|h| json!({"path": h.note.path, "title": h.note.title, "score": rounded(h.score)}))
         .collect();
-    Ok(json!({"path": rel, "created": existing.is_none(), "similar": similar}))
+    Ok(json!({"path": rel, "created": !existed, "similar": similar}))
+}
+
+/// Refuses a front matter value that could end its line: a control
+/// character or a Unicode line or paragraph separator, so that what the
+/// caller gives stays the value it was given (never a new `author` line or
+/// the end of the block).
+fn one_line(argument: &str, value: &str) -> Result<(), String> {
+    match value.chars().find(|&c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        Some(c) => Err(format!(
+            "{argument} holds the control character or line break U+{:04X}; give it on one line without one",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -202,13 +218,12 @@ mod tests {
         assert!(again.contains("replace: true"), "{again}");
         assert!(write(&files, v, &index, &ada, "Kafka tuning!", "x", &[], true, SystemTime::now()).is_ok());
         assert!(write(&files, v, &index, &ada, "!!!", "x", &[], false, SystemTime::now()).is_err());
-        // A note in one's own zone written by someone else is never replaced.
+        // A note in one's own zone is one's own, whatever author it claims.
         std::fs::write(v.join("peers/ada/foreign.md"), "---\nauthor: bob\n---\nx").unwrap();
-        assert!(
-            write(&files, v, &index, &ada, "foreign", "y", &[], true, SystemTime::now())
-                .unwrap_err()
-                .contains("never replaces")
-        );
+        let rescanned = Index::build(scan(v).unwrap());
+        assert_eq!(rescanned.get("peers/ada/foreign.md").unwrap().author.as_deref(), Some("ada"));
+        assert!(write(&files, v, &index, &ada, "foreign", "y", &[], false, SystemTime::now()).is_err());
+        assert!(write(&files, v, &index, &ada, "foreign", "y", &[], true, SystemTime::now()).is_ok());
     }
 
     /// Runs `f` on a thread and gives up after a few seconds, so a read
