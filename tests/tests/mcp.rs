@@ -3,10 +3,11 @@
 
 use memoryd_e2e::*;
 use serde_json::{Value, json};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct World {
     root: Root,
@@ -156,6 +157,76 @@ fn a_symlink_in_the_vault_opens_no_zone_to_a_tool() {
     let (err, text) = mcp_tool(w.port, "claude-ada", "memory_write", json!({"title": "Escape", "body": "out"}));
     assert!(err && text.contains("peers/ada") && text.contains("symbolic link"), "{text}\n{}", daemon.log());
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+/// The endpoint's bounds (constants in crates/memoryd/src/mcp.rs).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 256;
+
+fn connect(port: u16, first_bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(first_bytes).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    stream
+}
+
+/// Whether the server closed `stream` (end of stream or reset), draining
+/// what it sent.
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn initialize(port: u16) -> Value {
+    let params =
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}});
+    mcp(port, "claude-ada", "initialize", params)
+}
+
+#[test]
+fn slow_clients_are_cut_off_at_the_header_deadline_and_a_good_client_is_still_served() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    let opened = Instant::now();
+    // A partial request, then a byte every 250 ms: headers that never end.
+    let mut drips: Vec<TcpStream> =
+        (0..150).map(|_| connect(w.port, b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: ")).collect();
+    let mut silent: Vec<TcpStream> = (0..50).map(|_| connect(w.port, b"")).collect();
+    assert_eq!(initialize(w.port)["result"]["serverInfo"]["name"], "memoryd", "served while 200 clients stall");
+    let bound = opened + HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    loop {
+        for d in &mut drips {
+            let _ = d.write_all(b"x");
+        }
+        let open = drips.iter_mut().chain(&mut silent).map(|s| !closed(s)).filter(|&o| o).count();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < bound, "{open} slow connections still open after {:?}", opened.elapsed());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(opened.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_millis(500), "closed before the deadline");
+    assert_eq!(initialize(w.port)["result"]["serverInfo"]["name"], "memoryd", "served after they are gone");
+}
+
+#[test]
+fn a_connection_over_the_limit_is_closed_at_once() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    let _held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| connect(w.port, b"")).collect();
+    let mut over = connect(w.port, b"");
+    let refused_by = Instant::now() + Duration::from_secs(2);
+    while !closed(&mut over) {
+        assert!(Instant::now() < refused_by, "a connection over the limit of {MAX_CONNECTIONS} was kept open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs bob's session-start hook; its stdout.

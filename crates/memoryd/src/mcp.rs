@@ -1,6 +1,8 @@
 //! The memory MCP endpoint (spec 60): Streamable HTTP on
 //! `127.0.0.1:<mcp_port>/mcp`, through the official SDK (`rmcp`) in
 //! stateless mode, so a restart of the daemon is invisible to clients.
+//! A client that stalls cannot hold the endpoint: headers are due within
+//! [`HEADER_READ_TIMEOUT`] and at most [`MAX_CONNECTIONS`] are open at once.
 //!
 //! Before MCP, at the HTTP level, a guard refuses with 403 and a
 //! one-sentence JSON body: another uid (Linux, by the connection's owner in
@@ -9,11 +11,15 @@
 //! `X-IAPeer-Identity`. OAuth discovery probes get a plain 404.
 
 use crate::daemon::Daemon;
+use crate::server::Slot;
+use axum::Extension;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use memoryd_core::memory::{self, Caller};
 use memoryd_core::names::split_node_id;
 use memoryd_core::peers;
@@ -29,8 +35,12 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Layer;
 
 pub const IDENTITY: &str = "x-iapeer-identity";
 
@@ -41,19 +51,27 @@ pub fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// How long a client may take to send a request's headers; a keep-alive
+/// connection idle as long is closed too. A loopback client sends its
+/// headers at once, and HTTP clients expect an idle connection to close
+/// after about this long (Node's HTTP server keeps one 5 s).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections served at once; past it a new one gets a 503 and is
+/// closed at once. An agent keeps one or two, so this is room for a large
+/// fleet while a misbehaving local client cannot take the daemon's file
+/// descriptors and memory. A constant: no fleet comes near it.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Serves MCP on `listener` until the daemon stops.
 pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
-        // Small JSON answers must not wait for delayed ACKs (Nagle).
-        Ok(l) => l.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        }),
+        Ok(l) => l,
         Err(e) => {
             tracing::error!(task = "mcp", error = %e, "cannot serve the MCP endpoint");
             return;
         }
     };
-    let port = axum::serve::Listener::local_addr(&listener).map_or(0, |a| a.port());
+    let port = listener.local_addr().map_or(0, |a| a.port());
     let config = daemon.config();
     let mut http = StreamableHttpServerConfig::default();
     http.legacy_session_mode = false;
@@ -75,13 +93,79 @@ pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
         .layer(middleware::from_fn_with_state((daemon.clone(), port), guard));
     daemon.mcp_listening.store(true, Ordering::Relaxed);
     let stop = daemon.shutdown.begun.clone();
-    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    daemon.mcp_listening.store(false, Ordering::Relaxed);
-    if let Err(e) = served {
-        tracing::error!(task = "mcp", error = %e, "the MCP endpoint stopped");
+    let open = Arc::new(AtomicUsize::new(0));
+    let connections = TaskTracker::new();
+    let mut full = false;
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends pass; the endpoint goes on.
+                    tracing::warn!(task = "mcp", error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = Slot::take(&open, MAX_CONNECTIONS) else {
+            if !std::mem::replace(&mut full, true) {
+                tracing::warn!(
+                    task = "mcp",
+                    max = MAX_CONNECTIONS,
+                    "MCP connections at their limit; refusing new ones"
+                );
+            }
+            refuse(&stream);
+            continue;
+        };
+        full = false;
+        connections.spawn(connection(stream, client, router.clone(), stop.clone(), slot));
     }
+    drop(listener);
+    connections.close();
+    // Each connection finishes its request and closes (a stalled one at the
+    // header deadline); the drain in main bounds this wait as well.
+    if tokio::time::timeout(config.shutdown_grace, connections.wait()).await.is_err() {
+        tracing::warn!(task = "mcp", open = open.load(Ordering::Relaxed), "MCP connections still open at shutdown");
+    }
+    daemon.mcp_listening.store(false, Ordering::Relaxed);
+}
+
+/// Serves one connection (HTTP/1.1, headers due within
+/// [`HEADER_READ_TIMEOUT`]) until it closes or the daemon stops.
+async fn connection(stream: TcpStream, client: SocketAddr, router: axum::Router, stop: CancellationToken, _slot: Slot) {
+    // Small JSON answers must not wait for delayed ACKs (Nagle).
+    let _ = stream.set_nodelay(true);
+    let service = TowerToHyperService::new(Extension(ConnectInfo(client)).layer(router));
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(task = "mcp", %client, error = %e, "MCP connection closed");
+    }
+}
+
+/// Answers a connection over [`MAX_CONNECTIONS`] with a 503, if the socket
+/// takes it at once, and closes it: nothing waits on that client.
+fn refuse(stream: &TcpStream) {
+    let body = json!({"error": format!(
+        "memoryd's MCP endpoint is serving its maximum of {MAX_CONNECTIONS} connections; retry shortly"
+    )})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
 }
 
 fn forbidden(sentence: String) -> Response {
