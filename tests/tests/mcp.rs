@@ -159,6 +159,75 @@ fn a_symlink_in_the_vault_opens_no_zone_to_a_tool() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
+#[test]
+fn a_tool_argument_of_the_wrong_type_or_missing_is_a_tool_error_naming_it() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    attach(&w.root, "claude-ada", "1.0");
+    for (tool, arguments, named) in [
+        ("memory_read", json!({"path": 7}), "`path`"),
+        ("memory_read", json!({}), "`path`"),
+        ("memory_read", json!({"path": null}), "`path`"),
+        ("memory_read", json!({"path": "ops/kafka.md", "pth": "x"}), "`pth`"),
+        ("memory_search", json!({"query": "kafka", "limit": -1}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": "5"}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": 1.5}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": 0}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": 51}), "`limit`"),
+        ("memory_search", json!({"query": ["kafka"]}), "`query`"),
+        ("memory_search", json!({"query": "kafka", "scope": 2}), "`scope`"),
+        ("memory_search", json!({"query": "kafka", "scope": "mine"}), "`scope`"),
+        ("memory_write", json!({"title": "T"}), "`body`"),
+        ("memory_write", json!({"title": "T", "body": "b", "tags": "ops"}), "`tags`"),
+        ("memory_write", json!({"title": "T", "body": "b", "tags": ["ops", 1]}), "`tags`"),
+        ("memory_write", json!({"title": "T", "body": "b", "replace": "yes"}), "`replace`"),
+        ("memory_write", json!({"title": "Line\nauthor: bob", "body": "b"}), "`title`"),
+        ("peer_send", json!({"to": 1, "message": "hi"}), "`to`"),
+        ("peer_send", json!({"to": "bob"}), "`message`"),
+    ] {
+        let (err, text) = mcp_tool(w.port, "claude-ada", tool, arguments.clone());
+        assert!(err && text.contains(named), "{tool} {arguments}: {text}");
+        assert!(text.ends_with(|c: char| c.is_alphanumeric() || ")`\"".contains(c)), "one sentence: {text}");
+    }
+    // `arguments` itself must be an object.
+    for arguments in [json!("ops/kafka.md"), json!(["ops/kafka.md"]), json!(3)] {
+        let v = mcp(w.port, "claude-ada", "tools/call", json!({"name": "memory_read", "arguments": arguments}));
+        let result = &v["result"];
+        let text = result["content"][0]["text"].as_str().unwrap_or("");
+        assert!(result["isError"] == true && text.contains("`arguments`"), "{arguments}: {v}");
+    }
+    // Nothing was written by the refused calls, and a right call still works.
+    assert!(!w.vault.join("peers/ada").exists());
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": "kafka", "limit": 1}));
+    assert!(!err && paths_of(&text) == ["ops/kafka.md"], "{text}");
+}
+
+#[test]
+fn a_request_body_over_max_request_bytes_is_refused_with_a_sentence() {
+    let w = world();
+    w.root.write_config(&format!(
+        "mcp_port = {}\nvault = \"{}\"\nmax_request_bytes = \"1KiB\"\n",
+        w.port,
+        w.vault.display()
+    ));
+    let _daemon = w.root.start_daemon();
+    let query = "kafka ".repeat(200);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "memory_search", "arguments": {"query": query}}})
+    .to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("X-IAPeer-Identity", "claude-ada"),
+    ];
+    let answer = http_post(w.port, "/mcp", &headers, &body);
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    let sentence: Value = serde_json::from_str(&answer.body).unwrap();
+    assert!(sentence["error"].as_str().unwrap().contains("max_request_bytes (1024 bytes)"), "{sentence}");
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": "kafka"}));
+    assert!(!err && text.contains("ops/kafka.md"), "a small request still passes: {text}");
+}
+
 /// The endpoint's bounds (constants in crates/memoryd/src/mcp.rs).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 256;

@@ -90,6 +90,7 @@ pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     let router = axum::Router::new()
         .nest_service("/mcp", service)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn_with_state(config.max_request_bytes, arguments_object))
         .layer(middleware::from_fn_with_state((daemon.clone(), port), guard));
     daemon.mcp_listening.store(true, Ordering::Relaxed);
     let stop = daemon.shutdown.begun.clone();
@@ -235,14 +236,126 @@ async fn guard(
     next.run(request).await
 }
 
+/// A `tools/call` whose `arguments` is not an object fails the SDK's
+/// parsing with a bare JSON-RPC error; spec 60 makes bad input a tool
+/// error. So the call goes on with no arguments and this mark (what was
+/// given instead), and `call_tool` answers it naming `arguments`.
+#[derive(Clone)]
+struct ArgumentsNotAnObject(String);
+
+async fn arguments_object(State(max_bytes): State<usize>, request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let Ok(mut bytes) = axum::body::to_bytes(body, max_bytes).await else {
+        let sentence = format!("the request body is larger than max_request_bytes ({max_bytes} bytes) or was cut off");
+        let answer = json!({"error": sentence}).to_string();
+        return (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONTENT_TYPE, "application/json")], answer).into_response();
+    };
+    if let Ok(mut call) = serde_json::from_slice::<Value>(&bytes)
+        && call.get("method").and_then(Value::as_str) == Some("tools/call")
+        && let Some(arguments) = call.get_mut("params").and_then(|p| p.get_mut("arguments"))
+        && !(arguments.is_object() || arguments.is_null())
+    {
+        parts.extensions.insert(ArgumentsNotAnObject(describe(arguments)));
+        *arguments = Value::Object(Map::new());
+        bytes = call.to_string().into();
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
 /// The MCP server of one request (stateless: built per request).
 #[derive(Clone)]
 struct MemoryServer {
     daemon: Arc<Daemon>,
 }
 
+/// A tool's input schema; an argument it does not list is refused.
 fn object(schema: Value) -> Arc<Map<String, Value>> {
-    Arc::new(schema.as_object().cloned().unwrap_or_default())
+    let mut schema = schema.as_object().cloned().unwrap_or_default();
+    schema.insert("additionalProperties".to_owned(), Value::Bool(false));
+    Arc::new(schema)
+}
+
+/// Checks a call's arguments against the tool's input schema, so that a
+/// wrong type, a value out of range, a missing required argument or an
+/// unknown one is a tool error naming it, never a silent default. Our
+/// schemas use `type` (string, integer, boolean, array), `items`,
+/// `minimum`, `maximum`, `enum` and `required`; lengths are the tools' own
+/// checks, with their own error kinds.
+fn check_arguments(tool: &Tool, args: &Map<String, Value>) -> Result<(), String> {
+    let names = |list: &[Value]| {
+        list.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(", ")
+    };
+    let properties = tool.input_schema.get("properties").and_then(Value::as_object);
+    for (key, value) in args {
+        let Some(spec) = properties.and_then(|p| p.get(key)) else {
+            let takes: Vec<Value> =
+                properties.map(|p| p.keys().map(|k| Value::from(k.as_str())).collect()).unwrap_or_default();
+            let takes = if takes.is_empty() { "no arguments".to_owned() } else { names(&takes) };
+            return Err(format!("`{key}` is not an argument of {} (it takes {takes})", tool.name));
+        };
+        // A null optional argument is an absent one.
+        if !value.is_null() {
+            check_value(&format!("`{key}`"), spec, value)?;
+        }
+    }
+    let required = tool.input_schema.get("required").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    match required.iter().filter_map(Value::as_str).find(|k| args.get(*k).is_none_or(Value::is_null)) {
+        Some(missing) => Err(format!("`{missing}` is missing; {} needs {}", tool.name, names(required))),
+        None => Ok(()),
+    }
+}
+
+fn check_value(name: &str, spec: &Value, value: &Value) -> Result<(), String> {
+    let wrong = |wanted: &str| Err(format!("{name} must be {wanted}, not {}", describe(value)));
+    match spec.get("type").and_then(Value::as_str) {
+        Some("string") => {
+            let Some(text) = value.as_str() else { return wrong("a string") };
+            if let Some(allowed) = spec.get("enum").and_then(Value::as_array)
+                && !allowed.iter().any(|a| a == text)
+            {
+                let allowed: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+                return wrong(&format!("one of {}", allowed.join(", ")));
+            }
+        }
+        Some("integer") => {
+            let (min, max) = (spec.get("minimum").and_then(Value::as_i64), spec.get("maximum").and_then(Value::as_i64));
+            if !value.as_i64().is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)) {
+                return wrong(&match (min, max) {
+                    (Some(min), Some(max)) => format!("a whole number from {min} to {max}"),
+                    _ => "a whole number".to_owned(),
+                });
+            }
+        }
+        Some("boolean") if !value.is_boolean() => return wrong("true or false"),
+        Some("array") => {
+            let Some(items) = value.as_array() else { return wrong("a list") };
+            for (i, item) in items.iter().enumerate() {
+                check_value(&format!("{name} item {}", i + 1), spec.get("items").unwrap_or(&Value::Null), item)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A JSON value as an error sentence names it.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("a string ({:?}…)", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
 }
 
 fn tools() -> Vec<Tool> {
@@ -281,7 +394,7 @@ fn tools() -> Vec<Tool> {
             "Send a short message to a linked peer; it arrives at the start of its next turn.",
             object(json!({"type": "object", "properties": {
                 "to": {"type": "string"},
-                "message": {"type": "string", "maxLength": 7000},
+                "message": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
             }, "required": ["to", "message"]})),
         ),
     ]
@@ -298,6 +411,12 @@ impl MemoryServer {
         parts.headers.get(IDENTITY)?.to_str().ok().map(str::to_owned)
     }
 
+    /// What a call gave as `arguments` when that was not an object.
+    fn arguments_not_an_object(context: &RequestContext<RoleServer>) -> Option<String> {
+        let parts = context.extensions.get::<axum::http::request::Parts>()?;
+        parts.extensions.get::<ArgumentsNotAnObject>().map(|a| a.0.clone())
+    }
+
     /// Refuses a write by a read-only node (no known version counts as
     /// read-only under a floor).
     fn check_write(&self, node: &str) -> Result<(), String> {
@@ -307,7 +426,10 @@ impl MemoryServer {
 
     async fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
-        let text = |key: &str| args.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+        // The schema check let only these types through; a required one
+        // that is absent all the same is still an error, not "".
+        let text = |key: &str| args.get(key).and_then(Value::as_str).ok_or_else(|| format!("`{key}` is missing"));
+        let optional = |key: &str| args.get(key).and_then(Value::as_str);
         let linked_names = self.daemon.linked_with(&personality);
         let linked: Vec<&str> = linked_names.iter().map(String::as_str).collect();
         let caller = Caller { personality: &personality, linked: &linked };
@@ -318,11 +440,11 @@ impl MemoryServer {
                 vault.ok_or_else(no_vault)?;
                 let index = self.daemon.vault.index();
                 let limit = args.get("limit").and_then(Value::as_u64);
-                memory::search(&index, &caller, &text("query"), limit, args.get("scope").and_then(Value::as_str))
+                memory::search(&index, &caller, text("query")?, limit, optional("scope"))
             }
             "memory_read" => {
                 let vault = vault.ok_or_else(no_vault)?;
-                memory::read(&vault, &caller, &text("path")).map(Value::String)
+                memory::read(&vault, &caller, text("path")?).map(Value::String)
             }
             "memory_write" => {
                 let vault = vault.ok_or_else(no_vault)?;
@@ -339,8 +461,8 @@ impl MemoryServer {
                     &vault,
                     &index,
                     &caller,
-                    &text("title"),
-                    &text("body"),
+                    text("title")?,
+                    text("body")?,
                     &tags,
                     replace,
                     SystemTime::now(),
@@ -361,14 +483,14 @@ impl MemoryServer {
             "peer_send" => {
                 self.check_write(node)?;
                 let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
-                let to = text("to");
+                let to = text("to")?.to_owned();
                 let capacity = self.daemon.config().presence.inbox_capacity;
                 let sent = peers::send(
                     &self.daemon.store,
                     &fleet,
                     &personality,
                     &to,
-                    &text("message"),
+                    text("message")?,
                     capacity,
                     SystemTime::now(),
                 )
@@ -409,13 +531,20 @@ impl ServerHandler for MemoryServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !tools().iter().any(|t| t.name == request.name) {
+        let Some(tool) = tools().into_iter().find(|t| t.name == request.name) else {
             return Err(ErrorData::invalid_params(format!("unknown tool `{}`", request.name), None));
-        }
+        };
         let Some(node) = Self::node(&context) else {
             return Err(ErrorData::invalid_request("no X-IAPeer-Identity on this request", None));
         };
         let args = request.arguments.unwrap_or_default();
+        let checked = match Self::arguments_not_an_object(&context) {
+            Some(given) => Err(format!("`arguments` must be an object of named arguments, not {given}")),
+            None => check_arguments(&tool, &args),
+        };
+        if let Err(sentence) = checked {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(sentence)]).into());
+        }
         let result = match self.run(&node, &request.name, &args).await {
             Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
             Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
