@@ -3,10 +3,11 @@
 
 use memoryd_e2e::*;
 use serde_json::{Value, json};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct World {
     root: Root,
@@ -126,6 +127,175 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
         "{printed}"
     );
     drop(daemon);
+}
+
+#[test]
+fn a_symlink_in_the_vault_opens_no_zone_to_a_tool() {
+    let w = world();
+    std::fs::create_dir_all(w.vault.join("peers/bob")).unwrap();
+    std::fs::write(w.vault.join("peers/bob/secret.md"), "# Bob secret\nthe launch code\n").unwrap();
+    std::os::unix::fs::symlink("../peers/bob/secret.md", w.vault.join("ops/alias.md")).unwrap();
+    std::os::unix::fs::symlink(w.vault.join("peers/bob/secret.md"), w.vault.join("ops/absolute.md")).unwrap();
+    let outside = w.root.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, w.vault.join("peers/ada")).unwrap();
+    let daemon = w.root.start_daemon();
+    attach(&w.root, "claude-ada", "1.0");
+
+    // Ada is not linked with Bob: a link in the shared zone does not reach his note.
+    for path in ["ops/alias.md", "ops/absolute.md"] {
+        let (err, text) = mcp_tool(w.port, "claude-ada", "memory_read", json!({"path": path}));
+        assert!(err && !text.contains("launch"), "{path}: {text}");
+    }
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": "launch"}));
+    assert!(!err && paths_of(&text).is_empty(), "{text}");
+    // Bob reads his own note through the link.
+    let (err, text) = mcp_tool(w.port, "claude-bob", "memory_read", json!({"path": "ops/alias.md"}));
+    assert!(!err && text.contains("launch code"), "{text}");
+
+    // Ada's zone is a link out of the vault: her write is refused and lands nowhere.
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_write", json!({"title": "Escape", "body": "out"}));
+    assert!(err && text.contains("peers/ada") && text.contains("symbolic link"), "{text}\n{}", daemon.log());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn a_tool_argument_of_the_wrong_type_or_missing_is_a_tool_error_naming_it() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    attach(&w.root, "claude-ada", "1.0");
+    for (tool, arguments, named) in [
+        ("memory_read", json!({"path": 7}), "`path`"),
+        ("memory_read", json!({}), "`path`"),
+        ("memory_read", json!({"path": null}), "`path`"),
+        ("memory_read", json!({"path": "ops/kafka.md", "pth": "x"}), "`pth`"),
+        ("memory_search", json!({"query": "kafka", "limit": -1}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": "5"}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": 1.5}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": 0}), "`limit`"),
+        ("memory_search", json!({"query": "kafka", "limit": 51}), "`limit`"),
+        ("memory_search", json!({"query": ["kafka"]}), "`query`"),
+        ("memory_search", json!({"query": "kafka", "scope": 2}), "`scope`"),
+        ("memory_search", json!({"query": "kafka", "scope": "mine"}), "`scope`"),
+        ("memory_write", json!({"title": "T"}), "`body`"),
+        ("memory_write", json!({"title": "T", "body": "b", "tags": "ops"}), "`tags`"),
+        ("memory_write", json!({"title": "T", "body": "b", "tags": ["ops", 1]}), "`tags`"),
+        ("memory_write", json!({"title": "T", "body": "b", "replace": "yes"}), "`replace`"),
+        ("memory_write", json!({"title": "Line\nauthor: bob", "body": "b"}), "`title`"),
+        ("peer_send", json!({"to": 1, "message": "hi"}), "`to`"),
+        ("peer_send", json!({"to": "bob"}), "`message`"),
+    ] {
+        let (err, text) = mcp_tool(w.port, "claude-ada", tool, arguments.clone());
+        assert!(err && text.contains(named), "{tool} {arguments}: {text}");
+        assert!(text.ends_with(|c: char| c.is_alphanumeric() || ")`\"".contains(c)), "one sentence: {text}");
+    }
+    // `arguments` itself must be an object.
+    for arguments in [json!("ops/kafka.md"), json!(["ops/kafka.md"]), json!(3)] {
+        let v = mcp(w.port, "claude-ada", "tools/call", json!({"name": "memory_read", "arguments": arguments}));
+        let result = &v["result"];
+        let text = result["content"][0]["text"].as_str().unwrap_or("");
+        assert!(result["isError"] == true && text.contains("`arguments`"), "{arguments}: {v}");
+    }
+    // Nothing was written by the refused calls, and a right call still works.
+    assert!(!w.vault.join("peers/ada").exists());
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": "kafka", "limit": 1}));
+    assert!(!err && paths_of(&text) == ["ops/kafka.md"], "{text}");
+}
+
+#[test]
+fn a_request_body_over_max_request_bytes_is_refused_with_a_sentence() {
+    let w = world();
+    w.root.write_config(&format!(
+        "mcp_port = {}\nvault = \"{}\"\nmax_request_bytes = \"1KiB\"\n",
+        w.port,
+        w.vault.display()
+    ));
+    let _daemon = w.root.start_daemon();
+    let query = "kafka ".repeat(200);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "memory_search", "arguments": {"query": query}}})
+    .to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("X-IAPeer-Identity", "claude-ada"),
+    ];
+    let answer = http_post(w.port, "/mcp", &headers, &body);
+    assert_eq!(answer.status, 413, "{}", answer.body);
+    let sentence: Value = serde_json::from_str(&answer.body).unwrap();
+    assert!(sentence["error"].as_str().unwrap().contains("max_request_bytes (1024 bytes)"), "{sentence}");
+    let (err, text) = mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": "kafka"}));
+    assert!(!err && text.contains("ops/kafka.md"), "a small request still passes: {text}");
+}
+
+/// The endpoint's bounds (constants in crates/memoryd/src/mcp.rs).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 256;
+
+fn connect(port: u16, first_bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(first_bytes).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    stream
+}
+
+/// Whether the server closed `stream` (end of stream or reset), draining
+/// what it sent.
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn initialize(port: u16) -> Value {
+    let params =
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}});
+    mcp(port, "claude-ada", "initialize", params)
+}
+
+#[test]
+fn slow_clients_are_cut_off_at_the_header_deadline_and_a_good_client_is_still_served() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    let opened = Instant::now();
+    // A partial request, then a byte every 250 ms: headers that never end.
+    let mut drips: Vec<TcpStream> =
+        (0..150).map(|_| connect(w.port, b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: ")).collect();
+    let mut silent: Vec<TcpStream> = (0..50).map(|_| connect(w.port, b"")).collect();
+    assert_eq!(initialize(w.port)["result"]["serverInfo"]["name"], "memoryd", "served while 200 clients stall");
+    let bound = opened + HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    loop {
+        for d in &mut drips {
+            let _ = d.write_all(b"x");
+        }
+        let open = drips.iter_mut().chain(&mut silent).map(|s| !closed(s)).filter(|&o| o).count();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < bound, "{open} slow connections still open after {:?}", opened.elapsed());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(opened.elapsed() >= HEADER_READ_TIMEOUT - Duration::from_millis(500), "closed before the deadline");
+    assert_eq!(initialize(w.port)["result"]["serverInfo"]["name"], "memoryd", "served after they are gone");
+}
+
+#[test]
+fn a_connection_over_the_limit_is_closed_at_once() {
+    let w = world();
+    let _daemon = w.root.start_daemon();
+    let _held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| connect(w.port, b"")).collect();
+    let mut over = connect(w.port, b"");
+    let refused_by = Instant::now() + Duration::from_secs(2);
+    while !closed(&mut over) {
+        assert!(Instant::now() < refused_by, "a connection over the limit of {MAX_CONNECTIONS} was kept open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs bob's session-start hook; its stdout.

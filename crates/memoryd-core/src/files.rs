@@ -1,5 +1,9 @@
 //! The file guard: every write, rename and delete memoryd performs.
 //!
+//! [`RealDir`] is the one way to reach files under a root without following
+//! symbolic links (the vault's zones: a link must not carry a read or a
+//! write into another zone or out of the vault).
+//!
 //! The live form writes; the refusing form (test sandbox armed) refuses any
 //! path under the real home's `.iapeer`, `.claude` or `.codex` (the home
 //! from the user database, not `$HOME`) and any path that crosses such a
@@ -7,10 +11,17 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::paths::{normalize, resolve_existing_prefix};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions, Permissions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +35,11 @@ pub enum FileError {
     Io { op: &'static str, path: PathBuf, error: io::Error },
     #[error("refused to {op} {path}: the test sandbox forbids {why}")]
     Refused { op: &'static str, path: PathBuf, why: String },
+    /// A [`RealDir`] path met a symbolic link.
+    #[error(
+        "refused to {op} through {path}: it is a symbolic link, which memoryd does not follow here; replace it with a real directory or file"
+    )]
+    Symlink { op: &'static str, path: PathBuf },
 }
 
 impl FileError {
@@ -33,6 +49,177 @@ impl FileError {
 
     pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
         move |error| FileError::Io { op, path: path.to_path_buf(), error }
+    }
+
+    fn errno<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> FileError + 'a {
+        move |e| FileError::Io { op, path: path.to_path_buf(), error: e.into() }
+    }
+}
+
+/// What a directory entry is, as `lstat` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
+impl EntryKind {
+    fn of_mode(mode: nix::libc::mode_t) -> EntryKind {
+        match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+            SFlag::S_IFDIR => EntryKind::Dir,
+            SFlag::S_IFREG => EntryKind::File,
+            SFlag::S_IFLNK => EntryKind::Symlink,
+            _ => EntryKind::Other,
+        }
+    }
+}
+
+/// A regular file's bytes and mtime.
+#[derive(Debug)]
+pub struct FileRead {
+    pub bytes: Vec<u8>,
+    pub modified: SystemTime,
+}
+
+/// A directory held open, whose files and subdirectories are reached
+/// without following symbolic links: a path through a link fails with
+/// [`FileError::Symlink`] rather than landing where the link points, and a
+/// part swapped for a link after a check cannot redirect the open.
+#[derive(Debug)]
+pub struct RealDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl RealDir {
+    /// Opens the directory `path` itself, following symlinks to it (it is
+    /// the operator's choice, such as the configured vault).
+    pub fn open(path: &Path) -> Result<RealDir, FileError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(FileError::errno("open", path))?;
+        Ok(RealDir { fd, path: path.to_path_buf() })
+    }
+
+    /// Where this directory was opened, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The subdirectory `rel` (plain parts only), no part a symlink.
+    pub fn sub(&self, rel: &Path) -> Result<RealDir, FileError> {
+        self.walk(rel, None)
+    }
+
+    fn walk(&self, rel: &Path, create: Option<Mode>) -> Result<RealDir, FileError> {
+        let mut dir: Option<RealDir> = None;
+        for part in rel.components() {
+            let Component::Normal(name) = part else {
+                let error = io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path");
+                return Err(FileError::Io { op: "open", path: self.path.join(rel), error });
+            };
+            let next = dir.as_ref().unwrap_or(self).child(name, create)?;
+            dir = Some(next);
+        }
+        match dir {
+            Some(dir) => Ok(dir),
+            None => {
+                let fd = self.fd.try_clone().map_err(FileError::io("open", &self.path))?;
+                Ok(RealDir { fd, path: self.path.clone() })
+            }
+        }
+    }
+
+    fn child(&self, name: &OsStr, create: Option<Mode>) -> Result<RealDir, FileError> {
+        let path = self.path.join(name);
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let opened = match (openat(&self.fd, name, flags, Mode::empty()), create) {
+            (Err(Errno::ENOENT), Some(mode)) => {
+                match nix::sys::stat::mkdirat(&self.fd, name, mode) {
+                    // Someone else made it meanwhile: open what is there.
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(FileError::errno("create", &path)(e)),
+                }
+                openat(&self.fd, name, flags, Mode::empty())
+            }
+            (opened, _) => opened,
+        };
+        match opened {
+            Ok(fd) => Ok(RealDir { fd, path }),
+            Err(e) => Err(self.failed("open", name, e)),
+        }
+    }
+
+    /// The error of an `*at` call on `name`: a symlink is named as such
+    /// (`O_NOFOLLOW` says only ELOOP or ENOTDIR).
+    fn failed(&self, op: &'static str, name: &OsStr, e: Errno) -> FileError {
+        let path = self.path.join(name);
+        match self.kind(name) {
+            Ok(Some(EntryKind::Symlink)) => FileError::Symlink { op, path },
+            _ => FileError::errno(op, &path)(e),
+        }
+    }
+
+    /// What `name` is in this directory, a symlink not followed; None when
+    /// there is nothing of that name.
+    pub fn kind(&self, name: &OsStr) -> Result<Option<EntryKind>, FileError> {
+        match fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(EntryKind::of_mode(stat.st_mode))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(FileError::errno("inspect", &self.path.join(name))(e)),
+        }
+    }
+
+    /// The names in this directory with their kinds (`.` and `..` left out).
+    pub fn entries(&self) -> Result<Vec<(OsString, EntryKind)>, FileError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut dir = Dir::openat(&self.fd, ".", flags, Mode::empty()).map_err(FileError::errno("list", &self.path))?;
+        let mut out = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(FileError::errno("list", &self.path))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                Some(Type::Directory) => EntryKind::Dir,
+                Some(Type::File) => EntryKind::File,
+                Some(Type::Symlink) => EntryKind::Symlink,
+                Some(_) => EntryKind::Other,
+                // Some filesystems do not fill in the type.
+                None => match self.kind(name)? {
+                    Some(kind) => kind,
+                    None => continue,
+                },
+            };
+            out.push((name.to_os_string(), kind));
+        }
+        Ok(out)
+    }
+
+    /// Reads the regular file `name`, a symlink not followed and a FIFO not
+    /// waited on; None when it holds more than `max` bytes.
+    pub fn read_file(&self, name: &OsStr, max: u64) -> Result<Option<FileRead>, FileError> {
+        let path = self.path.join(name);
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let file = File::from(openat(&self.fd, name, flags, Mode::empty()).map_err(|e| self.failed("read", name, e))?);
+        let meta = file.metadata().map_err(FileError::io("read", &path))?;
+        if !meta.is_file() {
+            let error = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(FileError::Io { op: "read", path, error });
+        }
+        if meta.len() > max {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        // It may have grown since the fstat.
+        file.take(max + 1).read_to_end(&mut bytes).map_err(FileError::io("read", &path))?;
+        if bytes.len() as u64 > max {
+            return Ok(None);
+        }
+        Ok(Some(FileRead { bytes, modified: meta.modified().unwrap_or(UNIX_EPOCH) }))
     }
 }
 
@@ -138,24 +325,49 @@ impl FileGuard {
     fn replace(&self, path: &Path, bytes: &[u8], mode: Option<u32>, sync_dir: bool) -> Result<(), FileError> {
         self.check("write", path)?;
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(name) = path.file_name() else {
+            let error = io::Error::new(io::ErrorKind::InvalidInput, "the path names no file");
+            return Err(FileError::Io { op: "write", path: path.to_path_buf(), error });
+        };
+        self.replace_in(&RealDir::open(dir)?, name, bytes, mode, sync_dir)
+    }
+
+    /// [`write_atomic`](Self::write_atomic) of `name` in `dir`: the tmp file
+    /// and the rename stay in that directory, whatever links appear in it
+    /// (the rename replaces a link at `name` rather than following it).
+    pub fn write_in(&self, dir: &RealDir, name: &OsStr, bytes: &[u8], mode: Option<u32>) -> Result<(), FileError> {
+        self.check("write", &dir.path.join(name))?;
+        self.replace_in(dir, name, bytes, mode, false)
+    }
+
+    fn replace_in(
+        &self,
+        dir: &RealDir,
+        name: &OsStr,
+        bytes: &[u8],
+        mode: Option<u32>,
+        sync_dir: bool,
+    ) -> Result<(), FileError> {
+        let path = dir.path.join(name);
         let mode = match mode {
             Some(m) => m,
-            None => std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644),
+            None => std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644),
         };
-        let (tmp, mut file) = create_tmp(dir, &name)?;
+        let (tmp, mut file) = create_tmp(dir, name)?;
+        let tmp_path = dir.path.join(&tmp);
         let result = (|| {
-            file.write_all(bytes).map_err(FileError::io("write", &tmp))?;
-            file.set_permissions(Permissions::from_mode(mode)).map_err(FileError::io("chmod", &tmp))?;
-            file.sync_data().map_err(FileError::io("sync", &tmp))?;
-            std::fs::rename(&tmp, path).map_err(FileError::io("rename into place", path))?;
+            file.write_all(bytes).map_err(FileError::io("write", &tmp_path))?;
+            file.set_permissions(Permissions::from_mode(mode)).map_err(FileError::io("chmod", &tmp_path))?;
+            file.sync_data().map_err(FileError::io("sync", &tmp_path))?;
+            nix::fcntl::renameat(&dir.fd, tmp.as_os_str(), &dir.fd, name)
+                .map_err(FileError::errno("rename into place", &path))?;
             if sync_dir {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(FileError::io("sync", dir))?;
+                nix::unistd::fsync(&dir.fd).map_err(FileError::errno("sync", &dir.path))?;
             }
             Ok(())
         })();
         if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = nix::unistd::unlinkat(&dir.fd, tmp.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
         result
     }
@@ -174,6 +386,13 @@ impl FileGuard {
             }
         }
         self.write_atomic(path, bytes, mode).map(|()| WriteOutcome::Written)
+    }
+
+    /// Opens the subdirectory `rel` of `dir` with no part a symlink (see
+    /// [`RealDir`]), creating the missing parts with `mode`.
+    pub fn create_sub(&self, dir: &RealDir, rel: &Path, mode: u32) -> Result<RealDir, FileError> {
+        self.check("create", &dir.path.join(rel))?;
+        dir.walk(rel, Some(Mode::from_bits_truncate(mode as nix::libc::mode_t)))
     }
 
     /// Creates `path` and its missing parents, each with `mode`.
@@ -279,17 +498,19 @@ impl FileGuard {
     }
 }
 
-fn create_tmp(dir: &Path, name: &str) -> Result<(PathBuf, File), FileError> {
+/// A new tmp file beside `name` in `dir`: its name and the open file.
+fn create_tmp(dir: &RealDir, name: &OsStr) -> Result<(OsString, File), FileError> {
     let pid = u64::from(std::process::id());
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     loop {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = (pid << 40) ^ (n << 20) ^ nanos;
-        let tmp = dir.join(format!(".{name}.memoryd-{tag:012x}.tmp"));
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
-            Ok(file) => return Ok((tmp, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(FileError::io("create a tmp file in", dir)(e)),
+        let tmp = OsString::from(format!(".{}.memoryd-{tag:012x}.tmp", name.to_string_lossy()));
+        match openat(&dir.fd, tmp.as_os_str(), flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => return Ok((tmp, File::from(fd))),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(FileError::errno("create a tmp file in", &dir.path)(e)),
         }
     }
 }
@@ -323,6 +544,38 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_real_dir_follows_no_link_and_a_write_replaces_a_link_rather_than_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("t.md"), "outside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("t.md"), root.join("a/t.md")).unwrap();
+        let guard = FileGuard::live();
+        let real = RealDir::open(&root).unwrap();
+        for e in [
+            real.sub(Path::new("a/link")).unwrap_err(),
+            guard.create_sub(&real, Path::new("a/link/new"), 0o755).unwrap_err(),
+        ] {
+            assert!(matches!(&e, FileError::Symlink { path, .. } if path.ends_with("a/link")), "{e}");
+        }
+        let a = real.sub(Path::new("a")).unwrap();
+        assert!(matches!(a.read_file(OsStr::new("t.md"), 100), Err(FileError::Symlink { .. })));
+        assert_eq!(a.kind(OsStr::new("link")).unwrap(), Some(EntryKind::Symlink));
+        guard.write_in(&a, OsStr::new("t.md"), b"inside", Some(0o644)).unwrap();
+        assert_eq!(std::fs::read_to_string(outside.join("t.md")).unwrap(), "outside");
+        assert_eq!(a.read_file(OsStr::new("t.md"), 100).unwrap().unwrap().bytes, b"inside");
+        assert_eq!(a.read_file(OsStr::new("t.md"), 3).unwrap().map(|r| r.bytes), None, "larger than the limit");
+        let made = guard.create_sub(&real, Path::new("b/c"), 0o755).unwrap();
+        assert!(made.path().ends_with("b/c") && root.join("b/c").is_dir());
+        let mut names = real.entries().unwrap();
+        names.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(names, [(OsString::from("a"), EntryKind::Dir), (OsString::from("b"), EntryKind::Dir)]);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! search, read and write, always restricted to what the caller may read.
 //! A refusal is one sentence, returned to the agent as a tool error.
 
-use crate::files::FileGuard;
+use crate::files::{EntryKind, FileError, FileGuard, RealDir};
 use crate::vault::{self, Index, Note, readable};
 use serde_json::{Value, json};
+use std::ffi::OsStr;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -22,6 +23,10 @@ pub struct Caller<'a> {
 impl Caller<'_> {
     fn may_read(&self, note: &Note) -> bool {
         readable(note, self.personality, self.linked)
+    }
+
+    fn may_read_zone(&self, owner: Option<&str>) -> bool {
+        vault::zone_readable(owner, self.personality, self.linked)
     }
 }
 
@@ -70,29 +75,40 @@ pub fn search(
 }
 
 /// `memory_read {path}`: the note's text, if the caller may read it.
+/// Access is decided on the file a symlink leads to: its real path must lie
+/// inside the vault, and the zone of that path (not of the link) says who
+/// may read it.
 pub fn read(vault: &Path, caller: &Caller<'_>, path: &str) -> Result<String, String> {
     let refused =
         || format!("{path:?} is not a note you can read (a path relative to the vault, inside it, ending in .md)");
     let rel = vault::safe_relative(path).ok_or_else(refused)?;
-    let full = vault.join(&rel);
-    // A symlink may not lead out of the vault either.
-    let real = full.canonicalize().map_err(|_| format!("there is no note at {path:?}"))?;
     let real_vault = vault.canonicalize().map_err(|e| format!("the vault cannot be read: {e}"))?;
-    if !real.starts_with(&real_vault) {
+    let real = real_vault.join(&rel).canonicalize().map_err(|_| format!("there is no note at {path:?}"))?;
+    let real_rel =
+        real.strip_prefix(&real_vault).ok().and_then(|r| vault::safe_relative(r.to_str()?)).ok_or_else(refused)?;
+    let (Some(parent), Some(name)) = (real_rel.parent(), real_rel.file_name()) else { return Err(refused()) };
+    let real_text = real_rel.to_string_lossy().replace('\\', "/");
+    if !caller.may_read_zone(vault::owner_of(&real_text).as_deref()) {
         return Err(refused());
     }
-    let rel_text = rel.to_string_lossy().replace('\\', "/");
-    let note = vault::read_note(vault, &full)
-        .ok_or_else(|| format!("{path:?} is not a readable note (too large or not UTF-8)"))?;
-    if !caller.may_read(&Note { path: rel_text, ..note }) {
-        return Err(refused());
+    // The real path is opened with no link followed: a part swapped for a
+    // link since the check above fails instead of redirecting the read.
+    let dir = RealDir::open(&real_vault).and_then(|v| v.sub(parent)).map_err(|e| unreadable(path, &e))?;
+    match vault::read_text(&dir, name) {
+        Ok(Some((text, _))) => Ok(text),
+        Ok(None) => Err(format!("{path:?} is not a readable note (larger than 1 MiB or not UTF-8)")),
+        Err(e) => Err(unreadable(path, &e)),
     }
-    std::fs::read_to_string(&full).map_err(|e| format!("cannot read {path:?}: {e}"))
+}
+
+fn unreadable(path: &str, e: &FileError) -> String {
+    format!("{path:?} cannot be read as a note: {e}")
 }
 
 /// `memory_write {title, body, tags?, replace?}`: writes
 /// `peers/<caller>/<slug>.md` atomically; an existing note only with
-/// `replace`, and never one written by someone else.
+/// `replace`. Another peer's note is never replaced: the caller writes only
+/// in its own zone, and every note there is the caller's.
 #[allow(clippy::too_many_arguments)]
 pub fn write(
     files: &FileGuard,
@@ -105,38 +121,69 @@ pub fn write(
     replace: bool,
     now: SystemTime,
 ) -> Result<Value, String> {
+    one_line("`title`", title)?;
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.is_empty() {
+            return Err(format!("`tags` item {} is empty; leave it out or name it", i + 1));
+        }
+        one_line(&format!("`tags` item {}", i + 1), tag)?;
+    }
     let slug = vault::slug(title).ok_or("the title makes an empty file name; use letters or digits in it")?;
-    let rel = format!("peers/{}/{slug}.md", caller.personality);
-    let path = vault.join(&rel);
+    let name = format!("{slug}.md");
+    let rel = format!("peers/{}/{name}", caller.personality);
     let stamp = humantime::format_rfc3339_seconds(now).to_string();
     let text = vault::render_note(title, caller.personality, &stamp, tags, body);
     if text.len() > MAX_WRITE_BYTES {
         return Err(format!("the note is {} bytes; the limit is {MAX_WRITE_BYTES}", text.len()));
     }
-    let existing = vault::read_note(vault, &path);
-    if path.exists() {
-        if let Some(note) = &existing
-            && note.author.as_deref().is_some_and(|a| a != caller.personality)
-        {
+    // No part of the way is a symlink, so the note lands in the writer's
+    // own zone of this vault or nowhere.
+    let linked = |e: FileError| match e {
+        FileError::Symlink { path, .. } => format!(
+            "{} is a symbolic link, and memoryd writes notes only into real directories of your own zone in the vault; replace the link with a directory",
+            path.strip_prefix(vault).unwrap_or(&path).display()
+        ),
+        other => other.to_string(),
+    };
+    let vault_dir = RealDir::open(vault).map_err(|e| format!("the vault cannot be opened: {e}"))?;
+    let zone = Path::new("peers").join(caller.personality);
+    let dir = files.create_sub(&vault_dir, &zone, 0o755).map_err(linked)?;
+    let name = OsStr::new(&name);
+    // The zone is the caller's, so a note in it is the caller's own.
+    let existed = match dir.kind(name).map_err(|e| e.to_string())? {
+        None => false,
+        Some(EntryKind::File) => true,
+        Some(EntryKind::Symlink) => {
             return Err(format!(
-                "{rel} was written by {}; memoryd never replaces another peer's note",
-                note.author.as_deref().unwrap_or("?")
+                "{rel} is a symbolic link, and memoryd replaces only real notes in your zone; remove the link or choose another title"
             ));
         }
-        if !replace {
-            return Err(format!("{rel} exists; pass replace: true to replace it, or choose another title"));
-        }
+        Some(_) => return Err(format!("{rel} exists and is not a note; choose another title")),
+    };
+    if existed && !replace {
+        return Err(format!("{rel} exists; pass replace: true to replace it, or choose another title"));
     }
-    if let Some(dir) = path.parent() {
-        files.create_dir_all(dir, 0o755).map_err(|e| e.to_string())?;
-    }
-    files.write_atomic(&path, text.as_bytes(), Some(0o644)).map_err(|e| e.to_string())?;
+    files.write_in(&dir, name, text.as_bytes(), Some(0o644)).map_err(linked)?;
     let similar: Vec<Value> = index
         .search(&format!("{title} {body}"), |n| n.path != rel && caller.may_read(n), 3)
         .iter()
         .map(|h| json!({"path": h.note.path, "title": h.note.title, "score": rounded(h.score)}))
         .collect();
-    Ok(json!({"path": rel, "created": existing.is_none(), "similar": similar}))
+    Ok(json!({"path": rel, "created": !existed, "similar": similar}))
+}
+
+/// Refuses a front matter value that could end its line: a control
+/// character or a Unicode line or paragraph separator, so that what the
+/// caller gives stays the value it was given (never a new `author` line or
+/// the end of the block).
+fn one_line(argument: &str, value: &str) -> Result<(), String> {
+    match value.chars().find(|&c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        Some(c) => Err(format!(
+            "{argument} holds the control character or line break U+{:04X}; give it on one line without one",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -171,12 +218,105 @@ mod tests {
         assert!(again.contains("replace: true"), "{again}");
         assert!(write(&files, v, &index, &ada, "Kafka tuning!", "x", &[], true, SystemTime::now()).is_ok());
         assert!(write(&files, v, &index, &ada, "!!!", "x", &[], false, SystemTime::now()).is_err());
-        // A note in one's own zone written by someone else is never replaced.
+        // A note in one's own zone is one's own, whatever author it claims.
         std::fs::write(v.join("peers/ada/foreign.md"), "---\nauthor: bob\n---\nx").unwrap();
+        let rescanned = Index::build(scan(v).unwrap());
+        assert_eq!(rescanned.get("peers/ada/foreign.md").unwrap().author.as_deref(), Some("ada"));
+        assert!(write(&files, v, &index, &ada, "foreign", "y", &[], false, SystemTime::now()).is_err());
+        assert!(write(&files, v, &index, &ada, "foreign", "y", &[], true, SystemTime::now()).is_ok());
+    }
+
+    /// Runs `f` on a thread and gives up after a few seconds, so a read
+    /// that blocks (a FIFO) fails the test instead of hanging it.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || drop(tx.send(f())));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the call blocked for 5 s")
+    }
+
+    #[test]
+    fn a_symlink_is_judged_by_the_note_it_leads_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let v = dir.path().join("vault");
+        std::fs::create_dir_all(v.join("peers/bob")).unwrap();
+        std::fs::create_dir_all(v.join("shared")).unwrap();
+        std::fs::create_dir_all(v.join("peers/ada")).unwrap();
+        std::fs::write(v.join("peers/bob/secret.md"), "# Bob secret\nthe launch code").unwrap();
+        std::fs::write(v.join("ops.md"), "# Ops\nshared text").unwrap();
+        std::fs::write(outside.path().join("x.md"), "# Outside\nnot the vault's").unwrap();
+        let link = |target: &Path, at: &str| std::os::unix::fs::symlink(target, v.join(at)).unwrap();
+        link(Path::new("../peers/bob/secret.md"), "shared/alias.md");
+        link(&v.join("peers/bob/secret.md"), "shared/absolute.md");
+        link(Path::new("../peers/bob"), "shared/bobdir");
+        link(&outside.path().join("x.md"), "shared/out.md");
+        link(Path::new("../ops.md"), "shared/ops-alias.md");
+        nix::unistd::mkfifo(&v.join("peers/ada/pipe.md"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+
+        let ada = Caller { personality: "ada", linked: &[] };
+        for path in ["shared/alias.md", "shared/absolute.md", "shared/bobdir/secret.md", "shared/out.md"] {
+            let e = read(&v, &ada, path).unwrap_err();
+            assert!(!e.contains("launch") && !e.contains("Outside"), "{path}: {e}");
+        }
         assert!(
-            write(&files, v, &index, &ada, "foreign", "y", &[], true, SystemTime::now())
-                .unwrap_err()
-                .contains("never replaces")
+            read(&v, &ada, "shared/ops-alias.md").unwrap().contains("shared text"),
+            "a link within a zone ada reads"
         );
+        let ada_linked = Caller { personality: "ada", linked: &["bob"] };
+        assert!(read(&v, &ada_linked, "shared/alias.md").unwrap().contains("launch code"));
+        assert!(read(&v, &ada_linked, "shared/out.md").is_err(), "out of the vault for everyone");
+        let v2 = v.clone();
+        let e =
+            within(move || read(&v2, &Caller { personality: "ada", linked: &[] }, "peers/ada/pipe.md")).unwrap_err();
+        assert!(e.contains("pipe.md"), "{e}");
+
+        // Search and fragments see only what the scan indexed: no link is followed.
+        let v2 = v.clone();
+        let scanned = within(move || scan(&v2).unwrap());
+        let paths: Vec<&str> = scanned.notes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(paths, ["ops.md", "peers/bob/secret.md"]);
+        let index = Index::build(scanned);
+        assert!(search(&index, &ada, "launch", None, None).unwrap().as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_never_leaves_the_writers_zone_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let v = dir.path().join("vault");
+        std::fs::create_dir_all(v.join("peers/bob")).unwrap();
+        std::fs::write(v.join("peers/bob/plan.md"), "---\nauthor: bob\n---\nbob's plan").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), v.join("peers/cyd")).unwrap();
+        std::fs::create_dir_all(v.join("peers/ada")).unwrap();
+        std::os::unix::fs::symlink("../bob/plan.md", v.join("peers/ada/plan.md")).unwrap();
+        let index = Index::default();
+        let files = FileGuard::live();
+        let now = SystemTime::now();
+        let cyd = Caller { personality: "cyd", linked: &[] };
+        let e = write(&files, &v, &index, &cyd, "Plan", "escape", &[], true, now).unwrap_err();
+        assert!(e.contains("peers/cyd") && e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0, "nothing written outside the vault");
+        let ada = Caller { personality: "ada", linked: &[] };
+        let e = write(&files, &v, &index, &ada, "Plan", "overwrite", &[], true, now).unwrap_err();
+        assert!(e.contains("peers/ada/plan.md") && e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(v.join("peers/bob/plan.md")).unwrap(), "---\nauthor: bob\n---\nbob's plan");
+
+        // The whole `peers` dir linked away: refused too.
+        let v3 = dir.path().join("vault3");
+        std::fs::create_dir_all(&v3).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), v3.join("peers")).unwrap();
+        let e = write(&files, &v3, &index, &ada, "Plan", "escape", &[], false, now).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+
+        // A fresh vault: the zone is created, 0755, and the note lands in it.
+        let v4 = dir.path().join("vault4");
+        std::fs::create_dir_all(&v4).unwrap();
+        let w = write(&files, &v4, &index, &ada, "Plan", "fine", &[], false, now).unwrap();
+        assert_eq!(w["path"], "peers/ada/plan.md");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(v4.join("peers/ada")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o755, 0, "{mode:o}: created 0755 (less any umask bits)");
+        assert!(std::fs::read_to_string(v4.join("peers/ada/plan.md")).unwrap().contains("fine"));
     }
 }

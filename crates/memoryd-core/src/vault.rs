@@ -12,7 +12,9 @@
 //! 50,000, far below an agent's tool-call round trip, so an on-disk engine
 //! with its own files, threads and compile cost would buy nothing here.
 
+use crate::files::{EntryKind, FileError, RealDir};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -47,30 +49,35 @@ pub struct Scan {
 }
 
 /// Walks the vault: hidden dirs and `*.tmp` files are ignored, notes that
-/// are not UTF-8 or too large are skipped and counted.
-pub fn scan(vault: &Path) -> std::io::Result<Scan> {
+/// are not UTF-8 or too large are skipped and counted. Symlinks are not
+/// followed (a link could lead out of the vault or into another zone, and
+/// search, snippets and fragments show what the scan indexed); every dir
+/// and note is opened through [`RealDir`], so a dir swapped for a link
+/// during the walk is not followed either.
+pub fn scan(vault: &Path) -> Result<Scan, FileError> {
+    let root = RealDir::open(vault)?;
     let mut out = Scan::default();
-    let mut stack = vec![vault.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if dir == vault => return Err(e),
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = match root.sub(Path::new(&rel)).and_then(|dir| dir.entries().map(|e| (dir, e))) {
+            Ok(listed) => listed,
+            Err(e) if rel.is_empty() => return Err(e),
             Err(_) => continue,
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let (dir, entries) = dir;
+        for (os_name, kind) in entries {
+            let name = os_name.to_string_lossy();
             if name.starts_with('.') || name.ends_with(".tmp") {
                 continue;
             }
-            let Ok(kind) = entry.file_type() else { continue };
-            let path = entry.path();
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() && name.ends_with(".md") {
-                match read_note(vault, &path) {
-                    Some(note) => out.notes.push(note),
-                    None => out.skipped += 1,
-                }
+            let path = if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") };
+            match kind {
+                EntryKind::Dir => stack.push(path),
+                EntryKind::File if path.ends_with(".md") => match read_text(&dir, &os_name) {
+                    Ok(Some((text, modified))) => out.notes.push(parse_note(&path, &text, modified)),
+                    _ => out.skipped += 1,
+                },
+                _ => {}
             }
         }
     }
@@ -78,21 +85,11 @@ pub fn scan(vault: &Path) -> std::io::Result<Scan> {
     Ok(out)
 }
 
-/// Reads one note; None when it must be skipped.
-pub fn read_note(vault: &Path, path: &Path) -> Option<Note> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.len() > MAX_NOTE_BYTES {
-        return None;
-    }
-    let text = String::from_utf8(std::fs::read(path).ok()?).ok()?;
-    let rel = path
-        .strip_prefix(vault)
-        .ok()?
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/");
-    Some(parse_note(&rel, &text, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+/// A note's text and mtime, read from `dir` without following a symlink;
+/// None when it must be skipped (larger than 1 MiB, or not UTF-8).
+pub fn read_text(dir: &RealDir, name: &OsStr) -> Result<Option<(String, SystemTime)>, FileError> {
+    let read = dir.read_file(name, MAX_NOTE_BYTES)?;
+    Ok(read.and_then(|f| Some((String::from_utf8(f.bytes).ok()?, f.modified))))
 }
 
 /// The zone owner of a relative path: `peers/<personality>/…`.
@@ -105,57 +102,120 @@ pub fn owner_of(rel: &str) -> Option<String> {
 }
 
 /// Parses front matter (`title`, `author`, `created`, `tags` as `[a, b]` or
-/// `- item` lines; other keys ignored) and the body. A note without a title
-/// takes its first `# ` heading, else its file name.
+/// `- item` lines; other keys ignored; a repeated key does not override the
+/// first) and the body. The block ends at the first line that is `---`. A
+/// note without a title takes its first `# ` heading, else its file name. A
+/// note in a peer's zone is that peer's: only memoryd writes there, for
+/// that peer, so an `author` line claiming someone else is not believed.
 pub fn parse_note(rel: &str, text: &str, modified: SystemTime) -> Note {
     let mut fields: HashMap<String, String> = HashMap::new();
-    let mut tags = Vec::new();
+    let mut tags: Option<Vec<String>> = None;
     let mut body = text;
     if let Some(rest) = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n"))
-        && let Some(end) = rest.find("\n---")
+        && let Some((block, after)) = split_block(rest)
     {
-        let block = &rest[..end];
-        body = rest[end + 4..].trim_start_matches(['\r', '\n']);
+        body = after.trim_start_matches(['\r', '\n']);
         let mut in_tags = false;
         for line in block.lines() {
             if let Some(item) = line.trim_start().strip_prefix("- ").filter(|_| in_tags) {
-                tags.push(unquote(item));
+                tags.get_or_insert_default().push(unquote(item));
                 continue;
             }
             in_tags = false;
             let Some((key, value)) = line.split_once(':') else { continue };
             let (key, value) = (key.trim().to_lowercase(), value.trim());
-            if key == "tags" {
-                if let Some(list) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
-                    tags.extend(list.split(',').map(unquote).filter(|t| !t.is_empty()));
+            if key != "tags" {
+                fields.entry(key).or_insert_with(|| unquote(value));
+            } else if tags.is_none() {
+                let list = tags.insert(Vec::new());
+                if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+                    list.extend(flow_items(inner).into_iter().filter(|t| !t.is_empty()));
                 } else if value.is_empty() {
                     in_tags = true;
                 } else {
-                    tags.push(unquote(value));
+                    list.push(unquote(value));
                 }
-            } else {
-                fields.insert(key, unquote(value));
             }
         }
     }
     let heading = body.lines().find_map(|l| l.strip_prefix("# ")).map(|h| h.trim().to_owned());
     let file_name = rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".md").to_owned();
     let title = fields.remove("title").filter(|t| !t.is_empty()).or(heading).unwrap_or(file_name);
+    let owner = owner_of(rel);
     Note {
         path: rel.to_owned(),
         title,
-        author: fields.remove("author").filter(|a| !a.is_empty()),
+        author: owner.clone().or_else(|| fields.remove("author").filter(|a| !a.is_empty())),
         created: fields.remove("created").filter(|c| !c.is_empty()),
-        tags,
-        owner: owner_of(rel),
+        tags: tags.unwrap_or_default(),
+        owner,
         body: body.to_owned(),
         modified,
     }
 }
 
+/// The front matter block and what follows its closing `---` line.
+fn split_block(rest: &str) -> Option<(&str, &str)> {
+    let mut offset = 0;
+    for line in rest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            return Some((&rest[..offset], &rest[offset + line.len()..]));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The items of a flow list's inside (`a, "b, c", 'd'`), quotes respected.
+fn flow_items(list: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut item = String::new();
+    let mut quote = None;
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('"'), '\\') => {
+                item.push(c);
+                item.extend(chars.next());
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                item.push(c);
+            }
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                item.push(c);
+            }
+            (None, ',') => items.push(unquote(&std::mem::take(&mut item))),
+            _ => item.push(c),
+        }
+    }
+    items.push(unquote(&item));
+    items
+}
+
+/// A value without its quotes: `\"` and `\\` undone in double quotes (no
+/// other escape, so no value ever holds a line break), `''` in single ones.
 fn unquote(s: &str) -> String {
     let s = s.trim();
-    ['"', '\''].iter().find_map(|q| s.strip_prefix(*q).and_then(|x| x.strip_suffix(*q))).unwrap_or(s).to_owned()
+    if let Some(inner) = s.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('\\', Some(&next @ ('"' | '\\'))) => {
+                    out.push(next);
+                    chars.next();
+                }
+                _ => out.push(c),
+            }
+        }
+        return out;
+    }
+    match s.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+        Some(inner) => inner.replace("''", "'"),
+        None => s.to_owned(),
+    }
 }
 
 /// Lower-cased alphanumeric words.
@@ -272,10 +332,12 @@ impl Index {
 
 /// Whether `reader` may read `note`: shared, its own, or a linked peer's.
 pub fn readable(note: &Note, reader: &str, linked: &[&str]) -> bool {
-    match &note.owner {
-        None => true,
-        Some(owner) => owner == reader || linked.contains(&owner.as_str()),
-    }
+    zone_readable(note.owner.as_deref(), reader, linked)
+}
+
+/// Whether `reader` may read the zone of `owner` (None: the shared zone).
+pub fn zone_readable(owner: Option<&str>, reader: &str, linked: &[&str]) -> bool {
+    owner.is_none_or(|owner| owner == reader || linked.contains(&owner))
 }
 
 /// A rescan that would drop more than 10 notes and more than 20 % of the
@@ -366,6 +428,37 @@ mod tests {
         assert_eq!((n.title.as_str(), n.owner), ("Heading", None));
         assert_eq!(n.tags, ["one", "two"]);
         assert_eq!(parse_note("deploy-notes.md", "no heading", t).title, "deploy-notes");
+    }
+
+    #[test]
+    fn front_matter_is_not_fooled_by_duplicate_keys_early_ends_or_a_claimed_author() {
+        let t = SystemTime::UNIX_EPOCH;
+        // In a peer's zone the author is that peer, whatever the block claims.
+        let n = parse_note("peers/ada/x.md", "---\ntitle: \"X\"\nauthor: bob\n---\nbody", t);
+        assert_eq!(n.author.as_deref(), Some("ada"));
+        let n = parse_note("peers/ada/y.md", "# Y\nno front matter", t);
+        assert_eq!(n.author.as_deref(), Some("ada"));
+        // A duplicate key does not override the first.
+        let n = parse_note(
+            "ops/x.md",
+            "---\ntitle: First\nauthor: ops\ntags: [a]\ntitle: Second\nauthor: bob\ntags: [b]\n---\n",
+            t,
+        );
+        assert_eq!(
+            (n.title.as_str(), n.author.as_deref(), n.tags.as_slice()),
+            ("First", Some("ops"), &["a".to_owned()][..])
+        );
+        // Only a line that is exactly `---` ends the block.
+        let n = parse_note("ops/x.md", "---\ntitle: T\n----\n---x\nauthor: ops\n---\nbody", t);
+        assert_eq!((n.author.as_deref(), n.body.as_str()), (Some("ops"), "body"));
+        // Quotes: escapes in double quotes, doubled single quotes, commas and brackets inside quotes.
+        let n = parse_note(
+            "ops/x.md",
+            "---\ntitle: \"say \\\"hi\\\" \\\\ there\"\ntags: [\"a, b\", 'it''s', \"]\", plain]\n---\n",
+            t,
+        );
+        assert_eq!(n.title, "say \"hi\" \\ there");
+        assert_eq!(n.tags, ["a, b", "it's", "]", "plain"]);
     }
 
     #[test]

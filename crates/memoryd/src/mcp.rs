@@ -1,6 +1,8 @@
 //! The memory MCP endpoint (spec 60): Streamable HTTP on
 //! `127.0.0.1:<mcp_port>/mcp`, through the official SDK (`rmcp`) in
 //! stateless mode, so a restart of the daemon is invisible to clients.
+//! A client that stalls cannot hold the endpoint: headers are due within
+//! [`HEADER_READ_TIMEOUT`] and at most [`MAX_CONNECTIONS`] are open at once.
 //!
 //! Before MCP, at the HTTP level, a guard refuses with 403 and a
 //! one-sentence JSON body: another uid (Linux, by the connection's owner as
@@ -12,11 +14,15 @@
 //! this endpoint from another program on the port.
 
 use crate::daemon::Daemon;
+use crate::server::Slot;
+use axum::Extension;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use memoryd_core::memory::{self, Caller};
 use memoryd_core::names::split_node_id;
 use memoryd_core::peers;
@@ -32,9 +38,13 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Layer;
 
 pub const IDENTITY: &str = "x-iapeer-identity";
 
@@ -166,19 +176,27 @@ pub fn bind_error(port: u16, error: &std::io::Error) -> String {
     }
 }
 
+/// How long a client may take to send a request's headers; a keep-alive
+/// connection idle as long is closed too. A loopback client sends its
+/// headers at once, and HTTP clients expect an idle connection to close
+/// after about this long (Node's HTTP server keeps one 5 s).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections served at once; past it a new one gets a 503 and is
+/// closed at once. An agent keeps one or two, so this is room for a large
+/// fleet while a misbehaving local client cannot take the daemon's file
+/// descriptors and memory. A constant: no fleet comes near it.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Serves MCP on `listener` until the daemon stops.
 pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
-        // Small JSON answers must not wait for delayed ACKs (Nagle).
-        Ok(l) => l.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        }),
+        Ok(l) => l,
         Err(e) => {
             tracing::error!(task = "mcp", error = %e, "cannot serve the MCP endpoint");
             return;
         }
     };
-    let port = axum::serve::Listener::local_addr(&listener).map_or(0, |a| a.port());
+    let port = listener.local_addr().map_or(0, |a| a.port());
     let config = daemon.config();
     let mut http = StreamableHttpServerConfig::default();
     http.legacy_session_mode = false;
@@ -197,16 +215,83 @@ pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     let router = axum::Router::new()
         .nest_service("/mcp", service)
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn_with_state(config.max_request_bytes, arguments_object))
         .layer(middleware::from_fn_with_state((daemon.clone(), port), guard));
     daemon.mcp_listening.store(true, Ordering::Relaxed);
     let stop = daemon.shutdown.begun.clone();
-    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    daemon.mcp_listening.store(false, Ordering::Relaxed);
-    if let Err(e) = served {
-        tracing::error!(task = "mcp", error = %e, "the MCP endpoint stopped");
+    let open = Arc::new(AtomicUsize::new(0));
+    let connections = TaskTracker::new();
+    let mut full = false;
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends pass; the endpoint goes on.
+                    tracing::warn!(task = "mcp", error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = Slot::take(&open, MAX_CONNECTIONS) else {
+            if !std::mem::replace(&mut full, true) {
+                tracing::warn!(
+                    task = "mcp",
+                    max = MAX_CONNECTIONS,
+                    "MCP connections at their limit; refusing new ones"
+                );
+            }
+            refuse(&stream);
+            continue;
+        };
+        full = false;
+        connections.spawn(connection(stream, client, router.clone(), stop.clone(), slot));
     }
+    drop(listener);
+    connections.close();
+    // Each connection finishes its request and closes (a stalled one at the
+    // header deadline); the drain in main bounds this wait as well.
+    if tokio::time::timeout(config.shutdown_grace, connections.wait()).await.is_err() {
+        tracing::warn!(task = "mcp", open = open.load(Ordering::Relaxed), "MCP connections still open at shutdown");
+    }
+    daemon.mcp_listening.store(false, Ordering::Relaxed);
+}
+
+/// Serves one connection (HTTP/1.1, headers due within
+/// [`HEADER_READ_TIMEOUT`]) until it closes or the daemon stops.
+async fn connection(stream: TcpStream, client: SocketAddr, router: axum::Router, stop: CancellationToken, _slot: Slot) {
+    // Small JSON answers must not wait for delayed ACKs (Nagle).
+    let _ = stream.set_nodelay(true);
+    let service = TowerToHyperService::new(Extension(ConnectInfo(client)).layer(router));
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(task = "mcp", %client, error = %e, "MCP connection closed");
+    }
+}
+
+/// Answers a connection over [`MAX_CONNECTIONS`] with a 503, if the socket
+/// takes it at once, and closes it: nothing waits on that client.
+fn refuse(stream: &TcpStream) {
+    let body = json!({"error": format!(
+        "memoryd's MCP endpoint is serving its maximum of {MAX_CONNECTIONS} connections; retry shortly"
+    )})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
 }
 
 fn forbidden(sentence: String) -> Response {
@@ -277,14 +362,126 @@ fn admit(daemon: &Daemon, port: u16, client: SocketAddr, request: &Request) -> R
     Ok(())
 }
 
+/// A `tools/call` whose `arguments` is not an object fails the SDK's
+/// parsing with a bare JSON-RPC error; spec 60 makes bad input a tool
+/// error. So the call goes on with no arguments and this mark (what was
+/// given instead), and `call_tool` answers it naming `arguments`.
+#[derive(Clone)]
+struct ArgumentsNotAnObject(String);
+
+async fn arguments_object(State(max_bytes): State<usize>, request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let Ok(mut bytes) = axum::body::to_bytes(body, max_bytes).await else {
+        let sentence = format!("the request body is larger than max_request_bytes ({max_bytes} bytes) or was cut off");
+        let answer = json!({"error": sentence}).to_string();
+        return (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONTENT_TYPE, "application/json")], answer).into_response();
+    };
+    if let Ok(mut call) = serde_json::from_slice::<Value>(&bytes)
+        && call.get("method").and_then(Value::as_str) == Some("tools/call")
+        && let Some(arguments) = call.get_mut("params").and_then(|p| p.get_mut("arguments"))
+        && !(arguments.is_object() || arguments.is_null())
+    {
+        parts.extensions.insert(ArgumentsNotAnObject(describe(arguments)));
+        *arguments = Value::Object(Map::new());
+        bytes = call.to_string().into();
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+}
+
 /// The MCP server of one request (stateless: built per request).
 #[derive(Clone)]
 struct MemoryServer {
     daemon: Arc<Daemon>,
 }
 
+/// A tool's input schema; an argument it does not list is refused.
 fn object(schema: Value) -> Arc<Map<String, Value>> {
-    Arc::new(schema.as_object().cloned().unwrap_or_default())
+    let mut schema = schema.as_object().cloned().unwrap_or_default();
+    schema.insert("additionalProperties".to_owned(), Value::Bool(false));
+    Arc::new(schema)
+}
+
+/// Checks a call's arguments against the tool's input schema, so that a
+/// wrong type, a value out of range, a missing required argument or an
+/// unknown one is a tool error naming it, never a silent default. Our
+/// schemas use `type` (string, integer, boolean, array), `items`,
+/// `minimum`, `maximum`, `enum` and `required`; lengths are the tools' own
+/// checks, with their own error kinds.
+fn check_arguments(tool: &Tool, args: &Map<String, Value>) -> Result<(), String> {
+    let names = |list: &[Value]| {
+        list.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect::<Vec<_>>().join(", ")
+    };
+    let properties = tool.input_schema.get("properties").and_then(Value::as_object);
+    for (key, value) in args {
+        let Some(spec) = properties.and_then(|p| p.get(key)) else {
+            let takes: Vec<Value> =
+                properties.map(|p| p.keys().map(|k| Value::from(k.as_str())).collect()).unwrap_or_default();
+            let takes = if takes.is_empty() { "no arguments".to_owned() } else { names(&takes) };
+            return Err(format!("`{key}` is not an argument of {} (it takes {takes})", tool.name));
+        };
+        // A null optional argument is an absent one.
+        if !value.is_null() {
+            check_value(&format!("`{key}`"), spec, value)?;
+        }
+    }
+    let required = tool.input_schema.get("required").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    match required.iter().filter_map(Value::as_str).find(|k| args.get(*k).is_none_or(Value::is_null)) {
+        Some(missing) => Err(format!("`{missing}` is missing; {} needs {}", tool.name, names(required))),
+        None => Ok(()),
+    }
+}
+
+fn check_value(name: &str, spec: &Value, value: &Value) -> Result<(), String> {
+    let wrong = |wanted: &str| Err(format!("{name} must be {wanted}, not {}", describe(value)));
+    match spec.get("type").and_then(Value::as_str) {
+        Some("string") => {
+            let Some(text) = value.as_str() else { return wrong("a string") };
+            if let Some(allowed) = spec.get("enum").and_then(Value::as_array)
+                && !allowed.iter().any(|a| a == text)
+            {
+                let allowed: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+                return wrong(&format!("one of {}", allowed.join(", ")));
+            }
+        }
+        Some("integer") => {
+            let (min, max) = (spec.get("minimum").and_then(Value::as_i64), spec.get("maximum").and_then(Value::as_i64));
+            if !value.as_i64().is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)) {
+                return wrong(&match (min, max) {
+                    (Some(min), Some(max)) => format!("a whole number from {min} to {max}"),
+                    _ => "a whole number".to_owned(),
+                });
+            }
+        }
+        Some("boolean") if !value.is_boolean() => return wrong("true or false"),
+        Some("array") => {
+            let Some(items) = value.as_array() else { return wrong("a list") };
+            for (i, item) in items.iter().enumerate() {
+                check_value(&format!("{name} item {}", i + 1), spec.get("items").unwrap_or(&Value::Null), item)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A JSON value as an error sentence names it.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("a string ({:?}…)", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
 }
 
 fn tools() -> Vec<Tool> {
@@ -323,7 +520,7 @@ fn tools() -> Vec<Tool> {
             "Send a short message to a linked peer; it arrives at the start of its next turn.",
             object(json!({"type": "object", "properties": {
                 "to": {"type": "string"},
-                "message": {"type": "string", "maxLength": 7000},
+                "message": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
             }, "required": ["to", "message"]})),
         ),
     ]
@@ -340,6 +537,12 @@ impl MemoryServer {
         parts.headers.get(IDENTITY)?.to_str().ok().map(str::to_owned)
     }
 
+    /// What a call gave as `arguments` when that was not an object.
+    fn arguments_not_an_object(context: &RequestContext<RoleServer>) -> Option<String> {
+        let parts = context.extensions.get::<axum::http::request::Parts>()?;
+        parts.extensions.get::<ArgumentsNotAnObject>().map(|a| a.0.clone())
+    }
+
     /// Refuses a write by a read-only node (no known version counts as
     /// read-only under a floor).
     fn check_write(&self, node: &str) -> Result<(), String> {
@@ -351,7 +554,10 @@ impl MemoryServer {
     /// may wait for the store lock).
     fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
-        let text = |key: &str| args.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+        // The schema check let only these types through; a required one
+        // that is absent all the same is still an error, not "".
+        let text = |key: &str| args.get(key).and_then(Value::as_str).ok_or_else(|| format!("`{key}` is missing"));
+        let optional = |key: &str| args.get(key).and_then(Value::as_str);
         let linked_names = self.daemon.linked_with(&personality);
         let linked: Vec<&str> = linked_names.iter().map(String::as_str).collect();
         let caller = Caller { personality: &personality, linked: &linked };
@@ -362,11 +568,11 @@ impl MemoryServer {
                 vault.ok_or_else(no_vault)?;
                 let index = self.daemon.vault.index();
                 let limit = args.get("limit").and_then(Value::as_u64);
-                memory::search(&index, &caller, &text("query"), limit, args.get("scope").and_then(Value::as_str))
+                memory::search(&index, &caller, text("query")?, limit, optional("scope"))
             }
             "memory_read" => {
                 let vault = vault.ok_or_else(no_vault)?;
-                memory::read(&vault, &caller, &text("path")).map(Value::String)
+                memory::read(&vault, &caller, text("path")?).map(Value::String)
             }
             "memory_write" => {
                 let vault = vault.ok_or_else(no_vault)?;
@@ -383,8 +589,8 @@ impl MemoryServer {
                     &vault,
                     &index,
                     &caller,
-                    &text("title"),
-                    &text("body"),
+                    text("title")?,
+                    text("body")?,
                     &tags,
                     replace,
                     SystemTime::now(),
@@ -401,14 +607,14 @@ impl MemoryServer {
             "peer_send" => {
                 self.check_write(node)?;
                 let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
-                let to = text("to");
+                let to = text("to")?.to_owned();
                 let capacity = self.daemon.config().presence.inbox_capacity;
                 let sent = peers::send(
                     &self.daemon.store,
                     &fleet,
                     &personality,
                     &to,
-                    &text("message"),
+                    text("message")?,
                     capacity,
                     SystemTime::now(),
                 )
@@ -449,13 +655,20 @@ impl ServerHandler for MemoryServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !tools().iter().any(|t| t.name == request.name) {
+        let Some(tool) = tools().into_iter().find(|t| t.name == request.name) else {
             return Err(ErrorData::invalid_params(format!("unknown tool `{}`", request.name), None));
-        }
+        };
         let Some(node) = Self::node(&context) else {
             return Err(ErrorData::invalid_request("no X-IAPeer-Identity on this request", None));
         };
         let args = request.arguments.unwrap_or_default();
+        let checked = match Self::arguments_not_an_object(&context) {
+            Some(given) => Err(format!("`arguments` must be an object of named arguments, not {given}")),
+            None => check_arguments(&tool, &args),
+        };
+        if let Err(sentence) = checked {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(sentence)]).into());
+        }
         let (server, name) = (self.clone(), request.name.clone());
         let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args)).await;
         // The writer's next search must find it.

@@ -132,11 +132,12 @@ pub async fn serve<S: Service>(listener: UnixListener, service: Arc<S>, shutdown
     }
 }
 
-/// One open connection counted against `max_connections`.
-struct Slot(Arc<AtomicUsize>);
+/// One open connection counted against a limit (`max_connections` here,
+/// the MCP endpoint's own in `mcp`).
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+    pub(crate) fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
         open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| Slot(open.clone()))
