@@ -60,7 +60,7 @@ fn status_and_mcp_answer_promptly_while_store_writes_wait_for_the_store_lock() {
     for t in stuck {
         let (err, text) = t.join().unwrap();
         assert!(!err, "{text}");
-        assert!(text.contains("\"deliveredTo\":\"bob\""), "{text}");
+        assert!(text.contains("\"to\":\"bob\"") && text.contains("\"queued\":true"), "{text}");
     }
 }
 
