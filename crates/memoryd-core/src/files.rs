@@ -20,6 +20,7 @@ use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,11 +78,12 @@ impl EntryKind {
     }
 }
 
-/// A regular file's bytes and mtime.
+/// A regular file's bytes, mtime and number of hard links.
 #[derive(Debug)]
 pub struct FileRead {
     pub bytes: Vec<u8>,
     pub modified: SystemTime,
+    pub links: u64,
 }
 
 /// A directory held open, whose files and subdirectories are reached
@@ -219,7 +221,7 @@ impl RealDir {
         if bytes.len() as u64 > max {
             return Ok(None);
         }
-        Ok(Some(FileRead { bytes, modified: meta.modified().unwrap_or(UNIX_EPOCH) }))
+        Ok(Some(FileRead { bytes, modified: meta.modified().unwrap_or(UNIX_EPOCH), links: meta.nlink() }))
     }
 }
 

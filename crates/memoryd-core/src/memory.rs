@@ -177,7 +177,7 @@ pub fn write(
 /// caller gives stays the value it was given (never a new `author` line or
 /// the end of the block).
 fn one_line(argument: &str, value: &str) -> Result<(), String> {
-    match value.chars().find(|&c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+    match value.chars().find(|&c| vault::breaks_line(c)) {
         Some(c) => Err(format!(
             "{argument} holds the control character or line break U+{:04X}; give it on one line without one",
             u32::from(c)
@@ -262,6 +262,21 @@ mod tests {
             read(&v, &ada, "shared/ops-alias.md").unwrap().contains("shared text"),
             "a link within a zone ada reads"
         );
+        // A hard link has no real path to judge it by: refused for everyone,
+        // in bob's zone too, and never indexed.
+        std::fs::hard_link(v.join("peers/bob/secret.md"), v.join("shared/hard.md")).unwrap();
+        let e = read(&v, &ada, "shared/hard.md").unwrap_err();
+        assert!(e.contains("hard links") && !e.contains("launch"), "{e}");
+        let bob = Caller { personality: "bob", linked: &[] };
+        assert!(read(&v, &bob, "peers/bob/secret.md").unwrap_err().contains("hard links"));
+        assert!(
+            crate::vault::scan(&v)
+                .unwrap()
+                .notes
+                .iter()
+                .all(|n| !n.path.ends_with("hard.md") && !n.path.ends_with("secret.md"))
+        );
+        std::fs::remove_file(v.join("shared/hard.md")).unwrap();
         let ada_linked = Caller { personality: "ada", linked: &["bob"] };
         assert!(read(&v, &ada_linked, "shared/alias.md").unwrap().contains("launch code"));
         assert!(read(&v, &ada_linked, "shared/out.md").is_err(), "out of the vault for everyone");

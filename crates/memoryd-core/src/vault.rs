@@ -70,6 +70,11 @@ pub fn scan(vault: &Path) -> Result<Scan, FileError> {
             if name.starts_with('.') || name.ends_with(".tmp") {
                 continue;
             }
+            // A path is shown to agents on a line of its own.
+            if name.chars().any(breaks_line) {
+                out.skipped += 1;
+                continue;
+            }
             let path = if rel.is_empty() { name.into_owned() } else { format!("{rel}/{name}") };
             match kind {
                 EntryKind::Dir => stack.push(path),
@@ -86,10 +91,22 @@ pub fn scan(vault: &Path) -> Result<Scan, FileError> {
 }
 
 /// A note's text and mtime, read from `dir` without following a symlink;
-/// None when it must be skipped (larger than 1 MiB, or not UTF-8).
+/// None when it must be skipped (larger than 1 MiB, or not UTF-8). A file
+/// with more than one hard link is refused: its other names may lie in
+/// another zone, and a hard link has no real path to judge it by.
 pub fn read_text(dir: &RealDir, name: &OsStr) -> Result<Option<(String, SystemTime)>, FileError> {
-    let read = dir.read_file(name, MAX_NOTE_BYTES)?;
-    Ok(read.and_then(|f| Some((String::from_utf8(f.bytes).ok()?, f.modified))))
+    let Some(read) = dir.read_file(name, MAX_NOTE_BYTES)? else { return Ok(None) };
+    if read.links > 1 {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "it has {} hard links, and a note must have one (its other names may be in another zone)",
+                read.links
+            ),
+        );
+        return Err(FileError::Io { op: "read", path: dir.path().join(name), error });
+    }
+    Ok(String::from_utf8(read.bytes).ok().map(|text| (text, read.modified)))
 }
 
 /// The zone owner of a relative path: `peers/<personality>/…`.
@@ -144,13 +161,31 @@ pub fn parse_note(rel: &str, text: &str, modified: SystemTime) -> Note {
     let owner = owner_of(rel);
     Note {
         path: rel.to_owned(),
-        title,
-        author: owner.clone().or_else(|| fields.remove("author").filter(|a| !a.is_empty())),
-        created: fields.remove("created").filter(|c| !c.is_empty()),
-        tags: tags.unwrap_or_default(),
+        title: on_one_line(title),
+        author: owner.clone().or_else(|| fields.remove("author").filter(|a| !a.is_empty()).map(on_one_line)),
+        created: fields.remove("created").filter(|c| !c.is_empty()).map(on_one_line),
+        tags: tags.unwrap_or_default().into_iter().map(on_one_line).collect(),
         owner,
         body: body.to_owned(),
         modified,
+    }
+}
+
+/// A character that could end a line where it is shown (a fragment, a
+/// search result): a control character or a Unicode line or paragraph
+/// separator.
+pub fn breaks_line(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `text` with every character that [`breaks_line`] replaced by a space: a
+/// hand-written note's title or tag can then never add a line of its own
+/// to an agent's fragment.
+fn on_one_line(text: String) -> String {
+    if text.chars().any(breaks_line) {
+        text.chars().map(|c| if breaks_line(c) { ' ' } else { c }).collect()
+    } else {
+        text
     }
 }
 
@@ -459,6 +494,12 @@ mod tests {
         );
         assert_eq!(n.title, "say \"hi\" \\ there");
         assert_eq!(n.tags, ["a, b", "it's", "]", "plain"]);
+        // A hand-written title, tag or heading never carries a line break or
+        // control character on to a fragment.
+        let n = parse_note("ops/x.md", "---\ntitle: a\u{2028}- [x](evil)\ttab\ntags: [\"t\u{1b}[31m\"]\n---\n", t);
+        assert_eq!((n.title.as_str(), n.tags.as_slice()), ("a - [x](evil) tab", &["t [31m".to_owned()][..]));
+        let n = parse_note("ops/y.md", "# head\rline\nbody", t);
+        assert_eq!(n.title, "head line");
     }
 
     #[test]
