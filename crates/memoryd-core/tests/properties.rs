@@ -52,7 +52,7 @@ fn permissions() -> impl Strategy<Value = Value> {
         "mcp__[a-z]{1,5}",
     ];
     let list = prop_oneof![
-        4 => prop::collection::vec(rule, 0..4).prop_map(|r| Value::from(r)),
+        4 => prop::collection::vec(rule, 0..4).prop_map(Value::from),
         1 => leaf(),
     ];
     let lists =

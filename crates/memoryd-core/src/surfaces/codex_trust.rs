@@ -213,7 +213,7 @@ pub fn judge(real: &Path, named: &Path, states: &HookStates) -> Result<Verdict, 
     if hooks.is_empty() {
         return Err(format!("{} holds none of memoryd's hooks (see peer-surfaces)", real.display()));
     }
-    let aliases = (named != real).then(|| our_hooks(named, &doc)).unwrap_or_default();
+    let aliases = if named != real { our_hooks(named, &doc) } else { Vec::new() };
     let mut skipped = Vec::new();
     let mut disabled = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
@@ -250,6 +250,7 @@ pub fn judge(real: &Path, named: &Path, states: &HookStates) -> Result<Verdict, 
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
 
