@@ -228,6 +228,7 @@ fn verify_reports_each_drifted_pair_writes_nothing_and_repair_fixes_it() {
         "fleet-map",
         "peer-surfaces",
         "peer-trust",
+        "hook-trust",
         "launcher",
         "mcp-endpoint",
         "vault",
@@ -236,14 +237,6 @@ fn verify_reports_each_drifted_pair_writes_nothing_and_repair_fixes_it() {
     ] {
         assert!(names.contains(&check), "{check} missing from {names:?}");
     }
-    // Codex hook trust: a check, and a re-seed under --repair.
-    std::fs::write(&fleet.iapeer.untrusted, "").unwrap();
-    let out = root.ctl(&["verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(line(&stdout(&out), "peer-trust").starts_with("FAIL"), "{}", stdout(&out));
-    let out = root.ctl(&["verify", "--repair"]);
-    assert!(out.status.success(), "{}", stdout(&out));
-    assert!(line(&stdout(&out), "peer-trust").starts_with("repaired"), "{}", stdout(&out));
     // A store document that does not load is named, and kept.
     let presence = root.paths.store.join("presence.json");
     std::fs::write(&presence, "{ torn").unwrap();
@@ -252,6 +245,88 @@ fn verify_reports_each_drifted_pair_writes_nothing_and_repair_fixes_it() {
     let store = line(&stdout(&out), "store").to_owned();
     assert!(store.starts_with("FAIL") && store.contains("presence.json does not load"), "{store}");
     assert_eq!(std::fs::read_to_string(&presence).unwrap(), "{ torn");
+}
+
+/// Edits the user's Codex config as a person or Codex itself would
+/// (`toml_edit` keeps the rest as it is).
+fn edit_codex_config(root: &Root, edit: impl FnOnce(&mut toml_edit::Table)) {
+    let path = root.home.join(".codex/config.toml");
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    edit(doc["hooks"]["state"].as_table_mut().unwrap());
+    std::fs::write(&path, doc.to_string()).unwrap();
+}
+
+#[test]
+fn verify_says_whether_codex_would_run_memoryds_hooks_and_repair_reseeds_their_trust() {
+    let root = Root::bare();
+    let fleet = fleet(&root, "");
+    let out = root.ctl(&["update", "--skip", "memoryd"]);
+    assert!(line(&stdout(&out), "surfaces").starts_with("ok"), "{}{}", stdout(&out), stderr(&out));
+    // The core recorded trust as Codex reads it: per hook, in the user's config.
+    let (vera, olga) = (fleet.peers[1].join(".codex/hooks.json"), fleet.peers[2].join(".codex/hooks.json"));
+    let key = |hooks: &Path, event: &str| format!("{}:{event}:0:0", hooks.display());
+    let config = root.home.join(".codex/config.toml");
+    let recorded = std::fs::read_to_string(&config).unwrap();
+    assert!(recorded.contains(&format!("[hooks.state.\"{}\"]", key(&vera, "session_start"))), "{recorded}");
+    let text = stdout(&root.ctl(&["verify"]));
+    assert!(line(&text, "hook-trust").starts_with("ok"), "{text}");
+    assert!(line(&text, "hook-trust").ends_with("Codex runs all 8 memoryd hooks of 2 Codex peer(s)"), "{text}");
+
+    // Codex trusted vera's SessionStart hook as it was before memoryd's
+    // hooks.json changed, and olga's UserPromptSubmit hook never.
+    edit_codex_config(&root, |state| {
+        state[&key(&vera, "session_start")]["trusted_hash"] =
+            toml_edit::value("sha256:9c56cc51b374c3ba189210d5b6d4bf57790d351c96c47c02190ecf1e430635ab");
+        state.remove(&key(&olga, "user_prompt_submit"));
+    });
+    let watched: Vec<&Path> = [config.as_path()].into_iter().chain(fleet.peers.iter().map(PathBuf::as_path)).collect();
+    let before = contents(&watched);
+    let out = root.ctl(&["verify"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let vera_row = format!(
+        "FAIL     hook-trust[vera:codex]  Codex would skip memoryd's hooks SessionStart (changed since it was trusted) in {}; run `iapeer trust-hooks {}` (or `memoryctl verify --repair`)",
+        vera.display(),
+        vera.display()
+    );
+    assert!(text.lines().any(|l| l == vera_row), "{text}");
+    assert!(
+        text.contains(
+            "FAIL     hook-trust[olga:codex]  Codex would skip memoryd's hooks UserPromptSubmit (untrusted) in"
+        ),
+        "{text}"
+    );
+    assert!(line(&text, "hook-trust").starts_with("FAIL"), "{text}");
+    assert!(line(&text, "peer-surfaces").starts_with("ok"), "the hooks themselves are in place: {text}");
+    assert!(contents(&watched) == before, "a plain verify wrote something");
+
+    // --repair runs the trust step for those two folders, then checks again.
+    let calls = fleet.iapeer.trust_calls();
+    let text = stdout(&root.ctl(&["verify", "--repair"]));
+    assert!(line(&text, "hook-trust").starts_with("repaired"), "{text}");
+    assert!(line(&text, "hook-trust").contains("for 2 folder(s)"), "{text}");
+    assert_eq!(fleet.iapeer.trust_calls(), calls + 2);
+    assert!(line(&stdout(&root.ctl(&["verify"])), "hook-trust").starts_with("ok"));
+
+    // A hook the user turned off is the user's choice: a warning, no re-seed.
+    edit_codex_config(&root, |state| state[&key(&vera, "session_end")]["enabled"] = toml_edit::value(false));
+    let text = stdout(&root.ctl(&["verify", "--repair"]));
+    assert!(text.contains("warn     hook-trust[vera:codex]  memoryd's hooks SessionEnd in "), "{text}");
+    assert!(line(&text, "hook-trust").starts_with("warn"), "{text}");
+    assert_eq!(fleet.iapeer.trust_calls(), calls + 2, "a repair re-seeded a hook the user turned off");
+
+    // A core that refuses: the repair fails with the core's own words.
+    edit_codex_config(&root, |state| {
+        state.remove(&key(&olga, "post_tool_use"));
+    });
+    std::fs::write(&fleet.iapeer.untrusted, "").unwrap();
+    let out = root.ctl(&["verify", "--repair"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL     hook-trust[olga:codex]  iapeer trust-hooks exited with 1: the core refuses to trust"),
+        "{text}"
+    );
 }
 
 #[test]

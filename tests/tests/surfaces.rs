@@ -356,3 +356,133 @@ fn the_shims_run_memoryctl_hook_which_never_fails_an_agent() {
     let log = std::fs::read_to_string(root.paths.logs.join("hook-errors.log")).unwrap();
     assert!(log.contains("not JSON") && log.contains("bad hook arguments"), "{log}");
 }
+
+/// The line of a `verify` check (or row) by its name.
+fn check_line<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("no `{name}` line in:\n{text}"))
+}
+
+/// A JSON file's content, keys in file order.
+fn json_text(path: &Path) -> String {
+    let value: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    serde_json::to_string(&value).unwrap()
+}
+
+#[test]
+fn a_wired_claude_peer_allows_memoryds_tools_and_unprovision_takes_only_that_rule_away() {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    root.write_config(&config(&iapeer, free_port(), ""));
+    let cwd = root.peer_dir("boris");
+    let cwd_s = cwd.to_str().unwrap();
+    let settings = cwd.join(".claude/settings.json");
+    std::fs::create_dir_all(cwd.join(".claude")).unwrap();
+    // The operator's own rules, one of them denying a memoryd tool.
+    let original = r#"{"model":"opus","permissions":{"allow":["Bash(git:*)"],"deny":["mcp__memoryd__peer_send"],"defaultMode":"default"}}"#;
+    std::fs::write(&settings, original).unwrap();
+    let wire =
+        |verb: &str| root.ctl(&[verb, "--local", "--cwd", cwd_s, "--runtime", "claude", "--personality", "boris"]);
+
+    let out = wire("provision-peer");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ok    approve written ("), "{}", stdout(&out));
+    let wired: Value = serde_json::from_slice(&std::fs::read(&settings).unwrap()).unwrap();
+    assert_eq!(wired["permissions"]["allow"], serde_json::json!(["Bash(git:*)", "mcp__memoryd"]));
+    assert_eq!(wired["permissions"]["deny"], serde_json::json!(["mcp__memoryd__peer_send"]));
+    assert_eq!(wired["permissions"]["defaultMode"], "default");
+    assert_eq!(wired["enabledMcpjsonServers"], serde_json::json!(["memoryd"]));
+    assert!(stdout(&wire("provision-peer")).contains("ok    approve already ("), "never duplicated");
+
+    // verify names the operator's deny rule as a warning and keeps it.
+    iapeer.set_listing(&[("boris", &cwd, &["claude"])]);
+    root.write_fleet_map(&[("boris", &cwd, &["claude"])]);
+    let text = stdout(&root.ctl(&["verify"]));
+    let denied = format!(
+        "warn     peer-trust[boris:claude]  `mcp__memoryd__peer_send` in permissions.deny of {} keep a headless Claude session from calling memoryd's tools",
+        settings.display()
+    );
+    assert!(text.lines().any(|l| l.starts_with(&denied)), "{text}");
+    assert!(check_line(&text, "peer-trust").starts_with("warn"), "{text}");
+    assert!(check_line(&text, "peer-surfaces").starts_with("ok"), "{text}");
+
+    // Our rule taken away by hand is drift that verify names and --repair restores.
+    let mut drifted = wired.clone();
+    drifted["permissions"]["allow"] = serde_json::json!(["Bash(git:*)"]);
+    std::fs::write(&settings, serde_json::to_vec(&drifted).unwrap()).unwrap();
+    let text = stdout(&root.ctl(&["verify"]));
+    assert!(
+        text.contains("FAIL     peer-surfaces[boris:claude]  approve: not as memoryd writes it: it needs `memoryd` in enabledMcpjsonServers and `mcp__memoryd` in permissions.allow"),
+        "{text}"
+    );
+    let text = stdout(&root.ctl(&["verify", "--repair"]));
+    assert!(check_line(&text, "peer-surfaces").starts_with("repaired"), "{text}");
+    assert_eq!(json_text(&settings), serde_json::to_string(&wired).unwrap());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&std::fs::read(&settings).unwrap()).unwrap()["permissions"]["deny"],
+        serde_json::json!(["mcp__memoryd__peer_send"]),
+        "the repair removed the operator's deny rule"
+    );
+
+    // Unprovision takes our parts out and nothing else.
+    let out = wire("unprovision-peer");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ok    approve removed ("), "{}", stdout(&out));
+    let before: Value = serde_json::from_str(original).unwrap();
+    assert_eq!(json_text(&settings), serde_json::to_string(&before).unwrap());
+}
+
+#[test]
+fn a_sweep_that_changes_hooks_json_reseeds_trust_then_fails_loudly_if_codex_would_still_skip_them() {
+    let root = Root::bare();
+    let iapeer = root.fake_iapeer();
+    root.write_config(&config(&iapeer, free_port(), ""));
+    let cwd = root.peer_dir("vera");
+    let cwd_s = cwd.to_str().unwrap();
+    let hooks = cwd.join(".codex/hooks.json");
+    let provision =
+        || root.ctl(&["provision-peer", "--local", "--cwd", cwd_s, "--runtime", "codex", "--personality", "vera"]);
+    let out = provision();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ok    trust   written ("), "{}", stdout(&out));
+    let codex_config = std::fs::read_to_string(root.home.join(".codex/config.toml")).unwrap();
+    assert!(
+        codex_config.contains(&format!("[hooks.state.\"{}:session_start:0:0\"]", hooks.display())),
+        "{codex_config}"
+    );
+
+    // The user puts a hook of their own before ours: our hook moves, and
+    // Codex keys trust by position.
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&hooks).unwrap()).unwrap();
+    let mine = serde_json::json!({"hooks": [{"type": "command", "command": "echo hi"}]});
+    doc["hooks"]["SessionStart"].as_array_mut().unwrap().insert(0, mine);
+    std::fs::write(&hooks, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    // A core whose trust-hooks says yes but records nothing Codex reads.
+    std::fs::write(&iapeer.bin, format!("#!/bin/sh\necho \"$*\" >> '{}'\necho trusted\n", iapeer.trust_log.display()))
+        .unwrap();
+    let calls = iapeer.trust_calls();
+    let out = provision();
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(iapeer.trust_calls(), calls + 1, "the changed hooks.json was not re-seeded");
+    let want = format!(
+        "FAIL  trust   failed — iapeer trust-hooks succeeded, but Codex would skip memoryd's hooks SessionStart (untrusted) in {}; run `iapeer trust-hooks {}`",
+        hooks.display(),
+        hooks.display()
+    );
+    assert!(stdout(&out).contains(&want), "{}", stdout(&out));
+
+    // The real core: seeded at the new position, checked, and then left alone.
+    let iapeer = root.fake_iapeer();
+    let out = provision();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ok    trust   written ("), "{}", stdout(&out));
+    let codex_config = std::fs::read_to_string(root.home.join(".codex/config.toml")).unwrap();
+    assert!(
+        codex_config.contains(&format!("[hooks.state.\"{}:session_start:1:0\"]", hooks.display())),
+        "{codex_config}"
+    );
+    let calls = iapeer.trust_calls();
+    assert!(stdout(&provision()).contains("ok    trust   already ("));
+    assert_eq!(iapeer.trust_calls(), calls, "an unchanged hooks.json was trusted again");
+}

@@ -158,7 +158,10 @@ impl Live {
             .arg("--root")
             .arg(&root)
             .env("MEMORYD_TEST_SANDBOX", "1")
-            .env("HOME", dir)
+            // No home: the fake core records no Codex hook trust, and without
+            // a home memoryd does not check it (it would fail and re-run the
+            // trust step of every codex peer at every sweep).
+            .env_remove("HOME")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;

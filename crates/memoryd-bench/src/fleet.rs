@@ -83,7 +83,10 @@ impl Fleet {
         config.iapeer_bin = Some(fake_iapeer(dir, &dir.join("listing.json"))?);
         config.memoryctl_bin = Some(bins.memoryctl.clone());
         config.memoryd_bin = Some(bins.memoryd.clone());
-        let tools = Tools::new(&paths, &config, &bins.memoryctl, true);
+        let mut tools = Tools::new(&paths, &config, &bins.memoryctl, true);
+        // The fake core records no Codex hook trust, so the check after each
+        // trust step would fail every codex pair (and re-run at every sweep).
+        tools.settings.codex_config = None;
         let store = Store::open(&paths, &files)?;
         let lock = ProvisionLock::open(&files, &paths.provision_lock)?;
         Ok(Fleet { paths, files, tools, config, store, lock, peers })

@@ -14,7 +14,7 @@ use crate::slot::SlotState;
 use crate::surfaces::{Action, Outcome, Settings, StateFile, SurfaceState, Surfaces, shims, surface_names};
 pub use memoryd_proto::PeerProvision as PeerRequest;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A sweep holds the lock for about this long per batch, so a birth or an
@@ -165,6 +165,9 @@ impl Tools {
                 memoryctl: binaries.memoryctl.clone(),
                 mcp_port: config.mcp_port,
                 iapeer,
+                codex_config: std::env::var_os("HOME")
+                    .filter(|home| !home.is_empty())
+                    .map(|home| PathBuf::from(home).join(".codex/config.toml")),
             },
             egress: if sandboxed { Egress::refusing(allowed) } else { Egress::live() },
             binaries,
@@ -384,6 +387,19 @@ impl Provisioner<'_> {
             }
         }
         (pairs, skipped)
+    }
+
+    /// `verify --repair`: runs the Codex hook trust step again for these
+    /// folders and checks it, batch by batch; one `trust` outcome each.
+    pub fn reseed_hook_trust(&self, cwds: &[PathBuf]) -> Result<Vec<Outcome>, ProvisionError> {
+        let mut outcomes = Vec::new();
+        self.in_batches(
+            "hook-trust",
+            cwds,
+            |_| Ok(()),
+            |held, state, cwd| outcomes.push(self.surfaces().reseed_trust(held, state, cwd)),
+        )?;
+        Ok(outcomes)
     }
 
     /// Re-renders every peer's fragment; (written, unchanged, failed).

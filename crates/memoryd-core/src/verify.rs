@@ -12,14 +12,12 @@ use crate::install::{check_executable, launcher_script};
 use crate::provision::{PairReport, Provisioner};
 use crate::report::Tally;
 use crate::slot::{self, SlotState};
-use crate::surfaces::{Action, shims};
+use crate::surfaces::codex_trust::{self, HookStates, Verdict};
+use crate::surfaces::{self, Action, StateFile, json, shims};
 use memoryd_proto::ProgressStatus::{self, Fail, Ok as Good, Repaired, Skip, Warn};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-/// How long `iapeer trust-hooks --check` may take.
-const TRUST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The header on every answer of the MCP endpoint that names the pid of
 /// the memoryd answering: how `mcp-endpoint` tells this daemon's endpoint
@@ -71,6 +69,7 @@ impl Verify<'_> {
         let peers = crate::update::map_peers(self.p).unwrap_or_default();
         self.peer_surfaces(&peers, out);
         self.peer_trust(&peers, out);
+        self.hook_trust(&peers, out);
         self.launcher(out);
         self.mcp_endpoint(out);
         self.vault(out);
@@ -191,7 +190,8 @@ impl Verify<'_> {
         let codex_trust = home
             .and_then(|h| std::fs::read_to_string(h.join(".codex/config.toml")).ok())
             .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok());
-        let (mut warned, mut failed, mut repaired, mut checked) = (0, 0, 0, 0);
+        let user_settings = home.map(|h| h.join(".claude/settings.json"));
+        let (mut warned, mut checked) = (0, 0);
         for peer in peers.iter().filter(|p| p.cwd.is_dir()) {
             let keys = folder_keys(&peer.cwd);
             for runtime in peer.session_runtimes() {
@@ -222,72 +222,132 @@ impl Verify<'_> {
                         ),
                     );
                 }
-                if runtime == "codex" {
-                    match self.hook_trust(&peer.cwd) {
-                        HookTrust::Trusted => {}
-                        HookTrust::Repaired => repaired += 1,
-                        HookTrust::Unknown(why) => {
-                            warned += 1;
-                            out.line(&name, Skip, &why);
-                        }
-                        HookTrust::Untrusted(why) => {
-                            failed += 1;
-                            out.line(&name, Fail, &why);
-                        }
+                if runtime != "claude" {
+                    continue;
+                }
+                // An operator's deny (or ask) rule wins over our allow rule.
+                let files = [peer.cwd.join(".claude/settings.json"), peer.cwd.join(".claude/settings.local.json")];
+                for file in files.iter().chain(&user_settings) {
+                    let Some(settings) = std::fs::read(file).ok().and_then(|b| json::parse_object(&b).ok()) else {
+                        continue;
+                    };
+                    let rules = surfaces::rules_against_our_tools(&settings);
+                    if !rules.is_empty() {
+                        warned += 1;
+                        out.line(
+                            &name,
+                            Warn,
+                            &format!(
+                                "{} of {} keep a headless Claude session from calling memoryd's tools; memoryd never changes an operator's rule",
+                                rules.join(", "),
+                                file.display()
+                            ),
+                        );
                     }
                 }
             }
         }
-        let (status, detail) = match (failed, repaired, warned) {
-            (0, 0, 0) => (Good, format!("{checked} peer-runtime(s) trusted")),
-            (0, 0, w) => (Warn, format!("{w} finding(s) above; memoryd cannot change folder trust")),
-            (0, r, _) => (Repaired, format!("re-seeded Codex hook trust for {r} folder(s)")),
-            (f, _, _) => {
-                (Fail, format!("{f} Codex hooks.json not trusted: Codex skips untrusted hooks in headless sessions"))
-            }
-        };
-        out.line("peer-trust", status, &detail);
+        match warned {
+            0 => out.line("peer-trust", Good, &format!("{checked} peer-runtime(s) trusted")),
+            w => out.line(
+                "peer-trust",
+                Warn,
+                &format!(
+                    "{w} finding(s) above; memoryd changes neither folder trust nor an operator's permission rules"
+                ),
+            ),
+        }
     }
 
-    /// Asks the core whether our hooks.json is trusted; re-seeds it under
-    /// `--repair`.
-    fn hook_trust(&self, cwd: &Path) -> HookTrust {
-        let Ok(hooks) = cwd.join(".codex/hooks.json").canonicalize() else {
-            return HookTrust::Untrusted("no .codex/hooks.json (see peer-surfaces)".to_owned());
+    /// `hook-trust`: per Codex peer, whether Codex would run each of
+    /// memoryd's hooks as they are on disk, judged by the user's Codex
+    /// config (read, never written: trusting is the iapeer core's job).
+    /// `--repair` runs the trust step again and checks again.
+    fn hook_trust(&self, peers: &[FleetPeer], out: &mut Tally<'_>) {
+        let state = StateFile::load(&self.p.paths.surface_state).state;
+        let codex: Vec<&FleetPeer> = peers
+            .iter()
+            .filter(|p| p.cwd.is_dir() && p.session_runtimes().any(|r| r == "codex") && !state.is_off(&p.cwd, "codex"))
+            .collect();
+        if codex.is_empty() {
+            return out.line("hook-trust", Good, "no Codex peer-runtime");
+        }
+        let Some(config) = self.home.as_ref().map(|h| h.join(".codex/config.toml")) else {
+            return out.line("hook-trust", Skip, "HOME is not set, so the user's Codex config cannot be read");
         };
-        let iapeer = match &self.p.tools.settings.iapeer {
-            Ok(iapeer) => iapeer,
-            Err(why) => return HookTrust::Unknown(format!("cannot ask about hook trust: {why}")),
+        let judge_all = |peers: &[&FleetPeer]| -> Result<Vec<Result<Verdict, String>>, String> {
+            let states = HookStates::load(&config)?;
+            Ok(peers
+                .iter()
+                .map(|peer| {
+                    let named = peer.cwd.join(".codex/hooks.json");
+                    let real =
+                        named.canonicalize().map_err(|_| format!("no {} (see peer-surfaces)", named.display()))?;
+                    codex_trust::judge(&real, &named, &states)
+                })
+                .collect())
         };
-        let check = self.p.tools.egress.run(
-            iapeer,
-            &[std::ffi::OsStr::new("trust-hooks"), hooks.as_os_str(), "--check".as_ref()],
-            None,
-            TRUST_TIMEOUT,
-        );
-        match check {
-            Ok(out) if out.success() => HookTrust::Trusted,
-            Ok(_) if self.repair => {
-                let seeded = self.p.tools.egress.run(
-                    iapeer,
-                    &[std::ffi::OsStr::new("trust-hooks"), hooks.as_os_str()],
-                    None,
-                    TRUST_TIMEOUT,
-                );
-                match seeded {
-                    Ok(out) if out.success() => HookTrust::Repaired,
-                    Ok(out) => HookTrust::Untrusted(format!(
-                        "{} is not trusted and `iapeer trust-hooks` failed: {}",
-                        hooks.display(),
-                        String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("no message")
-                    )),
-                    Err(e) => HookTrust::Untrusted(e.to_string()),
+        let verdicts = match judge_all(&codex) {
+            Ok(verdicts) => verdicts,
+            Err(e) => return out.line("hook-trust", Fail, &format!("{e}; Codex cannot read it either")),
+        };
+        let skipped = |v: &Result<Verdict, String>| !matches!(v, Ok(Verdict::Runs(_) | Verdict::Disabled(_)));
+        let mut findings: Vec<(&FleetPeer, Result<Verdict, String>)> = codex.iter().copied().zip(verdicts).collect();
+        let mut repaired = 0;
+        let failing: Vec<usize> = (0..findings.len()).filter(|i| skipped(&findings[*i].1)).collect();
+        if self.repair && !failing.is_empty() {
+            let peers: Vec<&FleetPeer> = failing.iter().map(|i| findings[*i].0).collect();
+            let cwds: Vec<PathBuf> = peers.iter().map(|p| p.cwd.clone()).collect();
+            let seeded = match self.p.reseed_hook_trust(&cwds) {
+                Ok(seeded) => seeded,
+                Err(e) => return out.line("hook-trust", Fail, &format!("cannot re-seed Codex hook trust: {e}")),
+            };
+            let again = match judge_all(&peers) {
+                Ok(again) => again,
+                Err(e) => return out.line("hook-trust", Fail, &format!("{e}; Codex cannot read it either")),
+            };
+            for ((i, verdict), seeded) in failing.into_iter().zip(again).zip(seeded) {
+                findings[i].1 = if !skipped(&verdict) {
+                    repaired += 1;
+                    verdict
+                } else if matches!(seeded.action, Action::Failed | Action::Skipped) {
+                    // The trust step's own failure says more than the check.
+                    Err(seeded.detail.unwrap_or_else(|| "iapeer trust-hooks failed".to_owned()))
+                } else {
+                    verdict
+                };
+            }
+        }
+        let (mut failed, mut disabled, mut hooks) = (0, 0, 0);
+        for (peer, verdict) in &findings {
+            let name = format!("hook-trust[{}:codex]", peer.personality);
+            match verdict {
+                Ok(Verdict::Runs(n)) => hooks += n,
+                Ok(Verdict::Disabled(note)) => {
+                    disabled += 1;
+                    out.line(&name, Warn, note);
+                }
+                Ok(Verdict::Skipped(why)) | Err(why) => {
+                    failed += 1;
+                    out.line(&name, Fail, why);
                 }
             }
-            Ok(_) => HookTrust::Untrusted(format!("{} is not trusted by Codex", hooks.display())),
-            Err(e) if e.is_refusal() => HookTrust::Unknown(e.to_string()),
-            Err(e) => HookTrust::Untrusted(format!("cannot ask about hook trust: {e}")),
         }
+        let total = findings.len();
+        let (status, detail) = match (failed, repaired, disabled) {
+            (0, 0, 0) => (Good, format!("Codex runs all {hooks} memoryd hooks of {total} Codex peer(s)")),
+            (0, 0, d) => (Warn, format!("{d} Codex peer(s) with memoryd hooks turned off by the user")),
+            (0, r, _) => {
+                (Repaired, format!("re-seeded Codex hook trust for {r} folder(s); Codex runs memoryd's hooks now"))
+            }
+            (f, _, _) => (
+                Fail,
+                format!(
+                    "{f} of {total} Codex peer(s) would skip memoryd's hooks: no presence, no peer messages in headless sessions"
+                ),
+            ),
+        };
+        out.line("hook-trust", status, &detail);
     }
 
     fn launcher(&self, out: &mut Tally<'_>) {
@@ -466,14 +526,6 @@ impl Verify<'_> {
             Some(first) => out.line("store", Fail, first),
         }
     }
-}
-
-enum HookTrust {
-    Trusted,
-    Repaired,
-    /// The check could not be made (no iapeer, the test sandbox).
-    Unknown(String),
-    Untrusted(String),
 }
 
 fn is_drifted(pair: &PairReport) -> bool {

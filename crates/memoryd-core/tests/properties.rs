@@ -42,8 +42,29 @@ fn leaf() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// Claude's `permissions`: allow, deny and ask lists of rules (ours among
+/// them, duplicated at times), other keys, or a value of the wrong shape.
+fn permissions() -> impl Strategy<Value = Value> {
+    let rule = prop_oneof![
+        Just("mcp__memoryd".to_owned()),
+        Just("mcp__memoryd__peer_send".to_owned()),
+        Just("Bash(git:*)".to_owned()),
+        "mcp__[a-z]{1,5}",
+    ];
+    let list = prop_oneof![
+        4 => prop::collection::vec(rule, 0..4).prop_map(Value::from),
+        1 => leaf(),
+    ];
+    let lists =
+        prop::collection::vec((prop_oneof![Just("allow"), Just("deny"), Just("ask"), Just("defaultMode")], list), 0..4);
+    prop_oneof![
+        6 => lists.prop_map(|lists| Value::Object(lists.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        1 => leaf(),
+    ]
+}
+
 /// A settings or hooks.json object: foreign keys around a `hooks` map of
-/// our events and foreign ones, approvals and MCP servers.
+/// our events and foreign ones, approvals, permissions and MCP servers.
 fn settings() -> impl Strategy<Value = Map<String, Value>> {
     let event = prop_oneof![
         Just("SessionStart".to_owned()),
@@ -57,26 +78,32 @@ fn settings() -> impl Strategy<Value = Map<String, Value>> {
     let approvals =
         proptest::option::of(prop::collection::vec(prop_oneof![Just("memoryd".to_owned()), "[a-z]{1,5}"], 0..4));
     let servers = proptest::option::of(prop::collection::vec(("[a-z]{1,5}", leaf()), 0..3));
-    (foreign, hooks, approvals, servers, any::<bool>()).prop_map(|(foreign, hooks, approvals, servers, hooks_first)| {
-        let mut doc = Map::new();
-        let hooks: Map<String, Value> = hooks.into_iter().map(|(e, g)| (e, Value::Array(g))).collect();
-        if hooks_first {
-            doc.insert("hooks".into(), Value::Object(hooks.clone()));
-        }
-        for (k, v) in foreign {
-            doc.insert(k, v);
-        }
-        if !hooks_first && !hooks.is_empty() {
-            doc.insert("hooks".into(), Value::Object(hooks));
-        }
-        if let Some(list) = approvals {
-            doc.insert("enabledMcpjsonServers".into(), list.into_iter().map(Value::from).collect());
-        }
-        if let Some(servers) = servers {
-            doc.insert("mcpServers".into(), Value::Object(servers.into_iter().collect()));
-        }
-        doc
-    })
+    let permissions = proptest::option::of(permissions());
+    (foreign, hooks, approvals, permissions, servers, any::<bool>()).prop_map(
+        |(foreign, hooks, approvals, permissions, servers, hooks_first)| {
+            let mut doc = Map::new();
+            let hooks: Map<String, Value> = hooks.into_iter().map(|(e, g)| (e, Value::Array(g))).collect();
+            if hooks_first {
+                doc.insert("hooks".into(), Value::Object(hooks.clone()));
+            }
+            for (k, v) in foreign {
+                doc.insert(k, v);
+            }
+            if !hooks_first && !hooks.is_empty() {
+                doc.insert("hooks".into(), Value::Object(hooks));
+            }
+            if let Some(list) = approvals {
+                doc.insert("enabledMcpjsonServers".into(), list.into_iter().map(Value::from).collect());
+            }
+            if let Some(permissions) = permissions {
+                doc.insert("permissions".into(), permissions);
+            }
+            if let Some(servers) = servers {
+                doc.insert("mcpServers".into(), Value::Object(servers.into_iter().collect()));
+            }
+            doc
+        },
+    )
 }
 
 /// A config.toml: foreign tables, comments, and our table in any form.
@@ -123,12 +150,17 @@ proptest! {
     }
 
     #[test]
+    fn the_allow_rule_lands_once_keeps_foreign_rules_and_respects_deny(doc in settings()) {
+        invariants::allow_rule_merge(&doc);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_break_the_json_mergers(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         invariants::json_surface(&bytes);
     }
 
     #[test]
-    fn arbitrary_json_objects_never_break_the_json_mergers(text in "\\{(\"[a-z]{1,4}\": (\\[\\]|\\{\\}|1|\"x\"|null), ){0,4}\"hooks\": (\\{\\}|\\[\\]|1|\\{\"SessionStart\": (1|\\[1\\]|\\[\\{\\}\\]|\\[\\{\"hooks\": 1\\}\\])\\})\\}") {
+    fn arbitrary_json_objects_never_break_the_json_mergers(text in "\\{(\"([a-z]{1,4}|permissions)\": (\\[\\]|\\{\\}|1|\"x\"|null|\\{\"allow\": (1|\\[\\]|\\[1\\]|\\[\"mcp__memoryd\"\\])\\}), ){0,4}\"hooks\": (\\{\\}|\\[\\]|1|\\{\"SessionStart\": (1|\\[1\\]|\\[\\{\\}\\]|\\[\\{\"hooks\": 1\\}\\])\\})\\}") {
         invariants::json_surface(text.as_bytes());
     }
 

@@ -34,6 +34,9 @@ const CASES: &[Case] = &[
     Case { name: "claude-symlink-escape", runtime: "claude", mcp_port: 8766, escape: Some(".claude") },
     Case { name: "claude-mcp-off", runtime: "claude", mcp_port: 0, escape: None },
     Case { name: "claude-user-empty-object", runtime: "claude", mcp_port: 8766, escape: None },
+    Case { name: "claude-permissions", runtime: "claude", mcp_port: 8766, escape: None },
+    Case { name: "claude-mcp-off-permissions", runtime: "claude", mcp_port: 0, escape: None },
+    Case { name: "claude-permissions-not-a-list", runtime: "claude", mcp_port: 8766, escape: None },
     Case { name: "codex-fresh", runtime: "codex", mcp_port: 8766, escape: None },
     Case { name: "codex-foreign", runtime: "codex", mcp_port: 8766, escape: None },
     Case { name: "codex-table-quoted", runtime: "codex", mcp_port: 8766, escape: None },
@@ -196,6 +199,9 @@ fn run_case(case: &Case, failures: &mut Vec<String>) {
         memoryctl: PathBuf::from("/opt/memoryd/bin/memoryctl"),
         mcp_port: case.mcp_port,
         iapeer: Ok(iapeer.clone()),
+        // Trust is checked against a Codex config in the unit and end-to-end
+        // tests; here the fake iapeer records nothing.
+        codex_config: None,
     };
     let files = FileGuard::refusing(&[&root]);
     let egress = Egress::refusing(vec![iapeer]);

@@ -180,11 +180,33 @@ fn validate_hooks(root: &Object) -> Result<(), String> {
     }
 }
 
-/// Makes the list at `key` contain `item`, appended after foreign entries.
-pub fn ensure_in_list(root: &mut Object, key: &str, item: &str) -> Result<bool, String> {
-    match root.get_mut(key) {
+/// The object holding the last key of `path` (a key path such as
+/// `["permissions", "allow"]`), its missing parents created when `create`.
+fn parent_of<'a>(root: &'a mut Object, path: &[&str], create: bool) -> Result<Option<&'a mut Object>, String> {
+    let mut object = root;
+    for (depth, key) in path.iter().enumerate().take(path.len().saturating_sub(1)) {
+        if create && !object.contains_key(*key) {
+            object.insert((*key).to_owned(), Value::Object(Object::new()));
+        }
+        object = match object.get_mut(*key) {
+            None => return Ok(None),
+            Some(Value::Object(child)) => child,
+            Some(_) => return Err(format!("`{}` is not an object; fix or remove it", path[..=depth].join("."))),
+        };
+    }
+    Ok(Some(object))
+}
+
+/// Makes the list at `path` contain `item`, appended after foreign entries
+/// (missing parents are created).
+pub fn ensure_in_list(root: &mut Object, path: &[&str], item: &str) -> Result<bool, String> {
+    let Some(key) = path.last() else { return Ok(false) };
+    // Checked before anything is created, so a refusal changes nothing.
+    list_at(root, path)?;
+    let Some(parent) = parent_of(root, path, true)? else { return Ok(false) };
+    match parent.get_mut(*key) {
         None => {
-            root.insert(key.to_owned(), Value::Array(vec![Value::from(item)]));
+            parent.insert((*key).to_owned(), Value::Array(vec![Value::from(item)]));
             Ok(true)
         }
         Some(Value::Array(list)) => {
@@ -197,26 +219,53 @@ pub fn ensure_in_list(root: &mut Object, key: &str, item: &str) -> Result<bool, 
             }
             Ok(!seen || list.len() != before)
         }
-        Some(_) => Err(format!("`{key}` is not a list; fix or remove it")),
+        Some(_) => Err(format!("`{}` is not a list; fix or remove it", path.join("."))),
     }
 }
 
-/// Takes every `item` out of the list at `key`; drops the key if emptied.
-pub fn remove_from_list(root: &mut Object, key: &str, item: &str) -> Result<bool, String> {
-    let list = match root.get_mut(key) {
-        None => return Ok(false),
-        Some(Value::Array(list)) => list,
-        Some(_) => return Err(format!("`{key}` is not a list; fix or remove it")),
-    };
-    let before = list.len();
-    list.retain(|v| v.as_str() != Some(item));
-    if list.len() == before {
+/// Takes every `item` out of the list at `path`; drops the list, then each
+/// parent object, that this emptied.
+pub fn remove_from_list(root: &mut Object, path: &[&str], item: &str) -> Result<bool, String> {
+    let Some(list) = list_at(root, path)? else { return Ok(false) };
+    if !list.iter().any(|v| v.as_str() == Some(item)) {
         return Ok(false);
     }
-    if list.is_empty() {
-        root.shift_remove(key);
+    for depth in (1..=path.len()).rev() {
+        let Some(parent) = parent_of(root, &path[..depth], false)? else { break };
+        let key = path[depth - 1];
+        let emptied = match parent.get_mut(key) {
+            Some(Value::Array(list)) => {
+                list.retain(|v| v.as_str() != Some(item));
+                list.is_empty()
+            }
+            Some(Value::Object(object)) => object.is_empty(),
+            _ => false,
+        };
+        if !emptied {
+            break;
+        }
+        parent.shift_remove(key);
     }
     Ok(true)
+}
+
+/// The list at `path`, if there is one; an error when the path holds
+/// something else.
+fn list_at<'a>(root: &'a Object, path: &[&str]) -> Result<Option<&'a Vec<Value>>, String> {
+    let mut object = root;
+    for (depth, key) in path.iter().enumerate() {
+        let last = depth + 1 == path.len();
+        match (object.get(*key), last) {
+            (None, _) => return Ok(None),
+            (Some(Value::Array(list)), true) => return Ok(Some(list)),
+            (Some(_), true) => return Err(format!("`{}` is not a list; fix or remove it", path.join("."))),
+            (Some(Value::Object(child)), false) => object = child,
+            (Some(_), false) => {
+                return Err(format!("`{}` is not an object; fix or remove it", path[..=depth].join(".")));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Makes `root[map][name]` equal `entry` (structurally), in place.

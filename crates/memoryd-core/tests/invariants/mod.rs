@@ -87,14 +87,14 @@ pub fn hooks_merge(input: &Object) {
 /// `enabledMcpjsonServers` and `mcpServers.memoryd` on one object.
 pub fn list_and_entry_merge(input: &Object) {
     let mut once = input.clone();
-    let listed = json::ensure_in_list(&mut once, "enabledMcpjsonServers", "memoryd");
+    let listed = json::ensure_in_list(&mut once, &["enabledMcpjsonServers"], "memoryd");
     let entry = json!({"type": "http", "url": "http://127.0.0.1:1/mcp"});
     let entered = json::ensure_entry(&mut once, "mcpServers", "memoryd", &entry);
     if listed.is_err() || entered.is_err() {
         return;
     }
     let mut twice = once.clone();
-    assert_eq!(json::ensure_in_list(&mut twice, "enabledMcpjsonServers", "memoryd"), Ok(false));
+    assert_eq!(json::ensure_in_list(&mut twice, &["enabledMcpjsonServers"], "memoryd"), Ok(false));
     assert_eq!(json::ensure_entry(&mut twice, "mcpServers", "memoryd", &entry), Ok(false));
     assert_eq!(twice, once);
     keeps_key_order(input, &once);
@@ -114,11 +114,68 @@ pub fn list_and_entry_merge(input: &Object) {
     }
 }
 
+/// Claude's `permissions.<list>` rules.
+fn rules(doc: &Object, list: &str) -> Vec<Value> {
+    doc.get("permissions").and_then(|p| p.get(list)).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// Our rule in `permissions.allow`: exactly once, after the foreign rules
+/// kept in their order, `deny` and `ask` untouched, twice equals once; the
+/// mirror takes out only ours and the containers it emptied.
+pub fn allow_rule_merge(input: &Object) {
+    const RULE: &str = "mcp__memoryd";
+    let path = ["permissions", "allow"];
+    let foreign =
+        |doc: &Object| -> Vec<Value> { rules(doc, "allow").into_iter().filter(|v| v.as_str() != Some(RULE)).collect() };
+    let mut once = input.clone();
+    if json::ensure_in_list(&mut once, &path, RULE).is_err() {
+        assert_eq!(&once, input, "a refused merge changed the document");
+        return;
+    }
+    let mut twice = once.clone();
+    assert_eq!(json::ensure_in_list(&mut twice, &path, RULE), Ok(false), "the second merge changed something");
+    assert_eq!(twice, once);
+    keeps_key_order(input, &once);
+    if let (Some(Value::Object(before)), Some(Value::Object(after))) =
+        (input.get("permissions"), once.get("permissions"))
+    {
+        keeps_key_order(before, after);
+    }
+    let allow = rules(&once, "allow");
+    assert_eq!(allow.iter().filter(|v| v.as_str() == Some(RULE)).count(), 1, "not exactly one rule of ours");
+    let had_ours = rules(input, "allow").iter().any(|v| v.as_str() == Some(RULE));
+    if !had_ours {
+        assert_eq!(allow.last().and_then(Value::as_str), Some(RULE), "our rule is not after the foreign ones");
+    }
+    assert_eq!(foreign(input), foreign(&once), "a foreign allow rule was lost or moved");
+    for list in ["deny", "ask"] {
+        assert_eq!(rules(input, list), rules(&once, list), "permissions.{list} changed");
+    }
+
+    let mut removed = once.clone();
+    assert_eq!(json::remove_from_list(&mut removed, &path, RULE), Ok(true));
+    assert!(!rules(&removed, "allow").iter().any(|v| v.as_str() == Some(RULE)), "our rule survived removal");
+    assert_eq!(foreign(&removed), foreign(input), "removal lost a foreign allow rule");
+    for list in ["deny", "ask"] {
+        assert_eq!(rules(input, list), rules(&removed, list), "removal changed permissions.{list}");
+    }
+    // Without ours and without an empty container on the path, adding and
+    // removing gives back the input.
+    let empty_on_path = input.get("permissions").is_some_and(|p| {
+        p.as_object().is_some_and(serde_json::Map::is_empty)
+            || p.get("allow").and_then(Value::as_array).is_some_and(Vec::is_empty)
+    });
+    if !had_ours && !empty_on_path {
+        assert_eq!(&removed, input, "provision then unprovision did not give the document back");
+    }
+}
+
 /// JSON bytes as a surface file; every JSON merger on what parses.
 pub fn json_surface(bytes: &[u8]) {
     if let Ok(object) = json::parse_object(bytes) {
         hooks_merge(&object);
         list_and_entry_merge(&object);
+        allow_rule_merge(&object);
         let rendered = json::render(&object);
         assert_eq!(json::parse_object(&rendered).as_ref(), Ok(&object), "render does not round-trip");
     }
