@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use memoryd_core::paths::Paths;
+pub use memoryd_core::host::paths::Paths;
 
 /// The freshly built binaries (built once per test process, so a single
 /// test never runs a stale binary).
@@ -132,10 +132,10 @@ impl Default for Root {
 /// names this root on its command line is killed.
 impl Drop for Root {
     fn drop(&mut self) {
-        if !memoryd_core::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
+        if !memoryd_core::host::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
             return;
         }
-        let Some(pid) = memoryd_core::instance::read_pid(&self.paths.pid_file) else { return };
+        let Some(pid) = memoryd_core::host::instance::read_pid(&self.paths.pid_file) else { return };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let root = self.paths.root.as_os_str().as_encoded_bytes();
         if cmdline.split(|b| *b == 0).any(|arg| arg == root) {

@@ -173,7 +173,7 @@ fn daemon_stop_ends_a_daemon_that_goes_silent_after_hello_by_the_verified_kill()
         "{}",
         stdout(&out)
     );
-    assert!(!memoryd_core::instance::lock_is_held(&root.paths.instance_lock).unwrap());
+    assert!(!memoryd_core::host::instance::lock_is_held(&root.paths.instance_lock).unwrap());
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn verify_repair_ends_a_daemon_that_goes_silent_mid_request() {
     );
     let socket_row = stdout(&out).lines().find(|l| l.contains("memoryd-socket")).unwrap_or_default().to_owned();
     assert!(socket_row.starts_with("repaired") && socket_row.contains("ended it with SIGTERM"), "{}", stdout(&out));
-    assert!(!memoryd_core::instance::lock_is_held(&root.paths.instance_lock).unwrap());
+    assert!(!memoryd_core::host::instance::lock_is_held(&root.paths.instance_lock).unwrap());
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn daemon_stop_ends_a_stopped_daemon_by_the_verified_kill() {
         "{}",
         stdout(&stop)
     );
-    assert!(!memoryd_core::instance::lock_is_held(&root.paths.instance_lock).unwrap());
+    assert!(!memoryd_core::host::instance::lock_is_held(&root.paths.instance_lock).unwrap());
     root.start_daemon();
 }
 

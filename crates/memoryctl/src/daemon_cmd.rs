@@ -2,9 +2,9 @@
 
 use crate::{Ctx, Failure, Silent};
 use anyhow::{Context as _, bail};
-use memoryd_core::egress::Egress;
-use memoryd_core::files::FileGuard;
-use memoryd_core::instance::{self, DaemonCheck, KillOutcome};
+use memoryd_core::host::egress::Egress;
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::instance::{self, DaemonCheck, KillOutcome};
 use memoryd_proto::{ErrorKind, methods};
 use serde_json::json;
 use std::io::{Read, Seek, SeekFrom};
@@ -192,7 +192,7 @@ fn warn_supervisor(supervisor: Option<&str>) {
     if let Some(sup) = supervisor {
         eprintln!(
             "memoryd runs under {sup}, which will restart it; to keep it down: {}",
-            memoryd_core::supervisor::stop_command(sup)
+            memoryd_core::host::supervisor::stop_command(sup)
         );
     }
 }

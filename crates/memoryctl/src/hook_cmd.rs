@@ -7,11 +7,11 @@
 
 use crate::client::{Client, ConnectError};
 use memoryd_core::config;
-use memoryd_core::egress::Egress;
-use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
-use memoryd_core::names::split_node_id;
-use memoryd_core::paths::Paths;
+use memoryd_core::fleet::names::split_node_id;
+use memoryd_core::host::egress::Egress;
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::paths::Paths;
 use memoryd_core::peers;
 use memoryd_proto::{ErrorKind, RpcError, methods};
 use serde_json::{Value, json};

@@ -8,13 +8,13 @@ use crate::{Ctx, Usage};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use memoryd_core::config::{self, Setting};
-use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
-use memoryd_core::install::{self, Binaries};
-use memoryd_core::provision::PeerRequest;
-use memoryd_core::report::Tally;
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::ops::install::{self, Binaries};
+use memoryd_core::ops::provision::PeerRequest;
+use memoryd_core::ops::report::Tally;
+use memoryd_core::ops::update;
 use memoryd_core::surfaces::{Action, StateFile, shims::SESSION_RUNTIMES};
-use memoryd_core::update;
 use memoryd_proto::{ProgressStatus, methods};
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
@@ -43,7 +43,7 @@ pub struct InitArgs {
 /// `memoryctl init`: writes the config, then runs update's steps 1 to 7.
 pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<ExitCode> {
     let files = FileGuard::for_install(&ctx.paths.root, Some(&args.vault));
-    let vault = memoryd_core::paths::absolute(&args.vault);
+    let vault = memoryd_core::host::paths::absolute(&args.vault);
     if let (Some(current), false) = (&ctx.config.vault, args.force)
         && *current != vault
     {
@@ -63,7 +63,7 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<ExitCode> {
         None => install::iapeer_bin(&ctx.config, files.is_sandboxed()).map_err(Usage)?,
     };
     if let Some(registrant) = &args.registrant
-        && !memoryd_core::names::is_personality(registrant)
+        && !memoryd_core::fleet::names::is_personality(registrant)
     {
         return Err(Usage(format!("--registrant {registrant:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$")).into());
     }
@@ -91,7 +91,7 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var_os(k);
     let loaded = config::load(&ctx.config_file, true, env, &Vec::new())?.config;
     if !ctx.json {
-        let verb = if wrote == memoryd_core::files::WriteOutcome::Written { "written" } else { "unchanged" };
+        let verb = if wrote == memoryd_core::host::files::WriteOutcome::Written { "written" } else { "unchanged" };
         println!("config {verb}: {}", ctx.config_file.display());
     }
 
@@ -180,7 +180,7 @@ pub async fn uninstall(ctx: &Ctx, yes: bool) -> anyhow::Result<ExitCode> {
         bail!(
             "memoryd runs under {sup}, which would restart it and rewire every peer; stop and disable it first \
              ({}, and disable its unit), then run uninstall again",
-            memoryd_core::supervisor::stop_command(sup)
+            memoryd_core::host::supervisor::stop_command(sup)
         );
     }
     match daemon_cmd::end(ctx).await {

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 use client::{CallError, Client, ConnectError};
 pub use failure::Failure;
 use memoryd_core::config::{self, Config, ConfigError};
-use memoryd_core::install;
-use memoryd_core::paths::{self, Paths};
+use memoryd_core::host::paths::{self, Paths};
+use memoryd_core::ops::install;
 use memoryd_proto::{ErrorKind, RpcError, methods};
 use output::Style;
 use serde_json::{Value, json};
@@ -324,9 +324,9 @@ impl Ctx {
     /// the lock but does not answer is hung, not stopped, and a root with
     /// no install needs one before any daemon.
     pub fn absent(&self) -> Failure {
-        if memoryd_core::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
-            let pid =
-                memoryd_core::instance::read_pid(&self.paths.pid_file).map_or("unknown".to_owned(), |p| p.to_string());
+        if memoryd_core::host::instance::lock_is_held(&self.paths.instance_lock).unwrap_or(false) {
+            let pid = memoryd_core::host::instance::read_pid(&self.paths.pid_file)
+                .map_or("unknown".to_owned(), |p| p.to_string());
             Failure::new(
                 ErrorKind::DaemonNotAnswering,
                 format!(
@@ -582,8 +582,8 @@ async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         None => {
             eprintln!("{}", ctx.not_answering());
             let mut status =
-                memoryd_core::status::from_disk(&ctx.paths, &ctx.config, &ctx.config_file, SystemTime::now());
-            memoryd_core::status::assess(&mut status, &ctx.config);
+                memoryd_core::ops::status::from_disk(&ctx.paths, &ctx.config, &ctx.config_file, SystemTime::now());
+            memoryd_core::ops::status::assess(&mut status, &ctx.config);
             status
         }
     };

@@ -4,12 +4,12 @@
 use crate::Ctx;
 use anyhow::Context as _;
 use clap::Args;
-use memoryd_core::events::{self, Follower};
-use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
+use memoryd_core::host::files::FileGuard;
 use memoryd_core::peers;
 use memoryd_core::presence::check_operator_node;
 use memoryd_core::presence::{RosterRow, timestamp};
+use memoryd_core::store::events::{self, Follower};
 use memoryd_core::store::{self, Store, StoreError};
 use memoryd_proto::{RpcError, methods};
 use serde_json::{Value, json};
@@ -174,7 +174,7 @@ pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Resu
             eprintln!("memoryd not answering: running locally");
             let fleet = FleetRead::load(&ctx.paths.fleet_map);
             let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
-            memoryd_core::instance::ensure_private_dir(&files, &ctx.paths.state)?;
+            memoryd_core::host::instance::ensure_private_dir(&files, &ctx.paths.state)?;
             let store = Store::open(&ctx.paths, &files)?;
             let now = SystemTime::now();
             let changed = store.change_presence("revocation", |p| {

@@ -4,11 +4,11 @@
 
 use crate::daemon::Bins;
 use memoryd_core::config::Config;
-use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetPeer;
-use memoryd_core::lock::ProvisionLock;
-use memoryd_core::paths::Paths;
-use memoryd_core::provision::{Provisioner, Tools};
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::lock::ProvisionLock;
+use memoryd_core::host::paths::Paths;
+use memoryd_core::ops::provision::{Provisioner, Tools};
 use memoryd_core::store::Store;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ impl Fleet {
     pub fn generate(dir: &Path, n: usize, bins: &Bins) -> anyhow::Result<Fleet> {
         let paths = Paths::new(dir.join("r"));
         let files = FileGuard::for_install(&paths.root, None);
-        memoryd_core::instance::ensure_private_dir(&files, &paths.state)?;
+        memoryd_core::host::instance::ensure_private_dir(&files, &paths.state)?;
         let peers = peers(dir, n, 0)?;
         let mut config = Config { mcp_port: 8766, ..Config::default() };
         config.iapeer_bin = Some(fake_iapeer(dir, &dir.join("listing.json"))?);

@@ -2,8 +2,8 @@
 //! command-line flags, in that rising order of precedence. Unknown keys and
 //! bad values are errors that name the key and where it was set.
 
-use crate::names::is_personality;
-use crate::paths::{Paths, SOCKET_PATH_MAX};
+use crate::fleet::names::is_personality;
+use crate::host::paths::{Paths, SOCKET_PATH_MAX};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
@@ -287,7 +287,7 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
             if !p.is_absolute() {
                 return Err(format!("{s:?} is not an absolute path"));
             }
-            Ok(Parsed::Path(crate::paths::normalize(&p)))
+            Ok(Parsed::Path(crate::host::paths::normalize(&p)))
         }
         Kind::Personality => {
             let s = string(raw, "a personality")?;

@@ -1,35 +1,25 @@
 //! memoryd's domain: plain code that tests can call directly.
 //!
 //! No sockets and no timers live here. Every touch of the live host goes
-//! through one of two doors: [`files::FileGuard`] (every write, rename and
-//! delete) and [`egress::Egress`] (spawning commands, probing and signalling
+//! through one of two doors: [`host::files::FileGuard`] (every write, rename
+//! and delete) and [`host::egress::Egress`] (spawning commands, probing and signalling
 //! processes). Both refuse what the test sandbox forbids.
 
+// The folders are the architecture: `host` is what touches the machine
+// (and the only doors to it), `fleet` who the peers are, `surfaces` what
+// memoryd writes into their folders, `presence` and `peers` the state
+// machines of sessions and of links and messages, `store` where that state
+// lasts, `vault` the notes and what is made of them, `ops` the operations
+// an operator runs.
 pub mod config;
-pub mod egress;
-pub mod events;
-pub mod files;
 pub mod fleet;
-pub mod fragment;
-pub mod heartbeat;
-pub mod install;
-pub mod instance;
-pub mod lock;
-pub mod memory;
-pub mod names;
-pub mod paths;
+pub mod host;
+pub mod ops;
 pub mod peers;
 pub mod presence;
-pub mod provision;
-pub mod report;
-pub mod slot;
-pub mod status;
 pub mod store;
-pub mod supervisor;
 pub mod surfaces;
-pub mod update;
 pub mod vault;
-pub mod verify;
 
 /// The crate version, which is memoryd's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,8 +7,8 @@
 //! written (and fsynced) before a send is acknowledged.
 
 use crate::fleet::FleetMap;
-use crate::names::is_personality;
-use crate::paths::Paths;
+use crate::fleet::names::is_personality;
+use crate::host::paths::Paths;
 use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
 use crate::store::{Store, StoreError, read_doc};
 use memoryd_proto::ErrorKind;
@@ -106,7 +106,10 @@ pub fn check_known(fleet: Option<&FleetMap>, name: &str, kept: bool) -> Result<(
         _ if kept => Ok(()),
         Some(fleet) => Err(refuse(
             ErrorKind::PeerMissing,
-            format!("`{name}` is not a peer of the fleet (its peers: {})", crate::names::listing(&fleet.names())),
+            format!(
+                "`{name}` is not a peer of the fleet (its peers: {})",
+                crate::fleet::names::listing(&fleet.names())
+            ),
         )),
         None => Err(refuse(
             ErrorKind::FleetUnavailable,
@@ -348,9 +351,9 @@ pub fn render_for_agent(messages: &[Message], budget: usize) -> (String, Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::FileGuard;
     use crate::fleet::FleetPeer;
-    use crate::paths::Paths;
+    use crate::host::files::FileGuard;
+    use crate::host::paths::Paths;
 
     fn fleet(names: &[&str]) -> FleetMap {
         FleetMap {

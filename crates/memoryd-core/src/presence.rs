@@ -6,7 +6,7 @@
 
 use crate::config::ClientVersion;
 use crate::fleet::FleetMap;
-use crate::names::split_node_id;
+use crate::fleet::names::split_node_id;
 use memoryd_proto::ErrorKind;
 use memoryd_proto::status::PresenceCounts;
 use serde::{Deserialize, Serialize};
@@ -249,7 +249,7 @@ pub fn check_operator_node(
             format!("there is no fleet map to check {node} against (memoryctl status shows why){fix}"),
         ));
     };
-    let nodes = crate::names::listing(&fleet.nodes());
+    let nodes = crate::fleet::names::listing(&fleet.nodes());
     let message = if revoke {
         format!(
             "{node} is not a node of the fleet (its nodes: {nodes}); pass --force to revoke a node that will exist later"
@@ -258,7 +258,7 @@ pub fn check_operator_node(
         let revoked: Vec<&String> = presence.revoked.keys().collect();
         format!(
             "{node} is neither a node of the fleet (its nodes: {nodes}) nor revoked (revoked: {})",
-            crate::names::listing(&revoked)
+            crate::fleet::names::listing(&revoked)
         )
     };
     Err(Refusal::new(ErrorKind::RuntimenodeUnknownNode, message))

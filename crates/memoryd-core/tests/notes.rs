@@ -3,8 +3,8 @@
 //! exactly as given. `PROPTEST_CASES` raises the number of cases.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use memoryd_core::files::FileGuard;
-use memoryd_core::memory::{self, Caller};
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::vault::memory::{self, Caller};
 use memoryd_core::vault::{self, Index};
 use proptest::prelude::*;
 use std::time::SystemTime;

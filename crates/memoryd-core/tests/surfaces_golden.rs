@@ -9,9 +9,9 @@
 //! test's temp dir.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)] // tests lay out their fixtures directly
 
-use memoryd_core::egress::Egress;
-use memoryd_core::files::FileGuard;
-use memoryd_core::lock::ProvisionLock;
+use memoryd_core::host::egress::Egress;
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::surfaces::{Outcome, Settings, SurfaceState, Surfaces};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

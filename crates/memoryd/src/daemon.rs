@@ -2,10 +2,10 @@
 
 use crate::server::{ProgressSink, Service, Shutdown};
 use memoryd_core::config::{self, Config, ConfigError, FlagOverrides};
-use memoryd_core::files::FileGuard;
 use memoryd_core::fleet::FleetRead;
-use memoryd_core::lock::ProvisionLock;
-use memoryd_core::paths::Paths;
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::lock::ProvisionLock;
+use memoryd_core::host::paths::Paths;
 use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{
     ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, PeerProvision, ProgressStatus, Request, RpcError, methods,
@@ -102,7 +102,7 @@ impl Daemon {
             sandboxed: files.is_sandboxed(),
             files,
             socket,
-            hostname: memoryd_core::heartbeat::hostname(),
+            hostname: memoryd_core::host::heartbeat::hostname(),
             supervisor,
             started: Instant::now(),
             shutdown: Shutdown::default(),
@@ -207,8 +207,8 @@ impl Daemon {
     }
 
     /// Writes one heartbeat line.
-    pub fn beat(&self) -> Result<(), memoryd_core::files::FileError> {
-        let line = memoryd_core::heartbeat::Heartbeat::render(
+    pub fn beat(&self) -> Result<(), memoryd_core::host::files::FileError> {
+        let line = memoryd_core::host::heartbeat::Heartbeat::render(
             SystemTime::now(),
             &self.hostname,
             self.watch_on.load(Ordering::Relaxed),
@@ -224,7 +224,7 @@ impl Daemon {
         let config = self.config();
         let peers = self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
         let mut status =
-            memoryd_core::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
+            memoryd_core::ops::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
         status.running = true;
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());
@@ -240,7 +240,7 @@ impl Daemon {
         status.vault.notes = Some(self.vault.index().len());
         status.vault.watching = Some(self.vault.watching.load(Ordering::Relaxed));
         status.vault.refused_rescan = Some(self.vault.refused.load(Ordering::Relaxed));
-        memoryd_core::status::assess(&mut status, &config);
+        memoryd_core::ops::status::assess(&mut status, &config);
         status
     }
 
@@ -306,7 +306,7 @@ impl Service for Daemon {
             }
             methods::HOST_UPDATE => {
                 let params: memoryd_proto::UpdateParams = request.params()?;
-                memoryd_core::update::check_skip(&params.skip)
+                memoryd_core::ops::update::check_skip(&params.skip)
                     .map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
                 Ok(self.update(params.skip, progress).await)
             }
@@ -317,10 +317,14 @@ impl Service for Daemon {
             methods::HOST_RESTART => {
                 let bin = self
                     .blocking(|d| {
-                        let tools =
-                            memoryd_core::provision::Tools::new(&d.paths, &d.config(), &d.running_exe, d.sandboxed);
+                        let tools = memoryd_core::ops::provision::Tools::new(
+                            &d.paths,
+                            &d.config(),
+                            &d.running_exe,
+                            d.sandboxed,
+                        );
                         let bin = tools.binaries.memoryd;
-                        memoryd_core::install::check_executable(&bin).map(|()| bin)
+                        memoryd_core::ops::install::check_executable(&bin).map(|()| bin)
                     })
                     .await
                     .map_err(|e| RpcError::new(ErrorKind::Internal, format!("cannot restart: {e}")))?;

@@ -5,7 +5,7 @@
 //! backlog, so none is refused.
 
 use anyhow::{Context, bail};
-use memoryd_core::egress::{Egress, EgressError};
+use memoryd_core::host::egress::{Egress, EgressError};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use std::ffi::OsString;
 use std::fs::File;
@@ -63,7 +63,7 @@ pub fn adopt(spec: &str, lock_path: &Path, socket: &Path, mcp_port: u16) -> anyh
     if (held.dev(), held.ino()) != (on_disk.dev(), on_disk.ino()) {
         bail!("{VAR}: the inherited lock is not {}", lock_path.display());
     }
-    if !memoryd_core::instance::lock_is_held(lock_path)? {
+    if !memoryd_core::host::instance::lock_is_held(lock_path)? {
         bail!("{VAR}: the inherited lock on {} is not held", lock_path.display());
     }
     let control = UnixListener::from(control);

@@ -18,11 +18,11 @@ use anyhow::Context;
 use clap::Parser;
 use daemon::{ConfigSource, Daemon, Parts};
 use memoryd_core::config::FlagOverrides;
-use memoryd_core::files::FileGuard;
-use memoryd_core::install::Binaries;
-use memoryd_core::instance::{self, InstanceError, InstanceLock};
-use memoryd_core::lock::ProvisionLock;
-use memoryd_core::paths::{self, Paths};
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::instance::{self, InstanceError, InstanceLock};
+use memoryd_core::host::lock::ProvisionLock;
+use memoryd_core::host::paths::{self, Paths};
+use memoryd_core::ops::install::Binaries;
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -239,7 +239,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         .build()
         .context("cannot start the tokio runtime")
         .map_err(fatal(1))?;
-    let supervisor = memoryd_core::supervisor::detect(|k| std::env::var(k).ok());
+    let supervisor = memoryd_core::host::supervisor::detect(|k| std::env::var(k).ok());
     let running_exe = Binaries::running().context("cannot find this memoryd binary").map_err(fatal(1))?;
     let provision_lock = ProvisionLock::open(&files, &paths.provision_lock)
         .context("cannot open the provision lock")
@@ -262,7 +262,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
     let code = match ending {
         Ending::Exit(code) => code,
         Ending::Restart => {
-            let tools = memoryd_core::provision::Tools::new(
+            let tools = memoryd_core::ops::provision::Tools::new(
                 &daemon.paths,
                 &daemon.config(),
                 &daemon.running_exe,

@@ -23,10 +23,10 @@ use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use memoryd_core::memory::{self, Caller};
-use memoryd_core::names::split_node_id;
+use memoryd_core::fleet::names::split_node_id;
 use memoryd_core::peers;
 use memoryd_core::presence::Refusal;
+use memoryd_core::vault::memory::{self, Caller};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -167,7 +167,7 @@ pub fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
 /// names its holder when that can be known.
 pub fn bind_error(port: u16, error: &std::io::Error) -> String {
     if error.kind() == std::io::ErrorKind::AddrInUse {
-        let holder = memoryd_core::egress::Egress::refusing(Vec::new()).who_holds(port);
+        let holder = memoryd_core::host::egress::Egress::refusing(Vec::new()).who_holds(port);
         format!(
             "port {port} is taken by {holder}; stop it, or set mcp_port to a free port, run memoryctl update and restart memoryd"
         )
@@ -331,7 +331,7 @@ async fn guard(
         Ok(()) => next.run(request).await,
         Err(refused) => refused,
     };
-    response.headers_mut().insert(memoryd_core::verify::PID_HEADER, HeaderValue::from(std::process::id()));
+    response.headers_mut().insert(memoryd_core::ops::verify::PID_HEADER, HeaderValue::from(std::process::id()));
     response
 }
 

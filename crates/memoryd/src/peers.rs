@@ -100,7 +100,7 @@ impl Daemon {
                     // A lease is a hook fetching its own peer's messages; a
                     // look names any peer, which must be one the store knows.
                     if !p.lease {
-                        let kept = memoryd_core::names::is_personality(&p.personality)
+                        let kept = memoryd_core::fleet::names::is_personality(&p.personality)
                             && peers::waiting(store, &p.personality) > 0;
                         peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(rpc_error)?;
                     }

@@ -4,12 +4,12 @@
 
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
-use memoryd_core::egress::Egress;
-use memoryd_core::events::{self, Follower};
+use memoryd_core::host::egress::Egress;
 use memoryd_core::presence::{
     AttachRequest, Health, Presence, Refusal, Rules, check_operator_node, floor_refusal, is_read_only,
 };
 use memoryd_core::store::StoreError;
+use memoryd_core::store::events::{self, Follower};
 use memoryd_proto::status::PresenceCounts;
 use memoryd_proto::{ErrorKind, Request, RpcError, methods};
 use serde::Deserialize;
@@ -45,7 +45,9 @@ fn moved(events: &[memoryd_core::presence::Event]) -> Vec<String> {
     let mut out: Vec<String> = events
         .iter()
         .filter(|e| e["newState"].is_string())
-        .filter_map(|e| e["nodeId"].as_str().and_then(memoryd_core::names::split_node_id).map(|(_, p)| p.to_owned()))
+        .filter_map(|e| {
+            e["nodeId"].as_str().and_then(memoryd_core::fleet::names::split_node_id).map(|(_, p)| p.to_owned())
+        })
         .collect();
     out.dedup();
     out

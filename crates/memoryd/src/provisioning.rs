@@ -5,11 +5,11 @@
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
 use memoryd_core::fleet::{self, FleetDiff, FleetPeer, FleetRead};
-use memoryd_core::install::check_executable;
-use memoryd_core::lock::LockError;
-use memoryd_core::provision::{self, PeerReport, PeerRequest, ProvisionError, Provisioner, SweepReport, Tools};
-use memoryd_core::report::Tally;
-use memoryd_core::{update, verify};
+use memoryd_core::host::lock::LockError;
+use memoryd_core::ops::install::check_executable;
+use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, ProvisionError, Provisioner, SweepReport, Tools};
+use memoryd_core::ops::report::Tally;
+use memoryd_core::ops::{update, verify};
 use memoryd_proto::ProgressStatus;
 use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{ErrorKind, RpcError};

@@ -14,11 +14,11 @@ pub mod toml;
 
 pub use state::{PeerRecord, StateFile, SurfaceState};
 
-use crate::egress::{Egress, EgressError};
-use crate::files::{FileError, FileGuard};
-use crate::fragment::FRAGMENT_PATH;
-use crate::lock::ProvisionGuard;
-use crate::paths::resolve_existing_prefix;
+use crate::host::egress::{Egress, EgressError};
+use crate::host::files::{FileError, FileGuard};
+use crate::host::lock::ProvisionGuard;
+use crate::host::paths::resolve_existing_prefix;
+use crate::vault::fragment::FRAGMENT_PATH;
 use json::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 //! fail-open `#!/bin/sh` scripts that hand the agent's hook to
 //! `memoryctl hook`. Every hook entry we write points at one of them.
 
-use crate::files::{FileError, FileGuard, WriteOutcome};
+use crate::host::files::{FileError, FileGuard, WriteOutcome};
 use std::path::{Path, PathBuf};
 
 /// The surfaces contract version (`MAJOR.MINOR` of the shim format). The
@@ -87,7 +87,7 @@ pub fn sh_quote(word: &str) -> String {
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
-    use crate::egress::Egress;
+    use crate::host::egress::Egress;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 

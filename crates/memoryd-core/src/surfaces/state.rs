@@ -4,7 +4,7 @@
 //! of the Codex hooks.json it last had trusted, and the runtimes memory was
 //! turned off for. Read and written under the provision lock.
 
-use crate::files::{FileError, FileGuard};
+use crate::host::files::{FileError, FileGuard};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

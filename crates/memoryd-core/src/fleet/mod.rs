@@ -2,11 +2,14 @@
 //! which runtimes. Produced from `iapeer list --json`, written only when the
 //! peers changed, and diffed by the daemon to act on what changed.
 
-use crate::egress::Egress;
-use crate::files::{FileError, FileGuard, WriteOutcome};
-use crate::lock::ProvisionGuard;
-use crate::names::{is_personality, is_runtime};
-use crate::paths::Paths;
+pub mod names;
+pub mod slot;
+
+use crate::fleet::names::{is_personality, is_runtime};
+use crate::host::egress::Egress;
+use crate::host::files::{FileError, FileGuard, WriteOutcome};
+use crate::host::lock::ProvisionGuard;
+use crate::host::paths::Paths;
 use crate::surfaces::shims::SESSION_RUNTIMES;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -91,7 +94,7 @@ impl FleetMap {
 
     /// Whether `node` (`<runtime>-<personality>`) is a runtime of a peer.
     pub fn has_node(&self, node: &str) -> bool {
-        crate::names::split_node_id(node).is_some_and(|(runtime, personality)| {
+        crate::fleet::names::split_node_id(node).is_some_and(|(runtime, personality)| {
             self.peer(personality).is_some_and(|p| p.runtimes.iter().any(|r| r == runtime))
         })
     }
@@ -131,7 +134,7 @@ pub enum RefreshError {
     #[error("`iapeer list --json` printed something that is not a JSON list of peers: {0}")]
     Parse(String),
     #[error(transparent)]
-    Lock(#[from] crate::lock::LockError),
+    Lock(#[from] crate::host::lock::LockError),
     #[error(transparent)]
     File(#[from] FileError),
 }
@@ -436,7 +439,7 @@ mod tests {
 
     #[test]
     fn a_refresh_writes_only_changes_and_keeps_young_births() {
-        use crate::lock::ProvisionLock;
+        use crate::host::lock::ProvisionLock;
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path().to_path_buf());
         std::fs::create_dir_all(&paths.state).unwrap();

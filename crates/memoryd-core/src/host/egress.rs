@@ -3,7 +3,7 @@
 //!
 //! The refusing form (test sandbox armed) runs only binaries named
 //! explicitly by an absolute path and memoryd's own binaries, and signals
-//! only a daemon proven to be this root's own (see [`crate::instance`]).
+//! only a daemon proven to be this root's own (see [`crate::host::instance`]).
 //! The one group ever signalled is the one [`Egress::run`] made for a
 //! command, at its deadline.
 #![allow(clippy::disallowed_methods)]
@@ -212,7 +212,11 @@ impl Egress {
 
     /// Sends `signal` to a daemon proven to be this root's own. Never a
     /// pid <= 1 and never a group.
-    pub fn signal_daemon(&self, daemon: &crate::instance::VerifiedDaemon, signal: Signal) -> Result<(), EgressError> {
+    pub fn signal_daemon(
+        &self,
+        daemon: &crate::host::instance::VerifiedDaemon,
+        signal: Signal,
+    ) -> Result<(), EgressError> {
         let pid = daemon.pid();
         if pid <= 1 {
             return Err(EgressError::Signal { pid, signal, error: nix::Error::EPERM });

@@ -4,9 +4,9 @@
 //! A slot of another provider, or one we cannot read, is never
 //! overwritten or removed: we never clobber what we cannot read.
 
-use crate::files::{FileError, FileGuard};
-use crate::lock::ProvisionGuard;
-use crate::paths::Paths;
+use crate::host::files::{FileError, FileGuard};
+use crate::host::lock::ProvisionGuard;
+use crate::host::paths::Paths;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::SystemTime;
@@ -160,7 +160,7 @@ pub fn remove(_held: &ProvisionGuard<'_>, files: &FileGuard, paths: &Paths) -> R
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
-    use crate::lock::ProvisionLock;
+    use crate::host::lock::ProvisionLock;
     use std::time::Duration;
 
     #[test]

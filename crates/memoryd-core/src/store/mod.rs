@@ -8,9 +8,11 @@
 //! `memoryctl` can never overwrite each other's change. A document that
 //! does not parse is reported, never replaced.
 
-use crate::files::{FileError, FileGuard};
-use crate::lock::{LockError, StoreGuard, StoreLock};
-use crate::paths::Paths;
+pub mod events;
+
+use crate::host::files::{FileError, FileGuard};
+use crate::host::lock::{LockError, StoreGuard, StoreLock};
+use crate::host::paths::Paths;
 use crate::presence::{Event, Presence, Refusal};
 use memoryd_proto::status::SweepStatus;
 use serde::Serialize;

@@ -2,7 +2,7 @@
 //! search, read and write, always restricted to what the caller may read.
 //! A refusal is one sentence, returned to the agent as a tool error.
 
-use crate::files::{EntryKind, FileError, FileGuard, RealDir};
+use crate::host::files::{EntryKind, FileError, FileGuard, RealDir};
 use crate::vault::{self, Index, Note, readable};
 use serde_json::{Value, json};
 use std::ffi::OsStr;

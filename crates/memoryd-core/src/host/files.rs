@@ -10,7 +10,7 @@
 //! segment outside the sandbox roots (the temp dir, `R` and the vault).
 #![allow(clippy::disallowed_methods)]
 
-use crate::paths::{normalize, resolve_existing_prefix};
+use crate::host::paths::{normalize, resolve_existing_prefix};
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};

@@ -10,7 +10,7 @@ use memoryd_proto::status::HostStatus;
 pub fn assess(status: &mut HostStatus, config: &Config) {
     let mut problems = Vec::new();
     if !status.installed {
-        problems.push(format!("{}.", crate::install::missing(Path::new(&status.root))));
+        problems.push(format!("{}.", crate::ops::install::missing(Path::new(&status.root))));
     }
     match (status.running, status.pid) {
         (true, _) => {}
@@ -50,9 +50,9 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
 }
 
 use crate::fleet::FleetRead;
-use crate::heartbeat::Heartbeat;
-use crate::instance::{lock_is_held, read_pid};
-use crate::paths::Paths;
+use crate::host::heartbeat::Heartbeat;
+use crate::host::instance::{lock_is_held, read_pid};
+use crate::host::paths::Paths;
 use crate::{peers, store};
 use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, VaultStatus};
 use std::path::Path;
@@ -98,7 +98,7 @@ pub fn shared_facts(
         version: None,
         uptime_secs: None,
         root: paths.root.display().to_string(),
-        installed: crate::install::is_installed(config_file),
+        installed: crate::ops::install::is_installed(config_file),
         heartbeat_age_secs: heartbeat.as_ref().map(|h| h.age(now).as_secs()),
         watch: heartbeat.as_ref().map(|h| if h.watch_on { "on" } else { "off" }.to_owned()),
         fleet: FleetStatus { peers, checked_age_secs },

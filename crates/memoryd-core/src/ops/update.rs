@@ -4,11 +4,11 @@
 //! daemon restarts itself after its reply, an offline `memoryctl` ends a
 //! hung daemon or says how to start one.
 
+use crate::fleet::slot::{Declared, SlotState};
 use crate::fleet::{FleetPeer, FleetRead};
-use crate::install::check_executable;
-use crate::provision::Provisioner;
-use crate::report::Tally;
-use crate::slot::{Declared, SlotState};
+use crate::ops::install::check_executable;
+use crate::ops::provision::Provisioner;
+use crate::ops::report::Tally;
 use memoryd_proto::ProgressStatus::{self, Fail, Ok as Good, Skip};
 use serde_json::json;
 use std::time::Duration;

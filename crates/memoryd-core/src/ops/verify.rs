@@ -6,12 +6,12 @@
 //! runs them, so the caller reports them between [`config`] and [`rest`].
 
 use crate::config::Config;
+use crate::fleet::slot::{self, SlotState};
 use crate::fleet::{FleetPeer, FleetRead};
-use crate::heartbeat::Heartbeat;
-use crate::install::{check_executable, launcher_script};
-use crate::provision::{PairReport, Provisioner};
-use crate::report::Tally;
-use crate::slot::{self, SlotState};
+use crate::host::heartbeat::Heartbeat;
+use crate::ops::install::{check_executable, launcher_script};
+use crate::ops::provision::{PairReport, Provisioner};
+use crate::ops::report::Tally;
 use crate::surfaces::codex_trust::{self, HookStates, Verdict};
 use crate::surfaces::{self, Action, StateFile, json, shims};
 use memoryd_proto::ProgressStatus::{self, Fail, Ok as Good, Repaired, Skip, Warn};
@@ -66,7 +66,7 @@ impl Verify<'_> {
     pub fn rest(&self, out: &mut Tally<'_>) {
         self.slot(out);
         self.fleet_map(out);
-        let peers = crate::update::map_peers(self.p).unwrap_or_default();
+        let peers = crate::ops::update::map_peers(self.p).unwrap_or_default();
         self.peer_surfaces(&peers, out);
         self.peer_trust(&peers, out);
         self.hook_trust(&peers, out);
@@ -134,7 +134,7 @@ impl Verify<'_> {
 
     fn fleet_map(&self, out: &mut Tally<'_>) {
         let Some(problem) = self.fleet_problem() else {
-            let peers = crate::update::map_peers(self.p).map(|p| p.len()).unwrap_or(0);
+            let peers = crate::ops::update::map_peers(self.p).map(|p| p.len()).unwrap_or(0);
             return out.line("fleet-map", Good, &format!("{peers} peers, fresh"));
         };
         if !self.repair {
@@ -389,7 +389,7 @@ impl Verify<'_> {
         }
         let body = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"memoryctl-verify","version":"1"}}}"#;
         // The endpoint answers only fleet nodes: speak as the first one.
-        let node = crate::update::map_peers(self.p)
+        let node = crate::ops::update::map_peers(self.p)
             .ok()
             .and_then(|peers| peers.iter().find_map(|p| p.runtimes.first().map(|r| format!("{r}-{}", p.personality))));
         let headers: Vec<(&str, &str)> = node.iter().map(|n| ("X-IAPeer-Identity", n.as_str())).collect();
@@ -397,9 +397,9 @@ impl Verify<'_> {
         let answer = egress.http_post_loopback(port, "/mcp", &headers, body, Duration::from_secs(2));
         // This root's daemon, while it holds the instance lock.
         let paths = self.p.paths;
-        let ours = crate::instance::lock_is_held(&paths.instance_lock)
+        let ours = crate::host::instance::lock_is_held(&paths.instance_lock)
             .unwrap_or(false)
-            .then(|| crate::instance::read_pid(&paths.pid_file))
+            .then(|| crate::host::instance::read_pid(&paths.pid_file))
             .flatten();
         let answer = match answer {
             Ok(answer) => answer,
@@ -476,7 +476,7 @@ impl Verify<'_> {
                 out.line("provision-lock", Good, "free; flock works here")
             }
             Err(TryLockError::WouldBlock) => {
-                let holder = crate::lock::read_holder(path);
+                let holder = crate::host::lock::read_holder(path);
                 let held_for = std::fs::metadata(path)
                     .and_then(|m| m.modified())
                     .ok()

@@ -12,7 +12,7 @@
 //! no stale-lock breaking anywhere. `flock` is not re-entrant: an operation
 //! takes the guard once and passes it down.
 
-use crate::files::{FileError, FileGuard};
+use crate::host::files::{FileError, FileGuard};
 use std::fs::{File, TryLockError};
 use std::io::{Seek, SeekFrom, Write};
 use std::marker::PhantomData;
@@ -147,7 +147,7 @@ mod tests {
         let lock = Arc::new(ProvisionLock::open(&FileGuard::live(), &path).unwrap());
         let guard = lock.acquire("sweep", Duration::from_secs(1), &|| false).unwrap();
         assert_eq!(read_holder(&path), format!("{} sweep", std::process::id()));
-        assert!(crate::instance::lock_is_held(&path).unwrap());
+        assert!(crate::host::instance::lock_is_held(&path).unwrap());
 
         let other = Arc::clone(&lock);
         let err = std::thread::spawn(move || {

@@ -3,15 +3,15 @@
 //! `peer.provision` requests and an offline `memoryctl` all come here.
 
 use crate::config::Config;
-use crate::egress::Egress;
-use crate::files::{FileError, FileGuard};
+use crate::fleet::slot::SlotState;
 use crate::fleet::{self, FleetPeer};
-use crate::fragment;
-use crate::install::{self, Binaries};
-use crate::lock::{LockError, ProvisionGuard, ProvisionLock};
-use crate::paths::Paths;
-use crate::slot::SlotState;
+use crate::host::egress::Egress;
+use crate::host::files::{FileError, FileGuard};
+use crate::host::lock::{LockError, ProvisionGuard, ProvisionLock};
+use crate::host::paths::Paths;
+use crate::ops::install::{self, Binaries};
 use crate::surfaces::{Action, Outcome, Settings, StateFile, SurfaceState, Surfaces, shims, surface_names};
+use crate::vault::fragment;
 pub use memoryd_proto::PeerProvision as PeerRequest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -97,10 +97,10 @@ pub enum ProvisionError {
 /// names by the name rules, an absolute cwd that exists when provisioning.
 /// The error names the argument.
 pub fn validate(request: &PeerRequest, provisioning: bool) -> Result<(), String> {
-    if !crate::names::is_personality(&request.personality) {
+    if !crate::fleet::names::is_personality(&request.personality) {
         return Err(format!("--personality {:?} breaks the name rule ^[a-z][a-z0-9-]{{0,31}}$", request.personality));
     }
-    if !crate::names::is_runtime(&request.runtime) {
+    if !crate::fleet::names::is_runtime(&request.runtime) {
         return Err(format!("--runtime {:?} breaks the name rule ^[a-z][a-z0-9]{{0,31}}$", request.runtime));
     }
     if !request.cwd.is_absolute() {
@@ -427,14 +427,13 @@ impl Provisioner<'_> {
     }
 
     /// Declares the slot with this version and these commands.
-    pub fn declare_slot(&self) -> Result<crate::slot::Declared, ProvisionError> {
+    pub fn declare_slot(&self) -> Result<crate::fleet::slot::Declared, ProvisionError> {
         let held = self.acquire("slot")?;
-        crate::slot::declare(&held, self.files, self.paths, &self.tools.settings.memoryctl, SystemTime::now()).map_err(
-            |e| match e {
-                crate::slot::SlotError::Refused(why) => ProvisionError::Slot(why),
-                crate::slot::SlotError::File(e) => ProvisionError::File(e),
-            },
-        )
+        crate::fleet::slot::declare(&held, self.files, self.paths, &self.tools.settings.memoryctl, SystemTime::now())
+            .map_err(|e| match e {
+                crate::fleet::slot::SlotError::Refused(why) => ProvisionError::Slot(why),
+                crate::fleet::slot::SlotError::File(e) => ProvisionError::File(e),
+            })
     }
 
     /// `uninstall`'s last step: our slot (never a foreign one), the hook
@@ -442,11 +441,11 @@ impl Provisioner<'_> {
     pub fn remove_install(&self) -> Result<Vec<String>, ProvisionError> {
         let held = self.acquire("uninstall")?;
         let mut removed = Vec::new();
-        match crate::slot::remove(&held, self.files, self.paths) {
+        match crate::fleet::slot::remove(&held, self.files, self.paths) {
             Ok(true) => removed.push("slot".to_owned()),
             Ok(false) => {}
-            Err(crate::slot::SlotError::Refused(why)) => return Err(ProvisionError::Slot(why)),
-            Err(crate::slot::SlotError::File(e)) => return Err(e.into()),
+            Err(crate::fleet::slot::SlotError::Refused(why)) => return Err(ProvisionError::Slot(why)),
+            Err(crate::fleet::slot::SlotError::File(e)) => return Err(e.into()),
         }
         for runtime in shims::SESSION_RUNTIMES {
             for event in &shims::EVENTS {
@@ -469,9 +468,9 @@ impl Provisioner<'_> {
     /// many files were (re)written.
     pub fn write_launcher_and_shims(&self) -> Result<usize, ProvisionError> {
         let held = self.acquire("launcher")?;
-        let script = crate::install::launcher_script(&self.tools.binaries.memoryd, &self.paths.root);
+        let script = crate::ops::install::launcher_script(&self.tools.binaries.memoryd, &self.paths.root);
         let launcher = self.files.write_if_changed(&self.paths.launcher, script.as_bytes(), Some(0o755))?;
-        Ok(self.write_shims(&held)? + usize::from(launcher == crate::files::WriteOutcome::Written))
+        Ok(self.write_shims(&held)? + usize::from(launcher == crate::host::files::WriteOutcome::Written))
     }
 
     /// `provision-peer`: a birth first adds the peer to the fleet map.
@@ -488,7 +487,7 @@ impl Provisioner<'_> {
                 &request.cwd,
                 &request.runtime,
                 SystemTime::now(),
-            )? == crate::files::WriteOutcome::Written;
+            )? == crate::host::files::WriteOutcome::Written;
             // A new birth is one of the two ways out of a revocation.
             self.revocation(request, |p, node, now| p.unrevoke(node, "birth", now));
         }

@@ -12,7 +12,10 @@
 //! 50,000, far below an agent's tool-call round trip, so an on-disk engine
 //! with its own files, threads and compile cost would buy nothing here.
 
-use crate::files::{EntryKind, FileError, RealDir};
+pub mod fragment;
+pub mod memory;
+
+use crate::host::files::{EntryKind, FileError, RealDir};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
@@ -113,7 +116,7 @@ pub fn read_text(dir: &RealDir, name: &OsStr) -> Result<Option<(String, SystemTi
 pub fn owner_of(rel: &str) -> Option<String> {
     let mut parts = rel.split('/');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some("peers"), Some(p), Some(_)) if crate::names::is_personality(p) => Some(p.to_owned()),
+        (Some("peers"), Some(p), Some(_)) if crate::fleet::names::is_personality(p) => Some(p.to_owned()),
         _ => None,
     }
 }

@@ -1,9 +1,9 @@
 //! One daemon per root: the private state dir, the single-instance lock,
 //! the pid file, and the verified kill of a daemon that stopped answering.
 
-use crate::egress::Egress;
-use crate::files::{FileError, FileGuard};
-use crate::paths::Paths;
+use crate::host::egress::Egress;
+use crate::host::files::{FileError, FileGuard};
+use crate::host::paths::Paths;
 use nix::sys::signal::Signal;
 use std::fs::{File, TryLockError};
 use std::io;
@@ -190,7 +190,7 @@ pub enum KillError {
     #[error("memoryd pid {pid} survived SIGKILL")]
     Survived { pid: i32 },
     #[error(transparent)]
-    Signal(#[from] crate::egress::EgressError),
+    Signal(#[from] crate::host::egress::EgressError),
 }
 
 /// Ends a verified daemon: SIGTERM and SIGCONT, up to `term_wait` for the

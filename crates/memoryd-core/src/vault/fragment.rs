@@ -54,7 +54,7 @@ impl<'a> Context<'a> {
     /// Reads the map, the links and the roster; a store that does not load
     /// renders as no links and no presence (and is reported by `verify`).
     pub fn load(
-        paths: &crate::paths::Paths,
+        paths: &crate::host::paths::Paths,
         store: &crate::store::Store,
         floor: Option<crate::config::ClientVersion>,
         index: Option<&'a crate::vault::Index>,
