@@ -71,9 +71,56 @@ pub struct Daemon {
     /// Heartbeats that changed no state, by (node, session): soft state
     /// (spec 40) applied to the store at the next presence sweep.
     pub soft_beats: Mutex<memoryd_core::presence::SoftBeats>,
-    /// Fragments to re-render (None: every peer's), for the renderer task.
-    fragment_tx: tokio::sync::mpsc::UnboundedSender<Option<Vec<String>>>,
-    pub fragment_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Option<Vec<String>>>>>,
+    /// Fragments waiting for the renderer task.
+    pub fragments: FragmentQueue,
+}
+
+/// The fragments waiting to be re-rendered. Requests merge into one set
+/// (or "all"), so however fast changes come, what waits is bounded by the
+/// fleet's size, and the renderer is woken once for a burst.
+#[derive(Default)]
+pub struct FragmentQueue {
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+enum Pending {
+    #[default]
+    Nothing,
+    Peers(std::collections::BTreeSet<String>),
+    All,
+}
+
+impl FragmentQueue {
+    /// Asks for these peers' fragments (every peer's with None).
+    pub fn push(&self, peers: Option<Vec<String>>) {
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = match (std::mem::take(&mut *pending), peers) {
+                (Pending::All, _) | (_, None) => Pending::All,
+                (Pending::Nothing, Some(more)) => Pending::Peers(more.into_iter().collect()),
+                (Pending::Peers(mut set), Some(more)) => {
+                    set.extend(more);
+                    Pending::Peers(set)
+                }
+            };
+        }
+        self.wake.notify_one();
+    }
+
+    /// Waits until something was pushed since the last [`Self::take`].
+    pub async fn wait(&self) {
+        self.wake.notified().await;
+    }
+
+    /// What is waiting: None for nothing, `Some(None)` for every peer.
+    pub fn take(&self) -> Option<Option<std::collections::BTreeSet<String>>> {
+        match self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default() {
+            Pending::Nothing => None,
+            Pending::Peers(set) => Some(Some(set)),
+            Pending::All => Some(None),
+        }
+    }
 }
 
 /// What the daemon is built from at start-up.
@@ -93,7 +140,6 @@ impl Daemon {
     pub fn new(parts: Parts) -> Daemon {
         let Parts { paths, source, config, files, socket, supervisor, running_exe, lock, store } = parts;
         let fleet = FleetRead::load(&paths.fleet_map);
-        let (fragment_tx, fragment_rx) = tokio::sync::mpsc::unbounded_channel();
         let vault = crate::vault::VaultState::new(config.vault.clone());
         Daemon {
             paths,
@@ -121,8 +167,7 @@ impl Daemon {
             mcp_error: Mutex::new(None),
             uid_guard: crate::mcp::UidGuard::probe(),
             soft_beats: Mutex::default(),
-            fragment_tx,
-            fragment_rx: Mutex::new(Some(fragment_rx)),
+            fragments: FragmentQueue::default(),
         }
     }
 
@@ -141,7 +186,7 @@ impl Daemon {
     /// Asks the renderer task to re-render these peers' fragments (every
     /// peer's with None).
     pub fn refresh_fragments(&self, peers: Option<Vec<String>>) {
-        let _ = self.fragment_tx.send(peers);
+        self.fragments.push(peers);
     }
 
     /// The peers linked with `personality` that are present in the fleet.
@@ -365,5 +410,27 @@ impl Service for Daemon {
             tracing::info!("shutdown requested over the control socket");
             self.shutdown.begun.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FragmentQueue;
+
+    #[test]
+    fn fragment_requests_merge_into_one_bounded_set() {
+        let queue = FragmentQueue::default();
+        assert_eq!(queue.take(), None, "nothing asked");
+        for _ in 0..10_000 {
+            queue.push(Some(vec!["ada".into(), "bob".into()]));
+        }
+        queue.push(Some(vec!["cyd".into()]));
+        let peers = queue.take().flatten().unwrap();
+        assert_eq!(peers.into_iter().collect::<Vec<_>>(), ["ada", "bob", "cyd"]);
+        assert_eq!(queue.take(), None, "taken once");
+        queue.push(Some(vec!["ada".into()]));
+        queue.push(None);
+        queue.push(Some(vec!["bob".into()]));
+        assert_eq!(queue.take(), Some(None), "all absorbs the rest");
     }
 }

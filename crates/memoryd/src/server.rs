@@ -283,6 +283,11 @@ async fn run_request<S: Service>(
     shutdown: &Shutdown,
     writer: &mut OwnedWriteHalf,
 ) -> Option<Result<Value, RpcError>> {
+    // Unbounded because a request's progress lines are its answer and are
+    // never dropped, and its producers include blocking threads that cannot
+    // wait on a full channel. It stays small all the same: this loop writes
+    // each line as it comes, and a client that stops reading for
+    // WRITE_LIMIT loses the connection, which ends every send.
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sink = ProgressSink { id: request.id.clone(), tx: Some(tx) };
     let method = request.method.clone();

@@ -15,6 +15,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Fragment re-renders asked for closer together than this are one batch.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How many watcher events wait at most for the task that acts on them.
+pub const WATCH_QUEUE: usize = 64;
 
 /// Runs `tick` every `period_of(config)` (not at once), following config
 /// reloads, until the shutdown begins.
@@ -97,21 +99,13 @@ pub async fn surface_sweep(daemon: Arc<Daemon>) {
 
 /// Re-renders the fragments asked for, a burst of requests at a time.
 pub async fn fragment_renderer(daemon: Arc<Daemon>) {
-    let Some(mut rx) = daemon.fragment_rx.lock().ok().and_then(|mut r| r.take()) else { return };
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             _ = daemon.shutdown.begun.cancelled() => return,
-            next = rx.recv() => match next { Some(n) => n, None => return },
-        };
-        tokio::time::sleep(DEBOUNCE).await;
-        let mut wanted: Option<std::collections::BTreeSet<String>> = first.map(|p| p.into_iter().collect());
-        while let Ok(next) = rx.try_recv() {
-            match (&mut wanted, next) {
-                (Some(set), Some(more)) => set.extend(more),
-                (_, None) => wanted = None,
-                (None, Some(_)) => {}
-            }
+            () = daemon.fragments.wait() => {}
         }
+        tokio::time::sleep(DEBOUNCE).await;
+        let Some(wanted) = daemon.fragments.take() else { continue };
         let Some(map) = daemon.fleet.lock().ok().and_then(|f| f.map().cloned()) else { continue };
         let peers: Vec<_> =
             map.peers.into_iter().filter(|p| wanted.as_ref().is_none_or(|w| w.contains(&p.personality))).collect();
@@ -143,14 +137,16 @@ pub fn is_change(event: &notify::Event) -> bool {
 /// heartbeat's `watch=` tells the truth from the start.
 pub struct FleetWatch {
     _watcher: Option<notify::RecommendedWatcher>,
-    events: mpsc::UnboundedReceiver<Result<(), String>>,
+    events: mpsc::Receiver<Result<(), String>>,
 }
 
 impl FleetWatch {
     /// Watches `S/` (the parent dir, so atomic renames are seen) for
     /// events on the fleet map; on failure the daemon polls (`watch=off`).
     pub fn start(daemon: &Daemon) -> FleetWatch {
-        let (tx, events) = mpsc::unbounded_channel::<Result<(), String>>();
+        // Bounded: a burst of events past it coalesces (a full channel
+        // already holds a wake-up for the watcher task).
+        let (tx, events) = mpsc::channel::<Result<(), String>>(WATCH_QUEUE);
         let map_name = daemon.paths.fleet_map.file_name().map(|n| n.to_os_string());
         let handler = move |event: notify::Result<notify::Event>| {
             let sent = match event {
@@ -158,10 +154,10 @@ impl FleetWatch {
                     if is_change(&event)
                         && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) =>
                 {
-                    tx.send(Ok(()))
+                    tx.try_send(Ok(()))
                 }
                 Ok(_) => Ok(()),
-                Err(e) => tx.send(Err(e.to_string())),
+                Err(e) => tx.try_send(Err(e.to_string())),
             };
             drop(sent);
         };

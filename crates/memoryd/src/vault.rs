@@ -86,14 +86,15 @@ impl Daemon {
 /// first fragments list the notes); every change re-renders the fragments.
 pub async fn watch(daemon: Arc<Daemon>) {
     let Some(path) = daemon.vault.path.clone() else { return };
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // Bounded: one waiting wake-up is as good as many.
+    let (tx, mut rx) = mpsc::channel::<()>(crate::tasks::WATCH_QUEUE);
     let watched = path.clone();
     // A recursive watch walks the whole vault: on a blocking thread.
     let watcher = daemon
         .blocking(move |_| {
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if event.is_ok_and(|e| crate::tasks::is_change(&e)) {
-                    let _ = tx.send(());
+                    let _ = tx.try_send(());
                 }
             })
             .and_then(|mut w| {
