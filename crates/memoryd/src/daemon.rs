@@ -224,6 +224,7 @@ impl Daemon {
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     /// Keys that only a restart applies are reported as `warn` progress.
     pub fn reload(&self, progress: &ProgressSink) -> Result<Value, ConfigError> {
+        let _reloading = crate::sdnotify::Reloading::begin();
         let mut new = self.source.load()?;
         let old = self.config();
         // The sockets are bound once; their keys keep their running values

@@ -422,7 +422,7 @@ async fn serve(
     );
     tasks.close();
 
-    sdnotify::notify("READY=1");
+    sdnotify::notify(&format!("READY=1\nSTATUS=serving; the start-up sweep of {} runs", daemon.fleet_describe()));
     let config = daemon.config();
     tracing::info!(
         "memoryd up: root={} socket={} fleet={} watch={} mcp={}",
@@ -438,8 +438,10 @@ async fn serve(
 
     daemon.shutdown.begun.cancelled().await;
     let restarting = daemon.restarting.load(Ordering::Relaxed);
-    if !restarting {
-        sdnotify::notify("STOPPING=1");
+    if restarting {
+        sdnotify::status("restarting onto the installed memoryd; the sockets stay open");
+    } else {
+        sdnotify::notify("STOPPING=1\nSTATUS=stopping: finishing the requests under way");
     }
     let grace = daemon.config().shutdown_grace;
     let shutdown = &daemon.shutdown;

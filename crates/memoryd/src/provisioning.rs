@@ -94,6 +94,9 @@ impl Daemon {
                 None => {
                     let fleet = self.fleet_describe();
                     tracing::warn!(why, fleet, "no fleet map to sweep");
+                    crate::sdnotify::status(&format!(
+                        "serving; the last sweep failed: there is no fleet map ({fleet})"
+                    ));
                     return Err(RpcError::new(
                         ErrorKind::FleetUnavailable,
                         format!(
@@ -125,6 +128,9 @@ impl Daemon {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(why, error = %e.message, "sweep failed");
+                if whole {
+                    crate::sdnotify::status(&format!("serving; the last sweep failed: {}", e.message));
+                }
                 return Err(e);
             }
         };
@@ -150,8 +156,14 @@ impl Daemon {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "sweep done"
         );
-        if whole && let Ok(mut last) = self.last_sweep.lock() {
-            *last = Some(record);
+        if whole {
+            crate::sdnotify::status(&format!(
+                "serving; last sweep {}: {} peer-runtime(s) ok, {} failed",
+                record.at, record.ok, record.failed
+            ));
+            if let Ok(mut last) = self.last_sweep.lock() {
+                *last = Some(record);
+            }
         }
         Ok(report)
     }

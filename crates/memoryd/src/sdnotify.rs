@@ -15,6 +15,29 @@ pub fn notify(state: &str) {
     }
 }
 
+/// Tells the supervisor what the daemon is doing (`systemctl status`
+/// shows it), in one line.
+pub fn status(text: &str) {
+    notify(&format!("STATUS={}", text.replace('\n', " ")));
+}
+
+/// `RELOADING=1` while it lives, `READY=1` when dropped: systemd then
+/// knows a reload is under way and when it ended, whatever its outcome.
+pub struct Reloading;
+
+impl Reloading {
+    pub fn begin() -> Reloading {
+        notify("RELOADING=1");
+        Reloading
+    }
+}
+
+impl Drop for Reloading {
+    fn drop(&mut self) {
+        notify("READY=1");
+    }
+}
+
 fn send(state: &str, target: &std::ffi::OsStr) -> std::io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     let bytes = target.as_encoded_bytes();
