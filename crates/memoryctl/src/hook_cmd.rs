@@ -209,7 +209,14 @@ pub fn log_error(paths: &Paths, line: &str) {
     if files.create_dir_all(&paths.logs, 0o700).is_err() {
         return;
     }
-    if let Ok(mut file) = files.open_append(&paths.logs.join("hook-errors.log")) {
+    let log = paths.logs.join("hook-errors.log");
+    let env = |k: &str| std::env::var_os(k);
+    let (file, required) = paths.config_file(env);
+    let config = config::load(&file, required, env, &Vec::new()).map(|l| l.config).unwrap_or_default();
+    // Hooks of many sessions may rotate at once: a rename that lost the
+    // race is no loss, the line still lands in the new file.
+    let _ = files.rotate_log(&log, config.log_max_bytes as u64, config.log_keep);
+    if let Ok(mut file) = files.open_append(&log) {
         let at = humantime::format_rfc3339_seconds(SystemTime::now());
         let _ = writeln!(file, "{at} {line}");
     }

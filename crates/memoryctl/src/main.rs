@@ -5,6 +5,7 @@ mod daemon_cmd;
 mod failure;
 mod hook_cmd;
 mod install_cmd;
+mod logs_cmd;
 mod ops_cmd;
 mod output;
 mod peer_cmd;
@@ -182,6 +183,16 @@ enum Command {
         #[command(subcommand)]
         action: DaemonAction,
     },
+    /// Show the daemon's log: the journal under systemd, else
+    /// R/logs/memoryd/memoryd.log
+    Logs {
+        /// Keep printing new lines as they are written (across rotations)
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+        lines: usize,
+    },
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -227,6 +238,7 @@ impl Command {
             Command::Peer { .. } => "peer",
             Command::Daemon { action: DaemonAction::Start } => "daemon start",
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
+            Command::Logs { .. } => "logs",
             Command::Config { .. } => "config check",
         }
     }
@@ -531,7 +543,14 @@ fn hook_invocation() -> Option<Option<PathBuf>> {
 fn init_logging(verbose: bool) {
     let default = if verbose { tracing::Level::DEBUG } else { tracing::Level::WARN };
     let filter = tracing_subscriber::EnvFilter::builder().with_default_directive(default.into()).from_env_lossy();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_env_filter(filter).init();
+    // The log goes to stderr: coloured by stderr's own terminal, not stdout's.
+    let ansi = Style::for_stream(std::io::IsTerminal::is_terminal(&std::io::stderr())).is_coloured();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .with_env_filter(filter)
+        .init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -564,6 +583,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
+        Command::Logs { follow, lines } => logs_cmd::logs(&ctx, follow, lines).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
     }
 }

@@ -11,10 +11,20 @@ pub struct Style {
 }
 
 impl Style {
+    /// The style of stdout.
     pub fn detect() -> Style {
+        Style::for_stream(std::io::stdout().is_terminal())
+    }
+
+    /// Colour on a terminal or with `FORCE_COLOR`, never with `NO_COLOR`.
+    pub fn for_stream(terminal: bool) -> Style {
         let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
-        let color = if set("NO_COLOR") { false } else { set("FORCE_COLOR") || std::io::stdout().is_terminal() };
+        let color = if set("NO_COLOR") { false } else { set("FORCE_COLOR") || terminal };
         Style { color }
+    }
+
+    pub fn is_coloured(&self) -> bool {
+        self.color
     }
 
     fn paint(&self, code: &str, text: &str) -> String {

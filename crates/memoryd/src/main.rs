@@ -3,6 +3,7 @@
 
 mod daemon;
 mod inherit;
+mod logging;
 mod mcp;
 mod peers;
 mod presence;
@@ -23,7 +24,6 @@ use memoryd_core::host::instance::{self, InstanceError, InstanceLock};
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::host::paths::{self, Paths};
 use memoryd_core::ops::install::Binaries;
-use std::io::IsTerminal;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,7 +97,7 @@ fn fatal(code: u8) -> impl FnOnce(anyhow::Error) -> Fatal {
 fn main() -> ExitCode {
     let inherited = inherit::take_var();
     let args = Args::parse();
-    init_logging(args.verbose);
+    logging::init(args.verbose);
     install_panic_log();
     match run(args, inherited) {
         Ok(code) => code,
@@ -106,22 +106,6 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
-}
-
-fn init_logging(verbose: bool) {
-    let default = if verbose { tracing::Level::DEBUG } else { tracing::Level::INFO };
-    let mut filter = tracing_subscriber::EnvFilter::builder().with_default_directive(default.into()).from_env_lossy();
-    // The MCP SDK logs every stateless request at info; keep its warnings.
-    if std::env::var_os("RUST_LOG").is_none()
-        && let Ok(quiet) = "rmcp=warn".parse()
-    {
-        filter = filter.add_directive(quiet);
-    }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
 }
 
 fn install_panic_log() {

@@ -66,6 +66,9 @@ pub async fn heartbeat(daemon: Arc<Daemon>) {
                     } else if watchdog.is_some() {
                         sdnotify::notify("WATCHDOG=1");
                     }
+                    if let Err(e) = crate::logging::rotate_if_large(&d.files, &d.config()) {
+                        tracing::warn!(task = "heartbeat", error = %e, "cannot rotate the log");
+                    }
                 })
                 .await
         },

@@ -225,6 +225,13 @@ impl RealDir {
     }
 }
 
+/// The `n`th rotated generation of a log: `FILE.<n>`.
+pub fn rotated_name(log: &Path, n: usize) -> PathBuf {
+    let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{n}"));
+    log.with_file_name(name)
+}
+
 /// Whether a write changed the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -494,6 +501,25 @@ impl FileGuard {
     }
 
     /// Opens a log file for appending, creating it (0600) if missing.
+    /// Rotates the log `path` when it is larger than `max` bytes: `path.1`
+    /// becomes `path.2` and so on up to `path.<keep>` (the oldest goes),
+    /// then `path` becomes `path.1`. True when it rotated. Every step is a
+    /// rename, so a line being written lands whole in one of the files.
+    pub fn rotate_log(&self, path: &Path, max: u64, keep: usize) -> Result<bool, FileError> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > max => {}
+            _ => return Ok(false),
+        }
+        for n in (1..keep.max(1)).rev() {
+            let from = rotated_name(path, n);
+            if from.exists() {
+                self.rename(&from, &rotated_name(path, n + 1))?;
+            }
+        }
+        self.rename(path, &rotated_name(path, 1))?;
+        Ok(true)
+    }
+
     pub fn open_append(&self, path: &Path) -> Result<File, FileError> {
         self.check("create", path)?;
         OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(FileError::io("open", path))
@@ -521,6 +547,26 @@ fn create_tmp(dir: &RealDir, name: &OsStr) -> Result<(OsString, File), FileError
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_past_its_size_rotates_keeping_its_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        let files = FileGuard::live();
+        assert!(!files.rotate_log(&log, 10, 2).unwrap(), "no file, nothing to do");
+        for n in 0..4 {
+            std::fs::write(&log, format!("generation {n} is long enough\n")).unwrap();
+            assert!(!files.rotate_log(&log, 100, 2).unwrap(), "under the size");
+            assert!(files.rotate_log(&log, 10, 2).unwrap());
+            assert!(!log.exists());
+        }
+        let read = |n| std::fs::read_to_string(rotated_name(&log, n)).unwrap();
+        assert_eq!(
+            (read(1).as_str(), read(2).as_str()),
+            ("generation 3 is long enough\n", "generation 2 is long enough\n")
+        );
+        assert!(!rotated_name(&log, 3).exists(), "two generations kept");
+    }
     use std::os::unix::fs::MetadataExt;
 
     #[test]
