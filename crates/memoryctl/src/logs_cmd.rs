@@ -22,10 +22,10 @@ pub async fn logs(ctx: &Ctx, follow: bool, lines: usize) -> anyhow::Result<ExitC
     }
     let file = ctx.paths.logs.join("memoryd.log");
     let supervisor = ctx.connect().await?.and_then(|c| c.hello.supervisor);
-    if supervisor.as_deref() == Some("systemd") || (supervisor.is_none() && !file.exists()) {
-        if let Some(journalctl) = find_journalctl() {
-            return journal(&journalctl, follow, lines);
-        }
+    if (supervisor.as_deref() == Some("systemd") || (supervisor.is_none() && !file.exists()))
+        && let Some(journalctl) = find_journalctl()
+    {
+        return journal(&journalctl, follow, lines);
     }
     if !file.exists() {
         let message = format!(
