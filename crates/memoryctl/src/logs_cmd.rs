@@ -37,7 +37,10 @@ pub async fn logs(ctx: &Ctx, follow: bool, lines: usize) -> anyhow::Result<ExitC
     }
     let mut out = std::io::stdout().lock();
     let (mut reader, mut position) = tail(&file, lines, &mut out)?;
-    while follow {
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
         // Rotated (another file by that name) or truncated: start over at
         // the top of the new one.
@@ -55,7 +58,6 @@ pub async fn logs(ctx: &Ctx, follow: bool, lines: usize) -> anyhow::Result<ExitC
         }
         position = copy_from(&mut reader, position, &mut out)?;
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the last `lines` lines of `file`; the open file and where its
