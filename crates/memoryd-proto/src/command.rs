@@ -3,7 +3,6 @@
 //! and sends it. Method names live here and in [`crate::methods`] only.
 
 use crate::error::{ErrorKind, RpcError};
-use crate::host::*;
 use crate::message::{Hello, PeerProvision, Request, UpdateParams, VerifyParams};
 use crate::methods;
 use crate::peers::*;
@@ -60,17 +59,17 @@ commands! {
     SessionHello(Hello) = methods::SESSION_HELLO,
     /// Result [`crate::status::HostStatus`].
     HostStatus = methods::HOST_STATUS,
-    /// Result [`Reloaded`].
+    /// Result [`crate::host::Reloaded`].
     HostReload = methods::HOST_RELOAD,
-    /// Result [`Stopping`].
+    /// Result [`crate::host::Stopping`].
     HostShutdown = methods::HOST_SHUTDOWN,
-    /// Result [`Restarting`].
+    /// Result [`crate::host::Restarting`].
     HostRestart = methods::HOST_RESTART,
-    /// Result [`Swept`].
+    /// Result [`crate::host::Swept`].
     HostSweep = methods::HOST_SWEEP,
-    /// Result [`Updated`].
+    /// Result [`crate::host::Updated`].
     HostUpdate(UpdateParams) = methods::HOST_UPDATE,
-    /// Result [`Verified`].
+    /// Result [`crate::host::Verified`].
     HostVerify(VerifyParams) = methods::HOST_VERIFY,
     PeerProvision(PeerProvision) = methods::PEER_PROVISION,
     PeerUnprovision(PeerProvision) = methods::PEER_UNPROVISION,
