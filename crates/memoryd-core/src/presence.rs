@@ -7,14 +7,14 @@
 use crate::config::ClientVersion;
 use crate::fleet::FleetMap;
 use crate::fleet::names::split_node_id;
-use memoryd_proto::{ErrorKind, Timestamp};
 use memoryd_proto::status::PresenceCounts;
+use memoryd_proto::{ErrorKind, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-pub use memoryd_proto::presence::{AttachParams, Attached, Health, RosterRow, State};
+pub use memoryd_proto::presence::{AttachParams, Attached, CapabilityUpdated, Health, RosterRow, State};
 
 /// One attachment row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -527,7 +527,7 @@ impl Presence {
         capabilities: &Map<String, Value>,
         health: Option<Health>,
         now: SystemTime,
-    ) -> Result<(Value, Vec<Event>), Refusal> {
+    ) -> Result<(CapabilityUpdated, Vec<Event>), Refusal> {
         let row = self.session_mut(node, None)?;
         let mut events = Vec::new();
         for (key, value) in capabilities {
@@ -567,7 +567,9 @@ impl Presence {
             _ => {}
         }
         row.updated_at = timestamp(now);
-        Ok((json!({"nodeId": node, "state": row.state, "updatedAt": row.updated_at}), events))
+        let updated =
+            CapabilityUpdated { node_id: node.to_owned(), state: row.state, updated_at: wire_time(&row.updated_at) };
+        Ok((updated, events))
     }
 
     /// The staleness sweep: only demotes. A live recorded pid (same start

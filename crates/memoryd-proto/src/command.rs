@@ -77,6 +77,7 @@ commands! {
     Attach(AttachParams) = methods::RUNTIMENODE_ATTACH,
     Heartbeat(HeartbeatParams) = methods::RUNTIMENODE_HEARTBEAT,
     Detach(DetachParams) = methods::RUNTIMENODE_DETACH,
+    /// Result [`CapabilityUpdated`].
     CapabilityUpdate(CapabilityParams) = methods::RUNTIMENODE_CAPABILITYUPDATE,
     /// Result: [`RosterRow`]s.
     Roster = methods::RUNTIMENODE_ROSTER,

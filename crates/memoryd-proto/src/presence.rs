@@ -106,7 +106,7 @@ pub struct DetachParams {
     pub reason: Option<String>,
 }
 
-/// `runtimenode.capabilityupdate` params (result: null).
+/// `runtimenode.capabilityupdate` params.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CapabilityParams {
@@ -114,6 +114,15 @@ pub struct CapabilityParams {
     pub capabilities: Map<String, Value>,
     #[serde(default)]
     pub health_changes: Option<HealthChange>,
+}
+
+/// `runtimenode.capabilityupdate` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapabilityUpdated {
+    pub node_id: String,
+    pub state: State,
+    pub updated_at: Timestamp,
 }
 
 /// A health the node reports with its new capabilities.
