@@ -257,3 +257,20 @@ pub fn log_error(paths: &Paths, line: &str) {
         let _ = writeln!(file, "{at} {line}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_events_are_the_shims_events_by_name() {
+        for event in Event::ALL {
+            let name = event.shim().shim;
+            assert_eq!(name.parse::<Event>(), Ok(event));
+            assert_eq!(serde_json::to_value(event).unwrap(), json!(name));
+        }
+        assert_eq!(Event::ALL.len(), shims::EVENTS.len());
+        assert_eq!(Event::PromptSubmit.shim().agent, "UserPromptSubmit");
+        assert_eq!("session-stop".parse::<Event>(), Err("unknown hook event `session-stop`".to_owned()));
+    }
+}

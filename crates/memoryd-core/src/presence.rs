@@ -922,7 +922,7 @@ mod tests {
         caps.insert("hooks".into(), json!(["all"]));
         let (result, e) = p.capability_update("claude-boris", &caps, Some(Health::Degraded), at(1)).unwrap();
         assert_eq!(names(&e), ["runtime_node.capability_updated", "runtime_node.degraded"]);
-        assert_eq!(result["state"], "degraded");
+        assert_eq!(result.state, State::Degraded);
     }
 
     #[test]
