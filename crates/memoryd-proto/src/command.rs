@@ -191,3 +191,53 @@ mod tests {
         assert!(!Command::Roster.is_long());
     }
 }
+
+/// The results keep the exact bytes the daemon sent before they were
+/// types (key order included: clients and scripts read them).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
+mod wire_shapes {
+    use crate::host::*;
+    use crate::peers::*;
+    use crate::presence::*;
+    use crate::time::Timestamp;
+    use std::time::{Duration, SystemTime};
+
+    fn text(value: impl serde::Serialize) -> String {
+        serde_json::to_string(&value).unwrap()
+    }
+
+    #[test]
+    fn results_serialise_as_they_always_did() {
+        let at = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_738_324_800_123));
+        let sent = Sent { to: "bob".into(), queued: true, queue_depth: 2, dropped: 0, ts: at, id: "msg-1".into() };
+        assert_eq!(
+            text(sent),
+            r#"{"to":"bob","queued":true,"queueDepth":2,"dropped":0,"ts":"2025-01-31T12:00:00.123Z","id":"msg-1"}"#
+        );
+        let linked = Linked { linked: true, already: false, a: "ada".into(), b: "bob".into() };
+        assert_eq!(text(linked), r#"{"linked":true,"already":false,"a":"ada","b":"bob"}"#);
+        let visible = Visible {
+            personality: "ada".into(),
+            reason: VisibleReason::Itself,
+            state: State::Offline,
+            health: Health::Offline,
+        };
+        assert_eq!(text(visible), r#"{"personality":"ada","reason":"self","state":"offline","health":"offline"}"#);
+        let message = Message { id: "m".into(), from: "ada".into(), ts: at, text: "hi".into(), leased_until: None };
+        assert_eq!(text(message), r#"{"id":"m","from":"ada","ts":"2025-01-31T12:00:00.123Z","text":"hi"}"#);
+        let stopping = Stopping { stopping: true, supervisor: None, restarted: false };
+        assert_eq!(text(stopping), r#"{"stopping":true,"supervisor":null,"restarted":false}"#);
+        let reloaded = Reloaded { reloaded: true, changed: false, file: "/c.toml".into(), restart_needed: vec![] };
+        assert_eq!(text(reloaded), r#"{"reloaded":true,"changed":false,"file":"/c.toml","restartNeeded":[]}"#);
+        let swept = Swept { ok: true, failed: vec![], pairs: 3, skipped: vec![], writes: 0 };
+        assert_eq!(text(swept), r#"{"ok":true,"failed":[],"pairs":3,"skipped":[],"writes":0}"#);
+        let updated = Updated { ok: true, problems: 0, version: "0.1.0".into(), restart: false };
+        assert_eq!(text(updated), r#"{"ok":true,"problems":0,"version":"0.1.0","restart":false}"#);
+        let attached = Attached { attachment_id: "a1".into(), state: State::Online, read_only: false, attached_at: at };
+        assert_eq!(
+            text(attached),
+            r#"{"attachmentId":"a1","state":"online","readOnly":false,"attachedAt":"2025-01-31T12:00:00.123Z"}"#
+        );
+    }
+}
