@@ -2,7 +2,7 @@
 //! streamed progress.
 
 use memoryd_proto::message::Incoming;
-use memoryd_proto::{ErrorKind, Hello, HelloResult, Notification, PROTOCOL_VERSION, Request, RpcError, methods};
+use memoryd_proto::{Command, ErrorKind, Hello, HelloResult, Notification, PROTOCOL_VERSION, RpcError};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -65,10 +65,9 @@ impl Client {
         let (reader, writer) = stream.into_split();
         let mut client = Client { reader: BufReader::new(reader), writer, next_id: 1, hello: placeholder_hello() };
         let hello = Hello { protocol: PROTOCOL_VERSION, client: format!("memoryctl {}", memoryd_core::VERSION) };
-        let params = serde_json::to_value(hello).unwrap_or(Value::Null);
         // `connect` bounds the whole handshake; the hello itself needs no
         // second limit.
-        let result = match client.call(methods::SESSION_HELLO, params, Duration::MAX, |_| {}).await {
+        let result = match client.call(&Command::SessionHello(hello), Duration::MAX, |_| {}).await {
             Ok(Ok(result)) => result,
             Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
             Err(e) => return Err(ConnectError::NotAnswering(e.to_string())),
@@ -86,14 +85,14 @@ impl Client {
     /// answer.
     pub async fn call(
         &mut self,
-        method: &str,
-        params: Value,
+        command: &Command,
         silence: Duration,
         mut on_notification: impl FnMut(Notification),
     ) -> Result<Result<Value, RpcError>, CallError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = Request::new(id, method, params).encode();
+        let method = command.method();
+        let line = command.request(id).encode();
         // A daemon that refuses the connection (another uid, too busy) may
         // close it before the request is written: its reason is still there
         // to be read, so a failed write only ends the call at end of stream.

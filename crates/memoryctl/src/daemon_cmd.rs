@@ -5,7 +5,8 @@ use anyhow::{Context as _, bail};
 use memoryd_core::host::egress::Egress;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::instance::{self, DaemonCheck, KillOutcome};
-use memoryd_proto::{ErrorKind, methods};
+use memoryd_proto::host::Stopping;
+use memoryd_proto::{Command, ErrorKind};
 use serde_json::json;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -179,8 +180,8 @@ pub async fn end(ctx: &Ctx) -> anyhow::Result<Ended> {
 
 /// `host.shutdown`; the supervisor the daemon runs under, if any.
 async fn ask_to_stop(ctx: &Ctx, client: &mut crate::client::Client) -> anyhow::Result<Option<String>> {
-    let result = ctx.call(client, methods::HOST_SHUTDOWN, json!({})).await??;
-    Ok(result["supervisor"].as_str().map(str::to_owned))
+    let stopping: Stopping = ctx.call(client, &Command::HostShutdown).await??;
+    Ok(stopping.supervisor)
 }
 
 async fn wait_for_release(ctx: &Ctx, grace: Duration) -> anyhow::Result<bool> {

@@ -13,8 +13,12 @@ use memoryd_core::host::egress::Egress;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::paths::Paths;
 use memoryd_core::peers;
-use memoryd_proto::{ErrorKind, RpcError, methods};
-use serde_json::{Value, json};
+use memoryd_core::surfaces::shims;
+use memoryd_proto::peers::{AckParams, InboxParams, Message};
+use memoryd_proto::presence::{AttachParams, DetachParams, Health, HeartbeatParams};
+use memoryd_proto::{Command, ErrorKind, RpcError};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,8 +26,44 @@ use std::time::{Duration, Instant, SystemTime};
 /// The most of the agent's hook JSON we read from stdin.
 const MAX_STDIN: u64 = 1 << 20;
 
-/// The hook events the shims call.
-pub const EVENTS: [&str; 4] = ["session-start", "prompt-submit", "post-tool", "session-end"];
+/// A hook event the shims call, by its shim name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Event {
+    SessionStart,
+    PromptSubmit,
+    PostTool,
+    SessionEnd,
+}
+
+impl Event {
+    /// In the order of the shims' table.
+    pub const ALL: [Event; 4] = [Event::SessionStart, Event::PromptSubmit, Event::PostTool, Event::SessionEnd];
+
+    /// The shim's row: its name and the agents' name of the event.
+    fn shim(self) -> &'static shims::HookEvent {
+        &shims::EVENTS[self as usize]
+    }
+
+    /// The whole budget of the hook: a session end must not hold up the
+    /// agent's exit.
+    fn budget(self) -> Duration {
+        if self == Event::SessionEnd { Duration::from_secs(1) } else { Duration::from_secs(2) }
+    }
+
+    /// Whether the hook delivers waiting peer messages into the context.
+    fn delivers(self) -> bool {
+        matches!(self, Event::SessionStart | Event::PromptSubmit)
+    }
+}
+
+impl std::str::FromStr for Event {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Event, String> {
+        Event::ALL.into_iter().find(|e| e.shim().shim == name).ok_or_else(|| format!("unknown hook event `{name}`"))
+    }
+}
 
 /// What a hook may add to the agent's context, in characters (Claude cuts
 /// at 10,000, Codex at about 2,500 tokens).
@@ -53,7 +93,7 @@ struct Hook<'a> {
 
 /// Runs the hook within its time budget; never fails.
 pub async fn run(paths: &Paths, args: &HookArgs) {
-    let budget = if args.event == "session-end" { Duration::from_secs(1) } else { Duration::from_secs(2) };
+    let budget = args.event.parse().map_or(Duration::from_secs(2), Event::budget);
     let deadline = Instant::now() + budget - Duration::from_millis(100);
     let outcome = tokio::time::timeout_at(deadline.into(), handle(paths, args, deadline)).await;
     let problem = match outcome {
@@ -67,9 +107,7 @@ pub async fn run(paths: &Paths, args: &HookArgs) {
 }
 
 async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(), String> {
-    if !EVENTS.contains(&args.event.as_str()) {
-        return Err(format!("unknown hook event `{}`", args.event));
-    }
+    let event: Event = args.event.parse()?;
     let input = read_stdin().await?;
     let session = input["session_id"].as_str().filter(|s| !s.is_empty()).ok_or("the hook's JSON has no session_id")?;
     let cwd = input["cwd"].as_str().map(Path::new);
@@ -85,27 +123,31 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
             return Err(format!("memoryd does not answer: {why}"));
         }
     };
-    let attached = match args.event.as_str() {
-        "session-start" => attach(&mut client, &hook).await,
-        "session-end" => {
+    let attached = match event {
+        Event::SessionStart => attach(&mut client, &hook).await,
+        Event::SessionEnd => {
             // Sent; the daemon finishes it even after we are gone.
-            let params = json!({"nodeId": hook.node, "sessionId": hook.session, "reason": "session-end"});
-            call(&mut client, methods::RUNTIMENODE_DETACH, params).await.map(drop).map_err(|e| e.message)
+            let detach = DetachParams {
+                node_id: hook.node.clone(),
+                session_id: Some(hook.session.clone()),
+                reason: Some("session-end".to_owned()),
+            };
+            call(&mut client, &Command::Detach(detach)).await.map(drop).map_err(|e| e.message)
         }
-        _ => {
-            let params = json!({"nodeId": hook.node, "sessionId": hook.session, "healthState": "online"});
-            match call(&mut client, methods::RUNTIMENODE_HEARTBEAT, params).await {
+        Event::PromptSubmit | Event::PostTool => {
+            let beat = HeartbeatParams {
+                node_id: hook.node.clone(),
+                session_id: Some(hook.session.clone()),
+                health_state: Some(Health::Online),
+            };
+            match call(&mut client, &Command::Heartbeat(beat)).await {
                 Err(e) if e.kind() == Some(ErrorKind::RuntimenodeNotAttached) => attach(&mut client, &hook).await,
                 other => other.map(drop).map_err(|e| e.message),
             }
         }
     };
     // Messages are delivered even when presence had a problem.
-    let delivered = match args.event.as_str() {
-        "session-start" => deliver(&mut client, &hook, "SessionStart").await,
-        "prompt-submit" => deliver(&mut client, &hook, "UserPromptSubmit").await,
-        _ => Ok(()),
-    };
+    let delivered = if event.delivers() { deliver(&mut client, &hook, event.shim().agent).await } else { Ok(()) };
     attached.and(delivered)
 }
 
@@ -114,10 +156,9 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
 /// printed (a message not acknowledged comes again when its lease ends).
 async fn deliver(client: &mut Client, hook: &Hook<'_>, agent_event: &str) -> Result<(), String> {
     let personality = split_node_id(&hook.node).map(|(_, p)| p).ok_or("bad node")?;
-    let leased = call(client, methods::PEER_INBOX, json!({"personality": personality, "lease": true}))
-        .await
-        .map_err(|e| e.message)?;
-    let messages: Vec<peers::Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
+    let lease = InboxParams { personality: personality.to_owned(), lease: true };
+    let leased = call(client, &Command::PeerInbox(lease)).await.map_err(|e| e.message)?;
+    let messages: Vec<Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
     if messages.is_empty() {
         return Ok(());
     }
@@ -127,7 +168,7 @@ async fn deliver(client: &mut Client, hook: &Hook<'_>, agent_event: &str) -> Res
     writeln!(stdout, "{output}")
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot print the messages: {e}"))?;
-    call(client, methods::PEER_ACK, json!({"personality": personality, "ids": printed}))
+    call(client, &Command::PeerAck(AckParams { personality: personality.to_owned(), ids: printed }))
         .await
         .map(drop)
         .map_err(|e| e.message)
@@ -135,20 +176,22 @@ async fn deliver(client: &mut Client, hook: &Hook<'_>, agent_event: &str) -> Res
 
 async fn attach(client: &mut Client, hook: &Hook<'_>) -> Result<(), String> {
     let version = hook.args.client_version.clone().unwrap_or_else(|| "0.0".to_owned());
-    let params = json!({
-        "sessionId": hook.session,
-        "nodeId": hook.node,
-        "clientVersion": version,
-        "capabilities": {"hooks": EVENTS},
-        "healthState": "online",
-        "pid": agent_pid(),
-    });
-    call(client, methods::RUNTIMENODE_ATTACH, params).await.map(drop).map_err(|e| e.message)
+    let mut capabilities = Map::new();
+    capabilities.insert("hooks".to_owned(), serde_json::to_value(Event::ALL).unwrap_or_default());
+    let attach = AttachParams {
+        session_id: hook.session.clone(),
+        node_id: hook.node.clone(),
+        client_version: version,
+        capabilities,
+        health_state: Health::Online,
+        pid: agent_pid(),
+    };
+    call(client, &Command::Attach(attach)).await.map(drop).map_err(|e| e.message)
 }
 
-async fn call(client: &mut Client, method: &str, params: Value) -> Result<Value, RpcError> {
+async fn call(client: &mut Client, command: &Command) -> Result<Value, RpcError> {
     // The hook's whole budget (`run`'s `timeout_at`) bounds every call.
-    match client.call(method, params, Duration::MAX, |_| {}).await {
+    match client.call(command, Duration::MAX, |_| {}).await {
         Ok(outcome) => outcome,
         Err(e) => Err(RpcError::new(ErrorKind::Internal, e.to_string())),
     }
@@ -219,5 +262,22 @@ pub fn log_error(paths: &Paths, line: &str) {
     if let Ok(mut file) = files.open_append(&log) {
         let at = humantime::format_rfc3339_seconds(SystemTime::now());
         let _ = writeln!(file, "{at} {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_events_are_the_shims_events_by_name() {
+        for event in Event::ALL {
+            let name = event.shim().shim;
+            assert_eq!(name.parse::<Event>(), Ok(event));
+            assert_eq!(serde_json::to_value(event).unwrap(), json!(name));
+        }
+        assert_eq!(Event::ALL.len(), shims::EVENTS.len());
+        assert_eq!(Event::PromptSubmit.shim().agent, "UserPromptSubmit");
+        assert_eq!("session-stop".parse::<Event>(), Err("unknown hook event `session-stop`".to_owned()));
     }
 }

@@ -15,7 +15,8 @@ use memoryd_core::ops::provision::PeerRequest;
 use memoryd_core::ops::report::Tally;
 use memoryd_core::ops::update;
 use memoryd_core::surfaces::{Action, StateFile, shims::SESSION_RUNTIMES};
-use memoryd_proto::{ProgressStatus, methods};
+use memoryd_proto::host::Reloaded;
+use memoryd_proto::{Command, ProgressStatus};
 use serde_json::json;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -106,7 +107,7 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<ExitCode> {
     let reloaded = match ctx.connect().await? {
         // The install is done by now: a daemon that does not take the
         // reload is reported, not a reason to fail what already ran.
-        Some(mut client) => match ctx.call(&mut client, methods::HOST_RELOAD, json!({})).await {
+        Some(mut client) => match ctx.call::<Reloaded>(&mut client, &Command::HostReload).await {
             Ok(answer) => answer.is_ok(),
             Err(e) => {
                 eprintln!("memoryctl init: warning: the running memoryd did not reload: {e:#}");

@@ -19,8 +19,10 @@ pub use failure::Failure;
 use memoryd_core::config::{self, Config, ConfigError};
 use memoryd_core::host::paths::{self, Paths};
 use memoryd_core::ops::install;
-use memoryd_proto::{ErrorKind, RpcError, methods};
+use memoryd_proto::host::Reloaded;
+use memoryd_proto::{Command as Call, ErrorKind, RpcError, methods};
 use output::Style;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -246,15 +248,6 @@ impl Command {
 
 /// The whole wait for a request that reports no progress.
 const SHORT_LIMIT: Duration = Duration::from_secs(10);
-/// Requests that report progress as they go, and may wait for the
-/// provision lock between two reports.
-const LONG_REQUESTS: &[&str] = &[
-    methods::HOST_UPDATE,
-    methods::HOST_VERIFY,
-    methods::HOST_SWEEP,
-    methods::PEER_PROVISION,
-    methods::PEER_UNPROVISION,
-];
 /// Past `lock_timeout`, the longest silent step of a long request: an
 /// `iapeer` call (30 s at most) and a sweep batch, with room to spare.
 const LONG_MARGIN: Duration = Duration::from_secs(45);
@@ -362,15 +355,14 @@ impl Ctx {
     }
 
     /// One request, printing progress lines as they stream in (text mode),
-    /// within `--timeout` when one is set.
-    pub async fn call(
+    /// within `--timeout` when one is set; the answer as its type.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         client: &mut Client,
-        method: &str,
-        params: Value,
-    ) -> anyhow::Result<Result<Value, RpcError>> {
+        command: &Call,
+    ) -> anyhow::Result<Result<T, RpcError>> {
         let (style, json) = (self.style, self.json);
-        self.call_with(client, method, params, |p| {
+        self.call_with(client, command, |p| {
             if !json {
                 println!("{}", style.progress(&p));
             }
@@ -380,14 +372,13 @@ impl Ctx {
 
     /// One request, each progress line handed to `on_progress` as it
     /// arrives, within `--timeout` when one is set.
-    pub async fn call_with(
+    pub async fn call_with<T: DeserializeOwned>(
         &self,
         client: &mut Client,
-        method: &str,
-        params: Value,
+        command: &Call,
         mut on_progress: impl FnMut(memoryd_proto::Progress),
-    ) -> anyhow::Result<Result<Value, RpcError>> {
-        self.call_raw(client, method, params, |n| {
+    ) -> anyhow::Result<Result<T, RpcError>> {
+        self.call_raw(client, command, |n| {
             if n.method == methods::HOST_PROGRESS
                 && let Ok(progress) = serde_json::from_value(n.params)
             {
@@ -400,17 +391,17 @@ impl Ctx {
     /// One request, every notification handed to `on_notification`; the
     /// daemon may stay silent for at most [`Ctx::silence_limit`] (a
     /// followed event log counts as a long request).
-    pub async fn call_raw(
+    pub async fn call_raw<T: DeserializeOwned>(
         &self,
         client: &mut Client,
-        method: &str,
-        params: Value,
+        command: &Call,
         on_notification: impl FnMut(memoryd_proto::Notification),
-    ) -> anyhow::Result<Result<Value, RpcError>> {
-        let long = LONG_REQUESTS.contains(&method) || (method == methods::EVENTS_TAIL && params["follow"] == true);
-        let silence = self.silence_limit(long);
-        match client.call(method, params, silence, on_notification).await {
-            Ok(outcome) => Ok(outcome),
+    ) -> anyhow::Result<Result<T, RpcError>> {
+        let silence = self.silence_limit(command.is_long());
+        match client.call(command, silence, on_notification).await {
+            Ok(Ok(result)) => Ok(Ok(serde_json::from_value(result)
+                .with_context(|| format!("memoryd sent a malformed answer to {}", command.method()))?)),
+            Ok(Err(refusal)) => Ok(Err(refusal)),
             Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(client.hello.pid, &e)))),
             Err(e) => Err(Failure::new(ErrorKind::DaemonNotAnswering, e.to_string()).into()),
         }
@@ -420,14 +411,13 @@ impl Ctx {
     /// `unprovision-peer`): the daemon's answer, or None when it went
     /// silent, said on stderr, so the caller runs it here under the same
     /// locks (spec 10's offline path, for a daemon that hangs mid-request).
-    pub async fn answer_or_run_here(
+    pub async fn answer_or_run_here<T: DeserializeOwned>(
         &self,
         client: &mut Client,
-        method: &str,
-        params: Value,
+        command: &Call,
         on_progress: impl FnMut(memoryd_proto::Progress),
-    ) -> anyhow::Result<Option<Result<Value, RpcError>>> {
-        match self.call_with(client, method, params, on_progress).await {
+    ) -> anyhow::Result<Option<Result<T, RpcError>>> {
+        match self.call_with(client, command, on_progress).await {
             Ok(answer) => Ok(Some(answer)),
             Err(e) if e.is::<Silent>() => {
                 let limit = humantime::format_duration(self.silence_limit(true));
@@ -571,9 +561,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
         // Handled in `main`, before anything that could fail.
         Command::Hook(_) => Ok(ExitCode::SUCCESS),
-        Command::Attach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_ATTACH, args).await,
-        Command::Heartbeat(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_HEARTBEAT, args).await,
-        Command::Detach(args) => presence_cmd::node(&ctx, methods::RUNTIMENODE_DETACH, args).await,
+        Command::Attach(args) => presence_cmd::node(&ctx, presence_cmd::NodeVerb::Attach, args).await,
+        Command::Heartbeat(args) => presence_cmd::node(&ctx, presence_cmd::NodeVerb::Heartbeat, args).await,
+        Command::Detach(args) => presence_cmd::node(&ctx, presence_cmd::NodeVerb::Detach, args).await,
         Command::Peers => presence_cmd::peers(&ctx).await,
         Command::Revoke { node, reason, force } => {
             presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
@@ -595,10 +585,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = match ctx.connect().await? {
-        Some(mut client) => {
-            let value = ctx.call(&mut client, methods::HOST_STATUS, json!({})).await??;
-            serde_json::from_value(value).context("memoryd sent a malformed status")?
-        }
+        Some(mut client) => ctx.call(&mut client, &Call::HostStatus).await??,
         None => {
             eprintln!("{}", ctx.not_answering());
             let mut status =
@@ -619,12 +606,12 @@ async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 async fn reload(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let mut client = ctx.require().await?;
-    match ctx.call(&mut client, methods::HOST_RELOAD, json!({})).await? {
+    match ctx.call::<Reloaded>(&mut client, &Call::HostReload).await? {
         Ok(result) => {
             if ctx.json {
                 print_json(&result)?;
             } else {
-                println!("config reloaded from {}", result["file"].as_str().unwrap_or("?"));
+                println!("config reloaded from {}", result.file.display());
             }
             Ok(ExitCode::SUCCESS)
         }

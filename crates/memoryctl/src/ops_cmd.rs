@@ -9,8 +9,9 @@ use crate::{Ctx, Usage};
 use anyhow::{Context as _, bail};
 use memoryd_core::ops::report::Tally;
 use memoryd_core::ops::{update, verify};
-use memoryd_proto::{ProgressStatus, UpdateParams, VerifyParams, methods};
-use serde_json::{Value, json};
+use memoryd_proto::host::{Restarting, Updated, Verified};
+use memoryd_proto::{Command, ProgressStatus, UpdateParams, VerifyParams};
+use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,10 +24,10 @@ pub async fn verify(ctx: &Ctx, repair: bool, local: bool) -> anyhow::Result<Exit
     let client = if local { None } else { ctx.connect().await? };
     let answered = match client {
         Some(mut client) => {
-            let params = serde_json::to_value(VerifyParams { repair })?;
-            ctx.answer_or_run_here(&mut client, methods::HOST_VERIFY, params, |p| lines.push(p))
+            let command = Command::HostVerify(VerifyParams { repair });
+            ctx.answer_or_run_here(&mut client, &command, |p| lines.push(p))
                 .await?
-                .map(|answer| answer.map(|result| result["ok"] == Value::Bool(true)))
+                .map(|answer| answer.map(|verified: Verified| verified.ok))
                 .transpose()?
         }
         None => {
@@ -99,9 +100,9 @@ pub async fn update(ctx: &Ctx, skip: Vec<String>, local: bool) -> anyhow::Result
     let problems = match client {
         Some(client) => {
             let mut client = onto_this_version(ctx, client).await?;
-            let params = serde_json::to_value(UpdateParams { skip })?;
-            let result = ctx.call_with(&mut client, methods::HOST_UPDATE, params, |p| lines.push(p)).await??;
-            result["problems"].as_u64().unwrap_or(0) as usize
+            let command = Command::HostUpdate(UpdateParams { skip });
+            let updated: Updated = ctx.call_with(&mut client, &command, |p| lines.push(p)).await??;
+            updated.problems
         }
         None => {
             if !local {
@@ -130,7 +131,7 @@ async fn onto_this_version(ctx: &Ctx, mut client: crate::client::Client) -> anyh
     if !ctx.json {
         println!("memoryd v{running} runs; restarting it onto v{} first", memoryd_core::VERSION);
     }
-    ctx.call(&mut client, methods::HOST_RESTART, json!({})).await??;
+    ctx.call::<Restarting>(&mut client, &Command::HostRestart).await??;
     drop(client);
     let deadline = Instant::now() + RESTART_LIMIT;
     loop {

@@ -195,8 +195,12 @@ impl Lines {
         self.items.iter().filter(|p| p.status == ProgressStatus::Fail && !is_sub_line(p)).count()
     }
 
-    pub fn json(&self) -> Vec<serde_json::Value> {
-        self.items.iter().map(|p| serde_json::json!({"name": p.name, "status": p.status, "detail": p.detail})).collect()
+    /// The lines as `host.verify` reports its checks.
+    pub fn json(&self) -> Vec<memoryd_proto::host::Check> {
+        self.items
+            .iter()
+            .map(|p| memoryd_proto::host::Check { name: p.name.clone(), status: p.status, detail: p.detail.clone() })
+            .collect()
     }
 }
 

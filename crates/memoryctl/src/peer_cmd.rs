@@ -2,8 +2,10 @@
 
 use crate::Ctx;
 use clap::Subcommand;
-use memoryd_proto::methods;
-use serde_json::{Value, json};
+use memoryd_proto::Command;
+use memoryd_proto::peers::{
+    InboxParams, Linked, Message, PeerPair, PersonalityParams, SendParams, Sent, Unlinked, Visible,
+};
 use std::io::Read;
 use std::process::ExitCode;
 
@@ -30,69 +32,78 @@ pub enum PeerAction {
 }
 
 pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
-    let (method, params) = match &action {
-        PeerAction::Link { a, b } => (methods::PEER_LINK, json!({"a": a, "b": b})),
-        PeerAction::Unlink { a, b } => (methods::PEER_UNLINK, json!({"a": a, "b": b})),
-        PeerAction::Visible { personality } => (methods::PEER_VISIBLE, json!({"personality": personality})),
-        PeerAction::Send { from, to, message } => {
-            let text = if message == "-" {
-                let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text)?;
-                text
-            } else {
-                message.clone()
-            };
-            (methods::PEER_SEND, json!({"from": from, "to": to, "message": text}))
+    // Read before connecting: the daemon closes a connection idle for long.
+    let action = match action {
+        PeerAction::Send { from, to, message } if message == "-" => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            PeerAction::Send { from, to, message: text }
         }
-        PeerAction::Inbox { personality } => (methods::PEER_INBOX, json!({"personality": personality, "lease": false})),
+        other => other,
     };
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, method, params).await??;
-    if ctx.json {
-        crate::print_json(&result)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_owned();
     match action {
         PeerAction::Link { a, b } => {
-            println!("{a} and {b} {}", if result["already"] == true { "were already linked" } else { "are linked" });
+            let linked: Linked = ctx.call(&mut client, &Command::PeerLink(PeerPair { a, b })).await??;
+            print(ctx, &linked, || {
+                let how = if linked.already { "were already linked" } else { "are linked" };
+                println!("{} and {} {how}", linked.a, linked.b);
+            })
         }
         PeerAction::Unlink { a, b } => {
-            println!(
-                "{a} and {b} {}",
-                if result["unlinked"] == true { "are no longer linked" } else { "were not linked" }
-            );
+            let unlinked: Unlinked = ctx.call(&mut client, &Command::PeerUnlink(PeerPair { a, b })).await??;
+            print(ctx, &unlinked, || {
+                let how = if unlinked.unlinked { "are no longer linked" } else { "were not linked" };
+                println!("{} and {} {how}", unlinked.a, unlinked.b);
+            })
         }
-        PeerAction::Visible { .. } => {
-            for v in result.as_array().into_iter().flatten() {
-                println!(
-                    "{:<32} {:<5} {:<11} {}",
-                    s(&v["personality"]),
-                    s(&v["reason"]),
-                    s(&v["state"]),
-                    s(&v["health"])
-                );
-            }
+        PeerAction::Visible { personality } => {
+            let command = Command::PeerVisible(PersonalityParams { personality });
+            let visible: Vec<Visible> = ctx.call(&mut client, &command).await??;
+            print(ctx, &visible, || {
+                for v in &visible {
+                    println!(
+                        "{:<32} {:<5} {:<11} {}",
+                        v.personality,
+                        v.reason.as_str(),
+                        v.state.as_str(),
+                        v.health.as_str()
+                    );
+                }
+            })
         }
-        PeerAction::Send { .. } => {
-            let dropped = result["dropped"].as_u64().unwrap_or(0);
-            let note =
-                if dropped > 0 { format!("; the inbox was full, {dropped} oldest dropped") } else { String::new() };
-            println!(
-                "queued for {} ({} waiting){note}; it arrives at their next turn",
-                s(&result["to"]),
-                result["queueDepth"]
-            );
+        PeerAction::Send { from, to, message } => {
+            let sent: Sent = ctx.call(&mut client, &Command::PeerSend(SendParams { from, to, message })).await??;
+            print(ctx, &sent, || {
+                let note = if sent.dropped > 0 {
+                    format!("; the inbox was full, {} oldest dropped", sent.dropped)
+                } else {
+                    String::new()
+                };
+                println!("queued for {} ({} waiting){note}; it arrives at their next turn", sent.to, sent.queue_depth);
+            })
         }
         PeerAction::Inbox { personality } => {
-            let messages = result.as_array().cloned().unwrap_or_default();
-            if messages.is_empty() {
-                println!("no message waits for {personality}");
-            }
-            for m in messages {
-                println!("[{}] from {} at {}\n{}\n", s(&m["id"]), s(&m["from"]), s(&m["ts"]), s(&m["text"]));
-            }
+            let command = Command::PeerInbox(InboxParams { personality: personality.clone(), lease: false });
+            let messages: Vec<Message> = ctx.call(&mut client, &command).await??;
+            print(ctx, &messages, || {
+                if messages.is_empty() {
+                    println!("no message waits for {personality}");
+                }
+                for m in &messages {
+                    println!("[{}] from {} at {}\n{}\n", m.id, m.from, m.ts, m.text);
+                }
+            })
         }
+    }
+}
+
+/// The daemon's answer as JSON with `--json`, else as `text` prints it.
+fn print(ctx: &Ctx, answer: &impl serde::Serialize, text: impl FnOnce()) -> anyhow::Result<ExitCode> {
+    if ctx.json {
+        crate::print_json(answer)?;
+    } else {
+        text();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,17 +2,19 @@
 //! `revoke`, `unrevoke` and `events`.
 
 use crate::Ctx;
-use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::peers;
 use memoryd_core::presence::check_operator_node;
-use memoryd_core::presence::{RosterRow, timestamp};
+use memoryd_core::presence::timestamp;
 use memoryd_core::store::events::{self, Follower};
 use memoryd_core::store::{self, Store, StoreError};
-use memoryd_proto::{RpcError, methods};
-use serde_json::{Value, json};
+use memoryd_proto::presence::{
+    AttachParams, Attached, DetachParams, Health, HeartbeatParams, RevocationParams, RosterRow, TailParams,
+};
+use memoryd_proto::{Command, RpcError, methods};
+use serde_json::{Map, Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -38,44 +40,56 @@ pub struct NodeArgs {
     reason: Option<String>,
 }
 
+/// What a script reports about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeVerb {
+    Attach,
+    Heartbeat,
+    Detach,
+}
+
 /// `attach`, `heartbeat` or `detach`, over the socket.
-pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<ExitCode> {
-    let health = if args.degraded { "degraded" } else { "online" };
-    let params = match method {
-        methods::RUNTIMENODE_ATTACH => json!({
-            "nodeId": args.node,
-            "sessionId": args.session.clone().ok_or_else(|| crate::Usage("attach needs --session".into()))?,
-            "clientVersion": args.client_version.clone().ok_or_else(|| crate::Usage("attach needs --client-version".into()))?,
-            "capabilities": {},
-            "healthState": health,
-            "pid": args.pid,
+pub async fn node(ctx: &Ctx, verb: NodeVerb, args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let health = if args.degraded { Health::Degraded } else { Health::Online };
+    let (node_id, session_id) = (args.node.clone(), args.session.clone());
+    let command = match verb {
+        NodeVerb::Attach => Command::Attach(AttachParams {
+            session_id: session_id.ok_or_else(|| crate::Usage("attach needs --session".into()))?,
+            node_id,
+            client_version: args
+                .client_version
+                .clone()
+                .ok_or_else(|| crate::Usage("attach needs --client-version".into()))?,
+            capabilities: Map::new(),
+            health_state: health,
+            pid: args.pid,
         }),
-        methods::RUNTIMENODE_HEARTBEAT => {
-            json!({"nodeId": args.node, "sessionId": args.session, "healthState": health})
-        }
-        _ => json!({"nodeId": args.node, "sessionId": args.session, "reason": args.reason}),
+        NodeVerb::Heartbeat => Command::Heartbeat(HeartbeatParams { node_id, session_id, health_state: Some(health) }),
+        NodeVerb::Detach => Command::Detach(DetachParams { node_id, session_id, reason: args.reason.clone() }),
     };
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, method, params).await??;
+    if verb == NodeVerb::Attach {
+        let attached: Attached = ctx.call(&mut client, &command).await??;
+        if ctx.json {
+            crate::print_json(&attached)?;
+        } else {
+            let ro = if attached.read_only { ", read-only (below the version floor)" } else { "" };
+            println!("{} attached: {}{ro}", args.node, attached.state.as_str());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Heartbeat and detach answer null on the wire.
+    ctx.call::<()>(&mut client, &command).await??;
     if ctx.json {
-        // Heartbeat and detach answer null on the wire: say what was done.
-        let done = match method {
-            methods::RUNTIMENODE_ATTACH => result,
-            methods::RUNTIMENODE_HEARTBEAT => {
-                json!({"nodeId": args.node, "sessionId": args.session, "healthState": health, "recorded": true})
-            }
-            _ => json!({"nodeId": args.node, "sessionId": args.session, "detached": true}),
+        // Say what was done.
+        let done = if verb == NodeVerb::Heartbeat {
+            json!({"nodeId": args.node, "sessionId": args.session, "healthState": health, "recorded": true})
+        } else {
+            json!({"nodeId": args.node, "sessionId": args.session, "detached": true})
         };
         crate::print_json(&done)?;
-    } else if method == methods::RUNTIMENODE_ATTACH {
-        let ro = if result["readOnly"] == Value::Bool(true) { ", read-only (below the version floor)" } else { "" };
-        println!("{} attached: {}{ro}", args.node, result["state"].as_str().unwrap_or("?"));
     } else {
-        println!(
-            "{}: {}",
-            args.node,
-            if method == methods::RUNTIMENODE_HEARTBEAT { "heartbeat recorded" } else { "detached" }
-        );
+        println!("{}: {}", args.node, if verb == NodeVerb::Heartbeat { "heartbeat recorded" } else { "detached" });
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -85,10 +99,7 @@ pub async fn node(ctx: &Ctx, method: &str, args: NodeArgs) -> anyhow::Result<Exi
 /// waiting for each peer.
 pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let (rows, source): (Vec<RosterRow>, &str) = match ctx.connect().await? {
-        Some(mut client) => {
-            let result = ctx.call(&mut client, methods::RUNTIMENODE_ROSTER, json!({})).await??;
-            (serde_json::from_value(result).context("memoryd sent a malformed roster")?, "memoryd")
-        }
+        Some(mut client) => (ctx.call(&mut client, &Command::Roster).await??, "memoryd"),
         None => {
             eprintln!(
                 "{}; the roster below is read from disk, as memoryd last stored it",
@@ -114,17 +125,15 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     let now = SystemTime::now();
     for r in rows {
-        let age = humantime::parse_rfc3339(&r.last_heartbeat_at)
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .map_or("?".to_owned(), |d| format!("{}s ago", d.as_secs()));
+        let age =
+            now.duration_since(r.last_heartbeat_at.time()).map_or("?".to_owned(), |d| format!("{}s ago", d.as_secs()));
         let session: String = r.session_id.chars().take(8).collect();
         println!(
             "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} {}",
             r.node_id,
             session,
             r.state.as_str(),
-            format!("{:?}", r.health).to_lowercase(),
+            r.health.as_str(),
             if r.read_only { "yes" } else { "-" },
             r.client_version,
             age,
@@ -161,10 +170,11 @@ pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Resu
         Revocation::Revoke { reason, force } => (true, reason, force),
         Revocation::Unrevoke => (false, None, false),
     };
-    let method = if revoke { methods::RUNTIMENODE_REVOKE } else { methods::RUNTIMENODE_UNREVOKE };
     match ctx.connect().await? {
         Some(mut client) => {
-            ctx.call(&mut client, method, json!({"nodeId": node, "reason": reason, "force": force})).await??;
+            let params = RevocationParams { node_id: node.to_owned(), reason: reason.clone(), force };
+            let command = if revoke { Command::Revoke(params) } else { Command::Unrevoke(params) };
+            ctx.call::<()>(&mut client, &command).await??;
         }
         None => {
             // A mistyped --root gets no store created in it.
@@ -215,9 +225,9 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
         }
     };
     if let Some(mut client) = ctx.connect().await? {
-        let params = json!({"follow": follow, "node": node});
-        let result = ctx
-            .call_raw(&mut client, methods::EVENTS_TAIL, params, |n| {
+        let command = Command::EventsTail(TailParams { follow, node: node.clone() });
+        let result: Value = ctx
+            .call_raw(&mut client, &command, |n| {
                 if n.method == methods::EVENTS_EVENT {
                     print(n.params);
                 }

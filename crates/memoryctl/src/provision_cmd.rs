@@ -10,11 +10,11 @@ use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::instance;
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::ops::install::Binaries;
-use memoryd_core::ops::provision::{self, Failure, PeerReport, PeerRequest, Provisioner, Tools};
+use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, Provisioner, Tools};
 use memoryd_core::store::Store;
 use memoryd_core::surfaces::Action;
-use memoryd_proto::{ErrorKind, methods};
-use serde_json::{Value, json};
+use memoryd_proto::host::Swept;
+use memoryd_proto::{Command, ErrorKind};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,17 +47,18 @@ pub async fn peer(ctx: &Ctx, args: PeerArgs, provisioning: bool) -> anyhow::Resu
     let client = if args.local { None } else { ctx.connect().await? };
     let answered = match client {
         Some(mut client) => {
-            let method = if provisioning { methods::PEER_PROVISION } else { methods::PEER_UNPROVISION };
-            let params = serde_json::to_value(&request)?;
+            let command = if provisioning {
+                Command::PeerProvision(request.clone())
+            } else {
+                Command::PeerUnprovision(request.clone())
+            };
             let print = |p| {
                 if !ctx.json {
                     println!("{}", ctx.style.progress(&p));
                 }
             };
-            match ctx.answer_or_run_here(&mut client, method, params, print).await? {
-                Some(Ok(value)) => {
-                    Some(serde_json::from_value::<PeerReport>(value).context("memoryd sent a malformed report")?)
-                }
+            match ctx.answer_or_run_here::<PeerReport>(&mut client, &command, print).await? {
+                Some(Ok(report)) => Some(report),
                 Some(Err(e)) if e.kind() == Some(ErrorKind::RequestInvalid) => return Err(Usage(e.message).into()),
                 Some(Err(e)) => return Err(e.into()),
                 None => None,
@@ -137,22 +138,21 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
 /// `sweep`: ask the daemon to sweep every peer now.
 pub async fn sweep(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let mut client = ctx.require().await?;
-    let result = ctx.call(&mut client, methods::HOST_SWEEP, json!({})).await??;
+    let swept: Swept = ctx.call(&mut client, &Command::HostSweep).await??;
     if ctx.json {
-        crate::print_json(&result)?;
+        crate::print_json(&swept)?;
     } else {
-        let failed: Vec<Failure> = serde_json::from_value(result["failed"].clone()).unwrap_or_default();
-        for f in &failed {
+        for f in &swept.failed {
             println!("      FAIL {}:{} — {}: {}", f.personality, f.runtime, f.surface, f.detail);
         }
-        let pairs = result["pairs"].as_u64().unwrap_or(0);
-        let writes = result["writes"].as_u64().unwrap_or(0);
-        let skipped = result["skipped"].as_array().map_or(0, Vec::len);
         let summary = format!(
-            "{pairs} peer-runtime(s), {} failed, {skipped} peer(s) skipped, {writes} file(s) written",
-            failed.len()
+            "{} peer-runtime(s), {} failed, {} peer(s) skipped, {} file(s) written",
+            swept.pairs,
+            swept.failed.len(),
+            swept.skipped.len(),
+            swept.writes
         );
-        println!("sweep {}: {summary}", if failed.is_empty() { "ok" } else { "FAILED" });
+        println!("sweep {}: {summary}", if swept.failed.is_empty() { "ok" } else { "FAILED" });
     }
-    Ok(if result["ok"] == Value::Bool(true) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if swept.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -12,8 +12,11 @@ use crate::host::paths::Paths;
 use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
 use crate::store::{Store, StoreError, read_doc};
 use memoryd_proto::ErrorKind;
+use memoryd_proto::Timestamp;
+pub use memoryd_proto::peers::{Message, Sent, Visible, VisibleReason};
+use memoryd_proto::presence::Health;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -59,19 +62,6 @@ impl Links {
             }
         })
     }
-}
-
-/// One waiting message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Message {
-    pub id: String,
-    pub from: String,
-    pub ts: String,
-    pub text: String,
-    /// Hidden from other readers until then (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub leased_until: Option<String>,
 }
 
 /// One peer's inbox.
@@ -138,18 +128,6 @@ pub fn unlink(store: &Store, fleet: Option<&FleetMap>, a: &str, b: &str) -> Resu
     store.change("peer-unlink", LINKS, |links: &mut Links| Ok((links.pairs.remove(&Links::pair(a, b)), Vec::new())))
 }
 
-/// One peer `p` can see.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Visible {
-    pub personality: String,
-    /// `self` or `peer`.
-    pub reason: String,
-    /// The best state of the peer's nodes (`offline` when none attached).
-    pub state: String,
-    pub health: String,
-}
-
 /// What `p` sees: itself and every linked peer present in the fleet, each
 /// with its presence summary.
 pub fn visible(links: &Links, fleet: &FleetMap, roster: &[RosterRow], p: &str) -> Vec<Visible> {
@@ -165,20 +143,18 @@ pub fn visible(links: &Links, fleet: &FleetMap, roster: &[RosterRow], p: &str) -
             .iter()
             .filter(|r| r.personality == name)
             .max_by_key(|r| rank(r.state))
-            .map_or(("offline".to_owned(), "offline".to_owned()), |r| {
-                (r.state.as_str().to_owned(), format!("{:?}", r.health).to_lowercase())
-            })
+            .map_or((State::Offline, Health::Offline), |r| (r.state, r.health))
     };
     let mut out = Vec::new();
     if fleet.peer(p).is_some() {
         let (state, health) = summary(p);
-        out.push(Visible { personality: p.to_owned(), reason: "self".to_owned(), state, health });
+        out.push(Visible { personality: p.to_owned(), reason: VisibleReason::Itself, state, health });
     }
     let mut linked: Vec<&str> = links.of(p).filter(|l| fleet.peer(l).is_some()).collect();
     linked.sort_unstable();
     for l in linked {
         let (state, health) = summary(l);
-        out.push(Visible { personality: l.to_owned(), reason: "peer".to_owned(), state, health });
+        out.push(Visible { personality: l.to_owned(), reason: VisibleReason::Peer, state, health });
     }
     out
 }
@@ -209,7 +185,7 @@ pub fn send(
     text: &str,
     capacity: usize,
     now: SystemTime,
-) -> Result<Value, StoreError> {
+) -> Result<Sent, StoreError> {
     check_name(from)?;
     check_name(to)?;
     if from == to {
@@ -237,8 +213,13 @@ pub fn send(
     let n = MESSAGE_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let id = format!("msg-{nanos:x}-{:x}-{n}", std::process::id());
-    let message =
-        Message { id: id.clone(), from: from.to_owned(), ts: ts.clone(), text: text.to_owned(), leased_until: None };
+    let message = Message {
+        id: id.clone(),
+        from: from.to_owned(),
+        ts: Timestamp(now),
+        text: text.to_owned(),
+        leased_until: None,
+    };
     store.update(&held, &inbox_file(to), |inbox: &mut Inbox| {
         inbox.messages.push(message);
         let overflow = inbox.messages.len().saturating_sub(capacity.max(1));
@@ -256,14 +237,14 @@ pub fn send(
             })
             .collect();
         // Queued, not delivered: it reaches `to` at their next turn.
-        let result = json!({
-            "to": to,
-            "queued": true,
-            "queueDepth": inbox.messages.len(),
-            "dropped": dropped.len(),
-            "ts": ts,
-            "id": id,
-        });
+        let result = Sent {
+            to: to.to_owned(),
+            queued: true,
+            queue_depth: inbox.messages.len(),
+            dropped: dropped.len(),
+            ts: Timestamp(now),
+            id,
+        };
         Ok((result, events))
     })
 }
@@ -272,18 +253,16 @@ pub fn send(
 /// `lease`, the returned ones are hidden from other readers for 30 s.
 pub fn inbox(store: &Store, p: &str, lease: bool, now: SystemTime) -> Result<Vec<Message>, StoreError> {
     check_name(p)?;
-    let free = |m: &Message| {
-        m.leased_until.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok()).is_none_or(|until| until <= now)
-    };
+    let free = |m: &Message| m.leased_until.is_none_or(|until| until.time() <= now);
     if !lease {
         let doc: Inbox = store.read(&inbox_file(p))?;
         return Ok(doc.messages.into_iter().filter(free).collect());
     }
     store.change("peer-inbox", &inbox_file(p), |doc: &mut Inbox| {
-        let until = timestamp(now + LEASE);
+        let until = Timestamp(now + LEASE);
         let mut taken = Vec::new();
         for m in doc.messages.iter_mut().filter(|m| free(m)) {
-            m.leased_until = Some(until.clone());
+            m.leased_until = Some(until);
             taken.push(Message { leased_until: None, ..m.clone() });
         }
         Ok((taken, Vec::new()))
@@ -417,7 +396,7 @@ mod tests {
         assert!(send("bob", &"x".repeat(7000)).is_ok());
         for n in 0..3 {
             let r = send("bob", &format!("m{n}")).unwrap();
-            assert_eq!(r["dropped"], u64::from(n == 2));
+            assert_eq!(r.dropped, usize::from(n == 2));
         }
         let msgs = inbox(&store, "bob", true, now).unwrap();
         assert_eq!(msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
@@ -434,7 +413,7 @@ mod tests {
             Message {
                 id: "a".into(),
                 from: "ada".into(),
-                ts: "t".into(),
+                ts: Timestamp(SystemTime::UNIX_EPOCH),
                 text: "y".repeat(7000),
                 leased_until: None
             };

@@ -7,48 +7,14 @@
 use crate::config::ClientVersion;
 use crate::fleet::FleetMap;
 use crate::fleet::names::split_node_id;
-use memoryd_proto::ErrorKind;
 use memoryd_proto::status::PresenceCounts;
+use memoryd_proto::{ErrorKind, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-/// Attachment state of one (node, session).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Registering,
-    Online,
-    Degraded,
-    Offline,
-    Revoked,
-}
-
-impl State {
-    pub fn is_active(self) -> bool {
-        matches!(self, State::Registering | State::Online | State::Degraded)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Registering => "registering",
-            State::Online => "online",
-            State::Degraded => "degraded",
-            State::Offline => "offline",
-            State::Revoked => "revoked",
-        }
-    }
-}
-
-/// What a node reports about itself: never `offline`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    Online,
-    Degraded,
-    Offline,
-}
+pub use memoryd_proto::presence::{AttachParams, Attached, CapabilityUpdated, Health, RosterRow, State};
 
 /// One attachment row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,53 +87,6 @@ pub struct Rules {
     pub floor: Option<ClientVersion>,
 }
 
-/// `runtimenode.attach` params.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AttachRequest {
-    pub session_id: String,
-    pub node_id: String,
-    pub client_version: String,
-    #[serde(default)]
-    pub capabilities: Map<String, Value>,
-    #[serde(default = "online")]
-    pub health_state: Health,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-}
-
-fn online() -> Health {
-    Health::Online
-}
-
-/// `runtimenode.attach` result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Attached {
-    pub attachment_id: String,
-    pub state: State,
-    pub read_only: bool,
-    pub attached_at: String,
-}
-
-/// One roster row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RosterRow {
-    pub node_id: String,
-    pub personality: String,
-    pub runtime: String,
-    pub session_id: String,
-    pub state: State,
-    pub health: Health,
-    pub read_only: bool,
-    pub client_version: String,
-    pub last_heartbeat_at: String,
-    pub attached_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-}
-
 /// Tells whether a recorded process still runs: its start time, or None.
 pub type Probe<'a> = &'a dyn Fn(i32) -> Option<String>;
 
@@ -181,6 +100,12 @@ pub fn timestamp(at: SystemTime) -> String {
 
 fn parse_time(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(text).ok()
+}
+
+/// A stored time for the wire. Every stored time was written by
+/// [`timestamp`]; one edited by hand into something else shows as the epoch.
+fn wire_time(text: &str) -> Timestamp {
+    Timestamp(parse_time(text).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 /// `MAJOR.MINOR` as numbers; None when it is not one.
@@ -323,7 +248,7 @@ impl Presence {
     /// here, inside the store's locked write.
     pub fn attach(
         &mut self,
-        req: &AttachRequest,
+        req: &AttachParams,
         known: bool,
         rules: &Rules,
         now: SystemTime,
@@ -373,7 +298,7 @@ impl Presence {
                 attachment_id: row.attachment_id.clone(),
                 state: row.state,
                 read_only,
-                attached_at: row.attached_at.clone(),
+                attached_at: wire_time(&row.attached_at),
             };
             return Ok((attached, events));
         }
@@ -483,7 +408,7 @@ impl Presence {
             attachment_id: row.attachment_id.clone(),
             state: row.state,
             read_only,
-            attached_at: row.attached_at.clone(),
+            attached_at: wire_time(&row.attached_at),
         };
         self.trim(&req.node_id);
         Ok((attached, events))
@@ -602,7 +527,7 @@ impl Presence {
         capabilities: &Map<String, Value>,
         health: Option<Health>,
         now: SystemTime,
-    ) -> Result<(Value, Vec<Event>), Refusal> {
+    ) -> Result<(CapabilityUpdated, Vec<Event>), Refusal> {
         let row = self.session_mut(node, None)?;
         let mut events = Vec::new();
         for (key, value) in capabilities {
@@ -642,7 +567,9 @@ impl Presence {
             _ => {}
         }
         row.updated_at = timestamp(now);
-        Ok((json!({"nodeId": node, "state": row.state, "updatedAt": row.updated_at}), events))
+        let updated =
+            CapabilityUpdated { node_id: node.to_owned(), state: row.state, updated_at: wire_time(&row.updated_at) };
+        Ok((updated, events))
     }
 
     /// The staleness sweep: only demotes. A live recorded pid (same start
@@ -752,8 +679,8 @@ impl Presence {
                     health: row.health,
                     read_only: is_read_only(Some(&row.client_version), floor),
                     client_version: row.client_version.clone(),
-                    last_heartbeat_at: row.last_heartbeat_at.clone(),
-                    attached_at: row.attached_at.clone(),
+                    last_heartbeat_at: wire_time(&row.last_heartbeat_at),
+                    attached_at: wire_time(&row.attached_at),
                     pid: row.pid,
                 }
             })
@@ -795,10 +722,10 @@ mod tests {
         Rules { degraded_after: Duration::from_secs(30), offline_after: Duration::from_secs(60), floor }
     }
 
-    fn req(session: &str, version: &str, pid: Option<i32>) -> AttachRequest {
+    fn req(session: &str, version: &str, pid: Option<i32>) -> AttachParams {
         let mut capabilities = Map::new();
         capabilities.insert("hooks".into(), json!(["session-start"]));
-        AttachRequest {
+        AttachParams {
             session_id: session.into(),
             node_id: "claude-boris".into(),
             client_version: version.into(),
@@ -995,7 +922,7 @@ mod tests {
         caps.insert("hooks".into(), json!(["all"]));
         let (result, e) = p.capability_update("claude-boris", &caps, Some(Health::Degraded), at(1)).unwrap();
         assert_eq!(names(&e), ["runtime_node.capability_updated", "runtime_node.degraded"]);
-        assert_eq!(result["state"], "degraded");
+        assert_eq!(result.state, State::Degraded);
     }
 
     #[test]

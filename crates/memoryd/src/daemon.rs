@@ -6,16 +6,22 @@ use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::host::paths::Paths;
+use memoryd_proto::host::{Reloaded, Restarting, Stopping, Swept};
 use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{
-    ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, PeerProvision, ProgressStatus, Request, RpcError, methods,
+    Command, ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, ProgressStatus, Request, RpcError, methods,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
+
+/// A result as it travels.
+pub fn reply(result: impl serde::Serialize) -> Result<Value, RpcError> {
+    serde_json::to_value(result).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+}
 
 /// Where the configuration is read from, kept for reloads.
 pub struct ConfigSource {
@@ -223,7 +229,7 @@ impl Daemon {
 
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     /// Keys that only a restart applies are reported as `warn` progress.
-    pub fn reload(&self, progress: &ProgressSink) -> Result<Value, ConfigError> {
+    pub fn reload(&self, progress: &ProgressSink) -> Result<Reloaded, ConfigError> {
         let _reloading = crate::sdnotify::Reloading::begin();
         let mut new = self.source.load()?;
         let old = self.config();
@@ -249,7 +255,12 @@ impl Daemon {
         let changed = *old != new;
         self.config.send_replace(Arc::new(new));
         tracing::info!(file = %self.source.file.display(), changed, "config reloaded");
-        Ok(json!({"reloaded": true, "changed": changed, "file": self.source.file, "restartNeeded": restart_needed}))
+        Ok(Reloaded {
+            reloaded: true,
+            changed,
+            file: self.source.file.clone(),
+            restart_needed: restart_needed.into_iter().map(str::to_owned).collect(),
+        })
     }
 
     /// Writes one heartbeat line.
@@ -290,25 +301,9 @@ impl Daemon {
         status
     }
 
-    fn hello_result(&self) -> HelloResult {
-        HelloResult {
-            protocol: PROTOCOL_VERSION,
-            version: memoryd_core::VERSION.to_owned(),
-            pid: std::process::id(),
-            root: self.paths.root.display().to_string(),
-            supervisor: self.supervisor.map(str::to_owned),
-        }
-    }
-}
-
-impl Service for Daemon {
-    fn limits(&self) -> (usize, usize) {
-        let config = self.config();
-        (config.max_connections, config.max_request_bytes)
-    }
-
-    fn hello(&self, request: &Request) -> Result<Value, RpcError> {
-        let hello: Hello = request.params()?;
+    /// Answers `session.hello`: refuses another protocol version, saying
+    /// which side to move.
+    fn greet(&self, hello: &Hello) -> Result<Value, RpcError> {
         if hello.protocol != PROTOCOL_VERSION {
             let fix = if hello.protocol > PROTOCOL_VERSION {
                 "restart memoryd onto the installed binary with: memoryctl update"
@@ -327,40 +322,55 @@ impl Service for Daemon {
             .with_details(serde_json::to_value(self.hello_result()).unwrap_or(Value::Null)));
         }
         tracing::debug!(client = hello.client, "session.hello");
-        serde_json::to_value(self.hello_result()).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+        reply(self.hello_result())
+    }
+
+    fn hello_result(&self) -> HelloResult {
+        HelloResult {
+            protocol: PROTOCOL_VERSION,
+            version: memoryd_core::VERSION.to_owned(),
+            pid: std::process::id(),
+            root: self.paths.root.display().to_string(),
+            supervisor: self.supervisor.map(str::to_owned),
+        }
+    }
+}
+
+impl Service for Daemon {
+    fn limits(&self) -> (usize, usize) {
+        let config = self.config();
+        (config.max_connections, config.max_request_bytes)
+    }
+
+    fn hello(&self, request: &Request) -> Result<Value, RpcError> {
+        self.greet(&request.params()?)
     }
 
     async fn call(self: Arc<Self>, request: Request, progress: ProgressSink) -> Result<Value, RpcError> {
-        match request.method.as_str() {
-            methods::HOST_STATUS => {
-                let status = self.blocking(Daemon::status).await;
-                serde_json::to_value(status).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
-            }
-            methods::HOST_RELOAD => self.blocking(move |d| d.reload(&progress)).await.map_err(|e| {
+        match Command::parse(&request)? {
+            Command::SessionHello(hello) => self.greet(&hello),
+            Command::HostStatus => reply(self.blocking(Daemon::status).await),
+            Command::HostReload => reply(self.blocking(move |d| d.reload(&progress)).await.map_err(|e| {
                 RpcError::new(ErrorKind::ConfigInvalid, format!("{e}; the running configuration is kept"))
-            }),
-            methods::HOST_SWEEP => {
+            })?),
+            Command::HostSweep => {
                 let report = self.sweep(None, "request", progress).await?;
                 let failed = report.failures();
-                Ok(json!({
-                    "ok": failed.is_empty(),
-                    "failed": failed,
-                    "pairs": report.pairs.len(),
-                    "skipped": report.skipped,
-                    "writes": report.writes,
-                }))
+                reply(Swept {
+                    ok: failed.is_empty(),
+                    failed,
+                    pairs: report.pairs.len(),
+                    skipped: report.skipped,
+                    writes: report.writes,
+                })
             }
-            methods::HOST_UPDATE => {
-                let params: memoryd_proto::UpdateParams = request.params()?;
+            Command::HostUpdate(params) => {
                 memoryd_core::ops::update::check_skip(&params.skip)
                     .map_err(|e| RpcError::new(ErrorKind::RequestInvalid, e))?;
-                Ok(self.update(params.skip, progress).await)
+                reply(self.update(params.skip, progress).await)
             }
-            methods::HOST_VERIFY => {
-                let params: memoryd_proto::VerifyParams = request.params()?;
-                Ok(self.verify(params.repair, progress).await)
-            }
-            methods::HOST_RESTART => {
+            Command::HostVerify(params) => reply(self.verify(params.repair, progress).await),
+            Command::HostRestart => {
                 let bin = self
                     .blocking(|d| {
                         let tools = memoryd_core::ops::provision::Tools::new(
@@ -375,27 +385,29 @@ impl Service for Daemon {
                     .await
                     .map_err(|e| RpcError::new(ErrorKind::Internal, format!("cannot restart: {e}")))?;
                 self.restart_pending.store(true, Ordering::Relaxed);
-                Ok(json!({"restarting": true, "binary": bin, "pid": std::process::id()}))
+                reply(Restarting { restarting: true, binary: bin, pid: std::process::id() })
             }
-            methods::PEER_LINK
-            | methods::PEER_UNLINK
-            | methods::PEER_VISIBLE
-            | methods::PEER_SEND
-            | methods::PEER_INBOX
-            | methods::PEER_ACK => self.peer_call(request).await,
-            methods::PEER_PROVISION | methods::PEER_UNPROVISION => {
-                let params: PeerProvision = request.params()?;
-                let report = self.provision(params, request.method == methods::PEER_PROVISION, progress).await?;
-                serde_json::to_value(report).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
-            }
-            m if m.starts_with("runtimenode.") => self.runtimenode(request).await,
-            methods::EVENTS_TAIL => self.events_tail(request, progress).await,
-            methods::HOST_SHUTDOWN => Ok(json!({
-                "stopping": true,
-                "supervisor": self.supervisor,
-                "restarted": self.supervisor.is_some(),
-            })),
-            other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
+            Command::HostShutdown => reply(Stopping {
+                stopping: true,
+                supervisor: self.supervisor.map(str::to_owned),
+                restarted: self.supervisor.is_some(),
+            }),
+            Command::PeerProvision(params) => reply(self.provision(params, true, progress).await?),
+            Command::PeerUnprovision(params) => reply(self.provision(params, false, progress).await?),
+            Command::Attach(params) => reply(self.attach(params).await?),
+            Command::Heartbeat(params) => self.heartbeat(params).await.map(|()| Value::Null),
+            Command::Detach(params) => self.detach(params).await.map(|()| Value::Null),
+            Command::CapabilityUpdate(params) => reply(self.capability_update(params).await?),
+            Command::Roster => reply(self.roster().await?),
+            Command::Revoke(params) => self.revocation(params, true).await.map(|()| Value::Null),
+            Command::Unrevoke(params) => self.revocation(params, false).await.map(|()| Value::Null),
+            Command::EventsTail(params) => self.events_tail(params, progress).await,
+            Command::PeerLink(pair) => reply(self.peer_link(pair).await?),
+            Command::PeerUnlink(pair) => reply(self.peer_unlink(pair).await?),
+            Command::PeerVisible(params) => reply(self.peer_visible(params).await?),
+            Command::PeerSend(params) => reply(self.peer_send(params).await?),
+            Command::PeerInbox(params) => reply(self.peer_inbox(params).await?),
+            Command::PeerAck(params) => reply(self.peer_ack(params).await?),
         }
     }
 

@@ -623,7 +623,7 @@ impl MemoryServer {
                     other => other.to_string(),
                 })?;
                 self.daemon.refresh_fragments(Some(vec![to]));
-                Ok(sent)
+                serde_json::to_value(sent).map_err(|e| e.to_string())
             }
             other => Err(format!("unknown tool `{other}`")),
         }

@@ -5,46 +5,12 @@ use crate::daemon::Daemon;
 use crate::presence::rpc_error;
 use memoryd_core::fleet::FleetMap;
 use memoryd_core::peers;
-use memoryd_proto::{ErrorKind, Request, RpcError, methods};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use memoryd_proto::peers::{
+    AckParams, Acked, InboxParams, Linked, Message, PeerPair, PersonalityParams, SendParams, Sent, Unlinked, Visible,
+};
+use memoryd_proto::{ErrorKind, RpcError};
 use std::sync::Arc;
 use std::time::SystemTime;
-
-#[derive(Deserialize)]
-struct Pair {
-    a: String,
-    b: String,
-}
-
-#[derive(Deserialize)]
-struct Send {
-    from: String,
-    to: String,
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct InboxParams {
-    personality: String,
-    #[serde(default)]
-    lease: bool,
-}
-
-#[derive(Deserialize)]
-struct Ack {
-    personality: String,
-    ids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Personality {
-    personality: String,
-}
-
-fn to_value(v: impl serde::Serialize) -> Result<Value, RpcError> {
-    serde_json::to_value(v).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
-}
 
 impl Daemon {
     /// The fleet map in use, or the refusal saying there is none.
@@ -57,64 +23,82 @@ impl Daemon {
         })
     }
 
-    /// The `peer.*` methods of spec 50.
-    pub async fn peer_call(self: &Arc<Self>, request: Request) -> Result<Value, RpcError> {
+    /// `peer.link`.
+    pub async fn peer_link(self: &Arc<Self>, p: PeerPair) -> Result<Linked, RpcError> {
+        let fleet = self.fleet_map();
+        self.blocking(move |daemon| {
+            let made = peers::link(&daemon.store, &fleet?, &p.a, &p.b).map_err(rpc_error)?;
+            daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
+            Ok(Linked { linked: true, already: !made, a: p.a, b: p.b })
+        })
+        .await
+    }
+
+    /// `peer.unlink`: works without a fleet map (a peer that left keeps
+    /// its links, and may be unlinked).
+    pub async fn peer_unlink(self: &Arc<Self>, p: PeerPair) -> Result<Unlinked, RpcError> {
+        let fleet = self.fleet_map();
+        self.blocking(move |daemon| {
+            let was = peers::unlink(&daemon.store, fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
+            daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
+            Ok(Unlinked { unlinked: was, a: p.a, b: p.b })
+        })
+        .await
+    }
+
+    /// `peer.visible`.
+    pub async fn peer_visible(self: &Arc<Self>, p: PersonalityParams) -> Result<Vec<Visible>, RpcError> {
         let fleet = self.fleet_map();
         let floor = self.rules().floor;
+        self.blocking(move |daemon| peers::visible_in(&daemon.store, &fleet?, floor, &p.personality).map_err(rpc_error))
+            .await
+    }
+
+    /// `peer.send`.
+    pub async fn peer_send(self: &Arc<Self>, p: SendParams) -> Result<Sent, RpcError> {
+        let fleet = self.fleet_map();
         let capacity = self.config().presence.inbox_capacity;
         let now = SystemTime::now();
-        let job = move |daemon: &Daemon| -> Result<Value, RpcError> {
-            let store = &daemon.store;
-            match request.method.as_str() {
-                methods::PEER_LINK => {
-                    let p: Pair = request.params()?;
-                    let made = peers::link(store, &fleet?, &p.a, &p.b).map_err(rpc_error)?;
-                    daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
-                    Ok(json!({"linked": true, "already": !made, "a": p.a, "b": p.b}))
-                }
-                methods::PEER_UNLINK => {
-                    let p: Pair = request.params()?;
-                    let was = peers::unlink(store, fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
-                    daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
-                    Ok(json!({"unlinked": was, "a": p.a, "b": p.b}))
-                }
-                methods::PEER_VISIBLE => {
-                    let p: Personality = request.params()?;
-                    to_value(peers::visible_in(store, &fleet?, floor, &p.personality).map_err(rpc_error)?)
-                }
-                methods::PEER_SEND => {
-                    let p: Send = request.params()?;
-                    let fleet = fleet?;
-                    // An operator's names are checked first, naming the
-                    // fleet's peers (the MCP tool's caller gets no such list).
-                    for name in [&p.from, &p.to] {
-                        peers::check_known(Some(&fleet), name, false).map_err(rpc_error)?;
-                    }
-                    let sent =
-                        peers::send(store, &fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
-                    daemon.refresh_fragments(Some(vec![p.to]));
-                    Ok(sent)
-                }
-                methods::PEER_INBOX => {
-                    let p: InboxParams = request.params()?;
-                    // A lease is a hook fetching its own peer's messages; a
-                    // look names any peer, which must be one the store knows.
-                    if !p.lease {
-                        let kept = memoryd_core::fleet::names::is_personality(&p.personality)
-                            && peers::waiting(store, &p.personality) > 0;
-                        peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(rpc_error)?;
-                    }
-                    to_value(peers::inbox(store, &p.personality, p.lease, now).map_err(rpc_error)?)
-                }
-                methods::PEER_ACK => {
-                    let p: Ack = request.params()?;
-                    let acked = peers::ack(store, &p.personality, &p.ids).map_err(rpc_error)?;
-                    daemon.refresh_fragments(Some(vec![p.personality]));
-                    Ok(json!({"acked": acked}))
-                }
-                other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
+        self.blocking(move |daemon| {
+            let fleet = fleet?;
+            // An operator's names are checked first, naming the fleet's
+            // peers (the MCP tool's caller gets no such list).
+            for name in [&p.from, &p.to] {
+                peers::check_known(Some(&fleet), name, false).map_err(rpc_error)?;
             }
-        };
-        self.blocking(job).await
+            let sent =
+                peers::send(&daemon.store, &fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
+            daemon.refresh_fragments(Some(vec![p.to]));
+            Ok(sent)
+        })
+        .await
+    }
+
+    /// `peer.inbox`.
+    pub async fn peer_inbox(self: &Arc<Self>, p: InboxParams) -> Result<Vec<Message>, RpcError> {
+        let fleet = self.fleet_map();
+        let now = SystemTime::now();
+        self.blocking(move |daemon| {
+            let store = &daemon.store;
+            // A lease is a hook fetching its own peer's messages; a look
+            // names any peer, which must be one the store knows.
+            if !p.lease {
+                let kept = memoryd_core::fleet::names::is_personality(&p.personality)
+                    && peers::waiting(store, &p.personality) > 0;
+                peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(rpc_error)?;
+            }
+            peers::inbox(store, &p.personality, p.lease, now).map_err(rpc_error)
+        })
+        .await
+    }
+
+    /// `peer.ack`.
+    pub async fn peer_ack(self: &Arc<Self>, p: AckParams) -> Result<Acked, RpcError> {
+        self.blocking(move |daemon| {
+            let acked = peers::ack(&daemon.store, &p.personality, &p.ids).map_err(rpc_error)?;
+            daemon.refresh_fragments(Some(vec![p.personality]));
+            Ok(Acked { acked })
+        })
+        .await
     }
 }

@@ -5,15 +5,16 @@
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
 use memoryd_core::host::egress::Egress;
-use memoryd_core::presence::{
-    AttachRequest, Health, Presence, Refusal, Rules, check_operator_node, floor_refusal, is_read_only,
-};
+use memoryd_core::presence::{Presence, Refusal, Rules, check_operator_node, floor_refusal, is_read_only};
 use memoryd_core::store::StoreError;
 use memoryd_core::store::events::{self, Follower};
+use memoryd_proto::presence::{
+    AttachParams, Attached, CapabilityParams, CapabilityUpdated, DetachParams, Health, HeartbeatParams,
+    RevocationParams, RosterRow, TailParams,
+};
 use memoryd_proto::status::PresenceCounts;
-use memoryd_proto::{ErrorKind, Request, RpcError, methods};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use memoryd_proto::{ErrorKind, RpcError, methods};
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -72,44 +73,6 @@ fn probe(pid: i32) -> Option<String> {
     Egress::refusing(Vec::new()).probe(pid).map(|p| p.start_time)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NodeParams {
-    node_id: String,
-    #[serde(default)]
-    session_id: Option<String>,
-    #[serde(default)]
-    health_state: Option<Health>,
-    #[serde(default)]
-    reason: Option<String>,
-    /// revoke: a node the fleet map does not list (yet).
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CapabilityParams {
-    node_id: String,
-    capabilities: Map<String, Value>,
-    #[serde(default)]
-    health_changes: Option<HealthChange>,
-}
-
-#[derive(Deserialize)]
-struct HealthChange {
-    state: Health,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct TailParams {
-    #[serde(default)]
-    follow: bool,
-    #[serde(default)]
-    node: Option<String>,
-}
-
 impl Daemon {
     pub fn rules(&self) -> Rules {
         let config = self.config();
@@ -161,93 +124,90 @@ impl Daemon {
         }
     }
 
-    /// The `runtimenode.*` methods.
-    pub async fn runtimenode(self: &Arc<Self>, request: Request) -> Result<Value, RpcError> {
+    /// `runtimenode.attach`.
+    pub async fn attach(self: &Arc<Self>, req: AttachParams) -> Result<Attached, RpcError> {
         let now = SystemTime::now();
-        match request.method.as_str() {
-            methods::RUNTIMENODE_ATTACH => {
-                let req: AttachRequest = request.params()?;
-                let known = self.knows(&req.node_id);
-                let attached = self
-                    .change_tracked(move |d| {
-                        let rules = d.rules();
-                        d.store.change_presence("attach", tracked(|p| p.attach(&req, known, &rules, now, &probe)))
-                    })
-                    .await?;
-                serde_json::to_value(attached).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+        let known = self.knows(&req.node_id);
+        self.change_tracked(move |d| {
+            let rules = d.rules();
+            d.store.change_presence("attach", tracked(|p| p.attach(&req, known, &rules, now, &probe)))
+        })
+        .await
+    }
+
+    /// `runtimenode.heartbeat`.
+    pub async fn heartbeat(self: &Arc<Self>, p: HeartbeatParams) -> Result<(), RpcError> {
+        let now = SystemTime::now();
+        let health = p.health_state.unwrap_or(Health::Online);
+        self.change_tracked(move |d| {
+            if d.keep_soft_beat(&p.node_id, p.session_id.as_deref(), health, now)? {
+                return Ok(((), Vec::new()));
             }
-            methods::RUNTIMENODE_HEARTBEAT => {
-                let p: NodeParams = request.params()?;
-                let health = p.health_state.unwrap_or(Health::Online);
-                self.change_tracked(move |d| {
-                    if d.keep_soft_beat(&p.node_id, p.session_id.as_deref(), health, now)? {
-                        return Ok((Value::Null, Vec::new()));
-                    }
-                    d.store.change_presence(
-                        "heartbeat",
-                        tracked(|pr| {
-                            pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| (Value::Null, e))
-                        }),
-                    )
-                })
-                .await
-            }
-            methods::RUNTIMENODE_DETACH => {
-                let p: NodeParams = request.params()?;
-                self.change_tracked(move |d| {
-                    d.store.change_presence(
-                        "detach",
-                        tracked(|pr| pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| (Value::Null, e))),
-                    )
-                })
-                .await
-            }
-            methods::RUNTIMENODE_CAPABILITYUPDATE => {
-                let p: CapabilityParams = request.params()?;
-                self.change_tracked(move |d| {
-                    d.store.change_presence(
-                        "capabilityupdate",
-                        tracked(|pr| {
-                            d.check_floor(&p.node_id, pr)?;
-                            pr.capability_update(&p.node_id, &p.capabilities, p.health_changes.map(|h| h.state), now)
-                        }),
-                    )
-                })
-                .await
-            }
-            methods::RUNTIMENODE_ROSTER => {
-                let floor = self.rules().floor;
-                let roster = self
-                    .with_store(move |d| {
-                        let mut presence = Presence::clone(&*d.store.presence()?);
-                        presence.apply_beats(&d.soft_beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-                        Ok(presence.roster(floor))
-                    })
-                    .await?;
-                serde_json::to_value(roster).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
-            }
-            methods::RUNTIMENODE_REVOKE | methods::RUNTIMENODE_UNREVOKE => {
-                let p: NodeParams = request.params()?;
-                let revoke = request.method == methods::RUNTIMENODE_REVOKE;
-                let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
-                self.change_tracked(move |d| {
-                    d.store.change_presence(
-                        "revocation",
-                        tracked(|pr| {
-                            check_operator_node(fleet.as_ref(), pr, &p.node_id, revoke, p.force)?;
-                            let events = if revoke {
-                                pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
-                            } else {
-                                pr.unrevoke(&p.node_id, "operator", now)?
-                            };
-                            Ok((Value::Null, events))
-                        }),
-                    )
-                })
-                .await
-            }
-            other => Err(RpcError::new(ErrorKind::MethodUnknown, format!("unknown method `{other}`"))),
-        }
+            d.store.change_presence(
+                "heartbeat",
+                tracked(|pr| pr.heartbeat(&p.node_id, p.session_id.as_deref(), health, now).map(|e| ((), e))),
+            )
+        })
+        .await
+    }
+
+    /// `runtimenode.detach`.
+    pub async fn detach(self: &Arc<Self>, p: DetachParams) -> Result<(), RpcError> {
+        let now = SystemTime::now();
+        self.change_tracked(move |d| {
+            d.store.change_presence(
+                "detach",
+                tracked(|pr| pr.detach(&p.node_id, p.session_id.as_deref(), now).map(|e| ((), e))),
+            )
+        })
+        .await
+    }
+
+    /// `runtimenode.capabilityupdate`.
+    pub async fn capability_update(self: &Arc<Self>, p: CapabilityParams) -> Result<CapabilityUpdated, RpcError> {
+        let now = SystemTime::now();
+        self.change_tracked(move |d| {
+            d.store.change_presence(
+                "capabilityupdate",
+                tracked(|pr| {
+                    d.check_floor(&p.node_id, pr)?;
+                    pr.capability_update(&p.node_id, &p.capabilities, p.health_changes.map(|h| h.state), now)
+                }),
+            )
+        })
+        .await
+    }
+
+    /// `runtimenode.roster`, with the heartbeats not yet written.
+    pub async fn roster(self: &Arc<Self>) -> Result<Vec<RosterRow>, RpcError> {
+        let floor = self.rules().floor;
+        self.with_store(move |d| {
+            let mut presence = Presence::clone(&*d.store.presence()?);
+            presence.apply_beats(&d.soft_beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            Ok(presence.roster(floor))
+        })
+        .await
+    }
+
+    /// `runtimenode.revoke` (`revoke`) or `runtimenode.unrevoke`.
+    pub async fn revocation(self: &Arc<Self>, p: RevocationParams, revoke: bool) -> Result<(), RpcError> {
+        let now = SystemTime::now();
+        let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
+        self.change_tracked(move |d| {
+            d.store.change_presence(
+                "revocation",
+                tracked(|pr| {
+                    check_operator_node(fleet.as_ref(), pr, &p.node_id, revoke, p.force)?;
+                    let events = if revoke {
+                        pr.revoke(&p.node_id, "operator", p.reason.as_deref(), now)?
+                    } else {
+                        pr.unrevoke(&p.node_id, "operator", now)?
+                    };
+                    Ok(((), events))
+                }),
+            )
+        })
+        .await
     }
 
     /// Keeps a heartbeat that changes nothing but the time in memory, to
@@ -306,8 +266,7 @@ impl Daemon {
     /// `events.tail {follow?, node?}`: the recent events; with `follow`,
     /// new ones stream as `events.event` notifications until the client
     /// goes or the daemon stops.
-    pub async fn events_tail(self: &Arc<Self>, request: Request, sink: ProgressSink) -> Result<Value, RpcError> {
-        let params: TailParams = if request.params.is_null() { TailParams::default() } else { request.params()? };
+    pub async fn events_tail(self: &Arc<Self>, params: TailParams, sink: ProgressSink) -> Result<Value, RpcError> {
         let (node, follow) = (params.node.clone(), params.follow);
         // The log is up to 10 MiB: read on a blocking thread.
         let (recent, follower) = self

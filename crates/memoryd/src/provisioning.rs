@@ -11,9 +11,10 @@ use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, ProvisionError
 use memoryd_core::ops::report::Tally;
 use memoryd_core::ops::{update, verify};
 use memoryd_proto::ProgressStatus;
+use memoryd_proto::host::{Check, Updated, Verified};
 use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{ErrorKind, RpcError};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -247,7 +248,7 @@ impl Daemon {
 
     /// `host.update`: steps 1 to 7 stream as progress; step 8 (the restart
     /// onto `memoryd_bin`) happens after the reply, unless skipped.
-    pub async fn update(self: &Arc<Self>, skip: Vec<String>, progress: ProgressSink) -> Value {
+    pub async fn update(self: &Arc<Self>, skip: Vec<String>, progress: ProgressSink) -> Updated {
         let sink = progress.clone();
         let problems = self
             .provisioning_for(progress, move |p| {
@@ -271,11 +272,11 @@ impl Daemon {
             .await;
         let (problems, restart) = problems;
         self.restart_pending.store(restart, Ordering::Relaxed);
-        json!({"ok": problems == 0, "problems": problems, "version": memoryd_core::VERSION, "restart": restart})
+        Updated { ok: problems == 0, problems, version: memoryd_core::VERSION.to_owned(), restart }
     }
 
     /// `host.verify`: every check in order, streamed; repairs when asked.
-    pub async fn verify(self: &Arc<Self>, repair: bool, progress: ProgressSink) -> Value {
+    pub async fn verify(self: &Arc<Self>, repair: bool, progress: ProgressSink) -> Verified {
         let pid = std::process::id();
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let refused_rescan = self.vault.refused.load(Ordering::Relaxed);
@@ -285,7 +286,7 @@ impl Daemon {
                 let ok = {
                     let mut send = |name: &str, status: ProgressStatus, detail: &str| {
                         progress.send(name, status, detail);
-                        checks.push(json!({"name": name, "status": status, "detail": detail}));
+                        checks.push(Check { name: name.to_owned(), status, detail: detail.to_owned() });
                     };
                     let mut tally = Tally::new(&mut send);
                     verify::config(p.config, None, &mut tally);
@@ -299,7 +300,7 @@ impl Daemon {
                 (ok, checks)
             })
             .await;
-        json!({"ok": checks.0, "checks": checks.1})
+        Verified { ok: checks.0, checks: checks.1 }
     }
 
     /// `peer.provision` / `peer.unprovision`.

@@ -21,14 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// operator's request never waits behind a whole fleet.
 const BATCH: Duration = Duration::from_millis(250);
 
-/// One failed surface, as `host.sweep` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub personality: String,
-    pub runtime: String,
-    pub surface: String,
-    pub detail: String,
-}
+pub use memoryd_proto::host::{Skipped, SweepFailure};
 
 /// The surfaces of one peer-runtime.
 #[derive(Debug, Clone, Serialize)]
@@ -43,21 +36,14 @@ impl PairReport {
         !self.outcomes.iter().any(|o| o.action == Action::Failed)
     }
 
-    fn failures(&self) -> impl Iterator<Item = Failure> + '_ {
-        self.outcomes.iter().filter(|o| o.action == Action::Failed).map(|o| Failure {
+    fn failures(&self) -> impl Iterator<Item = SweepFailure> + '_ {
+        self.outcomes.iter().filter(|o| o.action == Action::Failed).map(|o| SweepFailure {
             personality: self.personality.clone(),
             runtime: self.runtime.clone(),
             surface: o.surface.clone(),
             detail: o.detail.clone().unwrap_or_default(),
         })
     }
-}
-
-/// A peer a sweep did not provision, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Skipped {
-    pub personality: String,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -76,7 +62,7 @@ impl SweepReport {
         self.pairs.iter().filter(|p| p.ok()).count()
     }
 
-    pub fn failures(&self) -> Vec<Failure> {
+    pub fn failures(&self) -> Vec<SweepFailure> {
         self.pairs.iter().flat_map(PairReport::failures).collect()
     }
 }
