@@ -65,7 +65,7 @@ fn silent_root() -> (Root, String) {
 fn every_command_gives_up_on_a_daemon_that_goes_silent_after_hello() {
     let (root, boris) = silent_root();
     let peer = ["--cwd", &boris, "--runtime", "claude", "--personality", "boris"];
-    let node = ["--node", "claude-boris", "--session", "s1", "--client-version", "1.0"];
+    let node = ["--node", "claude-boris", "--session", "s1"];
     let commands: Vec<Vec<&str>> = vec![
         vec!["status"],
         vec!["shutdown"],
@@ -73,7 +73,7 @@ fn every_command_gives_up_on_a_daemon_that_goes_silent_after_hello() {
         vec!["update"],
         vec!["sweep"],
         vec!["peers"],
-        [&["attach"][..], &node].concat(),
+        [&["attach"][..], &node, &["--client-version", "1.0"]].concat(),
         [&["heartbeat"][..], &node].concat(),
         [&["detach"][..], &node].concat(),
         vec!["revoke", "claude-boris"],

@@ -5,7 +5,8 @@ use anyhow::{Context as _, bail};
 use memoryd_core::host::egress::Egress;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::instance::{self, DaemonCheck, KillOutcome};
-use memoryd_proto::host::Stopping;
+use memoryd_proto::host::{Restarting, Stopping};
+use memoryd_proto::status::HostStatus;
 use memoryd_proto::{Command, ErrorKind};
 use serde_json::json;
 use std::io::{Read, Seek, SeekFrom};
@@ -91,6 +92,49 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How long `daemon restart` waits for the restarted daemon to answer.
+const RESTART_LIMIT: Duration = Duration::from_secs(20);
+
+/// `daemon restart`: a daemon that answers restarts in place onto the
+/// installed binary (same pid, its sockets kept open, so no client is
+/// refused and a supervisor sees nothing); a hung one is ended by the
+/// verified kill and started again; none is started.
+pub async fn restart(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let Some(mut client) = ctx.connect().await? else {
+        if let Ended::Killed { pid, how } = end(ctx).await? {
+            eprintln!("memoryd (pid {pid}) did not answer; ended it with {how}");
+        }
+        return start(ctx).await;
+    };
+    let pid = client.hello.pid;
+    let before: HostStatus = ctx.call(&mut client, &Command::HostStatus).await??;
+    ctx.call::<Restarting>(&mut client, &Command::HostRestart).await??;
+    drop(client);
+    let asked = Instant::now();
+    // The new image starts its uptime again; the old one, still finishing
+    // its requests, counts on.
+    let restarted = |s: &HostStatus| s.uptime_secs < Some(before.uptime_secs.unwrap_or(0) + asked.elapsed().as_secs());
+    while asked.elapsed() < RESTART_LIMIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(mut client) = ctx.connect().await? else { continue };
+        let status: HostStatus = ctx.call(&mut client, &Command::HostStatus).await??;
+        if restarted(&status) {
+            if ctx.json {
+                crate::print_json(&json!({"pid": status.pid, "restarted": true, "how": "in place"}))?;
+            } else {
+                println!("memoryd (pid {pid}) restarted in place onto v{}", status.version.unwrap_or_default());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let message = format!(
+        "memoryd (pid {pid}) did not come back within {}s of restarting; see {} logs",
+        RESTART_LIMIT.as_secs(),
+        ctx.ctl()
+    );
+    Err(Failure::new(ErrorKind::DaemonNotAnswering, message).into())
 }
 
 /// The daemon's own first error line (`memoryd: …`) written after `offset`.

@@ -13,7 +13,7 @@ mod presence_cmd;
 mod provision_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use client::{CallError, Client, ConnectError};
 pub use failure::Failure;
 use memoryd_core::config::{self, Config, ConfigError};
@@ -130,11 +130,11 @@ enum Command {
     /// go when nothing else is in them. A vanished folder reports `absent`.
     UnprovisionPeer(provision_cmd::PeerArgs),
     /// Record an agent session's attach (for scripts; the hooks do it too)
-    Attach(presence_cmd::NodeArgs),
+    Attach(presence_cmd::AttachArgs),
     /// Record a heartbeat of a node's active session
-    Heartbeat(presence_cmd::NodeArgs),
+    Heartbeat(presence_cmd::HeartbeatArgs),
     /// Detach a node's active session
-    Detach(presence_cmd::NodeArgs),
+    Detach(presence_cmd::DetachArgs),
     /// The roster: every node's session, state, health, version and pid
     Peers,
     /// Revoke a node (terminal until `unrevoke` or a new birth)
@@ -144,6 +144,7 @@ enum Command {
     Revoke {
         /// <runtime>-<personality>
         node: String,
+        /// Why, for the event log
         #[arg(long)]
         reason: Option<String>,
         /// Revoke a node the fleet map does not list (yet)
@@ -195,6 +196,19 @@ enum Command {
         #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
         lines: usize,
     },
+    /// Print a shell completion script for memoryctl
+    ///
+    /// bash: memoryctl completions bash > ~/.local/share/bash-completion/completions/memoryctl
+    /// zsh: memoryctl completions zsh > "${fpath[1]}/_memoryctl"
+    /// fish: memoryctl completions fish > ~/.config/fish/completions/memoryctl.fish
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print memoryctl's man page (roff), made from the same definitions as
+    /// --help: memoryctl manpage > memoryctl.1 && man -l memoryctl.1
+    Manpage,
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -208,6 +222,9 @@ enum DaemonAction {
     Start,
     /// Stop the daemon: gracefully, or by the verified kill when it hangs
     Stop,
+    /// Restart the daemon onto the installed memoryd: in place (same pid,
+    /// sockets kept open) when it answers, else ended and started again
+    Restart,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,7 +257,10 @@ impl Command {
             Command::Peer { .. } => "peer",
             Command::Daemon { action: DaemonAction::Start } => "daemon start",
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
+            Command::Daemon { action: DaemonAction::Restart } => "daemon restart",
             Command::Logs { .. } => "logs",
+            Command::Completions { .. } => "completions",
+            Command::Manpage => "manpage",
             Command::Config { .. } => "config check",
         }
     }
@@ -543,7 +563,25 @@ fn init_logging(verbose: bool) {
         .init();
 }
 
+/// Completions and the man page come from the command-line definition
+/// alone: they need no root, config or daemon. True when one was printed.
+fn generated(command: &Command) -> anyhow::Result<bool> {
+    // Built in memory: clap_complete panics on a failed write (a closed
+    // pipe), and a failed write here is an error like any other.
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => clap_complete::generate(*shell, &mut Cli::command(), "memoryctl", &mut text),
+        Command::Manpage => clap_mangen::Man::new(Cli::command()).render(&mut text)?,
+        _ => return Ok(false),
+    }
+    std::io::Write::write_all(&mut std::io::stdout(), &text).context("cannot write to stdout")?;
+    Ok(true)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if generated(&cli.command)? {
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Ctx::new(&cli)?;
     if let (Some(e), false) = (&ctx.config_error, matches!(cli.command, Command::Config { .. })) {
         eprintln!("memoryctl: warning: {e}; using the defaults to reach memoryd (see: memoryctl config check)");
@@ -561,9 +599,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
         // Handled in `main`, before anything that could fail.
         Command::Hook(_) => Ok(ExitCode::SUCCESS),
-        Command::Attach(args) => presence_cmd::node(&ctx, presence_cmd::NodeVerb::Attach, args).await,
-        Command::Heartbeat(args) => presence_cmd::node(&ctx, presence_cmd::NodeVerb::Heartbeat, args).await,
-        Command::Detach(args) => presence_cmd::node(&ctx, presence_cmd::NodeVerb::Detach, args).await,
+        Command::Attach(args) => presence_cmd::attach(&ctx, args).await,
+        Command::Heartbeat(args) => presence_cmd::heartbeat(&ctx, args).await,
+        Command::Detach(args) => presence_cmd::detach(&ctx, args).await,
         Command::Peers => presence_cmd::peers(&ctx).await,
         Command::Revoke { node, reason, force } => {
             presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
@@ -573,7 +611,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
+        Command::Daemon { action: DaemonAction::Restart } => daemon_cmd::restart(&ctx).await,
         Command::Logs { follow, lines } => logs_cmd::logs(&ctx, follow, lines).await,
+        // Printed in `generated`, before anything that could fail.
+        Command::Completions { .. } | Command::Manpage => Ok(ExitCode::SUCCESS),
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
     }
 }
@@ -643,4 +684,52 @@ fn config_check(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// What `--help` leaves unexplained: subcommands without an about and
+    /// arguments without help, by their command path.
+    fn unexplained(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !matches!(id, "help" | "version") && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} <{id}>"));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                out.push(path.clone());
+            }
+            unexplained(sub, &path, out);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_flag_says_what_it_is_for() {
+        let mut missing = Vec::new();
+        unexplained(&Cli::command(), "memoryctl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_belong_to_the_commands_that_use_them() {
+        let cli = Cli::command();
+        let flags = |name: &str| -> Vec<String> {
+            let sub = cli.find_subcommand(name).unwrap_or_else(|| panic!("no {name}"));
+            sub.get_arguments().filter(|a| !a.is_global_set()).map(|a| a.get_id().to_string()).collect()
+        };
+        assert!(flags("attach").contains(&"client_version".to_owned()));
+        for name in ["heartbeat", "detach"] {
+            assert!(!flags(name).contains(&"client_version".to_owned()), "{name}: {:?}", flags(name));
+            assert!(!flags(name).contains(&"pid".to_owned()), "{name}: {:?}", flags(name));
+        }
+        assert!(!flags("heartbeat").contains(&"reason".to_owned()));
+        assert!(!flags("attach").contains(&"reason".to_owned()));
+    }
 }

@@ -12,11 +12,24 @@ use std::process::ExitCode;
 #[derive(Debug, Subcommand)]
 pub enum PeerAction {
     /// Link two peers: each sees the other and may message it
-    Link { a: String, b: String },
+    Link {
+        /// One peer of the fleet
+        a: String,
+        /// The other
+        b: String,
+    },
     /// Remove the link between two peers (both sides at once)
-    Unlink { a: String, b: String },
+    Unlink {
+        /// One peer of the link
+        a: String,
+        /// The other
+        b: String,
+    },
     /// What a peer sees: itself and its linked peers, with their presence
-    Visible { personality: String },
+    Visible {
+        /// The peer
+        personality: String,
+    },
     /// Send a message that arrives at the recipient's next turn
     Send {
         /// The sending peer
@@ -28,7 +41,10 @@ pub enum PeerAction {
         message: String,
     },
     /// Show a peer's waiting messages without removing any
-    Inbox { personality: String },
+    Inbox {
+        /// The recipient
+        personality: String,
+    },
 }
 
 pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {

@@ -18,78 +18,115 @@ use serde_json::{Map, Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+/// The node a script reports about.
 #[derive(Debug, Args)]
-pub struct NodeArgs {
+pub struct NodeName {
     /// The node: <runtime>-<personality>, e.g. claude-boris
     #[arg(long, value_name = "NODE")]
     node: String,
-    /// The agent's session id (attach: required; else: must be the active one)
+}
+
+/// `attach`'s arguments.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    name: NodeName,
+    /// The agent's session id
     #[arg(long, value_name = "ID")]
-    session: Option<String>,
-    /// attach: the client version (MAJOR.MINOR)
+    session: String,
+    /// The agent's client version (MAJOR.MINOR), checked against the floor
     #[arg(long, value_name = "MAJOR.MINOR")]
-    client_version: Option<String>,
-    /// attach: the agent's pid, which counts as a heartbeat while it lives
+    client_version: String,
+    /// The agent's pid, which counts as a heartbeat while it lives
     #[arg(long)]
     pid: Option<i32>,
     /// Report the session as degraded rather than online
     #[arg(long)]
     degraded: bool,
-    /// detach: why
+}
+
+/// `heartbeat`'s arguments.
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    #[command(flatten)]
+    name: NodeName,
+    /// The session the heartbeat is for (refused unless it is the active one)
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// Report the session as degraded rather than online
+    #[arg(long)]
+    degraded: bool,
+}
+
+/// `detach`'s arguments.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    name: NodeName,
+    /// The session to detach (refused unless it is the active one)
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// Why, for the event log
     #[arg(long)]
     reason: Option<String>,
 }
 
-/// What a script reports about a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeVerb {
-    Attach,
-    Heartbeat,
-    Detach,
+fn health(degraded: bool) -> Health {
+    if degraded { Health::Degraded } else { Health::Online }
 }
 
-/// `attach`, `heartbeat` or `detach`, over the socket.
-pub async fn node(ctx: &Ctx, verb: NodeVerb, args: NodeArgs) -> anyhow::Result<ExitCode> {
-    let health = if args.degraded { Health::Degraded } else { Health::Online };
-    let (node_id, session_id) = (args.node.clone(), args.session.clone());
-    let command = match verb {
-        NodeVerb::Attach => Command::Attach(AttachParams {
-            session_id: session_id.ok_or_else(|| crate::Usage("attach needs --session".into()))?,
-            node_id,
-            client_version: args
-                .client_version
-                .clone()
-                .ok_or_else(|| crate::Usage("attach needs --client-version".into()))?,
-            capabilities: Map::new(),
-            health_state: health,
-            pid: args.pid,
-        }),
-        NodeVerb::Heartbeat => Command::Heartbeat(HeartbeatParams { node_id, session_id, health_state: Some(health) }),
-        NodeVerb::Detach => Command::Detach(DetachParams { node_id, session_id, reason: args.reason.clone() }),
-    };
+/// `attach`, over the socket.
+pub async fn attach(ctx: &Ctx, args: AttachArgs) -> anyhow::Result<ExitCode> {
+    let node = args.name.node;
+    let command = Command::Attach(AttachParams {
+        session_id: args.session,
+        node_id: node.clone(),
+        client_version: args.client_version,
+        capabilities: Map::new(),
+        health_state: health(args.degraded),
+        pid: args.pid,
+    });
     let mut client = ctx.require().await?;
-    if verb == NodeVerb::Attach {
-        let attached: Attached = ctx.call(&mut client, &command).await??;
-        if ctx.json {
-            crate::print_json(&attached)?;
-        } else {
-            let ro = if attached.read_only { ", read-only (below the version floor)" } else { "" };
-            println!("{} attached: {}{ro}", args.node, attached.state.as_str());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    // Heartbeat and detach answer null on the wire.
-    ctx.call::<()>(&mut client, &command).await??;
+    let attached: Attached = ctx.call(&mut client, &command).await??;
     if ctx.json {
-        // Say what was done.
-        let done = if verb == NodeVerb::Heartbeat {
-            json!({"nodeId": args.node, "sessionId": args.session, "healthState": health, "recorded": true})
-        } else {
-            json!({"nodeId": args.node, "sessionId": args.session, "detached": true})
-        };
+        crate::print_json(&attached)?;
+    } else {
+        let ro = if attached.read_only { ", read-only (below the version floor)" } else { "" };
+        println!("{node} attached: {}{ro}", attached.state.as_str());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `heartbeat`, over the socket.
+pub async fn heartbeat(ctx: &Ctx, args: HeartbeatArgs) -> anyhow::Result<ExitCode> {
+    let (node, session, health) = (args.name.node, args.session, health(args.degraded));
+    let command = Command::Heartbeat(HeartbeatParams {
+        node_id: node.clone(),
+        session_id: session.clone(),
+        health_state: Some(health),
+    });
+    let done = json!({"nodeId": node, "sessionId": session, "healthState": health, "recorded": true});
+    answered_null(ctx, &command, done, &format!("{node}: heartbeat recorded")).await
+}
+
+/// `detach`, over the socket.
+pub async fn detach(ctx: &Ctx, args: DetachArgs) -> anyhow::Result<ExitCode> {
+    let (node, session) = (args.name.node, args.session);
+    let command =
+        Command::Detach(DetachParams { node_id: node.clone(), session_id: session.clone(), reason: args.reason });
+    let done = json!({"nodeId": node, "sessionId": session, "detached": true});
+    answered_null(ctx, &command, done, &format!("{node}: detached")).await
+}
+
+/// A call the daemon answers with null: what was done, said in JSON or in
+/// a line.
+async fn answered_null(ctx: &Ctx, command: &Command, done: Value, line: &str) -> anyhow::Result<ExitCode> {
+    let mut client = ctx.require().await?;
+    ctx.call::<()>(&mut client, command).await??;
+    if ctx.json {
         crate::print_json(&done)?;
     } else {
-        println!("{}: {}", args.node, if verb == NodeVerb::Heartbeat { "heartbeat recorded" } else { "detached" });
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,62 @@
+//! memoryctl as people expect a CLI to be: completions that load, a man
+//! page that renders, `daemon restart`.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use memoryd_e2e::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn bash_loads_the_completions_and_man_renders_the_page() {
+    let root = Root::new();
+    let script = root.dir.path().join("memoryctl.bash");
+    let out = root.ctl(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&script, &out.stdout).unwrap();
+    let loaded = output_within(
+        Command::new("bash").arg("-c").arg(format!("source {} && complete -p memoryctl", script.display())),
+        CHILD_LIMIT,
+    );
+    assert!(loaded.status.success(), "{}", stderr(&loaded));
+    assert!(stdout(&loaded).contains("memoryctl"), "{}", stdout(&loaded));
+    for shell in ["zsh", "fish"] {
+        let out = root.ctl(&["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 100, "{shell}: {}", stderr(&out));
+    }
+
+    let page = root.dir.path().join("memoryctl.1");
+    let out = root.ctl(&["manpage"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&page, &out.stdout).unwrap();
+    if !Path::new("/usr/bin/man").exists() {
+        eprintln!("SKIPPED the rendering: man is not installed");
+        return;
+    }
+    let rendered = output_within(
+        Command::new("/usr/bin/man").env("MANPAGER", "cat").env("MANWIDTH", "80").arg("-l").arg(&page),
+        CHILD_LIMIT,
+    );
+    assert!(rendered.status.success(), "{}", stderr(&rendered));
+    let text = stdout(&rendered);
+    assert!(text.contains("NAME") && text.contains("SYNOPSIS") && text.contains("memoryctl"), "{text}");
+}
+
+#[test]
+fn daemon_restart_restarts_in_place_or_starts_one() {
+    let root = Root::new();
+    // None runs: restart starts one.
+    let out = root.ctl(&["daemon", "restart"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("memoryd started (pid "), "{}", stdout(&out));
+    let pid = std::fs::read_to_string(&root.paths.pid_file).unwrap().trim().to_owned();
+    // One runs: it restarts in place, keeping its pid.
+    let out = root.ctl(&["--json", "daemon", "restart"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["restarted"], true, "{done}");
+    assert_eq!(done["pid"].to_string(), pid, "{done}");
+    let status: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["pid"].to_string(), pid);
+    assert_eq!(status["running"], true);
+}
