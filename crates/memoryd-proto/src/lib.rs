@@ -6,6 +6,7 @@
 //! stable error kind, and [`methods`] every method name.
 
 pub mod error;
+pub mod event;
 pub mod framing;
 pub mod message;
 pub mod methods;
