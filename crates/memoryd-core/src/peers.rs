@@ -116,7 +116,12 @@ impl Inbox {
         let events = dropped
             .iter()
             .map(|m| {
-                tracing::warn!(personality = to, message = m.id, from = m.from, "inbox full: dropped the oldest message");
+                tracing::warn!(
+                    personality = to,
+                    message = m.id,
+                    from = m.from,
+                    "inbox full: dropped the oldest message"
+                );
                 Event {
                     ts,
                     kind: EventKind::MessageDropped {

@@ -50,7 +50,7 @@ pub struct Daemon {
     /// Whether the test sandbox was armed at start-up.
     pub sandboxed: bool,
     pub lock: ProvisionLock,
-    pub store: memoryd_core::store::Store,
+    pub store: Box<dyn memoryd_core::store::StateStore>,
     pub last_sweep: Mutex<Option<SweepStatus>>,
     /// The last fleet refresh error, logged once until it changes.
     pub refresh_error: Mutex<Option<String>>,
@@ -68,9 +68,6 @@ pub struct Daemon {
     pub mcp_error: Mutex<Option<String>>,
     /// The MCP guard's uid step, proven at start-up.
     pub uid_guard: crate::mcp::UidGuard,
-    /// Heartbeats that changed no state, by (node, session): soft state
-    /// (spec 40) applied to the store at the next presence sweep.
-    pub soft_beats: Mutex<memoryd_core::presence::SoftBeats>,
     /// Fragments to re-render (None: every peer's), for the renderer task.
     fragment_tx: tokio::sync::mpsc::UnboundedSender<Option<Vec<String>>>,
     pub fragment_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Option<Vec<String>>>>>,
@@ -86,7 +83,7 @@ pub struct Parts {
     pub supervisor: Option<&'static str>,
     pub running_exe: PathBuf,
     pub lock: ProvisionLock,
-    pub store: memoryd_core::store::Store,
+    pub store: Box<dyn memoryd_core::store::StateStore>,
 }
 
 impl Daemon {
@@ -120,7 +117,6 @@ impl Daemon {
             mcp_listening: AtomicBool::new(false),
             mcp_error: Mutex::new(None),
             uid_guard: crate::mcp::UidGuard::probe(),
-            soft_beats: Mutex::default(),
             fragment_tx,
             fragment_rx: Mutex::new(Some(fragment_rx)),
         }
@@ -146,7 +142,7 @@ impl Daemon {
 
     /// The peers linked with `personality` that are present in the fleet.
     pub fn linked_with(&self, personality: &str) -> Vec<String> {
-        let links: memoryd_core::peers::Links = self.store.read(memoryd_core::peers::LINKS).unwrap_or_default();
+        let links = self.store.links().unwrap_or_default();
         let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
         links
             .of(personality)
@@ -158,7 +154,7 @@ impl Daemon {
     /// Re-renders the fragments of the peers linked with any of these (their
     /// "Linked peers" section shows these peers' presence).
     pub fn refresh_linked(&self, personalities: &[String]) {
-        let links: memoryd_core::peers::Links = self.store.read(memoryd_core::peers::LINKS).unwrap_or_default();
+        let links = self.store.links().unwrap_or_default();
         let mut linked: Vec<String> =
             personalities.iter().flat_map(|p| links.of(p).map(str::to_owned).collect::<Vec<_>>()).collect();
         linked.sort();
@@ -223,8 +219,14 @@ impl Daemon {
     pub fn status(&self) -> memoryd_proto::status::HostStatus {
         let config = self.config();
         let peers = self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
-        let mut status =
-            memoryd_core::ops::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
+        let mut status = memoryd_core::ops::status::shared_facts(
+            &self.paths,
+            &config,
+            &self.source.file,
+            SystemTime::now(),
+            peers,
+            &*self.store,
+        );
         status.running = true;
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());

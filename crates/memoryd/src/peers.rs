@@ -64,17 +64,17 @@ impl Daemon {
         let capacity = self.config().presence.inbox_capacity;
         let now = SystemTime::now();
         let job = move |daemon: &Daemon| -> Result<Value, RpcError> {
-            let store = &daemon.store;
+            let store = &*daemon.store;
             match request.method.as_str() {
                 methods::PEER_LINK => {
                     let p: Pair = request.params()?;
-                    let made = peers::link(store, &fleet?, &p.a, &p.b).map_err(rpc_error)?;
+                    let made = store.link(&fleet?, &p.a, &p.b).map_err(rpc_error)?;
                     daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
                     Ok(json!({"linked": true, "already": !made, "a": p.a, "b": p.b}))
                 }
                 methods::PEER_UNLINK => {
                     let p: Pair = request.params()?;
-                    let was = peers::unlink(store, fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
+                    let was = store.unlink(fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
                     daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
                     Ok(json!({"unlinked": was, "a": p.a, "b": p.b}))
                 }
@@ -88,10 +88,9 @@ impl Daemon {
                     // An operator's names are checked first, naming the
                     // fleet's peers (the MCP tool's caller gets no such list).
                     for name in [&p.from, &p.to] {
-                        peers::check_known(Some(&fleet), name, false).map_err(rpc_error)?;
+                        peers::check_known(Some(&fleet), name, false).map_err(|r| rpc_error(r.into()))?;
                     }
-                    let sent =
-                        peers::send(store, &fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
+                    let sent = store.send(&fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
                     daemon.refresh_fragments(Some(vec![p.to]));
                     Ok(sent)
                 }
@@ -101,14 +100,17 @@ impl Daemon {
                     // look names any peer, which must be one the store knows.
                     if !p.lease {
                         let kept = memoryd_core::fleet::names::is_personality(&p.personality)
-                            && peers::waiting(store, &p.personality) > 0;
-                        peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(rpc_error)?;
+                            && store.waiting().is_ok_and(|w| w.contains_key(&p.personality));
+                        peers::check_known(fleet.as_ref().ok(), &p.personality, kept)
+                            .map_err(|r| rpc_error(r.into()))?;
                     }
-                    to_value(peers::inbox(store, &p.personality, p.lease, now).map_err(rpc_error)?)
+                    let messages =
+                        if p.lease { store.lease(&p.personality, now) } else { store.inbox(&p.personality, now) };
+                    to_value(messages.map_err(rpc_error)?)
                 }
                 methods::PEER_ACK => {
                     let p: Ack = request.params()?;
-                    let acked = peers::ack(store, &p.personality, &p.ids).map_err(rpc_error)?;
+                    let acked = store.ack(&p.personality, &p.ids).map_err(rpc_error)?;
                     daemon.refresh_fragments(Some(vec![p.personality]));
                     Ok(json!({"acked": acked}))
                 }

@@ -516,7 +516,9 @@ impl Provisioner<'_> {
         // Only the core's `remove` revokes; the other occasions only turn
         // memory off for a peer that still exists.
         if request.occasion == "remove" {
-            self.revocation(request, |p, node, now| p.revoke(node, crate::presence::Revoker::Core, Some("removed by the iapeer core"), now));
+            self.revocation(request, |p, node, now| {
+                p.revoke(node, crate::presence::Revoker::Core, Some("removed by the iapeer core"), now)
+            });
         }
         if surface_names(&request.runtime).is_none() {
             return Ok(PeerReport {

@@ -491,8 +491,10 @@ mod tests {
     fn the_cached_presence_follows_a_change_made_by_another_process() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path().to_path_buf());
-        let (reader, writer) =
-            (FileStore::open(&paths, &FileGuard::live()).unwrap(), FileStore::open(&paths, &FileGuard::live()).unwrap());
+        let (reader, writer) = (
+            FileStore::open(&paths, &FileGuard::live()).unwrap(),
+            FileStore::open(&paths, &FileGuard::live()).unwrap(),
+        );
         assert!(reader.presence().unwrap().revoked.is_empty(), "no file yet");
         for node in ["claude-a", "claude-b"] {
             revoke(&writer, node).unwrap();

@@ -76,8 +76,13 @@ pub trait PresenceStore: Send + Sync {
     /// soft state (spec 40): kept in memory, checked against the stored
     /// session, and written by the next [`sweep`](Self::sweep); one that
     /// moves a state is written at once.
-    fn heartbeat(&self, node: &str, session: Option<&str>, health: Health, now: SystemTime)
-    -> Result<Vec<Event>, StoreError>;
+    fn heartbeat(
+        &self,
+        node: &str,
+        session: Option<&str>,
+        health: Health,
+        now: SystemTime,
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// `runtimenode.detach`.
     fn detach(&self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, StoreError>;
@@ -92,8 +97,13 @@ pub trait PresenceStore: Send + Sync {
         now: SystemTime,
     ) -> Result<(Value, Vec<Event>), StoreError>;
 
-    fn revoke(&self, node: &str, by: Revoker<'_>, reason: Option<&str>, now: SystemTime)
-    -> Result<Vec<Event>, StoreError>;
+    fn revoke(
+        &self,
+        node: &str,
+        by: Revoker<'_>,
+        reason: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<Event>, StoreError>;
 
     fn unrevoke(&self, node: &str, by: Revoker<'_>, now: SystemTime) -> Result<Vec<Event>, StoreError>;
 

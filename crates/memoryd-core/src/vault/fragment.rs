@@ -83,12 +83,7 @@ impl<'a> Context<'a> {
     }
 
     /// The inputs of one peer's fragment.
-    pub fn inputs(
-        &self,
-        personality: &'a str,
-        vault: Option<&'a Path>,
-        mcp_port: Option<u16>,
-    ) -> FragmentInputs<'a> {
+    pub fn inputs(&self, personality: &'a str, vault: Option<&'a Path>, mcp_port: Option<u16>) -> FragmentInputs<'a> {
         let linked = self.linked(personality);
         let presence = |name: &str| {
             self.roster
