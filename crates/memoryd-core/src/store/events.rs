@@ -59,10 +59,11 @@ pub(super) fn follow(path: &Path, cursor: &mut Cursor, node: Option<&str>) -> Re
     }
     let mut events = Vec::new();
     let old = rotated(path, 1);
-    if cursor.log != 0 && std::fs::metadata(&old).is_ok_and(|m| m.ino() == cursor.log) {
-        if let Some((_, rest)) = read_from(&old, cursor.at)? {
-            events.extend(parse(&rest, node));
-        }
+    if cursor.log != 0
+        && std::fs::metadata(&old).is_ok_and(|m| m.ino() == cursor.log)
+        && let Some((_, rest)) = read_from(&old, cursor.at)?
+    {
+        events.extend(parse(&rest, node));
     }
     let Some((log, text)) = read_from(path, 0)? else { return Ok(events) };
     *cursor = Cursor { log, at: text.len() as u64 };

@@ -16,9 +16,12 @@ use memoryd_proto::ErrorKind;
 use serde_json::{Map, json};
 use std::time::{Duration, SystemTime};
 
+/// One case of the suite.
+pub type Case = fn(&dyn StateStore);
+
 /// Every case, each on a store of its own.
 pub fn run_all<S: StateStore>(make: impl Fn() -> S) {
-    let cases: [(&str, fn(&dyn StateStore)); 12] = [
+    let cases: [(&str, Case); 12] = [
         ("attach_registers_then_online", attach_registers_then_online),
         ("heartbeats_and_the_sweep", heartbeats_and_the_sweep),
         ("soft_heartbeats", soft_heartbeats),
