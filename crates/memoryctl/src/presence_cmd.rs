@@ -5,11 +5,8 @@ use crate::Ctx;
 use clap::Args;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
-use memoryd_core::peers;
-use memoryd_core::presence::check_operator_node;
-use memoryd_core::presence::timestamp;
-use memoryd_core::store::events::{self, Follower};
-use memoryd_core::store::{self, Store, StoreError};
+use memoryd_core::presence::{Revoker, timestamp};
+use memoryd_core::store::{EventLog, FileStore, PeerStore, PresenceStore, StoreError};
 use memoryd_proto::presence::{
     AttachParams, Attached, DetachParams, Health, HeartbeatParams, RevocationParams, RosterRow, TailParams,
 };
@@ -142,11 +139,10 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 "{}; the roster below is read from disk, as memoryd last stored it",
                 ctx.not_answering().trim_end_matches('.')
             );
-            let presence = store::stored_presence(&ctx.paths)?;
-            (presence.roster(ctx.config.presence.min_client_version), "disk")
+            (FileStore::read_only(&ctx.paths).roster(ctx.config.presence.min_client_version)?, "disk")
         }
     };
-    let waiting = peers::waiting_all(&ctx.paths);
+    let waiting = FileStore::read_only(&ctx.paths).waiting();
     if ctx.json {
         let waiting = waiting.ok();
         crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
@@ -222,17 +218,11 @@ pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Resu
             let fleet = FleetRead::load(&ctx.paths.fleet_map);
             let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
             memoryd_core::host::instance::ensure_private_dir(&files, &ctx.paths.state)?;
-            let store = Store::open(&ctx.paths, &files)?;
+            let store = FileStore::open(&ctx.paths, &files)?;
             let now = SystemTime::now();
-            let changed = store.change_presence("revocation", |p| {
-                check_operator_node(fleet.map(), p, node, revoke, force)?;
-                let events = if revoke {
-                    p.revoke(node, "operator", reason.as_deref(), now)?
-                } else {
-                    p.unrevoke(node, "operator", now)?
-                };
-                Ok(((), events))
-            });
+            let by = Revoker::Operator { fleet: fleet.map(), force };
+            let changed =
+                if revoke { store.revoke(node, by, reason.as_deref(), now) } else { store.unrevoke(node, by, now) };
             if let Err(StoreError::Refused(r)) = changed {
                 return Err(RpcError::new(r.kind, r.message).into());
             }
@@ -274,16 +264,17 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
             print(event.clone());
         }
     } else {
-        // No daemon: the log is a file; read (and follow) it here.
-        for event in events::recent(&ctx.paths.events, node.as_deref(), 200) {
-            print(event);
+        // No daemon: read (and follow) the store's log here.
+        let store = FileStore::read_only(&ctx.paths);
+        let (recent, mut cursor) = store.recent(node.as_deref(), 200)?;
+        for event in recent {
+            print(serde_json::to_value(event)?);
         }
         if follow {
-            let mut follower = Follower::from_end(&ctx.paths.events);
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                for event in follower.poll().into_iter().filter(|e| events::matches(e, node.as_deref())) {
-                    print(event);
+                for event in store.follow(&mut cursor, node.as_deref())? {
+                    print(serde_json::to_value(event)?);
                 }
             }
         }

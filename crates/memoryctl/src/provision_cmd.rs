@@ -11,7 +11,7 @@ use memoryd_core::host::instance;
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::ops::install::Binaries;
 use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, Provisioner, Tools};
-use memoryd_core::store::Store;
+use memoryd_core::store::FileStore;
 use memoryd_core::surfaces::Action;
 use memoryd_proto::host::Swept;
 use memoryd_proto::{Command, ErrorKind};
@@ -117,7 +117,7 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
     let lock = ProvisionLock::open(&files, &ctx.paths.provision_lock)?;
     let running = Binaries::running().context("cannot find this memoryctl binary")?;
     let tools = Tools::new(&ctx.paths, config, &running, files.is_sandboxed());
-    let store = Store::open(&ctx.paths, &files)?;
+    let store = FileStore::open(&ctx.paths, &files)?;
     // The fragments list the vault's notes: scan it once for this run.
     let index =
         config.vault.as_deref().and_then(|v| memoryd_core::vault::scan(v).ok()).map(memoryd_core::vault::Index::build);

@@ -9,7 +9,7 @@ use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::host::paths::Paths;
 use memoryd_core::ops::provision::{Provisioner, Tools};
-use memoryd_core::store::Store;
+use memoryd_core::store::FileStore;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ pub struct Fleet {
     files: FileGuard,
     tools: Tools,
     config: Config,
-    store: Store,
+    store: FileStore,
     lock: ProvisionLock,
     peers: Vec<FleetPeer>,
 }
@@ -87,7 +87,7 @@ impl Fleet {
         // The fake core records no Codex hook trust, so the check after each
         // trust step would fail every codex pair (and re-run at every sweep).
         tools.settings.codex_config = None;
-        let store = Store::open(&paths, &files)?;
+        let store = FileStore::open(&paths, &files)?;
         let lock = ProvisionLock::open(&files, &paths.provision_lock)?;
         Ok(Fleet { paths, files, tools, config, store, lock, peers })
     }

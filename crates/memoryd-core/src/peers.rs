@@ -1,23 +1,23 @@
-//! Peer links and peer messages (spec 50).
+//! Peer links and peer messages (spec 50), as pure functions over the
+//! stored documents; the store ([`crate::store`]) runs each inside one
+//! change.
 //!
-//! A link is one unordered pair in `S/store/links.json`: both peers see
-//! each other by construction, and a link is created or removed by one
-//! rename, so a crash at any instant leaves it whole or absent, never
-//! one-sided. Each peer's inbox is its own file `S/store/inbox/<peer>.json`,
-//! written (and fsynced) before a send is acknowledged.
+//! A link is one unordered pair: both peers see each other by construction,
+//! and a link is created or removed in one step, so it is whole or absent,
+//! never one-sided. Each peer has its own inbox, written durably before a
+//! send is acknowledged.
 
 use crate::fleet::FleetMap;
 use crate::fleet::names::is_personality;
-use crate::host::paths::Paths;
-use crate::presence::{Event, Refusal, RosterRow, State, timestamp};
-use crate::store::{Store, StoreError, read_doc};
+use crate::presence::{Event, EventKind, Refusal, RosterRow, State};
+use crate::store::{StateStore, StoreError};
 use memoryd_proto::ErrorKind;
 use memoryd_proto::Timestamp;
+use memoryd_proto::event::rfc3339;
 pub use memoryd_proto::peers::{Message, Sent, Visible, VisibleReason};
 use memoryd_proto::presence::Health;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -26,13 +26,6 @@ use std::time::{Duration, SystemTime};
 pub const MAX_MESSAGE_CHARS: usize = 7000;
 /// How long a leased message is hidden from other readers.
 pub const LEASE: Duration = Duration::from_secs(30);
-
-/// The links document, relative to `S/store/`.
-pub const LINKS: &str = "links.json";
-
-fn inbox_file(personality: &str) -> String {
-    format!("inbox/{personality}.json")
-}
 
 /// Every link, as sorted pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +55,31 @@ impl Links {
             }
         })
     }
+
+    /// `peer.link`: both must be fleet peers, and two; whether a new link
+    /// was made.
+    pub fn link(&mut self, fleet: &FleetMap, a: &str, b: &str) -> Result<bool, Refusal> {
+        check_known(Some(fleet), a, false)?;
+        check_known(Some(fleet), b, false)?;
+        if a == b {
+            return Err(refuse(ErrorKind::PeerSelf, format!("`{a}` cannot be linked with itself")));
+        }
+        Ok(self.pairs.insert(Links::pair(a, b)))
+    }
+
+    /// `peer.unlink`: each name must be a fleet peer or have a link (one
+    /// that left the fleet keeps its links, and may be unlinked); whether
+    /// there was a link.
+    pub fn unlink(&mut self, fleet: Option<&FleetMap>, a: &str, b: &str) -> Result<bool, Refusal> {
+        check_known(fleet, a, self.of(a).next().is_some())?;
+        check_known(fleet, b, self.of(b).next().is_some())?;
+        Ok(self.pairs.remove(&Links::pair(a, b)))
+    }
+}
+
+/// Whether no reader holds `m` at `now`.
+fn is_free(m: &Message, now: SystemTime) -> bool {
+    m.leased_until.is_none_or(|until| until.time() <= now)
 }
 
 /// One peer's inbox.
@@ -71,11 +89,71 @@ pub struct Inbox {
     pub messages: Vec<Message>,
 }
 
-fn refuse(kind: ErrorKind, message: String) -> StoreError {
-    StoreError::Refused(Refusal { kind, message, details: None })
+static MESSAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Inbox {
+    /// Queues `message` for `to`, dropping the oldest past `capacity`: the
+    /// `peer.send` result and a `peer.message_dropped` event per drop.
+    pub fn queue(&mut self, to: &str, message: Message, capacity: usize) -> (Sent, Vec<Event>) {
+        let (id, ts) = (message.id.clone(), message.ts);
+        self.messages.push(message);
+        let overflow = self.messages.len().saturating_sub(capacity.max(1));
+        let dropped: Vec<Message> = self.messages.drain(..overflow).collect();
+        let events = dropped
+            .iter()
+            .map(|m| {
+                tracing::warn!(
+                    personality = to,
+                    message = m.id,
+                    from = m.from,
+                    "inbox full: dropped the oldest message"
+                );
+                Event {
+                    ts: ts.time(),
+                    kind: EventKind::MessageDropped {
+                        personality: to.to_owned(),
+                        message_id: m.id.clone(),
+                        from: m.from.clone(),
+                    },
+                }
+            })
+            .collect();
+        // Queued, not delivered: it reaches `to` at their next turn.
+        let result =
+            Sent { to: to.to_owned(), queued: true, queue_depth: self.messages.len(), dropped: dropped.len(), ts, id };
+        (result, events)
+    }
+
+    /// The messages no reader holds at `now`, oldest first.
+    pub fn free(&self, now: SystemTime) -> Vec<Message> {
+        self.messages.iter().filter(|m| is_free(m, now)).cloned().collect()
+    }
+
+    /// The free messages, each now hidden from other readers for [`LEASE`].
+    pub fn lease(&mut self, now: SystemTime) -> Vec<Message> {
+        let until = rfc3339::millis(now + LEASE);
+        let mut taken = Vec::new();
+        for m in self.messages.iter_mut().filter(|m| is_free(m, now)) {
+            m.leased_until = Some(Timestamp(until));
+            taken.push(Message { leased_until: None, ..m.clone() });
+        }
+        taken
+    }
+
+    /// Removes the named messages; how many were there.
+    pub fn ack(&mut self, ids: &[String]) -> usize {
+        let before = self.messages.len();
+        self.messages.retain(|m| !ids.contains(&m.id));
+        before - self.messages.len()
+    }
 }
 
-fn check_name(name: &str) -> Result<(), StoreError> {
+fn refuse(kind: ErrorKind, message: String) -> Refusal {
+    Refusal { kind, message, details: None }
+}
+
+/// Checks a peer name by the name rule.
+pub fn check_name(name: &str) -> Result<(), Refusal> {
     if is_personality(name) {
         Ok(())
     } else {
@@ -89,7 +167,7 @@ fn check_name(name: &str) -> Result<(), StoreError> {
 /// Refuses a peer name the fleet map does not list, naming the fleet's
 /// peers, unless the store still knows it (`kept`: a peer that left the
 /// fleet keeps its links and its inbox).
-pub fn check_known(fleet: Option<&FleetMap>, name: &str, kept: bool) -> Result<(), StoreError> {
+pub fn check_known(fleet: Option<&FleetMap>, name: &str, kept: bool) -> Result<(), Refusal> {
     check_name(name)?;
     match fleet {
         Some(fleet) if fleet.peer(name).is_some() => Ok(()),
@@ -108,24 +186,42 @@ pub fn check_known(fleet: Option<&FleetMap>, name: &str, kept: bool) -> Result<(
     }
 }
 
-/// `peer.link`: reciprocal, idempotent. Whether a new link was made.
-pub fn link(store: &Store, fleet: &FleetMap, a: &str, b: &str) -> Result<bool, StoreError> {
-    check_known(Some(fleet), a, false)?;
-    check_known(Some(fleet), b, false)?;
-    if a == b {
-        return Err(refuse(ErrorKind::PeerSelf, format!("`{a}` cannot be linked with itself")));
+/// The checks of `peer.send` that need no stored state, in the order of
+/// spec 50; then the new message, stamped `now`.
+pub fn compose(from: &str, to: &str, text: &str, now: SystemTime) -> Result<Message, Refusal> {
+    check_name(from)?;
+    check_name(to)?;
+    if from == to {
+        return Err(refuse(ErrorKind::PeerSelf, format!("`{from}` cannot send a message to itself")));
     }
-    store.change("peer-link", LINKS, |links: &mut Links| Ok((links.pairs.insert(Links::pair(a, b)), Vec::new())))
+    if text.trim().is_empty() {
+        return Err(refuse(ErrorKind::PeerMessageEmpty, "the message is empty".to_owned()));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_MESSAGE_CHARS {
+        return Err(refuse(
+            ErrorKind::PeerMessageTooLong,
+            format!("the message has {chars} characters; the limit is {MAX_MESSAGE_CHARS}"),
+        ));
+    }
+    let now = rfc3339::millis(now);
+    let n = MESSAGE_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let id = format!("msg-{nanos:x}-{:x}-{n}", std::process::id());
+    Ok(Message { id, from: from.to_owned(), ts: Timestamp(now), text: text.to_owned(), leased_until: None })
 }
 
-/// `peer.unlink`: both sides in one step. Whether there was a link. Each
-/// name must be a fleet peer or have a link (one that left the fleet keeps
-/// its links, and may be unlinked).
-pub fn unlink(store: &Store, fleet: Option<&FleetMap>, a: &str, b: &str) -> Result<bool, StoreError> {
-    let links: Links = store.read(LINKS)?;
-    check_known(fleet, a, links.of(a).next().is_some())?;
-    check_known(fleet, b, links.of(b).next().is_some())?;
-    store.change("peer-unlink", LINKS, |links: &mut Links| Ok((links.pairs.remove(&Links::pair(a, b)), Vec::new())))
+/// The check of `peer.send` against the stored links: `to` must be visible
+/// to `from`.
+pub fn check_visible(links: &Links, fleet: &FleetMap, from: &str, to: &str) -> Result<(), Refusal> {
+    if links.linked(from, to) && fleet.peer(to).is_some() && fleet.peer(from).is_some() {
+        Ok(())
+    } else {
+        Err(refuse(
+            ErrorKind::PeerNotVisible,
+            format!("`{to}` is not visible to `{from}`: link them first (memoryctl peer link {from} {to})"),
+        ))
+    }
 }
 
 /// What `p` sees: itself and every linked peer present in the fleet, each
@@ -161,150 +257,15 @@ pub fn visible(links: &Links, fleet: &FleetMap, roster: &[RosterRow], p: &str) -
 
 /// `peer.visible`.
 pub fn visible_in(
-    store: &Store,
+    store: &dyn StateStore,
     fleet: &FleetMap,
     floor: Option<crate::config::ClientVersion>,
     p: &str,
 ) -> Result<Vec<Visible>, StoreError> {
     check_known(Some(fleet), p, false)?;
-    let links: Links = store.read(LINKS)?;
+    let links = store.links()?;
     let presence = store.presence()?;
     Ok(visible(&links, fleet, &presence.roster(floor), p))
-}
-
-static MESSAGE_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// `peer.send`: checked in the order of spec 50, then queued durably in
-/// the recipient's inbox (dropping the oldest past `capacity`). The
-/// caller refuses a read-only sending node before calling.
-pub fn send(
-    store: &Store,
-    fleet: &FleetMap,
-    from: &str,
-    to: &str,
-    text: &str,
-    capacity: usize,
-    now: SystemTime,
-) -> Result<Sent, StoreError> {
-    check_name(from)?;
-    check_name(to)?;
-    if from == to {
-        return Err(refuse(ErrorKind::PeerSelf, format!("`{from}` cannot send a message to itself")));
-    }
-    if text.trim().is_empty() {
-        return Err(refuse(ErrorKind::PeerMessageEmpty, "the message is empty".to_owned()));
-    }
-    let chars = text.chars().count();
-    if chars > MAX_MESSAGE_CHARS {
-        return Err(refuse(
-            ErrorKind::PeerMessageTooLong,
-            format!("the message has {chars} characters; the limit is {MAX_MESSAGE_CHARS}"),
-        ));
-    }
-    let held = store.hold("peer-send")?;
-    let links: Links = store.read(LINKS)?;
-    if !(links.linked(from, to) && fleet.peer(to).is_some() && fleet.peer(from).is_some()) {
-        return Err(refuse(
-            ErrorKind::PeerNotVisible,
-            format!("`{to}` is not visible to `{from}`: link them first (memoryctl peer link {from} {to})"),
-        ));
-    }
-    let ts = timestamp(now);
-    let n = MESSAGE_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let id = format!("msg-{nanos:x}-{:x}-{n}", std::process::id());
-    let message = Message {
-        id: id.clone(),
-        from: from.to_owned(),
-        ts: Timestamp(now),
-        text: text.to_owned(),
-        leased_until: None,
-    };
-    store.update(&held, &inbox_file(to), |inbox: &mut Inbox| {
-        inbox.messages.push(message);
-        let overflow = inbox.messages.len().saturating_sub(capacity.max(1));
-        let dropped: Vec<Message> = inbox.messages.drain(..overflow).collect();
-        let events: Vec<Event> = dropped
-            .iter()
-            .map(|m| {
-                tracing::warn!(
-                    personality = to,
-                    message = m.id,
-                    from = m.from,
-                    "inbox full: dropped the oldest message"
-                );
-                json!({"ts": ts, "event": "peer.message_dropped", "personality": to, "messageId": m.id, "from": m.from})
-            })
-            .collect();
-        // Queued, not delivered: it reaches `to` at their next turn.
-        let result = Sent {
-            to: to.to_owned(),
-            queued: true,
-            queue_depth: inbox.messages.len(),
-            dropped: dropped.len(),
-            ts: Timestamp(now),
-            id,
-        };
-        Ok((result, events))
-    })
-}
-
-/// `peer.inbox`: the waiting messages, oldest first, none removed; with
-/// `lease`, the returned ones are hidden from other readers for 30 s.
-pub fn inbox(store: &Store, p: &str, lease: bool, now: SystemTime) -> Result<Vec<Message>, StoreError> {
-    check_name(p)?;
-    let free = |m: &Message| m.leased_until.is_none_or(|until| until.time() <= now);
-    if !lease {
-        let doc: Inbox = store.read(&inbox_file(p))?;
-        return Ok(doc.messages.into_iter().filter(free).collect());
-    }
-    store.change("peer-inbox", &inbox_file(p), |doc: &mut Inbox| {
-        let until = Timestamp(now + LEASE);
-        let mut taken = Vec::new();
-        for m in doc.messages.iter_mut().filter(|m| free(m)) {
-            m.leased_until = Some(until);
-            taken.push(Message { leased_until: None, ..m.clone() });
-        }
-        Ok((taken, Vec::new()))
-    })
-}
-
-/// `peer.ack`: removes the named messages; how many were there.
-pub fn ack(store: &Store, p: &str, ids: &[String]) -> Result<usize, StoreError> {
-    check_name(p)?;
-    store.change("peer-ack", &inbox_file(p), |doc: &mut Inbox| {
-        let before = doc.messages.len();
-        doc.messages.retain(|m| !ids.contains(&m.id));
-        Ok((before - doc.messages.len(), Vec::new()))
-    })
-}
-
-/// How many messages wait in each inbox of `S/store/inbox/` (leased or
-/// not; empty inboxes left out), read without opening the store.
-pub fn waiting_all(paths: &Paths) -> Result<BTreeMap<String, usize>, StoreError> {
-    let dir = paths.store.join("inbox");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(StoreError::Corrupt { path: dir, error: e.to_string() }),
-    };
-    let mut waiting = BTreeMap::new();
-    for entry in entries {
-        let path = entry.map_err(|e| StoreError::Corrupt { path: dir.clone(), error: e.to_string() })?.path();
-        let Some(peer) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        let n = read_doc::<Inbox>(&path)?.messages.len();
-        if n > 0 {
-            waiting.insert(peer.to_owned(), n);
-        }
-    }
-    Ok(waiting)
-}
-
-/// How many messages wait for `p` (leased or not).
-pub fn waiting(store: &Store, p: &str) -> usize {
-    store.read::<Inbox>(&inbox_file(p)).map_or(0, |i| i.messages.len())
 }
 
 /// The hook's rendering of messages (oldest first), within `budget`
@@ -313,7 +274,7 @@ pub fn render_for_agent(messages: &[Message], budget: usize) -> (String, Vec<Str
     let mut text = String::new();
     let mut printed = Vec::new();
     for m in messages {
-        let block = format!("[Peer message from `{}` at {}]\n{}\n\n", m.from, m.ts, m.text);
+        let block = format!("[Peer message from `{}` at {}]\n{}\n\n", m.from, rfc3339::format(m.ts.time()), m.text);
         if !printed.is_empty() && text.chars().count() + block.chars().count() > budget {
             break;
         }
@@ -330,102 +291,25 @@ pub fn render_for_agent(messages: &[Message], budget: usize) -> (String, Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::FleetPeer;
-    use crate::host::files::FileGuard;
-    use crate::host::paths::Paths;
-
-    fn fleet(names: &[&str]) -> FleetMap {
-        FleetMap {
-            updated_at: "x".into(),
-            peers: names
-                .iter()
-                .map(|n| FleetPeer {
-                    personality: (*n).into(),
-                    cwd: format!("/p/{n}").into(),
-                    default_runtime: Some("claude".into()),
-                    runtimes: vec!["claude".into()],
-                    description: String::new(),
-                })
-                .collect(),
-        }
-    }
-
-    fn kind(e: StoreError) -> ErrorKind {
-        match e {
-            StoreError::Refused(r) => r.kind,
-            other => panic!("{other}"),
-        }
-    }
 
     #[test]
-    fn links_are_reciprocal_idempotent_and_validated() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Paths::new(dir.path().into()), &FileGuard::live()).unwrap();
-        let map = fleet(&["ada", "bob"]);
-        assert!(link(&store, &map, "ada", "bob").unwrap());
-        assert!(!link(&store, &map, "bob", "ada").unwrap(), "already linked");
-        assert_eq!(kind(link(&store, &map, "ada", "ada").unwrap_err()), ErrorKind::PeerSelf);
-        assert_eq!(kind(link(&store, &map, "ada", "zed").unwrap_err()), ErrorKind::PeerMissing);
-        assert_eq!(kind(link(&store, &map, "Ada", "bob").unwrap_err()), ErrorKind::RequestInvalid);
-        let v = visible_in(&store, &map, None, "bob").unwrap();
-        assert_eq!((v[0].reason.as_str(), v[1].personality.as_str(), v[1].reason.as_str()), ("self", "ada", "peer"));
-        // Absent from the fleet: kept, not visible.
-        assert_eq!(visible_in(&store, &fleet(&["bob"]), None, "bob").unwrap().len(), 1);
-        assert_eq!(visible_in(&store, &map, None, "bob").unwrap().len(), 2);
-        let missing = visible_in(&store, &map, None, "zed").unwrap_err();
-        assert!(missing.to_string().contains("`zed` is not a peer of the fleet (its peers: ada, bob)"), "{missing}");
-        assert_eq!(kind(missing), ErrorKind::PeerMissing);
-        // ada left the fleet: her link is kept, and may be removed.
-        assert!(unlink(&store, Some(&fleet(&["bob"])), "bob", "ada").unwrap());
-        assert!(!unlink(&store, Some(&map), "bob", "ada").unwrap());
-        assert_eq!(kind(unlink(&store, Some(&fleet(&["bob"])), "bob", "ada").unwrap_err()), ErrorKind::PeerMissing);
-    }
-
-    #[test]
-    fn sends_are_checked_queued_leased_and_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Paths::new(dir.path().into()), &FileGuard::live()).unwrap();
-        let map = fleet(&["ada", "bob", "cyd"]);
-        link(&store, &map, "ada", "bob").unwrap();
-        let now = SystemTime::now();
-        let send = |to: &str, text: &str| send(&store, &map, "ada", to, text, 3, now);
-        assert_eq!(kind(send("ada", "hi").unwrap_err()), ErrorKind::PeerSelf);
-        assert_eq!(kind(send("bob", "  ").unwrap_err()), ErrorKind::PeerMessageEmpty);
-        assert_eq!(kind(send("bob", &"x".repeat(7001)).unwrap_err()), ErrorKind::PeerMessageTooLong);
-        assert_eq!(kind(send("cyd", "hi").unwrap_err()), ErrorKind::PeerNotVisible);
-        assert!(send("bob", &"x".repeat(7000)).is_ok());
-        for n in 0..3 {
-            let r = send("bob", &format!("m{n}")).unwrap();
-            assert_eq!(r.dropped, usize::from(n == 2));
-        }
-        let msgs = inbox(&store, "bob", true, now).unwrap();
-        assert_eq!(msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
-        assert!(inbox(&store, "bob", true, now).unwrap().is_empty(), "leased");
-        assert_eq!(inbox(&store, "bob", true, now + LEASE).unwrap().len(), 3, "the lease expired");
-        assert_eq!(ack(&store, "bob", &[msgs[0].id.clone()]).unwrap(), 1);
-        assert_eq!(waiting(&store, "bob"), 2);
-        let all = waiting_all(&Paths::new(dir.path().into())).unwrap();
-        assert_eq!(all.into_iter().collect::<Vec<_>>(), [("bob".to_owned(), 2)]);
-        let (text, ids) = render_for_agent(&msgs[1..], 8000);
-        assert!(text.starts_with("[Peer message from `ada` at "), "{text}");
-        assert_eq!(ids.len(), 2);
-        let big = vec![
-            Message {
-                id: "a".into(),
-                from: "ada".into(),
-                ts: Timestamp(SystemTime::UNIX_EPOCH),
-                text: "y".repeat(7000),
-                leased_until: None
-            };
-            2
-        ];
+    fn messages_render_oldest_first_within_the_budget() {
+        let message = |id: &str, text: String| Message {
+            id: id.into(),
+            from: "ada".into(),
+            ts: Timestamp(SystemTime::UNIX_EPOCH),
+            text,
+            leased_until: None,
+        };
+        let (text, ids) = render_for_agent(&[message("a", "hi".into()), message("b", "ho".into())], 8000);
+        assert!(text.starts_with("[Peer message from `ada` at 1970-01-01T00:00:00.000Z]\nhi"), "{text}");
+        assert_eq!(ids, ["a", "b"]);
+        let big = vec![message("a", "y".repeat(7000)), message("b", "y".repeat(7000))];
         let (text, ids) = render_for_agent(&big, 8000);
         assert_eq!(ids, ["a"]);
         assert!(
             text.ends_with("1 more peer message(s) wait; they arrive with your next prompt.")
                 && text.chars().count() < 8000
         );
-        let log = std::fs::read_to_string(dir.path().join("state/memoryd/events.jsonl")).unwrap();
-        assert!(log.contains("\"peer.message_dropped\""), "{log}");
     }
 }

@@ -7,6 +7,7 @@
 use crate::config::ClientVersion;
 use crate::fleet::FleetMap;
 use crate::fleet::names::split_node_id;
+use memoryd_proto::event::rfc3339;
 use memoryd_proto::status::PresenceCounts;
 use memoryd_proto::{ErrorKind, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
+pub use memoryd_proto::event::{Actor, Event, EventKind, OfflineReason};
 pub use memoryd_proto::presence::{AttachParams, Attached, CapabilityUpdated, Health, RosterRow, State};
 
 /// One attachment row.
@@ -34,19 +36,23 @@ pub struct Attachment {
     /// is another process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_start: Option<String>,
-    pub attached_at: String,
-    pub last_heartbeat_at: String,
-    pub updated_at: String,
+    #[serde(with = "rfc3339")]
+    pub attached_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub last_heartbeat_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub updated_at: SystemTime,
 }
 
 /// A revoked node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Revocation {
-    pub revoked_by: String,
+    pub revoked_by: Actor,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub at: String,
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
 }
 
 /// Heartbeat times kept in memory by (node, session): heartbeats that
@@ -76,8 +82,37 @@ impl Refusal {
     }
 }
 
-/// One event for `S/events.jsonl`.
-pub type Event = Value;
+/// A state change's outcome: its value and the events it records.
+pub type Changed<T> = Result<(T, Vec<Event>), Refusal>;
+
+/// Who revokes or lets a node back in. An operator names a node that is
+/// checked against the fleet map inside the change (see
+/// [`check_operator_node`]); the iapeer core and a birth name their own.
+#[derive(Debug, Clone, Copy)]
+pub enum Revoker<'a> {
+    Operator { fleet: Option<&'a FleetMap>, force: bool },
+    Core,
+    Birth,
+}
+
+impl Revoker<'_> {
+    pub fn actor(self) -> Actor {
+        match self {
+            Revoker::Operator { .. } => Actor::Operator,
+            Revoker::Core => Actor::Core,
+            Revoker::Birth => Actor::Birth,
+        }
+    }
+
+    /// An operator's node must be one the fleet map lists (or, to be let
+    /// back in, a revoked one).
+    fn check(self, presence: &Presence, node: &str, revoke: bool) -> Result<(), Refusal> {
+        match self {
+            Revoker::Operator { fleet, force } => check_operator_node(fleet, presence, node, revoke, force),
+            Revoker::Core | Revoker::Birth => check_node(node),
+        }
+    }
+}
 
 /// The thresholds of spec 40 and the version floor in force.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,17 +130,7 @@ pub type Probe<'a> = &'a dyn Fn(i32) -> Option<String>;
 const ENDED_ROWS_KEPT: usize = 3;
 
 pub fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-fn parse_time(text: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(text).ok()
-}
-
-/// A stored time for the wire. Every stored time was written by
-/// [`timestamp`]; one edited by hand into something else shows as the epoch.
-fn wire_time(text: &str) -> Timestamp {
-    Timestamp(parse_time(text).unwrap_or(SystemTime::UNIX_EPOCH))
+    rfc3339::format(at)
 }
 
 /// `MAJOR.MINOR` as numbers; None when it is not one.
@@ -189,49 +214,44 @@ pub fn check_operator_node(
     Err(Refusal::new(ErrorKind::RuntimenodeUnknownNode, message))
 }
 
-fn event(now: SystemTime, name: &str, row: Option<&Attachment>, node: &str, extra: Value) -> Event {
-    let mut e = json!({"ts": timestamp(now), "event": name, "nodeId": node});
-    if let Some(row) = row {
-        e["sessionId"] = json!(row.session_id);
-    }
-    if let (Value::Object(e), Value::Object(extra)) = (&mut e, extra) {
-        e.extend(extra);
-    }
-    e
-}
-
-fn transition(
-    now: SystemTime,
-    row: &mut Attachment,
-    to: State,
-    name: &str,
-    actor: Option<&str>,
-    extra: Value,
-) -> Event {
+/// Moves a row to `to`: the state and the update time; what moved, for
+/// the event.
+fn moved_to(now: SystemTime, row: &mut Attachment, to: State) -> (String, String, State) {
     let previous = row.state;
     row.state = to;
-    row.updated_at = timestamp(now);
-    let mut e = event(now, name, Some(row), &row.node_id.clone(), extra);
-    e["previousState"] = json!(previous.as_str());
-    e["newState"] = json!(to.as_str());
-    if let Some(actor) = actor {
-        e["actor"] = json!(actor);
+    row.updated_at = now;
+    (row.node_id.clone(), row.session_id.clone(), previous)
+}
+
+fn online(now: SystemTime, row: &mut Attachment) -> Event {
+    let (node_id, session_id, previous_state) = moved_to(now, row, State::Online);
+    Event { ts: now, kind: EventKind::Online { node_id, session_id, previous_state, new_state: State::Online } }
+}
+
+fn degraded(now: SystemTime, row: &mut Attachment, detail: String) -> Event {
+    let (node_id, session_id, previous_state) = moved_to(now, row, State::Degraded);
+    Event {
+        ts: now,
+        kind: EventKind::Degraded { node_id, session_id, detail, previous_state, new_state: State::Degraded },
     }
-    e
 }
 
 /// Ends a session: `offline`, with the last heartbeat and why.
-fn go_offline(now: SystemTime, row: &mut Attachment, reason: &str) -> Event {
-    let last = row.last_heartbeat_at.clone();
+fn go_offline(now: SystemTime, row: &mut Attachment, reason: OfflineReason) -> Event {
+    let last_heartbeat_at = row.last_heartbeat_at;
     row.health = Health::Offline;
-    transition(
-        now,
-        row,
-        State::Offline,
-        "runtime_node.offline",
-        None,
-        json!({"lastHeartbeatAt": last, "reason": reason}),
-    )
+    let (node_id, session_id, previous_state) = moved_to(now, row, State::Offline);
+    Event {
+        ts: now,
+        kind: EventKind::Offline {
+            node_id,
+            session_id,
+            last_heartbeat_at,
+            reason,
+            previous_state,
+            new_state: State::Offline,
+        },
+    }
 }
 
 impl Presence {
@@ -245,7 +265,7 @@ impl Presence {
 
     /// The attach upsert on (nodeId, sessionId). `known` says whether the
     /// fleet map has the node. The one-active-session rule is enforced
-    /// here, inside the store's locked write.
+    /// here, inside the store's change.
     pub fn attach(
         &mut self,
         req: &AttachParams,
@@ -253,7 +273,8 @@ impl Presence {
         rules: &Rules,
         now: SystemTime,
         probe: Probe<'_>,
-    ) -> Result<(Attached, Vec<Event>), Refusal> {
+    ) -> Changed<Attached> {
+        let now = rfc3339::millis(now);
         check_node(&req.node_id)?;
         if parse_version(&req.client_version).is_none() {
             return Err(Refusal::new(
@@ -282,7 +303,6 @@ impl Presence {
                 format!("{} is not a peer-runtime of the fleet map", req.node_id),
             ));
         }
-        let stamp = timestamp(now);
         let pid_start = req.pid.and_then(probe);
         let read_only = is_read_only(Some(&req.client_version), rules.floor);
         let mut events = Vec::new();
@@ -290,7 +310,7 @@ impl Presence {
         if let Some(row) = self.active_mut(&req.node_id)
             && row.session_id == req.session_id
         {
-            row.last_heartbeat_at = stamp.clone();
+            row.last_heartbeat_at = now;
             if req.pid.is_some() {
                 (row.pid, row.pid_start) = (req.pid, pid_start);
             }
@@ -298,7 +318,7 @@ impl Presence {
                 attachment_id: row.attachment_id.clone(),
                 state: row.state,
                 read_only,
-                attached_at: wire_time(&row.attached_at),
+                attached_at: Timestamp(row.attached_at),
             };
             return Ok((attached, events));
         }
@@ -314,9 +334,9 @@ impl Presence {
                 .as_ref()
                 .is_some_and(|(pid, start)| Some(*pid) == req.pid && start.is_some() && *start == pid_start);
             let reason = if same_process {
-                "superseded"
+                OfflineReason::Superseded
             } else if dead {
-                "heartbeat_lost"
+                OfflineReason::HeartbeatLost
             } else {
                 return Err(Refusal {
                     kind: ErrorKind::RuntimenodeAttachConflict,
@@ -331,22 +351,24 @@ impl Presence {
             };
             events.push(go_offline(now, row, reason));
         }
+        let capabilities: Vec<String> = req.capabilities.keys().cloned().collect();
         // A reconnect of an offline session, or a new one.
         let idx = match self.attachments.iter().position(|a| a.node_id == req.node_id && a.session_id == req.session_id)
         {
             Some(idx) => {
                 let row = &mut self.attachments[idx];
-                events.push(transition(
-                    now,
-                    row,
-                    State::Registering,
-                    "runtime_node.registered",
-                    None,
-                    json!({
-                        "capabilities": req.capabilities.keys().collect::<Vec<_>>(),
-                        "clientVersion": req.client_version,
-                    }),
-                ));
+                let (node_id, session_id, previous) = moved_to(now, row, State::Registering);
+                events.push(Event {
+                    ts: now,
+                    kind: EventKind::Registered {
+                        node_id,
+                        session_id,
+                        capabilities,
+                        client_version: req.client_version.clone(),
+                        previous_state: Some(previous),
+                        new_state: State::Registering,
+                    },
+                });
                 idx
             }
             None => {
@@ -363,22 +385,21 @@ impl Presence {
                     capabilities: Map::new(),
                     pid: None,
                     pid_start: None,
-                    attached_at: stamp.clone(),
-                    last_heartbeat_at: stamp.clone(),
-                    updated_at: stamp.clone(),
+                    attached_at: now,
+                    last_heartbeat_at: now,
+                    updated_at: now,
                 };
-                let mut e = event(
-                    now,
-                    "runtime_node.registered",
-                    Some(&row),
-                    &row.node_id,
-                    json!({
-                        "capabilities": req.capabilities.keys().collect::<Vec<_>>(),
-                        "clientVersion": req.client_version,
-                    }),
-                );
-                e["newState"] = json!("registering");
-                events.push(e);
+                events.push(Event {
+                    ts: now,
+                    kind: EventKind::Registered {
+                        node_id: row.node_id.clone(),
+                        session_id: row.session_id.clone(),
+                        capabilities,
+                        client_version: req.client_version.clone(),
+                        previous_state: None,
+                        new_state: State::Registering,
+                    },
+                });
                 self.attachments.push(row);
                 self.attachments.len() - 1
             }
@@ -387,28 +408,29 @@ impl Presence {
         row.client_version = req.client_version.clone();
         row.health = req.health_state;
         (row.pid, row.pid_start) = (req.pid, pid_start);
-        row.last_heartbeat_at = stamp.clone();
+        row.last_heartbeat_at = now;
         for (key, value) in &req.capabilities {
-            events.push(event(
-                now,
-                "runtime_node.capability_declared",
-                Some(row),
-                &row.node_id,
-                json!({
-                    "capability": key, "capabilityDetails": value,
-                }),
-            ));
+            events.push(Event {
+                ts: now,
+                kind: EventKind::CapabilityDeclared {
+                    node_id: row.node_id.clone(),
+                    session_id: row.session_id.clone(),
+                    capability: key.clone(),
+                    capability_details: value.clone(),
+                },
+            });
         }
         row.capabilities = req.capabilities.clone();
-        let to = if req.health_state == Health::Degraded { State::Degraded } else { State::Online };
-        let name = if to == State::Online { "runtime_node.online" } else { "runtime_node.degraded" };
-        let extra = if to == State::Degraded { json!({"detail": "reported at attach"}) } else { json!({}) };
-        events.push(transition(now, row, to, name, None, extra));
+        events.push(if req.health_state == Health::Degraded {
+            degraded(now, row, "reported at attach".to_owned())
+        } else {
+            online(now, row)
+        });
         let attached = Attached {
             attachment_id: row.attachment_id.clone(),
             state: row.state,
             read_only,
-            attached_at: wire_time(&row.attached_at),
+            attached_at: Timestamp(row.attached_at),
         };
         self.trim(&req.node_id);
         Ok((attached, events))
@@ -464,33 +486,23 @@ impl Presence {
         health: Health,
         now: SystemTime,
     ) -> Result<Vec<Event>, Refusal> {
+        let now = rfc3339::millis(now);
         if health == Health::Offline {
             return Err(Refusal::new(ErrorKind::RequestInvalid, "the health state must be online or degraded"));
         }
         let row = self.session_mut(node, session)?;
-        row.last_heartbeat_at = timestamp(now);
+        row.last_heartbeat_at = now;
         row.health = health;
         Ok(match (row.state, health) {
-            (State::Degraded, Health::Online) => {
-                vec![transition(now, row, State::Online, "runtime_node.online", None, json!({}))]
-            }
-            (State::Online, Health::Degraded) => {
-                vec![transition(
-                    now,
-                    row,
-                    State::Degraded,
-                    "runtime_node.degraded",
-                    None,
-                    json!({"detail": "reported by the node"}),
-                )]
-            }
+            (State::Degraded, Health::Online) => vec![online(now, row)],
+            (State::Online, Health::Degraded) => vec![degraded(now, row, "reported by the node".to_owned())],
             _ => Vec::new(),
         })
     }
 
     /// Checks a heartbeat without writing: the refusal `heartbeat` would
     /// give, or, when it would change nothing but the time, the session it
-    /// beats for (that time alone is soft state the caller may keep in
+    /// beats for (that time alone is soft state the store may keep in
     /// memory and apply later).
     pub fn soft_beat(&self, node: &str, session: Option<&str>, health: Health) -> Result<Option<&str>, Refusal> {
         if health == Health::Offline {
@@ -507,9 +519,9 @@ impl Presence {
     pub fn apply_beats(&mut self, beats: &SoftBeats) {
         for ((node, session), &at) in beats {
             if let Some(row) = self.active_mut(node).filter(|r| r.session_id == *session)
-                && parse_time(&row.last_heartbeat_at).is_none_or(|t| t < at)
+                && row.last_heartbeat_at < rfc3339::millis(at)
             {
-                row.last_heartbeat_at = timestamp(at);
+                row.last_heartbeat_at = rfc3339::millis(at);
             }
         }
     }
@@ -517,17 +529,21 @@ impl Presence {
     /// `runtimenode.detach`: the active session goes offline.
     pub fn detach(&mut self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, Refusal> {
         let row = self.session_mut(node, session)?;
-        Ok(vec![go_offline(now, row, "explicit_shutdown")])
+        Ok(vec![go_offline(rfc3339::millis(now), row, OfflineReason::ExplicitShutdown)])
     }
 
-    /// `runtimenode.capabilityupdate` (a write: the caller checks the floor).
+    /// `runtimenode.capabilityupdate`: a write, refused to a node whose
+    /// client is below the floor in force now.
     pub fn capability_update(
         &mut self,
         node: &str,
         capabilities: &Map<String, Value>,
         health: Option<Health>,
+        floor: Option<ClientVersion>,
         now: SystemTime,
-    ) -> Result<(CapabilityUpdated, Vec<Event>), Refusal> {
+    ) -> Changed<CapabilityUpdated> {
+        let now = rfc3339::millis(now);
+        self.check_floor(node, floor)?;
         let row = self.session_mut(node, None)?;
         let mut events = Vec::new();
         for (key, value) in capabilities {
@@ -535,29 +551,21 @@ impl Presence {
             if previous.as_ref() == Some(value) {
                 continue;
             }
-            events.push(event(
-                now,
-                "runtime_node.capability_updated",
-                Some(row),
-                node,
-                json!({
-                    "capability": key, "previousValue": previous, "newValue": value,
-                }),
-            ));
+            events.push(Event {
+                ts: now,
+                kind: EventKind::CapabilityUpdated {
+                    node_id: node.to_owned(),
+                    session_id: row.session_id.clone(),
+                    capability: key.clone(),
+                    previous_value: previous,
+                    new_value: value.clone(),
+                },
+            });
             row.capabilities.insert(key.clone(), value.clone());
         }
         match (health, row.state) {
-            (Some(Health::Degraded), State::Online) => events.push(transition(
-                now,
-                row,
-                State::Degraded,
-                "runtime_node.degraded",
-                None,
-                json!({"detail": "capability update"}),
-            )),
-            (Some(Health::Online), State::Degraded) => {
-                events.push(transition(now, row, State::Online, "runtime_node.online", None, json!({})))
-            }
+            (Some(Health::Degraded), State::Online) => events.push(degraded(now, row, "capability update".to_owned())),
+            (Some(Health::Online), State::Degraded) => events.push(online(now, row)),
             (Some(Health::Offline), _) => {
                 return Err(Refusal::new(
                     ErrorKind::RequestInvalid,
@@ -566,40 +574,42 @@ impl Presence {
             }
             _ => {}
         }
-        row.updated_at = timestamp(now);
+        row.updated_at = now;
         let updated =
-            CapabilityUpdated { node_id: node.to_owned(), state: row.state, updated_at: wire_time(&row.updated_at) };
+            CapabilityUpdated { node_id: node.to_owned(), state: row.state, updated_at: Timestamp(row.updated_at) };
         Ok((updated, events))
+    }
+
+    /// Refuses a write by a node whose client is below `floor` (re-derived
+    /// at every write).
+    pub fn check_floor(&self, node: &str, floor: Option<ClientVersion>) -> Result<(), Refusal> {
+        let version = self.active_version(node);
+        match floor {
+            Some(floor) if is_read_only(version, Some(floor)) => Err(floor_refusal(node, version, floor)),
+            _ => Ok(()),
+        }
     }
 
     /// The staleness sweep: only demotes. A live recorded pid (same start
     /// time) counts as a heartbeat.
     pub fn sweep(&mut self, rules: &Rules, now: SystemTime, probe: Probe<'_>) -> Vec<Event> {
+        let now = rfc3339::millis(now);
         let mut events = Vec::new();
         for row in self.attachments.iter_mut().filter(|r| r.state.is_active()) {
             let alive = row.pid.is_some_and(|pid| row.pid_start.is_some() && probe(pid) == row.pid_start);
             if alive {
-                row.last_heartbeat_at = timestamp(now);
+                row.last_heartbeat_at = now;
                 if row.state == State::Degraded && row.health != Health::Degraded {
-                    events.push(transition(now, row, State::Online, "runtime_node.online", None, json!({})));
+                    events.push(online(now, row));
                 }
                 continue;
             }
-            let age = parse_time(&row.last_heartbeat_at).and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
+            let age = now.duration_since(row.last_heartbeat_at).unwrap_or_default();
             if age > rules.offline_after {
-                events.push(go_offline(now, row, "heartbeat_lost"));
+                events.push(go_offline(now, row, OfflineReason::HeartbeatLost));
             } else if age > rules.degraded_after && row.state != State::Degraded {
                 row.health = Health::Degraded;
-                events.push(transition(
-                    now,
-                    row,
-                    State::Degraded,
-                    "runtime_node.degraded",
-                    None,
-                    json!({
-                        "detail": format!("no heartbeat for {}s", age.as_secs()),
-                    }),
-                ));
+                events.push(degraded(now, row, format!("no heartbeat for {}s", age.as_secs())));
             }
         }
         events
@@ -609,46 +619,58 @@ impl Presence {
     pub fn revoke(
         &mut self,
         node: &str,
-        by: &str,
+        by: Revoker<'_>,
         reason: Option<&str>,
         now: SystemTime,
     ) -> Result<Vec<Event>, Refusal> {
-        check_node(node)?;
+        let now = rfc3339::millis(now);
+        by.check(self, node, true)?;
         if self.revoked.contains_key(node) {
             return Ok(Vec::new());
         }
-        self.revoked.insert(
-            node.to_owned(),
-            Revocation { revoked_by: by.to_owned(), reason: reason.map(str::to_owned), at: timestamp(now) },
-        );
-        let extra = json!({"revokedBy": by, "reason": reason});
-        Ok(vec![match self.active_mut(node) {
+        let actor = by.actor();
+        self.revoked
+            .insert(node.to_owned(), Revocation { revoked_by: actor, reason: reason.map(str::to_owned), at: now });
+        let (session_id, previous_state) = match self.active_mut(node) {
             Some(row) => {
                 row.health = Health::Offline;
-                transition(now, row, State::Revoked, "runtime_node.revoked", Some(by), extra)
+                let (_, session, previous) = moved_to(now, row, State::Revoked);
+                (Some(session), Some(previous))
             }
-            None => {
-                let mut e = event(now, "runtime_node.revoked", None, node, extra);
-                e["newState"] = json!("revoked");
-                e["actor"] = json!(by);
-                e
-            }
+            None => (None, None),
+        };
+        Ok(vec![Event {
+            ts: now,
+            kind: EventKind::Revoked {
+                node_id: node.to_owned(),
+                session_id,
+                revoked_by: actor,
+                reason: reason.map(str::to_owned),
+                previous_state,
+                new_state: State::Revoked,
+                actor,
+            },
         }])
     }
 
-    /// Lifts a revocation (`by` is `birth` or `operator`).
-    pub fn unrevoke(&mut self, node: &str, by: &str, now: SystemTime) -> Result<Vec<Event>, Refusal> {
-        check_node(node)?;
+    /// Lifts a revocation.
+    pub fn unrevoke(&mut self, node: &str, by: Revoker<'_>, now: SystemTime) -> Result<Vec<Event>, Refusal> {
+        by.check(self, node, false)?;
         if self.revoked.remove(node).is_none() {
             return Ok(Vec::new());
         }
-        let mut e = event(now, "runtime_node.unrevoked", None, node, json!({"by": by}));
-        e["previousState"] = json!("revoked");
-        e["newState"] = json!("offline");
         for row in self.attachments.iter_mut().filter(|r| r.node_id == node && r.state == State::Revoked) {
             row.state = State::Offline;
         }
-        Ok(vec![e])
+        Ok(vec![Event {
+            ts: rfc3339::millis(now),
+            kind: EventKind::Unrevoked {
+                node_id: node.to_owned(),
+                by: by.actor(),
+                previous_state: State::Revoked,
+                new_state: State::Offline,
+            },
+        }])
     }
 
     /// One row per node: its active session, else its newest row.
@@ -679,8 +701,8 @@ impl Presence {
                     health: row.health,
                     read_only: is_read_only(Some(&row.client_version), floor),
                     client_version: row.client_version.clone(),
-                    last_heartbeat_at: wire_time(&row.last_heartbeat_at),
-                    attached_at: wire_time(&row.attached_at),
+                    last_heartbeat_at: Timestamp(row.last_heartbeat_at),
+                    attached_at: Timestamp(row.attached_at),
                     pid: row.pid,
                 }
             })
@@ -706,156 +728,12 @@ impl Presence {
 
 #[cfg(test)]
 mod tests {
+    // The transitions are tested through the store, by the domain suite
+    // (`crate::store::suite`); these are the pure checks.
     use super::*;
-
-    const T0: u64 = 1_800_000_000;
-
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
-    }
 
     fn v(major: u32, minor: u32) -> Option<ClientVersion> {
         Some(ClientVersion { major, minor })
-    }
-
-    fn rules(floor: Option<ClientVersion>) -> Rules {
-        Rules { degraded_after: Duration::from_secs(30), offline_after: Duration::from_secs(60), floor }
-    }
-
-    fn req(session: &str, version: &str, pid: Option<i32>) -> AttachParams {
-        let mut capabilities = Map::new();
-        capabilities.insert("hooks".into(), json!(["session-start"]));
-        AttachParams {
-            session_id: session.into(),
-            node_id: "claude-boris".into(),
-            client_version: version.into(),
-            capabilities,
-            health_state: Health::Online,
-            pid,
-        }
-    }
-
-    fn names(events: &[Event]) -> Vec<&str> {
-        events.iter().map(|e| e["event"].as_str().unwrap()).collect()
-    }
-
-    /// Process 100 runs (start "a"), 200 runs (start "b"); others are gone.
-    fn probe(pid: i32) -> Option<String> {
-        match pid {
-            100 => Some("a".into()),
-            200 => Some("b".into()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn attach_registers_then_online_with_its_events() {
-        let mut p = Presence::default();
-        let (a, events) = p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
-        assert_eq!(a.state, State::Online);
-        assert!(!a.read_only);
-        assert_eq!(
-            names(&events),
-            ["runtime_node.registered", "runtime_node.capability_declared", "runtime_node.online"]
-        );
-        assert_eq!(events[2]["previousState"], "registering");
-        assert_eq!(events[2]["newState"], "online");
-        assert_eq!(events[0]["clientVersion"], "1.0");
-        // Idempotent re-attach of the active session.
-        let (again, events) = p.attach(&req("s1", "1.0", None), true, &rules(None), at(5), &probe).unwrap();
-        assert_eq!(again.attachment_id, a.attachment_id);
-        assert!(events.is_empty());
-        assert_eq!(p.attachments.len(), 1);
-    }
-
-    #[test]
-    fn heartbeats_and_the_sweep_move_between_online_degraded_and_offline() {
-        let mut p = Presence::default();
-        p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
-        assert!(p.sweep(&rules(None), at(20), &probe).is_empty());
-        let e = p.sweep(&rules(None), at(31), &probe);
-        assert_eq!(names(&e), ["runtime_node.degraded"]);
-        assert_eq!(p.active("claude-boris").unwrap().state, State::Degraded);
-        // A heartbeat in the degraded band: back online, not via offline.
-        let e = p.heartbeat("claude-boris", Some("s1"), Health::Online, at(40)).unwrap();
-        assert_eq!(names(&e), ["runtime_node.online"]);
-        assert_eq!(e[0]["previousState"], "degraded");
-        // Silent past offline_after.
-        p.sweep(&rules(None), at(71), &probe);
-        let e = p.sweep(&rules(None), at(101), &probe);
-        assert_eq!(names(&e), ["runtime_node.offline"]);
-        assert_eq!(e[0]["reason"], "heartbeat_lost");
-        assert!(p.active("claude-boris").is_none());
-        assert!(p.sweep(&rules(None), at(500), &probe).is_empty(), "offline rows are left alone");
-        let refused = p.heartbeat("claude-boris", None, Health::Online, at(501)).unwrap_err();
-        assert_eq!(refused.kind, ErrorKind::RuntimenodeNotAttached);
-        // A reconnect of the offline session.
-        let (a, e) = p.attach(&req("s1", "1.0", None), true, &rules(None), at(502), &probe).unwrap();
-        assert_eq!(a.state, State::Online);
-        assert_eq!(e[0]["previousState"], "offline");
-        assert_eq!(p.attachments.len(), 1);
-    }
-
-    #[test]
-    fn a_live_pid_counts_as_a_heartbeat() {
-        let mut p = Presence::default();
-        p.attach(&req("s1", "1.0", Some(100)), true, &rules(None), at(0), &probe).unwrap();
-        assert!(p.sweep(&rules(None), at(500), &probe).is_empty());
-        assert_eq!(p.active("claude-boris").unwrap().state, State::Online);
-        // The same pid with another start time is another process.
-        p.attachments[0].pid_start = Some("old".into());
-        assert_eq!(names(&p.sweep(&rules(None), at(540), &probe)), ["runtime_node.degraded"]);
-    }
-
-    #[test]
-    fn one_active_session_per_node_with_takeover_and_supersession() {
-        let mut p = Presence::default();
-        p.attach(&req("s1", "1.0", Some(100)), true, &rules(None), at(0), &probe).unwrap();
-        // Another live process: conflict, naming the active session.
-        let conflict = p.attach(&req("s2", "1.0", Some(200)), true, &rules(None), at(1), &probe).unwrap_err();
-        assert_eq!(conflict.kind, ErrorKind::RuntimenodeAttachConflict);
-        assert!(conflict.message.contains("s1"));
-        // The same live process starts a new session: supersedes.
-        let (_, e) = p.attach(&req("s3", "1.0", Some(100)), true, &rules(None), at(2), &probe).unwrap();
-        assert_eq!(e[0]["event"], "runtime_node.offline");
-        assert_eq!(e[0]["reason"], "superseded");
-        assert_eq!(p.active("claude-boris").unwrap().session_id, "s3");
-        // Its process dies (pid 100 now gone): a new session takes over.
-        p.attachments.iter_mut().find(|a| a.session_id == "s3").unwrap().pid = Some(300);
-        let (_, e) = p.attach(&req("s4", "1.0", Some(200)), true, &rules(None), at(3), &probe).unwrap();
-        assert_eq!(e[0]["reason"], "heartbeat_lost");
-        assert_eq!(p.attachments.iter().filter(|a| a.state.is_active()).count(), 1);
-        // The old session's late detach is refused; the right one works.
-        let stale = p.detach("claude-boris", Some("s3"), at(4)).unwrap_err();
-        assert_eq!(stale.kind, ErrorKind::RuntimenodeStaleSession);
-        let e = p.detach("claude-boris", Some("s4"), at(5)).unwrap();
-        assert_eq!(e[0]["reason"], "explicit_shutdown");
-        assert!(p.active("claude-boris").is_none());
-    }
-
-    #[test]
-    fn revocation_is_terminal_until_unrevoked_and_unknown_nodes_are_refused() {
-        let mut p = Presence::default();
-        p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
-        let e = p.revoke("claude-boris", "core", Some("removed"), at(1)).unwrap();
-        assert_eq!(e[0]["event"], "runtime_node.revoked");
-        assert_eq!(e[0]["newState"], "revoked");
-        assert_eq!(e[0]["revokedBy"], "core");
-        assert_eq!(p.roster(None)[0].state, State::Revoked);
-        let refused = p.attach(&req("s2", "1.0", None), true, &rules(None), at(2), &probe).unwrap_err();
-        assert_eq!(refused.kind, ErrorKind::RuntimenodeAttachRevoked);
-        assert!(p.sweep(&rules(None), at(900), &probe).is_empty(), "nothing automatic leads out");
-        let e = p.unrevoke("claude-boris", "birth", at(3)).unwrap();
-        assert_eq!(e[0]["by"], "birth");
-        p.attach(&req("s2", "1.0", None), true, &rules(None), at(4), &probe).unwrap();
-        let unknown = p.attach(&req("s9", "1.0", None), false, &rules(None), at(5), &probe).unwrap_err();
-        assert_eq!(unknown.kind, ErrorKind::RuntimenodeUnknownNode);
-        let mut bad = req("s9", "1.0", None);
-        bad.node_id = "claude_boris".into();
-        let refused = p.attach(&bad, true, &rules(None), at(6), &probe).unwrap_err().message;
-        assert!(refused.starts_with("the node \"claude_boris\" is not <runtime>-<personality>"), "{refused}");
-        let bad_version = p.attach(&req("s9", "1.01", None), true, &rules(None), at(6), &probe).unwrap_err();
-        assert!(bad_version.message.contains("the client version \"1.01\""), "{}", bad_version.message);
     }
 
     #[test]
@@ -887,14 +765,14 @@ mod tests {
         assert!(check(&p, "claude-nobody", true, true).is_ok(), "forced");
         assert_eq!(check(&p, "claude_x", true, true).unwrap_err().kind, ErrorKind::RequestInvalid, "never forced");
         assert!(check(&p, "claude-nobody", false, false).unwrap_err().message.contains("nor revoked (revoked: none)"));
-        p.revoke("claude-gone", "core", None, at(0)).unwrap();
+        p.revoke("claude-gone", Revoker::Core, None, SystemTime::UNIX_EPOCH).unwrap();
         assert!(check(&p, "claude-gone", false, false).is_ok(), "a revoked node can be let back in");
         let no_map = check_operator_node(None, &p, "claude-ada", true, false).unwrap_err();
         assert_eq!(no_map.kind, ErrorKind::FleetUnavailable);
     }
 
     #[test]
-    fn the_version_floor_compares_numbers_and_is_derived_at_read_time() {
+    fn the_version_floor_compares_numbers() {
         assert_eq!(parse_version("10.0"), v(10, 0));
         assert!(parse_version("10.0") > parse_version("9.0"));
         assert_eq!(parse_version("01.0"), None);
@@ -903,43 +781,8 @@ mod tests {
         assert!(is_read_only(Some("9.9"), v(10, 0)));
         assert!(!is_read_only(Some("10.0"), v(10, 0)));
         assert!(is_read_only(None, v(1, 0)), "no known version under a floor is read-only");
-        let mut p = Presence::default();
-        let (a, _) = p.attach(&req("s1", "1.0", None), true, &rules(v(2, 0)), at(0), &probe).unwrap();
-        assert!(a.read_only, "admitted, read-only");
-        assert!(p.roster(v(2, 0))[0].read_only);
-        assert!(!p.roster(v(1, 0))[0].read_only, "lowering the floor frees it");
-        let refusal =
-            floor_refusal("claude-boris", p.active_version("claude-boris"), ClientVersion { major: 2, minor: 0 });
+        let refusal = floor_refusal("claude-boris", Some("1.0"), ClientVersion { major: 2, minor: 0 });
         assert_eq!(refusal.kind, ErrorKind::VersionFloorExceeded);
         assert_eq!(refusal.details.unwrap()["acceptedRange"]["min"], "2.0");
-    }
-
-    #[test]
-    fn capability_updates_record_changes() {
-        let mut p = Presence::default();
-        p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
-        let mut caps = Map::new();
-        caps.insert("hooks".into(), json!(["all"]));
-        let (result, e) = p.capability_update("claude-boris", &caps, Some(Health::Degraded), at(1)).unwrap();
-        assert_eq!(names(&e), ["runtime_node.capability_updated", "runtime_node.degraded"]);
-        assert_eq!(result.state, State::Degraded);
-    }
-
-    #[test]
-    fn soft_heartbeats_are_told_apart_and_applied_forward_only() {
-        let mut p = Presence::default();
-        p.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
-        assert_eq!(p.soft_beat("claude-boris", Some("s1"), Health::Online), Ok(Some("s1")));
-        assert_eq!(p.soft_beat("claude-boris", None, Health::Online), Ok(Some("s1")), "the active session");
-        assert_eq!(p.soft_beat("claude-boris", None, Health::Degraded), Ok(None), "a health change is a transition");
-        assert_eq!(
-            p.soft_beat("claude-boris", Some("old"), Health::Online).unwrap_err().kind,
-            ErrorKind::RuntimenodeStaleSession
-        );
-        let kept = |t| SoftBeats::from([(("claude-boris".to_owned(), "s1".to_owned()), t)]);
-        p.apply_beats(&kept(at(40)));
-        assert!(p.sweep(&rules(None), at(60), &probe).is_empty(), "the kept beat counts");
-        p.apply_beats(&kept(at(10)));
-        assert_eq!(p.active("claude-boris").unwrap().last_heartbeat_at, timestamp(at(40)), "never back");
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod error;
+pub mod event;
 pub mod framing;
 pub mod host;
 pub mod message;

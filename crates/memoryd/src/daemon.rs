@@ -56,7 +56,7 @@ pub struct Daemon {
     /// Whether the test sandbox was armed at start-up.
     pub sandboxed: bool,
     pub lock: ProvisionLock,
-    pub store: memoryd_core::store::Store,
+    pub store: Box<dyn memoryd_core::store::StateStore>,
     pub last_sweep: Mutex<Option<SweepStatus>>,
     /// The last fleet refresh error, logged once until it changes.
     pub refresh_error: Mutex<Option<String>>,
@@ -74,9 +74,6 @@ pub struct Daemon {
     pub mcp_error: Mutex<Option<String>>,
     /// The MCP guard's uid step, proven at start-up.
     pub uid_guard: crate::mcp::UidGuard,
-    /// Heartbeats that changed no state, by (node, session): soft state
-    /// (spec 40) applied to the store at the next presence sweep.
-    pub soft_beats: Mutex<memoryd_core::presence::SoftBeats>,
     /// Fragments waiting for the renderer task.
     pub fragments: FragmentQueue,
 }
@@ -139,7 +136,7 @@ pub struct Parts {
     pub supervisor: Option<&'static str>,
     pub running_exe: PathBuf,
     pub lock: ProvisionLock,
-    pub store: memoryd_core::store::Store,
+    pub store: Box<dyn memoryd_core::store::StateStore>,
 }
 
 impl Daemon {
@@ -172,7 +169,6 @@ impl Daemon {
             mcp_listening: AtomicBool::new(false),
             mcp_error: Mutex::new(None),
             uid_guard: crate::mcp::UidGuard::probe(),
-            soft_beats: Mutex::default(),
             fragments: FragmentQueue::default(),
         }
     }
@@ -197,7 +193,7 @@ impl Daemon {
 
     /// The peers linked with `personality` that are present in the fleet.
     pub fn linked_with(&self, personality: &str) -> Vec<String> {
-        let links: memoryd_core::peers::Links = self.store.read(memoryd_core::peers::LINKS).unwrap_or_default();
+        let links = self.store.links().unwrap_or_default();
         let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
         links
             .of(personality)
@@ -209,7 +205,7 @@ impl Daemon {
     /// Re-renders the fragments of the peers linked with any of these (their
     /// "Linked peers" section shows these peers' presence).
     pub fn refresh_linked(&self, personalities: &[String]) {
-        let links: memoryd_core::peers::Links = self.store.read(memoryd_core::peers::LINKS).unwrap_or_default();
+        let links = self.store.links().unwrap_or_default();
         let mut linked: Vec<String> =
             personalities.iter().flat_map(|p| links.of(p).map(str::to_owned).collect::<Vec<_>>()).collect();
         linked.sort();
@@ -280,8 +276,14 @@ impl Daemon {
     pub fn status(&self) -> memoryd_proto::status::HostStatus {
         let config = self.config();
         let peers = self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
-        let mut status =
-            memoryd_core::ops::status::shared_facts(&self.paths, &config, &self.source.file, SystemTime::now(), peers);
+        let mut status = memoryd_core::ops::status::shared_facts(
+            &self.paths,
+            &config,
+            &self.source.file,
+            SystemTime::now(),
+            peers,
+            &*self.store,
+        );
         status.running = true;
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());

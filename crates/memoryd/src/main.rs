@@ -228,8 +228,11 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
     let provision_lock = ProvisionLock::open(&files, &paths.provision_lock)
         .context("cannot open the provision lock")
         .map_err(fatal(1))?;
-    let store =
-        memoryd_core::store::Store::open(&paths, &files).context("cannot open the store S/store").map_err(fatal(1))?;
+    let store = Box::new(
+        memoryd_core::store::FileStore::open(&paths, &files)
+            .context("cannot open the store S/store")
+            .map_err(fatal(1))?,
+    );
     let daemon = Arc::new(Daemon::new(Parts {
         paths,
         source,

@@ -547,7 +547,7 @@ impl MemoryServer {
     /// read-only under a floor).
     fn check_write(&self, node: &str) -> Result<(), String> {
         let presence = self.daemon.store.presence().map_err(|e| e.to_string())?;
-        self.daemon.check_floor(node, &presence).map_err(|r| refusal_text(&r))
+        presence.check_floor(node, self.daemon.rules().floor).map_err(|r| refusal_text(&r))
     }
 
     /// Runs one tool (on a blocking thread: it reads and writes files and
@@ -601,7 +601,7 @@ impl MemoryServer {
                 let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
                 let floor = self.daemon.rules().floor;
                 let visible =
-                    peers::visible_in(&self.daemon.store, &fleet, floor, &personality).map_err(|e| e.to_string())?;
+                    peers::visible_in(&*self.daemon.store, &fleet, floor, &personality).map_err(|e| e.to_string())?;
                 serde_json::to_value(visible).map_err(|e| e.to_string())
             }
             "peer_send" => {
@@ -609,19 +609,14 @@ impl MemoryServer {
                 let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
                 let to = text("to")?.to_owned();
                 let capacity = self.daemon.config().presence.inbox_capacity;
-                let sent = peers::send(
-                    &self.daemon.store,
-                    &fleet,
-                    &personality,
-                    &to,
-                    text("message")?,
-                    capacity,
-                    SystemTime::now(),
-                )
-                .map_err(|e| match e {
-                    memoryd_core::store::StoreError::Refused(r) => refusal_text(&r),
-                    other => other.to_string(),
-                })?;
+                let sent = self
+                    .daemon
+                    .store
+                    .send(&fleet, &personality, &to, text("message")?, capacity, SystemTime::now())
+                    .map_err(|e| match e {
+                        memoryd_core::store::StoreError::Refused(r) => refusal_text(&r),
+                        other => other.to_string(),
+                    })?;
                 self.daemon.refresh_fragments(Some(vec![to]));
                 serde_json::to_value(sent).map_err(|e| e.to_string())
             }

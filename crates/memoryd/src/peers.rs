@@ -1,5 +1,5 @@
 //! The daemon's side of peer links and messages (spec 50): each method is
-//! one domain call on a blocking thread.
+//! one store call on a blocking thread.
 
 use crate::daemon::Daemon;
 use crate::presence::rpc_error;
@@ -27,7 +27,7 @@ impl Daemon {
     pub async fn peer_link(self: &Arc<Self>, p: PeerPair) -> Result<Linked, RpcError> {
         let fleet = self.fleet_map();
         self.blocking(move |daemon| {
-            let made = peers::link(&daemon.store, &fleet?, &p.a, &p.b).map_err(rpc_error)?;
+            let made = daemon.store.link(&fleet?, &p.a, &p.b).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
             Ok(Linked { linked: true, already: !made, a: p.a, b: p.b })
         })
@@ -39,7 +39,7 @@ impl Daemon {
     pub async fn peer_unlink(self: &Arc<Self>, p: PeerPair) -> Result<Unlinked, RpcError> {
         let fleet = self.fleet_map();
         self.blocking(move |daemon| {
-            let was = peers::unlink(&daemon.store, fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
+            let was = daemon.store.unlink(fleet.as_ref().ok(), &p.a, &p.b).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
             Ok(Unlinked { unlinked: was, a: p.a, b: p.b })
         })
@@ -50,8 +50,10 @@ impl Daemon {
     pub async fn peer_visible(self: &Arc<Self>, p: PersonalityParams) -> Result<Vec<Visible>, RpcError> {
         let fleet = self.fleet_map();
         let floor = self.rules().floor;
-        self.blocking(move |daemon| peers::visible_in(&daemon.store, &fleet?, floor, &p.personality).map_err(rpc_error))
-            .await
+        self.blocking(move |daemon| {
+            peers::visible_in(&*daemon.store, &fleet?, floor, &p.personality).map_err(rpc_error)
+        })
+        .await
     }
 
     /// `peer.send`.
@@ -64,30 +66,29 @@ impl Daemon {
             // An operator's names are checked first, naming the fleet's
             // peers (the MCP tool's caller gets no such list).
             for name in [&p.from, &p.to] {
-                peers::check_known(Some(&fleet), name, false).map_err(rpc_error)?;
+                peers::check_known(Some(&fleet), name, false).map_err(|r| rpc_error(r.into()))?;
             }
-            let sent =
-                peers::send(&daemon.store, &fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
+            let sent = daemon.store.send(&fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.to]));
             Ok(sent)
         })
         .await
     }
 
-    /// `peer.inbox`.
+    /// `peer.inbox`: a lease is a hook fetching its own peer's messages; a
+    /// look names any peer, which must be one the store knows.
     pub async fn peer_inbox(self: &Arc<Self>, p: InboxParams) -> Result<Vec<Message>, RpcError> {
         let fleet = self.fleet_map();
         let now = SystemTime::now();
         self.blocking(move |daemon| {
             let store = &daemon.store;
-            // A lease is a hook fetching its own peer's messages; a look
-            // names any peer, which must be one the store knows.
             if !p.lease {
                 let kept = memoryd_core::fleet::names::is_personality(&p.personality)
-                    && peers::waiting(store, &p.personality) > 0;
-                peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(rpc_error)?;
+                    && store.waiting().is_ok_and(|w| w.contains_key(&p.personality));
+                peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(|r| rpc_error(r.into()))?;
             }
-            peers::inbox(store, &p.personality, p.lease, now).map_err(rpc_error)
+            let messages = if p.lease { store.lease(&p.personality, now) } else { store.inbox(&p.personality, now) };
+            messages.map_err(rpc_error)
         })
         .await
     }
@@ -95,7 +96,7 @@ impl Daemon {
     /// `peer.ack`.
     pub async fn peer_ack(self: &Arc<Self>, p: AckParams) -> Result<Acked, RpcError> {
         self.blocking(move |daemon| {
-            let acked = peers::ack(&daemon.store, &p.personality, &p.ids).map_err(rpc_error)?;
+            let acked = daemon.store.ack(&p.personality, &p.ids).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.personality]));
             Ok(Acked { acked })
         })

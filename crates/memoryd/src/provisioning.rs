@@ -69,7 +69,7 @@ impl Daemon {
                 files: &daemon.files,
                 tools: &tools,
                 config: &config,
-                store: &daemon.store,
+                store: &*daemon.store,
                 index: Some(&index),
                 lock: &daemon.lock,
                 cancelled: &cancelled,

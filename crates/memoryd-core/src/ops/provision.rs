@@ -167,7 +167,7 @@ pub struct Provisioner<'a> {
     pub files: &'a FileGuard,
     pub tools: &'a Tools,
     pub config: &'a Config,
-    pub store: &'a crate::store::Store,
+    pub store: &'a dyn crate::store::StateStore,
     /// The vault index the fragments list notes from (None: no notes).
     pub index: Option<&'a crate::vault::Index>,
     pub lock: &'a ProvisionLock,
@@ -211,7 +211,7 @@ impl Provisioner<'_> {
         cwd: &Path,
     ) -> Outcome {
         let port = self.tools.settings.mcp_port;
-        let inputs = context.inputs(self.store, personality, self.config.vault.as_deref(), (port != 0).then_some(port));
+        let inputs = context.inputs(personality, self.config.vault.as_deref(), (port != 0).then_some(port));
         let outcome = self.surfaces().write_fragment(held, state, cwd, &fragment::render(&inputs));
         if outcome.action == Action::Failed {
             tracing::warn!(personality, detail = outcome.detail.as_deref().unwrap_or(""), "cannot write the fragment");
@@ -475,7 +475,7 @@ impl Provisioner<'_> {
                 SystemTime::now(),
             )? == crate::host::files::WriteOutcome::Written;
             // A new birth is one of the two ways out of a revocation.
-            self.revocation(request, |p, node, now| p.unrevoke(node, "birth", now));
+            self.revocation(request, |p, node, now| p.unrevoke(node, crate::presence::Revoker::Birth, now));
         }
         if surface_names(&request.runtime).is_none() {
             return Ok(PeerReport {
@@ -502,7 +502,9 @@ impl Provisioner<'_> {
         // Only the core's `remove` revokes; the other occasions only turn
         // memory off for a peer that still exists.
         if request.occasion == "remove" {
-            self.revocation(request, |p, node, now| p.revoke(node, "core", Some("removed by the iapeer core"), now));
+            self.revocation(request, |p, node, now| {
+                p.revoke(node, crate::presence::Revoker::Core, Some("removed by the iapeer core"), now)
+            });
         }
         if surface_names(&request.runtime).is_none() {
             return Ok(PeerReport {
@@ -531,13 +533,13 @@ impl Provisioner<'_> {
         &self,
         request: &PeerRequest,
         change: impl FnOnce(
-            &mut crate::presence::Presence,
+            &dyn crate::store::StateStore,
             &str,
             SystemTime,
-        ) -> Result<Vec<crate::presence::Event>, crate::presence::Refusal>,
+        ) -> Result<Vec<crate::presence::Event>, crate::store::StoreError>,
     ) {
         let node = format!("{}-{}", request.runtime, request.personality);
-        let result = self.store.change_presence("revocation", |p| change(p, &node, SystemTime::now()).map(|e| ((), e)));
+        let result = change(self.store, &node, SystemTime::now());
         if let Err(e) = result {
             tracing::warn!(node, error = %e, "cannot record the revocation change");
         }

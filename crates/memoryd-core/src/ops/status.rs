@@ -53,7 +53,7 @@ use crate::fleet::FleetRead;
 use crate::host::heartbeat::Heartbeat;
 use crate::host::instance::{lock_is_held, read_pid};
 use crate::host::paths::Paths;
-use crate::{peers, store};
+use crate::store::{FileStore, PresenceStore, StateStore};
 use memoryd_proto::status::{FleetStatus, LockStatus, McpStatus, VaultStatus};
 use std::path::Path;
 use std::time::SystemTime;
@@ -66,10 +66,11 @@ use std::time::SystemTime;
 pub fn from_disk(paths: &Paths, config: &Config, config_file: &Path, now: SystemTime) -> HostStatus {
     let locked = lock_is_held(&paths.instance_lock).unwrap_or(false);
     let peers = FleetRead::load(&paths.fleet_map).map().map(|m| m.peers.len());
-    let mut status = shared_facts(paths, config, config_file, now, peers);
+    let store = FileStore::read_only(paths);
+    let mut status = shared_facts(paths, config, config_file, now, peers, &store);
     status.pid = if locked { read_pid(&paths.pid_file) } else { None };
-    status.presence = store::stored_presence(paths).ok().map(|p| p.counts());
-    status.last_sweep = store::stored_last_sweep(paths).ok().flatten();
+    status.presence = store.presence().ok().map(|p| p.counts());
+    status.last_sweep = store.last_sweep().ok().flatten();
     status
 }
 
@@ -83,6 +84,7 @@ pub fn shared_facts(
     config_file: &Path,
     now: SystemTime,
     peers: Option<usize>,
+    store: &dyn StateStore,
 ) -> HostStatus {
     let heartbeat = Heartbeat::read(&paths.heartbeat);
     let checked_age_secs = std::fs::read_to_string(&paths.fleet_checked)
@@ -105,7 +107,7 @@ pub fn shared_facts(
         last_sweep: None,
         lock: LockStatus { holder },
         presence: None,
-        waiting_messages: peers::waiting_all(paths).ok().map(|w| w.values().sum()),
+        waiting_messages: store.waiting().ok().map(|w| w.values().sum()),
         // The daemon fills in what it found; from disk nothing is known.
         mcp: McpStatus { port: config.mcp_port, ..McpStatus::default() },
         vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },

@@ -498,32 +498,12 @@ impl Verify<'_> {
         }
     }
 
-    /// Loads every store document with its real type: presence, links,
-    /// each inbox. A document that does not load is named, never deleted.
+    /// Loads everything stored (presence, links, each inbox); what does
+    /// not load is named, never deleted.
     fn store(&self, out: &mut Tally<'_>) {
-        let store = self.p.store;
-        let mut problems = Vec::new();
-        let mut note = |r: Result<(), crate::store::StoreError>| {
-            if let Err(e) = r {
-                problems.push(e.to_string());
-            }
-        };
-        note(store.presence().map(drop));
-        note(store.read::<crate::peers::Links>(crate::peers::LINKS).map(drop));
-        let inboxes: Vec<String> = std::fs::read_dir(store.dir().join("inbox"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".json"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for name in &inboxes {
-            note(store.read::<crate::peers::Inbox>(&format!("inbox/{name}")).map(drop));
-        }
-        match problems.first() {
-            None => out.line("store", Good, &format!("presence, links and {} inbox(es) load", inboxes.len())),
-            Some(first) => out.line("store", Fail, first),
+        match self.p.store.check() {
+            Ok(loaded) => out.line("store", Good, &loaded),
+            Err(e) => out.line("store", Fail, &e.to_string()),
         }
     }
 }

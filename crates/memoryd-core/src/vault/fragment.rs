@@ -47,6 +47,8 @@ pub struct Context<'a> {
     pub present: std::collections::HashSet<String>,
     pub links: crate::peers::Links,
     pub roster: Vec<crate::presence::RosterRow>,
+    /// Messages waiting, by peer.
+    pub waiting: std::collections::BTreeMap<String, usize>,
     pub index: Option<&'a crate::vault::Index>,
 }
 
@@ -55,7 +57,7 @@ impl<'a> Context<'a> {
     /// renders as no links and no presence (and is reported by `verify`).
     pub fn load(
         paths: &crate::host::paths::Paths,
-        store: &crate::store::Store,
+        store: &dyn crate::store::StateStore,
         floor: Option<crate::config::ClientVersion>,
         index: Option<&'a crate::vault::Index>,
     ) -> Context<'a> {
@@ -65,8 +67,9 @@ impl<'a> Context<'a> {
             .unwrap_or_default();
         Context {
             present,
-            links: store.read(crate::peers::LINKS).unwrap_or_default(),
+            links: store.links().unwrap_or_default(),
             roster: store.presence().map(|p| p.roster(floor)).unwrap_or_default(),
+            waiting: store.waiting().unwrap_or_default(),
             index,
         }
     }
@@ -80,13 +83,7 @@ impl<'a> Context<'a> {
     }
 
     /// The inputs of one peer's fragment.
-    pub fn inputs(
-        &self,
-        store: &crate::store::Store,
-        personality: &'a str,
-        vault: Option<&'a Path>,
-        mcp_port: Option<u16>,
-    ) -> FragmentInputs<'a> {
+    pub fn inputs(&self, personality: &'a str, vault: Option<&'a Path>, mcp_port: Option<u16>) -> FragmentInputs<'a> {
         let linked = self.linked(personality);
         let presence = |name: &str| {
             self.roster
@@ -114,7 +111,7 @@ impl<'a> Context<'a> {
             mcp_port,
             linked: linked.iter().map(|l| LinkedPeer { personality: l.clone(), presence: presence(l) }).collect(),
             notes,
-            waiting_messages: crate::peers::waiting(store, personality),
+            waiting_messages: self.waiting.get(personality).copied().unwrap_or(0),
         }
     }
 }

@@ -1,0 +1,574 @@
+//! The embedded store (spec 00, 40, 50): `S/store/` holds `presence.json`,
+//! `links.json`, `inbox/<peer>.json` and `last-sweep.json`; events go to
+//! `S/events.jsonl`.
+//!
+//! Every change takes the store lock (`S/store/store.lock`, flock with a
+//! deadline), re-reads the document it changes, runs the domain function,
+//! writes the document through a tmp file and a rename, both synced, when it
+//! changed, and appends its events, before the lock is released: safe across
+//! processes and crashes. A document that does not parse is reported, never
+//! replaced.
+
+use super::events;
+use super::{Cursor, EventLog, PeerStore, PresenceStore, StateStore, StoreError};
+use crate::config::ClientVersion;
+use crate::fleet::FleetMap;
+use crate::host::files::{FileError, FileGuard};
+use crate::host::lock::{StoreGuard, StoreLock};
+use crate::host::paths::Paths;
+use crate::peers::{self, Inbox, Links, Message};
+use crate::presence::{
+    AttachParams, Attached, Event, Health, Presence, Probe, Refusal, Revoker, RosterRow, Rules, SoftBeats,
+};
+use memoryd_proto::peers::Sent;
+use memoryd_proto::presence::CapabilityUpdated;
+use memoryd_proto::status::SweepStatus;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+/// Rotate the event log past this size, keeping this many old ones.
+const EVENTS_MAX: u64 = 10 << 20;
+const EVENTS_KEPT: usize = 3;
+/// How long a store call waits for the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// The documents, relative to `S/store/`.
+const PRESENCE: &str = "presence.json";
+const LINKS: &str = "links.json";
+const INBOXES: &str = "inbox";
+/// The daemon's last whole-fleet sweep: kept on disk so that `status` can
+/// show it while no daemon runs.
+const LAST_SWEEP: &str = "last-sweep.json";
+
+fn inbox_file(personality: &str) -> String {
+    format!("{INBOXES}/{personality}.json")
+}
+
+/// The store of one root, in files.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    events: PathBuf,
+    /// None when opened to read only.
+    writer: Option<Writer>,
+    /// The last presence document parsed, with what identifies the file
+    /// it came from: heartbeats, rosters and status read it far more often
+    /// than it changes, and at a thousand sessions parsing it dominates
+    /// their cost.
+    presence_cache: Mutex<Option<Cached>>,
+    /// Presence writes by this process so far: an entry read before one of
+    /// them is never served after it, whatever the file's stamp says.
+    presence_writes: AtomicU64,
+    /// Heartbeats that changed nothing but the time, by (node, session),
+    /// written by the next sweep (spec 40 soft state).
+    kept: Mutex<SoftBeats>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    files: FileGuard,
+    lock: StoreLock,
+}
+
+#[derive(Debug)]
+struct Cached {
+    stamp: Stamp,
+    writes: u64,
+    doc: Arc<Presence>,
+}
+
+/// One version of a store document as the file system shows it. Documents
+/// are only ever replaced by a rename, so a new version is a new inode;
+/// an inode number reused within one timestamp tick with the same length
+/// is told apart only for this process's own writes (by the count above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+impl FileStore {
+    /// Opens the store, creating `S/store/` (0700) if missing.
+    pub fn open(paths: &Paths, files: &FileGuard) -> Result<FileStore, StoreError> {
+        files.create_dir_all(&paths.store, 0o700)?;
+        let lock = StoreLock::open(files, &paths.store.join("store.lock"))?;
+        Ok(FileStore::new(paths, Some(Writer { files: files.clone(), lock })))
+    }
+
+    /// The store as a reader that finds no daemon sees it: nothing is
+    /// created (not even `S/store/`), and every change is refused.
+    pub fn read_only(paths: &Paths) -> FileStore {
+        FileStore::new(paths, None)
+    }
+
+    fn new(paths: &Paths, writer: Option<Writer>) -> FileStore {
+        FileStore {
+            dir: paths.store.clone(),
+            events: paths.events.clone(),
+            writer,
+            presence_cache: Mutex::new(None),
+            presence_writes: AtomicU64::new(0),
+            kept: Mutex::default(),
+        }
+    }
+
+    /// Takes the store lock, with the file guard that writes under it.
+    fn hold(&self, what: &'static str) -> Result<(StoreGuard<'_>, &FileGuard), StoreError> {
+        let writer = self.writer.as_ref().ok_or_else(|| StoreError::ReadOnly { path: self.dir.clone(), what })?;
+        Ok((writer.lock.acquire(what, LOCK_WAIT, &|| false)?, &writer.files))
+    }
+
+    /// A consistent snapshot of one document (files are only ever replaced
+    /// by rename); `file` is relative to `S/store/`.
+    fn read<D: DeserializeOwned + Default>(&self, file: &str) -> Result<D, StoreError> {
+        read_doc(&self.dir.join(file))
+    }
+
+    /// Under the held lock: re-reads one document, applies `change`, writes
+    /// it if it changed and appends the events.
+    fn apply<D, T>(
+        &self,
+        held: &(StoreGuard<'_>, &FileGuard),
+        file: &str,
+        change: impl FnOnce(&mut D) -> Result<(T, Vec<Event>), Refusal>,
+    ) -> Result<(T, Vec<Event>), StoreError>
+    where
+        D: Serialize + DeserializeOwned + Default + Clone + PartialEq,
+    {
+        let files = held.1;
+        let path = self.dir.join(file);
+        let mut doc: D = read_doc(&path)?;
+        let before = doc.clone();
+        let (value, events) = change(&mut doc)?;
+        if doc != before {
+            if let Some(dir) = path.parent() {
+                files.create_dir_all(dir, 0o700)?;
+            }
+            write_doc(files, &path, &doc)?;
+            if file == PRESENCE {
+                self.presence_writes.fetch_add(1, Ordering::Release);
+            }
+        }
+        self.append_events(files, &events)?;
+        Ok((value, events))
+    }
+
+    /// One locked change of one document.
+    fn change<D, T>(
+        &self,
+        what: &'static str,
+        file: &str,
+        change: impl FnOnce(&mut D) -> Result<(T, Vec<Event>), Refusal>,
+    ) -> Result<(T, Vec<Event>), StoreError>
+    where
+        D: Serialize + DeserializeOwned + Default + Clone + PartialEq,
+    {
+        let held = self.hold(what)?;
+        self.apply(&held, file, change)
+    }
+
+    /// One locked change of the presence document.
+    fn change_presence<T>(
+        &self,
+        what: &'static str,
+        change: impl FnOnce(&mut Presence) -> Result<(T, Vec<Event>), Refusal>,
+    ) -> Result<(T, Vec<Event>), StoreError> {
+        self.change(what, PRESENCE, change)
+    }
+
+    /// Appends events to `S/events.jsonl`, rotating it past 10 MiB; called
+    /// with the store lock held.
+    fn append_events(&self, files: &FileGuard, events: &[Event]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if std::fs::metadata(&self.events).is_ok_and(|m| m.len() > EVENTS_MAX) {
+            for n in (1..EVENTS_KEPT).rev() {
+                let from = events::rotated(&self.events, n);
+                if from.exists() {
+                    files.rename(&from, &events::rotated(&self.events, n + 1))?;
+                }
+            }
+            files.rename(&self.events, &events::rotated(&self.events, 1))?;
+        }
+        let mut text = String::new();
+        for e in events {
+            // An event is plain data: it always serializes.
+            text.push_str(&serde_json::to_string(e).unwrap_or_default());
+            text.push('\n');
+        }
+        let mut log = files.open_append(&self.events)?;
+        log.write_all(text.as_bytes()).map_err(FileError::io("append to", &self.events))?;
+        Ok(())
+    }
+
+    /// The kept heartbeats; a panic elsewhere leaves them usable.
+    fn kept(&self) -> MutexGuard<'_, SoftBeats> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The inbox files: (peer, path).
+    fn inboxes(&self) -> Result<Vec<(String, PathBuf)>, StoreError> {
+        let dir = self.dir.join(INBOXES);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::Corrupt { path: dir, error: e.to_string() }),
+        };
+        let mut inboxes = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| StoreError::Corrupt { path: dir.clone(), error: e.to_string() })?.path();
+            if let Some(peer) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) {
+                inboxes.push((peer.to_owned(), path.clone()));
+            }
+        }
+        inboxes.sort();
+        Ok(inboxes)
+    }
+}
+
+impl PresenceStore for FileStore {
+    fn attach(
+        &self,
+        req: &AttachParams,
+        known: bool,
+        rules: &Rules,
+        now: SystemTime,
+        probe: Probe<'_>,
+    ) -> Result<(Attached, Vec<Event>), StoreError> {
+        self.change_presence("attach", |p| p.attach(req, known, rules, now, probe))
+    }
+
+    fn heartbeat(
+        &self,
+        node: &str,
+        session: Option<&str>,
+        health: Health,
+        now: SystemTime,
+    ) -> Result<Vec<Event>, StoreError> {
+        // The kept beats stay locked from the check to the insert, and a
+        // sweep holds them from its drain to its write, so a beat is either
+        // in a sweep's batch or judged against what that sweep wrote.
+        {
+            let mut kept = self.kept();
+            let presence = self.presence()?;
+            if let Some(session) = presence.soft_beat(node, session, health)? {
+                kept.insert((node.to_owned(), session.to_owned()), now);
+                return Ok(Vec::new());
+            }
+        }
+        let ((), events) =
+            self.change_presence("heartbeat", |p| p.heartbeat(node, session, health, now).map(|e| ((), e)))?;
+        Ok(events)
+    }
+
+    fn detach(&self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, StoreError> {
+        Ok(self.change_presence("detach", |p| p.detach(node, session, now).map(|e| ((), e)))?.1)
+    }
+
+    fn capability_update(
+        &self,
+        node: &str,
+        capabilities: &Map<String, Value>,
+        health: Option<Health>,
+        floor: Option<ClientVersion>,
+        now: SystemTime,
+    ) -> Result<(CapabilityUpdated, Vec<Event>), StoreError> {
+        self.change_presence("capabilityupdate", |p| p.capability_update(node, capabilities, health, floor, now))
+    }
+
+    fn revoke(
+        &self,
+        node: &str,
+        by: Revoker<'_>,
+        reason: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<Event>, StoreError> {
+        Ok(self.change_presence("revocation", |p| p.revoke(node, by, reason, now).map(|e| ((), e)))?.1)
+    }
+
+    fn unrevoke(&self, node: &str, by: Revoker<'_>, now: SystemTime) -> Result<Vec<Event>, StoreError> {
+        Ok(self.change_presence("revocation", |p| p.unrevoke(node, by, now).map(|e| ((), e)))?.1)
+    }
+
+    fn sweep(&self, rules: &Rules, now: SystemTime, probe: Probe<'_>) -> Result<Vec<Event>, StoreError> {
+        let mut kept = self.kept();
+        let ((), events) = self.change_presence("presence-sweep", |p| {
+            p.apply_beats(&kept);
+            Ok(((), p.sweep(rules, now, probe)))
+        })?;
+        // Kept until written: a sweep that failed leaves them for the next.
+        kept.clear();
+        Ok(events)
+    }
+
+    fn roster(&self, floor: Option<ClientVersion>) -> Result<Vec<RosterRow>, StoreError> {
+        let mut presence = Presence::clone(&*self.presence()?);
+        presence.apply_beats(&self.kept());
+        Ok(presence.roster(floor))
+    }
+
+    /// Parsed again only when the file changed since the last call.
+    fn presence(&self) -> Result<Arc<Presence>, StoreError> {
+        let path = self.dir.join(PRESENCE);
+        let corrupt = |e: std::io::Error| StoreError::Corrupt { path: path.clone(), error: e.to_string() };
+        let writes = self.presence_writes.load(Ordering::Acquire);
+        // The stamp and the bytes come from one open file, so they always
+        // describe the same version.
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(corrupt(e)),
+        };
+        let stamp = Stamp::of(&file.metadata().map_err(corrupt)?);
+        if let Ok(cache) = self.presence_cache.lock()
+            && let Some(cached) = cache.as_ref()
+            && cached.stamp == stamp
+            && cached.writes == writes
+        {
+            return Ok(cached.doc.clone());
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(corrupt)?;
+        let doc: Arc<Presence> =
+            Arc::new(serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, error: e.to_string() })?);
+        if let Ok(mut cache) = self.presence_cache.lock() {
+            *cache = Some(Cached { stamp, writes, doc: doc.clone() });
+        }
+        Ok(doc)
+    }
+}
+
+impl PeerStore for FileStore {
+    fn link(&self, fleet: &FleetMap, a: &str, b: &str) -> Result<bool, StoreError> {
+        Ok(self.change("peer-link", LINKS, |links: &mut Links| Ok((links.link(fleet, a, b)?, Vec::new())))?.0)
+    }
+
+    fn unlink(&self, fleet: Option<&FleetMap>, a: &str, b: &str) -> Result<bool, StoreError> {
+        Ok(self.change("peer-unlink", LINKS, |links: &mut Links| Ok((links.unlink(fleet, a, b)?, Vec::new())))?.0)
+    }
+
+    fn links(&self) -> Result<Links, StoreError> {
+        self.read(LINKS)
+    }
+
+    fn send(
+        &self,
+        fleet: &FleetMap,
+        from: &str,
+        to: &str,
+        text: &str,
+        capacity: usize,
+        now: SystemTime,
+    ) -> Result<Sent, StoreError> {
+        let message = peers::compose(from, to, text, now)?;
+        let held = self.hold("peer-send")?;
+        peers::check_visible(&self.read(LINKS)?, fleet, from, to)?;
+        Ok(self.apply(&held, &inbox_file(to), |inbox: &mut Inbox| Ok(inbox.queue(to, message, capacity)))?.0)
+    }
+
+    fn inbox(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError> {
+        peers::check_name(p)?;
+        Ok(self.read::<Inbox>(&inbox_file(p))?.free(now))
+    }
+
+    fn lease(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError> {
+        peers::check_name(p)?;
+        Ok(self.change("peer-inbox", &inbox_file(p), |inbox: &mut Inbox| Ok((inbox.lease(now), Vec::new())))?.0)
+    }
+
+    fn ack(&self, p: &str, ids: &[String]) -> Result<usize, StoreError> {
+        peers::check_name(p)?;
+        Ok(self.change("peer-ack", &inbox_file(p), |inbox: &mut Inbox| Ok((inbox.ack(ids), Vec::new())))?.0)
+    }
+
+    fn waiting(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+        let mut waiting = BTreeMap::new();
+        for (peer, path) in self.inboxes()? {
+            let n = read_doc::<Inbox>(&path)?.messages.len();
+            if n > 0 {
+                waiting.insert(peer, n);
+            }
+        }
+        Ok(waiting)
+    }
+}
+
+impl EventLog for FileStore {
+    fn recent(&self, node: Option<&str>, limit: usize) -> Result<(Vec<Event>, Cursor), StoreError> {
+        events::recent(&self.events, node, limit)
+    }
+
+    fn follow(&self, cursor: &mut Cursor, node: Option<&str>) -> Result<Vec<Event>, StoreError> {
+        events::follow(&self.events, cursor, node)
+    }
+}
+
+impl StateStore for FileStore {
+    fn record_sweep(&self, sweep: &SweepStatus) -> Result<(), StoreError> {
+        self.change("sweep-record", LAST_SWEEP, |last: &mut Option<SweepStatus>| {
+            *last = Some(sweep.clone());
+            Ok(((), Vec::new()))
+        })?;
+        Ok(())
+    }
+
+    fn last_sweep(&self) -> Result<Option<SweepStatus>, StoreError> {
+        self.read(LAST_SWEEP)
+    }
+
+    /// Loads every document with its real type: presence, links, each
+    /// inbox. A document that does not load is named, never deleted.
+    fn check(&self) -> Result<String, StoreError> {
+        self.presence()?;
+        self.links()?;
+        let inboxes = self.inboxes()?;
+        for (_, path) in &inboxes {
+            read_doc::<Inbox>(path)?;
+        }
+        Ok(format!("presence, links and {} inbox(es) load", inboxes.len()))
+    }
+}
+
+/// A store document; a missing file is the empty document.
+fn read_doc<T: DeserializeOwned + Default>(path: &Path) -> Result<T, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), error: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(StoreError::Corrupt { path: path.to_path_buf(), error: e.to_string() }),
+    }
+}
+
+/// Writes a store document through a tmp file and a rename, both synced:
+/// a change acknowledged to a caller survives a crash.
+fn write_doc<T: Serialize>(files: &FileGuard, path: &Path, doc: &T) -> Result<(), FileError> {
+    let mut bytes = serde_json::to_vec_pretty(doc).unwrap_or_default();
+    bytes.push(b'\n');
+    files.write_durable(path, &bytes, Some(0o600))
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
+mod tests {
+    use super::*;
+    use memoryd_proto::event::{Actor, EventKind};
+
+    fn revoke(store: &FileStore, node: &str) -> Result<Vec<Event>, StoreError> {
+        store.revoke(node, Revoker::Core, None, SystemTime::now())
+    }
+
+    #[test]
+    fn the_file_store_passes_the_domain_suite() {
+        let dirs = std::cell::RefCell::new(Vec::new());
+        crate::store::suite::run_all(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = FileStore::open(&Paths::new(dir.path().to_path_buf()), &FileGuard::live()).unwrap();
+            dirs.borrow_mut().push(dir);
+            store
+        });
+    }
+
+    #[test]
+    fn the_cached_presence_follows_a_change_made_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let (reader, writer) = (
+            FileStore::open(&paths, &FileGuard::live()).unwrap(),
+            FileStore::open(&paths, &FileGuard::live()).unwrap(),
+        );
+        assert!(reader.presence().unwrap().revoked.is_empty(), "no file yet");
+        for node in ["claude-a", "claude-b"] {
+            revoke(&writer, node).unwrap();
+            let seen = reader.presence().unwrap();
+            assert!(seen.revoked.contains_key(node), "{node} revoked by the other store is seen");
+            assert!(Arc::ptr_eq(&seen, &reader.presence().unwrap()), "an unchanged file is not parsed again");
+        }
+        std::fs::write(paths.store.join(PRESENCE), "{not json").unwrap();
+        assert!(
+            matches!(reader.presence(), Err(StoreError::Corrupt { .. })),
+            "a broken file is reported, not cached over"
+        );
+    }
+
+    #[test]
+    fn a_reader_without_a_daemon_sees_the_stored_documents_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().join("r"));
+        let reader = FileStore::read_only(&paths);
+        assert_eq!(*reader.presence().unwrap(), Presence::default(), "nothing stored yet");
+        assert_eq!(reader.last_sweep().unwrap(), None);
+        assert!(reader.waiting().unwrap().is_empty());
+        assert!(matches!(revoke(&reader, "claude-a"), Err(StoreError::ReadOnly { .. })));
+        assert!(!paths.store.exists(), "reading created the store");
+        let store = FileStore::open(&paths, &FileGuard::live()).unwrap();
+        let sweep = SweepStatus { at: "2026-12-01T10:00:00Z".into(), ok: 3, failed: 1 };
+        store.record_sweep(&sweep).unwrap();
+        revoke(&store, "claude-a").unwrap();
+        assert_eq!(reader.last_sweep().unwrap(), Some(sweep));
+        assert!(reader.presence().unwrap().revoked.contains_key("claude-a"));
+        std::fs::write(paths.store.join(PRESENCE), "{torn").unwrap();
+        assert!(matches!(reader.presence(), Err(StoreError::Corrupt { .. })), "unreadable is not empty");
+    }
+
+    #[test]
+    fn changes_are_written_with_their_events_and_the_log_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let store = FileStore::open(&paths, &FileGuard::live()).unwrap();
+        revoke(&store, "claude-a").unwrap();
+        assert!(store.presence().unwrap().revoked.contains_key("claude-a"));
+        let log = std::fs::read_to_string(&paths.events).unwrap();
+        assert_eq!(log.lines().count(), 1);
+        // A refused change writes nothing.
+        assert!(matches!(revoke(&store, "bad node"), Err(StoreError::Refused(_))));
+        // Past 10 MiB the log rotates, keeping three.
+        for n in 0..4 {
+            std::fs::write(&paths.events, vec![b'x'; (EVENTS_MAX + 1) as usize]).unwrap();
+            revoke(&store, &format!("claude-n{n}")).unwrap();
+        }
+        let (last, _) = store.recent(None, 10).unwrap();
+        assert!(
+            matches!(&last[..], [Event { kind: EventKind::Revoked { node_id, actor: Actor::Core, .. }, .. }]
+                if node_id == "claude-n3"),
+            "{last:?}"
+        );
+        for n in 1..=EVENTS_KEPT {
+            assert!(events::rotated(&paths.events, n).exists(), "{n}");
+        }
+        assert!(!events::rotated(&paths.events, EVENTS_KEPT + 1).exists());
+        // A document that does not load is reported, never replaced, and
+        // `check` names it.
+        std::fs::write(paths.store.join(PRESENCE), "{torn").unwrap();
+        let e = revoke(&store, "claude-z").unwrap_err();
+        assert!(e.to_string().contains("kept as it is"), "{e}");
+        assert_eq!(std::fs::read_to_string(paths.store.join(PRESENCE)).unwrap(), "{torn");
+        assert!(store.check().unwrap_err().to_string().contains("presence.json does not load"));
+        std::fs::remove_file(paths.store.join(PRESENCE)).unwrap();
+        std::fs::create_dir_all(paths.store.join(INBOXES)).unwrap();
+        std::fs::write(paths.store.join(inbox_file("bob")), "[").unwrap();
+        assert!(store.check().unwrap_err().to_string().contains("bob.json does not load"));
+        std::fs::write(paths.store.join(inbox_file("bob")), "{}").unwrap();
+        assert_eq!(store.check().unwrap(), "presence, links and 1 inbox(es) load");
+    }
+}

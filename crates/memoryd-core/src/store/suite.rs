@@ -1,0 +1,387 @@
+//! The domain test suite of the store traits, written once and run against
+//! every backend: `run_all(|| a fresh, empty store)`. Each case drives the
+//! state changes of spec 40 and 50 through the traits only, with its own
+//! clock and process probe, and checks the values, the stored state and the
+//! events in the log. Built for tests and with the `store-suite` feature.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is a failed test
+
+use super::{Cursor, StateStore, StoreError};
+use crate::config::ClientVersion;
+use crate::fleet::{FleetMap, FleetPeer};
+use crate::peers::{LEASE, MAX_MESSAGE_CHARS};
+use crate::presence::{Actor, AttachParams, Event, EventKind, Health, OfflineReason, Revoker, Rules, State};
+use memoryd_proto::ErrorKind;
+use serde_json::{Map, json};
+use std::time::{Duration, SystemTime};
+
+/// One case of the suite.
+pub type Case = fn(&dyn StateStore);
+
+/// Every case, each on a store of its own.
+pub fn run_all<S: StateStore>(make: impl Fn() -> S) {
+    let cases: [(&str, Case); 12] = [
+        ("attach_registers_then_online", attach_registers_then_online),
+        ("heartbeats_and_the_sweep", heartbeats_and_the_sweep),
+        ("soft_heartbeats", soft_heartbeats),
+        ("a_live_pid_counts_as_a_heartbeat", a_live_pid_counts_as_a_heartbeat),
+        ("takeover_and_supersession", takeover_and_supersession),
+        ("revocation", revocation),
+        ("the_version_floor", the_version_floor),
+        ("capability_updates", capability_updates),
+        ("links", links),
+        ("send_lease_ack", send_lease_ack),
+        ("capacity_drops", capacity_drops),
+        ("recent_then_follow", recent_then_follow),
+    ];
+    for (name, case) in cases {
+        tracing::debug!(case = name, "store suite");
+        case(&make());
+    }
+}
+
+const T0: u64 = 1_800_000_000;
+const NODE: &str = "claude-boris";
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
+}
+
+fn rules(floor: Option<ClientVersion>) -> Rules {
+    Rules { degraded_after: Duration::from_secs(30), offline_after: Duration::from_secs(60), floor }
+}
+
+fn req(session: &str, version: &str, pid: Option<i32>) -> AttachParams {
+    let mut capabilities = Map::new();
+    capabilities.insert("hooks".into(), json!(["session-start"]));
+    AttachParams {
+        session_id: session.into(),
+        node_id: NODE.into(),
+        client_version: version.into(),
+        capabilities,
+        health_state: Health::Online,
+        pid,
+    }
+}
+
+/// Process 100 runs (start "a"), 200 runs (start "b"); others are gone.
+fn probe(pid: i32) -> Option<String> {
+    match pid {
+        100 => Some("a".into()),
+        200 => Some("b".into()),
+        _ => None,
+    }
+}
+
+/// No process runs.
+fn none_run(_: i32) -> Option<String> {
+    None
+}
+
+fn names(events: &[Event]) -> Vec<&'static str> {
+    events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Registered { .. } => "registered",
+            EventKind::CapabilityDeclared { .. } => "capability_declared",
+            EventKind::CapabilityUpdated { .. } => "capability_updated",
+            EventKind::Online { .. } => "online",
+            EventKind::Degraded { .. } => "degraded",
+            EventKind::Offline { .. } => "offline",
+            EventKind::Revoked { .. } => "revoked",
+            EventKind::Unrevoked { .. } => "unrevoked",
+            EventKind::MessageDropped { .. } => "message_dropped",
+        })
+        .collect()
+}
+
+fn reason(e: &Event) -> OfflineReason {
+    match &e.kind {
+        EventKind::Offline { reason, .. } => *reason,
+        other => panic!("not an offline event: {other:?}"),
+    }
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T, StoreError>) -> ErrorKind {
+    match r {
+        Err(StoreError::Refused(r)) => r.kind,
+        other => panic!("not a refusal: {other:?}"),
+    }
+}
+
+/// Every event in the log, oldest first.
+fn log(store: &dyn StateStore) -> Vec<Event> {
+    store.recent(None, usize::MAX).unwrap().0
+}
+
+fn state(store: &dyn StateStore) -> Option<State> {
+    store.presence().unwrap().active(NODE).map(|a| a.state)
+}
+
+fn fleet(names: &[&str]) -> FleetMap {
+    FleetMap {
+        updated_at: "x".into(),
+        peers: names
+            .iter()
+            .map(|n| FleetPeer {
+                personality: (*n).into(),
+                cwd: format!("/p/{n}").into(),
+                default_runtime: Some("claude".into()),
+                runtimes: vec!["claude".into(), "codex".into()],
+                description: String::new(),
+            })
+            .collect(),
+    }
+}
+
+pub fn attach_registers_then_online(store: &dyn StateStore) {
+    let (a, events) = store.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
+    assert_eq!(a.state, State::Online);
+    assert!(!a.read_only);
+    assert_eq!(names(&events), ["registered", "capability_declared", "online"]);
+    assert!(matches!(&events[0].kind, EventKind::Registered { client_version, previous_state: None, .. }
+        if client_version == "1.0"));
+    assert!(matches!(
+        &events[2].kind,
+        EventKind::Online { previous_state: State::Registering, new_state: State::Online, .. }
+    ));
+    assert_eq!(log(store), events, "the events are in the log, in order");
+    // Idempotent re-attach of the active session.
+    let (again, events) = store.attach(&req("s1", "1.0", None), true, &rules(None), at(5), &probe).unwrap();
+    assert_eq!(again.attachment_id, a.attachment_id);
+    assert!(events.is_empty());
+    assert_eq!(store.presence().unwrap().attachments.len(), 1);
+    assert_eq!(log(store).len(), 3);
+}
+
+pub fn heartbeats_and_the_sweep(store: &dyn StateStore) {
+    store.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &none_run).unwrap();
+    assert!(store.sweep(&rules(None), at(20), &none_run).unwrap().is_empty());
+    assert_eq!(names(&store.sweep(&rules(None), at(31), &none_run).unwrap()), ["degraded"]);
+    assert_eq!(state(store), Some(State::Degraded));
+    // A heartbeat in the degraded band: back online, not via offline.
+    let e = store.heartbeat(NODE, Some("s1"), Health::Online, at(40)).unwrap();
+    assert_eq!(names(&e), ["online"]);
+    assert!(matches!(e[0].kind, EventKind::Online { previous_state: State::Degraded, .. }));
+    // A node reporting itself degraded: written at once.
+    assert_eq!(names(&store.heartbeat(NODE, None, Health::Degraded, at(41)).unwrap()), ["degraded"]);
+    assert_eq!(names(&store.heartbeat(NODE, None, Health::Online, at(42)).unwrap()), ["online"]);
+    // Silent past offline_after.
+    store.sweep(&rules(None), at(80), &none_run).unwrap();
+    let e = store.sweep(&rules(None), at(103), &none_run).unwrap();
+    assert_eq!(names(&e), ["offline"]);
+    assert_eq!(reason(&e[0]), OfflineReason::HeartbeatLost);
+    assert_eq!(state(store), None);
+    assert!(store.sweep(&rules(None), at(500), &none_run).unwrap().is_empty(), "offline rows are left alone");
+    assert_eq!(kind(store.heartbeat(NODE, None, Health::Online, at(501))), ErrorKind::RuntimenodeNotAttached);
+    assert_eq!(kind(store.heartbeat(NODE, None, Health::Offline, at(501))), ErrorKind::RequestInvalid);
+    // A reconnect of the offline session.
+    let (a, e) = store.attach(&req("s1", "1.0", None), true, &rules(None), at(502), &none_run).unwrap();
+    assert_eq!(a.state, State::Online);
+    assert!(matches!(e[0].kind, EventKind::Registered { previous_state: Some(State::Offline), .. }));
+    assert_eq!(store.presence().unwrap().attachments.len(), 1);
+    // Detach: the right session only.
+    assert_eq!(kind(store.detach(NODE, Some("s0"), at(503))), ErrorKind::RuntimenodeStaleSession);
+    let e = store.detach(NODE, Some("s1"), at(504)).unwrap();
+    assert_eq!(reason(&e[0]), OfflineReason::ExplicitShutdown);
+    assert_eq!(state(store), None);
+}
+
+pub fn soft_heartbeats(store: &dyn StateStore) {
+    store.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &none_run).unwrap();
+    let before = log(store).len();
+    // Beats that change nothing but the time: kept, not written.
+    assert!(store.heartbeat(NODE, Some("s1"), Health::Online, at(40)).unwrap().is_empty());
+    assert!(store.heartbeat(NODE, None, Health::Online, at(10)).unwrap().is_empty(), "an older beat");
+    assert_eq!(kind(store.heartbeat(NODE, Some("old"), Health::Online, at(41))), ErrorKind::RuntimenodeStaleSession);
+    let stored = |store: &dyn StateStore| store.presence().unwrap().active(NODE).unwrap().last_heartbeat_at;
+    assert_eq!(stored(store), at(0), "kept in memory");
+    let beat = |store: &dyn StateStore| store.roster(None).unwrap()[0].last_heartbeat_at;
+    assert_eq!(beat(store).time(), at(10), "the roster shows the last kept beat");
+    assert_eq!(log(store).len(), before);
+    // The sweep writes them: the kept beat counts, and never moves back.
+    store.heartbeat(NODE, None, Health::Online, at(40)).unwrap();
+    assert!(store.sweep(&rules(None), at(60), &none_run).unwrap().is_empty(), "the kept beat counts");
+    assert_eq!(stored(store), at(40));
+    store.heartbeat(NODE, None, Health::Online, at(20)).unwrap();
+    store.sweep(&rules(None), at(61), &none_run).unwrap();
+    assert_eq!(stored(store), at(40), "never back");
+}
+
+pub fn a_live_pid_counts_as_a_heartbeat(store: &dyn StateStore) {
+    store.attach(&req("s1", "1.0", Some(100)), true, &rules(None), at(0), &probe).unwrap();
+    assert!(store.sweep(&rules(None), at(500), &probe).unwrap().is_empty());
+    assert_eq!(state(store), Some(State::Online));
+    // The same pid with another start time is another process.
+    let restarted = |pid: i32| (pid == 100).then(|| "later".to_owned());
+    assert_eq!(names(&store.sweep(&rules(None), at(540), &restarted).unwrap()), ["degraded"]);
+}
+
+pub fn takeover_and_supersession(store: &dyn StateStore) {
+    store.attach(&req("s1", "1.0", Some(100)), true, &rules(None), at(0), &probe).unwrap();
+    // Another live process: conflict, naming the active session.
+    let conflict = store.attach(&req("s2", "1.0", Some(200)), true, &rules(None), at(1), &probe).unwrap_err();
+    assert!(conflict.to_string().contains("s1"), "{conflict}");
+    assert_eq!(kind::<()>(Err(conflict)), ErrorKind::RuntimenodeAttachConflict);
+    // The same live process starts a new session: supersedes.
+    let (_, e) = store.attach(&req("s3", "1.0", Some(100)), true, &rules(None), at(2), &probe).unwrap();
+    assert_eq!(reason(&e[0]), OfflineReason::Superseded);
+    assert_eq!(store.presence().unwrap().active(NODE).unwrap().session_id, "s3");
+    // Its process dies: a new session takes over.
+    let only_200 = |pid: i32| (pid == 200).then(|| "b".to_owned());
+    let (_, e) = store.attach(&req("s4", "1.0", Some(200)), true, &rules(None), at(3), &only_200).unwrap();
+    assert_eq!(reason(&e[0]), OfflineReason::HeartbeatLost);
+    let presence = store.presence().unwrap();
+    assert_eq!(presence.attachments.iter().filter(|a| a.state.is_active()).count(), 1);
+    // The old session's late detach is refused.
+    assert_eq!(kind(store.detach(NODE, Some("s3"), at(4))), ErrorKind::RuntimenodeStaleSession);
+}
+
+pub fn revocation(store: &dyn StateStore) {
+    let map = fleet(&["boris"]);
+    let operator = Revoker::Operator { fleet: Some(&map), force: false };
+    store.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
+    let e = store.revoke(NODE, operator, Some("removed"), at(1)).unwrap();
+    assert!(matches!(&e[0].kind, EventKind::Revoked {
+        revoked_by: Actor::Operator, new_state: State::Revoked, session_id: Some(_), reason: Some(r), .. } if r == "removed"));
+    assert!(store.revoke(NODE, Revoker::Core, None, at(1)).unwrap().is_empty(), "already revoked");
+    assert_eq!(store.roster(None).unwrap()[0].state, State::Revoked);
+    let refused = store.attach(&req("s2", "1.0", None), true, &rules(None), at(2), &probe);
+    assert_eq!(kind(refused), ErrorKind::RuntimenodeAttachRevoked);
+    assert!(store.sweep(&rules(None), at(900), &probe).unwrap().is_empty(), "nothing automatic leads out");
+    let e = store.unrevoke(NODE, Revoker::Birth, at(3)).unwrap();
+    assert!(matches!(e[0].kind, EventKind::Unrevoked { by: Actor::Birth, new_state: State::Offline, .. }));
+    store.attach(&req("s2", "1.0", None), true, &rules(None), at(4), &probe).unwrap();
+    // Unknown and malformed nodes.
+    let unknown = store.attach(&req("s9", "1.0", None), false, &rules(None), at(5), &probe);
+    assert_eq!(kind(unknown), ErrorKind::RuntimenodeUnknownNode);
+    let mut bad = req("s9", "1.0", None);
+    bad.node_id = "claude_boris".into();
+    let refused = store.attach(&bad, true, &rules(None), at(6), &probe).unwrap_err().to_string();
+    assert!(refused.starts_with("the node \"claude_boris\" is not <runtime>-<personality>"), "{refused}");
+    // An operator names a fleet node, or forces it; never a malformed one.
+    let nobody = store.revoke("claude-nobody", operator, None, at(7)).unwrap_err().to_string();
+    assert!(nobody.contains("its nodes: claude-boris, codex-boris") && nobody.contains("--force"), "{nobody}");
+    let forced = Revoker::Operator { fleet: Some(&map), force: true };
+    assert_eq!(names(&store.revoke("claude-nobody", forced, None, at(8)).unwrap()), ["revoked"]);
+    assert_eq!(kind(store.revoke("claude_x", forced, None, at(8))), ErrorKind::RequestInvalid);
+    let back = store.unrevoke("claude-nobody", operator, at(9)).unwrap();
+    assert_eq!(names(&back), ["unrevoked"], "a revoked node can be let back in");
+    let neither = store.unrevoke("claude-nobody", operator, at(10)).unwrap_err().to_string();
+    assert!(neither.contains("nor revoked (revoked: none)"), "{neither}");
+    let no_map = Revoker::Operator { fleet: None, force: false };
+    assert_eq!(kind(store.revoke(NODE, no_map, None, at(11))), ErrorKind::FleetUnavailable);
+}
+
+pub fn the_version_floor(store: &dyn StateStore) {
+    let floor = Some(ClientVersion { major: 2, minor: 0 });
+    let (a, _) = store.attach(&req("s1", "1.0", None), true, &rules(floor), at(0), &probe).unwrap();
+    assert!(a.read_only, "admitted, read-only");
+    assert!(store.roster(floor).unwrap()[0].read_only);
+    assert!(!store.roster(Some(ClientVersion { major: 1, minor: 0 })).unwrap()[0].read_only, "a lower floor frees it");
+    let refused = store.capability_update(NODE, &Map::new(), None, floor, at(1));
+    assert_eq!(kind(refused), ErrorKind::VersionFloorExceeded);
+    let bad_version = store.attach(&req("s9", "1.01", None), true, &rules(None), at(2), &probe).unwrap_err();
+    assert!(bad_version.to_string().contains("the client version \"1.01\""), "{bad_version}");
+}
+
+pub fn capability_updates(store: &dyn StateStore) {
+    store.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
+    let mut caps = Map::new();
+    caps.insert("hooks".into(), json!(["all"]));
+    let (result, e) = store.capability_update(NODE, &caps, Some(Health::Degraded), None, at(1)).unwrap();
+    assert_eq!(names(&e), ["capability_updated", "degraded"]);
+    assert_eq!(result.state, State::Degraded);
+    let (_, e) = store.capability_update(NODE, &caps, Some(Health::Online), None, at(2)).unwrap();
+    assert_eq!(names(&e), ["online"], "an unchanged capability records nothing");
+    assert_eq!(store.presence().unwrap().active(NODE).unwrap().capabilities["hooks"], json!(["all"]));
+}
+
+pub fn links(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob"]);
+    assert!(store.link(&map, "ada", "bob").unwrap());
+    assert!(!store.link(&map, "bob", "ada").unwrap(), "already linked");
+    assert!(store.links().unwrap().linked("bob", "ada"), "reciprocal");
+    assert_eq!(kind(store.link(&map, "ada", "ada")), ErrorKind::PeerSelf);
+    assert_eq!(kind(store.link(&map, "ada", "zed")), ErrorKind::PeerMissing);
+    assert_eq!(kind(store.link(&map, "Ada", "bob")), ErrorKind::RequestInvalid);
+    let v = crate::peers::visible_in(store, &map, None, "bob").unwrap();
+    assert_eq!((v[0].reason.as_str(), v[1].personality.as_str(), v[1].reason.as_str()), ("self", "ada", "peer"));
+    // Absent from the fleet: kept, not visible.
+    assert_eq!(crate::peers::visible_in(store, &fleet(&["bob"]), None, "bob").unwrap().len(), 1);
+    let missing = crate::peers::visible_in(store, &map, None, "zed").unwrap_err();
+    assert!(missing.to_string().contains("`zed` is not a peer of the fleet (its peers: ada, bob)"), "{missing}");
+    // ada left the fleet: her link is kept, and may be removed, once.
+    assert!(store.unlink(Some(&fleet(&["bob"])), "bob", "ada").unwrap());
+    assert!(!store.unlink(Some(&map), "bob", "ada").unwrap());
+    assert_eq!(kind(store.unlink(Some(&fleet(&["bob"])), "bob", "ada")), ErrorKind::PeerMissing);
+    assert!(store.links().unwrap().pairs.is_empty());
+}
+
+pub fn send_lease_ack(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob", "cyd"]);
+    store.link(&map, "ada", "bob").unwrap();
+    let now = at(0);
+    let send = |to: &str, text: &str| store.send(&map, "ada", to, text, 10, now);
+    assert_eq!(kind(send("ada", "hi")), ErrorKind::PeerSelf);
+    assert_eq!(kind(send("bob", "  ")), ErrorKind::PeerMessageEmpty);
+    assert_eq!(kind(send("bob", &"x".repeat(MAX_MESSAGE_CHARS + 1))), ErrorKind::PeerMessageTooLong);
+    assert_eq!(kind(send("cyd", "hi")), ErrorKind::PeerNotVisible);
+    assert_eq!(kind(send("Bob", "hi")), ErrorKind::RequestInvalid);
+    assert!(store.waiting().unwrap().is_empty(), "nothing refused was queued");
+    let sent = send("bob", &"x".repeat(MAX_MESSAGE_CHARS)).unwrap();
+    assert_eq!((sent.queued, sent.queue_depth), (true, 1));
+    send("bob", "m1").unwrap();
+    // A look takes nothing; a lease hides what it returned until it ends.
+    assert_eq!(store.inbox("bob", now).unwrap().len(), 2);
+    let leased = store.lease("bob", now).unwrap();
+    assert_eq!(leased.len(), 2);
+    assert!(leased.iter().all(|m| m.leased_until.is_none() && m.from == "ada"));
+    assert!(store.lease("bob", now).unwrap().is_empty(), "leased");
+    assert!(store.inbox("bob", now).unwrap().is_empty(), "hidden from a look too");
+    send("bob", "m2").unwrap();
+    assert_eq!(store.lease("bob", now).unwrap().len(), 1, "only the new one");
+    assert_eq!(store.lease("bob", now + LEASE).unwrap().len(), 3, "the lease expired");
+    assert_eq!(store.ack("bob", &[leased[0].id.clone(), "msg-none".into()]).unwrap(), 1);
+    assert_eq!(store.waiting().unwrap().into_iter().collect::<Vec<_>>(), [("bob".to_owned(), 2)]);
+    assert_eq!(kind(store.ack("Bob", &[])), ErrorKind::RequestInvalid);
+    let ids: Vec<String> = store.inbox("bob", now + LEASE * 3).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(store.ack("bob", &ids).unwrap(), 2);
+    assert!(store.waiting().unwrap().is_empty(), "empty inboxes are left out");
+}
+
+pub fn capacity_drops(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob"]);
+    store.link(&map, "ada", "bob").unwrap();
+    for n in 0..4 {
+        let sent = store.send(&map, "ada", "bob", &format!("m{n}"), 3, at(n)).unwrap();
+        assert_eq!(sent.dropped, usize::from(n == 3));
+    }
+    let texts: Vec<String> = store.inbox("bob", at(9)).unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["m1", "m2", "m3"], "the oldest dropped");
+    let events = log(store);
+    assert!(
+        matches!(&events[..], [Event { kind: EventKind::MessageDropped { personality, from, .. }, ts }]
+            if personality == "bob" && from == "ada" && *ts == at(3)),
+        "{events:?}"
+    );
+}
+
+/// What `recent` returns and what `follow` from its cursor yields leave no
+/// event out and repeat none, whenever the changes happen.
+pub fn recent_then_follow(store: &dyn StateStore) {
+    let (empty, mut cursor) = store.recent(None, 10).unwrap();
+    assert!(empty.is_empty());
+    store.attach(&req("s1", "1.0", None), true, &rules(None), at(0), &probe).unwrap();
+    let (recent, from_recent) = store.recent(Some(NODE), 2).unwrap();
+    assert_eq!(names(&recent), ["capability_declared", "online"], "the last two");
+    assert_eq!(names(&store.follow(&mut cursor, None).unwrap()), ["registered", "capability_declared", "online"]);
+    assert_eq!(cursor, from_recent, "both stand after the last event");
+    // Written between `recent` and the first `follow`: followed, once.
+    store.detach(NODE, None, at(1)).unwrap();
+    let mut other: Cursor = from_recent;
+    assert_eq!(names(&store.follow(&mut other, Some(NODE)).unwrap()), ["offline"]);
+    assert_eq!(names(&store.follow(&mut cursor, Some("claude-other")).unwrap()), Vec::<&str>::new(), "filtered");
+    assert!(store.follow(&mut other, None).unwrap().is_empty(), "nothing twice");
+    store.revoke(NODE, Revoker::Core, None, at(2)).unwrap();
+    assert_eq!(names(&store.follow(&mut other, None).unwrap()), ["revoked"]);
+}
