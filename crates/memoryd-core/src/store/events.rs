@@ -3,17 +3,11 @@
 //! across rotations.
 
 use super::{Cursor, StoreError};
+use crate::host::files::rotated_name;
 use crate::presence::Event;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-
-/// `events.jsonl.<n>`.
-pub(super) fn rotated(log: &Path, n: usize) -> PathBuf {
-    let mut name = log.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{n}"));
-    log.with_file_name(name)
-}
+use std::path::Path;
 
 /// The complete lines of `path` from `offset`, read from one open file, and
 /// that file's inode: a line still being written waits for the next read.
@@ -58,7 +52,7 @@ pub(super) fn follow(path: &Path, cursor: &mut Cursor, node: Option<&str>) -> Re
         return Ok(parse(&text, node).collect());
     }
     let mut events = Vec::new();
-    let old = rotated(path, 1);
+    let old = rotated_name(path, 1);
     if cursor.log != 0
         && std::fs::metadata(&old).is_ok_and(|m| m.ino() == cursor.log)
         && let Some((_, rest)) = read_from(&old, cursor.at)?
@@ -106,11 +100,11 @@ mod tests {
         // Written just before the rotation, then the log rotates: the rest
         // of the old log comes first, then the new one.
         file.write_all(line("claude-a", 5).as_bytes()).unwrap();
-        std::fs::rename(&log, rotated(&log, 1)).unwrap();
+        std::fs::rename(&log, rotated_name(&log, 1)).unwrap();
         std::fs::write(&log, line("claude-a", 6)).unwrap();
         assert_eq!(seconds(&follow(&log, &mut cursor, None).unwrap()), [5, 6]);
         assert!(follow(&log, &mut cursor, None).unwrap().is_empty());
-        assert_eq!(seconds(&recent(&rotated(&log, 1), Some("claude-b"), 10).unwrap().0), [2]);
+        assert_eq!(seconds(&recent(&rotated_name(&log, 1), Some("claude-b"), 10).unwrap().0), [2]);
         let (none, at) = recent(&dir.path().join("absent.jsonl"), None, 10).unwrap();
         assert!(none.is_empty() && at == Cursor::default());
     }

@@ -202,15 +202,7 @@ impl FileStore {
         if events.is_empty() {
             return Ok(());
         }
-        if std::fs::metadata(&self.events).is_ok_and(|m| m.len() > EVENTS_MAX) {
-            for n in (1..EVENTS_KEPT).rev() {
-                let from = events::rotated(&self.events, n);
-                if from.exists() {
-                    files.rename(&from, &events::rotated(&self.events, n + 1))?;
-                }
-            }
-            files.rename(&self.events, &events::rotated(&self.events, 1))?;
-        }
+        files.rotate_log(&self.events, EVENTS_MAX, EVENTS_KEPT)?;
         let mut text = String::new();
         for e in events {
             // An event is plain data: it always serializes.
@@ -554,9 +546,9 @@ mod tests {
             "{last:?}"
         );
         for n in 1..=EVENTS_KEPT {
-            assert!(events::rotated(&paths.events, n).exists(), "{n}");
+            assert!(crate::host::files::rotated_name(&paths.events, n).exists(), "{n}");
         }
-        assert!(!events::rotated(&paths.events, EVENTS_KEPT + 1).exists());
+        assert!(!crate::host::files::rotated_name(&paths.events, EVENTS_KEPT + 1).exists());
         // A document that does not load is reported, never replaced, and
         // `check` names it.
         std::fs::write(paths.store.join(PRESENCE), "{torn").unwrap();
