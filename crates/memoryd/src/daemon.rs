@@ -7,14 +7,13 @@ use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::host::paths::Paths;
 use memoryd_proto::host::{Reloaded, Restarting, Stopping, Swept};
-use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{
     Command, ErrorKind, Hello, HelloResult, PROTOCOL_VERSION, ProgressStatus, Request, RpcError, methods,
 };
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 
@@ -36,7 +35,24 @@ impl ConfigSource {
     }
 }
 
+/// The running daemon: its host lifecycle and one part per concern, each
+/// with the module that owns it and its tasks. Presence and peers own no
+/// state of their own: theirs lasts in the store.
 pub struct Daemon {
+    pub host: Host,
+    /// Presence, links and messages (presence.rs, peers.rs).
+    pub store: Box<dyn memoryd_core::store::StateStore>,
+    /// The fleet map and the provisioning that follows it (provisioning.rs).
+    pub fleet: crate::provisioning::FleetState,
+    /// The vault index and the fragments made from it (vault.rs).
+    pub vault: crate::vault::VaultState,
+    /// The MCP endpoint (mcp.rs).
+    pub mcp: crate::mcp::McpState,
+}
+
+/// What the daemon is as a process on this host: where it lives, its
+/// config, its doors, its socket, and how it stops or restarts.
+pub struct Host {
     pub paths: Paths,
     pub source: ConfigSource,
     config: watch::Sender<Arc<Config>>,
@@ -46,84 +62,18 @@ pub struct Daemon {
     pub supervisor: Option<&'static str>,
     pub started: Instant,
     pub shutdown: Shutdown,
-    /// Whether the fleet map watcher runs (false while it only polls).
-    pub watch_on: AtomicBool,
-    pub fleet: Mutex<FleetRead>,
     /// Set when a task died and the daemon must exit 1.
     pub failed: AtomicBool,
     /// The canonical path of this binary, taken at start-up.
     pub running_exe: PathBuf,
     /// Whether the test sandbox was armed at start-up.
     pub sandboxed: bool,
-    pub lock: ProvisionLock,
-    pub store: Box<dyn memoryd_core::store::StateStore>,
-    pub last_sweep: Mutex<Option<SweepStatus>>,
-    /// The last fleet refresh error, logged once until it changes.
-    pub refresh_error: Mutex<Option<String>>,
     /// Set by an update or `host.restart` whose reply, once written,
     /// starts the restart.
     pub restart_pending: AtomicBool,
     /// The shutdown under way is a restart onto `memoryd_bin` (exec, the
     /// sockets handed over), not a stop.
     pub restarting: AtomicBool,
-    pub vault: crate::vault::VaultState,
-    /// Whether the MCP endpoint serves now.
-    pub mcp_listening: AtomicBool,
-    /// Why the MCP endpoint could not be bound (naming the port's holder
-    /// when it can be known), for `status`.
-    pub mcp_error: Mutex<Option<String>>,
-    /// The MCP guard's uid step, proven at start-up.
-    pub uid_guard: crate::mcp::UidGuard,
-    /// Fragments waiting for the renderer task.
-    pub fragments: FragmentQueue,
-}
-
-/// The fragments waiting to be re-rendered. Requests merge into one set
-/// (or "all"), so however fast changes come, what waits is bounded by the
-/// fleet's size, and the renderer is woken once for a burst.
-#[derive(Default)]
-pub struct FragmentQueue {
-    pending: Mutex<Pending>,
-    wake: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-enum Pending {
-    #[default]
-    Nothing,
-    Peers(std::collections::BTreeSet<String>),
-    All,
-}
-
-impl FragmentQueue {
-    /// Asks for these peers' fragments (every peer's with None).
-    pub fn push(&self, peers: Option<Vec<String>>) {
-        if let Ok(mut pending) = self.pending.lock() {
-            *pending = match (std::mem::take(&mut *pending), peers) {
-                (Pending::All, _) | (_, None) => Pending::All,
-                (Pending::Nothing, Some(more)) => Pending::Peers(more.into_iter().collect()),
-                (Pending::Peers(mut set), Some(more)) => {
-                    set.extend(more);
-                    Pending::Peers(set)
-                }
-            };
-        }
-        self.wake.notify_one();
-    }
-
-    /// Waits until something was pushed since the last [`Self::take`].
-    pub async fn wait(&self) {
-        self.wake.notified().await;
-    }
-
-    /// What is waiting: None for nothing, `Some(None)` for every peer.
-    pub fn take(&self) -> Option<Option<std::collections::BTreeSet<String>>> {
-        match self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default() {
-            Pending::Nothing => None,
-            Pending::Peers(set) => Some(Some(set)),
-            Pending::All => Some(None),
-        }
-    }
 }
 
 /// What the daemon is built from at start-up.
@@ -145,31 +95,26 @@ impl Daemon {
         let fleet = FleetRead::load(&paths.fleet_map);
         let vault = crate::vault::VaultState::new(config.vault.clone());
         Daemon {
-            paths,
-            source,
-            config: watch::Sender::new(Arc::new(config)),
-            sandboxed: files.is_sandboxed(),
-            files,
-            socket,
-            hostname: memoryd_core::host::heartbeat::hostname(),
-            supervisor,
-            started: Instant::now(),
-            shutdown: Shutdown::default(),
-            watch_on: AtomicBool::new(false),
-            fleet: Mutex::new(fleet),
-            failed: AtomicBool::new(false),
-            running_exe,
-            lock,
+            host: Host {
+                paths,
+                source,
+                config: watch::Sender::new(Arc::new(config)),
+                sandboxed: files.is_sandboxed(),
+                files,
+                socket,
+                hostname: memoryd_core::host::heartbeat::hostname(),
+                supervisor,
+                started: Instant::now(),
+                shutdown: Shutdown::default(),
+                failed: AtomicBool::new(false),
+                running_exe,
+                restart_pending: AtomicBool::new(false),
+                restarting: AtomicBool::new(false),
+            },
             store,
-            last_sweep: Mutex::new(None),
-            refresh_error: Mutex::new(None),
-            restart_pending: AtomicBool::new(false),
-            restarting: AtomicBool::new(false),
+            fleet: crate::provisioning::FleetState::new(fleet, lock),
             vault,
-            mcp_listening: AtomicBool::new(false),
-            mcp_error: Mutex::new(None),
-            uid_guard: crate::mcp::UidGuard::probe(),
-            fragments: FragmentQueue::default(),
+            mcp: crate::mcp::McpState::new(),
         }
     }
 
@@ -188,13 +133,13 @@ impl Daemon {
     /// Asks the renderer task to re-render these peers' fragments (every
     /// peer's with None).
     pub fn refresh_fragments(&self, peers: Option<Vec<String>>) {
-        self.fragments.push(peers);
+        self.vault.fragments.push(peers);
     }
 
     /// The peers linked with `personality` that are present in the fleet.
     pub fn linked_with(&self, personality: &str) -> Vec<String> {
         let links = self.store.links().unwrap_or_default();
-        let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
+        let fleet = self.fleet.map.lock().ok().and_then(|f| f.map().cloned());
         links
             .of(personality)
             .filter(|l| fleet.as_ref().is_some_and(|m| m.peer(l).is_some()))
@@ -216,18 +161,18 @@ impl Daemon {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.borrow().clone()
+        self.host.config.borrow().clone()
     }
 
     pub fn subscribe_config(&self) -> watch::Receiver<Arc<Config>> {
-        self.config.subscribe()
+        self.host.config.subscribe()
     }
 
     /// Re-reads the configuration; a bad one is refused and the old one kept.
     /// Keys that only a restart applies are reported as `warn` progress.
     pub fn reload(&self, progress: &ProgressSink) -> Result<Reloaded, ConfigError> {
         let _reloading = crate::sdnotify::Reloading::begin();
-        let mut new = self.source.load()?;
+        let mut new = self.host.source.load()?;
         let old = self.config();
         // The sockets are bound once; their keys keep their running values
         // until the next start, so status keeps telling the truth.
@@ -249,12 +194,12 @@ impl Daemon {
             progress.send(key, ProgressStatus::Warn, "changed; takes effect at the next start of memoryd");
         }
         let changed = *old != new;
-        self.config.send_replace(Arc::new(new));
-        tracing::info!(file = %self.source.file.display(), changed, "config reloaded");
+        self.host.config.send_replace(Arc::new(new));
+        tracing::info!(file = %self.host.source.file.display(), changed, "config reloaded");
         Ok(Reloaded {
             reloaded: true,
             changed,
-            file: self.source.file.clone(),
+            file: self.host.source.file.clone(),
             restart_needed: restart_needed.into_iter().map(str::to_owned).collect(),
         })
     }
@@ -263,23 +208,23 @@ impl Daemon {
     pub fn beat(&self) -> Result<(), memoryd_core::host::files::FileError> {
         let line = memoryd_core::host::heartbeat::Heartbeat::render(
             SystemTime::now(),
-            &self.hostname,
-            self.watch_on.load(Ordering::Relaxed),
+            &self.host.hostname,
+            self.fleet.watching.load(Ordering::Relaxed),
         );
-        self.files.write_atomic(&self.paths.heartbeat, line.as_bytes(), Some(0o644))
+        self.host.files.write_atomic(&self.host.paths.heartbeat, line.as_bytes(), Some(0o644))
     }
 
     pub fn fleet_describe(&self) -> String {
-        self.fleet.lock().map(|f| f.describe()).unwrap_or_else(|_| "no map (state poisoned)".to_owned())
+        self.fleet.map.lock().map(|f| f.describe()).unwrap_or_else(|_| "no map (state poisoned)".to_owned())
     }
 
     pub fn status(&self) -> memoryd_proto::status::HostStatus {
         let config = self.config();
-        let peers = self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
+        let peers = self.fleet.map.lock().ok().and_then(|f| f.map().map(|m| m.peers.len()));
         let mut status = memoryd_core::ops::status::shared_facts(
-            &self.paths,
+            &self.host.paths,
             &config,
-            &self.source.file,
+            &self.host.source.file,
             SystemTime::now(),
             peers,
             &*self.store,
@@ -287,15 +232,15 @@ impl Daemon {
         status.running = true;
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());
-        status.uptime_secs = Some(self.started.elapsed().as_secs());
-        status.watch = Some(if self.watch_on.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
-        status.supervisor = self.supervisor.map(str::to_owned);
-        status.last_sweep = self.last_sweep.lock().ok().and_then(|s| s.clone());
+        status.uptime_secs = Some(self.host.started.elapsed().as_secs());
+        status.watch = Some(if self.fleet.watching.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
+        status.supervisor = self.host.supervisor.map(str::to_owned);
+        status.last_sweep = self.fleet.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
-        status.mcp.listening = Some(self.mcp_listening.load(Ordering::Relaxed));
-        status.mcp.error = self.mcp_error.lock().ok().and_then(|e| e.clone());
-        status.mcp.uid_check = Some(self.uid_guard.check == crate::mcp::UidCheck::Active);
-        status.mcp.uid_check_reason = self.uid_guard.check.reason();
+        status.mcp.listening = Some(self.mcp.listening.load(Ordering::Relaxed));
+        status.mcp.error = self.mcp.error.lock().ok().and_then(|e| e.clone());
+        status.mcp.uid_check = Some(self.mcp.uid_guard.check == crate::mcp::UidCheck::Active);
+        status.mcp.uid_check_reason = self.mcp.uid_guard.check.reason();
         status.vault.notes = Some(self.vault.index().len());
         status.vault.watching = Some(self.vault.watching.load(Ordering::Relaxed));
         status.vault.refused_rescan = Some(self.vault.refused.load(Ordering::Relaxed));
@@ -332,8 +277,8 @@ impl Daemon {
             protocol: PROTOCOL_VERSION,
             version: memoryd_core::VERSION.to_owned(),
             pid: std::process::id(),
-            root: self.paths.root.display().to_string(),
-            supervisor: self.supervisor.map(str::to_owned),
+            root: self.host.paths.root.display().to_string(),
+            supervisor: self.host.supervisor.map(str::to_owned),
         }
     }
 }
@@ -376,23 +321,23 @@ impl Service for Daemon {
                 let bin = self
                     .blocking(|d| {
                         let tools = memoryd_core::ops::provision::Tools::new(
-                            &d.paths,
+                            &d.host.paths,
                             &d.config(),
-                            &d.running_exe,
-                            d.sandboxed,
+                            &d.host.running_exe,
+                            d.host.sandboxed,
                         );
                         let bin = tools.binaries.memoryd;
                         memoryd_core::ops::install::check_executable(&bin).map(|()| bin)
                     })
                     .await
                     .map_err(|e| RpcError::new(ErrorKind::Internal, format!("cannot restart: {e}")))?;
-                self.restart_pending.store(true, Ordering::Relaxed);
+                self.host.restart_pending.store(true, Ordering::Relaxed);
                 reply(Restarting { restarting: true, binary: bin, pid: std::process::id() })
             }
             Command::HostShutdown => reply(Stopping {
                 stopping: true,
-                supervisor: self.supervisor.map(str::to_owned),
-                restarted: self.supervisor.is_some(),
+                supervisor: self.host.supervisor.map(str::to_owned),
+                restarted: self.host.supervisor.is_some(),
             }),
             Command::PeerProvision(params) => reply(self.provision(params, true, progress).await?),
             Command::PeerUnprovision(params) => reply(self.provision(params, false, progress).await?),
@@ -415,37 +360,15 @@ impl Service for Daemon {
 
     fn after_reply(&self, method: &str) {
         if matches!(method, methods::HOST_UPDATE | methods::HOST_RESTART)
-            && self.restart_pending.swap(false, Ordering::Relaxed)
+            && self.host.restart_pending.swap(false, Ordering::Relaxed)
         {
             tracing::info!(method, "restarting onto the installed memoryd, keeping the sockets open");
-            self.restarting.store(true, Ordering::Relaxed);
-            self.shutdown.begun.cancel();
+            self.host.restarting.store(true, Ordering::Relaxed);
+            self.host.shutdown.begun.cancel();
         }
         if method == methods::HOST_SHUTDOWN {
             tracing::info!("shutdown requested over the control socket");
-            self.shutdown.begun.cancel();
+            self.host.shutdown.begun.cancel();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FragmentQueue;
-
-    #[test]
-    fn fragment_requests_merge_into_one_bounded_set() {
-        let queue = FragmentQueue::default();
-        assert_eq!(queue.take(), None, "nothing asked");
-        for _ in 0..10_000 {
-            queue.push(Some(vec!["ada".into(), "bob".into()]));
-        }
-        queue.push(Some(vec!["cyd".into()]));
-        let peers = queue.take().flatten().unwrap();
-        assert_eq!(peers.into_iter().collect::<Vec<_>>(), ["ada", "bob", "cyd"]);
-        assert_eq!(queue.take(), None, "taken once");
-        queue.push(Some(vec!["ada".into()]));
-        queue.push(None);
-        queue.push(Some(vec!["bob".into()]));
-        assert_eq!(queue.take(), Some(None), "all absorbs the rest");
     }
 }

@@ -250,10 +250,10 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         Ending::Exit(code) => code,
         Ending::Restart => {
             let tools = memoryd_core::ops::provision::Tools::new(
-                &daemon.paths,
+                &daemon.host.paths,
                 &daemon.config(),
-                &daemon.running_exe,
-                daemon.sandboxed,
+                &daemon.host.running_exe,
+                daemon.host.sandboxed,
             );
             let Some(control) = run_files.control.lock().ok().and_then(|mut c| c.take()) else {
                 return Err(fatal(1)(anyhow::anyhow!("the control socket was not kept for the hand-off")));
@@ -271,7 +271,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         }
     };
     if code == ExitCode::SUCCESS
-        && let Err(e) = daemon.files.remove_file(&daemon.paths.heartbeat)
+        && let Err(e) = daemon.host.files.remove_file(&daemon.host.paths.heartbeat)
     {
         tracing::warn!(error = %e, "cleanup");
     }
@@ -296,7 +296,7 @@ fn raise_nofile_limit() {
 /// Step 5: binds the control socket, after proving any file already there
 /// is a dead daemon's.
 fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
-    let path = &daemon.socket;
+    let path = &daemon.host.socket;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
@@ -310,7 +310,7 @@ fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
                 ),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     tracing::info!(socket = %path.display(), "removing the stale socket of a dead daemon");
-                    daemon.files.remove_file(path)?;
+                    daemon.host.files.remove_file(path)?;
                 }
                 Err(e) => {
                     return Err(e).with_context(|| format!("cannot probe the existing socket {}", path.display()));
@@ -323,7 +323,7 @@ fn bind_control_socket(daemon: &Daemon) -> anyhow::Result<UnixListener> {
     // The dir is 0700 and ours: nobody can reach the socket before the chmod.
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot bind the control socket {}", path.display()))?;
-    daemon.files.set_mode(path, 0o600)?;
+    daemon.host.files.set_mode(path, 0o600)?;
     Ok(listener)
 }
 
@@ -341,7 +341,7 @@ async fn serve(
         None => bind_control_socket(&daemon).map_err(fatal(1))?,
     };
     if let Ok(mut socket) = run_files.socket.lock() {
-        *socket = Some(daemon.socket.clone());
+        *socket = Some(daemon.host.socket.clone());
     }
     let kept = listener.as_fd().try_clone_to_owned().context("cannot keep the control socket").map_err(fatal(1))?;
     if let Ok(mut control) = run_files.control.lock() {
@@ -362,7 +362,7 @@ async fn serve(
                     error = why,
                     "cannot bind the MCP endpoint; memoryd runs without it (status and verify report it)"
                 );
-                if let Ok(mut error) = daemon.mcp_error.lock() {
+                if let Ok(mut error) = daemon.mcp.error.lock() {
                     *error = Some(why);
                 }
                 None
@@ -405,7 +405,7 @@ async fn serve(
         Some(&tasks),
         &daemon,
         "control-socket",
-        server::serve(listener, daemon.clone(), daemon.shutdown.clone()),
+        server::serve(listener, daemon.clone(), daemon.host.shutdown.clone()),
     );
     tasks.close();
 
@@ -413,25 +413,25 @@ async fn serve(
     let config = daemon.config();
     tracing::info!(
         "memoryd up: root={} socket={} fleet={} watch={} mcp={}",
-        daemon.paths.root.display(),
-        daemon.socket.display(),
+        daemon.host.paths.root.display(),
+        daemon.host.socket.display(),
         daemon.fleet_describe(),
-        if daemon.watch_on.load(Ordering::Relaxed) { "on" } else { "off" },
+        if daemon.fleet.watching.load(Ordering::Relaxed) { "on" } else { "off" },
         if config.mcp_port == 0 { "off".to_owned() } else { config.mcp_port.to_string() },
     );
-    if daemon.files.is_sandboxed() && std::env::var("MEMORYD_TEST_PANIC").is_ok_and(|v| v == "after-ready") {
+    if daemon.host.files.is_sandboxed() && std::env::var("MEMORYD_TEST_PANIC").is_ok_and(|v| v == "after-ready") {
         panic!("MEMORYD_TEST_PANIC=after-ready: injected panic (test sandbox only)");
     }
 
-    daemon.shutdown.begun.cancelled().await;
-    let restarting = daemon.restarting.load(Ordering::Relaxed);
+    daemon.host.shutdown.begun.cancelled().await;
+    let restarting = daemon.host.restarting.load(Ordering::Relaxed);
     if restarting {
         sdnotify::status("restarting onto the installed memoryd; the sockets stay open");
     } else {
         sdnotify::notify("STOPPING=1\nSTATUS=stopping: finishing the requests under way");
     }
     let grace = daemon.config().shutdown_grace;
-    let shutdown = &daemon.shutdown;
+    let shutdown = &daemon.host.shutdown;
     shutdown.connections.close();
     shutdown.requests.close();
     let drained = async {
@@ -444,7 +444,7 @@ async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(2), shutdown.connections.wait()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
-    let failed = daemon.failed.load(Ordering::Relaxed);
+    let failed = daemon.host.failed.load(Ordering::Relaxed);
     if restarting && !failed {
         tracing::info!("drained; handing over to the new memoryd");
         return Ok(Ending::Restart);
@@ -469,8 +469,8 @@ fn spawn_task(
             && e.is_panic()
         {
             tracing::error!(task = name, "task panicked; stopping memoryd so the supervisor restarts it");
-            daemon.failed.store(true, Ordering::Relaxed);
-            daemon.shutdown.begun.cancel();
+            daemon.host.failed.store(true, Ordering::Relaxed);
+            daemon.host.shutdown.begun.cancel();
         }
     };
     match tasks {

@@ -38,7 +38,7 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
@@ -73,6 +73,23 @@ impl UidCheck {
                 "the kernel did not name the owner of a test loopback connection at start-up ({why}), so the MCP endpoint refuses every connection; load the tcp_diag kernel module (modprobe tcp_diag) and restart memoryd"
             )),
         }
+    }
+}
+
+/// The MCP endpoint's state, for `status` and the guard.
+pub struct McpState {
+    /// Whether the endpoint serves now.
+    pub listening: AtomicBool,
+    /// Why the endpoint could not be bound (naming the port's holder when
+    /// it can be known).
+    pub error: Mutex<Option<String>>,
+    /// The guard's uid step, proven at start-up.
+    pub uid_guard: UidGuard,
+}
+
+impl McpState {
+    pub fn new() -> McpState {
+        McpState { listening: AtomicBool::new(false), error: Mutex::new(None), uid_guard: UidGuard::probe() }
     }
 }
 
@@ -203,7 +220,7 @@ pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     http.json_response = true;
     http.sse_keep_alive = None;
     http.max_request_body_bytes = config.max_request_bytes;
-    http.cancellation_token = daemon.shutdown.begun.child_token();
+    http.cancellation_token = daemon.host.shutdown.begun.child_token();
     // Our guard validates Host and Origin first; the SDK's own checks agree.
     http.allowed_hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
     let server = daemon.clone();
@@ -217,8 +234,8 @@ pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(config.max_request_bytes, arguments_object))
         .layer(middleware::from_fn_with_state((daemon.clone(), port), guard));
-    daemon.mcp_listening.store(true, Ordering::Relaxed);
-    let stop = daemon.shutdown.begun.clone();
+    daemon.mcp.listening.store(true, Ordering::Relaxed);
+    let stop = daemon.host.shutdown.begun.clone();
     let open = Arc::new(AtomicUsize::new(0));
     let connections = TaskTracker::new();
     let mut full = false;
@@ -256,7 +273,7 @@ pub async fn serve(listener: std::net::TcpListener, daemon: Arc<Daemon>) {
     if tokio::time::timeout(config.shutdown_grace, connections.wait()).await.is_err() {
         tracing::warn!(task = "mcp", open = open.load(Ordering::Relaxed), "MCP connections still open at shutdown");
     }
-    daemon.mcp_listening.store(false, Ordering::Relaxed);
+    daemon.mcp.listening.store(false, Ordering::Relaxed);
 }
 
 /// Serves one connection (HTTP/1.1, headers due within
@@ -341,7 +358,7 @@ fn admit(daemon: &Daemon, port: u16, client: SocketAddr, request: &Request) -> R
         // Codex probes OAuth discovery for servers without a bearer token.
         return Err((StatusCode::NOT_FOUND, "not found").into_response());
     }
-    daemon.uid_guard.admit(client, port)?;
+    daemon.mcp.uid_guard.admit(client, port)?;
     let headers = request.headers();
     if !host_ok(headers, port) {
         return Err(forbidden(format!("the Host header must be 127.0.0.1:{port} or localhost:{port}")));
@@ -585,7 +602,7 @@ impl MemoryServer {
                 let replace = args.get("replace").and_then(Value::as_bool).unwrap_or(false);
                 let index = self.daemon.vault.index();
                 let result = memory::write(
-                    &self.daemon.files,
+                    &self.daemon.host.files,
                     &vault,
                     &index,
                     &caller,

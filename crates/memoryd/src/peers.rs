@@ -15,7 +15,7 @@ use std::time::SystemTime;
 impl Daemon {
     /// The fleet map in use, or the refusal saying there is none.
     pub fn fleet_map(&self) -> Result<FleetMap, RpcError> {
-        self.fleet.lock().ok().and_then(|f| f.map().cloned()).ok_or_else(|| {
+        self.fleet.map.lock().ok().and_then(|f| f.map().cloned()).ok_or_else(|| {
             RpcError::new(
                 ErrorKind::FleetUnavailable,
                 format!("there is no fleet map: {}; check iapeer_bin (memoryctl config check)", self.fleet_describe()),

@@ -68,7 +68,7 @@ impl Daemon {
 
     /// Whether the fleet map has this node (`<runtime>-<personality>`).
     pub fn knows(&self, node: &str) -> bool {
-        self.fleet.lock().ok().is_some_and(|fleet| fleet.map().is_some_and(|m| m.has_node(node)))
+        self.fleet.map.lock().ok().is_some_and(|fleet| fleet.map().is_some_and(|m| m.has_node(node)))
     }
 
     /// Runs a store call on a blocking thread.
@@ -139,7 +139,7 @@ impl Daemon {
     /// operator: the node must be in the fleet unless forced.
     pub async fn revocation(self: &Arc<Self>, p: RevocationParams, revoke: bool) -> Result<(), RpcError> {
         let now = SystemTime::now();
-        let fleet = self.fleet.lock().ok().and_then(|f| f.map().cloned());
+        let fleet = self.fleet.map.lock().ok().and_then(|f| f.map().cloned());
         self.change_tracked(move |d| {
             let by = Revoker::Operator { fleet: fleet.as_ref(), force: p.force };
             let events = if revoke {
@@ -186,7 +186,7 @@ impl Daemon {
         let (mut sent, mut last_sent) = (recent.len(), Instant::now());
         loop {
             tokio::select! {
-                _ = self.shutdown.begun.cancelled() => return Ok(json!({"followed": true, "reason": "memoryd is stopping"})),
+                _ = self.host.shutdown.begun.cancelled() => return Ok(json!({"followed": true, "reason": "memoryd is stopping"})),
                 _ = tokio::time::sleep(FOLLOW_EVERY) => {}
             }
             if sink.is_closed() {

@@ -5,7 +5,7 @@
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
 use memoryd_core::fleet::{self, FleetDiff, FleetPeer, FleetRead};
-use memoryd_core::host::lock::LockError;
+use memoryd_core::host::lock::{LockError, ProvisionLock};
 use memoryd_core::ops::install::check_executable;
 use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, ProvisionError, Provisioner, SweepReport, Tools};
 use memoryd_core::ops::report::Tally;
@@ -16,8 +16,8 @@ use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{ErrorKind, RpcError};
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 /// The refusal a caller sees for a provisioning failure.
@@ -31,6 +31,31 @@ pub fn rpc_error(e: ProvisionError) -> RpcError {
         }
         ProvisionError::Slot(_) => RpcError::new(ErrorKind::SlotForeign, e.to_string()),
         _ => RpcError::new(ErrorKind::Internal, e.to_string()),
+    }
+}
+
+/// The fleet map in force and the provisioning that follows it.
+pub struct FleetState {
+    pub map: Mutex<FleetRead>,
+    /// Whether the fleet map watcher runs (false while it only polls).
+    pub watching: AtomicBool,
+    /// Taken by every process that writes surfaces, the slot or the map.
+    pub provision_lock: ProvisionLock,
+    /// The last whole-fleet sweep, for `status`.
+    pub last_sweep: Mutex<Option<SweepStatus>>,
+    /// The last fleet refresh error, logged once until it changes.
+    pub refresh_error: Mutex<Option<String>>,
+}
+
+impl FleetState {
+    pub fn new(map: FleetRead, provision_lock: ProvisionLock) -> FleetState {
+        FleetState {
+            map: Mutex::new(map),
+            watching: AtomicBool::new(false),
+            provision_lock,
+            last_sweep: Mutex::new(None),
+            refresh_error: Mutex::new(None),
+        }
     }
 }
 
@@ -61,17 +86,17 @@ impl Daemon {
         let config = self.config();
         let index = self.vault.index();
         self.blocking(move |daemon| {
-            let tools = Tools::new(&daemon.paths, &config, &daemon.running_exe, daemon.sandboxed);
-            let cancelled = || daemon.shutdown.begun.is_cancelled();
+            let tools = Tools::new(&daemon.host.paths, &config, &daemon.host.running_exe, daemon.host.sandboxed);
+            let cancelled = || daemon.host.shutdown.begun.is_cancelled();
             let on_batch = |what: &str, done, total| sink.working(what, done, Some(total));
             job(&Provisioner {
-                paths: &daemon.paths,
-                files: &daemon.files,
+                paths: &daemon.host.paths,
+                files: &daemon.host.files,
                 tools: &tools,
                 config: &config,
                 store: &*daemon.store,
                 index: Some(&index),
-                lock: &daemon.lock,
+                lock: &daemon.fleet.provision_lock,
                 cancelled: &cancelled,
                 on_batch: &on_batch,
             })
@@ -90,7 +115,7 @@ impl Daemon {
         let whole = peers.is_none();
         let peers = match peers {
             Some(peers) => peers,
-            None => match self.fleet.lock().ok().and_then(|f| f.map().map(|m| m.peers.clone())) {
+            None => match self.fleet.map.lock().ok().and_then(|f| f.map().map(|m| m.peers.clone())) {
                 Some(peers) => peers,
                 None => {
                     let fleet = self.fleet_describe();
@@ -162,7 +187,7 @@ impl Daemon {
                 "serving; last sweep {}: {} peer-runtime(s) ok, {} failed",
                 record.at, record.ok, record.failed
             ));
-            if let Ok(mut last) = self.last_sweep.lock() {
+            if let Ok(mut last) = self.fleet.last_sweep.lock() {
                 *last = Some(record);
             }
         }
@@ -173,7 +198,7 @@ impl Daemon {
     /// A missing or broken map is never taken for an empty fleet: the
     /// last good one stays.
     pub fn apply_fleet(&self, new: FleetRead) -> Option<FleetDiff> {
-        let mut current = self.fleet.lock().ok()?;
+        let mut current = self.fleet.map.lock().ok()?;
         if *current == new {
             return None;
         }
@@ -219,7 +244,7 @@ impl Daemon {
 
     /// Re-reads the map file and acts on the change.
     pub async fn reload_fleet(self: &Arc<Self>) {
-        if let Some(diff) = self.blocking(|d| d.apply_fleet(FleetRead::load(&d.paths.fleet_map))).await {
+        if let Some(diff) = self.blocking(|d| d.apply_fleet(FleetRead::load(&d.host.paths.fleet_map))).await {
             self.on_fleet_change(diff).await;
         }
     }
@@ -229,7 +254,7 @@ impl Daemon {
     pub async fn refresh_fleet(self: &Arc<Self>) {
         let result = self.provisioning(|p| p.refresh_fleet()).await;
         let error = result.as_ref().err().map(ToString::to_string);
-        if let Ok(mut last) = self.refresh_error.lock()
+        if let Ok(mut last) = self.fleet.refresh_error.lock()
             && *last != error
         {
             match &error {
@@ -271,7 +296,7 @@ impl Daemon {
             })
             .await;
         let (problems, restart) = problems;
-        self.restart_pending.store(restart, Ordering::Relaxed);
+        self.host.restart_pending.store(restart, Ordering::Relaxed);
         Updated { ok: problems == 0, problems, version: memoryd_core::VERSION.to_owned(), restart }
     }
 

@@ -32,7 +32,7 @@ async fn every<Fut: Future<Output = ()>>(
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                _ = daemon.shutdown.begun.cancelled() => return,
+                _ = daemon.host.shutdown.begun.cancelled() => return,
                 changed = config.changed() => {
                     if changed.is_err() { return; }
                     if period_of(&config.borrow()) != period { break; }
@@ -66,7 +66,7 @@ pub async fn heartbeat(daemon: Arc<Daemon>) {
                     } else if watchdog.is_some() {
                         sdnotify::notify("WATCHDOG=1");
                     }
-                    if let Err(e) = crate::logging::rotate_if_large(&d.files, &d.config()) {
+                    if let Err(e) = crate::logging::rotate_if_large(&d.host.files, &d.config()) {
                         tracing::warn!(task = "heartbeat", error = %e, "cannot rotate the log");
                     }
                 })
@@ -104,12 +104,12 @@ pub async fn surface_sweep(daemon: Arc<Daemon>) {
 pub async fn fragment_renderer(daemon: Arc<Daemon>) {
     loop {
         tokio::select! {
-            _ = daemon.shutdown.begun.cancelled() => return,
-            () = daemon.fragments.wait() => {}
+            _ = daemon.host.shutdown.begun.cancelled() => return,
+            () = daemon.vault.fragments.wait() => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
-        let Some(wanted) = daemon.fragments.take() else { continue };
-        let Some(map) = daemon.fleet.lock().ok().and_then(|f| f.map().cloned()) else { continue };
+        let Some(wanted) = daemon.vault.fragments.take() else { continue };
+        let Some(map) = daemon.fleet.map.lock().ok().and_then(|f| f.map().cloned()) else { continue };
         let peers: Vec<_> =
             map.peers.into_iter().filter(|p| wanted.as_ref().is_none_or(|w| w.contains(&p.personality))).collect();
         match daemon.provisioning_job(move |p| p.render_fragments(&peers)).await {
@@ -150,7 +150,7 @@ impl FleetWatch {
         // Bounded: a burst of events past it coalesces (a full channel
         // already holds a wake-up for the watcher task).
         let (tx, events) = mpsc::channel::<Result<(), String>>(WATCH_QUEUE);
-        let map_name = daemon.paths.fleet_map.file_name().map(|n| n.to_os_string());
+        let map_name = daemon.host.paths.fleet_map.file_name().map(|n| n.to_os_string());
         let handler = move |event: notify::Result<notify::Event>| {
             let sent = match event {
                 Ok(event)
@@ -165,7 +165,7 @@ impl FleetWatch {
             drop(sent);
         };
         let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
-            w.watch(&daemon.paths.state, notify::RecursiveMode::NonRecursive)?;
+            w.watch(&daemon.host.paths.state, notify::RecursiveMode::NonRecursive)?;
             Ok(w)
         });
         let watcher = match watcher {
@@ -175,7 +175,7 @@ impl FleetWatch {
                 None
             }
         };
-        daemon.watch_on.store(watcher.is_some(), Ordering::Relaxed);
+        daemon.fleet.watching.store(watcher.is_some(), Ordering::Relaxed);
         FleetWatch { _watcher: watcher, events }
     }
 }
@@ -186,11 +186,11 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
     let FleetWatch { _watcher, events: mut rx } = watch;
     let mut poll = interval(POLL_EVERY);
     poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut last_mtime = daemon.blocking(|d| mtime(&d.paths.fleet_map)).await;
+    let mut last_mtime = daemon.blocking(|d| mtime(&d.host.paths.fleet_map)).await;
     loop {
         tokio::select! {
-            _ = daemon.shutdown.begun.cancelled() => return,
-            event = rx.recv(), if daemon.watch_on.load(Ordering::Relaxed) => match event {
+            _ = daemon.host.shutdown.begun.cancelled() => return,
+            event = rx.recv(), if daemon.fleet.watching.load(Ordering::Relaxed) => match event {
                 Some(Ok(())) => {
                     // At once: every writer of the map replaces it by a
                     // rename, so its first event is a whole file and a
@@ -209,12 +209,12 @@ pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
                 }
                 Some(Err(e)) => {
                     tracing::warn!(task = "fleet-watcher", error = %e, "the fleet map watcher failed; polling every 5 s (watch=off)");
-                    daemon.watch_on.store(false, Ordering::Relaxed);
+                    daemon.fleet.watching.store(false, Ordering::Relaxed);
                 }
-                None => daemon.watch_on.store(false, Ordering::Relaxed),
+                None => daemon.fleet.watching.store(false, Ordering::Relaxed),
             },
-            _ = poll.tick(), if !daemon.watch_on.load(Ordering::Relaxed) => {
-                let now = daemon.blocking(|d| mtime(&d.paths.fleet_map)).await;
+            _ = poll.tick(), if !daemon.fleet.watching.load(Ordering::Relaxed) => {
+                let now = daemon.blocking(|d| mtime(&d.host.paths.fleet_map)).await;
                 if now != last_mtime {
                     last_mtime = now;
                     daemon.reload_fleet().await;
@@ -236,8 +236,8 @@ pub async fn signals(daemon: Arc<Daemon>, on_second: impl Fn() + Send + 'static)
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
     else {
         tracing::error!(task = "signals", "cannot install signal handlers");
-        daemon.failed.store(true, Ordering::Relaxed);
-        daemon.shutdown.begun.cancel();
+        daemon.host.failed.store(true, Ordering::Relaxed);
+        daemon.host.shutdown.begun.cancel();
         return;
     };
     loop {
@@ -251,11 +251,11 @@ pub async fn signals(daemon: Arc<Daemon>, on_second: impl Fn() + Send + 'static)
                 continue;
             }
         };
-        if daemon.shutdown.begun.is_cancelled() {
+        if daemon.host.shutdown.begun.is_cancelled() {
             tracing::warn!(signal = name, "second signal during shutdown: exiting at once");
             on_second();
         }
         tracing::info!(signal = name, "shutting down");
-        daemon.shutdown.begun.cancel();
+        daemon.host.shutdown.begun.cancel();
     }
 }

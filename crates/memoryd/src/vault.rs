@@ -7,7 +7,7 @@ use memoryd_core::vault::{self, Index};
 use notify::Watcher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -25,6 +25,8 @@ pub struct VaultState {
     pub watching: AtomicBool,
     /// A rescan was refused and waits for a retry.
     pub refused: AtomicBool,
+    /// Fragments waiting for the renderer task.
+    pub fragments: FragmentQueue,
 }
 
 impl VaultState {
@@ -34,6 +36,7 @@ impl VaultState {
             index: RwLock::new(Arc::new(Index::default())),
             watching: AtomicBool::new(false),
             refused: AtomicBool::new(false),
+            fragments: FragmentQueue::default(),
         }
     }
 
@@ -118,7 +121,7 @@ pub async fn watch(daemon: Arc<Daemon>) {
     rescan.tick().await;
     loop {
         let why = tokio::select! {
-            _ = daemon.shutdown.begun.cancelled() => return,
+            _ = daemon.host.shutdown.begun.cancelled() => return,
             Some(()) = rx.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while rx.try_recv().is_ok() {}
@@ -129,5 +132,75 @@ pub async fn watch(daemon: Arc<Daemon>) {
         if daemon.rescan_vault(why).await {
             daemon.refresh_fragments(None);
         }
+    }
+}
+
+/// The fragments waiting to be re-rendered. Requests merge into one set
+/// (or "all"), so however fast changes come, what waits is bounded by the
+/// fleet's size, and the renderer is woken once for a burst.
+#[derive(Default)]
+pub struct FragmentQueue {
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+enum Pending {
+    #[default]
+    Nothing,
+    Peers(std::collections::BTreeSet<String>),
+    All,
+}
+
+impl FragmentQueue {
+    /// Asks for these peers' fragments (every peer's with None).
+    pub fn push(&self, peers: Option<Vec<String>>) {
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = match (std::mem::take(&mut *pending), peers) {
+                (Pending::All, _) | (_, None) => Pending::All,
+                (Pending::Nothing, Some(more)) => Pending::Peers(more.into_iter().collect()),
+                (Pending::Peers(mut set), Some(more)) => {
+                    set.extend(more);
+                    Pending::Peers(set)
+                }
+            };
+        }
+        self.wake.notify_one();
+    }
+
+    /// Waits until something was pushed since the last [`Self::take`].
+    pub async fn wait(&self) {
+        self.wake.notified().await;
+    }
+
+    /// What is waiting: None for nothing, `Some(None)` for every peer.
+    pub fn take(&self) -> Option<Option<std::collections::BTreeSet<String>>> {
+        match self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default() {
+            Pending::Nothing => None,
+            Pending::Peers(set) => Some(Some(set)),
+            Pending::All => Some(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FragmentQueue;
+
+    #[test]
+    fn fragment_requests_merge_into_one_bounded_set() {
+        let queue = FragmentQueue::default();
+        assert_eq!(queue.take(), None, "nothing asked");
+        for _ in 0..10_000 {
+            queue.push(Some(vec!["ada".into(), "bob".into()]));
+        }
+        queue.push(Some(vec!["cyd".into()]));
+        let peers = queue.take().flatten().unwrap();
+        assert_eq!(peers.into_iter().collect::<Vec<_>>(), ["ada", "bob", "cyd"]);
+        assert_eq!(queue.take(), None, "taken once");
+        queue.push(Some(vec!["ada".into()]));
+        queue.push(None);
+        queue.push(Some(vec!["bob".into()]));
+        assert_eq!(queue.take(), Some(None), "all absorbs the rest");
     }
 }
