@@ -60,3 +60,35 @@ fn daemon_restart_restarts_in_place_or_starts_one() {
     assert_eq!(status["pid"].to_string(), pid);
     assert_eq!(status["running"], true);
 }
+
+#[test]
+fn events_show_the_last_n_and_those_since_a_time_from_the_daemon_or_the_log() {
+    let root = Root::new();
+    let boris = root.peer_dir("boris");
+    root.write_fleet_map(&[("boris", &boris, &["claude"])]);
+    let mut daemon = root.start_daemon();
+    let out = root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = |args: &[&str]| -> Vec<Value> {
+        let out = root.ctl(&[&["--json", "events"][..], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    };
+    for source in ["daemon", "log"] {
+        let all = events(&[]);
+        assert!(all.len() >= 2, "{source}: {all:?}");
+        let last = events(&["-n", "1"]);
+        assert_eq!(last, all[all.len() - 1..], "{source}");
+        assert_eq!(events(&["--since", "1h"]), all, "{source}");
+        assert!(events(&["--since", "2999-01-01T00:00:00Z"]).is_empty(), "{source}");
+        let first_ts = all[0]["ts"].as_str().unwrap();
+        assert_eq!(events(&["--since", first_ts]).len(), all.len(), "{source}: at or after");
+        if source == "daemon" {
+            daemon.signal(nix::sys::signal::Signal::SIGTERM);
+            daemon.wait_exit(std::time::Duration::from_secs(10));
+        }
+    }
+    let bad = root.ctl(&["events", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("neither an RFC 3339 time"), "{}", stderr(&bad));
+}

@@ -20,7 +20,8 @@ use memoryd_core::config::{self, Config, ConfigError};
 use memoryd_core::host::paths::{self, Paths};
 use memoryd_core::ops::install;
 use memoryd_proto::host::Reloaded;
-use memoryd_proto::{Command as Call, ErrorKind, RpcError, methods};
+use memoryd_proto::presence::TailParams;
+use memoryd_proto::{Command as Call, ErrorKind, RpcError, Timestamp, methods};
 use output::Style;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -173,6 +174,13 @@ enum Command {
         /// Only this node's events
         #[arg(long, value_name = "NODE")]
         node: Option<String>,
+        /// At most the last N events before following (200 at most)
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Only events at or after WHEN: an RFC 3339 time
+        /// (2026-12-02T10:00:00Z) or how long ago (10m, 2h)
+        #[arg(long, value_name = "WHEN", value_parser = presence_cmd::parse_since)]
+        since: Option<std::time::SystemTime>,
     },
     /// Run by the hook shims inside an agent session; always exits 0
     ///
@@ -607,7 +615,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
         }
         Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Unrevoke).await,
-        Command::Events { follow, node } => presence_cmd::events(&ctx, follow, node).await,
+        Command::Events { follow, node, lines, since } => {
+            presence_cmd::events(&ctx, TailParams { follow, node, limit: lines, since: since.map(Timestamp) }).await
+        }
         Command::Peer { action } => peer_cmd::run(&ctx, action).await,
         Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,

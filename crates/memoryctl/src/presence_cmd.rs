@@ -240,7 +240,20 @@ pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Resu
 /// `events [--follow] [--node N]`. With `--json` the recent events are one
 /// JSON array; `--follow` prints one JSON object per line instead, each as
 /// it happens.
-pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Result<ExitCode> {
+/// `--since WHEN`: an RFC 3339 time, or a duration meaning that long ago.
+pub fn parse_since(text: &str) -> Result<SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor a duration (10m)"))?;
+    SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{text} ago is before the epoch"))
+}
+
+/// `events [-n N] [--since WHEN] [--follow] [--node N]`: from the daemon,
+/// or the store's log when none answers.
+pub async fn events(ctx: &Ctx, params: TailParams) -> anyhow::Result<ExitCode> {
+    let follow = params.follow;
     let mut batch = Vec::new();
     let mut print = |event: Value| {
         if !ctx.json {
@@ -252,7 +265,7 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
         }
     };
     if let Some(mut client) = ctx.connect().await? {
-        let command = Command::EventsTail(TailParams { follow, node: node.clone() });
+        let command = Command::EventsTail(params);
         let result: Value = ctx
             .call_raw(&mut client, &command, |n| {
                 if n.method == methods::EVENTS_EVENT {
@@ -264,16 +277,18 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
             print(event.clone());
         }
     } else {
-        // No daemon: read (and follow) the store's log here.
+        // No daemon: read (and follow) the store's log here, as the daemon
+        // would.
         let store = FileStore::read_only(&ctx.paths);
-        let (recent, mut cursor) = store.recent(node.as_deref(), 200)?;
-        for event in recent {
+        let node = params.node.as_deref();
+        let (recent, mut cursor) = store.recent(node, params.limit.unwrap_or(RECENT).min(RECENT))?;
+        for event in recent.into_iter().filter(|e| params.since.is_none_or(|s| e.ts >= s.time())) {
             print(serde_json::to_value(event)?);
         }
         if follow {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                for event in store.follow(&mut cursor, node.as_deref())? {
+                for event in store.follow(&mut cursor, node)? {
                     print(serde_json::to_value(event)?);
                 }
             }
@@ -284,6 +299,9 @@ pub async fn events(ctx: &Ctx, follow: bool, node: Option<String>) -> anyhow::Re
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How many recent events `events` shows at most, as the daemon does.
+const RECENT: usize = 200;
 
 /// `<ts> <event> <node> [session] prev→new, extras`.
 pub fn event_line(e: &Value) -> String {

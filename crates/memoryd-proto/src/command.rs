@@ -140,7 +140,7 @@ mod tests {
                 health_state: Some(Health::Degraded),
             }),
             Command::Revoke(RevocationParams { node_id: "codex-ada".into(), reason: None, force: true }),
-            Command::EventsTail(TailParams { follow: true, node: None }),
+            Command::EventsTail(TailParams { follow: true, ..TailParams::default() }),
             Command::PeerSend(SendParams { from: "ada".into(), to: "boris".into(), message: "hi".into() }),
             Command::PeerAck(AckParams { personality: "ada".into(), ids: vec!["m1".into()] }),
         ];
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn only_streaming_commands_are_long() {
         assert!(Command::HostSweep.is_long());
-        assert!(Command::EventsTail(TailParams { follow: true, node: None }).is_long());
+        assert!(Command::EventsTail(TailParams { follow: true, ..TailParams::default() }).is_long());
         assert!(!Command::EventsTail(TailParams::default()).is_long());
         assert!(!Command::Roster.is_long());
     }

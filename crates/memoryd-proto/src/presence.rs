@@ -175,4 +175,11 @@ pub struct TailParams {
     /// Only this node's events.
     #[serde(default)]
     pub node: Option<String>,
+    /// At most this many of the recent events (the daemon sends 200 at
+    /// most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only recent events at or after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
 }

@@ -173,10 +173,14 @@ impl Daemon {
     /// goes or the daemon stops.
     pub async fn events_tail(self: &Arc<Self>, params: TailParams, sink: ProgressSink) -> Result<Value, RpcError> {
         let (node, follow) = (params.node.clone(), params.follow);
+        let limit = params.limit.unwrap_or(TAIL).min(TAIL);
         // The log is up to 10 MiB: read on a blocking thread. One read gives
         // the recent events and the cursor after them, so following misses
         // nothing written meanwhile.
-        let (recent, mut cursor) = self.with_store(move |d| d.store.recent(node.as_deref(), TAIL)).await?;
+        let (mut recent, mut cursor) = self.with_store(move |d| d.store.recent(node.as_deref(), limit)).await?;
+        if let Some(since) = params.since {
+            recent.retain(|e| e.ts >= since.time());
+        }
         if !follow {
             return serde_json::to_value(recent).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()));
         }
