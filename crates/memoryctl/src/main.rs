@@ -11,6 +11,7 @@ mod output;
 mod peer_cmd;
 mod presence_cmd;
 mod provision_cmd;
+mod service_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -195,6 +196,11 @@ enum Command {
         #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
         lines: usize,
     },
+    /// Install or remove memoryd's systemd user unit (launchd agent on macOS)
+    Service {
+        #[command(subcommand)]
+        action: service_cmd::ServiceAction,
+    },
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -242,6 +248,8 @@ impl Command {
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Logs { .. } => "logs",
             Command::Config { .. } => "config check",
+            Command::Service { action: service_cmd::ServiceAction::Install { .. } } => "service install",
+            Command::Service { action: service_cmd::ServiceAction::Uninstall } => "service uninstall",
         }
     }
 }
@@ -575,6 +583,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
         Command::Logs { follow, lines } => logs_cmd::logs(&ctx, follow, lines).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
+        Command::Service { action } => service_cmd::run(&ctx, action).await,
     }
 }
 
