@@ -2,16 +2,21 @@
 # Builds memoryd and runs it against a self-contained demo root in ./demo:
 # a fake `iapeer` that lists three peers, their folders (inside the root, so
 # the armed test sandbox lets memoryd write their .claude and .codex files),
-# and nothing outside ./demo (no ~/.claude, ~/.codex or ~/.iapeer) touched.
+# a HOME of its own (where the fake core records Codex's hook trust), and
+# nothing outside ./demo (no ~/.claude, ~/.codex or ~/.iapeer) touched.
+# Run it again at will: it stops the demo daemon first and init changes
+# nothing that is already in place.
 set -eu
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 cargo build --quiet -p memoryd -p memoryctl
 # Where cargo put them: CARGO_TARGET_DIR, a configured target-dir, or ./target.
 target="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 ctl="$target/debug/memoryctl"
 demo="$(pwd)/demo"
 R="$demo/root"
-export MEMORYD_TEST_SANDBOX=1
+export MEMORYD_TEST_SANDBOX=1 HOME="$demo/home"
+mkdir -p "$HOME"
 "$ctl" --root "$R" daemon stop >/dev/null 2>&1 || true
 
 # Whether something listens on TCP port $1 (Linux: /proc/net; else lsof).
@@ -47,7 +52,7 @@ case "\$1" in
  {"personality":"ana","intelligence":"natural","cwd":"","runtimes":[]}]
 JSON
   ;;
-  trust-hooks) echo "trusted \$2" ;;
+  trust-hooks) python3 "$repo/tests/fake_trust_hooks.py" "\$2" ;;
   *) echo "demo iapeer: unknown command \$1" >&2; exit 2 ;;
 esac
 SH
@@ -71,12 +76,13 @@ echo
 echo "boris's context fragment:"
 sed 's/^/  /' "$P/boris/.iapeer/fragments/memoryd.md"
 echo
+run="HOME=$HOME MEMORYD_TEST_SANDBOX=1 $ctl --root $R"
 echo "memoryd runs detached on the demo root. Try:"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R status --json"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R reload"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R provision-peer --cwd $P/boris --runtime codex --personality boris"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R peer link boris vera"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R verify"
-echo "  tail $R/logs/memoryd/memoryd.log"
+echo "  $run status --json"
+echo "  $run reload"
+echo "  $run provision-peer --cwd $P/boris --runtime codex --personality boris"
+echo "  $run peer link boris vera"
+echo "  $run verify"
+echo "  $run logs"
 echo "Stop it with:"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R daemon stop"
+echo "  $run daemon stop"
