@@ -361,7 +361,8 @@ mod tests {
         let exec: Vec<&str> = unit.lines().filter(|l| l.starts_with("ExecStart=")).collect();
         assert_eq!(exec, ["ExecStart=/opt/m/bin/memoryd --root /home/u/.iapeer"]);
         assert_eq!(unit.lines().count(), SYSTEMD_UNIT.lines().count(), "only ExecStart changes");
-        let odd = render_unit(SYSTEMD_UNIT, Path::new("/opt/m/bin/memoryd"), Path::new("/home/u/my \"r\" 5%$x")).unwrap();
+        let odd =
+            render_unit(SYSTEMD_UNIT, Path::new("/opt/m/bin/memoryd"), Path::new("/home/u/my \"r\" 5%$x")).unwrap();
         assert!(odd.contains("ExecStart=/opt/m/bin/memoryd --root \"/home/u/my \\\"r\\\" 5%%$$x\"\n"), "{odd}");
         assert!(unit_word(Path::new("/a/b\nc")).is_err());
         assert!(render_unit("[Service]\n", Path::new("/m"), Path::new("/r")).is_err());
