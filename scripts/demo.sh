@@ -2,15 +2,43 @@
 # Builds memoryd and runs it against a self-contained demo root in ./demo:
 # a fake `iapeer` that lists three peers, their folders (inside the root, so
 # the armed test sandbox lets memoryd write their .claude and .codex files),
-# and nothing outside ./demo (no ~/.claude, ~/.codex or ~/.iapeer) touched.
+# a HOME of its own (where the fake core records Codex's hook trust), and
+# nothing outside ./demo (no ~/.claude, ~/.codex or ~/.iapeer) touched.
+# Run it again at will: it stops the demo daemon first and init changes
+# nothing that is already in place.
 set -eu
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 cargo build --quiet -p memoryd -p memoryctl
+# Where cargo put them: CARGO_TARGET_DIR, a configured target-dir, or ./target.
+target="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+ctl="$target/debug/memoryctl"
 demo="$(pwd)/demo"
 R="$demo/root"
-ctl="$(pwd)/target/debug/memoryctl"
-export MEMORYD_TEST_SANDBOX=1
+export MEMORYD_TEST_SANDBOX=1 HOME="$demo/home"
+mkdir -p "$HOME"
 "$ctl" --root "$R" daemon stop >/dev/null 2>&1 || true
+
+# Whether something listens on TCP port $1 (Linux: /proc/net; else lsof).
+port_taken() {
+  if [ -r /proc/net/tcp ]; then
+    hex="$(printf ':%04X' "$1")"
+    awk -v p="$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+      /proc/net/tcp /proc/net/tcp6 2>/dev/null
+  else
+    lsof -nP -iTCP:"$1" -sTCP:LISTEN >/dev/null 2>&1
+  fi
+}
+# The MCP endpoint on a port away from the default 8766, so a real install
+# on this machine is not disturbed; the next free one when 28766 is taken.
+port=28766
+while port_taken "$port"; do
+  port=$((port + 1))
+  if [ "$port" -gt 28866 ]; then
+    echo "demo.sh: ports 28766 to 28866 are all taken; free one and run it again" >&2
+    exit 1
+  fi
+done
 P="$R/peers"
 mkdir -p "$R/plugins/memoryd" "$demo/bin" "$P/boris" "$P/vera" "$P/olga"
 cat > "$demo/bin/iapeer" <<SH
@@ -24,21 +52,18 @@ case "\$1" in
  {"personality":"ana","intelligence":"natural","cwd":"","runtimes":[]}]
 JSON
   ;;
-  trust-hooks) echo "trusted \$2" ;;
+  trust-hooks) python3 "$repo/tests/fake_trust_hooks.py" "\$2" ;;
   *) echo "demo iapeer: unknown command \$1" >&2; exit 2 ;;
 esac
 SH
 chmod 755 "$demo/bin/iapeer"
 mkdir -p "$demo/vault/peers/boris"
 [ -e "$demo/vault/welcome.md" ] || printf -- '---\ntitle: Welcome\nauthor: demo\n---\nShared notes live here; each peer writes under peers/<name>/.\n' > "$demo/vault/welcome.md"
-cat > "$R/plugins/memoryd/memoryd.toml" <<TOML
-# Demo config: the MCP endpoint on a port away from the default 8766, so a
-# real install on this machine is not disturbed.
-mcp_port = 28766
-heartbeat_interval = "5s"
-iapeer_bin = "$demo/bin/iapeer"
-vault = "$demo/vault"
-TOML
+[ -e "$R/plugins/memoryd/memoryd.toml" ] || printf '# Demo config (init adds the paths and the port).\nheartbeat_interval = "5s"\n' \
+  > "$R/plugins/memoryd/memoryd.toml"
+# The install as an operator makes it: config, fleet, surfaces, slot, launcher.
+"$ctl" --root "$R" init --vault "$demo/vault" --iapeer-bin "$demo/bin/iapeer" --mcp-port "$port"
+echo
 "$ctl" --root "$R" daemon start
 echo
 "$ctl" --root "$R" sweep
@@ -51,12 +76,13 @@ echo
 echo "boris's context fragment:"
 sed 's/^/  /' "$P/boris/.iapeer/fragments/memoryd.md"
 echo
+run="HOME=$HOME MEMORYD_TEST_SANDBOX=1 $ctl --root $R"
 echo "memoryd runs detached on the demo root. Try:"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R status --json"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R reload"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R provision-peer --cwd $P/boris --runtime codex --personality boris"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R peer link boris vera"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R verify"
-echo "  tail $R/logs/memoryd/memoryd.log"
+echo "  $run status --json"
+echo "  $run reload"
+echo "  $run provision-peer --cwd $P/boris --runtime codex --personality boris"
+echo "  $run peer link boris vera"
+echo "  $run verify"
+echo "  $run logs"
 echo "Stop it with:"
-echo "  MEMORYD_TEST_SANDBOX=1 $ctl --root $R daemon stop"
+echo "  $run daemon stop"

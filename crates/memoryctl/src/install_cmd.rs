@@ -125,7 +125,7 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<ExitCode> {
             println!("the running memoryd reloaded its config");
         } else {
             println!("start memoryd with one of:");
-            println!("  systemctl --user enable --now memoryd    (with systemd/memoryd.service installed)");
+            println!("  {} service install --now    (a systemd user unit; a launchd agent on macOS)", ctx.ctl());
             println!("  {} daemon start", ctx.ctl());
         }
         if problems > 0 {

@@ -11,6 +11,7 @@ mod output;
 mod peer_cmd;
 mod presence_cmd;
 mod provision_cmd;
+mod service_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -217,6 +218,11 @@ enum Command {
     /// Print memoryctl's man page (roff), made from the same definitions as
     /// --help: memoryctl manpage > memoryctl.1 && man -l memoryctl.1
     Manpage,
+    /// Install or remove memoryd's systemd user unit (launchd agent on macOS)
+    Service {
+        #[command(subcommand)]
+        action: service_cmd::ServiceAction,
+    },
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -270,6 +276,8 @@ impl Command {
             Command::Completions { .. } => "completions",
             Command::Manpage => "manpage",
             Command::Config { .. } => "config check",
+            Command::Service { action: service_cmd::ServiceAction::Install { .. } } => "service install",
+            Command::Service { action: service_cmd::ServiceAction::Uninstall } => "service uninstall",
         }
     }
 }
@@ -626,6 +634,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Printed in `generated`, before anything that could fail.
         Command::Completions { .. } | Command::Manpage => Ok(ExitCode::SUCCESS),
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
+        Command::Service { action } => service_cmd::run(&ctx, action).await,
     }
 }
 

@@ -5,7 +5,8 @@
 //! write into another zone or out of the vault).
 //!
 //! The live form writes; the refusing form (test sandbox armed) refuses any
-//! path under the real home's `.iapeer`, `.claude` or `.codex` (the home
+//! path under the real home's `.iapeer`, `.claude`, `.codex` or service
+//! definition dirs (`.config/systemd`, `Library/LaunchAgents`) (the home
 //! from the user database, not `$HOME`) and any path that crosses such a
 //! segment outside the sandbox roots (the temp dir, `R` and the vault).
 #![allow(clippy::disallowed_methods)]
@@ -28,6 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Directory names that belong to the agents and the iapeer core.
 const GUARDED_SEGMENTS: &[&str] = &[".iapeer", ".claude", ".codex"];
+/// The user's service definitions (systemd user units, launchd agents),
+/// under the home.
+const SERVICE_DIRS: &[&str] = &[".config/systemd", "Library/LaunchAgents"];
 
 /// A refused or failed file operation, naming the operation and the path.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +273,9 @@ impl FileGuard {
             let home = resolve_existing_prefix(&home);
             protected.extend(GUARDED_SEGMENTS.iter().map(|s| home.join(s)));
             protected.push(home.join(".claude.json"));
+            // Where `memoryctl service install` puts the user's service
+            // definitions: a test must never hand the real manager a unit.
+            protected.extend(SERVICE_DIRS.iter().map(|d| home.join(d)));
         }
         let mut all_roots: Vec<PathBuf> = vec![resolve_existing_prefix(&std::env::temp_dir())];
         all_roots.extend(roots.iter().map(|r| resolve_existing_prefix(r)));
@@ -642,6 +649,12 @@ mod tests {
             assert!(e.is_refusal(), "{p:?}: {e}");
             assert!(guard.remove_file(&p).unwrap_err().is_refusal());
         }
+        // Checked, not written: a guard that failed here must not leave a
+        // unit in the real home.
+        for p in [home.join(".config/systemd/user/memoryd.service"), home.join("Library/LaunchAgents/x.plist")] {
+            assert!(guard.check("write", &p).unwrap_err().is_refusal(), "{p:?}");
+        }
+        guard.check("write", &dir.path().join("home/.config/systemd/user/memoryd.service")).unwrap();
         assert!(guard.check("write", Path::new("/srv/peer/.claude/settings.json")).unwrap_err().is_refusal());
         assert!(guard.check("write", Path::new("/srv/a/../peer/.codex/x")).unwrap_err().is_refusal());
         guard.check("write", &dir.path().join("peer/.claude/settings.json")).unwrap();
