@@ -11,6 +11,7 @@ mod output;
 mod peer_cmd;
 mod presence_cmd;
 mod provision_cmd;
+mod top_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -195,6 +196,12 @@ enum Command {
         #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
         lines: usize,
     },
+    /// A live view of the fleet: nodes, sweep, messages, newest events
+    ///
+    /// Follows the daemon's events; keys: s sort, f filter by state, q
+    /// quit. With the daemon down it says so and exits 1 (`peers` reads
+    /// the stored roster).
+    Top(top_cmd::TopArgs),
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -242,6 +249,7 @@ impl Command {
             Command::Daemon { action: DaemonAction::Stop } => "daemon stop",
             Command::Logs { .. } => "logs",
             Command::Config { .. } => "config check",
+            Command::Top(_) => "top",
         }
     }
 }
@@ -575,6 +583,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
         Command::Logs { follow, lines } => logs_cmd::logs(&ctx, follow, lines).await,
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
+        Command::Top(args) => top_cmd::top(&ctx, args).await,
     }
 }
 
