@@ -175,3 +175,18 @@ fn once_prints_one_frame_without_a_terminal_and_a_stopped_daemon_is_one_sentence
     assert_eq!(stderr(&down).lines().count(), 1, "{}", stderr(&down));
     assert!(stderr(&down).contains("memoryd is not running (start it with:"), "{}", stderr(&down));
 }
+
+#[test]
+fn a_daemon_that_stops_under_the_view_ends_it_with_one_sentence() {
+    let (root, _boris) = wired_root("");
+    let mut daemon = root.start_daemon();
+    let ctl = bins().memoryctl.to_str().unwrap().to_owned();
+    let script = format!("'{ctl}' --root '{}' top; echo \"top exited $?\"; sleep 120", root.paths.root.display());
+    let tmux = Tmux::open(&root, &script);
+    tmux.until(&root, "the view", |s| s.contains("no agent session has attached yet"));
+    assert!(root.ctl(&["shutdown"]).status.success());
+    daemon.wait_exit(Duration::from_secs(10));
+    let after = tmux.until(&root, "top's exit", |s| s.contains("top exited"));
+    assert!(after.contains("top exited 1"), "{after}");
+    assert!(after.contains("memoryctl top: memoryd stopped while top was watching (start it again with:"), "{after}");
+}
