@@ -46,6 +46,8 @@ pub struct TopArgs {
 const ONCE_WIDTH: u16 = 80;
 /// How often the frame is drawn again when nothing happens (ages tick).
 const TICK: Duration = Duration::from_secs(1);
+/// How many rows a page key scrolls.
+const PAGE: isize = 10;
 /// How long a wait for a key lasts before the key reader looks whether
 /// `top` has ended.
 const KEY_POLL: Duration = Duration::from_millis(200);
@@ -168,6 +170,10 @@ fn read_keys() -> mpsc::UnboundedReceiver<Key> {
                     KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
                     KeyCode::Char('s') => Key::NextSort,
                     KeyCode::Char('f') => Key::NextFilter,
+                    KeyCode::Down | KeyCode::Char('j') => Key::Scroll(1),
+                    KeyCode::Up | KeyCode::Char('k') => Key::Scroll(-1),
+                    KeyCode::PageDown | KeyCode::Char(' ') => Key::Scroll(PAGE),
+                    KeyCode::PageUp => Key::Scroll(-PAGE),
                     _ => Key::Redraw,
                 },
                 Ok(_) => Key::Redraw,

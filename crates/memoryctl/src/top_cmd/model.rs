@@ -107,6 +107,8 @@ pub enum Key {
     Quit,
     NextSort,
     NextFilter,
+    /// Scroll the nodes by this many rows (down when positive).
+    Scroll(isize),
     /// Anything else (a resize, a key `top` has no use for): draw again.
     Redraw,
 }
@@ -118,11 +120,13 @@ pub struct Model {
     pub events: VecDeque<Value>,
     pub sort: SortBy,
     pub filter: Filter,
+    /// The first visible row shown (the view keeps the last page full).
+    pub scroll: usize,
 }
 
 impl Model {
     pub fn new(rows: Vec<RosterRow>, status: HostStatus, sort: SortBy, filter: Filter) -> Model {
-        Model { rows, status, events: VecDeque::new(), sort, filter }
+        Model { rows, status, events: VecDeque::new(), sort, filter, scroll: 0 }
     }
 
     /// Events arrive oldest first; the newest is kept in front.
@@ -135,8 +139,12 @@ impl Model {
     pub fn key(&mut self, key: Key) -> bool {
         match key {
             Key::Quit => return false,
-            Key::NextSort => self.sort = self.sort.next(),
-            Key::NextFilter => self.filter = self.filter.next(),
+            Key::NextSort => (self.sort, self.scroll) = (self.sort.next(), 0),
+            Key::NextFilter => (self.filter, self.scroll) = (self.filter.next(), 0),
+            Key::Scroll(by) => {
+                let last = self.visible().len().saturating_sub(1);
+                self.scroll = self.scroll.saturating_add_signed(by).min(last);
+            }
             Key::Redraw => {}
         }
         true
@@ -170,12 +178,12 @@ pub fn short_age(now: SystemTime, then: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use memoryd_proto::presence::Health;
     use std::time::Duration;
 
-    fn row(node: &str, state: State, beat_secs: u64) -> RosterRow {
+    pub fn row(node: &str, state: State, beat_secs: u64) -> RosterRow {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(beat_secs);
         RosterRow {
             node_id: node.to_owned(),
@@ -217,6 +225,14 @@ mod tests {
             model.key(Key::NextFilter);
         }
         assert_eq!(model.filter, Filter::All);
+        model.key(Key::Scroll(10));
+        assert_eq!(model.scroll, 2, "never past the last row");
+        model.key(Key::Scroll(-1));
+        assert_eq!(model.scroll, 1);
+        model.key(Key::NextSort);
+        assert_eq!(model.scroll, 0, "a new order starts at the top");
+        model.key(Key::Scroll(-1));
+        assert_eq!(model.scroll, 0);
         assert!(!model.key(Key::Quit));
     }
 

@@ -118,8 +118,14 @@ fn summary_lines(model: &Model, now: SystemTime, paint: Paint) -> Vec<Line<'stat
 
 fn render_nodes(model: &Model, now: SystemTime, paint: Paint, area: Rect, buf: &mut Buffer) {
     let rows = model.visible();
+    // What fits below the header; the last page is kept full.
+    let fits = usize::from(area.height.saturating_sub(BORDERS + 1)).max(1);
+    let first = model.scroll.min(rows.len().saturating_sub(fits));
+    let shown = rows.len().min(first + fits);
+    let window =
+        if first > 0 || shown < rows.len() { format!(" · rows {}-{shown}", first + 1) } else { String::new() };
     let title = format!(
-        " nodes {} of {} · state: {} · sort: {} ",
+        " nodes {} of {} · state: {} · sort: {}{window} ",
         rows.len(),
         model.rows.len(),
         model.filter.as_str(),
@@ -146,7 +152,7 @@ fn render_nodes(model: &Model, now: SystemTime, paint: Paint, area: Rect, buf: &
         Constraint::Length(2),
         Constraint::Length(7),
     ];
-    let body = rows.into_iter().map(|r| node_row(r, now, paint));
+    let body = rows[first..shown].iter().map(|r| node_row(r, now, paint));
     Table::new(body, widths).header(header).block(block).render(area, buf);
 }
 
@@ -218,5 +224,24 @@ mod tests {
         assert_eq!(text.lines().count(), 24);
         assert!(text.contains("no agent session has attached yet"), "{text}");
         assert!(text.lines().last().unwrap().starts_with("q quit · s sort (node) · f state (all)"), "{text}");
+    }
+
+    #[test]
+    fn fifty_nodes_scroll_within_80_by_24_and_the_title_says_which_rows_show() {
+        let rows = (0..50).map(|n| crate::top_cmd::model::tests::row(&format!("claude-n{n:02}"), State::Online, 0));
+        let mut model = Model::new(rows.collect(), crate::top_cmd::tests::status(), SortBy::Node, Filter::All);
+        let area = Rect::new(0, 0, 80, 24);
+        let frame = |model: &Model| {
+            let mut buf = Buffer::empty(area);
+            render(model, SystemTime::now(), &Look { colour: false, keys: true }, area, &mut buf);
+            text(&buf)
+        };
+        let top = frame(&model);
+        assert!(top.contains("nodes 50 of 50 · state: all · sort: node · rows 1-12"), "{top}");
+        assert!(top.contains("│claude-n00 ") && top.contains("│claude-n11 ") && !top.contains("claude-n12"), "{top}");
+        assert!(top.contains("┌ newest events"), "the events keep their place:\n{top}");
+        model.key(crate::top_cmd::model::Key::Scroll(100));
+        let bottom = frame(&model);
+        assert!(bottom.contains("rows 39-50") && bottom.contains("│claude-n49 "), "{bottom}");
     }
 }
