@@ -198,9 +198,9 @@ enum Command {
     },
     /// A live view of the fleet: nodes, sweep, messages, newest events
     ///
-    /// Follows the daemon's events; keys: s sort, f filter by state, q
-    /// quit. With the daemon down it says so and exits 1 (`peers` reads
-    /// the stored roster).
+    /// Follows the daemon's events; keys: s sort, f filter by state, ↑↓
+    /// scroll, q quit. With the daemon down it says so and exits 1
+    /// (`peers` reads the stored roster).
     Top(top_cmd::TopArgs),
     /// Inspect the configuration
     Config {
