@@ -109,7 +109,10 @@ fn the_live_view_follows_a_node_from_attach_to_offline_filters_and_quits_on_q() 
     // The frame fits the terminal: 24 lines, none past 80 columns.
     assert_eq!(online.lines().count(), 24, "{online}");
     assert!(online.lines().all(|l| l.chars().count() <= 80), "{online}");
-    assert!(online.lines().last().unwrap().starts_with("q quit · s sort (node) · f state (all)"), "{online}");
+    assert!(
+        online.lines().last().unwrap().starts_with("q quit · s sort (node) · f state (all) · ↑↓ scroll"),
+        "{online}"
+    );
 
     tmux.until(&root, "claude-boris degraded", |s| state_of(s, "claude-boris").as_deref() == Some("degraded"));
     let offline =

@@ -54,7 +54,8 @@ pub fn render(model: &Model, now: SystemTime, look: &Look, area: Rect, buf: &mut
     let lines: Vec<Line> = model.events.iter().map(|e| Line::raw(event_line(e))).collect();
     Paragraph::new(lines).block(Block::bordered().title(" newest events ")).render(events, buf);
     if look.keys {
-        let text = format!("q quit · s sort ({}) · f state ({})", model.sort.as_str(), model.filter.as_str());
+        let text =
+            format!("q quit · s sort ({}) · f state ({}) · ↑↓ scroll", model.sort.as_str(), model.filter.as_str());
         Paragraph::new(text).style(Style::new().add_modifier(Modifier::REVERSED)).render(help, buf);
     }
 }
@@ -223,7 +224,10 @@ mod tests {
         let text = text(&buf);
         assert_eq!(text.lines().count(), 24);
         assert!(text.contains("no agent session has attached yet"), "{text}");
-        assert!(text.lines().last().unwrap().starts_with("q quit · s sort (node) · f state (all)"), "{text}");
+        assert!(
+            text.lines().last().unwrap().starts_with("q quit · s sort (node) · f state (all) · ↑↓ scroll"),
+            "{text}"
+        );
     }
 
     #[test]
