@@ -101,9 +101,9 @@ async fn watch(ctx: &Ctx, mut client: Client, mut model: Model) -> anyhow::Resul
         let _ = tx.send(n);
     });
     tokio::pin!(followed);
-    let mut keys = read_keys();
     let look = Look { colour: ctx.style.is_coloured(), keys: true };
     let mut screen = Screen::open()?;
+    let mut keys = read_keys();
     let mut tick = tokio::time::interval(TICK);
     loop {
         screen.0.draw(|f| view::render(&model, SystemTime::now(), &look, f.area(), f.buffer_mut()))?;
