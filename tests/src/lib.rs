@@ -489,6 +489,25 @@ impl Root {
     }
 }
 
+/// A root whose fleet has `boris` (claude) wired by provision-peer.
+pub fn wired_root(config: &str) -> (Root, PathBuf) {
+    let root = Root::bare();
+    root.write_config(&format!("mcp_port = 0\n{config}"));
+    let boris = root.peer_dir("boris");
+    root.write_fleet_map(&[("boris", &boris, &["claude", "codex"])]);
+    let out = root.ctl(&[
+        "provision-peer",
+        "--cwd",
+        boris.to_str().unwrap(),
+        "--runtime",
+        "claude",
+        "--personality",
+        "boris",
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    (root, boris)
+}
+
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

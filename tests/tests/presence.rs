@@ -12,25 +12,6 @@ use std::time::{Duration, Instant};
 
 const FAST: &str = "[presence]\ndegraded_after = \"1s\"\noffline_after = \"2s\"\nsweep_every = \"100ms\"\n";
 
-/// A root whose fleet has `boris` (claude) wired by provision-peer.
-fn wired_root(config: &str) -> (Root, PathBuf) {
-    let root = Root::bare();
-    root.write_config(&format!("mcp_port = 0\n{config}"));
-    let boris = root.peer_dir("boris");
-    root.write_fleet_map(&[("boris", &boris, &["claude", "codex"])]);
-    let out = root.ctl(&[
-        "provision-peer",
-        "--cwd",
-        boris.to_str().unwrap(),
-        "--runtime",
-        "claude",
-        "--personality",
-        "boris",
-    ]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    (root, boris)
-}
-
 fn shim(root: &Root, event: &str) -> PathBuf {
     root.paths.hooks_dir.join(format!("memoryd.claude.{event}.sh"))
 }

@@ -12,6 +12,7 @@ mod peer_cmd;
 mod presence_cmd;
 mod provision_cmd;
 mod service_cmd;
+mod top_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -223,6 +224,12 @@ enum Command {
         #[command(subcommand)]
         action: service_cmd::ServiceAction,
     },
+    /// A live view of the fleet: nodes, sweep, messages, newest events
+    ///
+    /// Follows the daemon's events; keys: s sort, f filter by state, ↑↓
+    /// scroll, q quit. With the daemon down it says so and exits 1
+    /// (`peers` reads the stored roster).
+    Top(top_cmd::TopArgs),
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -278,6 +285,7 @@ impl Command {
             Command::Config { .. } => "config check",
             Command::Service { action: service_cmd::ServiceAction::Install { .. } } => "service install",
             Command::Service { action: service_cmd::ServiceAction::Uninstall } => "service uninstall",
+            Command::Top(_) => "top",
         }
     }
 }
@@ -635,6 +643,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions { .. } | Command::Manpage => Ok(ExitCode::SUCCESS),
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
         Command::Service { action } => service_cmd::run(&ctx, action).await,
+        Command::Top(args) => top_cmd::top(&ctx, args).await,
     }
 }
 
