@@ -57,7 +57,7 @@ struct Cli {
     connect_timeout: Duration,
     /// How long memoryd may stay silent during a request before memoryctl
     /// gives up: the whole wait for a short request; for update, verify,
-    /// sweep, provision-peer, unprovision-peer and events --follow the
+    /// sweep, provision-peer, unprovision-peer, events --follow and top the
     /// longest gap between two of the daemon's progress messages
     /// [default: 10s for short requests, lock_timeout + 45s for long ones]
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
