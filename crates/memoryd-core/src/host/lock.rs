@@ -36,10 +36,10 @@ pub enum LockError {
 
 /// Marks the provision lock.
 #[derive(Debug)]
-pub struct Provision;
+pub struct ProvisionKind;
 /// Marks the store lock.
 #[derive(Debug)]
-pub struct Store;
+pub struct StoreKind;
 
 /// A lock file, opened once per process.
 #[derive(Debug)]
@@ -56,10 +56,10 @@ pub struct Guard<'a, K> {
     kind: PhantomData<K>,
 }
 
-pub type ProvisionLock = FileLock<Provision>;
-pub type ProvisionGuard<'a> = Guard<'a, Provision>;
-pub type StoreLock = FileLock<Store>;
-pub type StoreGuard<'a> = Guard<'a, Store>;
+pub type ProvisionLock = FileLock<ProvisionKind>;
+pub type ProvisionGuard<'a> = Guard<'a, ProvisionKind>;
+pub type StoreLock = FileLock<StoreKind>;
+pub type StoreGuard<'a> = Guard<'a, StoreKind>;
 
 impl<K> Drop for Guard<'_, K> {
     fn drop(&mut self) {
