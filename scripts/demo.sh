@@ -76,6 +76,9 @@ echo
 echo "boris's context fragment:"
 sed 's/^/  /' "$P/boris/.iapeer/fragments/memoryd.md"
 echo
+echo "The fleet as memoryctl top shows it (one frame; run it without --once to watch):"
+"$ctl" --root "$R" top --once
+echo
 run="HOME=$HOME MEMORYD_TEST_SANDBOX=1 $ctl --root $R"
 echo "memoryd runs detached on the demo root. Try:"
 echo "  $run status --json"
@@ -83,6 +86,7 @@ echo "  $run reload"
 echo "  $run provision-peer --cwd $P/boris --runtime codex --personality boris"
 echo "  $run peer link boris vera"
 echo "  $run verify"
+echo "  $run top"
 echo "  $run logs"
 echo "Stop it with:"
 echo "  $run daemon stop"
