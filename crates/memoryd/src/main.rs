@@ -377,16 +377,16 @@ async fn serve(
     }
 
     // Step 7: first heartbeat, tasks, READY=1, one line.
-    let fleet_watch = tasks::FleetWatch::start(&daemon);
+    let fleet_watch = provisioning::FleetWatch::start(&daemon);
     daemon.beat().context("cannot write the first heartbeat").map_err(fatal(1))?;
     let tasks = tokio_util::task::TaskTracker::new();
-    spawn_task(Some(&tasks), &daemon, "fleet-watcher", tasks::fleet_watcher(daemon.clone(), fleet_watch));
+    spawn_task(Some(&tasks), &daemon, "fleet-watcher", provisioning::fleet_watcher(daemon.clone(), fleet_watch));
     spawn_task(Some(&tasks), &daemon, "heartbeat", tasks::heartbeat(daemon.clone()));
-    spawn_task(Some(&tasks), &daemon, "fleet-refresh", tasks::fleet_refresh(daemon.clone()));
-    spawn_task(Some(&tasks), &daemon, "surface-sweep", tasks::surface_sweep(daemon.clone()));
-    spawn_task(Some(&tasks), &daemon, "presence-sweep", tasks::presence_sweep(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "fleet-refresh", provisioning::fleet_refresh(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "surface-sweep", provisioning::surface_sweep(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "presence-sweep", presence::presence_sweep(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "vault-watcher", vault::watch(daemon.clone()));
-    spawn_task(Some(&tasks), &daemon, "fragments", tasks::fragment_renderer(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "fragments", vault::fragment_renderer(daemon.clone()));
     if let Some(listener) = mcp_listener {
         spawn_task(Some(&tasks), &daemon, "mcp", mcp::serve(listener, daemon.clone()));
     }

@@ -4,6 +4,7 @@
 
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
+use crate::tasks::every;
 use memoryd_core::host::egress::Egress;
 use memoryd_core::presence::{Event, Refusal, Revoker, Rules};
 use memoryd_core::store::StoreError;
@@ -220,4 +221,11 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Demotes silent sessions every `presence.sweep_every`.
+pub async fn presence_sweep(daemon: Arc<Daemon>) {
+    every(&daemon, |c| c.presence.sweep_every, || daemon.presence_sweep()).await;
+    // Stopping (or restarting): the heartbeats kept in memory go to disk.
+    daemon.presence_sweep().await;
 }

@@ -4,6 +4,7 @@
 
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
+use crate::tasks::{WATCH_QUEUE, every, is_change};
 use memoryd_core::fleet::{self, FleetDiff, FleetPeer, FleetRead};
 use memoryd_core::host::lock::{LockError, ProvisionLock};
 use memoryd_core::ops::install::check_executable;
@@ -14,11 +15,14 @@ use memoryd_proto::ProgressStatus;
 use memoryd_proto::host::{Check, Updated, Verified};
 use memoryd_proto::status::SweepStatus;
 use memoryd_proto::{ErrorKind, RpcError};
+use notify::Watcher;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval};
 
 /// The refusal a caller sees for a provisioning failure.
 pub fn rpc_error(e: ProvisionError) -> RpcError {
@@ -359,4 +363,123 @@ impl Daemon {
         }
         Ok(report)
     }
+}
+
+/// How often the fleet map's mtime is polled when no watcher runs.
+const POLL_EVERY: Duration = Duration::from_secs(5);
+
+/// Refreshes the fleet map every `fleet_refresh_interval` (the first
+/// refresh is the start-up sweep's).
+pub async fn fleet_refresh(daemon: Arc<Daemon>) {
+    every(&daemon, |c| c.fleet_refresh_interval, || daemon.refresh_fleet()).await;
+}
+
+/// At start-up, indexes the vault and refreshes the fleet map, then sweeps
+/// every peer (rendering fragments with the notes); then sweeps every
+/// `sweep_interval`.
+pub async fn surface_sweep(daemon: Arc<Daemon>) {
+    daemon.rescan_vault("start-up").await;
+    daemon.refresh_fleet().await;
+    // Failures are logged and kept for `status` by the sweep itself.
+    let _ = daemon.sweep(None, "start-up", ProgressSink::discard()).await;
+    every(
+        &daemon,
+        |c| c.sweep_interval,
+        || async {
+            let _ = daemon.sweep(None, "timer", ProgressSink::discard()).await;
+        },
+    )
+    .await;
+}
+
+/// The fleet map watcher, started before the first heartbeat so that the
+/// heartbeat's `watch=` tells the truth from the start.
+pub struct FleetWatch {
+    _watcher: Option<notify::RecommendedWatcher>,
+    events: mpsc::Receiver<Result<(), String>>,
+}
+
+impl FleetWatch {
+    /// Watches `S/` (the parent dir, so atomic renames are seen) for
+    /// events on the fleet map; on failure the daemon polls (`watch=off`).
+    pub fn start(daemon: &Daemon) -> FleetWatch {
+        // Bounded: a burst of events past it coalesces (a full channel
+        // already holds a wake-up for the watcher task).
+        let (tx, events) = mpsc::channel::<Result<(), String>>(WATCH_QUEUE);
+        let map_name = daemon.host.paths.fleet_map.file_name().map(|n| n.to_os_string());
+        let handler = move |event: notify::Result<notify::Event>| {
+            let sent = match event {
+                Ok(event)
+                    if is_change(&event)
+                        && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == map_name) =>
+                {
+                    tx.try_send(Ok(()))
+                }
+                Ok(_) => Ok(()),
+                Err(e) => tx.try_send(Err(e.to_string())),
+            };
+            drop(sent);
+        };
+        let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(&daemon.host.paths.state, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(task = "fleet-watcher", error = %e, "cannot watch the fleet map; polling it every 5 s (watch=off)");
+                None
+            }
+        };
+        daemon.fleet.watching.store(watcher.is_some(), Ordering::Relaxed);
+        FleetWatch { _watcher: watcher, events }
+    }
+}
+
+/// Acts on fleet map changes as they come; polls the map's mtime while the
+/// watcher is off.
+pub async fn fleet_watcher(daemon: Arc<Daemon>, watch: FleetWatch) {
+    let FleetWatch { _watcher, events: mut rx } = watch;
+    let mut poll = interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_mtime = daemon.blocking(|d| mtime(&d.host.paths.fleet_map)).await;
+    loop {
+        tokio::select! {
+            _ = daemon.host.shutdown.begun.cancelled() => return,
+            event = rx.recv(), if daemon.fleet.watching.load(Ordering::Relaxed) => match event {
+                Some(Ok(())) => {
+                    // At once: every writer of the map replaces it by a
+                    // rename, so its first event is a whole file and a
+                    // newborn need not wait. Events that came during a
+                    // reload may be a newer map: one more reload.
+                    loop {
+                        daemon.reload_fleet().await;
+                        let mut more = false;
+                        while rx.try_recv().is_ok() {
+                            more = true;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(task = "fleet-watcher", error = %e, "the fleet map watcher failed; polling every 5 s (watch=off)");
+                    daemon.fleet.watching.store(false, Ordering::Relaxed);
+                }
+                None => daemon.fleet.watching.store(false, Ordering::Relaxed),
+            },
+            _ = poll.tick(), if !daemon.fleet.watching.load(Ordering::Relaxed) => {
+                let now = daemon.blocking(|d| mtime(&d.host.paths.fleet_map)).await;
+                if now != last_mtime {
+                    last_mtime = now;
+                    daemon.reload_fleet().await;
+                }
+            }
+        }
+    }
+}
+
+fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

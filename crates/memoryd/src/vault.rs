@@ -183,6 +183,31 @@ impl FragmentQueue {
     }
 }
 
+/// Fragment re-renders asked for closer together than this are one batch.
+const FRAGMENT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Re-renders the fragments asked for, a burst of requests at a time.
+pub async fn fragment_renderer(daemon: Arc<Daemon>) {
+    loop {
+        tokio::select! {
+            _ = daemon.host.shutdown.begun.cancelled() => return,
+            () = daemon.vault.fragments.wait() => {}
+        }
+        tokio::time::sleep(FRAGMENT_DEBOUNCE).await;
+        let Some(wanted) = daemon.vault.fragments.take() else { continue };
+        let Some(map) = daemon.fleet.map.lock().ok().and_then(|f| f.map().cloned()) else { continue };
+        let peers: Vec<_> =
+            map.peers.into_iter().filter(|p| wanted.as_ref().is_none_or(|w| w.contains(&p.personality))).collect();
+        match daemon.provisioning_job(move |p| p.render_fragments(&peers)).await {
+            Ok((written, _, failed)) if written + failed > 0 => {
+                tracing::info!(written, failed, "fragments re-rendered");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(task = "fragments", error = %e, "cannot re-render fragments"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::FragmentQueue;
