@@ -121,3 +121,30 @@ fn memoryctl_logs_prints_the_last_lines_and_follows_across_a_rotation() {
     std::fs::write(&log, "line 1 of the new file\n").unwrap();
     assert_eq!(lines.next_within(limit, "logs -f"), "line 1 of the new file");
 }
+
+#[test]
+fn on_a_terminal_the_log_is_coloured_unless_no_color_is_set() {
+    let script = std::path::Path::new("/usr/bin/script");
+    if !script.exists() {
+        eprintln!("SKIPPED: script(1) from util-linux gives the pseudo-terminal and is not installed");
+        return;
+    }
+    let root = Root::new();
+    // memoryctl -v with no daemon logs why, to stderr: here a terminal.
+    let line = format!("{} --root {} -v status", bins().memoryctl.display(), root.paths.root.display());
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut cmd = root.command(script);
+        cmd.args(["-qec", &line, "/dev/null"]);
+        match no_color {
+            Some(v) => cmd.env("NO_COLOR", v),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        stdout(&output_within(&mut cmd, CHILD_LIMIT))
+    };
+    let log_line = |text: &str| text.lines().find(|l| l.contains("memoryd is not answering")).map(str::to_owned);
+    let coloured = on_a_terminal(None);
+    assert!(log_line(&coloured).is_some_and(|l| l.contains("\x1b[")), "{coloured:?}");
+    let plain = on_a_terminal(Some("1"));
+    assert!(log_line(&plain).is_some(), "{plain:?}");
+    assert!(!plain.contains("\x1b["), "colour with NO_COLOR set: {plain:?}");
+}
