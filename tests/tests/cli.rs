@@ -92,3 +92,17 @@ fn events_show_the_last_n_and_those_since_a_time_from_the_daemon_or_the_log() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("neither an RFC 3339 time"), "{}", stderr(&bad));
 }
+
+#[test]
+fn the_commands_memoryctl_prints_can_be_pasted_for_a_root_with_a_space() {
+    let root = Root::new();
+    let spaced = root.dir.path().join("a root");
+    std::fs::create_dir_all(&spaced).unwrap();
+    let out = output_within(root.command(&bins().memoryctl).arg("--root").arg(&spaced).arg("status"), CHILD_LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("memoryctl --root '{}' init --vault DIR", spaced.display())),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -349,7 +349,9 @@ impl Ctx {
 
     /// `memoryctl --root R` as a user would type it again.
     pub fn ctl(&self) -> String {
-        format!("memoryctl --root {}", self.paths.root.display())
+        // Quoted for the shell when it must be: an operator pastes it.
+        let root = memoryd_core::surfaces::shims::sh_quote(&self.paths.root.to_string_lossy());
+        format!("memoryctl --root {root}")
     }
 
     /// Connects to the daemon; None when it does not answer.

@@ -51,10 +51,11 @@ pub fn is_installed(config_file: &Path) -> bool {
 
 /// The sentence for a root that holds no install.
 pub fn missing(root: &Path) -> String {
-    let root = root.display();
+    let quoted = crate::surfaces::shims::sh_quote(&root.to_string_lossy());
     format!(
-        "there is no memoryd install at {root} (no config file); make one with: memoryctl --root {root} init --vault DIR, \
-         or check --root"
+        "there is no memoryd install at {} (no config file); make one with: memoryctl --root {quoted} init --vault DIR, \
+         or check --root",
+        root.display()
     )
 }
 
