@@ -283,28 +283,46 @@ impl Live {
         Ok(done as f64 / window.as_secs_f64())
     }
 
-    fn timed(mut command: Command) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let out = command.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
-        let took = started.elapsed();
-        anyhow::ensure!(out.success() || out.code() == Some(1), "{command:?} failed");
-        Ok(took)
-    }
-
-    /// A whole `memoryctl status` process.
+    /// A whole `memoryctl status` process; exit 1 (unhealthy) is an
+    /// answer too.
     pub fn time_status(&self) -> anyhow::Result<Duration> {
         let mut command = Command::new(std::env::current_exe()?.with_file_name("memoryctl"));
         command.arg("--root").arg(&self.root).arg("status").env("MEMORYD_TEST_SANDBOX", "1");
-        Live::timed(command)
+        timed(command, &[0, 1])
     }
 
     /// The floor: a minimal Rust process that connects and reads one line.
     pub fn time_floor_client(&self, bins: &Bins) -> anyhow::Result<Duration> {
         let mut command = Command::new(&bins.me);
         command.arg("--floor-client").arg(&self.socket);
-        Live::timed(command)
+        timed(command, &[0])
     }
+}
 
+/// What a timed child must not inherit: each changes what it does (a Rust
+/// binary captures and symbolises a backtrace on every error under
+/// `RUST_BACKTRACE`, which once made a failing peer look slow).
+const CHILD_NOISE: &[&str] = &["RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "RUST_LOG"];
+
+/// Runs `command` to its end; its wall time, when it exited with one of
+/// `accepted` (any other exit is a failed measurement, never a figure).
+pub fn timed(mut command: Command, accepted: &[i32]) -> anyhow::Result<Duration> {
+    for name in CHILD_NOISE {
+        command.env_remove(name);
+    }
+    let started = Instant::now();
+    let out = command.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    let took = started.elapsed();
+    anyhow::ensure!(out.code().is_some_and(|c| accepted.contains(&c)), "{command:?} exited with {out}");
+    Ok(took)
+}
+
+/// The floor of any command: starting a process that does nothing.
+pub fn time_true() -> anyhow::Result<Duration> {
+    timed(Command::new("/bin/true"), &[0])
+}
+
+impl Live {
     /// Heartbeats per second over `nodes` attached nodes from `threads`
     /// client connections.
     pub fn heartbeat_ingest(&self, nodes: usize, threads: usize, window: Duration) -> anyhow::Result<f64> {
@@ -516,7 +534,9 @@ pub fn pueue_status(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     }
     let home = dir.join("pueue-home");
     let config = home.join("pueue.yml");
-    std::fs::create_dir_all(&home)?;
+    // pueued exits at once when its directories are missing.
+    std::fs::create_dir_all(home.join("data"))?;
+    std::fs::create_dir_all(home.join("run"))?;
     std::fs::write(
         &config,
         format!(
@@ -534,11 +554,15 @@ pub fn pueue_status(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     let status = |args: &[&str]| {
         let mut command = Command::new(&pueue);
         command.arg("--config").arg(&config).args(args).env("HOME", &home);
-        Live::timed(command)
+        timed(command, &[0])
     };
+    // Timed only once pueued answers: `pueue status` succeeds.
     let deadline = Instant::now() + Duration::from_secs(20);
     while status(&["status"]).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "pueued did not answer");
+        if let Some(exit) = daemon.try_wait()? {
+            anyhow::bail!("pueued exited with {exit} before answering");
+        }
+        anyhow::ensure!(Instant::now() < deadline, "pueued did not answer within 20 s");
         std::thread::sleep(Duration::from_millis(100));
     }
     let runs = crate::report::Stats::of((0..30).map(|_| status(&["status"]).unwrap()).collect());

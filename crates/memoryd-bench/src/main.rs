@@ -156,6 +156,11 @@ fn main() -> anyhow::Result<()> {
     let floor_client = Stats::of((0..30).map(|_| live.time_floor_client(&bins).unwrap()).collect());
     report.row("process", vec!["memoryctl status".into(), ms(ctl.median), ratio(ctl.median, floor_client.median)]);
     report.row("process", vec!["floor: connect, hello, read one line".into(), ms(floor_client.median), "1.0×".into()]);
+    let process = Stats::of((0..30).map(|_| daemon::time_true().unwrap()).collect());
+    report.row(
+        "process",
+        vec!["floor of any command: /bin/true".into(), ms(process.median), ratio(process.median, floor_client.median)],
+    );
     match daemon::pueue_status(tmp.path()) {
         Ok((pueue, pueue_floor)) => {
             report.row(
