@@ -94,8 +94,9 @@ pub async fn start(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// How long `daemon restart` waits for the restarted daemon to answer.
-const RESTART_LIMIT: Duration = Duration::from_secs(20);
+/// How long `daemon restart` and `update` wait for a daemon restarted
+/// onto the installed binary.
+pub const RESTART_LIMIT: Duration = Duration::from_secs(20);
 
 /// `daemon restart`: a daemon that answers restarts in place onto the
 /// installed binary (same pid, its sockets kept open, so no client is

@@ -2,7 +2,7 @@
 //! printed line by line as it streams in), in this process under the same
 //! provision lock when it does not.
 
-use crate::daemon_cmd::{self, Hung};
+use crate::daemon_cmd::{self, Hung, RESTART_LIMIT};
 use crate::output::Lines;
 use crate::provision_cmd::run_locally;
 use crate::{Ctx, Usage};
@@ -14,9 +14,6 @@ use memoryd_proto::{Command, ProgressStatus, UpdateParams, VerifyParams};
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-
-/// How long `update` waits for a daemon restarted onto the new binary.
-const RESTART_LIMIT: Duration = Duration::from_secs(20);
 
 /// `memoryctl verify [--repair]`.
 pub async fn verify(ctx: &Ctx, repair: bool, local: bool) -> anyhow::Result<ExitCode> {

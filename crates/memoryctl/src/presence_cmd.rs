@@ -5,12 +5,12 @@ use crate::Ctx;
 use clap::Args;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
-use memoryd_core::presence::{Revoker, timestamp};
+use memoryd_core::presence::Revoker;
 use memoryd_core::store::{EventLog, FileStore, PeerStore, PresenceStore, StoreError};
 use memoryd_proto::presence::{
     AttachParams, Attached, DetachParams, Health, HeartbeatParams, RevocationParams, RosterRow, TailParams,
 };
-use memoryd_proto::{Command, RpcError, methods};
+use memoryd_proto::{Command, RpcError, Timestamp, methods};
 use serde_json::{Map, Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -281,8 +281,8 @@ pub async fn events(ctx: &Ctx, params: TailParams) -> anyhow::Result<ExitCode> {
         // would.
         let store = FileStore::read_only(&ctx.paths);
         let node = params.node.as_deref();
-        let (recent, mut cursor) = store.recent(node, params.limit.unwrap_or(RECENT).min(RECENT))?;
-        for event in recent.into_iter().filter(|e| params.since.is_none_or(|s| e.ts >= s.time())) {
+        let (recent, mut cursor) = store.recent_since(node, params.limit, params.since.map(Timestamp::time))?;
+        for event in recent {
             print(serde_json::to_value(event)?);
         }
         if follow {
@@ -300,14 +300,11 @@ pub async fn events(ctx: &Ctx, params: TailParams) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How many recent events `events` shows at most, as the daemon does.
-const RECENT: usize = 200;
-
 /// `<ts> <event> <node> [session] prev→new, extras`.
 pub fn event_line(e: &Value) -> String {
     let mut line = format!(
         "{} {:<34} {}",
-        e["ts"].as_str().unwrap_or(&timestamp(SystemTime::now())),
+        e["ts"].as_str().unwrap_or(&Timestamp(SystemTime::now()).to_string()),
         e["event"].as_str().unwrap_or("?"),
         e["nodeId"].as_str().unwrap_or("-")
     );

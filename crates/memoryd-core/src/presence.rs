@@ -129,10 +129,6 @@ pub type Probe<'a> = &'a dyn Fn(i32) -> Option<String>;
 /// small.
 const ENDED_ROWS_KEPT: usize = 3;
 
-pub fn timestamp(at: SystemTime) -> String {
-    rfc3339::format(at)
-}
-
 /// `MAJOR.MINOR` as numbers; None when it is not one.
 pub fn parse_version(text: &str) -> Option<ClientVersion> {
     text.parse().ok()

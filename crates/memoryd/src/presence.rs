@@ -13,13 +13,11 @@ use memoryd_proto::presence::{
     RevocationParams, RosterRow, TailParams,
 };
 use memoryd_proto::status::PresenceCounts;
-use memoryd_proto::{ErrorKind, RpcError, methods};
+use memoryd_proto::{ErrorKind, RpcError, Timestamp, methods};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// How many events `events.tail` returns before following.
-const TAIL: usize = 200;
 /// How often a follower looks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// How long a follower stays silent before it sends a `host.working` beat
@@ -173,15 +171,13 @@ impl Daemon {
     /// new ones stream as `events.event` notifications until the client
     /// goes or the daemon stops.
     pub async fn events_tail(self: &Arc<Self>, params: TailParams, sink: ProgressSink) -> Result<Value, RpcError> {
-        let (node, follow) = (params.node.clone(), params.follow);
-        let limit = params.limit.unwrap_or(TAIL).min(TAIL);
+        let (node, follow, limit, since) =
+            (params.node.clone(), params.follow, params.limit, params.since.map(Timestamp::time));
         // The log is up to 10 MiB: read on a blocking thread. One read gives
         // the recent events and the cursor after them, so following misses
         // nothing written meanwhile.
-        let (mut recent, mut cursor) = self.with_store(move |d| d.store.recent(node.as_deref(), limit)).await?;
-        if let Some(since) = params.since {
-            recent.retain(|e| e.ts >= since.time());
-        }
+        let (recent, mut cursor) =
+            self.with_store(move |d| d.store.recent_since(node.as_deref(), limit, since)).await?;
         if !follow {
             return serde_json::to_value(recent).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()));
         }

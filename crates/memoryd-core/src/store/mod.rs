@@ -178,7 +178,26 @@ pub trait EventLog: Send + Sync {
     /// The events (of `node`, or all) written after `cursor`, which moves
     /// past them.
     fn follow(&self, cursor: &mut Cursor, node: Option<&str>) -> Result<Vec<Event>, StoreError>;
+
+    /// What `events.tail` shows before following: [`EventLog::recent`] of
+    /// at most `limit` (and never more than [`RECENT_EVENTS`]) events,
+    /// keeping those at or after `since`.
+    fn recent_since(
+        &self,
+        node: Option<&str>,
+        limit: Option<usize>,
+        since: Option<SystemTime>,
+    ) -> Result<(Vec<Event>, Cursor), StoreError> {
+        let (mut events, cursor) = self.recent(node, limit.unwrap_or(RECENT_EVENTS).min(RECENT_EVENTS))?;
+        if let Some(since) = since {
+            events.retain(|e| e.ts >= since);
+        }
+        Ok((events, cursor))
+    }
 }
+
+/// The most recent events shown before a follow.
+pub const RECENT_EVENTS: usize = 200;
 
 /// A whole store: what the daemon and `memoryctl` hold.
 pub trait StateStore: PresenceStore + PeerStore + EventLog {
