@@ -112,10 +112,7 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
     let session = input["session_id"].as_str().filter(|s| !s.is_empty()).ok_or("the hook's JSON has no session_id")?;
     let cwd = input["cwd"].as_str().map(Path::new);
     let node = node_of(paths, args.runtime.as_deref(), cwd)?;
-    let env = |k: &str| std::env::var_os(k);
-    let (file, required) = paths.config_file(env);
-    let config = config::load(&file, required, env, &Vec::new()).map(|l| l.config).unwrap_or_default();
-    let socket = config.socket(paths);
+    let socket = lenient_config(paths).socket(paths);
     let hook = Hook { args, node, session: session.to_owned() };
     let mut client = match Client::connect(&socket, remaining(deadline)).await {
         Ok(client) => client,
@@ -246,6 +243,14 @@ fn agent_pid() -> Option<i32> {
     None
 }
 
+/// The config as a hook reads it: a bad or missing file gives the
+/// defaults, since nothing may fail an agent's hook.
+fn lenient_config(paths: &Paths) -> config::Config {
+    let env = |k: &str| std::env::var_os(k);
+    let (file, required) = paths.config_file(env);
+    config::load(&file, required, env, &Vec::new()).map(|l| l.config).unwrap_or_default()
+}
+
 /// Appends one line to `hook-errors.log`; failing that, says nothing.
 pub fn log_error(paths: &Paths, line: &str) {
     let files = FileGuard::from_env(&[&paths.root]);
@@ -253,9 +258,7 @@ pub fn log_error(paths: &Paths, line: &str) {
         return;
     }
     let log = paths.logs.join("hook-errors.log");
-    let env = |k: &str| std::env::var_os(k);
-    let (file, required) = paths.config_file(env);
-    let config = config::load(&file, required, env, &Vec::new()).map(|l| l.config).unwrap_or_default();
+    let config = lenient_config(paths);
     // Hooks of many sessions may rotate at once: a rename that lost the
     // race is no loss, the line still lands in the new file.
     let _ = files.rotate_log(&log, config.log_max_bytes as u64, config.log_keep);
