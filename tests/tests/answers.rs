@@ -268,8 +268,13 @@ fn with_the_daemon_down_status_and_peers_read_the_store_and_leave_unread_facts_u
     assert_eq!(down["waitingMessages"], 1, "{down}");
     assert_eq!(down["lastSweep"], up["lastSweep"], "the last sweep as the daemon recorded it");
     assert_eq!(down["fleet"]["peers"], 2, "{down}");
-    for unread in [&down["mcp"]["listening"], &down["vault"]["notes"], &down["vault"]["watching"], &down["uptimeSecs"]]
-    {
+    for unread in [
+        &down["mcp"]["listening"],
+        &down["vault"]["notes"],
+        &down["vault"]["watching"],
+        &down["uptimeSecs"],
+        &down["startedAt"],
+    ] {
         assert!(unread.is_null(), "a fact nobody read is unknown, not a value: {down}");
     }
     let text = stdout(&root.ctl(&["status"]));

@@ -50,7 +50,9 @@ fn daemon_restart_restarts_in_place_or_starts_one() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("memoryd started (pid "), "{}", stdout(&out));
     let pid = std::fs::read_to_string(&root.paths.pid_file).unwrap().trim().to_owned();
-    // One runs: it restarts in place, keeping its pid.
+    let before: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
+    // One runs (started within the second, so its uptime says nothing): it
+    // restarts in place, keeping its pid.
     let out = root.ctl(&["--json", "daemon", "restart"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let done: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -59,6 +61,7 @@ fn daemon_restart_restarts_in_place_or_starts_one() {
     let status: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["pid"].to_string(), pid);
     assert_eq!(status["running"], true);
+    assert_ne!(status["startedAt"], before["startedAt"], "a new image: {status}");
 }
 
 #[test]

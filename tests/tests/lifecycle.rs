@@ -17,6 +17,7 @@ fn status_json_reports_pid_version_uptime_and_heartbeat_age() {
     assert_eq!(s["pid"], daemon.pid());
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert!(s["uptimeSecs"].as_u64().is_some());
+    assert!(s["startedAt"].as_str().unwrap().parse::<memoryd_proto::time::Timestamp>().is_ok(), "{s}");
     assert!(s["heartbeatAgeSecs"].as_u64().unwrap() < 60);
     assert_eq!(s["watch"], "on");
     assert_eq!(s["healthy"], true, "{s}");

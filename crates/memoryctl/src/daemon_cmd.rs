@@ -114,9 +114,17 @@ pub async fn restart(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     ctx.call::<Restarting>(&mut client, &Command::HostRestart).await??;
     drop(client);
     let asked = Instant::now();
-    // The new image starts its uptime again; the old one, still finishing
-    // its requests, counts on.
-    let restarted = |s: &HostStatus| s.uptime_secs < Some(before.uptime_secs.unwrap_or(0) + asked.elapsed().as_secs());
+    // The new image has a start time of its own; the old one, still
+    // finishing its requests, answers with the one it had. (Whole-second
+    // uptimes could not tell them apart within the first second.)
+    let restarted = |s: &HostStatus| match (s.started_at, before.started_at) {
+        (Some(now), Some(then)) => now != then,
+        // Only one image knows `startedAt`: they differ.
+        (Some(_), None) | (None, Some(_)) => true,
+        // Both older than `startedAt`: the new image counts its uptime
+        // from zero again.
+        (None, None) => s.uptime_secs < Some(before.uptime_secs.unwrap_or(0) + asked.elapsed().as_secs()),
+    };
     while asked.elapsed() < RESTART_LIMIT {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Some(mut client) = ctx.connect().await? else { continue };

@@ -198,6 +198,7 @@ pub mod tests {
             pid: Some(42),
             version: Some("0.1.0".to_owned()),
             uptime_secs: Some(90),
+            started_at: None,
             root: "/r".to_owned(),
             installed: true,
             heartbeat_age_secs: None,

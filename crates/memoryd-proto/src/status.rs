@@ -9,6 +9,11 @@ pub struct HostStatus {
     pub pid: Option<u32>,
     pub version: Option<String>,
     pub uptime_secs: Option<u64>,
+    /// When this daemon image started (a restart in place starts a new
+    /// image under the same pid); null without a daemon or from a daemon
+    /// older than this field.
+    #[serde(default)]
+    pub started_at: Option<crate::time::Timestamp>,
     pub root: String,
     /// Whether the root holds a memoryd install (its config file exists).
     pub installed: bool,

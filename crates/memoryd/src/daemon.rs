@@ -61,6 +61,9 @@ pub struct Host {
     pub hostname: String,
     pub supervisor: Option<&'static str>,
     pub started: Instant,
+    /// The wall-clock twin of `started`: tells this image from the one
+    /// before a restart in place (same pid).
+    pub started_at: SystemTime,
     pub shutdown: Shutdown,
     /// Set when a task died and the daemon must exit 1.
     pub failed: AtomicBool,
@@ -105,6 +108,7 @@ impl Daemon {
                 hostname: memoryd_core::host::heartbeat::hostname(),
                 supervisor,
                 started: Instant::now(),
+                started_at: SystemTime::now(),
                 shutdown: Shutdown::default(),
                 failed: AtomicBool::new(false),
                 running_exe,
@@ -233,6 +237,7 @@ impl Daemon {
         status.pid = Some(std::process::id());
         status.version = Some(memoryd_core::VERSION.to_owned());
         status.uptime_secs = Some(self.host.started.elapsed().as_secs());
+        status.started_at = Some(self.host.started_at.into());
         status.watch = Some(if self.fleet.watching.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
         status.supervisor = self.host.supervisor.map(str::to_owned);
         status.last_sweep = self.fleet.last_sweep.lock().ok().and_then(|s| s.clone());

@@ -99,6 +99,7 @@ pub fn shared_facts(
         pid: None,
         version: None,
         uptime_secs: None,
+        started_at: None,
         root: paths.root.display().to_string(),
         installed: crate::ops::install::is_installed(config_file),
         heartbeat_age_secs: heartbeat.as_ref().map(|h| h.age(now).as_secs()),
