@@ -5,19 +5,24 @@
 //! marker type keeps their guards apart, so a function that needs one can
 //! never be handed the other.
 //!
-//! An in-process mutex guards the one open file description, then an
-//! exclusive `flock` on it is polled every 50 ms until the timeout, so a
-//! wait can always be cancelled. The holder writes `"<pid> <what>"` into
+//! Within a process, waiters queue and are served in arrival order (a
+//! mutex that every waiter polls lets a thread that just released win again
+//! and again while an earlier waiter times out: a burst of 30 agents' sends
+//! saw 5 s waits end in `lock.busy`). The one whose turn it is takes an
+//! exclusive `flock` on the one open file description, polled (1 ms growing
+//! to 50 ms) until the timeout, so a wait on another process can always be
+//! cancelled. The holder writes `"<pid> <what>"` into
 //! the file. The kernel releases the lock when its holder dies, so there is
 //! no stale-lock breaking anywhere. `flock` is not re-entrant: an operation
 //! takes the guard once and passes it down.
 
 use crate::host::files::{FileError, FileGuard};
+use std::collections::VecDeque;
 use std::fs::{File, TryLockError};
 use std::io::{Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, TryLockError as MutexTryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -46,14 +51,27 @@ pub struct StoreKind;
 pub struct FileLock<K> {
     path: PathBuf,
     file: Mutex<File>,
+    queue: Mutex<Queue>,
+    /// Signalled whenever the turn passes or a waiter leaves the queue.
+    turn: Condvar,
     kind: PhantomData<K>,
+}
+
+/// This process's waiters, by ticket, in arrival order.
+#[derive(Debug, Default)]
+struct Queue {
+    next_ticket: u64,
+    waiting: VecDeque<u64>,
+    /// Whether a waiter of this process has its turn (holds or is taking
+    /// the `flock`).
+    taken: bool,
 }
 
 /// Proof that a lock is held; released on drop.
 #[derive(Debug)]
 pub struct Guard<'a, K> {
     file: MutexGuard<'a, File>,
-    kind: PhantomData<K>,
+    lock: &'a FileLock<K>,
 }
 
 pub type ProvisionLock = FileLock<ProvisionKind>;
@@ -64,6 +82,9 @@ pub type StoreGuard<'a> = Guard<'a, StoreKind>;
 impl<K> Drop for Guard<'_, K> {
     fn drop(&mut self) {
         let _ = self.file.unlock();
+        // The next in line waits for the file handle's mutex only until
+        // this guard's fields drop, right after this.
+        self.lock.pass_turn();
     }
 }
 
@@ -71,11 +92,18 @@ impl<K> FileLock<K> {
     /// Opens (creating if missing, never deleting) the lock file.
     pub fn open(files: &FileGuard, path: &Path) -> Result<FileLock<K>, LockError> {
         let file = files.open_lock_file(path)?;
-        Ok(FileLock { path: path.to_path_buf(), file: Mutex::new(file), kind: PhantomData })
+        Ok(FileLock {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            queue: Mutex::new(Queue::default()),
+            turn: Condvar::new(),
+            kind: PhantomData,
+        })
     }
 
-    /// Takes the lock for `what`, polling until `timeout`; `cancelled` is
-    /// asked between polls.
+    /// Takes the lock for `what`: first this process's turn, in arrival
+    /// order, then the `flock`, both within `timeout`; `cancelled` is asked
+    /// at least every 50 ms.
     pub fn acquire(
         &self,
         what: &str,
@@ -83,34 +111,91 @@ impl<K> FileLock<K> {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Guard<'_, K>, LockError> {
         let started = Instant::now();
+        self.wait_for_turn(started, timeout, cancelled)?;
+        // The turn is ours alone, so this waits at most for the previous
+        // holder's guard to finish dropping. The mutex only guards a file
+        // handle: a panic elsewhere cannot have left it half-changed.
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pause = Duration::from_millis(1);
         loop {
-            let inner = match self.file.try_lock() {
-                Ok(g) => Some(g),
-                // The mutex only guards a file handle: a panic elsewhere
-                // cannot have left it half-changed.
-                Err(MutexTryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(MutexTryLockError::WouldBlock) => None,
-            };
-            if let Some(mut file) = inner {
-                match file.try_lock() {
-                    Ok(()) => {
-                        write_holder(&mut file, what);
-                        return Ok(Guard { file, kind: PhantomData });
-                    }
-                    Err(TryLockError::WouldBlock) => {}
-                    Err(TryLockError::Error(error)) => {
-                        return Err(LockError::Unsupported { path: self.path.clone(), error });
-                    }
+            match file.try_lock() {
+                Ok(()) => {
+                    write_holder(&mut file, what);
+                    return Ok(Guard { file, lock: self });
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(error)) => {
+                    drop(file);
+                    self.pass_turn();
+                    return Err(LockError::Unsupported { path: self.path.clone(), error });
                 }
             }
-            if started.elapsed() >= timeout {
-                return Err(LockError::Busy { path: self.path.clone(), holder: self.holder(), waited: timeout });
+            let failure = if started.elapsed() >= timeout {
+                Some(self.busy(timeout))
+            } else if cancelled() {
+                Some(LockError::Cancelled)
+            } else {
+                None
+            };
+            if let Some(error) = failure {
+                drop(file);
+                self.pass_turn();
+                return Err(error);
             }
-            if cancelled() {
-                return Err(LockError::Cancelled);
-            }
-            std::thread::sleep(POLL_EVERY);
+            std::thread::sleep(pause.min(timeout.saturating_sub(started.elapsed())));
+            pause = (pause * 2).min(POLL_EVERY);
         }
+    }
+
+    /// Queues behind this process's earlier waiters until it is this
+    /// caller's turn, or leaves the queue on timeout or cancellation.
+    fn wait_for_turn(
+        &self,
+        started: Instant,
+        timeout: Duration,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<(), LockError> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push_back(ticket);
+        loop {
+            if !queue.taken && queue.waiting.front() == Some(&ticket) {
+                queue.waiting.pop_front();
+                queue.taken = true;
+                return Ok(());
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            let failure = if left.is_zero() {
+                Some(self.busy(timeout))
+            } else {
+                // Asked without the queue's mutex: it is the caller's code.
+                drop(queue);
+                let stop = cancelled().then_some(LockError::Cancelled);
+                queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                stop
+            };
+            if let Some(error) = failure {
+                queue.waiting.retain(|t| *t != ticket);
+                drop(queue);
+                // The one behind may now be first.
+                self.turn.notify_all();
+                return Err(error);
+            }
+            if !queue.taken && queue.waiting.front() == Some(&ticket) {
+                continue;
+            }
+            queue = self.turn.wait_timeout(queue, left.min(POLL_EVERY)).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    fn pass_turn(&self) {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).taken = false;
+        self.turn.notify_all();
+    }
+
+    fn busy(&self, waited: Duration) -> LockError {
+        LockError::Busy { path: self.path.clone(), holder: self.holder(), waited }
     }
 
     /// What the holder wrote, for messages (`"<pid> <what>"`).
@@ -162,6 +247,35 @@ mod tests {
         assert!(matches!(second.acquire("x", Duration::ZERO, &|| false), Err(LockError::Busy { .. })));
         drop(guard);
         second.acquire("x", Duration::ZERO, &|| false).unwrap();
+    }
+
+    /// Threads that take the lock again as soon as they release it: with
+    /// waiters served in arrival order, none waits longer than the others'
+    /// turns, so none times out.
+    #[test]
+    fn waiters_of_one_process_are_served_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = Arc::new(StoreLock::open(&FileGuard::live(), &dir.path().join("store.lock")).unwrap());
+        let until = Instant::now() + Duration::from_millis(1500);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let lock = Arc::clone(&lock);
+                std::thread::spawn(move || {
+                    let mut turns = 0;
+                    while Instant::now() < until {
+                        let held = lock.acquire("send", Duration::from_millis(500), &|| false)?;
+                        std::thread::sleep(Duration::from_millis(1));
+                        drop(held);
+                        turns += 1;
+                    }
+                    Ok::<_, LockError>(turns)
+                })
+            })
+            .collect();
+        for thread in threads {
+            let turns = thread.join().unwrap().unwrap();
+            assert!(turns >= 10, "a thread had only {turns} turns");
+        }
     }
 
     #[test]
