@@ -115,7 +115,8 @@ fn two_hooks_at_once_deliver_each_message_once() {
 
 #[test]
 fn bad_sends_fail_with_their_kinds_and_a_full_inbox_drops_the_oldest() {
-    let (root, _dirs) = fleet_root(&["ada", "bob", "cyd"], "");
+    // 130 sends at once: above the default rate, which has its own test.
+    let (root, _dirs) = fleet_root(&["ada", "bob", "cyd"], "[presence]\npeer_send_rate = 1000\n");
     let _daemon = root.start_daemon();
     assert!(root.ctl(&["peer", "link", "ada", "bob"]).status.success());
     let send = |to: &str, text: &str| request(&root, "peer.send", json!({"from": "ada", "to": to, "message": text}));
