@@ -2,8 +2,8 @@
 
 use crate::Ctx;
 use clap::Subcommand;
-use memoryd_proto::Command;
 use memoryd_core::peers;
+use memoryd_proto::Command;
 use memoryd_proto::peers::{
     Direction, HistoryParams, HistoryRow, Importance, InboxParams, Linked, Message, OutboxParams, OutboxRow, PeerPair,
     PersonalityParams, Recipients, SendParams, Sent, Unlinked, Visible,
@@ -88,7 +88,9 @@ pub enum PeerAction {
 pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
     // Read before connecting: the daemon closes a connection idle for long.
     let action = match action {
-        PeerAction::Send { from, mut words, subject, urgent, ack_required } if words.last().is_some_and(|w| w == "-") => {
+        PeerAction::Send { from, mut words, subject, urgent, ack_required }
+            if words.last().is_some_and(|w| w == "-") =>
+        {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
             words.pop();
@@ -149,8 +151,9 @@ pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
             })
         }
         PeerAction::Outbox { personality, limit } => {
-            let rows: Vec<OutboxRow> =
-                ctx.call(&mut client, &Command::PeerOutbox(OutboxParams { personality: personality.clone(), limit })).await??;
+            let rows: Vec<OutboxRow> = ctx
+                .call(&mut client, &Command::PeerOutbox(OutboxParams { personality: personality.clone(), limit }))
+                .await??;
             print(ctx, &rows, || {
                 if rows.is_empty() {
                     println!("{personality} sent no message lately");

@@ -439,7 +439,11 @@ pub fn receipt(acknowledger: &str, original: &Message, now: SystemTime) -> Optio
     }
     let about = original.subject.clone().unwrap_or_else(|| {
         let first = original.text.lines().next().unwrap_or("").trim();
-        if first.chars().count() > 60 { format!("{}…", first.chars().take(60).collect::<String>()) } else { first.to_owned() }
+        if first.chars().count() > 60 {
+            format!("{}…", first.chars().take(60).collect::<String>())
+        } else {
+            first.to_owned()
+        }
     });
     let mut m = Message::plain(
         format!("rcpt-{}-{acknowledger}", original.id),
@@ -537,7 +541,12 @@ pub fn compose(draft: &Draft, now: SystemTime) -> Result<Message, Refusal> {
     }
     let now = rfc3339::millis(now);
     let id = new_id("msg", now);
-    let mut m = Message::plain(id, if draft.operator { OPERATOR.to_owned() } else { from.to_owned() }, Timestamp(now), text.to_owned());
+    let mut m = Message::plain(
+        id,
+        if draft.operator { OPERATOR.to_owned() } else { from.to_owned() },
+        Timestamp(now),
+        text.to_owned(),
+    );
     m.thread = Some(draft.thread.clone().unwrap_or_else(|| new_id("thr", now)));
     m.to = to;
     m.in_reply_to = draft.in_reply_to.clone();
@@ -612,7 +621,8 @@ fn render_one(m: &Message) -> String {
     if m.receipt_for.is_some() {
         return format!("[Receipt] {} (at {at}, thread {})\n", m.text, m.thread());
     }
-    let who = if m.operator { "[Message from the operator".to_owned() } else { format!("[Peer message from `{}`", m.from) };
+    let who =
+        if m.operator { "[Message from the operator".to_owned() } else { format!("[Peer message from `{}`", m.from) };
     let urgent = if m.importance == Importance::Urgent { ", urgent" } else { "" };
     let mut block = format!("{who} at {at}, id {}, thread {}{urgent}]\n", m.id, m.thread());
     if let Some(subject) = &m.subject {
@@ -696,11 +706,8 @@ pub fn outbox_recipients(sender: &Inbox, limit: Option<usize>) -> BTreeSet<Strin
 pub fn history(mailbox: &Inbox, p: &HistoryParams) -> Result<Vec<HistoryRow>, Refusal> {
     let limit = p.limit.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS);
     let with = p.with.as_deref();
-    let sent = mailbox
-        .sent
-        .iter()
-        .filter(|m| with.is_none_or(|w| m.to.iter().any(|t| t == w)))
-        .map(|m| (Direction::Sent, m));
+    let sent =
+        mailbox.sent.iter().filter(|m| with.is_none_or(|w| m.to.iter().any(|t| t == w))).map(|m| (Direction::Sent, m));
     let received = mailbox
         .received
         .iter()
@@ -710,11 +717,8 @@ pub fn history(mailbox: &Inbox, p: &HistoryParams) -> Result<Vec<HistoryRow>, Re
     let mut rows: Vec<(Direction, &Message)> =
         sent.chain(received).filter(|(_, m)| p.thread.as_deref().is_none_or(|t| m.thread() == t)).collect();
     rows.sort_by(|a, b| a.1.ts.cmp(&b.1.ts).then_with(|| a.1.id.cmp(&b.1.id)));
-    let row = |(direction, m): (Direction, &Message), score: Option<f64>| HistoryRow {
-        direction,
-        message: m.clone(),
-        score,
-    };
+    let row =
+        |(direction, m): (Direction, &Message), score: Option<f64>| HistoryRow { direction, message: m.clone(), score };
     let Some(query) = p.query.as_deref() else {
         let skip = rows.len().saturating_sub(limit);
         return Ok(rows.into_iter().skip(skip).map(|r| row(r, None)).collect());
@@ -756,9 +760,13 @@ mod tests {
 
     #[test]
     fn messages_render_oldest_first_within_the_budget() {
-        let message = |id: &str, text: String| Message::plain(id.into(), "ada".into(), Timestamp(SystemTime::UNIX_EPOCH), text);
+        let message =
+            |id: &str, text: String| Message::plain(id.into(), "ada".into(), Timestamp(SystemTime::UNIX_EPOCH), text);
         let (text, ids) = render_for_agent(&[message("a", "hi".into()), message("b", "ho".into())], 8000);
-        assert!(text.starts_with("[Peer message from `ada` at 1970-01-01T00:00:00.000Z, id a, thread a]\nhi"), "{text}");
+        assert!(
+            text.starts_with("[Peer message from `ada` at 1970-01-01T00:00:00.000Z, id a, thread a]\nhi"),
+            "{text}"
+        );
         assert_eq!(ids, ["a", "b"]);
         let big = vec![message("a", "y".repeat(7000)), message("b", "y".repeat(7000))];
         let (text, ids) = render_for_agent(&big, 8000);
@@ -777,7 +785,12 @@ mod tests {
         m.importance = Importance::Urgent;
         m.ack_required = true;
         let (text, _) = render_for_agent(std::slice::from_ref(&m), 8000);
-        assert!(text.starts_with("[Peer message from `ada` at 1970-01-01T00:00:00.000Z, id m1, thread t1, urgent]\nSubject: Release\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "[Peer message from `ada` at 1970-01-01T00:00:00.000Z, id m1, thread t1, urgent]\nSubject: Release\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("call peer_ack") && text.ends_with("ship it"), "{text}");
         let r = receipt("bob", &m, SystemTime::UNIX_EPOCH).unwrap();
         let (text, _) = render_for_agent(&[r], 8000);

@@ -167,7 +167,11 @@ mod tests {
                 ack_required: true,
                 operator: false,
             }),
-            Command::PeerHistory(HistoryParams { personality: "ada".into(), query: Some("x".into()), ..HistoryParams::default() }),
+            Command::PeerHistory(HistoryParams {
+                personality: "ada".into(),
+                query: Some("x".into()),
+                ..HistoryParams::default()
+            }),
             Command::PeerAck(AckParams { personality: "ada".into(), ids: vec!["m1".into()] }),
         ];
         for command in commands {

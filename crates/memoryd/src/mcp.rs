@@ -25,10 +25,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use memoryd_core::fleet::names::split_node_id;
 use memoryd_core::peers::{self, Draft, Importance};
-use memoryd_proto::RpcError;
-use memoryd_proto::peers::{AcknowledgeParams, HistoryParams, ReplyParams};
 use memoryd_core::presence::Refusal;
 use memoryd_core::vault::memory::{self, Caller};
+use memoryd_proto::RpcError;
+use memoryd_proto::peers::{AcknowledgeParams, HistoryParams, ReplyParams};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -557,7 +557,9 @@ fn tools() -> Vec<Tool> {
         Tool::new(
             "peer_ack",
             "Confirm a received message that asks for it (ackRequired), once you have acted on it; its sender gets a receipt.",
-            object(json!({"type": "object", "properties": {"messageId": {"type": "string"}}, "required": ["messageId"]})),
+            object(
+                json!({"type": "object", "properties": {"messageId": {"type": "string"}}, "required": ["messageId"]}),
+            ),
         ),
         Tool::new(
             "peer_outbox",
@@ -712,7 +714,8 @@ impl MemoryServer {
             }
             "peer_ack" => {
                 self.check_write(node)?;
-                let params = AcknowledgeParams { personality: personality.clone(), message_id: text("messageId")?.to_owned() };
+                let params =
+                    AcknowledgeParams { personality: personality.clone(), message_id: text("messageId")?.to_owned() };
                 json_of(self.daemon.acknowledge_now(&params))
             }
             "peer_outbox" => {

@@ -82,10 +82,7 @@ impl Daemon {
     /// `peer.reply` and the MCP tool `peer_reply`.
     pub fn reply_now(&self, p: &ReplyParams) -> Result<Sent, RpcError> {
         let fleet = self.fleet_map()?;
-        let sent = self
-            .store
-            .reply(&fleet, &p.from, &p.message_id, &p.message, p.ack_required, &self.message_limits(), SystemTime::now())
-            .map_err(rpc_error)?;
+        let sent = self.store.reply(&fleet, p, &self.message_limits(), SystemTime::now()).map_err(rpc_error)?;
         self.refresh_fragments(Some(vec![sent.to.clone()]));
         Ok(sent)
     }
@@ -151,8 +148,10 @@ impl Daemon {
     /// `peer.ack`.
     pub async fn peer_ack(self: &Arc<Self>, p: AckParams) -> Result<Acked, RpcError> {
         self.blocking(move |daemon| {
-            let acked =
-                daemon.store.ack(&p.personality, &p.ids, &daemon.message_limits(), SystemTime::now()).map_err(rpc_error)?;
+            let acked = daemon
+                .store
+                .ack(&p.personality, &p.ids, &daemon.message_limits(), SystemTime::now())
+                .map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.personality]));
             Ok(Acked { acked })
         })

@@ -20,7 +20,7 @@ use crate::peers::{self, Draft, Inbox, Limits, Links, Message, OutboxRow};
 use crate::presence::{
     AttachParams, Attached, Event, Health, Presence, Probe, Refusal, Revoker, RosterRow, Rules, SoftBeats,
 };
-use memoryd_proto::peers::{Acknowledged, Sent};
+use memoryd_proto::peers::{Acknowledged, ReplyParams, Sent};
 use memoryd_proto::presence::CapabilityUpdated;
 use memoryd_proto::status::SweepStatus;
 use serde::Serialize;
@@ -243,8 +243,8 @@ impl FileStore {
         }
         let mut recipients = Vec::new();
         for to in &message.to {
-            let (queued, _) =
-                self.apply(held, &inbox_file(to), |inbox: &mut Inbox| Ok(inbox.queue(to, message.clone(), limits, now)))?;
+            let (queued, _) = self
+                .apply(held, &inbox_file(to), |inbox: &mut Inbox| Ok(inbox.queue(to, message.clone(), limits, now)))?;
             recipients.push(queued);
         }
         if !message.operator {
@@ -407,21 +407,12 @@ impl PeerStore for FileStore {
         self.send_held(&held, fleet, message, limits, now)
     }
 
-    fn reply(
-        &self,
-        fleet: &FleetMap,
-        from: &str,
-        message_id: &str,
-        text: &str,
-        ack_required: bool,
-        limits: &Limits,
-        now: SystemTime,
-    ) -> Result<Sent, StoreError> {
-        peers::check_name(from)?;
+    fn reply(&self, fleet: &FleetMap, p: &ReplyParams, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError> {
+        peers::check_name(&p.from)?;
         let held = self.hold("peer-reply")?;
-        let mailbox: Inbox = self.read(&inbox_file(from))?;
-        let original = &mailbox.received_message(message_id)?.message;
-        let message = peers::compose(&Draft::reply(from, original, text, ack_required)?, now)?;
+        let mailbox: Inbox = self.read(&inbox_file(&p.from))?;
+        let original = &mailbox.received_message(&p.message_id)?.message;
+        let message = peers::compose(&Draft::reply(&p.from, original, &p.message, p.ack_required)?, now)?;
         self.send_held(&held, fleet, message, limits, now)
     }
 
@@ -580,11 +571,17 @@ mod tests {
         let now = SystemTime::now();
         let leased = store.lease("bob", false, now).unwrap();
         assert_eq!((leased[0].text.as_str(), leased[0].thread()), ("old words", "msg-1"), "its own thread");
-        let limits = peers::Limits { capacity: 10, send_rate: 10, history_max: 10, history_age: Duration::from_secs(3600 * 24 * 365 * 10) };
+        let limits = peers::Limits {
+            capacity: 10,
+            send_rate: 10,
+            history_max: 10,
+            history_age: Duration::from_secs(3600 * 24 * 365 * 10),
+        };
         assert_eq!(store.ack("bob", &["msg-1".to_owned()], &limits, now).unwrap(), 1);
         let text = std::fs::read_to_string(paths.store.join(inbox_file("bob"))).unwrap();
         assert!(text.contains("\"received\"") && text.contains("\"deliveredAt\""), "{text}");
-        let params = peers::HistoryParams { personality: "bob".into(), query: Some("words".into()), ..Default::default() };
+        let params =
+            peers::HistoryParams { personality: "bob".into(), query: Some("words".into()), ..Default::default() };
         assert_eq!(peers::history(&store.mailbox("bob").unwrap(), &params).unwrap().len(), 1);
     }
 

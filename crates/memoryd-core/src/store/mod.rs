@@ -32,7 +32,7 @@ use crate::host::files::FileError;
 use crate::host::lock::LockError;
 use crate::peers::{Draft, Inbox, Limits, Links, Message, OutboxRow};
 use crate::presence::{AttachParams, Attached, Event, Health, Presence, Probe, Refusal, Revoker, RosterRow, Rules};
-use memoryd_proto::peers::{Acknowledged, Sent};
+use memoryd_proto::peers::{Acknowledged, ReplyParams, Sent};
 use memoryd_proto::presence::CapabilityUpdated;
 use memoryd_proto::status::SweepStatus;
 use serde_json::{Map, Value};
@@ -138,18 +138,9 @@ pub trait PeerStore: Send + Sync {
     /// sender's history. The caller refuses a read-only sending node first.
     fn send(&self, fleet: &FleetMap, draft: &Draft, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError>;
 
-    /// `peer.reply`: a send to the sender of a message `from` received, in
+    /// `peer.reply`: a send to the sender of a message `p.from` received, in
     /// its thread (see [`Draft::reply`]).
-    fn reply(
-        &self,
-        fleet: &FleetMap,
-        from: &str,
-        message_id: &str,
-        text: &str,
-        ack_required: bool,
-        limits: &Limits,
-        now: SystemTime,
-    ) -> Result<Sent, StoreError>;
+    fn reply(&self, fleet: &FleetMap, p: &ReplyParams, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError>;
 
     /// The messages waiting for `p` and not leased at `now`, oldest first.
     fn inbox(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError>;

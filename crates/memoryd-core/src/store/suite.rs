@@ -9,11 +9,12 @@ use super::{Cursor, StateStore, StoreError};
 use crate::config::ClientVersion;
 use crate::fleet::{FleetMap, FleetPeer};
 use crate::peers::{
-    Direction, Draft, DeliveryState, HistoryParams, Importance, LEASE, Limits, MAX_MESSAGE_CHARS, MAX_RECIPIENTS,
+    DeliveryState, Direction, Draft, HistoryParams, Importance, LEASE, Limits, MAX_MESSAGE_CHARS, MAX_RECIPIENTS,
     MAX_SUBJECT_CHARS, OPERATOR,
 };
 use crate::presence::{Actor, AttachParams, Event, EventKind, Health, OfflineReason, Revoker, Rules, State};
 use memoryd_proto::ErrorKind;
+use memoryd_proto::peers::ReplyParams;
 use serde_json::{Map, json};
 use std::time::{Duration, SystemTime};
 
@@ -370,7 +371,8 @@ pub fn capacity_drops(store: &dyn StateStore) {
     }
     let texts: Vec<String> = store.inbox("bob", at(9)).unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(texts, ["m1", "m2", "m3"], "the oldest dropped");
-    let events: Vec<Event> = log(store).into_iter().filter(|e| !matches!(e.kind, EventKind::MessageQueued { .. })).collect();
+    let events: Vec<Event> =
+        log(store).into_iter().filter(|e| !matches!(e.kind, EventKind::MessageQueued { .. })).collect();
     assert!(
         matches!(&events[..], [Event { kind: EventKind::MessageDropped { personality, from, .. }, ts }]
             if personality == "bob" && from == "ada" && *ts == at(3)),
@@ -426,17 +428,23 @@ pub fn states_receipts_and_events(store: &dyn StateStore) {
     d.subject = Some("Release notes".into());
     d.ack_required = true;
     let sent = store.send(&map, &d, &limits(10), at(0)).unwrap();
-    assert_eq!(sent.recipients.iter().map(|q| (q.to.as_str(), q.queue_depth)).collect::<Vec<_>>(), [("bob", 1), ("cyd", 1)]);
+    assert_eq!(
+        sent.recipients.iter().map(|q| (q.to.as_str(), q.queue_depth)).collect::<Vec<_>>(),
+        [("bob", 1), ("cyd", 1)]
+    );
     let q = DeliveryState::Queued;
     assert_eq!(states(store, "ada", &sent.id), [("bob".into(), q), ("cyd".into(), q)]);
     // bob's hook prints and acknowledges the lease: delivered.
     let leased = store.lease("bob", false, at(1)).unwrap();
-    assert_eq!((leased[0].subject.as_deref(), leased[0].thread(), leased[0].ack_required), (Some("Release notes"), sent.thread.as_str(), true));
+    assert_eq!(
+        (leased[0].subject.as_deref(), leased[0].thread(), leased[0].ack_required),
+        (Some("Release notes"), sent.thread.as_str(), true)
+    );
     assert_eq!(leased[0].to, ["bob", "cyd"]);
     // Not delivered yet: nothing to confirm.
     assert_eq!(kind(store.acknowledge("bob", &sent.id, &limits(10), at(1))), ErrorKind::PeerMessageUnknown);
-    assert_eq!(store.ack("bob", &[sent.id.clone()], &limits(10), at(2)).unwrap(), 1);
-    assert_eq!(store.ack("bob", &[sent.id.clone()], &limits(10), at(2)).unwrap(), 0, "acknowledged once");
+    assert_eq!(store.ack("bob", std::slice::from_ref(&sent.id), &limits(10), at(2)).unwrap(), 1);
+    assert_eq!(store.ack("bob", std::slice::from_ref(&sent.id), &limits(10), at(2)).unwrap(), 0, "acknowledged once");
     assert!(store.lease("bob", false, at(100)).unwrap().is_empty(), "a delivered message never comes again");
     assert_eq!(states(store, "ada", &sent.id), [("bob".into(), DeliveryState::Delivered), ("cyd".into(), q)]);
     // bob's agent confirms it: acknowledged, and a receipt for ada.
@@ -448,25 +456,39 @@ pub fn states_receipts_and_events(store: &dyn StateStore) {
     let receipts = store.inbox("ada", at(5)).unwrap();
     assert_eq!(receipts.len(), 1, "one receipt: {receipts:?}");
     assert_eq!(receipts[0].text, "bob acknowledged \"Release notes\"");
-    assert_eq!((receipts[0].receipt_for.as_deref(), receipts[0].thread()), (Some(sent.id.as_str()), sent.thread.as_str()));
+    assert_eq!(
+        (receipts[0].receipt_for.as_deref(), receipts[0].thread()),
+        (Some(sent.id.as_str()), sent.thread.as_str())
+    );
     // A message that asks for no confirmation cannot be confirmed, nor an unknown one.
     let plain = store.send(&map, &draft("ada", &["bob"], "fyi"), &limits(10), at(6)).unwrap();
     store.lease("bob", false, at(6)).unwrap();
-    store.ack("bob", &[plain.id.clone()], &limits(10), at(6)).unwrap();
+    store.ack("bob", std::slice::from_ref(&plain.id), &limits(10), at(6)).unwrap();
     assert_eq!(kind(store.acknowledge("bob", &plain.id, &limits(10), at(7))), ErrorKind::RequestInvalid);
     assert_eq!(kind(store.acknowledge("bob", "msg-none", &limits(10), at(7))), ErrorKind::PeerMessageUnknown);
     let events: Vec<(&str, String)> = log(store)
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::MessageQueued { personality, message_id, .. } if *message_id == sent.id => Some(("queued", personality.clone())),
-            EventKind::MessageDelivered { personality, message_id, .. } if *message_id == sent.id => Some(("delivered", personality.clone())),
-            EventKind::MessageAcknowledged { personality, message_id, .. } if *message_id == sent.id => Some(("acknowledged", personality.clone())),
+            EventKind::MessageQueued { personality, message_id, .. } if *message_id == sent.id => {
+                Some(("queued", personality.clone()))
+            }
+            EventKind::MessageDelivered { personality, message_id, .. } if *message_id == sent.id => {
+                Some(("delivered", personality.clone()))
+            }
+            EventKind::MessageAcknowledged { personality, message_id, .. } if *message_id == sent.id => {
+                Some(("acknowledged", personality.clone()))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(
         events,
-        [("queued", "bob".into()), ("queued", "cyd".into()), ("delivered", "bob".into()), ("acknowledged", "bob".into())]
+        [
+            ("queued", "bob".into()),
+            ("queued", "cyd".into()),
+            ("delivered", "bob".into()),
+            ("acknowledged", "bob".into())
+        ]
     );
     // The outbox: newest first.
     let rows = store.outbox("ada", Some(1)).unwrap();
@@ -481,22 +503,29 @@ pub fn replies_and_threads(store: &dyn StateStore) {
     let mut d = draft("ada", &["bob"], "Can you take the migration?");
     d.subject = Some("Migration".into());
     let first = store.send(&map, &d, &limits(10), at(0)).unwrap();
-    let reply = |from: &str, id: &str, text: &str, t: u64| store.reply(&map, from, id, text, false, &limits(10), at(t));
+    let reply = |from: &str, id: &str, text: &str, t: u64| {
+        let p = ReplyParams { from: from.into(), message_id: id.into(), message: text.into(), ack_required: false };
+        store.reply(&map, &p, &limits(10), at(t))
+    };
     assert_eq!(kind(reply("bob", &first.id, "yes", 1)), ErrorKind::PeerMessageUnknown, "not delivered yet");
     store.lease("bob", false, at(1)).unwrap();
-    store.ack("bob", &[first.id.clone()], &limits(10), at(1)).unwrap();
+    store.ack("bob", std::slice::from_ref(&first.id), &limits(10), at(1)).unwrap();
     let answer = reply("bob", &first.id, "Yes, I take it.", 2).unwrap();
     assert_eq!((answer.to.as_str(), answer.thread.as_str()), ("ada", first.thread.as_str()));
     let got = store.lease("ada", false, at(3)).unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].in_reply_to.as_deref(), got[0].subject.as_deref()), (Some(first.id.as_str()), Some("Migration")));
-    store.ack("ada", &[answer.id.clone()], &limits(10), at(3)).unwrap();
+    assert_eq!(
+        (got[0].in_reply_to.as_deref(), got[0].subject.as_deref()),
+        (Some(first.id.as_str()), Some("Migration"))
+    );
+    store.ack("ada", std::slice::from_ref(&answer.id), &limits(10), at(3)).unwrap();
     assert_eq!(kind(reply("cyd", &first.id, "me too", 4)), ErrorKind::PeerMessageUnknown, "cyd never received it");
     assert_eq!(kind(reply("ada", "msg-none", "x", 4)), ErrorKind::PeerMessageUnknown);
     // Another thread between them.
     store.send(&map, &draft("bob", &["ada"], "unrelated"), &limits(10), at(5)).unwrap();
     let thread = |p: &str| {
-        let params = HistoryParams { personality: p.into(), thread: Some(first.thread.clone()), ..HistoryParams::default() };
+        let params =
+            HistoryParams { personality: p.into(), thread: Some(first.thread.clone()), ..HistoryParams::default() };
         crate::peers::history(&store.mailbox(p).unwrap(), &params).unwrap()
     };
     let ada: Vec<(Direction, String)> = thread("ada").into_iter().map(|r| (r.direction, r.message.id)).collect();
@@ -527,7 +556,10 @@ pub fn multi_recipient_capacity_drops(store: &dyn StateStore) {
     assert_eq!(second.recipients.len(), 2, "a name given twice is one recipient");
     let third = store.send(&map, &draft("ada", &["cyd"], "third"), &limits(2), at(3)).unwrap();
     assert_eq!(third.dropped, 1);
-    assert_eq!(states(store, "ada", &first.id), [("bob".into(), DeliveryState::Queued), ("cyd".into(), DeliveryState::Dropped)]);
+    assert_eq!(
+        states(store, "ada", &first.id),
+        [("bob".into(), DeliveryState::Queued), ("cyd".into(), DeliveryState::Dropped)]
+    );
     assert_eq!(store.inbox("bob", at(4)).unwrap().len(), 2, "bob dropped nothing");
     let texts: Vec<String> = store.inbox("cyd", at(4)).unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(texts, ["second", "third"]);
@@ -539,7 +571,10 @@ pub fn multi_recipient_capacity_drops(store: &dyn StateStore) {
     assert_eq!(kind(store.send(&map, &d, &limits(2), at(5))), ErrorKind::PeerTooManyRecipients);
     // One recipient not visible: nothing is queued anywhere.
     let before = store.waiting().unwrap();
-    assert_eq!(kind(store.send(&map, &draft("dan", &["cyd", "bob"], "x"), &limits(9), at(6))), ErrorKind::PeerNotVisible);
+    assert_eq!(
+        kind(store.send(&map, &draft("dan", &["cyd", "bob"], "x"), &limits(9), at(6))),
+        ErrorKind::PeerNotVisible
+    );
     assert_eq!(store.waiting().unwrap(), before);
     let mut long = draft("ada", &["bob"], "x");
     long.subject = Some("s".repeat(MAX_SUBJECT_CHARS + 1));
@@ -590,13 +625,27 @@ pub fn history_bounds_and_search(store: &dyn StateStore) {
     let all = find("bob", HistoryParams { personality: "bob".into(), ..HistoryParams::default() });
     let kept: Vec<&str> = all.iter().map(|r| r.message.text.as_str()).collect();
     assert_eq!(kept, ["lunch?", "migration rollback plan attached", "deploy at noon"], "the oldest went past 3");
-    let hits = find("bob", HistoryParams { personality: "bob".into(), query: Some("migration".into()), ..HistoryParams::default() });
+    let hits = find(
+        "bob",
+        HistoryParams { personality: "bob".into(), query: Some("migration".into()), ..HistoryParams::default() },
+    );
     assert_eq!(hits.len(), 1, "a waiting message is not history yet: {hits:?}");
     assert_eq!(hits[0].message.text, "migration rollback plan attached");
     assert!(hits[0].score.is_some_and(|s| s > 0.0));
-    let sent = find("ada", HistoryParams { personality: "ada".into(), with: Some("bob".into()), query: Some("noon".into()), ..HistoryParams::default() });
+    let sent = find(
+        "ada",
+        HistoryParams {
+            personality: "ada".into(),
+            with: Some("bob".into()),
+            query: Some("noon".into()),
+            ..HistoryParams::default()
+        },
+    );
     assert_eq!((sent.len(), sent[0].direction), (1, Direction::Sent));
-    assert!(find("ada", HistoryParams { personality: "ada".into(), with: Some("cyd".into()), ..HistoryParams::default() }).is_empty());
+    assert!(
+        find("ada", HistoryParams { personality: "ada".into(), with: Some("cyd".into()), ..HistoryParams::default() })
+            .is_empty()
+    );
     // Past the age bound, the next change forgets them.
     let later = store.send(&map, &draft("ada", &["bob"], "much later"), &small, at(2000)).unwrap();
     store.lease("bob", false, at(2000)).unwrap();
@@ -628,9 +677,10 @@ pub fn operator_and_urgent(store: &dyn StateStore) {
     assert!(urgent[0].operator && urgent[0].from == OPERATOR && urgent[0].importance == Importance::Urgent);
     assert!(store.lease("ada", true, at(2)).unwrap().is_empty(), "leased");
     assert_eq!(store.lease("ada", false, at(2)).unwrap()[0].text, "normal one", "the rest waits for the turn");
-    store.ack("ada", &[sent.id.clone()], &limits(10), at(3)).unwrap();
+    store.ack("ada", std::slice::from_ref(&sent.id), &limits(10), at(3)).unwrap();
     let a = store.acknowledge("ada", &sent.id, &limits(10), at(4)).unwrap();
     assert!(a.acknowledged && !a.receipt, "the operator has no inbox for a receipt");
-    assert_eq!(kind(store.reply(&map, "ada", &sent.id, "ok", false, &limits(10), at(5))), ErrorKind::RequestInvalid);
+    let p = ReplyParams { from: "ada".into(), message_id: sent.id.clone(), message: "ok".into(), ack_required: false };
+    assert_eq!(kind(store.reply(&map, &p, &limits(10), at(5))), ErrorKind::RequestInvalid);
     assert!(store.outbox("ada", None).unwrap().is_empty(), "the operator's message is not ada's");
 }
