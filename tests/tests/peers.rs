@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A root with peers `ada`, `bob`, `cyd` (claude), wired, a daemon-ready config.
@@ -193,6 +194,21 @@ impl Rng {
     }
 }
 
+/// Runs `work` against a fresh daemon, SIGKILLs the daemon 20 to 220 ms
+/// in, then sets the flag `work` watches; what `work` returned.
+fn kill_during<T: Send>(root: &Root, rng: &mut Rng, work: impl FnOnce(&AtomicBool) -> T + Send) -> T {
+    let mut daemon = root.start_daemon();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| work(&stop));
+        std::thread::sleep(Duration::from_millis(20 + rng.next(200)));
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait_exit(Duration::from_secs(5));
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap()
+    })
+}
+
 #[test]
 fn sigkill_during_links_and_sends_leaves_no_one_sided_link_and_loses_no_acknowledged_message() {
     let iterations: usize = std::env::var("MEMORYD_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
@@ -202,49 +218,39 @@ fn sigkill_during_links_and_sends_leaves_no_one_sided_link_and_loses_no_acknowle
     let mut rng = Rng(seed);
     let mut acked: Vec<(String, String)> = Vec::new();
     for iteration in 0..iterations {
-        let mut daemon = root.start_daemon();
-        let stop = std::sync::atomic::AtomicBool::new(false);
         let worker_seed = rng.next(u64::MAX) | 1;
-        let new_acks = std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                let mut rng = Rng(worker_seed);
-                let mut acks = Vec::new();
-                let Ok(mut conn) = Conn::open(&root.socket()) else { return acks };
-                conn.hello();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (a, b) = (names[rng.next(4) as usize], names[rng.next(4) as usize]);
-                    if a == b {
-                        continue;
-                    }
-                    let method = match rng.next(3) {
-                        0 => "peer.link",
-                        1 => "peer.unlink",
-                        _ => "peer.send",
-                    };
-                    let text = format!("i{iteration}-{}", rng.next(1 << 40));
-                    let params = if method == "peer.send" {
-                        json!({"from": a, "to": b, "message": text})
-                    } else {
-                        json!({"a": a, "b": b})
-                    };
-                    let reply = conn.request(method, params);
-                    if reply.is_null() {
-                        break; // the daemon died
-                    }
-                    if method == "peer.send" && reply["result"]["queued"] == true {
-                        acks.push((b.to_owned(), text));
-                    }
+        let new_acks = kill_during(&root, &mut rng, |stop| {
+            let mut rng = Rng(worker_seed);
+            let mut acks = Vec::new();
+            let Ok(mut conn) = Conn::open(&root.socket()) else { return acks };
+            conn.hello();
+            while !stop.load(Ordering::Relaxed) {
+                let (a, b) = (names[rng.next(4) as usize], names[rng.next(4) as usize]);
+                if a == b {
+                    continue;
                 }
-                acks
-            });
-            std::thread::sleep(Duration::from_millis(20 + rng.next(200)));
-            daemon.signal(Signal::SIGKILL);
-            daemon.wait_exit(Duration::from_secs(5));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            worker.join().unwrap()
+                let method = match rng.next(3) {
+                    0 => "peer.link",
+                    1 => "peer.unlink",
+                    _ => "peer.send",
+                };
+                let text = format!("i{iteration}-{}", rng.next(1 << 40));
+                let params = if method == "peer.send" {
+                    json!({"from": a, "to": b, "message": text})
+                } else {
+                    json!({"a": a, "b": b})
+                };
+                let reply = conn.request(method, params);
+                if reply.is_null() {
+                    break; // the daemon died
+                }
+                if method == "peer.send" && reply["result"]["queued"] == true {
+                    acks.push((b.to_owned(), text));
+                }
+            }
+            acks
         });
         acked.extend(new_acks);
-        drop(daemon);
         // After the restart: every link is seen from both sides, and every
         // acknowledged message waits in its inbox.
         let _daemon = root.start_daemon();
@@ -408,76 +414,65 @@ fn sigkill_while_sending_delivering_and_acknowledging_loses_repeats_and_reverses
     let (mut sent, mut delivered, mut confirmed) = (Vec::new(), Vec::new(), Vec::new());
     let mut seen: std::collections::BTreeMap<String, u8> = std::collections::BTreeMap::new();
     for _ in 0..iterations {
-        let mut daemon = root.start_daemon();
-        let stop = std::sync::atomic::AtomicBool::new(false);
         let worker_seed = rng.next(u64::MAX) | 1;
         let known = delivered.clone();
-        let (new_sent, new_delivered, new_confirmed) = std::thread::scope(|s| {
-            let worker = s.spawn(|| {
-                let mut rng = Rng(worker_seed);
-                let (mut sent, mut delivered, mut confirmed) = (Vec::new(), known, Vec::new());
-                let mut new_delivered = Vec::new();
-                let Ok(mut conn) = Conn::open(&root.socket()) else { return (sent, new_delivered, confirmed) };
-                conn.hello();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let reply = match rng.next(3) {
-                        0 => {
-                            let r = conn.request(
-                                "peer.send",
-                                json!({"from": "ada", "to": "bob", "message": "m", "ackRequired": true}),
-                            );
-                            if let Some(id) = r["result"]["id"].as_str() {
-                                sent.push(id.to_owned());
+        let (new_sent, new_delivered, new_confirmed) = kill_during(&root, &mut rng, |stop| {
+            let mut rng = Rng(worker_seed);
+            let (mut sent, mut delivered, mut confirmed) = (Vec::new(), known, Vec::new());
+            let mut new_delivered = Vec::new();
+            let Ok(mut conn) = Conn::open(&root.socket()) else { return (sent, new_delivered, confirmed) };
+            conn.hello();
+            while !stop.load(Ordering::Relaxed) {
+                let reply = match rng.next(3) {
+                    0 => {
+                        let r = conn.request(
+                            "peer.send",
+                            json!({"from": "ada", "to": "bob", "message": "m", "ackRequired": true}),
+                        );
+                        if let Some(id) = r["result"]["id"].as_str() {
+                            sent.push(id.to_owned());
+                        }
+                        r
+                    }
+                    1 => {
+                        let r = conn.request("peer.inbox", json!({"personality": "bob", "lease": true}));
+                        let ids: Vec<String> = r["result"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|m| m["id"].as_str().unwrap().to_owned())
+                            .collect();
+                        if ids.is_empty() {
+                            r
+                        } else {
+                            let a = conn.request("peer.ack", json!({"personality": "bob", "ids": ids}));
+                            if a["result"]["acked"].is_u64() {
+                                delivered.extend(ids.iter().cloned());
+                                new_delivered.extend(ids);
+                            }
+                            a
+                        }
+                    }
+                    _ => match delivered.get(rng.next(delivered.len().max(1) as u64) as usize).cloned() {
+                        Some(id) => {
+                            let r = conn.request("peer.acknowledge", json!({"personality": "bob", "messageId": id}));
+                            if r["result"]["messageId"].is_string() {
+                                confirmed.push(id);
                             }
                             r
                         }
-                        1 => {
-                            let r = conn.request("peer.inbox", json!({"personality": "bob", "lease": true}));
-                            let ids: Vec<String> = r["result"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|m| m["id"].as_str().unwrap().to_owned())
-                                .collect();
-                            if ids.is_empty() {
-                                r
-                            } else {
-                                let a = conn.request("peer.ack", json!({"personality": "bob", "ids": ids}));
-                                if a["result"]["acked"].is_u64() {
-                                    delivered.extend(ids.iter().cloned());
-                                    new_delivered.extend(ids);
-                                }
-                                a
-                            }
-                        }
-                        _ => match delivered.get(rng.next(delivered.len().max(1) as u64) as usize).cloned() {
-                            Some(id) => {
-                                let r =
-                                    conn.request("peer.acknowledge", json!({"personality": "bob", "messageId": id}));
-                                if r["result"]["messageId"].is_string() {
-                                    confirmed.push(id);
-                                }
-                                r
-                            }
-                            None => continue,
-                        },
-                    };
-                    if reply.is_null() {
-                        break; // the daemon died
-                    }
+                        None => continue,
+                    },
+                };
+                if reply.is_null() {
+                    break; // the daemon died
                 }
-                (sent, new_delivered, confirmed)
-            });
-            std::thread::sleep(Duration::from_millis(20 + rng.next(200)));
-            daemon.signal(Signal::SIGKILL);
-            daemon.wait_exit(Duration::from_secs(5));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            worker.join().unwrap()
+            }
+            (sent, new_delivered, confirmed)
         });
         sent.extend(new_sent);
         delivered.extend(new_delivered);
         confirmed.extend(new_confirmed);
-        drop(daemon);
         let (bob, _) = mailbox_states(&root, "bob");
         let (_, receipts) = mailbox_states(&root, "ada");
         for id in &sent {

@@ -4,8 +4,12 @@
 //!
 //! A link is one unordered pair: both peers see each other by construction,
 //! and a link is created or removed in one step, so it is whole or absent,
-//! never one-sided. Each peer has its own inbox, written durably before a
-//! send is acknowledged.
+//! never one-sided. Each peer has its own mailbox, written durably before a
+//! send is acknowledged: the messages waiting for it, and a bounded history
+//! of those it received and sent, from which a sender's outbox reads each
+//! recipient's delivery state (queued → delivered → acknowledged, or
+//! dropped). Every rule of messages lives here; a store only orders the
+//! writes.
 
 use crate::fleet::FleetMap;
 use crate::fleet::names::is_personality;
