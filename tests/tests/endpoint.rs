@@ -50,7 +50,7 @@ fn status_and_mcp_answer_promptly_while_store_writes_wait_for_the_store_lock() {
     );
     assert_eq!(init["result"]["serverInfo"]["name"], "memoryd", "{init}");
     let list = mcp(port, "claude-bob", "tools/list", json!({}));
-    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(5), "{list}");
+    assert_eq!(list["result"]["tools"].as_array().map(Vec::len), Some(10), "{list}");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "MCP initialize and tools/list took {took:?}:\n{}", daemon.log());
     assert!(stuck.iter().all(|t| !t.is_finished()), "the store writes were still waiting meanwhile");

@@ -73,7 +73,21 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
     let mut names: Vec<&str> =
         list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["memory_read", "memory_search", "memory_write", "peer_send", "peers_list"]);
+    assert_eq!(
+        names,
+        [
+            "memory_read",
+            "memory_search",
+            "memory_write",
+            "peer_ack",
+            "peer_messages_search",
+            "peer_outbox",
+            "peer_reply",
+            "peer_send",
+            "peer_thread",
+            "peers_list"
+        ]
+    );
 
     // Ada writes in her zone; she and (once linked) Bob find it, Cyd not.
     let (err, text) = mcp_tool(

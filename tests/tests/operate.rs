@@ -270,7 +270,7 @@ fn verify_says_whether_codex_would_run_memoryds_hooks_and_repair_reseeds_their_t
     assert!(recorded.contains(&format!("[hooks.state.\"{}\"]", key(&vera, "session_start"))), "{recorded}");
     let text = stdout(&root.ctl(&["verify"]));
     assert!(line(&text, "hook-trust").starts_with("ok"), "{text}");
-    assert!(line(&text, "hook-trust").ends_with("Codex runs all 8 memoryd hooks of 2 Codex peer(s)"), "{text}");
+    assert!(line(&text, "hook-trust").ends_with("Codex runs all 10 memoryd hooks of 2 Codex peer(s)"), "{text}");
 
     // Codex trusted vera's SessionStart hook as it was before memoryd's
     // hooks.json changed, and olga's UserPromptSubmit hook never.

@@ -143,7 +143,7 @@ fn prompt_submit_attaches_when_needed_and_session_end_detaches() {
 #[test]
 fn with_the_daemon_down_every_hook_exits_0_quickly_and_prints_nothing() {
     let (root, boris) = wired_root("");
-    for event in ["session-start", "prompt-submit", "post-tool", "session-end"] {
+    for event in ["session-start", "prompt-submit", "post-tool", "session-end", "stop"] {
         let (code, out, took) = run_hook(&root, event, &hook_json("s1", &boris, "X"));
         assert_eq!(code, Some(0), "{event}");
         assert!(out.is_empty(), "{event}: {out}");
@@ -153,7 +153,7 @@ fn with_the_daemon_down_every_hook_exits_0_quickly_and_prints_nothing() {
     let (code, out, _) = run_hook(&root, "prompt-submit", "this is not json");
     assert_eq!((code, out.as_str()), (Some(0), ""));
     let log = std::fs::read_to_string(root.paths.logs.join("hook-errors.log")).unwrap();
-    assert_eq!(log.lines().count(), 5, "{log}");
+    assert_eq!(log.lines().count(), 6, "{log}");
     assert!(log.contains("memoryd does not answer"), "{log}");
 }
 

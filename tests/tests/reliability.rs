@@ -226,7 +226,7 @@ fn a_storm_of_concurrent_verify_update_and_provision_calls_all_answer_and_lose_n
     }
     let files = check_files(&peers);
     for (_, dir, runtimes) in &peers {
-        for event in ["SessionStart", "UserPromptSubmit", "PostToolUse", "SessionEnd"] {
+        for event in ["SessionStart", "UserPromptSubmit", "PostToolUse", "SessionEnd", "Stop"] {
             if runtimes.contains(&"claude") {
                 let ours = hook_commands(&dir.join(".claude/settings.json"), event)
                     .iter()

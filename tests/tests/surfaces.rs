@@ -8,7 +8,7 @@ use memoryd_e2e::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const EVENTS: [&str; 4] = ["SessionStart", "UserPromptSubmit", "PostToolUse", "SessionEnd"];
+const EVENTS: [&str; 5] = ["SessionStart", "UserPromptSubmit", "PostToolUse", "SessionEnd", "Stop"];
 
 fn config(iapeer: &FakeIapeer, port: u16, extra: &str) -> String {
     format!("mcp_port = {port}\niapeer_bin = \"{}\"\n{extra}", iapeer.bin.display())
@@ -69,7 +69,7 @@ fn the_daemon_wires_every_peer_heals_drift_and_leaves_settled_files_alone() {
     );
     // The shims exist, executable, and every entry points at one.
     for runtime in ["claude", "codex"] {
-        for event in ["session-start", "prompt-submit", "post-tool", "session-end"] {
+        for event in ["session-start", "prompt-submit", "post-tool", "session-end", "stop"] {
             let shim = root.paths.hooks_dir.join(format!("memoryd.{runtime}.{event}.sh"));
             let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&shim).unwrap().permissions());
             assert_eq!(mode & 0o777, 0o755, "{}", shim.display());
@@ -320,7 +320,7 @@ fn the_daemon_sweeping_and_a_local_provision_at_once_leave_one_hook_per_event_an
             assert_eq!(our_hooks(&hooks, event), 1, "{} {event}", hooks.display());
         }
         assert!(hook_commands(&settings, "SessionStart").contains(&"mine.sh".to_owned()));
-        assert_eq!(hook_commands(&settings, "Stop"), ["bye.sh"]);
+        assert_eq!(hook_commands(&settings, "Stop")[0], "bye.sh", "the foreign Stop hook stays first");
         assert!(hook_commands(&hooks, "UserPromptSubmit").contains(&"lint.sh".to_owned()));
         let v: Value = serde_json::from_slice(&std::fs::read(&settings).unwrap()).unwrap();
         assert_eq!(v["env"]["A"], "1");

@@ -34,11 +34,13 @@ pub enum Event {
     PromptSubmit,
     PostTool,
     SessionEnd,
+    Stop,
 }
 
 impl Event {
     /// In the order of the shims' table.
-    pub const ALL: [Event; 4] = [Event::SessionStart, Event::PromptSubmit, Event::PostTool, Event::SessionEnd];
+    pub const ALL: [Event; 5] =
+        [Event::SessionStart, Event::PromptSubmit, Event::PostTool, Event::SessionEnd, Event::Stop];
 
     /// The shim's row: its name and the agents' name of the event.
     fn shim(self) -> &'static shims::HookEvent {
@@ -51,9 +53,15 @@ impl Event {
         if self == Event::SessionEnd { Duration::from_secs(1) } else { Duration::from_secs(2) }
     }
 
-    /// Whether the hook delivers waiting peer messages into the context.
-    fn delivers(self) -> bool {
-        matches!(self, Event::SessionStart | Event::PromptSubmit)
+    /// Which waiting peer messages the hook delivers into the context: all
+    /// at a turn's start, urgent ones in the middle of a turn (after a tool)
+    /// and at its end (stop), none at a session's end.
+    fn delivers(self) -> Option<Delivery> {
+        match self {
+            Event::SessionStart | Event::PromptSubmit => Some(Delivery::All),
+            Event::PostTool | Event::Stop => Some(Delivery::Urgent),
+            Event::SessionEnd => None,
+        }
     }
 }
 
@@ -65,6 +73,13 @@ impl std::str::FromStr for Event {
     }
 }
 
+/// Which messages a hook delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    All,
+    Urgent,
+}
+
 /// What a hook may add to the agent's context, in characters (Claude cuts
 /// at 10,000, Codex at about 2,500 tokens).
 const CONTEXT_BUDGET: usize = 7900;
@@ -74,7 +89,7 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "fish", "busybox"
 
 #[derive(Debug, clap::Args)]
 pub struct HookArgs {
-    /// session-start, prompt-submit, post-tool or session-end
+    /// session-start, prompt-submit, post-tool, session-end or stop
     event: String,
     /// The agent runtime (claude or codex)
     #[arg(long, value_name = "RUNTIME")]
@@ -131,7 +146,7 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
             };
             call(&mut client, &Command::Detach(detach)).await.map(drop).map_err(|e| e.message)
         }
-        Event::PromptSubmit | Event::PostTool => {
+        Event::PromptSubmit | Event::PostTool | Event::Stop => {
             let beat = HeartbeatParams {
                 node_id: hook.node.clone(),
                 session_id: Some(hook.session.clone()),
@@ -144,23 +159,32 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
         }
     };
     // Messages are delivered even when presence had a problem.
-    let delivered = if event.delivers() { deliver(&mut client, &hook, event.shim().agent).await } else { Ok(()) };
+    let delivered = match event.delivers() {
+        Some(which) => deliver(&mut client, &hook, event, which).await,
+        None => Ok(()),
+    };
     attached.and(delivered)
 }
 
 /// Leases the waiting peer messages, prints them as the one JSON object
 /// both runtimes add to the model's context, then acknowledges what was
 /// printed (a message not acknowledged comes again when its lease ends).
-async fn deliver(client: &mut Client, hook: &Hook<'_>, agent_event: &str) -> Result<(), String> {
+/// A stop hook blocks the stop with the messages as its reason: once per
+/// message, since a printed message is acknowledged and never comes again.
+async fn deliver(client: &mut Client, hook: &Hook<'_>, event: Event, which: Delivery) -> Result<(), String> {
     let personality = split_node_id(&hook.node).map(|(_, p)| p).ok_or("bad node")?;
-    let lease = InboxParams { personality: personality.to_owned(), lease: true };
+    let lease = InboxParams { personality: personality.to_owned(), lease: true, urgent: which == Delivery::Urgent };
     let leased = call(client, &Command::PeerInbox(lease)).await.map_err(|e| e.message)?;
     let messages: Vec<Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
     if messages.is_empty() {
         return Ok(());
     }
     let (context, printed) = peers::render_for_agent(&messages, CONTEXT_BUDGET);
-    let output = json!({"hookSpecificOutput": {"hookEventName": agent_event, "additionalContext": context}});
+    let output = if event == Event::Stop {
+        json!({"decision": "block", "reason": context})
+    } else {
+        json!({"hookSpecificOutput": {"hookEventName": event.shim().agent, "additionalContext": context}})
+    };
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{output}")
         .and_then(|()| stdout.flush())

@@ -1,10 +1,12 @@
-//! `memoryctl peer link|unlink|visible|send|inbox` (spec 50).
+//! `memoryctl peer link|unlink|visible|send|inbox|outbox|history` (spec 50).
 
 use crate::Ctx;
 use clap::Subcommand;
+use memoryd_core::peers;
 use memoryd_proto::Command;
 use memoryd_proto::peers::{
-    InboxParams, Linked, Message, PeerPair, PersonalityParams, SendParams, Sent, Unlinked, Visible,
+    Direction, HistoryParams, HistoryRow, Importance, InboxParams, Linked, Message, OutboxParams, OutboxRow, PeerPair,
+    PersonalityParams, Recipients, SendParams, Sent, Unlinked, Visible,
 };
 use std::io::Read;
 use std::process::ExitCode;
@@ -30,15 +32,51 @@ pub enum PeerAction {
         /// The peer
         personality: String,
     },
-    /// Send a message that arrives at the recipient's next turn
+    /// Send a message that arrives at the recipients' next turn (an urgent
+    /// one at their next tool use)
     Send {
-        /// The sending peer
+        /// The sending peer; `operator` sends as the operator, to any peer,
+        /// without a link
         #[arg(long, value_name = "PEER")]
         from: String,
-        /// The recipient
-        to: String,
-        /// The text; `-` reads it from stdin
-        message: String,
+        /// The recipients (up to 16), then the text; `-` as the text reads
+        /// it from stdin
+        #[arg(required = true, num_args = 2.., value_name = "PEER… MESSAGE")]
+        words: Vec<String>,
+        /// One line shown above the text
+        #[arg(long)]
+        subject: Option<String>,
+        /// Deliver at the recipients' next hook, even mid-turn
+        #[arg(long)]
+        urgent: bool,
+        /// Ask the recipients to confirm it (the sender gets a receipt)
+        #[arg(long)]
+        ack_required: bool,
+    },
+    /// What a peer sent lately, newest first, with each recipient's state
+    Outbox {
+        /// The sender
+        personality: String,
+        /// At most this many (20)
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// The delivered messages a peer sent or received, oldest first
+    History {
+        /// The peer
+        personality: String,
+        /// Only those exchanged with this peer
+        #[arg(long, value_name = "PEER")]
+        with: Option<String>,
+        /// Only this thread
+        #[arg(long)]
+        thread: Option<String>,
+        /// Ranked by relevance to these words
+        #[arg(long)]
+        search: Option<String>,
+        /// At most this many (20)
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show a peer's waiting messages without removing any
     Inbox {
@@ -50,10 +88,14 @@ pub enum PeerAction {
 pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
     // Read before connecting: the daemon closes a connection idle for long.
     let action = match action {
-        PeerAction::Send { from, to, message } if message == "-" => {
+        PeerAction::Send { from, mut words, subject, urgent, ack_required }
+            if words.last().is_some_and(|w| w == "-") =>
+        {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
-            PeerAction::Send { from, to, message: text }
+            words.pop();
+            words.push(text);
+            PeerAction::Send { from, words, subject, urgent, ack_required }
         }
         other => other,
     };
@@ -88,19 +130,66 @@ pub async fn run(ctx: &Ctx, action: PeerAction) -> anyhow::Result<ExitCode> {
                 }
             })
         }
-        PeerAction::Send { from, to, message } => {
-            let sent: Sent = ctx.call(&mut client, &Command::PeerSend(SendParams { from, to, message })).await??;
+        PeerAction::Send { from, mut words, subject, urgent, ack_required } => {
+            let message = words.pop().unwrap_or_default();
+            let operator = from == peers::OPERATOR;
+            let to = if words.len() == 1 { Recipients::One(words.remove(0)) } else { Recipients::Many(words) };
+            let importance = if urgent { Importance::Urgent } else { Importance::Normal };
+            let params = SendParams { from, to, message, subject, importance, ack_required, operator };
+            let sent: Sent = ctx.call(&mut client, &Command::PeerSend(params)).await??;
             print(ctx, &sent, || {
-                let note = if sent.dropped > 0 {
-                    format!("; the inbox was full, {} oldest dropped", sent.dropped)
-                } else {
-                    String::new()
-                };
-                println!("queued for {} ({} waiting){note}; it arrives at their next turn", sent.to, sent.queue_depth);
+                for q in &sent.recipients {
+                    let note = if q.dropped > 0 {
+                        format!("; the inbox was full, {} oldest dropped", q.dropped)
+                    } else {
+                        String::new()
+                    };
+                    println!("queued for {} ({} waiting){note}", q.to, q.queue_depth);
+                }
+                let when = if urgent { "their next hook" } else { "their next turn" };
+                println!("message {} in thread {}; it arrives at {when}", sent.id, sent.thread);
+            })
+        }
+        PeerAction::Outbox { personality, limit } => {
+            let rows: Vec<OutboxRow> = ctx
+                .call(&mut client, &Command::PeerOutbox(OutboxParams { personality: personality.clone(), limit }))
+                .await??;
+            print(ctx, &rows, || {
+                if rows.is_empty() {
+                    println!("{personality} sent no message lately");
+                }
+                for r in &rows {
+                    let subject = r.subject.as_deref().map(|s| format!(" \"{s}\"")).unwrap_or_default();
+                    let urgent = if r.importance == Importance::Urgent { " urgent" } else { "" };
+                    println!("[{}] at {}{subject}{urgent} (thread {})", r.id, r.sent_at, r.thread);
+                    for d in &r.deliveries {
+                        let at = d.at.map(|t| format!(" at {t}")).unwrap_or_default();
+                        println!("  {:<32} {}{at}", d.to, d.state.as_str());
+                    }
+                }
+            })
+        }
+        PeerAction::History { personality, with, thread, search, limit } => {
+            let params = HistoryParams { personality: personality.clone(), with, thread, query: search, limit };
+            let rows: Vec<HistoryRow> = ctx.call(&mut client, &Command::PeerHistory(params)).await??;
+            print(ctx, &rows, || {
+                if rows.is_empty() {
+                    println!("no message of {personality} matches");
+                }
+                for r in &rows {
+                    let m = &r.message;
+                    let way = match r.direction {
+                        Direction::Sent => format!("to {}", m.to.join(", ")),
+                        Direction::Received => format!("from {}", m.from),
+                    };
+                    let subject = m.subject.as_deref().map(|s| format!(" \"{s}\"")).unwrap_or_default();
+                    println!("[{}] {way} at {}{subject} (thread {})\n{}\n", m.id, m.ts, m.thread(), m.text);
+                }
             })
         }
         PeerAction::Inbox { personality } => {
-            let command = Command::PeerInbox(InboxParams { personality: personality.clone(), lease: false });
+            let command =
+                Command::PeerInbox(InboxParams { personality: personality.clone(), lease: false, urgent: false });
             let messages: Vec<Message> = ctx.call(&mut client, &command).await??;
             print(ctx, &messages, || {
                 if messages.is_empty() {

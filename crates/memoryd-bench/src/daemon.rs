@@ -73,11 +73,11 @@ impl Conn {
 /// A daemon on a synthetic fleet.
 pub struct Live {
     dir: PathBuf,
-    root: PathBuf,
-    socket: PathBuf,
+    pub root: PathBuf,
+    pub socket: PathBuf,
     child: Child,
     log: PathBuf,
-    peers: Vec<FleetPeer>,
+    pub peers: Vec<FleetPeer>,
     mcp_port: u16,
     vault: Option<PathBuf>,
 }
@@ -125,6 +125,11 @@ impl Live {
     /// Starts `memoryd` on a fleet of `n` peers (and a vault of `notes`),
     /// and waits for its start-up sweep.
     pub fn start(dir: &Path, n: usize, notes: Option<usize>, bins: &Bins) -> anyhow::Result<Live> {
+        Live::start_with(dir, n, notes, "", bins)
+    }
+
+    /// The same with more lines of config (tables last).
+    pub fn start_with(dir: &Path, n: usize, notes: Option<usize>, config: &str, bins: &Bins) -> anyhow::Result<Live> {
         let root = dir.join("r");
         let state = root.join("state/memoryd");
         std::fs::create_dir_all(&state)?;
@@ -148,7 +153,7 @@ impl Live {
         std::fs::write(
             root.join("plugins/memoryd/memoryd.toml"),
             format!(
-                "mcp_port = {mcp_port}\nmemoryctl_bin = \"{}\"\niapeer_bin = \"{}\"\n{vault_line}",
+                "mcp_port = {mcp_port}\nmemoryctl_bin = \"{}\"\niapeer_bin = \"{}\"\n{vault_line}{config}",
                 bins.memoryctl.display(),
                 iapeer.display()
             ),
@@ -385,7 +390,7 @@ impl Live {
             std::hint::black_box(hits);
             let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query}}}).to_string();
             let started = Instant::now();
-            let answer = self.http_post(&body)?;
+            let answer = self.http_post("claude-p1", &body)?;
             http.push(started.elapsed());
             if !answer.contains("\"isError\":false") {
                 bail!("memory_search failed: {answer}");
@@ -394,20 +399,47 @@ impl Live {
         Ok((http, floor))
     }
 
-    fn http_post(&self, body: &str) -> anyhow::Result<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.mcp_port))?;
-        let head = format!(
-            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-             MCP-Protocol-Version: 2025-06-18\r\nX-IAPeer-Identity: claude-p1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.mcp_port,
-            body.len()
-        );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body.as_bytes())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
+    fn http_post(&self, identity: &str, body: &str) -> anyhow::Result<String> {
+        http_post(self.mcp_port, "/mcp", identity, body)
     }
+
+    /// One MCP tool call as `identity`: whether it succeeded, and the
+    /// tool's text.
+    pub fn mcp_tool(&self, identity: &str, tool: &str, arguments: Value) -> anyhow::Result<(bool, String)> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}).to_string();
+        let answer = self.http_post(identity, &body)?;
+        // The body's JSON object (a chunked body has size lines around it).
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let json = match (body.find('{'), body.rfind('}')) {
+            (Some(a), Some(b)) if a < b => &body[a..=b],
+            _ => body,
+        };
+        let v: Value = serde_json::from_str(json).with_context(|| format!("{tool}: {answer}"))?;
+        let result = &v["result"];
+        let text = result["content"][0]["text"].as_str().unwrap_or("").to_owned();
+        Ok((answer.starts_with("HTTP/1.1 200") && result["isError"] == false, text))
+    }
+
+    /// One control-socket request on a new connection.
+    pub fn rpc(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        Conn::open(&self.socket)?.call(method, params)
+    }
+}
+
+/// One HTTP/1.1 POST on a new loopback connection; the whole answer.
+pub fn http_post(port: u16, path: &str, identity: &str, body: &str) -> anyhow::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         MCP-Protocol-Version: 2025-06-18\r\nX-IAPeer-Identity: {identity}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 /// CPU seconds of process `pid` over `window`, and its resident memory

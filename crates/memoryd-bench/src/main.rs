@@ -12,6 +12,7 @@
 mod chart;
 mod daemon;
 mod fleet;
+mod messages;
 mod report;
 
 use report::{Report, Stats, ms, per_second, ratio, ratio_of, us};
@@ -60,6 +61,18 @@ fn main() -> anyhow::Result<()> {
     let bins = daemon::Bins::next_to_this_binary()?;
     let mut report = Report::default();
     let started = Instant::now();
+    let only = std::env::var("MEMORYD_BENCH_ONLY").unwrap_or_default();
+    let mix_secs: u64 = std::env::var("MEMORYD_BENCH_MIX_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let peer_messages = |report: &mut Report| -> anyhow::Result<()> {
+        eprintln!("== peer messages: {} s mix", mix_secs);
+        let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
+        messages::run(tmp.path(), &bins, Duration::from_secs(mix_secs), report)
+    };
+    if only == "messages" {
+        peer_messages(&mut report)?;
+        report.machine(started.elapsed());
+        return report.write(&PathBuf::from(out));
+    }
 
     eprintln!("== sweeps");
     let mut growth = Vec::new();
@@ -122,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         "peers",
     )?;
 
-    if std::env::var("MEMORYD_BENCH_ONLY").is_ok_and(|v| v == "sweeps") {
+    if only == "sweeps" {
         report.machine(started.elapsed());
         return report.write(&PathBuf::from(out));
     }
@@ -248,6 +261,8 @@ fn main() -> anyhow::Result<()> {
         ],
         "notes",
     )?;
+
+    peer_messages(&mut report)?;
 
     report.machine(started.elapsed());
     report.write(&PathBuf::from(out))?;

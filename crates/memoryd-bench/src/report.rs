@@ -43,6 +43,31 @@ pub fn per_second(rate: f64) -> String {
     format!("{rate:.0}/s")
 }
 
+/// The heading and prose of a section this code adds to BENCHMARKS.md
+/// when the file has no markers for it yet (then kept, and only its table
+/// rewritten by later runs).
+fn intro(section: &str) -> Option<&'static str> {
+    match section {
+        "messages" => Some(
+            "## Peer messages under load\n\n\
+             Modelled on the stress tests MCP Agent Mail publishes: 30 linked agents (every pair linked) each send \
+             5 messages at once over MCP (150 concurrent `peer_send` calls), then one thread per agent runs a mix \
+             for `MEMORYD_BENCH_MIX_SECS` (30 s): 40 % `peer_send` to a random peer, 30 % inbox delivery through \
+             the real `prompt-submit` hook shim (a `memoryctl hook` process: heartbeat, lease, print, acknowledge), \
+             15 % `peer_messages_search` for one word, 15 % `peer_outbox` or `peer_thread`. Success counts answers \
+             that are not errors (a hook: exit 0 and nothing or one JSON object printed). The rate limit is raised \
+             for the run: every agent sends as fast as the machine lets it.\n\n\
+             The floor runs the same operations from the same threads, doing the least any implementation must: \
+             a send is a loopback HTTP exchange with a server in the bench that appends the message to a file and \
+             syncs it (one durable write across a process boundary); an outbox or thread read reads that file, and \
+             a search ranks the agent's messages with the vault's index, both in the client thread (their floor is \
+             the work itself); a hook is a fresh process that connects to memoryd's socket, says hello and reads \
+             one line (a hook is a process the agent starts, and it must reach the daemon).\n",
+        ),
+        _ => None,
+    }
+}
+
 /// Table rows by section.
 #[derive(Default)]
 pub struct Report {
@@ -72,6 +97,7 @@ fn header(section: &str) -> &'static [&'static str] {
             "floor p50 per 1,000 notes",
             "p50 / floor",
         ],
+        "messages" => &["operation", "calls", "success", "p50", "p99", "floor p50", "floor p99", "p50 / floor"],
         "machine" => &["fact", "value"],
         _ => &[],
     }
@@ -117,6 +143,11 @@ impl Report {
         let mut text = std::fs::read_to_string(path)?;
         for (section, rows) in &self.rows {
             let (open, close) = (format!("<!-- bench:{section} -->"), format!("<!-- /bench:{section} -->"));
+            if let Some(intro) = intro(section)
+                && !text.contains(&open)
+            {
+                text.push_str(&format!("\n{intro}\n{open}\n{close}\n"));
+            }
             let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
                 anyhow::bail!("{} has no {open} … {close} markers", path.display());
             };

@@ -42,6 +42,12 @@ pub struct PresenceConfig {
     pub sweep_every: Duration,
     pub min_client_version: Option<ClientVersion>,
     pub inbox_capacity: usize,
+    /// Most messages one peer may send per minute.
+    pub peer_send_rate: usize,
+    /// Most delivered (and most sent) messages kept per peer.
+    pub history_max: usize,
+    /// How long delivered and sent messages are kept.
+    pub history_age: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +76,9 @@ impl Default for Config {
                 sweep_every: Duration::from_secs(5),
                 min_client_version: None,
                 inbox_capacity: 128,
+                peer_send_rate: 120,
+                history_max: 1000,
+                history_age: Duration::from_secs(30 * 24 * 3600),
             },
         }
     }
@@ -207,6 +216,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("presence.sweep_every", Kind::Duration),
     ("presence.min_client_version", Kind::Version),
     ("presence.inbox_capacity", Kind::Count),
+    ("presence.peer_send_rate", Kind::Count),
+    ("presence.history_max", Kind::Count),
+    ("presence.history_age", Kind::Duration),
 ];
 
 /// Every key's dotted name, in documentation order.
@@ -357,6 +369,9 @@ fn apply(config: &mut Config, key: &str, value: Parsed) {
         ("presence.sweep_every", Duration(v)) => p.sweep_every = v,
         ("presence.min_client_version", Version(v)) => p.min_client_version = Some(v),
         ("presence.inbox_capacity", Number(v)) => p.inbox_capacity = v,
+        ("presence.peer_send_rate", Number(v)) => p.peer_send_rate = v,
+        ("presence.history_max", Number(v)) => p.history_max = v,
+        ("presence.history_age", Duration(v)) => p.history_age = v,
         // KEYS and this table name the same keys with the same kinds.
         (key, _) => debug_assert!(false, "config key {key} has no setter"),
     }
@@ -721,6 +736,9 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("presence.sweep_every", dur(p.sweep_every)),
         ("presence.min_client_version", p.min_client_version.map_or("unset".to_owned(), |v| v.to_string())),
         ("presence.inbox_capacity", p.inbox_capacity.to_string()),
+        ("presence.peer_send_rate", p.peer_send_rate.to_string()),
+        ("presence.history_max", p.history_max.to_string()),
+        ("presence.history_age", dur(p.history_age)),
     ]
 }
 

@@ -96,6 +96,14 @@ commands! {
     PeerInbox(InboxParams) = methods::PEER_INBOX,
     /// Result [`Acked`].
     PeerAck(AckParams) = methods::PEER_ACK,
+    /// Result [`Sent`].
+    PeerReply(ReplyParams) = methods::PEER_REPLY,
+    /// Result [`Acknowledged`].
+    PeerAcknowledge(AcknowledgeParams) = methods::PEER_ACKNOWLEDGE,
+    /// Result: [`OutboxRow`]s.
+    PeerOutbox(OutboxParams) = methods::PEER_OUTBOX,
+    /// Result: [`HistoryRow`]s.
+    PeerHistory(HistoryParams) = methods::PEER_HISTORY,
 }
 
 impl Command {
@@ -141,7 +149,29 @@ mod tests {
             }),
             Command::Revoke(RevocationParams { node_id: "codex-ada".into(), reason: None, force: true }),
             Command::EventsTail(TailParams { follow: true, ..TailParams::default() }),
-            Command::PeerSend(SendParams { from: "ada".into(), to: "boris".into(), message: "hi".into() }),
+            Command::PeerSend(SendParams {
+                from: "ada".into(),
+                to: Recipients::One("boris".into()),
+                message: "hi".into(),
+                subject: None,
+                importance: Importance::Normal,
+                ack_required: false,
+                operator: false,
+            }),
+            Command::PeerSend(SendParams {
+                from: "ada".into(),
+                to: Recipients::Many(vec!["boris".into(), "cyd".into()]),
+                message: "hi".into(),
+                subject: Some("s".into()),
+                importance: Importance::Urgent,
+                ack_required: true,
+                operator: false,
+            }),
+            Command::PeerHistory(HistoryParams {
+                personality: "ada".into(),
+                query: Some("x".into()),
+                ..HistoryParams::default()
+            }),
             Command::PeerAck(AckParams { personality: "ada".into(), ids: vec!["m1".into()] }),
         ];
         for command in commands {
@@ -168,7 +198,7 @@ mod tests {
                    "healthState": "online", "pid": 42})
         );
         let inbox = parse("peer.inbox", json!({"personality": "ada"})).unwrap();
-        assert_eq!(inbox, Command::PeerInbox(InboxParams { personality: "ada".into(), lease: false }));
+        assert_eq!(inbox, Command::PeerInbox(InboxParams { personality: "ada".into(), lease: false, urgent: false }));
     }
 
     #[test]
@@ -210,10 +240,21 @@ mod wire_shapes {
     #[test]
     fn results_serialise_as_they_always_did() {
         let at = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_738_324_800_123));
-        let sent = Sent { to: "bob".into(), queued: true, queue_depth: 2, dropped: 0, ts: at, id: "msg-1".into() };
+        // The fields a sent message always had keep their names and order;
+        // the thread and the recipients come after them.
+        let sent = Sent {
+            to: "bob".into(),
+            queued: true,
+            queue_depth: 2,
+            dropped: 0,
+            ts: at,
+            id: "msg-1".into(),
+            thread: "t".into(),
+            recipients: vec![],
+        };
         assert_eq!(
             text(sent),
-            r#"{"to":"bob","queued":true,"queueDepth":2,"dropped":0,"ts":"2025-01-31T12:00:00.123Z","id":"msg-1"}"#
+            r#"{"to":"bob","queued":true,"queueDepth":2,"dropped":0,"ts":"2025-01-31T12:00:00.123Z","id":"msg-1","thread":"t","recipients":[]}"#
         );
         let linked = Linked { linked: true, already: false, a: "ada".into(), b: "bob".into() };
         assert_eq!(text(linked), r#"{"linked":true,"already":false,"a":"ada","b":"bob"}"#);
@@ -224,7 +265,8 @@ mod wire_shapes {
             health: Health::Offline,
         };
         assert_eq!(text(visible), r#"{"personality":"ada","reason":"self","state":"offline","health":"offline"}"#);
-        let message = Message { id: "m".into(), from: "ada".into(), ts: at, text: "hi".into(), leased_until: None };
+        // A message without threads' fields travels as it always did.
+        let message = Message::plain("m".into(), "ada".into(), at, "hi".into());
         assert_eq!(text(message), r#"{"id":"m","from":"ada","ts":"2025-01-31T12:00:00.123Z","text":"hi"}"#);
         let stopping = Stopping { stopping: true, supervisor: None, restarted: false };
         assert_eq!(text(stopping), r#"{"stopping":true,"supervisor":null,"restarted":false}"#);

@@ -90,6 +90,15 @@ error_kinds! {
     PeerMessageTooLong => "peer.message_too_long",
     /// The recipient is not visible to the sender.
     PeerNotVisible => "peer.not_visible",
+    /// More recipients than a message may have, or none.
+    PeerTooManyRecipients => "peer.too_many_recipients",
+    /// A subject longer than 200 characters or of more than one line.
+    PeerSubjectInvalid => "peer.subject_invalid",
+    /// The sender sent more messages in the last minute than
+    /// `presence.peer_send_rate` allows.
+    PeerRateLimited => "peer.rate_limited",
+    /// The named message is not among those the peer received.
+    PeerMessageUnknown => "peer.message_unknown",
     /// There is no readable fleet map to work on.
     FleetUnavailable => "fleet.unavailable",
     /// No memoryd install at the root (its config file is missing).

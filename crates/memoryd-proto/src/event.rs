@@ -95,6 +95,15 @@ pub enum EventKind {
     Unrevoked { node_id: String, by: Actor, previous_state: State, new_state: State },
     #[serde(rename = "peer.message_dropped", rename_all = "camelCase")]
     MessageDropped { personality: String, message_id: String, from: String },
+    /// Queued in `personality`'s inbox.
+    #[serde(rename = "peer.message_queued", rename_all = "camelCase")]
+    MessageQueued { personality: String, message_id: String, from: String },
+    /// Printed into `personality`'s context by a hook, which acknowledged its lease.
+    #[serde(rename = "peer.message_delivered", rename_all = "camelCase")]
+    MessageDelivered { personality: String, message_id: String, from: String },
+    /// Confirmed by `personality`'s agent.
+    #[serde(rename = "peer.message_acknowledged", rename_all = "camelCase")]
+    MessageAcknowledged { personality: String, message_id: String, from: String },
 }
 
 impl Event {
@@ -109,7 +118,10 @@ impl Event {
             | EventKind::Offline { node_id, .. }
             | EventKind::Revoked { node_id, .. }
             | EventKind::Unrevoked { node_id, .. } => Some(node_id),
-            EventKind::MessageDropped { .. } => None,
+            EventKind::MessageDropped { .. }
+            | EventKind::MessageQueued { .. }
+            | EventKind::MessageDelivered { .. }
+            | EventKind::MessageAcknowledged { .. } => None,
         }
     }
 
@@ -124,7 +136,10 @@ impl Event {
             | EventKind::Unrevoked { new_state, .. } => Some(*new_state),
             EventKind::CapabilityDeclared { .. }
             | EventKind::CapabilityUpdated { .. }
-            | EventKind::MessageDropped { .. } => None,
+            | EventKind::MessageDropped { .. }
+            | EventKind::MessageQueued { .. }
+            | EventKind::MessageDelivered { .. }
+            | EventKind::MessageAcknowledged { .. } => None,
         }
     }
 

@@ -25,6 +25,10 @@ pub const PEER_VISIBLE: &str = "peer.visible";
 pub const PEER_SEND: &str = "peer.send";
 pub const PEER_INBOX: &str = "peer.inbox";
 pub const PEER_ACK: &str = "peer.ack";
+pub const PEER_REPLY: &str = "peer.reply";
+pub const PEER_ACKNOWLEDGE: &str = "peer.acknowledge";
+pub const PEER_OUTBOX: &str = "peer.outbox";
+pub const PEER_HISTORY: &str = "peer.history";
 
 /// Notification carrying one event of a followed `events.tail`.
 pub const EVENTS_EVENT: &str = "events.event";
@@ -97,6 +101,10 @@ mod tests {
             PEER_SEND,
             PEER_INBOX,
             PEER_ACK,
+            PEER_REPLY,
+            PEER_ACKNOWLEDGE,
+            PEER_OUTBOX,
+            PEER_HISTORY,
         ] {
             assert!(is_valid_name(name), "{name}");
         }

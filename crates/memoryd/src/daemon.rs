@@ -360,6 +360,10 @@ impl Service for Daemon {
             Command::PeerSend(params) => reply(self.peer_send(params).await?),
             Command::PeerInbox(params) => reply(self.peer_inbox(params).await?),
             Command::PeerAck(params) => reply(self.peer_ack(params).await?),
+            Command::PeerReply(params) => reply(self.peer_reply(params).await?),
+            Command::PeerAcknowledge(params) => reply(self.peer_acknowledge(params).await?),
+            Command::PeerOutbox(params) => reply(self.peer_outbox(params).await?),
+            Command::PeerHistory(params) => reply(self.peer_history(params).await?),
         }
     }
 

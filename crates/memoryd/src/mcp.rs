@@ -24,9 +24,11 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use memoryd_core::fleet::names::split_node_id;
-use memoryd_core::peers;
+use memoryd_core::peers::{self, Draft, Importance};
 use memoryd_core::presence::Refusal;
 use memoryd_core::vault::memory::{self, Caller};
+use memoryd_proto::RpcError;
+use memoryd_proto::peers::{AcknowledgeParams, HistoryParams, ReplyParams};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -534,17 +536,69 @@ fn tools() -> Vec<Tool> {
         ),
         Tool::new(
             "peer_send",
-            "Send a short message to a linked peer; it arrives at the start of its next turn.",
+            "Message one or more linked peers. It reaches them at their next turn; urgent ones at their next tool use. Returns the id and thread; peer_outbox shows whether it was delivered.",
             object(json!({"type": "object", "properties": {
-                "to": {"type": "string"},
+                "to": {"description": "A linked peer, or a list of up to 16"},
                 "message": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
+                "subject": {"type": "string", "maxLength": peers::MAX_SUBJECT_CHARS, "description": "One line"},
+                "importance": {"type": "string", "enum": ["normal", "urgent"], "description": "urgent: interrupts their work (use rarely)"},
+                "ackRequired": {"type": "boolean", "description": "Ask them to confirm with peer_ack; you get a receipt"},
             }, "required": ["to", "message"]})),
+        ),
+        Tool::new(
+            "peer_reply",
+            "Reply to a message you received (by its id): to its sender, in its thread, with its subject.",
+            object(json!({"type": "object", "properties": {
+                "messageId": {"type": "string"},
+                "body": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
+                "ackRequired": {"type": "boolean"},
+            }, "required": ["messageId", "body"]})),
+        ),
+        Tool::new(
+            "peer_ack",
+            "Confirm a received message that asks for it (ackRequired), once you have acted on it; its sender gets a receipt.",
+            object(
+                json!({"type": "object", "properties": {"messageId": {"type": "string"}}, "required": ["messageId"]}),
+            ),
+        ),
+        Tool::new(
+            "peer_outbox",
+            "Your recent sent messages, newest first, with each recipient's state: queued, delivered, acknowledged, dropped.",
+            object(json!({"type": "object", "properties": {
+                "limit": {"type": "integer", "minimum": 1, "maximum": peers::MAX_ROWS, "description": "At most this many (20)"},
+            }})),
+        ),
+        Tool::new(
+            "peer_thread",
+            "The messages of one thread that you sent or received, oldest first.",
+            object(json!({"type": "object", "properties": {"thread": {"type": "string"}}, "required": ["thread"]})),
+        ),
+        Tool::new(
+            "peer_messages_search",
+            "Search the peer messages you sent or received (delivered ones), ranked by relevance.",
+            object(json!({"type": "object", "properties": {
+                "query": {"type": "string"},
+                "with": {"type": "string", "description": "Only those exchanged with this peer"},
+                "thread": {"type": "string"},
+            }, "required": ["query"]})),
         ),
     ]
 }
 
 fn refusal_text(r: &Refusal) -> String {
     format!("{} ({})", r.message, r.kind)
+}
+
+/// A tool's answer as JSON, or its refusal as the tool error: the
+/// sentence with the error kind, which names the limit.
+fn json_of<T: serde::Serialize>(outcome: Result<T, RpcError>) -> Result<Value, String> {
+    match outcome {
+        Ok(value) => serde_json::to_value(value).map_err(|e| e.to_string()),
+        Err(e) => Err(match e.kind() {
+            Some(kind) => format!("{} ({kind})", e.message),
+            None => e.message,
+        }),
+    }
 }
 
 impl MemoryServer {
@@ -575,6 +629,7 @@ impl MemoryServer {
         // that is absent all the same is still an error, not "".
         let text = |key: &str| args.get(key).and_then(Value::as_str).ok_or_else(|| format!("`{key}` is missing"));
         let optional = |key: &str| args.get(key).and_then(Value::as_str);
+        let flag = |key: &str| args.get(key).and_then(Value::as_bool).unwrap_or(false);
         let linked_names = self.daemon.linked_with(&personality);
         let linked: Vec<&str> = linked_names.iter().map(String::as_str).collect();
         let caller = Caller { personality: &personality, linked: &linked };
@@ -623,19 +678,59 @@ impl MemoryServer {
             }
             "peer_send" => {
                 self.check_write(node)?;
-                let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
-                let to = text("to")?.to_owned();
-                let capacity = self.daemon.config().presence.inbox_capacity;
-                let sent = self
-                    .daemon
-                    .store
-                    .send(&fleet, &personality, &to, text("message")?, capacity, SystemTime::now())
-                    .map_err(|e| match e {
-                        memoryd_core::store::StoreError::Refused(r) => refusal_text(&r),
-                        other => other.to_string(),
-                    })?;
-                self.daemon.refresh_fragments(Some(vec![to]));
-                serde_json::to_value(sent).map_err(|e| e.to_string())
+                let to = match args.get("to") {
+                    Some(Value::String(one)) => vec![one.clone()],
+                    Some(Value::Array(many)) if many.iter().all(Value::is_string) => {
+                        many.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+                    }
+                    _ => return Err("`to` must be a peer's name or a list of names".to_owned()),
+                };
+                let draft = Draft {
+                    from: personality.clone(),
+                    to,
+                    text: text("message")?.to_owned(),
+                    subject: optional("subject").map(str::to_owned),
+                    importance: if optional("importance") == Some("urgent") {
+                        Importance::Urgent
+                    } else {
+                        Importance::Normal
+                    },
+                    ack_required: flag("ackRequired"),
+                    operator: false,
+                    thread: None,
+                    in_reply_to: None,
+                };
+                json_of(self.daemon.send_now(&draft, false))
+            }
+            "peer_reply" => {
+                self.check_write(node)?;
+                let params = ReplyParams {
+                    from: personality.clone(),
+                    message_id: text("messageId")?.to_owned(),
+                    message: text("body")?.to_owned(),
+                    ack_required: flag("ackRequired"),
+                };
+                json_of(self.daemon.reply_now(&params))
+            }
+            "peer_ack" => {
+                self.check_write(node)?;
+                let params =
+                    AcknowledgeParams { personality: personality.clone(), message_id: text("messageId")?.to_owned() };
+                json_of(self.daemon.acknowledge_now(&params))
+            }
+            "peer_outbox" => {
+                let limit = args.get("limit").and_then(Value::as_u64).map(|l| l as usize);
+                json_of(self.daemon.store.outbox(&personality, limit).map_err(crate::presence::rpc_error))
+            }
+            "peer_thread" | "peer_messages_search" => {
+                let params = HistoryParams {
+                    personality: personality.clone(),
+                    with: optional("with").map(str::to_owned),
+                    thread: optional("thread").map(str::to_owned),
+                    query: optional("query").map(str::to_owned),
+                    limit: None,
+                };
+                json_of(self.daemon.history_now(&params))
             }
             other => Err(format!("unknown tool `{other}`")),
         }

@@ -5,8 +5,10 @@ use crate::daemon::Daemon;
 use crate::presence::rpc_error;
 use memoryd_core::fleet::FleetMap;
 use memoryd_core::peers;
+use memoryd_core::peers::{Draft, Limits};
 use memoryd_proto::peers::{
-    AckParams, Acked, InboxParams, Linked, Message, PeerPair, PersonalityParams, SendParams, Sent, Unlinked, Visible,
+    AckParams, Acked, AcknowledgeParams, Acknowledged, HistoryParams, HistoryRow, InboxParams, Linked, Message,
+    OutboxParams, OutboxRow, PeerPair, PersonalityParams, ReplyParams, SendParams, Sent, Unlinked, Visible,
 };
 use memoryd_proto::{ErrorKind, RpcError};
 use std::sync::Arc;
@@ -56,23 +58,72 @@ impl Daemon {
         .await
     }
 
-    /// `peer.send`.
-    pub async fn peer_send(self: &Arc<Self>, p: SendParams) -> Result<Sent, RpcError> {
-        let fleet = self.fleet_map();
-        let capacity = self.config().presence.inbox_capacity;
-        let now = SystemTime::now();
-        self.blocking(move |daemon| {
-            let fleet = fleet?;
-            // An operator's names are checked first, naming the fleet's
-            // peers (the MCP tool's caller gets no such list).
-            for name in [&p.from, &p.to] {
+    /// The message limits of the config in use.
+    pub fn message_limits(&self) -> Limits {
+        Limits::of(&self.config().presence)
+    }
+
+    /// `peer.send` and the MCP tool `peer_send`, on a blocking thread. An
+    /// operator's names are checked first, naming the fleet's peers (the
+    /// MCP tool's caller gets no such list).
+    pub fn send_now(&self, draft: &Draft, naming: bool) -> Result<Sent, RpcError> {
+        let fleet = self.fleet_map()?;
+        if naming {
+            let from = (!draft.operator).then_some(&draft.from);
+            for name in from.into_iter().chain(&draft.to) {
                 peers::check_known(Some(&fleet), name, false).map_err(|r| rpc_error(r.into()))?;
             }
-            let sent = daemon.store.send(&fleet, &p.from, &p.to, &p.message, capacity, now).map_err(rpc_error)?;
-            daemon.refresh_fragments(Some(vec![p.to]));
-            Ok(sent)
-        })
-        .await
+        }
+        let sent = self.store.send(&fleet, draft, &self.message_limits(), SystemTime::now()).map_err(rpc_error)?;
+        self.refresh_fragments(Some(draft.to.clone()));
+        Ok(sent)
+    }
+
+    /// `peer.reply` and the MCP tool `peer_reply`.
+    pub fn reply_now(&self, p: &ReplyParams) -> Result<Sent, RpcError> {
+        let fleet = self.fleet_map()?;
+        let sent = self.store.reply(&fleet, p, &self.message_limits(), SystemTime::now()).map_err(rpc_error)?;
+        self.refresh_fragments(Some(vec![sent.to.clone()]));
+        Ok(sent)
+    }
+
+    /// `peer.acknowledge` and the MCP tool `peer_ack`.
+    pub fn acknowledge_now(&self, p: &AcknowledgeParams) -> Result<Acknowledged, RpcError> {
+        self.store
+            .acknowledge(&p.personality, &p.message_id, &self.message_limits(), SystemTime::now())
+            .map_err(rpc_error)
+    }
+
+    /// `peer.history` and the MCP tools `peer_thread` and
+    /// `peer_messages_search`.
+    pub fn history_now(&self, p: &HistoryParams) -> Result<Vec<HistoryRow>, RpcError> {
+        let mailbox = self.store.mailbox(&p.personality).map_err(rpc_error)?;
+        peers::history(&mailbox, p).map_err(|r| rpc_error(r.into()))
+    }
+
+    /// `peer.send`.
+    pub async fn peer_send(self: &Arc<Self>, p: SendParams) -> Result<Sent, RpcError> {
+        self.blocking(move |daemon| daemon.send_now(&draft_of(p), true)).await
+    }
+
+    /// `peer.reply`.
+    pub async fn peer_reply(self: &Arc<Self>, p: ReplyParams) -> Result<Sent, RpcError> {
+        self.blocking(move |daemon| daemon.reply_now(&p)).await
+    }
+
+    /// `peer.acknowledge`.
+    pub async fn peer_acknowledge(self: &Arc<Self>, p: AcknowledgeParams) -> Result<Acknowledged, RpcError> {
+        self.blocking(move |daemon| daemon.acknowledge_now(&p)).await
+    }
+
+    /// `peer.outbox`.
+    pub async fn peer_outbox(self: &Arc<Self>, p: OutboxParams) -> Result<Vec<OutboxRow>, RpcError> {
+        self.blocking(move |daemon| daemon.store.outbox(&p.personality, p.limit).map_err(rpc_error)).await
+    }
+
+    /// `peer.history`.
+    pub async fn peer_history(self: &Arc<Self>, p: HistoryParams) -> Result<Vec<HistoryRow>, RpcError> {
+        self.blocking(move |daemon| daemon.history_now(&p)).await
     }
 
     /// `peer.inbox`: a lease is a hook fetching its own peer's messages; a
@@ -87,7 +138,8 @@ impl Daemon {
                     && store.waiting().is_ok_and(|w| w.contains_key(&p.personality));
                 peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(|r| rpc_error(r.into()))?;
             }
-            let messages = if p.lease { store.lease(&p.personality, now) } else { store.inbox(&p.personality, now) };
+            let messages =
+                if p.lease { store.lease(&p.personality, p.urgent, now) } else { store.inbox(&p.personality, now) };
             messages.map_err(rpc_error)
         })
         .await
@@ -96,10 +148,28 @@ impl Daemon {
     /// `peer.ack`.
     pub async fn peer_ack(self: &Arc<Self>, p: AckParams) -> Result<Acked, RpcError> {
         self.blocking(move |daemon| {
-            let acked = daemon.store.ack(&p.personality, &p.ids).map_err(rpc_error)?;
+            let acked = daemon
+                .store
+                .ack(&p.personality, &p.ids, &daemon.message_limits(), SystemTime::now())
+                .map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.personality]));
             Ok(Acked { acked })
         })
         .await
+    }
+}
+
+/// The message `peer.send` params ask for.
+pub fn draft_of(p: SendParams) -> Draft {
+    Draft {
+        from: if p.operator { peers::OPERATOR.to_owned() } else { p.from },
+        to: p.to.names(),
+        text: p.message,
+        subject: p.subject,
+        importance: p.importance,
+        ack_required: p.ack_required,
+        operator: p.operator,
+        thread: None,
+        in_reply_to: None,
     }
 }

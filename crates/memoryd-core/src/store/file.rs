@@ -16,11 +16,11 @@ use crate::fleet::FleetMap;
 use crate::host::files::{FileError, FileGuard};
 use crate::host::lock::{StoreGuard, StoreLock};
 use crate::host::paths::Paths;
-use crate::peers::{self, Inbox, Links, Message};
+use crate::peers::{self, Draft, Inbox, Limits, Links, Message, OutboxRow};
 use crate::presence::{
     AttachParams, Attached, Event, Health, Presence, Probe, Refusal, Revoker, RosterRow, Rules, SoftBeats,
 };
-use memoryd_proto::peers::Sent;
+use memoryd_proto::peers::{Acknowledged, ReplyParams, Sent};
 use memoryd_proto::presence::CapabilityUpdated;
 use memoryd_proto::status::SweepStatus;
 use serde::Serialize;
@@ -219,6 +219,43 @@ impl FileStore {
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `peer.send` under the held lock: the checks against stored state,
+    /// every recipient's inbox, then the sender's history. A crash between
+    /// these writes loses no acknowledged send (none was acknowledged yet).
+    fn send_held(
+        &self,
+        held: &(StoreGuard<'_>, &FileGuard),
+        fleet: &FleetMap,
+        message: Message,
+        limits: &Limits,
+        now: SystemTime,
+    ) -> Result<Sent, StoreError> {
+        if message.operator {
+            for to in &message.to {
+                peers::check_known(Some(fleet), to, false)?;
+            }
+        } else {
+            let links: Links = self.read(LINKS)?;
+            for to in &message.to {
+                peers::check_visible(&links, fleet, &message.from, to)?;
+            }
+            self.read::<Inbox>(&inbox_file(&message.from))?.check_rate(&message.from, limits, now)?;
+        }
+        let mut recipients = Vec::new();
+        for to in &message.to {
+            let (queued, _) = self
+                .apply(held, &inbox_file(to), |inbox: &mut Inbox| Ok(inbox.queue(to, message.clone(), limits, now)))?;
+            recipients.push(queued);
+        }
+        if !message.operator {
+            self.apply(held, &inbox_file(&message.from), |inbox: &mut Inbox| {
+                inbox.record_sent(&message, limits, now);
+                Ok(((), Vec::new()))
+            })?;
+        }
+        Ok(peers::sent(&message, recipients))
+    }
+
     /// The inbox files: (peer, path).
     fn inboxes(&self) -> Result<Vec<(String, PathBuf)>, StoreError> {
         let dir = self.dir.join(INBOXES);
@@ -364,34 +401,81 @@ impl PeerStore for FileStore {
         self.read(LINKS)
     }
 
-    fn send(
-        &self,
-        fleet: &FleetMap,
-        from: &str,
-        to: &str,
-        text: &str,
-        capacity: usize,
-        now: SystemTime,
-    ) -> Result<Sent, StoreError> {
-        let message = peers::compose(from, to, text, now)?;
+    fn send(&self, fleet: &FleetMap, draft: &Draft, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError> {
+        let message = peers::compose(draft, now)?;
         let held = self.hold("peer-send")?;
-        peers::check_visible(&self.read(LINKS)?, fleet, from, to)?;
-        Ok(self.apply(&held, &inbox_file(to), |inbox: &mut Inbox| Ok(inbox.queue(to, message, capacity)))?.0)
+        self.send_held(&held, fleet, message, limits, now)
+    }
+
+    fn reply(&self, fleet: &FleetMap, p: &ReplyParams, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError> {
+        peers::check_name(&p.from)?;
+        let held = self.hold("peer-reply")?;
+        let mailbox: Inbox = self.read(&inbox_file(&p.from))?;
+        let original = &mailbox.received_message(&p.message_id)?.message;
+        let message = peers::compose(&Draft::reply(&p.from, original, &p.message, p.ack_required)?, now)?;
+        self.send_held(&held, fleet, message, limits, now)
     }
 
     fn inbox(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError> {
         peers::check_name(p)?;
-        Ok(self.read::<Inbox>(&inbox_file(p))?.free(now))
+        Ok(self.read::<Inbox>(&inbox_file(p))?.free(now, false))
     }
 
-    fn lease(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError> {
+    fn lease(&self, p: &str, urgent_only: bool, now: SystemTime) -> Result<Vec<Message>, StoreError> {
         peers::check_name(p)?;
-        Ok(self.change("peer-inbox", &inbox_file(p), |inbox: &mut Inbox| Ok((inbox.lease(now), Vec::new())))?.0)
+        // Every hook asks, and most find nothing: a look without the lock
+        // spares them the wait (a message queued meanwhile waits for the
+        // next hook, as it would have a moment earlier).
+        if self.read::<Inbox>(&inbox_file(p))?.free(now, urgent_only).is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .change("peer-inbox", &inbox_file(p), |inbox: &mut Inbox| Ok((inbox.lease(now, urgent_only), Vec::new())))?
+            .0)
     }
 
-    fn ack(&self, p: &str, ids: &[String]) -> Result<usize, StoreError> {
+    fn ack(&self, p: &str, ids: &[String], limits: &Limits, now: SystemTime) -> Result<usize, StoreError> {
         peers::check_name(p)?;
-        Ok(self.change("peer-ack", &inbox_file(p), |inbox: &mut Inbox| Ok((inbox.ack(ids), Vec::new())))?.0)
+        Ok(self.change("peer-ack", &inbox_file(p), |inbox: &mut Inbox| Ok(inbox.deliver(p, ids, limits, now)))?.0)
+    }
+
+    fn acknowledge(&self, p: &str, id: &str, limits: &Limits, now: SystemTime) -> Result<Acknowledged, StoreError> {
+        peers::check_name(p)?;
+        let held = self.hold("peer-acknowledge")?;
+        let mailbox: Inbox = self.read(&inbox_file(p))?;
+        let kept = mailbox.acknowledgeable(id)?;
+        // The receipt first: a crash between the two writes leaves the
+        // state behind, and the retried acknowledgement finds the receipt
+        // already queued (one receipt, never none).
+        let receipt = match kept.acknowledged_at {
+            None => peers::receipt(p, &kept.message, now),
+            Some(_) => None,
+        };
+        let sent_receipt = receipt.is_some();
+        if let Some(receipt) = receipt {
+            let sender = kept.message.from.clone();
+            self.apply(&held, &inbox_file(&sender), |inbox: &mut Inbox| {
+                Ok(((), inbox.queue(&sender, receipt, limits, now).1))
+            })?;
+        }
+        let (changed, _) = self.apply(&held, &inbox_file(p), |inbox: &mut Inbox| inbox.acknowledge(p, id, now))?;
+        Ok(Acknowledged { message_id: id.to_owned(), acknowledged: changed, receipt: sent_receipt })
+    }
+
+    fn outbox(&self, p: &str, limit: Option<usize>) -> Result<Vec<OutboxRow>, StoreError> {
+        peers::check_name(p)?;
+        let sender: Inbox = self.read(&inbox_file(p))?;
+        let mut mailboxes = BTreeMap::new();
+        for to in peers::outbox_recipients(&sender, limit) {
+            let mailbox: Inbox = self.read(&inbox_file(&to))?;
+            mailboxes.insert(to, mailbox);
+        }
+        Ok(peers::outbox(&sender, limit, |to| mailboxes.get(to)))
+    }
+
+    fn mailbox(&self, p: &str) -> Result<Inbox, StoreError> {
+        peers::check_name(p)?;
+        self.read(&inbox_file(p))
     }
 
     fn waiting(&self) -> Result<BTreeMap<String, usize>, StoreError> {
@@ -479,6 +563,32 @@ mod tests {
             dirs.borrow_mut().push(dir);
             store
         });
+    }
+
+    #[test]
+    fn an_inbox_written_before_threads_loads_and_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let store = FileStore::open(&paths, &FileGuard::live()).unwrap();
+        std::fs::create_dir_all(paths.store.join(INBOXES)).unwrap();
+        let old = r#"{"messages":[{"id":"msg-1","from":"ada","ts":"2026-11-01T10:00:00.000Z","text":"old words"}]}"#;
+        std::fs::write(paths.store.join(inbox_file("bob")), old).unwrap();
+        assert_eq!(store.check().unwrap(), "presence, links and 1 inbox(es) load");
+        let now = SystemTime::now();
+        let leased = store.lease("bob", false, now).unwrap();
+        assert_eq!((leased[0].text.as_str(), leased[0].thread()), ("old words", "msg-1"), "its own thread");
+        let limits = peers::Limits {
+            capacity: 10,
+            send_rate: 10,
+            history_max: 10,
+            history_age: Duration::from_secs(3600 * 24 * 365 * 10),
+        };
+        assert_eq!(store.ack("bob", &["msg-1".to_owned()], &limits, now).unwrap(), 1);
+        let text = std::fs::read_to_string(paths.store.join(inbox_file("bob"))).unwrap();
+        assert!(text.contains("\"received\"") && text.contains("\"deliveredAt\""), "{text}");
+        let params =
+            peers::HistoryParams { personality: "bob".into(), query: Some("words".into()), ..Default::default() };
+        assert_eq!(peers::history(&store.mailbox("bob").unwrap(), &params).unwrap().len(), 1);
     }
 
     #[test]

@@ -30,9 +30,9 @@ use crate::config::ClientVersion;
 use crate::fleet::FleetMap;
 use crate::host::files::FileError;
 use crate::host::lock::LockError;
-use crate::peers::{Links, Message};
+use crate::peers::{Draft, Inbox, Limits, Links, Message, OutboxRow};
 use crate::presence::{AttachParams, Attached, Event, Health, Presence, Probe, Refusal, Revoker, RosterRow, Rules};
-use memoryd_proto::peers::Sent;
+use memoryd_proto::peers::{Acknowledged, ReplyParams, Sent};
 use memoryd_proto::presence::CapabilityUpdated;
 use memoryd_proto::status::SweepStatus;
 use serde_json::{Map, Value};
@@ -131,29 +131,40 @@ pub trait PeerStore: Send + Sync {
 
     fn links(&self) -> Result<Links, StoreError>;
 
-    /// `peer.send`: checked in the order of spec 50, then queued durably in
-    /// the recipient's inbox, the oldest dropped past `capacity` (each drop
-    /// a `peer.message_dropped` event). The caller refuses a read-only
-    /// sending node first.
-    fn send(
-        &self,
-        fleet: &FleetMap,
-        from: &str,
-        to: &str,
-        text: &str,
-        capacity: usize,
-        now: SystemTime,
-    ) -> Result<Sent, StoreError>;
+    /// `peer.send`: checked in the order of spec 50 (an operator's message
+    /// needs no link and counts against no rate), then queued durably in
+    /// every recipient's inbox, the oldest dropped past `limits.capacity`
+    /// (each drop a `peer.message_dropped` event), then recorded in the
+    /// sender's history. The caller refuses a read-only sending node first.
+    fn send(&self, fleet: &FleetMap, draft: &Draft, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError>;
+
+    /// `peer.reply`: a send to the sender of a message `p.from` received, in
+    /// its thread (see [`Draft::reply`]).
+    fn reply(&self, fleet: &FleetMap, p: &ReplyParams, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError>;
 
     /// The messages waiting for `p` and not leased at `now`, oldest first.
     fn inbox(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError>;
 
-    /// The same, each returned one hidden from other readers for
-    /// [`crate::peers::LEASE`].
-    fn lease(&self, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError>;
+    /// The same (only urgent ones with `urgent_only`), each returned one
+    /// hidden from other readers for [`crate::peers::LEASE`].
+    fn lease(&self, p: &str, urgent_only: bool, now: SystemTime) -> Result<Vec<Message>, StoreError>;
 
-    /// `peer.ack`: removes the named messages; how many were there.
-    fn ack(&self, p: &str, ids: &[String]) -> Result<usize, StoreError>;
+    /// `peer.ack`: the named messages were delivered; they move to `p`'s
+    /// history (a `peer.message_delivered` event each); how many were there.
+    fn ack(&self, p: &str, ids: &[String], limits: &Limits, now: SystemTime) -> Result<usize, StoreError>;
+
+    /// `peer.acknowledge`: `p`'s agent confirms an `ackRequired` message it
+    /// received; the receipt is queued for the sender before the state
+    /// moves, and queued once whatever is retried.
+    fn acknowledge(&self, p: &str, id: &str, limits: &Limits, now: SystemTime) -> Result<Acknowledged, StoreError>;
+
+    /// `peer.outbox`: what `p` sent lately, newest first, with each
+    /// recipient's state.
+    fn outbox(&self, p: &str, limit: Option<usize>) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// `p`'s mailbox: waiting messages and the kept history, which
+    /// [`crate::peers::history`] narrows and ranks.
+    fn mailbox(&self, p: &str) -> Result<Inbox, StoreError>;
 
     /// How many messages wait for each peer (leased or not; none left out).
     fn waiting(&self) -> Result<BTreeMap<String, usize>, StoreError>;

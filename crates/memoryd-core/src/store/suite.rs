@@ -8,9 +8,13 @@
 use super::{Cursor, StateStore, StoreError};
 use crate::config::ClientVersion;
 use crate::fleet::{FleetMap, FleetPeer};
-use crate::peers::{LEASE, MAX_MESSAGE_CHARS};
+use crate::peers::{
+    DeliveryState, Direction, Draft, HistoryParams, Importance, LEASE, Limits, MAX_MESSAGE_CHARS, MAX_RECIPIENTS,
+    MAX_SUBJECT_CHARS, OPERATOR,
+};
 use crate::presence::{Actor, AttachParams, Event, EventKind, Health, OfflineReason, Revoker, Rules, State};
 use memoryd_proto::ErrorKind;
+use memoryd_proto::peers::ReplyParams;
 use serde_json::{Map, json};
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +23,7 @@ pub type Case = fn(&dyn StateStore);
 
 /// Every case, each on a store of its own.
 pub fn run_all<S: StateStore>(make: impl Fn() -> S) {
-    let cases: [(&str, Case); 12] = [
+    let cases: [(&str, Case); 18] = [
         ("attach_registers_then_online", attach_registers_then_online),
         ("heartbeats_and_the_sweep", heartbeats_and_the_sweep),
         ("soft_heartbeats", soft_heartbeats),
@@ -31,6 +35,12 @@ pub fn run_all<S: StateStore>(make: impl Fn() -> S) {
         ("links", links),
         ("send_lease_ack", send_lease_ack),
         ("capacity_drops", capacity_drops),
+        ("states_receipts_and_events", states_receipts_and_events),
+        ("replies_and_threads", replies_and_threads),
+        ("multi_recipient_capacity_drops", multi_recipient_capacity_drops),
+        ("rate_limits", rate_limits),
+        ("history_bounds_and_search", history_bounds_and_search),
+        ("operator_and_urgent", operator_and_urgent),
         ("recent_then_follow", recent_then_follow),
     ];
     for (name, case) in cases {
@@ -90,6 +100,9 @@ fn names(events: &[Event]) -> Vec<&'static str> {
             EventKind::Revoked { .. } => "revoked",
             EventKind::Unrevoked { .. } => "unrevoked",
             EventKind::MessageDropped { .. } => "message_dropped",
+            EventKind::MessageQueued { .. } => "message_queued",
+            EventKind::MessageDelivered { .. } => "message_delivered",
+            EventKind::MessageAcknowledged { .. } => "message_acknowledged",
         })
         .collect()
 }
@@ -321,7 +334,7 @@ pub fn send_lease_ack(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob", "cyd"]);
     store.link(&map, "ada", "bob").unwrap();
     let now = at(0);
-    let send = |to: &str, text: &str| store.send(&map, "ada", to, text, 10, now);
+    let send = |to: &str, text: &str| store.send(&map, &Draft::plain("ada", to, text), &limits(10), now);
     assert_eq!(kind(send("ada", "hi")), ErrorKind::PeerSelf);
     assert_eq!(kind(send("bob", "  ")), ErrorKind::PeerMessageEmpty);
     assert_eq!(kind(send("bob", &"x".repeat(MAX_MESSAGE_CHARS + 1))), ErrorKind::PeerMessageTooLong);
@@ -333,19 +346,19 @@ pub fn send_lease_ack(store: &dyn StateStore) {
     send("bob", "m1").unwrap();
     // A look takes nothing; a lease hides what it returned until it ends.
     assert_eq!(store.inbox("bob", now).unwrap().len(), 2);
-    let leased = store.lease("bob", now).unwrap();
+    let leased = store.lease("bob", false, now).unwrap();
     assert_eq!(leased.len(), 2);
     assert!(leased.iter().all(|m| m.leased_until.is_none() && m.from == "ada"));
-    assert!(store.lease("bob", now).unwrap().is_empty(), "leased");
+    assert!(store.lease("bob", false, now).unwrap().is_empty(), "leased");
     assert!(store.inbox("bob", now).unwrap().is_empty(), "hidden from a look too");
     send("bob", "m2").unwrap();
-    assert_eq!(store.lease("bob", now).unwrap().len(), 1, "only the new one");
-    assert_eq!(store.lease("bob", now + LEASE).unwrap().len(), 3, "the lease expired");
-    assert_eq!(store.ack("bob", &[leased[0].id.clone(), "msg-none".into()]).unwrap(), 1);
+    assert_eq!(store.lease("bob", false, now).unwrap().len(), 1, "only the new one");
+    assert_eq!(store.lease("bob", false, now + LEASE).unwrap().len(), 3, "the lease expired");
+    assert_eq!(store.ack("bob", &[leased[0].id.clone(), "msg-none".into()], &limits(10), now).unwrap(), 1);
     assert_eq!(store.waiting().unwrap().into_iter().collect::<Vec<_>>(), [("bob".to_owned(), 2)]);
-    assert_eq!(kind(store.ack("Bob", &[])), ErrorKind::RequestInvalid);
+    assert_eq!(kind(store.ack("Bob", &[], &limits(10), now)), ErrorKind::RequestInvalid);
     let ids: Vec<String> = store.inbox("bob", now + LEASE * 3).unwrap().into_iter().map(|m| m.id).collect();
-    assert_eq!(store.ack("bob", &ids).unwrap(), 2);
+    assert_eq!(store.ack("bob", &ids, &limits(10), now).unwrap(), 2);
     assert!(store.waiting().unwrap().is_empty(), "empty inboxes are left out");
 }
 
@@ -353,17 +366,19 @@ pub fn capacity_drops(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob"]);
     store.link(&map, "ada", "bob").unwrap();
     for n in 0..4 {
-        let sent = store.send(&map, "ada", "bob", &format!("m{n}"), 3, at(n)).unwrap();
+        let sent = store.send(&map, &Draft::plain("ada", "bob", &format!("m{n}")), &limits(3), at(n)).unwrap();
         assert_eq!(sent.dropped, usize::from(n == 3));
     }
     let texts: Vec<String> = store.inbox("bob", at(9)).unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(texts, ["m1", "m2", "m3"], "the oldest dropped");
-    let events = log(store);
+    let events: Vec<Event> =
+        log(store).into_iter().filter(|e| !matches!(e.kind, EventKind::MessageQueued { .. })).collect();
     assert!(
         matches!(&events[..], [Event { kind: EventKind::MessageDropped { personality, from, .. }, ts }]
             if personality == "bob" && from == "ada" && *ts == at(3)),
         "{events:?}"
     );
+    assert_eq!(names(&log(store)).iter().filter(|n| **n == "message_queued").count(), 4);
 }
 
 /// What `recent` returns and what `follow` from its cursor yields leave no
@@ -384,4 +399,288 @@ pub fn recent_then_follow(store: &dyn StateStore) {
     assert!(store.follow(&mut other, None).unwrap().is_empty(), "nothing twice");
     store.revoke(NODE, Revoker::Core, None, at(2)).unwrap();
     assert_eq!(names(&store.follow(&mut other, None).unwrap()), ["revoked"]);
+}
+
+/// Limits with `capacity`, a high rate and a large history.
+fn limits(capacity: usize) -> Limits {
+    Limits { capacity, send_rate: 1000, history_max: 1000, history_age: Duration::from_secs(30 * 86400) }
+}
+
+fn draft(from: &str, to: &[&str], text: &str) -> Draft {
+    let mut d = Draft::plain(from, to[0], text);
+    d.to = to.iter().map(|t| (*t).to_owned()).collect();
+    d
+}
+
+fn states(store: &dyn StateStore, sender: &str, id: &str) -> Vec<(String, DeliveryState)> {
+    let rows = store.outbox(sender, None).unwrap();
+    let row = rows.iter().find(|r| r.id == id).expect("in the outbox");
+    row.deliveries.iter().map(|d| (d.to.clone(), d.state)).collect()
+}
+
+/// queued → delivered → acknowledged per recipient, each an event; the
+/// receipt reaches the sender once, however often the recipient confirms.
+pub fn states_receipts_and_events(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob", "cyd"]);
+    store.link(&map, "ada", "bob").unwrap();
+    store.link(&map, "ada", "cyd").unwrap();
+    let mut d = draft("ada", &["bob", "cyd"], "Please review the release notes.");
+    d.subject = Some("Release notes".into());
+    d.ack_required = true;
+    let sent = store.send(&map, &d, &limits(10), at(0)).unwrap();
+    assert_eq!(
+        sent.recipients.iter().map(|q| (q.to.as_str(), q.queue_depth)).collect::<Vec<_>>(),
+        [("bob", 1), ("cyd", 1)]
+    );
+    let q = DeliveryState::Queued;
+    assert_eq!(states(store, "ada", &sent.id), [("bob".into(), q), ("cyd".into(), q)]);
+    // bob's hook prints and acknowledges the lease: delivered.
+    let leased = store.lease("bob", false, at(1)).unwrap();
+    assert_eq!(
+        (leased[0].subject.as_deref(), leased[0].thread(), leased[0].ack_required),
+        (Some("Release notes"), sent.thread.as_str(), true)
+    );
+    assert_eq!(leased[0].to, ["bob", "cyd"]);
+    // Not delivered yet: nothing to confirm.
+    assert_eq!(kind(store.acknowledge("bob", &sent.id, &limits(10), at(1))), ErrorKind::PeerMessageUnknown);
+    assert_eq!(store.ack("bob", std::slice::from_ref(&sent.id), &limits(10), at(2)).unwrap(), 1);
+    assert_eq!(store.ack("bob", std::slice::from_ref(&sent.id), &limits(10), at(2)).unwrap(), 0, "acknowledged once");
+    assert!(store.lease("bob", false, at(100)).unwrap().is_empty(), "a delivered message never comes again");
+    assert_eq!(states(store, "ada", &sent.id), [("bob".into(), DeliveryState::Delivered), ("cyd".into(), q)]);
+    // bob's agent confirms it: acknowledged, and a receipt for ada.
+    let a = store.acknowledge("bob", &sent.id, &limits(10), at(3)).unwrap();
+    assert!(a.acknowledged && a.receipt);
+    let again = store.acknowledge("bob", &sent.id, &limits(10), at(4)).unwrap();
+    assert!(!again.acknowledged && !again.receipt, "a second confirmation changes nothing");
+    assert_eq!(states(store, "ada", &sent.id)[0], ("bob".into(), DeliveryState::Acknowledged));
+    let receipts = store.inbox("ada", at(5)).unwrap();
+    assert_eq!(receipts.len(), 1, "one receipt: {receipts:?}");
+    assert_eq!(receipts[0].text, "bob acknowledged \"Release notes\"");
+    assert_eq!(
+        (receipts[0].receipt_for.as_deref(), receipts[0].thread()),
+        (Some(sent.id.as_str()), sent.thread.as_str())
+    );
+    // A message that asks for no confirmation cannot be confirmed, nor an unknown one.
+    let plain = store.send(&map, &draft("ada", &["bob"], "fyi"), &limits(10), at(6)).unwrap();
+    store.lease("bob", false, at(6)).unwrap();
+    store.ack("bob", std::slice::from_ref(&plain.id), &limits(10), at(6)).unwrap();
+    assert_eq!(kind(store.acknowledge("bob", &plain.id, &limits(10), at(7))), ErrorKind::RequestInvalid);
+    assert_eq!(kind(store.acknowledge("bob", "msg-none", &limits(10), at(7))), ErrorKind::PeerMessageUnknown);
+    let events: Vec<(&str, String)> = log(store)
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::MessageQueued { personality, message_id, .. } if *message_id == sent.id => {
+                Some(("queued", personality.clone()))
+            }
+            EventKind::MessageDelivered { personality, message_id, .. } if *message_id == sent.id => {
+                Some(("delivered", personality.clone()))
+            }
+            EventKind::MessageAcknowledged { personality, message_id, .. } if *message_id == sent.id => {
+                Some(("acknowledged", personality.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("queued", "bob".into()),
+            ("queued", "cyd".into()),
+            ("delivered", "bob".into()),
+            ("acknowledged", "bob".into())
+        ]
+    );
+    // The outbox: newest first.
+    let rows = store.outbox("ada", Some(1)).unwrap();
+    assert_eq!((rows.len(), rows[0].id.as_str()), (1, plain.id.as_str()));
+}
+
+/// A reply goes to the original sender, in its thread, with its subject;
+/// a thread shows what the caller sent and received, in order.
+pub fn replies_and_threads(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob", "cyd"]);
+    store.link(&map, "ada", "bob").unwrap();
+    let mut d = draft("ada", &["bob"], "Can you take the migration?");
+    d.subject = Some("Migration".into());
+    let first = store.send(&map, &d, &limits(10), at(0)).unwrap();
+    let reply = |from: &str, id: &str, text: &str, t: u64| {
+        let p = ReplyParams { from: from.into(), message_id: id.into(), message: text.into(), ack_required: false };
+        store.reply(&map, &p, &limits(10), at(t))
+    };
+    assert_eq!(kind(reply("bob", &first.id, "yes", 1)), ErrorKind::PeerMessageUnknown, "not delivered yet");
+    store.lease("bob", false, at(1)).unwrap();
+    store.ack("bob", std::slice::from_ref(&first.id), &limits(10), at(1)).unwrap();
+    let answer = reply("bob", &first.id, "Yes, I take it.", 2).unwrap();
+    assert_eq!((answer.to.as_str(), answer.thread.as_str()), ("ada", first.thread.as_str()));
+    let got = store.lease("ada", false, at(3)).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].in_reply_to.as_deref(), got[0].subject.as_deref()),
+        (Some(first.id.as_str()), Some("Migration"))
+    );
+    store.ack("ada", std::slice::from_ref(&answer.id), &limits(10), at(3)).unwrap();
+    assert_eq!(kind(reply("cyd", &first.id, "me too", 4)), ErrorKind::PeerMessageUnknown, "cyd never received it");
+    assert_eq!(kind(reply("ada", "msg-none", "x", 4)), ErrorKind::PeerMessageUnknown);
+    // Another thread between them.
+    store.send(&map, &draft("bob", &["ada"], "unrelated"), &limits(10), at(5)).unwrap();
+    let thread = |p: &str| {
+        let params =
+            HistoryParams { personality: p.into(), thread: Some(first.thread.clone()), ..HistoryParams::default() };
+        crate::peers::history(&store.mailbox(p).unwrap(), &params).unwrap()
+    };
+    let ada: Vec<(Direction, String)> = thread("ada").into_iter().map(|r| (r.direction, r.message.id)).collect();
+    assert_eq!(ada, [(Direction::Sent, first.id.clone()), (Direction::Received, answer.id.clone())]);
+    let bob: Vec<(Direction, String)> = thread("bob").into_iter().map(|r| (r.direction, r.message.id)).collect();
+    assert_eq!(bob, [(Direction::Received, first.id.clone()), (Direction::Sent, answer.id.clone())]);
+    assert!(thread("cyd").is_empty());
+    // A reply needs the link still.
+    store.unlink(Some(&map), "ada", "bob").unwrap();
+    assert_eq!(kind(reply("ada", &answer.id, "thanks", 6)), ErrorKind::PeerNotVisible);
+}
+
+/// One message to several peers: one state per recipient; a full inbox
+/// drops its own oldest, and the sender sees that recipient as dropped.
+pub fn multi_recipient_capacity_drops(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob", "cyd", "dan"]);
+    for p in ["bob", "cyd", "dan"] {
+        store.link(&map, "ada", p).unwrap();
+    }
+    store.link(&map, "dan", "cyd").unwrap();
+    // cyd's inbox already holds two.
+    store.send(&map, &draft("dan", &["cyd"], "one"), &limits(2), at(0)).unwrap();
+    store.send(&map, &draft("dan", &["cyd"], "two"), &limits(2), at(0)).unwrap();
+    let first = store.send(&map, &draft("ada", &["bob", "cyd"], "first"), &limits(2), at(1)).unwrap();
+    assert_eq!(first.dropped, 1);
+    assert_eq!(first.recipients.iter().map(|q| q.dropped).collect::<Vec<_>>(), [0, 1]);
+    let second = store.send(&map, &draft("ada", &["bob", "cyd", "bob"], "second"), &limits(2), at(2)).unwrap();
+    assert_eq!(second.recipients.len(), 2, "a name given twice is one recipient");
+    let third = store.send(&map, &draft("ada", &["cyd"], "third"), &limits(2), at(3)).unwrap();
+    assert_eq!(third.dropped, 1);
+    assert_eq!(
+        states(store, "ada", &first.id),
+        [("bob".into(), DeliveryState::Queued), ("cyd".into(), DeliveryState::Dropped)]
+    );
+    assert_eq!(store.inbox("bob", at(4)).unwrap().len(), 2, "bob dropped nothing");
+    let texts: Vec<String> = store.inbox("cyd", at(4)).unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["second", "third"]);
+    let many: Vec<String> = (0..=MAX_RECIPIENTS).map(|n| format!("p{n}")).collect();
+    let mut d = draft("ada", &["bob"], "hi");
+    d.to = many;
+    assert_eq!(kind(store.send(&map, &d, &limits(2), at(5))), ErrorKind::PeerTooManyRecipients);
+    d.to = Vec::new();
+    assert_eq!(kind(store.send(&map, &d, &limits(2), at(5))), ErrorKind::PeerTooManyRecipients);
+    // One recipient not visible: nothing is queued anywhere.
+    let before = store.waiting().unwrap();
+    assert_eq!(
+        kind(store.send(&map, &draft("dan", &["cyd", "bob"], "x"), &limits(9), at(6))),
+        ErrorKind::PeerNotVisible
+    );
+    assert_eq!(store.waiting().unwrap(), before);
+    let mut long = draft("ada", &["bob"], "x");
+    long.subject = Some("s".repeat(MAX_SUBJECT_CHARS + 1));
+    assert_eq!(kind(store.send(&map, &long, &limits(9), at(7))), ErrorKind::PeerSubjectInvalid);
+    long.subject = Some("two\nlines".into());
+    assert_eq!(kind(store.send(&map, &long, &limits(9), at(7))), ErrorKind::PeerSubjectInvalid);
+}
+
+/// Past `send_rate` messages a minute a sender is refused, naming the
+/// limit; a minute later it may send again. Replies count too.
+pub fn rate_limits(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob"]);
+    store.link(&map, "ada", "bob").unwrap();
+    let tight = Limits { send_rate: 3, ..limits(100) };
+    for n in 0..3 {
+        store.send(&map, &draft("ada", &["bob"], "m"), &tight, at(n)).unwrap();
+    }
+    let refused = store.send(&map, &draft("ada", &["bob"], "m"), &tight, at(10));
+    let message = refused.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(message.contains("presence.peer_send_rate") && message.contains("3 per minute"), "{message}");
+    assert_eq!(kind(refused), ErrorKind::PeerRateLimited);
+    assert_eq!(store.inbox("bob", at(10)).unwrap().len(), 3, "the refused one was not queued");
+    // bob is not limited by ada's sends; the operator never is.
+    store.send(&map, &draft("bob", &["ada"], "m"), &tight, at(10)).unwrap();
+    let mut op = draft(OPERATOR, &["bob"], "from the operator");
+    op.operator = true;
+    for _ in 0..5 {
+        store.send(&map, &op, &tight, at(10)).unwrap();
+    }
+    store.send(&map, &draft("ada", &["bob"], "later"), &tight, at(61)).unwrap();
+}
+
+/// Delivered and sent messages are kept within the count and age bounds
+/// and found by a word of their body, ranked.
+pub fn history_bounds_and_search(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob", "cyd"]);
+    store.link(&map, "ada", "bob").unwrap();
+    store.link(&map, "cyd", "bob").unwrap();
+    let small = Limits { history_max: 3, history_age: Duration::from_secs(1000), ..limits(100) };
+    let texts = ["the database migration is done", "lunch?", "migration rollback plan attached", "deploy at noon"];
+    for (n, text) in texts.iter().enumerate() {
+        let sent = store.send(&map, &draft("ada", &["bob"], text), &small, at(n as u64)).unwrap();
+        store.lease("bob", false, at(n as u64)).unwrap();
+        store.ack("bob", &[sent.id], &small, at(n as u64)).unwrap();
+    }
+    store.send(&map, &draft("cyd", &["bob"], "migration is scary"), &small, at(5)).unwrap();
+    let find = |p: &str, params: HistoryParams| crate::peers::history(&store.mailbox(p).unwrap(), &params).unwrap();
+    let all = find("bob", HistoryParams { personality: "bob".into(), ..HistoryParams::default() });
+    let kept: Vec<&str> = all.iter().map(|r| r.message.text.as_str()).collect();
+    assert_eq!(kept, ["lunch?", "migration rollback plan attached", "deploy at noon"], "the oldest went past 3");
+    let hits = find(
+        "bob",
+        HistoryParams { personality: "bob".into(), query: Some("migration".into()), ..HistoryParams::default() },
+    );
+    assert_eq!(hits.len(), 1, "a waiting message is not history yet: {hits:?}");
+    assert_eq!(hits[0].message.text, "migration rollback plan attached");
+    assert!(hits[0].score.is_some_and(|s| s > 0.0));
+    let sent = find(
+        "ada",
+        HistoryParams {
+            personality: "ada".into(),
+            with: Some("bob".into()),
+            query: Some("noon".into()),
+            ..HistoryParams::default()
+        },
+    );
+    assert_eq!((sent.len(), sent[0].direction), (1, Direction::Sent));
+    assert!(
+        find("ada", HistoryParams { personality: "ada".into(), with: Some("cyd".into()), ..HistoryParams::default() })
+            .is_empty()
+    );
+    // Past the age bound, the next change forgets them.
+    let later = store.send(&map, &draft("ada", &["bob"], "much later"), &small, at(2000)).unwrap();
+    store.lease("bob", false, at(2000)).unwrap();
+    store.ack("bob", &[later.id], &small, at(2000)).unwrap();
+    let all = find("bob", HistoryParams { personality: "bob".into(), ..HistoryParams::default() });
+    assert_eq!(all.iter().map(|r| r.message.text.as_str()).collect::<Vec<_>>(), ["much later"]);
+    let ada = find("ada", HistoryParams { personality: "ada".into(), ..HistoryParams::default() });
+    assert_eq!(ada.len(), 1, "the sender's history is bounded too");
+    assert_eq!(states(store, "ada", &ada[0].message.id), [("bob".into(), DeliveryState::Delivered)]);
+}
+
+/// The operator writes to any fleet peer without a link (its messages
+/// take no reply and send no receipt); urgent messages can be leased on
+/// their own, in the middle of a turn.
+pub fn operator_and_urgent(store: &dyn StateStore) {
+    let map = fleet(&["ada", "bob"]);
+    let mut op = draft(OPERATOR, &["ada", "bob"], "Stop deploying.");
+    op.operator = true;
+    op.importance = Importance::Urgent;
+    op.ack_required = true;
+    let sent = store.send(&map, &op, &limits(10), at(0)).unwrap();
+    assert_eq!(sent.recipients.len(), 2);
+    op.to = vec!["zed".into()];
+    assert_eq!(kind(store.send(&map, &op, &limits(10), at(0))), ErrorKind::PeerMissing);
+    store.link(&map, "ada", "bob").unwrap();
+    store.send(&map, &draft("bob", &["ada"], "normal one"), &limits(10), at(1)).unwrap();
+    let urgent = store.lease("ada", true, at(2)).unwrap();
+    assert_eq!(urgent.len(), 1);
+    assert!(urgent[0].operator && urgent[0].from == OPERATOR && urgent[0].importance == Importance::Urgent);
+    assert!(store.lease("ada", true, at(2)).unwrap().is_empty(), "leased");
+    assert_eq!(store.lease("ada", false, at(2)).unwrap()[0].text, "normal one", "the rest waits for the turn");
+    store.ack("ada", std::slice::from_ref(&sent.id), &limits(10), at(3)).unwrap();
+    let a = store.acknowledge("ada", &sent.id, &limits(10), at(4)).unwrap();
+    assert!(a.acknowledged && !a.receipt, "the operator has no inbox for a receipt");
+    let p = ReplyParams { from: "ada".into(), message_id: sent.id.clone(), message: "ok".into(), ack_required: false };
+    assert_eq!(kind(store.reply(&map, &p, &limits(10), at(5))), ErrorKind::RequestInvalid);
+    assert!(store.outbox("ada", None).unwrap().is_empty(), "the operator's message is not ada's");
 }

@@ -20,7 +20,7 @@ pub struct HookEvent {
     pub claude_matcher: Option<&'static str>,
 }
 
-pub const EVENTS: [HookEvent; 4] = [
+pub const EVENTS: [HookEvent; 5] = [
     HookEvent { shim: "session-start", agent: "SessionStart", timeout: 10, claude_matcher: None },
     HookEvent { shim: "prompt-submit", agent: "UserPromptSubmit", timeout: 5, claude_matcher: None },
     HookEvent {
@@ -30,6 +30,10 @@ pub const EVENTS: [HookEvent; 4] = [
         claude_matcher: Some("Write|Edit|MultiEdit|Bash"),
     },
     HookEvent { shim: "session-end", agent: "SessionEnd", timeout: 2, claude_matcher: None },
+    // Both runtimes let a Stop hook block the stop with a reason the agent
+    // then reads (docs/hooks.md): an urgent message reaches it before it
+    // goes idle.
+    HookEvent { shim: "stop", agent: "Stop", timeout: 5, claude_matcher: None },
 ];
 
 /// The runtimes that get surfaces.
@@ -106,7 +110,7 @@ mod tests {
         std::fs::write(&fake, "#!/bin/sh\necho \"$@\"\ncat\n").unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let files = FileGuard::live();
-        assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 8);
+        assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 10);
         assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 0, "unchanged shims stay");
         let shim = shim_path(&hooks, "codex", &EVENTS[1]);
         assert_eq!(std::fs::metadata(&shim).unwrap().permissions().mode() & 0o777, 0o755);
