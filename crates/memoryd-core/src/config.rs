@@ -32,6 +32,49 @@ pub struct Config {
     pub log_max_bytes: usize,
     pub log_keep: usize,
     pub presence: PresenceConfig,
+    pub search: SearchConfig,
+}
+
+/// The `[search]` table: optional embeddings for hybrid ranking. Without
+/// `embeddings_url` search is lexical only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchConfig {
+    /// An OpenAI-compatible `/v1/embeddings` endpoint (`http://` only).
+    pub embeddings_url: Option<String>,
+    pub embeddings_model: Option<String>,
+    /// A file (mode 0600) holding the API key; the key is never in this file.
+    pub embeddings_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the API key.
+    pub embeddings_key_env: Option<String>,
+    /// The longest one batch request may take.
+    pub embeddings_timeout: Duration,
+    /// How long a search waits for its query's embedding before it answers lexically.
+    pub query_deadline: Duration,
+    pub batch_size: usize,
+    /// Batch requests in flight at once.
+    pub concurrency: usize,
+    pub query_prefix: String,
+    pub passage_prefix: String,
+    /// The k of reciprocal rank fusion: 1/(k + rank).
+    pub rrf_k: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            embeddings_url: None,
+            embeddings_model: None,
+            embeddings_key_file: None,
+            embeddings_key_env: None,
+            embeddings_timeout: Duration::from_secs(30),
+            query_deadline: Duration::from_millis(500),
+            batch_size: 32,
+            concurrency: 2,
+            query_prefix: String::new(),
+            passage_prefix: String::new(),
+            rrf_k: 60,
+        }
+    }
 }
 
 /// The `[presence]` table.
@@ -71,6 +114,7 @@ impl Default for Config {
                 min_client_version: None,
                 inbox_capacity: 128,
             },
+            search: SearchConfig::default(),
         }
     }
 }
@@ -181,6 +225,10 @@ enum Kind {
     AbsPath,
     Personality,
     Version,
+    /// An `http://` URL.
+    Url,
+    /// Any string, empty allowed.
+    Text,
 }
 
 /// Every key: its dotted name and kind.
@@ -207,6 +255,17 @@ const KEYS: &[(&str, Kind)] = &[
     ("presence.sweep_every", Kind::Duration),
     ("presence.min_client_version", Kind::Version),
     ("presence.inbox_capacity", Kind::Count),
+    ("search.embeddings_url", Kind::Url),
+    ("search.embeddings_model", Kind::Text),
+    ("search.embeddings_key_file", Kind::AbsPath),
+    ("search.embeddings_key_env", Kind::Text),
+    ("search.embeddings_timeout", Kind::Duration),
+    ("search.query_deadline", Kind::Duration),
+    ("search.batch_size", Kind::Count),
+    ("search.concurrency", Kind::Count),
+    ("search.query_prefix", Kind::Text),
+    ("search.passage_prefix", Kind::Text),
+    ("search.rrf_k", Kind::Count),
 ];
 
 /// Every key's dotted name, in documentation order.
@@ -236,6 +295,7 @@ enum Parsed {
     Path(PathBuf),
     Name(String),
     Version(ClientVersion),
+    Text(String),
 }
 
 fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, String> {
@@ -308,6 +368,11 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
             let s = string(raw, "a MAJOR.MINOR version")?;
             s.trim().parse().map(Parsed::Version)
         }
+        Kind::Url => {
+            let s = string(raw, "a URL")?;
+            crate::vault::embed::Endpoint::parse(s.trim()).map(|_| Parsed::Text(s.trim().to_owned()))
+        }
+        Kind::Text => string(raw, "a string").map(Parsed::Text),
     }
 }
 
@@ -357,6 +422,17 @@ fn apply(config: &mut Config, key: &str, value: Parsed) {
         ("presence.sweep_every", Duration(v)) => p.sweep_every = v,
         ("presence.min_client_version", Version(v)) => p.min_client_version = Some(v),
         ("presence.inbox_capacity", Number(v)) => p.inbox_capacity = v,
+        ("search.embeddings_url", Text(v)) => config.search.embeddings_url = Some(v),
+        ("search.embeddings_model", Text(v)) => config.search.embeddings_model = Some(v),
+        ("search.embeddings_key_file", Path(v)) => config.search.embeddings_key_file = Some(v),
+        ("search.embeddings_key_env", Text(v)) => config.search.embeddings_key_env = Some(v),
+        ("search.embeddings_timeout", Duration(v)) => config.search.embeddings_timeout = v,
+        ("search.query_deadline", Duration(v)) => config.search.query_deadline = v,
+        ("search.batch_size", Number(v)) => config.search.batch_size = v,
+        ("search.concurrency", Number(v)) => config.search.concurrency = v,
+        ("search.query_prefix", Text(v)) => config.search.query_prefix = v,
+        ("search.passage_prefix", Text(v)) => config.search.passage_prefix = v,
+        ("search.rrf_k", Number(v)) => config.search.rrf_k = v,
         // KEYS and this table name the same keys with the same kinds.
         (key, _) => debug_assert!(false, "config key {key} has no setter"),
     }
@@ -569,6 +645,16 @@ fn check_consistency(config: &Config, origins: &HashMap<&'static str, Origin>, f
             ),
         ));
     }
+    let search = &config.search;
+    if search.embeddings_url.is_some() != search.embeddings_model.is_some() {
+        let key = if search.embeddings_url.is_some() { "search.embeddings_model" } else { "search.embeddings_url" };
+        let set = if search.embeddings_url.is_some() { "search.embeddings_url" } else { "search.embeddings_model" };
+        return Err(key_error(
+            &origin_of(set),
+            key,
+            format!("`{set}` is set but `{key}` is not; set both to turn embeddings on, or neither"),
+        ));
+    }
     if config.heartbeat_stale_after <= config.heartbeat_interval {
         let key =
             if origins.contains_key("heartbeat_stale_after") { "heartbeat_stale_after" } else { "heartbeat_interval" };
@@ -624,6 +710,20 @@ mod tests {
         assert_eq!(c.registrant.as_deref(), Some("boris"));
         assert_eq!(c.presence.min_client_version, Some(ClientVersion { major: 10, minor: 2 }));
         assert_eq!(c.presence.inbox_capacity, 7);
+        let search = load_text(
+            "[search]\nembeddings_url = \"http://127.0.0.1:11434/v1/embeddings\"\nembeddings_model = \"e5\"\n\
+             query_prefix = \"query: \"\nrrf_k = 30\nquery_deadline = \"200ms\"\n",
+        )
+        .unwrap()
+        .config
+        .search;
+        assert_eq!(search.embeddings_url.as_deref(), Some("http://127.0.0.1:11434/v1/embeddings"));
+        assert_eq!((search.query_prefix.as_str(), search.rrf_k), ("query: ", 30));
+        assert_eq!(search.query_deadline, Duration::from_millis(200));
+        let e = load_text("[search]\nembeddings_url = \"http://127.0.0.1:1/v1/embeddings\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("search.embeddings_model"), "{e}");
+        let e = load_text("[search]\nembeddings_url = \"ftp://x/v1\"\nembeddings_model = \"m\"\n").unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
         let inline = load_text("presence = { inbox_capacity = 9 }\n").unwrap().config;
         assert_eq!(inline.presence.inbox_capacity, 9);
     }
@@ -697,7 +797,9 @@ mod tests {
 pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
     let path = |p: &Option<PathBuf>| p.as_ref().map_or("unset".to_owned(), |p| p.display().to_string());
     let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".to_owned());
     let p = &config.presence;
+    let s = &config.search;
     vec![
         ("vault", path(&config.vault)),
         ("mcp_port", config.mcp_port.to_string()),
@@ -721,6 +823,17 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("presence.sweep_every", dur(p.sweep_every)),
         ("presence.min_client_version", p.min_client_version.map_or("unset".to_owned(), |v| v.to_string())),
         ("presence.inbox_capacity", p.inbox_capacity.to_string()),
+        ("search.embeddings_url", unset(&s.embeddings_url)),
+        ("search.embeddings_model", unset(&s.embeddings_model)),
+        ("search.embeddings_key_file", path(&s.embeddings_key_file)),
+        ("search.embeddings_key_env", unset(&s.embeddings_key_env)),
+        ("search.embeddings_timeout", dur(s.embeddings_timeout)),
+        ("search.query_deadline", dur(s.query_deadline)),
+        ("search.batch_size", s.batch_size.to_string()),
+        ("search.concurrency", s.concurrency.to_string()),
+        ("search.query_prefix", format!("{:?}", s.query_prefix)),
+        ("search.passage_prefix", format!("{:?}", s.passage_prefix)),
+        ("search.rrf_k", s.rrf_k.to_string()),
     ]
 }
 
