@@ -36,8 +36,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// The most of an answer read per text asked (a 4,096-dimension vector as
 /// JSON is about 80 KiB).
 const ANSWER_BYTES_PER_TEXT: usize = 128 << 10;
-/// The longest a verify probe waits.
-const PROBE_MAX: Duration = Duration::from_secs(10);
 
 /// The embeddings side of the vault; absent when `search.embeddings_url`
 /// is unset.
@@ -183,25 +181,19 @@ impl Embedder {
             request = request.header(AUTHORIZATION, auth);
         }
         let request = request.body(Full::new(Bytes::from(body))).map_err(|e| fail("cannot build a request to", &e))?;
-        let exchange = async {
-            let answer = sender.send_request(request).await.map_err(|e| fail("no answer from", &e))?;
-            let status = answer.status().as_u16();
-            let body = Limited::new(answer.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| fail("cannot read the answer of", &e))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        // The connection is driven beside the exchange and dropped with it.
-        tokio::pin!(connection);
-        tokio::select! {
-            result = exchange => result,
-            ended = &mut connection => Err(match ended {
-                Ok(()) => fail("the connection closed early:", &"no answer"),
-                Err(e) => fail("the connection to", &e),
-            }),
-        }
+        // The connection is driven beside the exchange and stopped with it
+        // (an exchange cut short by its deadline leaves nothing running).
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let answer = sender.send_request(request).await.map_err(|e| fail("no answer from", &e))?;
+        let status = answer.status().as_u16();
+        let body = Limited::new(answer.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| fail("cannot read the answer of", &e))?
+            .to_bytes();
+        Ok((status, body))
     }
 
     /// The query's unit vector within `search.query_deadline`; None (and
@@ -221,9 +213,10 @@ impl Embedder {
         }
     }
 
-    /// `verify`'s line: one request now.
+    /// `verify`'s line: one request now, within the deadline a search's
+    /// query has (what search would see).
     pub async fn probe(&self) -> (ProgressStatus, String) {
-        let deadline = self.config.embeddings_timeout.min(PROBE_MAX);
+        let deadline = self.config.query_deadline;
         let what = format!("{} model {}", self.endpoint, self.model);
         match self.embed(&["memoryd verify".to_owned()], deadline).await {
             Ok(v) => (
@@ -239,6 +232,14 @@ impl Embedder {
                 format!("{what}: {e}; search answers lexically until it works (check `search.embeddings_url`)"),
             ),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -302,6 +303,12 @@ pub async fn run(daemon: Arc<Daemon>) {
     let mut torn = loaded.torn;
     let mut seen: HashMap<String, Seen> = HashMap::new();
     let mut backoff = BACKOFF_MIN;
+    // The first pass waits for the start-up scan: against the empty index
+    // before it, every cached vector would look stale.
+    tokio::select! {
+        _ = daemon.host.shutdown.begun.cancelled() => return,
+        () = embedder.wake.notified() => {}
+    }
     loop {
         // Registered before the index is read, so a change during the pass wakes the next one.
         let woken = embedder.wake.notified();
