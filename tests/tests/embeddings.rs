@@ -45,7 +45,8 @@ impl World {
 
     /// `memory_search` as ada: (mode, paths).
     fn search(&self, query: &str) -> (String, Vec<String>) {
-        let v = mcp(self.port, "claude-ada", "tools/call", json!({"name": "memory_search", "arguments": {"query": query}}));
+        let v =
+            mcp(self.port, "claude-ada", "tools/call", json!({"name": "memory_search", "arguments": {"query": query}}));
         let result = &v["result"];
         assert_ne!(result["isError"], true, "{v}");
         let structured = &result["structuredContent"];
@@ -200,12 +201,8 @@ struct Fake {
 impl Fake {
     fn start(delay: Duration) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let fake = Fake {
-            port: listener.local_addr().unwrap().port(),
-            mode: Arc::default(),
-            texts: Arc::default(),
-            delay,
-        };
+        let fake =
+            Fake { port: listener.local_addr().unwrap().port(), mode: Arc::default(), texts: Arc::default(), delay };
         fake.serve(listener);
         fake
     }
@@ -262,10 +259,8 @@ impl Fake {
             raw.extend_from_slice(&chunk[..n]);
             let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
             let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
             if raw.len() >= end + 4 + len {
                 break raw[end + 4..end + 4 + len].to_vec();
             }
@@ -383,7 +378,11 @@ fn the_vector_cache_survives_kill_9_mid_write_never_re_embeds_an_unchanged_note_
         assert!(eventually(|| w.embeddings()["embedded"] == left), "{left}: {}", w.embeddings());
     }
     let shrunk = eventually(|| std::fs::metadata(&cache).unwrap().len() < size / 2);
-    assert!(shrunk, "the cache is bounded by the vault: {} bytes, was {size}", std::fs::metadata(&cache).unwrap().len());
+    assert!(
+        shrunk,
+        "the cache is bounded by the vault: {} bytes, was {size}",
+        std::fs::metadata(&cache).unwrap().len()
+    );
     let left = memoryd_core::vault::embed::cache::decode(&std::fs::read(&cache).unwrap());
     assert_eq!(left.vectors.len(), 100);
 }
@@ -407,7 +406,12 @@ fn an_endpoint_that_is_down_slow_garbage_or_the_wrong_dimension_never_fails_a_se
             .map(|_| {
                 let port = w.port;
                 std::thread::spawn(move || {
-                    let v = mcp(port, "claude-ada", "tools/call", json!({"name": "memory_search", "arguments": {"query": "kafka linger"}}));
+                    let v = mcp(
+                        port,
+                        "claude-ada",
+                        "tools/call",
+                        json!({"name": "memory_search", "arguments": {"query": "kafka linger"}}),
+                    );
                     v["result"].clone()
                 })
             })

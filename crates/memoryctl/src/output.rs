@@ -166,7 +166,10 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
             (EndpointHealth::Up, _) => style.good("up"),
             (EndpointHealth::Unknown, _) => "not asked yet".to_owned(),
         };
-        rows.push(("embeddings", format!("{} at {}, {}/{notes} notes embedded, {health}", e.model, e.endpoint, e.embedded)));
+        rows.push((
+            "embeddings",
+            format!("{} at {}, {}/{notes} notes embedded, {health}", e.model, e.endpoint, e.embedded),
+        ));
     }
     rows.push(("healthy", if s.healthy { style.good("yes") } else { style.bad("no") }));
     for problem in &s.problems {

@@ -6,12 +6,15 @@
 //! fleets (half claude, a quarter codex, a quarter both; every fifth peer
 //! pre-seeded with foreign settings, MCP servers and TOML comments), a fake
 //! `iapeer`, and the real `memoryd` / `memoryctl` built next to this binary.
+//! `--hybrid` runs only the hybrid search figures (hybrid.rs) and prints
+//! their table.
 // A harness: it lays out fleets and drives processes directly.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 mod chart;
 mod daemon;
 mod fleet;
+mod hybrid;
 mod report;
 
 use report::{Report, Stats, ms, per_second, ratio, ratio_of, us};
@@ -60,6 +63,14 @@ fn main() -> anyhow::Result<()> {
     let bins = daemon::Bins::next_to_this_binary()?;
     let mut report = Report::default();
     let started = Instant::now();
+    // Only the hybrid search figures (issue 20): printed, not written.
+    if args.iter().any(|a| a == "--hybrid") {
+        eprintln!("== hybrid memory_search");
+        hybrid::run(&bins, &mut report)?;
+        println!("{}", report.table("hybrid"));
+        eprintln!("== done in {:?}", started.elapsed());
+        return Ok(());
+    }
 
     eprintln!("== sweeps");
     let mut growth = Vec::new();

@@ -197,6 +197,11 @@ impl Daemon {
             restart_needed.push("vault");
             new.vault = old.vault.clone();
         }
+        // The embedder, its key and its cache are set up once, with the vault.
+        if new.search != old.search {
+            restart_needed.push("search");
+            new.search = old.search.clone();
+        }
         for key in &restart_needed {
             tracing::warn!(key, "config change takes effect at the next start of memoryd");
             progress.send(key, ProgressStatus::Warn, "changed; takes effect at the next start of memoryd");

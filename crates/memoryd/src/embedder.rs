@@ -120,7 +120,9 @@ impl Embedder {
         if let Ok(mut h) = self.health.lock() {
             if h.0 != health {
                 match &error {
-                    Some(e) => tracing::warn!(endpoint = %self.endpoint, error = %e, "the embeddings endpoint is down; search answers lexically"),
+                    Some(e) => {
+                        tracing::warn!(endpoint = %self.endpoint, error = %e, "the embeddings endpoint is down; search answers lexically")
+                    }
                     None => tracing::info!(endpoint = %self.endpoint, "the embeddings endpoint answers"),
                 }
             }
@@ -133,7 +135,7 @@ impl Embedder {
         EmbeddingsStatus {
             endpoint: self.endpoint.to_string(),
             model: self.model.clone(),
-            embedded: self.vectors().by_path.len(),
+            embedded: self.vectors().len(),
             dimension: self.dim(),
             health,
             error,
@@ -158,9 +160,9 @@ impl Embedder {
         let auth = self.auth.clone()?;
         let body = embed::request_body(&self.model, texts);
         let limit = ANSWER_BYTES_PER_TEXT * texts.len() + (64 << 10);
-        let (status, answer) = tokio::time::timeout(deadline, self.post(body, auth, limit))
-            .await
-            .map_err(|_| format!("{} gave no answer within {}", self.endpoint, humantime::format_duration(deadline)))??;
+        let (status, answer) = tokio::time::timeout(deadline, self.post(body, auth, limit)).await.map_err(|_| {
+            format!("{} gave no answer within {}", self.endpoint, humantime::format_duration(deadline))
+        })??;
         embed::parse_answer(status, &answer, texts.len(), self.dim()).map_err(|e| e.to_string())
     }
 
@@ -200,7 +202,7 @@ impl Embedder {
     /// the search goes lexical) when nothing is embedded yet, the endpoint
     /// is slow or down, or it answers garbage.
     pub async fn embed_query(&self, query: &str) -> Option<Vec<f32>> {
-        if self.vectors().by_path.is_empty() {
+        if self.vectors().is_empty() {
             return None;
         }
         let text = format!("{}{query}", self.config.query_prefix);
@@ -224,7 +226,7 @@ impl Embedder {
                 format!(
                     "{what} answers ({} dimensions), {} notes embedded",
                     v.first().map_or(0, Vec::len),
-                    self.vectors().by_path.len()
+                    self.vectors().len()
                 ),
             ),
             Err(e) => (
@@ -251,17 +253,15 @@ fn api_key(config: &SearchConfig) -> Result<Option<String>, String> {
         let meta = std::fs::metadata(file)
             .map_err(|e| format!("cannot read the embeddings key file {}: {e}", file.display()))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(format!(
-                "the embeddings key file {} is readable by others; chmod 600 it",
-                file.display()
-            ));
+            return Err(format!("the embeddings key file {} is readable by others; chmod 600 it", file.display()));
         }
         let key = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read the embeddings key file {}: {e}", file.display()))?;
         return Ok(Some(key.trim().to_owned()).filter(|k| !k.is_empty()));
     }
     if let Some(var) = &config.embeddings_key_env {
-        let key = std::env::var(var).map_err(|_| format!("the variable {var} named by `search.embeddings_key_env` is not set"))?;
+        let key = std::env::var(var)
+            .map_err(|_| format!("the variable {var} named by `search.embeddings_key_env` is not set"))?;
         return Ok(Some(key.trim().to_owned()).filter(|k| !k.is_empty()));
     }
     Ok(None)
@@ -293,8 +293,13 @@ pub async fn run(daemon: Arc<Daemon>) {
         }
         Err(_) => return,
     };
-    tracing::info!(vectors = loaded.vectors.len(), torn = loaded.torn, ms = started.elapsed().as_millis() as u64, "vector cache loaded");
-    let mut store = loaded.vectors;
+    tracing::info!(
+        vectors = loaded.vectors.len(),
+        torn = loaded.torn,
+        ms = started.elapsed().as_millis() as u64,
+        "vector cache loaded"
+    );
+    let mut store: Store = Arc::new(loaded.vectors);
     if let Some(v) = store.values().next() {
         embedder.dimension.store(v.len(), Ordering::Relaxed);
     }
@@ -319,31 +324,33 @@ pub async fn run(daemon: Arc<Daemon>) {
         let (keys, seen_after, missing) = {
             let index = index.clone();
             let previous = std::mem::take(&mut seen);
-            let known: HashSet<Key> = store.keys().copied().collect();
-            match tokio::task::spawn_blocking(move || note_keys(index.notes(), &model, &prefix, previous, &known)).await {
+            let known = store.clone();
+            match tokio::task::spawn_blocking(move || note_keys(index.notes(), &model, &prefix, previous, &known)).await
+            {
                 Ok(done) => done,
                 Err(_) => return,
             }
         };
         seen = seen_after;
+        let keys = Arc::new(keys);
         let live: HashSet<Key> = keys.values().copied().collect();
-        store.retain(|k, _| live.contains(k));
         let dim = embedder.dim();
         // A vector of another dimension (an old cache of another model of the same name) is not used.
-        store.retain(|_, v| dim.is_none_or(|d| v.len() == d));
-        embedder.publish(vectors_of(&keys, &store));
+        Arc::make_mut(&mut store).retain(|k, v| live.contains(k) && dim.is_none_or(|d| v.len() == d));
+        publish(&embedder, &keys, &store).await;
         if torn || records > 2 * store.len() + 64 {
-            let cache = embedder.cache.clone();
-            let entries: Vec<(Key, Arc<[f32]>)> = store.iter().map(|(k, v)| (*k, v.clone())).collect();
+            let (cache, entries) = (embedder.cache.clone(), store.clone());
             let n = entries.len();
-            let rewritten = tokio::task::spawn_blocking(move || cache.rewrite(entries.iter().map(|(k, v)| (k, &v[..]))))
-                .await;
+            let rewritten =
+                tokio::task::spawn_blocking(move || cache.rewrite(entries.iter().map(|(k, v)| (k, &v[..])))).await;
             match rewritten {
                 Ok(Ok(())) => {
                     tracing::info!(kept = n, dropped = records.saturating_sub(n), torn, "vector cache rewritten");
                     (records, torn) = (n, false);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot rewrite the vector cache; vectors are kept in memory only"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot rewrite the vector cache; vectors are kept in memory only")
+                }
                 Err(_) => return,
             }
         }
@@ -371,7 +378,7 @@ fn note_keys(
     model: &str,
     prefix: &str,
     mut previous: HashMap<String, Seen>,
-    known: &HashSet<Key>,
+    known: &HashMap<Key, Arc<[f32]>>,
 ) -> (HashMap<String, Key>, HashMap<String, Seen>, Vec<(Key, String)>) {
     let mut keys = HashMap::with_capacity(notes.len());
     let mut seen = HashMap::with_capacity(notes.len());
@@ -387,7 +394,7 @@ fn note_keys(
                 (embed::key(model, &text), Some(text))
             }
         };
-        if !known.contains(&key) && asked.insert(key) {
+        if !known.contains_key(&key) && asked.insert(key) {
             missing.push((key, text.unwrap_or_else(|| embed::passage(note, prefix))));
         }
         keys.insert(note.path.clone(), key);
@@ -396,9 +403,21 @@ fn note_keys(
     (keys, seen, missing)
 }
 
-fn vectors_of(keys: &HashMap<String, Key>, store: &HashMap<Key, Arc<[f32]>>) -> Vectors {
-    Vectors {
-        by_path: keys.iter().filter_map(|(path, key)| Some((path.clone(), store.get(key)?.clone()))).collect(),
+/// The cached vectors, by content key.
+type Store = Arc<HashMap<Key, Arc<[f32]>>>;
+
+/// Publishes the vectors of the notes in `keys` that `store` holds. The
+/// matrix is built on a blocking thread (tens of MB at 50,000 notes); the
+/// worker waits for it, so its `Arc`s are unique again when it next
+/// changes the store.
+async fn publish(embedder: &Embedder, keys: &Arc<HashMap<String, Key>>, store: &Store) {
+    let (keys, store) = (keys.clone(), store.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        Vectors::new(keys.iter().filter_map(|(path, key)| Some((path.as_str(), &store.get(key)?[..]))))
+    })
+    .await;
+    if let Ok(vectors) = built {
+        embedder.publish(vectors);
     }
 }
 
@@ -408,8 +427,8 @@ async fn embed_missing(
     daemon: &Arc<Daemon>,
     embedder: &Arc<Embedder>,
     missing: Vec<(Key, String)>,
-    keys: &HashMap<String, Key>,
-    store: &mut HashMap<Key, Arc<[f32]>>,
+    keys: &Arc<HashMap<String, Key>>,
+    store: &mut Store,
     records: &mut usize,
     torn: bool,
 ) -> bool {
@@ -447,25 +466,26 @@ async fn embed_missing(
                 continue;
             }
         };
-        let entries: Vec<(Key, Arc<[f32]>)> =
-            batch.iter().zip(vectors).map(|((k, _), v)| (*k, Arc::from(v))).collect();
+        let entries: Vec<(Key, Arc<[f32]>)> = batch.iter().zip(vectors).map(|((k, _), v)| (*k, Arc::from(v))).collect();
         // A torn file is appended to only once rewritten (the rewrite failed otherwise).
         if !torn {
             let cache = embedder.cache.clone();
             let written = entries.clone();
             match tokio::task::spawn_blocking(move || cache.append(written.iter().map(|(k, v)| (k, &v[..])))).await {
                 Ok(Ok(())) => *records += entries.len(),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot append to the vector cache; vectors are kept in memory only"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot append to the vector cache; vectors are kept in memory only")
+                }
                 Err(_) => return true,
             }
         }
-        store.extend(entries);
+        Arc::make_mut(store).extend(entries);
         if last_publish.elapsed() >= PUBLISH_EVERY {
-            embedder.publish(vectors_of(keys, store));
+            publish(embedder, keys, store).await;
             last_publish = Instant::now();
         }
     }
-    embedder.publish(vectors_of(keys, store));
+    publish(embedder, keys, store).await;
     tracing::info!(notes = total, failed, ms = started.elapsed().as_millis() as u64, "embedding pass done");
     failed
 }

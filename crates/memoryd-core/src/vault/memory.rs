@@ -63,15 +63,15 @@ pub fn search(
     let (hits, mode) = embed::rank(index, query, semantic, |n| caller.may_read(n) && in_scope(n), limit);
     let results: Vec<Value> = hits
         .iter()
-            .map(|h| {
-                json!({
-                    "path": h.note.path,
-                    "title": h.note.title,
-                    "author": h.note.author,
-                    "score": rounded(h.score),
-                    "snippet": vault::snippet(h.note, query),
-                })
+        .map(|h| {
+            json!({
+                "path": h.note.path,
+                "title": h.note.title,
+                "author": h.note.author,
+                "score": rounded(h.score),
+                "snippet": vault::snippet(h.note, query),
             })
+        })
         .collect();
     Ok(json!({"mode": mode.as_str(), "results": results}))
 }
@@ -205,7 +205,13 @@ mod tests {
         let ada = Caller { personality: "ada", linked: &[] };
         let ada_linked = Caller { personality: "ada", linked: &["bob"] };
         assert_eq!(search(&index, &ada, "kafka", None, None, None).unwrap()["results"].as_array().unwrap().len(), 1);
-        assert_eq!(search(&index, &ada_linked, "kafka", None, Some("peers"), None).unwrap()["results"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            search(&index, &ada_linked, "kafka", None, Some("peers"), None).unwrap()["results"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(read(v, &ada, "peers/bob/secret.md").is_err());
         assert!(read(v, &ada_linked, "peers/bob/secret.md").unwrap().contains("kafka"));
         assert!(read(v, &ada, "../../etc/passwd").is_err());

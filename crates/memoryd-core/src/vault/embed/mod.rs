@@ -10,7 +10,6 @@ use super::{Hit, Index, Note};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// How deep each ranked list goes before fusion: past this a note's RRF
 /// share (1/(k+100)) no longer moves a top-10 answer.
@@ -38,7 +37,9 @@ impl Endpoint {
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let Some(rest) = url.strip_prefix("http://") else {
             return Err(if url.starts_with("https://") {
-                format!("{url:?} is https, and memoryd speaks plain http://; run a local TLS proxy or use a local server's http:// URL")
+                format!(
+                    "{url:?} is https, and memoryd speaks plain http://; run a local TLS proxy or use a local server's http:// URL"
+                )
             } else {
                 format!("{url:?} is not an http:// URL such as \"http://127.0.0.1:11434/v1/embeddings\"")
             });
@@ -80,7 +81,9 @@ pub enum EmbedError {
     Garbage(String),
     #[error("the endpoint gave {got} vectors for {asked} texts")]
     Count { asked: usize, got: usize },
-    #[error("the endpoint gave {got}-dimensional vectors where the cache holds {expected}-dimensional ones; a changed model needs a new `search.embeddings_model` name")]
+    #[error(
+        "the endpoint gave {got}-dimensional vectors where the cache holds {expected}-dimensional ones; a changed model needs a new `search.embeddings_model` name"
+    )]
     Dimension { expected: usize, got: usize },
 }
 
@@ -163,16 +166,43 @@ pub fn key(model: &str, text: &str) -> Key {
     h.finalize().into()
 }
 
-/// The vectors of the notes that have one, by path.
+/// The vectors of the notes that have one: one contiguous matrix, a row
+/// per note in path order, so a query scans memory front to back (at
+/// 50,000 notes of 384 dimensions that is 77 MB, the scan's whole cost).
 #[derive(Debug, Clone, Default)]
 pub struct Vectors {
-    pub by_path: HashMap<String, Arc<[f32]>>,
+    dim: usize,
+    paths: Vec<String>,
+    matrix: Vec<f32>,
 }
 
 impl Vectors {
-    /// The `depth` notes `visible` allows nearest to `query` (a unit
-    /// vector), best first: an exact scan, measured fast enough at 50,000
-    /// notes (BENCHMARKS.md) that an approximate index would buy nothing.
+    /// The matrix of these rows; a row of another dimension than the
+    /// first is left out.
+    pub fn new<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [f32])>) -> Vectors {
+        let mut rows: Vec<(&str, &[f32])> = rows.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let dim = rows.first().map_or(0, |r| r.1.len());
+        rows.retain(|r| r.1.len() == dim);
+        let mut matrix = Vec::with_capacity(rows.len() * dim);
+        for (_, v) in &rows {
+            matrix.extend_from_slice(v);
+        }
+        Vectors { dim, paths: rows.into_iter().map(|r| r.0.to_owned()).collect(), matrix }
+    }
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// The `depth` notes of `index` that `visible` allows nearest to
+    /// `query` (a unit vector), best first: an exact scan, measured fast
+    /// enough at 50,000 notes (BENCHMARKS.md) that an approximate index
+    /// would buy nothing. A row whose note left the index is skipped.
     pub fn nearest<'a>(
         &self,
         index: &'a Index,
@@ -180,21 +210,38 @@ impl Vectors {
         visible: impl Fn(&Note) -> bool,
         depth: usize,
     ) -> Vec<Hit<'a>> {
-        let mut scored: Vec<Hit<'a>> = index
-            .notes()
-            .iter()
-            .filter_map(|note| {
-                let v = self.by_path.get(&note.path)?;
-                (v.len() == query.len() && visible(note)).then(|| Hit { note, score: dot(v, query) })
-            })
-            .collect();
-        let best_first = |a: &Hit<'_>, b: &Hit<'_>| b.score.total_cmp(&a.score).then_with(|| a.note.path.cmp(&b.note.path));
-        if scored.len() > depth {
-            scored.select_nth_unstable_by(depth, best_first);
-            scored.truncate(depth);
+        if self.dim == 0 || query.len() != self.dim || depth == 0 {
+            return Vec::new();
         }
-        scored.sort_by(best_first);
-        scored
+        let mut scored: Vec<(f32, u32)> =
+            self.matrix.chunks_exact(self.dim).enumerate().map(|(i, row)| (dot(row, query), i as u32)).collect();
+        // Rows are in path order: ties go to the first path.
+        let best_first = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        // Most notes are visible to most callers: sort a few times the depth,
+        // and more only when too many of them are hidden.
+        let mut want = depth.saturating_mul(4).max(64);
+        loop {
+            let all = want >= scored.len();
+            let candidates = if all {
+                &mut scored[..]
+            } else {
+                scored.select_nth_unstable_by(want, best_first);
+                &mut scored[..want]
+            };
+            candidates.sort_unstable_by(best_first);
+            let hits: Vec<Hit<'a>> = candidates
+                .iter()
+                .filter_map(|&(score, row)| {
+                    let note = index.get(&self.paths[row as usize]).filter(|n| visible(n))?;
+                    Some(Hit { note, score })
+                })
+                .take(depth)
+                .collect();
+            if all || hits.len() == depth {
+                return hits;
+            }
+            want = want.saturating_mul(4);
+        }
     }
 }
 
@@ -204,8 +251,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ca.zip(cb) {
-        for i in 0..4 {
-            acc[i] += x[i] * y[i];
+        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += x * y;
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -291,15 +338,22 @@ mod tests {
         let body = br#"{"data":[{"index":1,"embedding":[0,2]},{"index":0,"embedding":[3,4]}]}"#;
         let v = parse_answer(200, body, 2, None).unwrap();
         assert_eq!(v, [vec![0.6, 0.8], vec![0.0, 1.0]]);
-        assert_eq!(
-            parse_answer(200, body, 2, Some(3)).unwrap_err(),
-            EmbedError::Dimension { expected: 3, got: 2 }
-        );
+        assert_eq!(parse_answer(200, body, 2, Some(3)).unwrap_err(), EmbedError::Dimension { expected: 3, got: 2 });
         assert_eq!(parse_answer(200, body, 3, None).unwrap_err(), EmbedError::Count { asked: 3, got: 2 });
         let mixed = br#"{"data":[{"embedding":[1,0]},{"embedding":[1,0,0]}]}"#;
         assert!(matches!(parse_answer(200, mixed, 2, None), Err(EmbedError::Dimension { expected: 2, got: 3 })));
-        for garbage in [&b"<html>"[..], br#"{"data":{}}"#, br#"{"data":[{"embedding":["x"]}]}"#, br#"{"data":[{"embedding":[0,0]}]}"#, br#"{"data":[{"index":5,"embedding":[1]}]}"#] {
-            assert!(matches!(parse_answer(200, garbage, 1, None), Err(EmbedError::Garbage(_))), "{}", String::from_utf8_lossy(garbage));
+        for garbage in [
+            &b"<html>"[..],
+            br#"{"data":{}}"#,
+            br#"{"data":[{"embedding":["x"]}]}"#,
+            br#"{"data":[{"embedding":[0,0]}]}"#,
+            br#"{"data":[{"index":5,"embedding":[1]}]}"#,
+        ] {
+            assert!(
+                matches!(parse_answer(200, garbage, 1, None), Err(EmbedError::Garbage(_))),
+                "{}",
+                String::from_utf8_lossy(garbage)
+            );
         }
         let e = parse_answer(401, br#"{"error":{"message":"bad key"}}"#, 1, None).unwrap_err();
         assert_eq!(e.to_string(), "the endpoint answered HTTP 401: bad key");
@@ -327,15 +381,9 @@ mod tests {
             parse_note("peers/bob/secret.md", "# Bob\nair altitude notes", t),
         ];
         let index = Index::build(Scan { notes, skipped: 0 });
-        let v = |x: &[f32]| Arc::<[f32]>::from(unit(x.to_vec()).unwrap());
-        let vectors = Vectors {
-            by_path: [
-                ("atmosphere.md".to_owned(), v(&[1.0, 0.1])),
-                ("kafka.md".to_owned(), v(&[0.0, 1.0])),
-                ("peers/bob/secret.md".to_owned(), v(&[1.0, 0.0])),
-            ]
-            .into(),
-        };
+        let v = |x: &[f32]| unit(x.to_vec()).unwrap();
+        let (a, k, b) = (v(&[1.0, 0.1]), v(&[0.0, 1.0]), v(&[1.0, 0.0]));
+        let vectors = Vectors::new([("atmosphere.md", &a[..]), ("kafka.md", &k[..]), ("peers/bob/secret.md", &b[..])]);
         let query = unit(vec![1.0, 0.0]).unwrap();
         let semantic = Semantic { vectors: &vectors, query: &query, rrf_k: 60 };
         let shared = |n: &Note| n.owner.is_none();
@@ -357,14 +405,21 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH;
         let notes: Vec<Note> = (0..50).map(|i| parse_note(&format!("n{i:02}.md"), "x", t)).collect();
         let index = Index::build(Scan { notes, skipped: 0 });
-        let mut by_path: HashMap<String, Arc<[f32]>> = (0..50)
-            .map(|i| (format!("n{i:02}.md"), Arc::from(unit(vec![1.0, i as f32]).unwrap())))
+        let rows: Vec<(String, Vec<f32>)> = (0..50)
+            .map(|i| {
+                (format!("n{i:02}.md"), if i == 49 { vec![1.0, 0.0, 0.0] } else { unit(vec![1.0, i as f32]).unwrap() })
+            })
+            .chain([("gone.md".to_owned(), vec![0.0, 1.0])])
             .collect();
-        by_path.insert("n49.md".to_owned(), Arc::from(vec![1.0, 0.0, 0.0]));
-        let vectors = Vectors { by_path };
+        let vectors = Vectors::new(rows.iter().map(|(p, v)| (p.as_str(), &v[..])));
+        assert_eq!(vectors.len(), 50, "the row of another dimension is left out");
         let best = vectors.nearest(&index, &[0.0, 1.0], |_| true, 3);
         let paths: Vec<&str> = best.iter().map(|h| h.note.path.as_str()).collect();
-        assert_eq!(paths, ["n48.md", "n47.md", "n46.md"]);
+        assert_eq!(paths, ["n48.md", "n47.md", "n46.md"], "a note gone from the index is skipped");
+        // Hidden notes are passed over however deep that takes the scan.
+        let odd = vectors.nearest(&index, &[0.0, 1.0], |n| n.path.ends_with("1.md"), 3);
+        let paths: Vec<&str> = odd.iter().map(|h| h.note.path.as_str()).collect();
+        assert_eq!(paths, ["n41.md", "n31.md", "n21.md"]);
         assert_eq!(dot(&[1.0, 2.0, 3.0, 4.0, 5.0], &[1.0, 1.0, 1.0, 1.0, 2.0]), 20.0);
     }
 }
