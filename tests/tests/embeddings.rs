@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -192,6 +192,8 @@ const DIM: usize = 16;
 struct Fake {
     port: u16,
     mode: Arc<AtomicU8>,
+    /// The port is closed (after DOWN).
+    closed: Arc<AtomicBool>,
     /// Every text embedded, in order.
     texts: Arc<Mutex<Vec<String>>>,
     /// Each batch is held this long (to catch a daemon mid-pass).
@@ -201,8 +203,13 @@ struct Fake {
 impl Fake {
     fn start(delay: Duration) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let fake =
-            Fake { port: listener.local_addr().unwrap().port(), mode: Arc::default(), texts: Arc::default(), delay };
+        let fake = Fake {
+            port: listener.local_addr().unwrap().port(),
+            mode: Arc::default(),
+            closed: Arc::default(),
+            texts: Arc::default(),
+            delay,
+        };
         fake.serve(listener);
         fake
     }
@@ -221,12 +228,15 @@ impl Fake {
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
+            drop(listener);
+            fake.closed.store(true, Ordering::SeqCst);
         });
     }
 
     /// Up again on the same port.
     fn restart(&self) {
         self.mode.store(GOOD, Ordering::SeqCst);
+        self.closed.store(false, Ordering::SeqCst);
         let listener = (0..200)
             .find_map(|_| {
                 TcpListener::bind(("127.0.0.1", self.port)).ok().or_else(|| {
@@ -238,8 +248,12 @@ impl Fake {
         self.serve(listener);
     }
 
+    /// Switches the behaviour; DOWN returns once the port is closed.
     fn set(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+        if mode == DOWN {
+            assert!(eventually(|| self.closed.load(Ordering::SeqCst)), "the fake's port closes");
+        }
     }
 
     fn embedded(&self) -> Vec<String> {
@@ -397,6 +411,9 @@ fn an_endpoint_that_is_down_slow_garbage_or_the_wrong_dimension_never_fails_a_se
     let _daemon = w.root.start_daemon();
     w.wait_embedded(21, Duration::from_secs(30));
     assert_eq!(w.search("kafka").0, "hybrid");
+    let text = stdout(&w.root.ctl(&["status"]));
+    let line = format!("test-model at http://127.0.0.1:{}/v1/embeddings, 21/21 notes embedded, up", fake.port);
+    assert!(text.lines().any(|l| l.starts_with("embeddings") && l.ends_with(&line)), "{text}");
 
     for (mode, name) in [(SLOW, "slow"), (GARBAGE, "garbage"), (WRONG_DIMENSION, "wrong dimension"), (DOWN, "down")] {
         fake.set(mode);
