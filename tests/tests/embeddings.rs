@@ -463,4 +463,10 @@ fn an_endpoint_that_is_down_slow_garbage_or_the_wrong_dimension_never_fails_a_se
     fake.restart();
     assert!(eventually(|| w.search("kafka").0 == "hybrid"), "{}", w.embeddings());
     assert_eq!(w.embeddings()["health"], "up");
+
+    // [search] applies at the next start: a reload says so.
+    w.configure(&search_table(fake.port, "query_deadline = \"1s\"\n"));
+    let out = w.root.ctl(&["reload"]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.lines().any(|l| l.contains("search") && l.contains("next start")), "{said}");
 }
