@@ -157,6 +157,20 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
             (None, _) => "no vault configured".to_owned(),
         },
     ));
+    if let Some(e) = &s.vault.embeddings {
+        use memoryd_proto::status::EndpointHealth;
+        let notes = s.vault.notes.unwrap_or(0);
+        let health = match (e.health, &e.error) {
+            (EndpointHealth::Down, Some(error)) => style.bad(&format!("down: {error}")),
+            (EndpointHealth::Down, None) => style.bad("down"),
+            (EndpointHealth::Up, _) => style.good("up"),
+            (EndpointHealth::Unknown, _) => "not asked yet".to_owned(),
+        };
+        rows.push((
+            "embeddings",
+            format!("{} at {}, {}/{notes} notes embedded, {health}", e.model, e.endpoint, e.embedded),
+        ));
+    }
     rows.push(("healthy", if s.healthy { style.good("yes") } else { style.bad("no") }));
     for problem in &s.problems {
         rows.push(("problem", style.warn(problem)));

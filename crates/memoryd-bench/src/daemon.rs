@@ -128,7 +128,9 @@ impl Live {
         Live::start_with(dir, n, notes, "", bins)
     }
 
-    /// The same with more lines of config (tables last).
+    /// [`Live::start`] with more lines of config (tables last); a vault
+    /// already laid out in `dir` is kept (a restart onto a warm vector
+    /// cache).
     pub fn start_with(dir: &Path, n: usize, notes: Option<usize>, config: &str, bins: &Bins) -> anyhow::Result<Live> {
         let root = dir.join("r");
         let state = root.join("state/memoryd");
@@ -139,7 +141,9 @@ impl Live {
         let vault = match notes {
             Some(notes) => {
                 let vault = dir.join("vault");
-                write_vault(&vault, notes)?;
+                if !vault.exists() {
+                    write_vault(&vault, notes)?;
+                }
                 Some(vault)
             }
             None => None,
@@ -373,17 +377,10 @@ impl Live {
     /// `memory_search` over MCP, and the same queries on an index built in
     /// this process (the floor).
     pub fn search(&self, queries: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-        let vault = self.vault.clone().context("no vault")?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !std::fs::read_to_string(&self.log)?.contains("vault indexed") {
-            anyhow::ensure!(Instant::now() < deadline, "the vault was not indexed");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let index = memoryd_core::vault::Index::build(memoryd_core::vault::scan(&vault)?);
-        let words: Vec<String> = (0..5000).map(|i| format!("w{i:x}")).collect();
+        let index = self.indexed()?;
         let (mut http, mut floor) = (Vec::new(), Vec::new());
         for i in 0..queries {
-            let query = format!("{} {}", words[i * 7 % 5000], words[i * 13 % 5000]);
+            let query = query(i);
             let started = Instant::now();
             let hits = index.search(&query, |n| memoryd_core::vault::readable(n, "p1", &[]), 10);
             floor.push(started.elapsed());
@@ -397,6 +394,40 @@ impl Live {
             }
         }
         Ok((http, floor))
+    }
+
+    /// Waits until the daemon indexed its vault; the same index built here.
+    pub fn indexed(&self) -> anyhow::Result<memoryd_core::vault::Index> {
+        let vault = self.vault.clone().context("no vault")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&self.log)?.contains("vault indexed") {
+            anyhow::ensure!(Instant::now() < deadline, "the vault was not indexed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(memoryd_core::vault::Index::build(memoryd_core::vault::scan(&vault)?))
+    }
+
+    /// `memory_search` over MCP: its time and its `mode`.
+    pub fn search_once(&self, query: &str) -> anyhow::Result<(Duration, String)> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query}}}).to_string();
+        let started = Instant::now();
+        let answer = self.http_post("claude-p1", &body)?;
+        let took = started.elapsed();
+        let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let json = json.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or(json).trim();
+        let v: Value = serde_json::from_str(json).with_context(|| format!("memory_search: {answer}"))?;
+        let mode = v["result"]["structuredContent"]["mode"].as_str().context("no mode")?.to_owned();
+        Ok((took, mode))
+    }
+
+    /// `host.status`.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let v = Conn::open(&self.socket)?.call("host.status", json!({}))?;
+        v.get("result").cloned().context("host.status gave no result")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn http_post(&self, identity: &str, body: &str) -> anyhow::Result<String> {
@@ -440,6 +471,11 @@ pub fn http_post(port: u16, path: &str, identity: &str, body: &str) -> anyhow::R
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     Ok(answer)
+}
+
+/// The `i`th benchmark query: two words of the vault's vocabulary.
+pub fn query(i: usize) -> String {
+    format!("w{:x} w{:x}", i * 7 % 5000, i * 13 % 5000)
 }
 
 /// CPU seconds of process `pid` over `window`, and its resident memory

@@ -6,12 +6,15 @@
 //! fleets (half claude, a quarter codex, a quarter both; every fifth peer
 //! pre-seeded with foreign settings, MCP servers and TOML comments), a fake
 //! `iapeer`, and the real `memoryd` / `memoryctl` built next to this binary.
+//! `--hybrid` runs only the hybrid search figures (hybrid.rs) and prints
+//! their table.
 // A harness: it lays out fleets and drives processes directly.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 mod chart;
 mod daemon;
 mod fleet;
+mod hybrid;
 mod messages;
 mod report;
 
@@ -72,6 +75,14 @@ fn main() -> anyhow::Result<()> {
         peer_messages(&mut report)?;
         report.machine(started.elapsed());
         return report.write(&PathBuf::from(out));
+    }
+    // Only the hybrid search figures (issue 20): printed, not written.
+    if args.iter().any(|a| a == "--hybrid") {
+        eprintln!("== hybrid memory_search");
+        hybrid::run(&bins, &mut report)?;
+        println!("{}", report.table("hybrid"));
+        eprintln!("== done in {:?}", started.elapsed());
+        return Ok(());
     }
 
     eprintln!("== sweeps");

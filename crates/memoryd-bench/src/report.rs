@@ -98,6 +98,16 @@ fn header(section: &str) -> &'static [&'static str] {
             "p50 / floor",
         ],
         "messages" => &["operation", "calls", "success", "p50", "p99", "floor p50", "floor p99", "p50 / floor"],
+        "hybrid" => &[
+            "notes",
+            "MCP hybrid p50",
+            "MCP hybrid p99",
+            "query embedding p50 (endpoint alone)",
+            "query embedding p99",
+            "floor: hybrid rank in process p50",
+            "MCP p50 − embedding p50",
+            "warm-cache start (spawn → every note has its vector)",
+        ],
         "machine" => &["fact", "value"],
         _ => &[],
     }
@@ -138,10 +148,21 @@ impl Report {
         }
     }
 
+    /// One section's table in Markdown.
+    pub fn table(&self, section: &str) -> String {
+        let head = header(section);
+        let mut table =
+            format!("| {} |\n|{}|\n", head.join(" | "), head.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
+        for row in self.rows.get(section).into_iter().flatten() {
+            table.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        table
+    }
+
     /// Replaces each section's table in `path`, between its markers.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let mut text = std::fs::read_to_string(path)?;
-        for (section, rows) in &self.rows {
+        for section in self.rows.keys() {
             let (open, close) = (format!("<!-- bench:{section} -->"), format!("<!-- /bench:{section} -->"));
             if let Some(intro) = intro(section)
                 && !text.contains(&open)
@@ -151,16 +172,7 @@ impl Report {
             let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
                 anyhow::bail!("{} has no {open} … {close} markers", path.display());
             };
-            let head = header(section);
-            let mut table = format!(
-                "{open}\n| {} |\n|{}|\n",
-                head.join(" | "),
-                head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-            );
-            for row in rows {
-                table.push_str(&format!("| {} |\n", row.join(" | ")));
-            }
-            text.replace_range(a..b, &table);
+            text.replace_range(a..b, &format!("{open}\n{}", self.table(section)));
         }
         std::fs::write(path, text)?;
         Ok(())

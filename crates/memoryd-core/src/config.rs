@@ -32,6 +32,49 @@ pub struct Config {
     pub log_max_bytes: usize,
     pub log_keep: usize,
     pub presence: PresenceConfig,
+    pub search: SearchConfig,
+}
+
+/// The `[search]` table: optional embeddings for hybrid ranking. Without
+/// `embeddings_url` search is lexical only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchConfig {
+    /// An OpenAI-compatible `/v1/embeddings` endpoint (`http://` only).
+    pub embeddings_url: Option<String>,
+    pub embeddings_model: Option<String>,
+    /// A file (mode 0600) holding the API key; the key is never in this file.
+    pub embeddings_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the API key.
+    pub embeddings_key_env: Option<String>,
+    /// The longest one batch request may take.
+    pub embeddings_timeout: Duration,
+    /// How long a search waits for its query's embedding before it answers lexically.
+    pub query_deadline: Duration,
+    pub batch_size: usize,
+    /// Batch requests in flight at once.
+    pub concurrency: usize,
+    pub query_prefix: String,
+    pub passage_prefix: String,
+    /// The k of reciprocal rank fusion: 1/(k + rank).
+    pub rrf_k: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            embeddings_url: None,
+            embeddings_model: None,
+            embeddings_key_file: None,
+            embeddings_key_env: None,
+            embeddings_timeout: Duration::from_secs(30),
+            query_deadline: Duration::from_millis(500),
+            batch_size: 32,
+            concurrency: 2,
+            query_prefix: String::new(),
+            passage_prefix: String::new(),
+            rrf_k: 60,
+        }
+    }
 }
 
 /// The `[presence]` table.
@@ -80,6 +123,7 @@ impl Default for Config {
                 history_max: 1000,
                 history_age: Duration::from_secs(30 * 24 * 3600),
             },
+            search: SearchConfig::default(),
         }
     }
 }
@@ -190,6 +234,10 @@ enum Kind {
     AbsPath,
     Personality,
     Version,
+    /// An `http://` URL.
+    Url,
+    /// Any string, empty allowed.
+    Text,
 }
 
 /// Every key: its dotted name and kind.
@@ -219,6 +267,17 @@ const KEYS: &[(&str, Kind)] = &[
     ("presence.peer_send_rate", Kind::Count),
     ("presence.history_max", Kind::Count),
     ("presence.history_age", Kind::Duration),
+    ("search.embeddings_url", Kind::Url),
+    ("search.embeddings_model", Kind::Text),
+    ("search.embeddings_key_file", Kind::AbsPath),
+    ("search.embeddings_key_env", Kind::Text),
+    ("search.embeddings_timeout", Kind::Duration),
+    ("search.query_deadline", Kind::Duration),
+    ("search.batch_size", Kind::Count),
+    ("search.concurrency", Kind::Count),
+    ("search.query_prefix", Kind::Text),
+    ("search.passage_prefix", Kind::Text),
+    ("search.rrf_k", Kind::Count),
 ];
 
 /// Every key's dotted name, in documentation order.
@@ -248,6 +307,7 @@ enum Parsed {
     Path(PathBuf),
     Name(String),
     Version(ClientVersion),
+    Text(String),
 }
 
 fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, String> {
@@ -320,6 +380,11 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
             let s = string(raw, "a MAJOR.MINOR version")?;
             s.trim().parse().map(Parsed::Version)
         }
+        Kind::Url => {
+            let s = string(raw, "a URL")?;
+            crate::vault::embed::Endpoint::parse(s.trim()).map(|_| Parsed::Text(s.trim().to_owned()))
+        }
+        Kind::Text => string(raw, "a string").map(Parsed::Text),
     }
 }
 
@@ -372,6 +437,17 @@ fn apply(config: &mut Config, key: &str, value: Parsed) {
         ("presence.peer_send_rate", Number(v)) => p.peer_send_rate = v,
         ("presence.history_max", Number(v)) => p.history_max = v,
         ("presence.history_age", Duration(v)) => p.history_age = v,
+        ("search.embeddings_url", Text(v)) => config.search.embeddings_url = Some(v),
+        ("search.embeddings_model", Text(v)) => config.search.embeddings_model = Some(v),
+        ("search.embeddings_key_file", Path(v)) => config.search.embeddings_key_file = Some(v),
+        ("search.embeddings_key_env", Text(v)) => config.search.embeddings_key_env = Some(v),
+        ("search.embeddings_timeout", Duration(v)) => config.search.embeddings_timeout = v,
+        ("search.query_deadline", Duration(v)) => config.search.query_deadline = v,
+        ("search.batch_size", Number(v)) => config.search.batch_size = v,
+        ("search.concurrency", Number(v)) => config.search.concurrency = v,
+        ("search.query_prefix", Text(v)) => config.search.query_prefix = v,
+        ("search.passage_prefix", Text(v)) => config.search.passage_prefix = v,
+        ("search.rrf_k", Number(v)) => config.search.rrf_k = v,
         // KEYS and this table name the same keys with the same kinds.
         (key, _) => debug_assert!(false, "config key {key} has no setter"),
     }
@@ -584,6 +660,16 @@ fn check_consistency(config: &Config, origins: &HashMap<&'static str, Origin>, f
             ),
         ));
     }
+    let search = &config.search;
+    if search.embeddings_url.is_some() != search.embeddings_model.is_some() {
+        let key = if search.embeddings_url.is_some() { "search.embeddings_model" } else { "search.embeddings_url" };
+        let set = if search.embeddings_url.is_some() { "search.embeddings_url" } else { "search.embeddings_model" };
+        return Err(key_error(
+            &origin_of(set),
+            key,
+            format!("`{set}` is set but `{key}` is not; set both to turn embeddings on, or neither"),
+        ));
+    }
     if config.heartbeat_stale_after <= config.heartbeat_interval {
         let key =
             if origins.contains_key("heartbeat_stale_after") { "heartbeat_stale_after" } else { "heartbeat_interval" };
@@ -639,6 +725,20 @@ mod tests {
         assert_eq!(c.registrant.as_deref(), Some("boris"));
         assert_eq!(c.presence.min_client_version, Some(ClientVersion { major: 10, minor: 2 }));
         assert_eq!(c.presence.inbox_capacity, 7);
+        let search = load_text(
+            "[search]\nembeddings_url = \"http://127.0.0.1:11434/v1/embeddings\"\nembeddings_model = \"e5\"\n\
+             query_prefix = \"query: \"\nrrf_k = 30\nquery_deadline = \"200ms\"\n",
+        )
+        .unwrap()
+        .config
+        .search;
+        assert_eq!(search.embeddings_url.as_deref(), Some("http://127.0.0.1:11434/v1/embeddings"));
+        assert_eq!((search.query_prefix.as_str(), search.rrf_k), ("query: ", 30));
+        assert_eq!(search.query_deadline, Duration::from_millis(200));
+        let e = load_text("[search]\nembeddings_url = \"http://127.0.0.1:1/v1/embeddings\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("search.embeddings_model"), "{e}");
+        let e = load_text("[search]\nembeddings_url = \"ftp://x/v1\"\nembeddings_model = \"m\"\n").unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
         let inline = load_text("presence = { inbox_capacity = 9 }\n").unwrap().config;
         assert_eq!(inline.presence.inbox_capacity, 9);
     }
@@ -712,7 +812,9 @@ mod tests {
 pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
     let path = |p: &Option<PathBuf>| p.as_ref().map_or("unset".to_owned(), |p| p.display().to_string());
     let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".to_owned());
     let p = &config.presence;
+    let s = &config.search;
     vec![
         ("vault", path(&config.vault)),
         ("mcp_port", config.mcp_port.to_string()),
@@ -739,6 +841,17 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("presence.peer_send_rate", p.peer_send_rate.to_string()),
         ("presence.history_max", p.history_max.to_string()),
         ("presence.history_age", dur(p.history_age)),
+        ("search.embeddings_url", unset(&s.embeddings_url)),
+        ("search.embeddings_model", unset(&s.embeddings_model)),
+        ("search.embeddings_key_file", path(&s.embeddings_key_file)),
+        ("search.embeddings_key_env", unset(&s.embeddings_key_env)),
+        ("search.embeddings_timeout", dur(s.embeddings_timeout)),
+        ("search.query_deadline", dur(s.query_deadline)),
+        ("search.batch_size", s.batch_size.to_string()),
+        ("search.concurrency", s.concurrency.to_string()),
+        ("search.query_prefix", format!("{:?}", s.query_prefix)),
+        ("search.passage_prefix", format!("{:?}", s.passage_prefix)),
+        ("search.rrf_k", s.rrf_k.to_string()),
     ]
 }
 

@@ -97,4 +97,32 @@ pub struct VaultStatus {
     pub notes: Option<usize>,
     pub watching: Option<bool>,
     pub refused_rescan: Option<bool>,
+    /// Hybrid search's embeddings: null when they are off or no daemon
+    /// answered to say.
+    #[serde(default)]
+    pub embeddings: Option<EmbeddingsStatus>,
+}
+
+/// The embeddings endpoint and how much of the vault has a vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddingsStatus {
+    pub endpoint: String,
+    pub model: String,
+    /// Notes with a vector; the others are ranked lexically.
+    pub embedded: usize,
+    pub dimension: Option<usize>,
+    pub health: EndpointHealth,
+    /// Why the endpoint is down: one sentence; null when it is not.
+    pub error: Option<String>,
+}
+
+/// What the last request to the embeddings endpoint found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealth {
+    /// Nothing asked yet.
+    Unknown,
+    Up,
+    Down,
 }

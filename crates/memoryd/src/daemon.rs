@@ -96,7 +96,11 @@ impl Daemon {
     pub fn new(parts: Parts) -> Daemon {
         let Parts { paths, source, config, files, socket, supervisor, running_exe, lock, store } = parts;
         let fleet = FleetRead::load(&paths.fleet_map);
-        let vault = crate::vault::VaultState::new(config.vault.clone());
+        let embedder = config
+            .vault
+            .as_ref()
+            .and_then(|_| crate::embedder::Embedder::new(&config.search, paths.state.clone(), files.clone()));
+        let vault = crate::vault::VaultState::new(config.vault.clone(), embedder);
         Daemon {
             host: Host {
                 paths,
@@ -193,6 +197,11 @@ impl Daemon {
             restart_needed.push("vault");
             new.vault = old.vault.clone();
         }
+        // The embedder, its key and its cache are set up once, with the vault.
+        if new.search != old.search {
+            restart_needed.push("search");
+            new.search = old.search.clone();
+        }
         for key in &restart_needed {
             tracing::warn!(key, "config change takes effect at the next start of memoryd");
             progress.send(key, ProgressStatus::Warn, "changed; takes effect at the next start of memoryd");
@@ -249,6 +258,7 @@ impl Daemon {
         status.vault.notes = Some(self.vault.index().len());
         status.vault.watching = Some(self.vault.watching.load(Ordering::Relaxed));
         status.vault.refused_rescan = Some(self.vault.refused.load(Ordering::Relaxed));
+        status.vault.embeddings = self.vault.embedder.as_ref().map(|e| e.status());
         memoryd_core::ops::status::assess(&mut status, &config);
         status
     }

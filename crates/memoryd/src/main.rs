@@ -2,6 +2,7 @@
 //! shared memory. See the README for operating it.
 
 mod daemon;
+mod embedder;
 mod inherit;
 mod logging;
 mod mcp;
@@ -387,6 +388,7 @@ async fn serve(
     spawn_task(Some(&tasks), &daemon, "presence-sweep", presence::presence_sweep(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "vault-watcher", vault::watch(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "fragments", vault::fragment_renderer(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "embedder", embedder::run(daemon.clone()));
     if let Some(listener) = mcp_listener {
         spawn_task(Some(&tasks), &daemon, "mcp", mcp::serve(listener, daemon.clone()));
     }

@@ -26,6 +26,7 @@ use hyper_util::service::TowerToHyperService;
 use memoryd_core::fleet::names::split_node_id;
 use memoryd_core::peers::{self, Draft, Importance};
 use memoryd_core::presence::Refusal;
+use memoryd_core::vault::embed::Semantic;
 use memoryd_core::vault::memory::{self, Caller};
 use memoryd_proto::RpcError;
 use memoryd_proto::peers::{AcknowledgeParams, HistoryParams, ReplyParams};
@@ -623,7 +624,13 @@ impl MemoryServer {
 
     /// Runs one tool (on a blocking thread: it reads and writes files and
     /// may wait for the store lock).
-    fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
+    fn run(
+        &self,
+        node: &str,
+        name: &str,
+        args: &Map<String, Value>,
+        query_vector: Option<Vec<f32>>,
+    ) -> Result<Value, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
         // The schema check let only these types through; a required one
         // that is absent all the same is still an error, not "".
@@ -640,7 +647,13 @@ impl MemoryServer {
                 vault.ok_or_else(no_vault)?;
                 let index = self.daemon.vault.index();
                 let limit = args.get("limit").and_then(Value::as_u64);
-                memory::search(&index, &caller, text("query")?, limit, optional("scope"))
+                let embedder = self.daemon.vault.embedder.as_ref();
+                let vectors = embedder.map(|e| e.vectors());
+                let semantic = match (embedder, &vectors, &query_vector) {
+                    (Some(e), Some(vectors), Some(query)) => Some(Semantic { vectors, query, rrf_k: e.rrf_k() }),
+                    _ => None,
+                };
+                memory::search(&index, &caller, text("query")?, limit, optional("scope"), semantic.as_ref())
             }
             "memory_read" => {
                 let vault = vault.ok_or_else(no_vault)?;
@@ -776,13 +789,26 @@ impl ServerHandler for MemoryServer {
         if let Err(sentence) = checked {
             return Ok(CallToolResult::error(vec![ContentBlock::text(sentence)]).into());
         }
+        // The query's vector, within its deadline, before the blocking part.
+        let query_vector = match (&*request.name, &self.daemon.vault.embedder, args.get("query")) {
+            ("memory_search", Some(embedder), Some(Value::String(query))) if !query.trim().is_empty() => {
+                embedder.embed_query(query).await
+            }
+            _ => None,
+        };
         let (server, name) = (self.clone(), request.name.clone());
-        let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args)).await;
+        let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args, query_vector)).await;
         // The writer's next search must find it.
         if request.name == "memory_write" && outcome.is_ok() && self.daemon.rescan_vault("memory_write").await {
             self.daemon.refresh_fragments(None);
         }
         let result = match outcome {
+            // The text is the results list as before; the mode rides in the structured result.
+            Ok(found) if request.name == "memory_search" => {
+                let mut result = CallToolResult::success(vec![ContentBlock::text(found["results"].to_string())]);
+                result.structured_content = Some(found);
+                result
+            }
             Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
             Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
             Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),

@@ -309,6 +309,10 @@ impl Daemon {
         let pid = std::process::id();
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let refused_rescan = self.vault.refused.load(Ordering::Relaxed);
+        let embeddings = match &self.vault.embedder {
+            Some(embedder) => Some(embedder.probe().await),
+            None => None,
+        };
         let checks = self
             .provisioning_for(progress.clone(), move |p| {
                 let mut checks = Vec::new();
@@ -323,7 +327,7 @@ impl Daemon {
                     let heartbeat = verify::heartbeat_from_disk(&p.paths.heartbeat, p.config, SystemTime::now());
                     tally.line("memoryd-heartbeat", heartbeat.0, &heartbeat.1);
                     tally.line("memoryd-socket", ProgressStatus::Ok, &format!("answering (pid {pid})"));
-                    verify::Verify { p, repair, home, refused_rescan }.rest(&mut tally);
+                    verify::Verify { p, repair, home, refused_rescan, embeddings }.rest(&mut tally);
                     tally.problems == 0
                 };
                 (ok, checks)

@@ -27,16 +27,19 @@ pub struct VaultState {
     pub refused: AtomicBool,
     /// Fragments waiting for the renderer task.
     pub fragments: FragmentQueue,
+    /// Vectors for hybrid search, when `search.embeddings_url` is set.
+    pub embedder: Option<Arc<crate::embedder::Embedder>>,
 }
 
 impl VaultState {
-    pub fn new(path: Option<PathBuf>) -> VaultState {
+    pub fn new(path: Option<PathBuf>, embedder: Option<crate::embedder::Embedder>) -> VaultState {
         VaultState {
             path,
             index: RwLock::new(Arc::new(Index::default())),
             watching: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             fragments: FragmentQueue::default(),
+            embedder: embedder.map(Arc::new),
         }
     }
 
@@ -47,6 +50,9 @@ impl VaultState {
     fn swap(&self, index: Index) {
         if let Ok(mut current) = self.index.write() {
             *current = Arc::new(index);
+        }
+        if let Some(embedder) = &self.embedder {
+            embedder.wake.notify_one();
         }
     }
 }

@@ -60,6 +60,9 @@ pub struct Verify<'a> {
     pub home: Option<PathBuf>,
     /// Whether the daemon refused a rescan of the vault (false offline).
     pub refused_rescan: bool,
+    /// The daemon's probe of the embeddings endpoint (None offline: the
+    /// endpoint is the daemon's to ask).
+    pub embeddings: Option<(ProgressStatus, String)>,
 }
 
 impl Verify<'_> {
@@ -73,6 +76,7 @@ impl Verify<'_> {
         self.launcher(out);
         self.mcp_endpoint(out);
         self.vault(out);
+        self.embeddings(out);
         self.provision_lock(out);
         self.store(out);
     }
@@ -442,6 +446,17 @@ impl Verify<'_> {
             ),
         };
         out.line("mcp-endpoint", status, &detail);
+    }
+
+    /// A down endpoint is a warning: search then answers lexically.
+    fn embeddings(&self, out: &mut Tally<'_>) {
+        match (&self.p.config.search.embeddings_url, &self.embeddings) {
+            (None, _) => {}
+            (Some(_), Some((status, detail))) => out.line("embeddings", *status, detail),
+            (Some(url), None) => {
+                out.line("embeddings", Skip, &format!("{url} is asked by the daemon, and it is not running"))
+            }
+        }
     }
 
     fn vault(&self, out: &mut Tally<'_>) {

@@ -3,7 +3,7 @@
 //! A refusal is one sentence, returned to the agent as a tool error.
 
 use crate::host::files::{EntryKind, FileError, FileGuard, RealDir};
-use crate::vault::{self, Index, Note, readable};
+use crate::vault::{self, Index, Note, embed, readable};
 use serde_json::{Value, json};
 use std::ffi::OsStr;
 use std::path::Path;
@@ -35,13 +35,15 @@ fn rounded(score: f32) -> f64 {
     (f64::from(score) * 1000.0).round() / 1000.0
 }
 
-/// `memory_search {query, limit?, scope?}`.
+/// `memory_search {query, limit?, scope?}`: `{"mode", "results"}`, the
+/// mode saying whether the query's vector took part ([`embed::rank`]).
 pub fn search(
     index: &Index,
     caller: &Caller<'_>,
     query: &str,
     limit: Option<u64>,
     scope: Option<&str>,
+    semantic: Option<&embed::Semantic<'_>>,
 ) -> Result<Value, String> {
     if query.trim().is_empty() {
         return Err("`query` is empty; say what to look for".to_owned());
@@ -58,20 +60,20 @@ pub fn search(
     {
         return Err(format!("`scope` {s:?} is not one of all, own, shared, peers"));
     }
-    let hits = index.search(query, |n| caller.may_read(n) && in_scope(n), limit);
-    Ok(Value::Array(
-        hits.iter()
-            .map(|h| {
-                json!({
-                    "path": h.note.path,
-                    "title": h.note.title,
-                    "author": h.note.author,
-                    "score": rounded(h.score),
-                    "snippet": vault::snippet(h.note, query),
-                })
+    let (hits, mode) = embed::rank(index, query, semantic, |n| caller.may_read(n) && in_scope(n), limit);
+    let results: Vec<Value> = hits
+        .iter()
+        .map(|h| {
+            json!({
+                "path": h.note.path,
+                "title": h.note.title,
+                "author": h.note.author,
+                "score": rounded(h.score),
+                "snippet": vault::snippet(h.note, query),
             })
-            .collect(),
-    ))
+        })
+        .collect();
+    Ok(json!({"mode": mode.as_str(), "results": results}))
 }
 
 /// `memory_read {path}`: the note's text, if the caller may read it.
@@ -202,8 +204,14 @@ mod tests {
         let index = Index::build(scan(v).unwrap());
         let ada = Caller { personality: "ada", linked: &[] };
         let ada_linked = Caller { personality: "ada", linked: &["bob"] };
-        assert_eq!(search(&index, &ada, "kafka", None, None).unwrap().as_array().unwrap().len(), 1);
-        assert_eq!(search(&index, &ada_linked, "kafka", None, Some("peers")).unwrap().as_array().unwrap().len(), 1);
+        assert_eq!(search(&index, &ada, "kafka", None, None, None).unwrap()["results"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            search(&index, &ada_linked, "kafka", None, Some("peers"), None).unwrap()["results"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(read(v, &ada, "peers/bob/secret.md").is_err());
         assert!(read(v, &ada_linked, "peers/bob/secret.md").unwrap().contains("kafka"));
         assert!(read(v, &ada, "../../etc/passwd").is_err());
@@ -291,7 +299,7 @@ mod tests {
         let paths: Vec<&str> = scanned.notes.iter().map(|n| n.path.as_str()).collect();
         assert_eq!(paths, ["ops.md", "peers/bob/secret.md"]);
         let index = Index::build(scanned);
-        assert!(search(&index, &ada, "launch", None, None).unwrap().as_array().unwrap().is_empty());
+        assert!(search(&index, &ada, "launch", None, None, None).unwrap()["results"].as_array().unwrap().is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! 50,000, far below an agent's tool-call round trip, so an on-disk engine
 //! with its own files, threads and compile cost would buy nothing here.
 
+pub mod embed;
 pub mod fragment;
 pub mod memory;
 
