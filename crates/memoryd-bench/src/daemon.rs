@@ -571,3 +571,29 @@ pub fn pueue_status(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     let _ = daemon.wait();
     Ok((runs.median, version.median))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_fails_yields_no_figure() {
+        let e = timed(Command::new("/bin/false"), &[0]).unwrap_err();
+        assert!(e.to_string().contains("exited with"), "{e}");
+        // Exit 1 counts only where the caller accepts it (memoryctl's "unhealthy").
+        assert!(timed(Command::new("/bin/false"), &[0, 1]).is_ok());
+        // Killed by a signal has no code: never a figure.
+        let mut killed = Command::new("/bin/sh");
+        killed.args(["-c", "kill -9 $$"]);
+        assert!(timed(killed, &[0, 1]).is_err());
+        assert!(time_true().is_ok());
+    }
+
+    #[test]
+    fn a_timed_child_inherits_no_backtrace_or_log_settings() {
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", r#"test -z "$RUST_BACKTRACE$RUST_LIB_BACKTRACE$RUST_LOG""#]);
+        command.env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "1").env("RUST_LOG", "debug");
+        timed(command, &[0]).unwrap();
+    }
+}
