@@ -246,7 +246,7 @@ impl Provisioner<'_> {
     ) -> Result<(), ProvisionError> {
         let mut first = Some(first);
         let mut next = 0;
-        let mut file: Option<StateFile> = None;
+        let mut file: Option<StateFile> = self.memory.and_then(SurfaceMemory::take_state);
         while first.is_some() || next < items.len() {
             if (self.cancelled)() {
                 return Err(ProvisionError::Lock(LockError::Cancelled));
@@ -269,6 +269,9 @@ impl Provisioner<'_> {
             }
             file.save(self.files)?;
             (self.on_batch)(what, next, items.len());
+        }
+        if let (Some(memory), Some(file)) = (self.memory, file) {
+            memory.keep_state(file);
         }
         Ok(())
     }

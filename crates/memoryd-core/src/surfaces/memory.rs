@@ -6,6 +6,7 @@
 //! it every check reads in full.
 
 use crate::host::stamp::{Seen, Stamp};
+use crate::surfaces::StateFile;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -26,6 +27,9 @@ struct Inner {
     dirs_this_sweep: HashSet<PathBuf>,
     /// Peer folders resolved in this sweep.
     folders: HashMap<PathBuf, PathBuf>,
+    /// The surface state as the last operation left it: the next one
+    /// parses the file again only when another writer changed it.
+    state: Option<StateFile>,
 }
 
 /// A surface file found right: its stamp then, what it was checked
@@ -47,6 +51,15 @@ impl SurfaceMemory {
     pub fn sweep(&self) -> SweepScope<'_> {
         self.inner().sweeping = true;
         SweepScope(self)
+    }
+
+    /// The surface state the last operation kept, if any.
+    pub fn take_state(&self) -> Option<StateFile> {
+        self.inner().state.take()
+    }
+
+    pub fn keep_state(&self, state: StateFile) {
+        self.inner().state = Some(state);
     }
 
     /// The real path of a peer folder, resolved once per sweep.

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use shims::{EVENTS, HookEvent};
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -845,7 +846,25 @@ impl Surfaces<'_> {
     /// What a pass over one peer-runtime checks its files against: every
     /// input of the edits (the settings, the personality, the runtime).
     fn want(&self, personality: &str, runtime: &str) -> u64 {
-        memory::fnv(format!("{:?}\0{personality}\0{runtime}", self.settings).as_bytes())
+        // Every field, by name: a new setting cannot be left out.
+        let Settings { root, hooks_dir, memoryctl, mcp_port, iapeer, codex_config } = self.settings;
+        let iapeer = match iapeer {
+            Ok(path) => path.as_os_str().as_bytes(),
+            Err(why) => why.as_bytes(),
+        };
+        let codex_config = codex_config.as_deref().map_or(&[][..], |p| p.as_os_str().as_bytes());
+        let parts: [&[u8]; 8] = [
+            root.as_os_str().as_bytes(),
+            hooks_dir.as_os_str().as_bytes(),
+            memoryctl.as_os_str().as_bytes(),
+            &mcp_port.to_le_bytes(),
+            iapeer,
+            codex_config,
+            personality.as_bytes(),
+            runtime.as_bytes(),
+        ];
+        // Each part ends with a byte no path or name holds.
+        parts.iter().fold(memory::fnv(b""), |hash, part| memory::fnv_from(memory::fnv_from(hash, part), b"\0"))
     }
 
     /// Writes a surface file, creating its dirs, and remembers what it
