@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
 fn daemon_figures(report: &mut Report, bins: &daemon::Bins, echo: &daemon::Echo) -> anyhow::Result<()> {
     eprintln!("== a running daemon with 100 peers: births, socket round trips, memoryctl processes");
     let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-    let live = daemon::Live::start(tmp.path(), 100, None, &bins)?;
+    let live = daemon::Live::start(tmp.path(), 100, None, bins)?;
     let births = Stats::of(live.births(100)?);
     let birth_floor = Stats::of(live.birth_floor(100)?);
     for (name, s) in [("a newborn peer wired", &births), ("floor: watcher event, then its files written", &birth_floor)]
