@@ -530,14 +530,16 @@ mod tests {
         });
     }
 
+    /// Two stores on one root, as the daemon and an offline memoryctl.
+    fn two_stores(paths: &Paths) -> (FileStore, FileStore) {
+        (FileStore::open(paths, &FileGuard::live()).unwrap(), FileStore::open(paths, &FileGuard::live()).unwrap())
+    }
+
     #[test]
     fn the_cached_presence_follows_a_change_made_by_another_process() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path().to_path_buf());
-        let (reader, writer) = (
-            FileStore::open(&paths, &FileGuard::live()).unwrap(),
-            FileStore::open(&paths, &FileGuard::live()).unwrap(),
-        );
+        let (reader, writer) = two_stores(&paths);
         assert!(reader.presence().unwrap().revoked.is_empty(), "no file yet");
         for node in ["claude-a", "claude-b"] {
             revoke(&writer, node).unwrap();
@@ -599,10 +601,7 @@ mod tests {
     fn the_waiting_counts_are_read_again_only_when_an_inbox_changed() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path().to_path_buf());
-        let (store, other) = (
-            FileStore::open(&paths, &FileGuard::live()).unwrap(),
-            FileStore::open(&paths, &FileGuard::live()).unwrap(),
-        );
+        let (store, other) = two_stores(&paths);
         let fleet: FleetMap =
             serde_json::from_value(serde_json::json!({"updatedAt": "2026-12-01T10:00:00Z", "peers": [
                 {"personality": "ada", "runtimes": ["claude"], "cwd": "/tmp/a"},
