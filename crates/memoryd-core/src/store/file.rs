@@ -27,7 +27,7 @@ use memoryd_proto::status::SweepStatus;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +93,8 @@ struct Cached {
     /// When the file was last seen to have `stamp`.
     checked: Instant,
     doc: Arc<Presence>,
+    /// The document's active rows by node, for the beats kept in memory.
+    rows: Arc<HashMap<String, usize>>,
 }
 
 /// The messages waiting per peer, as counted under one stamp of the inbox
@@ -289,18 +291,18 @@ impl PresenceStore for FileStore {
     ) -> bool {
         let Ok(mut kept) = self.kept.try_lock() else { return false };
         let writes = self.presence_writes.load(Ordering::Acquire);
-        let presence = match self.presence_cache.lock().as_deref() {
-            Ok(Some(cached)) if cached.writes == writes && cached.checked.elapsed() < recheck => cached.doc.clone(),
+        let (presence, rows) = match self.presence_cache.lock().as_deref() {
+            Ok(Some(cached)) if cached.writes == writes && cached.checked.elapsed() < recheck => {
+                (cached.doc.clone(), cached.rows.clone())
+            }
             _ => return false,
         };
-        match presence.soft_beat(node, session, health) {
-            Ok(Some(session)) => {
-                kept.insert((node.to_owned(), session.to_owned()), now);
-                true
-            }
-            // A refusal is answered by the full path, against the file.
-            _ => false,
-        }
+        // A refusal is answered by the full path, against the file.
+        let Some(session) = rows.get(node).and_then(|&i| presence.soft_beat_at(i, node, session, health)) else {
+            return false;
+        };
+        kept.insert((node.to_owned(), session.to_owned()), now);
+        true
     }
 
     fn detach(&self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, StoreError> {
@@ -376,7 +378,7 @@ impl PresenceStore for FileStore {
         let doc: Arc<Presence> =
             Arc::new(serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, error: e.to_string() })?);
         if let Ok(mut cache) = self.presence_cache.lock() {
-            *cache = Some(Cached { stamp, writes, checked, doc: doc.clone() });
+            *cache = Some(Cached { stamp, writes, checked, rows: Arc::new(doc.active_rows()), doc: doc.clone() });
         }
         Ok(doc)
     }
