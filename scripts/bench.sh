@@ -4,7 +4,8 @@
 # a temp dir with the test sandbox armed. pueue (the peer for the whole-
 # process figure) is installed from crates.io into target/tools once.
 # Knobs: MEMORYD_BENCH_IDLE_SECS (60), MEMORYD_BENCH_MAX_PEERS (10000),
-# MEMORYD_BENCH_REPEATS (5), MEMORYD_BENCH_TOOLS (where pueue is).
+# MEMORYD_BENCH_REPEATS (5), MEMORYD_BENCH_TOOLS (where pueue is),
+# MEMORYD_BENCH_ONLY (a comma list of sweeps, daemon, heartbeats, search).
 set -eu
 cd "$(dirname "$0")/.."
 export MEMORYD_BENCH_TOOLS="${MEMORYD_BENCH_TOOLS:-$(pwd)/target/tools}"
