@@ -395,7 +395,13 @@ fn status_exit_code_follows_the_daemon_and_json_carries_the_text_facts() {
     let down = root.ctl(&["status"]);
     assert_eq!(down.status.code(), Some(1));
     let daemon = root.start_daemon();
-    assert!(eventually(|| root.ctl(&["status"]).status.success()), "{}", daemon.log());
+    // Healthy from its first heartbeat; the fleet map comes with the
+    // start-up refresh, which a quick status can beat.
+    let with_map = || {
+        let out = root.ctl(&["status", "--json"]);
+        out.status.success() && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["fleet"]["peers"].is_u64())
+    };
+    assert!(eventually(with_map), "{}", daemon.log());
     let text = stdout(&root.ctl(&["status"]));
     let json: Value = serde_json::from_slice(&root.ctl(&["status", "--json"]).stdout).unwrap();
     assert!(text.contains(&format!("running (pid {})", json["pid"])), "{text}");

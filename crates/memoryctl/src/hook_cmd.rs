@@ -90,13 +90,13 @@ const SHELLS: [&str; 7] = ["sh", "bash", "dash", "zsh", "ksh", "fish", "busybox"
 #[derive(Debug, clap::Args)]
 pub struct HookArgs {
     /// session-start, prompt-submit, post-tool, session-end or stop
-    event: String,
+    pub(crate) event: String,
     /// The agent runtime (claude or codex)
     #[arg(long, value_name = "RUNTIME")]
-    runtime: Option<String>,
+    pub(crate) runtime: Option<String>,
     /// The surfaces contract version of the shim
     #[arg(long, value_name = "MAJOR.MINOR")]
-    client_version: Option<String>,
+    pub(crate) client_version: Option<String>,
 }
 
 /// Everything a hook knows once it has read its input.

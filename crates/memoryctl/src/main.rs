@@ -5,6 +5,7 @@ mod daemon_cmd;
 mod failure;
 mod hook_cmd;
 mod install_cmd;
+mod lean;
 mod logs_cmd;
 mod ops_cmd;
 mod output;
@@ -494,7 +495,7 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match lean::parse(std::env::args_os().skip(1)).map_or_else(Cli::try_parse, Ok) {
         Ok(cli) => cli,
         Err(e)
             if !matches!(e.kind(), clap::error::ErrorKind::DisplayHelp)

@@ -131,6 +131,8 @@ pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisi
         lock: &lock,
         cancelled: &|| false,
         on_batch: &|_, _, _| {},
+        // A one-off run: nothing earlier to remember.
+        memory: None,
     };
     Ok(job(&provisioner))
 }

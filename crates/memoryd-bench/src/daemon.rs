@@ -292,14 +292,6 @@ impl Live {
         Ok(done as f64 / window.as_secs_f64())
     }
 
-    /// A whole `memoryctl status` process; exit 1 (unhealthy) is an
-    /// answer too.
-    pub fn time_status(&self) -> anyhow::Result<Duration> {
-        let mut command = Command::new(std::env::current_exe()?.with_file_name("memoryctl"));
-        command.arg("--root").arg(&self.root).arg("status").env("MEMORYD_TEST_SANDBOX", "1");
-        timed(command, &[0, 1])
-    }
-
     /// The floor: a minimal Rust process that connects and reads one line.
     pub fn time_floor_client(&self, bins: &Bins) -> anyhow::Result<Duration> {
         let mut command = Command::new(&bins.me);
@@ -332,9 +324,9 @@ pub fn time_true() -> anyhow::Result<Duration> {
 }
 
 impl Live {
-    /// Heartbeats per second over `nodes` attached nodes from `threads`
-    /// client connections.
-    pub fn heartbeat_ingest(&self, nodes: usize, threads: usize, window: Duration) -> anyhow::Result<f64> {
+    /// Heartbeats over `nodes` attached nodes from `threads` client
+    /// connections: per second, and each one's round trip.
+    pub fn heartbeat_ingest(&self, nodes: usize, threads: usize, window: Duration) -> anyhow::Result<Load> {
         let mut conn = Conn::open(&self.socket)?;
         for peer in self.peers.iter().take(nodes) {
             let runtime = &peer.runtimes[0];
@@ -344,29 +336,70 @@ impl Live {
             )?;
             anyhow::ensure!(v.get("result").is_some(), "attach: {v}");
         }
-        let nodes: Vec<String> =
-            self.peers.iter().take(nodes).map(|p| format!("{}-{}", p.runtimes[0], p.personality)).collect();
-        let done: usize = std::thread::scope(|s| {
+        // Encoded once, and each answer only looked at, as the echo floor's
+        // client does: the figure is the daemon's, not this client's JSON.
+        let nodes: Vec<String> = self
+            .peers
+            .iter()
+            .take(nodes)
+            .map(|p| {
+                let node = format!("{}-{}", p.runtimes[0], p.personality);
+                let request =
+                    json!({"jsonrpc": "2.0", "id": 1, "method": "runtimenode.heartbeat", "params": {"nodeId": node}});
+                format!("{request}\n")
+            })
+            .collect();
+        let latencies: Vec<Duration> = std::thread::scope(|s| {
             let handles: Vec<_> = nodes
                 .chunks(nodes.len().div_ceil(threads))
                 .map(|slice| {
                     s.spawn(move || {
                         let mut conn = Conn::open(&self.socket).unwrap();
-                        let started = Instant::now();
-                        let mut n = 0;
+                        let (started, mut latencies, mut answer) = (Instant::now(), Vec::new(), String::new());
                         while started.elapsed() < window {
-                            let node = &slice[n % slice.len()];
-                            let v = conn.call("runtimenode.heartbeat", json!({"nodeId": node})).unwrap();
-                            assert!(v.get("result").is_some(), "{v}");
-                            n += 1;
+                            let request = &slice[latencies.len() % slice.len()];
+                            let sent = Instant::now();
+                            conn.writer.write_all(request.as_bytes()).unwrap();
+                            answer.clear();
+                            conn.reader.read_line(&mut answer).unwrap();
+                            latencies.push(sent.elapsed());
+                            assert!(answer.contains("\"result\""), "{answer}");
                         }
-                        n
+                        latencies
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
-        Ok(done as f64 / window.as_secs_f64())
+        Ok(Load::of(latencies, window))
+    }
+
+    /// A whole `memoryctl` process with these arguments after `--root R`,
+    /// `stdin` on its standard input; exit 1 is accepted where `unhealthy`
+    /// is an answer (`status`).
+    pub fn time_ctl(&self, args: &[&str], stdin: Option<&Path>, accepted: &[i32]) -> anyhow::Result<Duration> {
+        let mut command = Command::new(std::env::current_exe()?.with_file_name("memoryctl"));
+        command.arg("--root").arg(&self.root).args(args).env("MEMORYD_TEST_SANDBOX", "1");
+        if let Some(stdin) = stdin {
+            command.stdin(std::fs::File::open(stdin)?);
+        }
+        timed(command, accepted)
+    }
+
+    /// `memoryctl hook <event>` as a shim runs it for the first peer's
+    /// Claude session, `runs` times; each run's wall time. A hook always
+    /// exits 0, so a failed one is told by its line in hook-errors.log.
+    pub fn time_hook(&self, event: &str, runs: usize) -> anyhow::Result<Vec<Duration>> {
+        let peer = self.peers.iter().find(|p| p.runtimes.iter().any(|r| r == "claude")).context("no claude peer")?;
+        let input = self.dir.join("hook-input.json");
+        std::fs::write(&input, json!({"session_id": "bench-hook", "cwd": peer.cwd}).to_string())?;
+        let args = ["hook", event, "--runtime", "claude", "--client-version", "1.0"];
+        let times = (0..runs).map(|_| self.time_ctl(&args, Some(&input), &[0])).collect::<anyhow::Result<Vec<_>>>()?;
+        let errors = self.root.join("logs/memoryd/hook-errors.log");
+        if let Ok(text) = std::fs::read_to_string(&errors) {
+            anyhow::bail!("memoryctl hook {event} failed: {}", text.lines().last().unwrap_or_default());
+        }
+        Ok(times)
     }
 
     /// CPU seconds over `window` and resident memory at its end.
@@ -566,27 +599,41 @@ impl Echo {
             .collect()
     }
 
-    /// Lines echoed per second with `clients` connections busy.
-    pub fn throughput(&self, clients: usize, window: Duration) -> anyhow::Result<f64> {
-        let done: usize = std::thread::scope(|s| {
+    /// Lines echoed with `clients` connections busy.
+    pub fn throughput(&self, clients: usize, window: Duration) -> anyhow::Result<Load> {
+        let latencies: Vec<Duration> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..clients)
                 .map(|_| {
                     s.spawn(|| {
                         let (mut reader, mut writer) = self.connect().unwrap();
-                        let (started, mut n, mut line) = (Instant::now(), 0, String::new());
+                        let (started, mut latencies, mut line) = (Instant::now(), Vec::new(), String::new());
                         while started.elapsed() < window {
+                            let sent = Instant::now();
                             writer.write_all(LINE).unwrap();
                             line.clear();
                             reader.read_line(&mut line).unwrap();
-                            n += 1;
+                            latencies.push(sent.elapsed());
                         }
-                        n
+                        latencies
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
-        Ok(done as f64 / window.as_secs_f64())
+        Ok(Load::of(latencies, window))
+    }
+}
+
+/// Requests under load: how many per second, and their round trips.
+pub struct Load {
+    pub rate: f64,
+    pub latency: crate::report::Stats,
+}
+
+impl Load {
+    fn of(latencies: Vec<Duration>, window: Duration) -> Load {
+        let rate = latencies.len() as f64 / window.as_secs_f64();
+        Load { rate, latency: crate::report::Stats::of(latencies) }
     }
 }
 
@@ -638,4 +685,30 @@ pub fn pueue_status(dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     let _ = daemon.kill();
     let _ = daemon.wait();
     Ok((runs.median, version.median))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_fails_yields_no_figure() {
+        let e = timed(Command::new("/bin/false"), &[0]).unwrap_err();
+        assert!(e.to_string().contains("exited with"), "{e}");
+        // Exit 1 counts only where the caller accepts it (memoryctl's "unhealthy").
+        assert!(timed(Command::new("/bin/false"), &[0, 1]).is_ok());
+        // Killed by a signal has no code: never a figure.
+        let mut killed = Command::new("/bin/sh");
+        killed.args(["-c", "kill -9 $$"]);
+        assert!(timed(killed, &[0, 1]).is_err());
+        assert!(time_true().is_ok());
+    }
+
+    #[test]
+    fn a_timed_child_inherits_no_backtrace_or_log_settings() {
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", r#"test -z "$RUST_BACKTRACE$RUST_LIB_BACKTRACE$RUST_LOG""#]);
+        command.env("RUST_BACKTRACE", "1").env("RUST_LIB_BACKTRACE", "1").env("RUST_LOG", "debug");
+        timed(command, &[0]).unwrap();
+    }
 }

@@ -10,6 +10,7 @@ use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::host::paths::Paths;
 use memoryd_core::ops::provision::{Provisioner, Tools};
 use memoryd_core::store::FileStore;
+use memoryd_core::surfaces::SurfaceMemory;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -71,6 +72,8 @@ pub struct Fleet {
     store: FileStore,
     lock: ProvisionLock,
     peers: Vec<FleetPeer>,
+    /// Kept between sweeps, as the daemon keeps it.
+    memory: SurfaceMemory,
 }
 
 impl Fleet {
@@ -89,7 +92,7 @@ impl Fleet {
         tools.settings.codex_config = None;
         let store = FileStore::open(&paths, &files)?;
         let lock = ProvisionLock::open(&files, &paths.provision_lock)?;
-        Ok(Fleet { paths, files, tools, config, store, lock, peers })
+        Ok(Fleet { paths, files, tools, config, store, lock, peers, memory: SurfaceMemory::default() })
     }
 
     pub fn pairs(&self) -> usize {
@@ -107,6 +110,7 @@ impl Fleet {
             lock: &self.lock,
             cancelled: &|| false,
             on_batch: &|_, _, _| {},
+            memory: Some(&self.memory),
         }
     }
 

@@ -60,22 +60,14 @@ fn main() -> anyhow::Result<()> {
     unsafe {
         std::env::set_var("MEMORYD_TEST_SANDBOX", "1");
     }
+    // MEMORYD_BENCH_ONLY: a comma list of parts (sweeps, daemon,
+    // heartbeats, search, messages) for a quick look at some figures.
+    let only = std::env::var("MEMORYD_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|only| only.split(',').any(|p| p.trim() == name));
     let repeats: usize = std::env::var("MEMORYD_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(REPEATS);
     let bins = daemon::Bins::next_to_this_binary()?;
     let mut report = Report::default();
     let started = Instant::now();
-    let only = std::env::var("MEMORYD_BENCH_ONLY").unwrap_or_default();
-    let mix_secs: u64 = std::env::var("MEMORYD_BENCH_MIX_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let peer_messages = |report: &mut Report| -> anyhow::Result<()> {
-        eprintln!("== peer messages: {} s mix", mix_secs);
-        let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-        messages::run(tmp.path(), &bins, Duration::from_secs(mix_secs), report)
-    };
-    if only == "messages" {
-        peer_messages(&mut report)?;
-        report.machine(started.elapsed());
-        return report.write(&PathBuf::from(out));
-    }
     // Only the hybrid search figures (issue 20): printed, not written.
     if args.iter().any(|a| a == "--hybrid") {
         eprintln!("== hybrid memory_search");
@@ -87,7 +79,7 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("== sweeps");
     let mut growth = Vec::new();
-    for &n in &sizes {
+    for &n in sizes.iter().filter(|_| part("sweeps")) {
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
         let fleet = fleet::Fleet::generate(tmp.path(), n, &bins)?;
         let first = fleet.sweep()?;
@@ -131,29 +123,38 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let per_pair = |pick: fn(&Growth) -> Duration| {
-        growth.iter().map(|g| (g.peers as f64, pick(g).as_secs_f64() * 1e6 / g.pairs as f64)).collect::<Vec<_>>()
-    };
-    chart::growth(
-        "docs/bench-sweep.svg",
-        "Sweep: µs per peer-runtime against fleet size",
-        &[
-            ("first provision", per_pair(|g| g.first)),
-            ("floor: writing the same files", per_pair(|g| g.write_floor)),
-            ("no-op sweep", per_pair(|g| g.noop)),
-            ("floor: reading the files", per_pair(|g| g.read_floor)),
-        ],
-        "peers",
-    )?;
-
-    if only == "sweeps" {
-        report.machine(started.elapsed());
-        return report.write(&PathBuf::from(out));
+    if !growth.is_empty() {
+        sweep_chart(&growth)?;
     }
 
-    eprintln!("== a running daemon with 100 peers: births, socket round trips, memoryctl status");
+    let echo = daemon::Echo::start()?;
+    if part("daemon") {
+        daemon_figures(&mut report, &bins, &echo)?;
+    }
+    if part("heartbeats") {
+        heartbeat_figures(&mut report, &bins, &echo, idle_secs)?;
+    }
+    if part("search") {
+        search_figures(&mut report, &bins)?;
+    }
+    if part("messages") {
+        let mix_secs: u64 = std::env::var("MEMORYD_BENCH_MIX_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+        eprintln!("== peer messages: {mix_secs} s mix");
+        let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
+        messages::run(tmp.path(), &bins, Duration::from_secs(mix_secs), &mut report)?;
+    }
+    report.machine(started.elapsed());
+    report.write(&PathBuf::from(out))?;
+    eprintln!("== done in {:?}; tables written into {out}", started.elapsed());
+    Ok(())
+}
+
+/// Births, socket round trips and whole `memoryctl` processes, against a
+/// daemon with 100 peers.
+fn daemon_figures(report: &mut Report, bins: &daemon::Bins, echo: &daemon::Echo) -> anyhow::Result<()> {
+    eprintln!("== a running daemon with 100 peers: births, socket round trips, memoryctl processes");
     let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-    let live = daemon::Live::start(tmp.path(), 100, None, &bins)?;
+    let live = daemon::Live::start(tmp.path(), 100, None, bins)?;
     let births = Stats::of(live.births(100)?);
     let birth_floor = Stats::of(live.birth_floor(100)?);
     for (name, s) in [("a newborn peer wired", &births), ("floor: watcher event, then its files written", &birth_floor)]
@@ -161,13 +162,12 @@ fn main() -> anyhow::Result<()> {
         report.row("births", vec![name.into(), ms(s.p50), ms(s.p99), ms(s.max), ratio(s.p50, birth_floor.p50)]);
     }
     let (status, hello) = (live.round_trips("host.status", 2000)?, live.round_trips("session.hello", 2000)?);
-    let echo = daemon::Echo::start()?;
     let floor = Stats::of(echo.round_trips(2000)?);
     for (name, s) in [("session.hello", &hello), ("host.status", &status), ("floor: raw socket echo", &floor)] {
         report.row("socket", vec![name.into(), us(s.p50), us(s.p99), ratio(s.p50, floor.p50)]);
     }
     let window = Duration::from_secs(3);
-    let (throughput, echo_throughput) = (live.throughput(16, window)?, echo.throughput(16, window)?);
+    let (throughput, echo_throughput) = (live.throughput(16, window)?, echo.throughput(16, window)?.rate);
     report.row(
         "throughput",
         vec!["host.status".into(), "16".into(), per_second(throughput), ratio_of(throughput, echo_throughput)],
@@ -176,38 +176,61 @@ fn main() -> anyhow::Result<()> {
         "throughput",
         vec!["floor: raw socket echo".into(), "16".into(), per_second(echo_throughput), "1.0×".into()],
     );
-    let ctl = Stats::of((0..30).map(|_| live.time_status().unwrap()).collect());
-    let floor_client = Stats::of((0..30).map(|_| live.time_floor_client(&bins).unwrap()).collect());
-    report.row("process", vec!["memoryctl status".into(), ms(ctl.median), ratio(ctl.median, floor_client.median)]);
-    report.row("process", vec!["floor: connect, hello, read one line".into(), ms(floor_client.median), "1.0×".into()]);
-    let process = Stats::of((0..30).map(|_| daemon::time_true().unwrap()).collect());
-    report.row(
-        "process",
-        vec!["floor of any command: /bin/true".into(), ms(process.median), ratio(process.median, floor_client.median)],
-    );
+    // Interleaved, so that a burst of load elsewhere on the machine falls
+    // on every row alike.
+    let hooks = ["session-start", "prompt-submit", "post-tool"];
+    let (mut status, mut peers, mut floor_client, mut process) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut hook_times = vec![Vec::new(); hooks.len()];
+    for _ in 0..30 {
+        status.push(live.time_ctl(&["status"], None, &[0, 1])?);
+        peers.push(live.time_ctl(&["peers"], None, &[0])?);
+        for (event, times) in hooks.iter().zip(&mut hook_times) {
+            times.extend(live.time_hook(event, 1)?);
+        }
+        floor_client.push(live.time_floor_client(bins)?);
+        process.push(daemon::time_true()?);
+    }
+    let (floor_client, process) = (Stats::of(floor_client).median, Stats::of(process).median);
+    let mut row = |name: String, took: Duration| {
+        report.row("process", vec![name, ms(took), ratio(took, floor_client), ratio(took, process)]);
+    };
+    row("memoryctl status".into(), Stats::of(status).median);
+    row("memoryctl peers".into(), Stats::of(peers).median);
+    for (event, times) in hooks.iter().zip(hook_times) {
+        row(format!("memoryctl hook {event}"), Stats::of(times).median);
+    }
+    row("floor: connect, hello, read one line".into(), floor_client);
+    row("floor of any command: /bin/true".into(), process);
     match daemon::pueue_status(tmp.path()) {
         Ok((pueue, pueue_floor)) => {
-            report.row(
-                "process",
-                vec!["pueue status (against pueued)".into(), ms(pueue), ratio(pueue, floor_client.median)],
-            );
+            row("pueue status (against pueued)".into(), pueue);
             eprintln!("   pueue status {pueue:?} (its own floor: the binary's --version, {pueue_floor:?})");
         }
         Err(e) => {
             eprintln!("   pueue: {e:#}");
-            report
-                .row("process", vec!["pueue status (against pueued)".into(), format!("not measured: {e}"), "—".into()]);
+            report.row(
+                "process",
+                vec!["pueue status (against pueued)".into(), format!("not measured: {e}"), "—".into(), "—".into()],
+            );
         }
     }
-    drop(live);
+    Ok(())
+}
 
+/// The idle daemon and heartbeat ingest, with 1,000 peers.
+fn heartbeat_figures(
+    report: &mut Report,
+    bins: &daemon::Bins,
+    echo: &daemon::Echo,
+    idle_secs: u64,
+) -> anyhow::Result<()> {
     eprintln!("== a running daemon with 1,000 peers: idle cost, then heartbeat ingest");
     let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-    let big = daemon::Live::start(tmp.path(), 1_000, None, &bins)?;
+    let big = daemon::Live::start(tmp.path(), 1_000, None, bins)?;
     let idle_window = Duration::from_secs(idle_secs);
     // Both over the same window, side by side (and one window less to wait).
     let ((cpu, rss), (floor_cpu, floor_rss)) = std::thread::scope(|scope| {
-        let floor = scope.spawn(|| daemon::idle_floor(&bins, idle_window));
+        let floor = scope.spawn(|| daemon::idle_floor(bins, idle_window));
         let daemon = big.idle(idle_window);
         let floor = floor.join().map_err(|_| anyhow::anyhow!("the idle floor panicked"))?;
         anyhow::Ok((daemon?, floor?))
@@ -227,20 +250,31 @@ fn main() -> anyhow::Result<()> {
             ],
         );
     }
-    let rate = big.heartbeat_ingest(1_000, 8, Duration::from_secs(5))?;
-    let echo_rate = echo.throughput(8, Duration::from_secs(5))?;
-    report.row(
-        "heartbeats",
-        vec!["runtimenode.heartbeat, 1,000 nodes".into(), "8".into(), per_second(rate), ratio_of(rate, echo_rate)],
-    );
-    report.row("heartbeats", vec!["floor: raw socket echo".into(), "8".into(), per_second(echo_rate), "1.0×".into()]);
-    drop(big);
+    let beats = big.heartbeat_ingest(1_000, 8, Duration::from_secs(5))?;
+    let floor = echo.throughput(8, Duration::from_secs(5))?;
+    for (name, load) in [("runtimenode.heartbeat, 1,000 nodes", &beats), ("floor: raw socket echo", &floor)] {
+        report.row(
+            "heartbeats",
+            vec![
+                name.into(),
+                "8".into(),
+                per_second(load.rate),
+                us(load.latency.p50),
+                us(load.latency.p99),
+                ratio_of(load.rate, floor.rate),
+            ],
+        );
+    }
+    Ok(())
+}
 
+/// `memory_search` over MCP at two vault sizes, and its growth chart.
+fn search_figures(report: &mut Report, bins: &daemon::Bins) -> anyhow::Result<()> {
     eprintln!("== MCP memory_search");
     let mut search_growth = Vec::new();
     for notes in [1_000usize, 10_000] {
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-        let live = daemon::Live::start(tmp.path(), 10, Some(notes), &bins)?;
+        let live = daemon::Live::start(tmp.path(), 10, Some(notes), bins)?;
         let (over_http, in_process) = live.search(200)?;
         let (http, floor) = (Stats::of(over_http), Stats::of(in_process));
         search_growth.push((notes, http.p50, floor.p50));
@@ -272,11 +306,24 @@ fn main() -> anyhow::Result<()> {
         ],
         "notes",
     )?;
+    Ok(())
+}
 
-    peer_messages(&mut report)?;
-
-    report.machine(started.elapsed());
-    report.write(&PathBuf::from(out))?;
-    eprintln!("== done in {:?}; tables written into {out}", started.elapsed());
+/// Time per peer-runtime against the fleet size: a flat line is linear.
+fn sweep_chart(growth: &[Growth]) -> anyhow::Result<()> {
+    let per_pair = |pick: fn(&Growth) -> Duration| {
+        growth.iter().map(|g| (g.peers as f64, pick(g).as_secs_f64() * 1e6 / g.pairs as f64)).collect::<Vec<_>>()
+    };
+    chart::growth(
+        "docs/bench-sweep.svg",
+        "Sweep: µs per peer-runtime against fleet size",
+        &[
+            ("first provision", per_pair(|g| g.first)),
+            ("floor: writing the same files", per_pair(|g| g.write_floor)),
+            ("no-op sweep", per_pair(|g| g.noop)),
+            ("floor: reading the files", per_pair(|g| g.read_floor)),
+        ],
+        "peers",
+    )?;
     Ok(())
 }

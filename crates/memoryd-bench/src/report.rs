@@ -85,8 +85,8 @@ fn header(section: &str) -> &'static [&'static str] {
         "births" => &["latency", "p50", "p99", "max", "p50 / floor"],
         "socket" => &["request", "p50", "p99", "p50 / floor"],
         "throughput" => &["requests", "concurrent clients", "per second", "floor / this"],
-        "process" => &["command", "median wall time", "/ floor"],
-        "heartbeats" => &["requests", "client threads", "per second", "floor / this"],
+        "process" => &["command", "median wall time", "/ floor", "/ `/bin/true`"],
+        "heartbeats" => &["requests", "client threads", "per second", "p50", "p99", "floor / this"],
         "idle" => &["process", "window", "CPU time", "of one core", "resident memory", "/ floor"],
         "search" => &[
             "notes",

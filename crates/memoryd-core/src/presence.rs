@@ -504,10 +504,36 @@ impl Presence {
         if health == Health::Offline {
             return Err(Refusal::new(ErrorKind::RequestInvalid, "the health state must be online or degraded"));
         }
-        let row = &self.attachments[self.session_index(node, session)?];
+        Ok(self.kept_beat(self.session_index(node, session)?, health))
+    }
+
+    /// [`soft_beat`](Self::soft_beat) for the row `i` found by
+    /// [`active_rows`](Self::active_rows): None unless that row is still
+    /// `node`'s active session (`session`'s, when given) and a beat in
+    /// `health` changes nothing but its time.
+    pub fn soft_beat_at(&self, i: usize, node: &str, session: Option<&str>, health: Health) -> Option<&str> {
+        let row = self.attachments.get(i)?;
+        let ours = row.node_id == node && row.state.is_active() && session.is_none_or(|s| s == row.session_id);
+        if !ours || health == Health::Offline {
+            return None;
+        }
+        self.kept_beat(i, health)
+    }
+
+    /// Where each node's active session is, by node: a lookup per beat
+    /// instead of a scan of every row.
+    pub fn active_rows(&self) -> HashMap<String, usize> {
+        let active = self.attachments.iter().enumerate().filter(|(_, a)| a.state.is_active());
+        active.map(|(i, a)| (a.node_id.clone(), i)).collect()
+    }
+
+    /// The session a beat of the active row `i` in `health` keeps, when it
+    /// changes nothing but the time.
+    fn kept_beat(&self, i: usize, health: Health) -> Option<&str> {
+        let row = &self.attachments[i];
         let transition =
             matches!((row.state, health), (State::Degraded, Health::Online) | (State::Online, Health::Degraded));
-        Ok((!transition && row.health == health).then_some(row.session_id.as_str()))
+        (!transition && row.health == health).then_some(row.session_id.as_str())
     }
 
     /// Applies heartbeat times kept in memory: each moves its session's

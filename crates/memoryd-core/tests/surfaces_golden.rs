@@ -12,7 +12,7 @@
 use memoryd_core::host::egress::Egress;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::host::lock::ProvisionLock;
-use memoryd_core::surfaces::{Outcome, Settings, SurfaceState, Surfaces};
+use memoryd_core::surfaces::{Outcome, Settings, SurfaceMemory, SurfaceState, Surfaces};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -167,12 +167,15 @@ fn check_golden(file: &str, actual: &str, failures: &mut Vec<String>) {
 fn every_surface_matches_its_golden_files() {
     let mut failures = Vec::new();
     for case in CASES {
-        run_case(case, &mut failures);
+        // As memoryctl runs it (every file read), and as the daemon does
+        // (remembering what its sweeps found): the same outcomes.
+        run_case(case, None, &mut failures);
+        run_case(case, Some(&SurfaceMemory::default()), &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-fn run_case(case: &Case, failures: &mut Vec<String>) {
+fn run_case(case: &Case, memory: Option<&SurfaceMemory>, failures: &mut Vec<String>) {
     let tmp = tempfile::tempdir().unwrap();
     let tmp_path = tmp.path().canonicalize().unwrap();
     let tmp_str = tmp_path.to_string_lossy().into_owned();
@@ -205,7 +208,7 @@ fn run_case(case: &Case, failures: &mut Vec<String>) {
     };
     let files = FileGuard::refusing(&[&root]);
     let egress = Egress::refusing(vec![iapeer]);
-    let surfaces = Surfaces { settings: &settings, files: &files, egress: &egress };
+    let surfaces = Surfaces { settings: &settings, files: &files, egress: &egress, memory };
     std::fs::create_dir_all(&root).unwrap();
     let lock = ProvisionLock::open(&files, &root.join("provision.lock")).unwrap();
     let guard = lock.acquire("test", Duration::from_secs(1), &|| false).unwrap();
@@ -233,7 +236,18 @@ fn run_case(case: &Case, failures: &mut Vec<String>) {
     // A second provision changes nothing and spawns nothing.
     let stamps = mtimes(&peer);
     let trusts = std::fs::read_to_string(&trust_log).unwrap_or_default();
-    let second = surfaces.provision(&guard, &mut state, "boris", &peer, case.runtime).unwrap();
+    let mut second = surfaces.provision(&guard, &mut state, "boris", &peer, case.runtime).unwrap();
+    if memory.is_some() {
+        // Past the racy window the files are remembered, then not read.
+        std::thread::sleep(Duration::from_millis(60));
+        for _ in 0..2 {
+            let again = surfaces.provision(&guard, &mut state, "boris", &peer, case.runtime).unwrap();
+            if outcome_lines(&again, &tmp_str) != outcome_lines(&second, &tmp_str) {
+                failures.push(format!("{}: a remembered provision said {again:?}", case.name));
+            }
+            second = again;
+        }
+    }
     for (a, b) in first.iter().zip(&second) {
         let settled = matches!(b.action.as_str(), "already" | "absent")
             || (a.action == b.action && matches!(b.action.as_str(), "failed" | "skipped"));

@@ -104,10 +104,16 @@ impl Daemon {
     }
 
     /// `runtimenode.heartbeat`: one that changes nothing but the time is
-    /// kept by the store until the presence sweep writes it.
+    /// kept by the store until the presence sweep writes it, on this task
+    /// (memory only); the store re-checks its file at most once per sweep
+    /// interval, on the blocking path.
     pub async fn heartbeat(self: &Arc<Self>, p: HeartbeatParams) -> Result<(), RpcError> {
         let now = SystemTime::now();
         let health = p.health_state.unwrap_or(Health::Online);
+        let recheck = self.config().presence.sweep_every;
+        if self.store.soft_heartbeat(&p.node_id, p.session_id.as_deref(), health, now, recheck) {
+            return Ok(());
+        }
         self.change_tracked(move |d| Ok(((), d.store.heartbeat(&p.node_id, p.session_id.as_deref(), health, now)?)))
             .await
     }

@@ -11,6 +11,7 @@ use memoryd_core::ops::install::check_executable;
 use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, ProvisionError, Provisioner, SweepReport, Tools};
 use memoryd_core::ops::report::Tally;
 use memoryd_core::ops::{update, verify};
+use memoryd_core::surfaces::SurfaceMemory;
 use memoryd_proto::ProgressStatus;
 use memoryd_proto::host::{Check, Updated, Verified};
 use memoryd_proto::status::SweepStatus;
@@ -49,6 +50,8 @@ pub struct FleetState {
     pub last_sweep: Mutex<Option<SweepStatus>>,
     /// The last fleet refresh error, logged once until it changes.
     pub refresh_error: Mutex<Option<String>>,
+    /// What the sweeps found, so that a no-op sweep reads only what changed.
+    pub surfaces: SurfaceMemory,
 }
 
 impl FleetState {
@@ -59,6 +62,7 @@ impl FleetState {
             provision_lock,
             last_sweep: Mutex::new(None),
             refresh_error: Mutex::new(None),
+            surfaces: SurfaceMemory::default(),
         }
     }
 }
@@ -103,6 +107,7 @@ impl Daemon {
                 lock: &daemon.fleet.provision_lock,
                 cancelled: &cancelled,
                 on_batch: &on_batch,
+                memory: Some(&daemon.fleet.surfaces),
             })
         })
         .await

@@ -12,6 +12,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::host::paths::{normalize, resolve_existing_prefix};
+use crate::host::stamp::Stamp;
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -32,6 +33,14 @@ const GUARDED_SEGMENTS: &[&str] = &[".iapeer", ".claude", ".codex"];
 /// The user's service definitions (systemd user units, launchd agents),
 /// under the home.
 const SERVICE_DIRS: &[&str] = &[".config/systemd", "Library/LaunchAgents"];
+
+/// What a listing for stale tmp files did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TmpSweep {
+    pub removed: usize,
+    /// Tmp files of ours too young to be a killed writer's.
+    pub left: usize,
+}
 
 /// A refused or failed file operation, naming the operation and the path.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +109,51 @@ pub struct RealDir {
     path: PathBuf,
 }
 
+/// What [`RealDir::open_plain`] found.
+#[derive(Debug)]
+pub enum Beneath {
+    /// A regular file reached with no symbolic link on the way, open to
+    /// read, with its stamp.
+    File(File, Stamp),
+    /// Nothing there, and no symbolic link on the way to it.
+    Missing,
+    /// Not decided in one call (a link on the way, not a regular file, an
+    /// error, or a kernel without `openat2`): check part by part.
+    Unsure,
+}
+
 impl RealDir {
+    /// Opens the regular file `rel` beneath this directory to read in one
+    /// call when no part of it is a symbolic link: `openat2` with
+    /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (Linux 5.6 and later), so
+    /// nothing can lead the open out of the directory.
+    pub fn open_plain(&self, rel: &Path) -> Beneath {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+            let how = OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            match openat2(&self.fd, rel, how) {
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    match file.metadata() {
+                        Ok(meta) if meta.is_file() => Beneath::File(file, Stamp::of(&meta)),
+                        _ => Beneath::Unsure,
+                    }
+                }
+                // A link on the way would have been ELOOP: nothing is there.
+                Err(Errno::ENOENT | Errno::ENOTDIR) => Beneath::Missing,
+                Err(_) => Beneath::Unsure,
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = rel;
+            Beneath::Unsure
+        }
+    }
+
     /// Opens the directory `path` itself, following symlinks to it (it is
     /// the operator's choice, such as the configured vault).
     pub fn open(path: &Path) -> Result<RealDir, FileError> {
@@ -450,25 +503,41 @@ impl FileGuard {
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return Ok(0);
         };
-        let prefix = format!(".{}.memoryd-", name.to_string_lossy());
+        Ok(self.clear_tmp(dir, Some(name), older_than)?.removed)
+    }
+
+    /// Removes from `dir` the tmp files of ours (of any file, by name) older
+    /// than `older_than`, listing it once; `left` counts the younger ones.
+    pub fn remove_stale_tmp_in(&self, dir: &Path, older_than: Duration) -> Result<TmpSweep, FileError> {
+        self.clear_tmp(dir, None, older_than)
+    }
+
+    fn clear_tmp(&self, dir: &Path, of: Option<&OsStr>, older_than: Duration) -> Result<TmpSweep, FileError> {
+        let prefix = of.map(|name| format!(".{}.memoryd-", name.to_string_lossy()));
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TmpSweep::default()),
             Err(e) => return Err(FileError::io("list", dir)(e)),
         };
-        let mut removed = 0;
+        let mut swept = TmpSweep::default();
         for entry in entries.flatten() {
             let file_name = entry.file_name();
             let file_name = file_name.to_string_lossy();
-            if !(file_name.starts_with(&prefix) && file_name.ends_with(".tmp")) {
+            let ours = match &prefix {
+                Some(prefix) => file_name.starts_with(prefix.as_str()),
+                None => file_name.starts_with('.') && file_name.contains(".memoryd-"),
+            };
+            if !(ours && file_name.ends_with(".tmp")) {
                 continue;
             }
             let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
             if age.is_some_and(|age| age >= older_than) && self.remove_file(&entry.path())? {
-                removed += 1;
+                swept.removed += 1;
+            } else {
+                swept.left += 1;
             }
         }
-        Ok(removed)
+        Ok(swept)
     }
 
     /// Sets the permission bits of `path`.
@@ -677,8 +746,15 @@ mod tests {
         for p in [&old, &foreign] {
             std::fs::File::options().write(true).open(p).unwrap().set_modified(long_ago).unwrap();
         }
+        let other = dir.path().join(".mcp.json.memoryd-00cc.tmp");
+        std::fs::write(&other, "x").unwrap();
+        std::fs::File::options().write(true).open(&other).unwrap().set_modified(long_ago).unwrap();
         let guard = FileGuard::live();
         assert_eq!(guard.remove_stale_tmp(&target, Duration::from_secs(60)).unwrap(), 1);
-        assert!(!old.exists() && fresh.exists() && foreign.exists());
+        assert!(!old.exists() && fresh.exists() && foreign.exists() && other.exists());
+        // The whole directory at once: every file's, the young one left.
+        let swept = guard.remove_stale_tmp_in(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(swept, TmpSweep { removed: 1, left: 1 });
+        assert!(!other.exists() && fresh.exists() && foreign.exists());
     }
 }

@@ -8,4 +8,5 @@ pub mod heartbeat;
 pub mod instance;
 pub mod lock;
 pub mod paths;
+pub mod stamp;
 pub mod supervisor;

@@ -10,7 +10,9 @@ use crate::host::files::{FileError, FileGuard};
 use crate::host::lock::{LockError, ProvisionGuard, ProvisionLock};
 use crate::host::paths::Paths;
 use crate::ops::install::{self, Binaries};
-use crate::surfaces::{Action, Outcome, Settings, StateFile, SurfaceState, Surfaces, shims, surface_names};
+use crate::surfaces::{
+    Action, Outcome, Settings, StateFile, SurfaceMemory, SurfaceState, Surfaces, shims, surface_names,
+};
 use crate::vault::fragment;
 pub use memoryd_proto::PeerProvision as PeerRequest;
 use serde::{Deserialize, Serialize};
@@ -176,11 +178,13 @@ pub struct Provisioner<'a> {
     /// Told after every batch (`what`, items done, items in all), so the
     /// client of a long sweep sees that it moves.
     pub on_batch: &'a (dyn Fn(&str, usize, usize) + Sync),
+    /// What the earlier sweeps of this process found (the daemon's).
+    pub memory: Option<&'a SurfaceMemory>,
 }
 
 impl Provisioner<'_> {
     fn surfaces(&self) -> Surfaces<'_> {
-        Surfaces { settings: &self.tools.settings, files: self.files, egress: &self.tools.egress }
+        Surfaces { settings: &self.tools.settings, files: self.files, egress: &self.tools.egress, memory: self.memory }
     }
 
     fn acquire(&self, what: &str) -> Result<ProvisionGuard<'_>, LockError> {
@@ -242,7 +246,7 @@ impl Provisioner<'_> {
     ) -> Result<(), ProvisionError> {
         let mut first = Some(first);
         let mut next = 0;
-        let mut file: Option<StateFile> = None;
+        let mut file: Option<StateFile> = self.memory.and_then(SurfaceMemory::take_state);
         while first.is_some() || next < items.len() {
             if (self.cancelled)() {
                 return Err(ProvisionError::Lock(LockError::Cancelled));
@@ -265,6 +269,9 @@ impl Provisioner<'_> {
             }
             file.save(self.files)?;
             (self.on_batch)(what, next, items.len());
+        }
+        if let (Some(memory), Some(file)) = (self.memory, file) {
+            memory.keep_state(file);
         }
         Ok(())
     }
@@ -315,6 +322,7 @@ impl Provisioner<'_> {
         if let Some(refusal) = SlotState::read(&self.paths.slot).refusal(&self.paths.slot) {
             return Err(ProvisionError::Slot(refusal));
         }
+        let _sweep = self.memory.map(SurfaceMemory::sweep);
         let mut report = SweepReport::default();
         let work = Self::sweepable(peers, &mut report.skipped);
         let mut shims_written = 0;

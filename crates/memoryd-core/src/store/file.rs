@@ -16,6 +16,7 @@ use crate::fleet::FleetMap;
 use crate::host::files::{FileError, FileGuard};
 use crate::host::lock::{StoreGuard, StoreLock};
 use crate::host::paths::Paths;
+use crate::host::stamp::{Seen, Stamp};
 use crate::peers::{self, Draft, Inbox, Limits, Links, Message, OutboxRow};
 use crate::presence::{
     AttachParams, Attached, Event, Health, Presence, Probe, Refusal, Revoker, RosterRow, Rules, SoftBeats,
@@ -26,13 +27,12 @@ use memoryd_proto::status::SweepStatus;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Rotate the event log past this size, keeping this many old ones.
 const EVENTS_MAX: u64 = 10 << 20;
@@ -69,6 +69,11 @@ pub struct FileStore {
     /// Heartbeats that changed nothing but the time, by (node, session),
     /// written by the next sweep (spec 40 soft state).
     kept: Mutex<SoftBeats>,
+    /// `status` asks for the waiting counts at every call; they are read
+    /// again only when an inbox changed.
+    waiting: Mutex<Option<Waiting>>,
+    /// Inbox writes by this process so far (as `presence_writes`).
+    inbox_writes: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -77,34 +82,28 @@ struct Writer {
     lock: StoreLock,
 }
 
+/// Documents are only ever replaced by a rename, so a new version is a new
+/// inode (a [`Stamp`]); an inode number reused within one timestamp tick
+/// with the same length is told apart only for this process's own writes
+/// (by the write counts).
 #[derive(Debug)]
 struct Cached {
     stamp: Stamp,
     writes: u64,
+    /// When the file was last seen to have `stamp`.
+    checked: Instant,
     doc: Arc<Presence>,
+    /// The document's active rows by node, for the beats kept in memory.
+    rows: Arc<HashMap<String, usize>>,
 }
 
-/// One version of a store document as the file system shows it. Documents
-/// are only ever replaced by a rename, so a new version is a new inode;
-/// an inode number reused within one timestamp tick with the same length
-/// is told apart only for this process's own writes (by the count above).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    ino: u64,
-    len: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
+/// The messages waiting per peer, as counted under one stamp of the inbox
+/// directory: every inbox write is a rename into it, which moves its stamp.
+#[derive(Debug)]
+struct Waiting {
+    seen: Seen,
+    writes: u64,
+    counts: BTreeMap<String, usize>,
 }
 
 impl FileStore {
@@ -129,6 +128,8 @@ impl FileStore {
             presence_cache: Mutex::new(None),
             presence_writes: AtomicU64::new(0),
             kept: Mutex::default(),
+            waiting: Mutex::new(None),
+            inbox_writes: AtomicU64::new(0),
         }
     }
 
@@ -167,6 +168,8 @@ impl FileStore {
             write_doc(files, &path, &doc)?;
             if file == PRESENCE {
                 self.presence_writes.fetch_add(1, Ordering::Release);
+            } else if file.starts_with(INBOXES) {
+                self.inbox_writes.fetch_add(1, Ordering::Release);
             }
         }
         self.append_events(files, &events)?;
@@ -311,6 +314,34 @@ impl PresenceStore for FileStore {
         Ok(events)
     }
 
+    /// Memory only: the cached presence, trusted for `recheck` after its
+    /// file was last seen unchanged (this process's own writes void it at
+    /// once); a sweep writing holds the kept beats, and then the beat
+    /// takes the full path rather than wait here.
+    fn soft_heartbeat(
+        &self,
+        node: &str,
+        session: Option<&str>,
+        health: Health,
+        now: SystemTime,
+        recheck: Duration,
+    ) -> bool {
+        let Ok(mut kept) = self.kept.try_lock() else { return false };
+        let writes = self.presence_writes.load(Ordering::Acquire);
+        let (presence, rows) = match self.presence_cache.lock().as_deref() {
+            Ok(Some(cached)) if cached.writes == writes && cached.checked.elapsed() < recheck => {
+                (cached.doc.clone(), cached.rows.clone())
+            }
+            _ => return false,
+        };
+        // A refusal is answered by the full path, against the file.
+        let Some(session) = rows.get(node).and_then(|&i| presence.soft_beat_at(i, node, session, health)) else {
+            return false;
+        };
+        kept.insert((node.to_owned(), session.to_owned()), now);
+        true
+    }
+
     fn detach(&self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, StoreError> {
         Ok(self.change_presence("detach", |p| p.detach(node, session, now).map(|e| ((), e)))?.1)
     }
@@ -362,6 +393,7 @@ impl PresenceStore for FileStore {
         let path = self.dir.join(PRESENCE);
         let corrupt = |e: std::io::Error| StoreError::Corrupt { path: path.clone(), error: e.to_string() };
         let writes = self.presence_writes.load(Ordering::Acquire);
+        let checked = Instant::now();
         // The stamp and the bytes come from one open file, so they always
         // describe the same version.
         let mut file = match std::fs::File::open(&path) {
@@ -370,11 +402,12 @@ impl PresenceStore for FileStore {
             Err(e) => return Err(corrupt(e)),
         };
         let stamp = Stamp::of(&file.metadata().map_err(corrupt)?);
-        if let Ok(cache) = self.presence_cache.lock()
-            && let Some(cached) = cache.as_ref()
+        if let Ok(mut cache) = self.presence_cache.lock()
+            && let Some(cached) = cache.as_mut()
             && cached.stamp == stamp
             && cached.writes == writes
         {
+            cached.checked = checked;
             return Ok(cached.doc.clone());
         }
         let mut bytes = Vec::new();
@@ -382,7 +415,7 @@ impl PresenceStore for FileStore {
         let doc: Arc<Presence> =
             Arc::new(serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, error: e.to_string() })?);
         if let Ok(mut cache) = self.presence_cache.lock() {
-            *cache = Some(Cached { stamp, writes, doc: doc.clone() });
+            *cache = Some(Cached { stamp, writes, checked, rows: Arc::new(doc.active_rows()), doc: doc.clone() });
         }
         Ok(doc)
     }
@@ -478,15 +511,33 @@ impl PeerStore for FileStore {
         self.read(&inbox_file(p))
     }
 
+    /// Read again only when the inbox directory's stamp moved (or this
+    /// process wrote an inbox) since the last count.
     fn waiting(&self) -> Result<BTreeMap<String, usize>, StoreError> {
-        let mut waiting = BTreeMap::new();
+        let dir = self.dir.join(INBOXES);
+        let writes = self.inbox_writes.load(Ordering::Acquire);
+        let read_at = SystemTime::now();
+        let stamp = match std::fs::metadata(&dir) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(StoreError::Corrupt { path: dir, error: e.to_string() }),
+        };
+        let mut cache = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = cache.as_ref()
+            && cached.writes == writes
+            && cached.seen.unchanged(&stamp)
+        {
+            return Ok(cached.counts.clone());
+        }
+        let mut counts = BTreeMap::new();
         for (peer, path) in self.inboxes()? {
             let n = read_doc::<Inbox>(&path)?.messages.len();
             if n > 0 {
-                waiting.insert(peer, n);
+                counts.insert(peer, n);
             }
         }
-        Ok(waiting)
+        *cache = Some(Waiting { seen: Seen::new(stamp, read_at), writes, counts: counts.clone() });
+        Ok(counts)
     }
 }
 
@@ -565,6 +616,11 @@ mod tests {
         });
     }
 
+    /// Two stores on one root, as the daemon and an offline memoryctl.
+    fn two_stores(paths: &Paths) -> (FileStore, FileStore) {
+        (FileStore::open(paths, &FileGuard::live()).unwrap(), FileStore::open(paths, &FileGuard::live()).unwrap())
+    }
+
     #[test]
     fn an_inbox_written_before_threads_loads_and_is_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
@@ -595,10 +651,7 @@ mod tests {
     fn the_cached_presence_follows_a_change_made_by_another_process() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path().to_path_buf());
-        let (reader, writer) = (
-            FileStore::open(&paths, &FileGuard::live()).unwrap(),
-            FileStore::open(&paths, &FileGuard::live()).unwrap(),
-        );
+        let (reader, writer) = two_stores(&paths);
         assert!(reader.presence().unwrap().revoked.is_empty(), "no file yet");
         for node in ["claude-a", "claude-b"] {
             revoke(&writer, node).unwrap();
@@ -611,6 +664,78 @@ mod tests {
             matches!(reader.presence(), Err(StoreError::Corrupt { .. })),
             "a broken file is reported, not cached over"
         );
+    }
+
+    fn attach(store: &FileStore, node: &str, session: &str) {
+        let req = AttachParams {
+            session_id: session.into(),
+            node_id: node.into(),
+            client_version: "1.0".into(),
+            capabilities: Map::new(),
+            health_state: Health::Online,
+            pid: None,
+        };
+        let rules =
+            Rules { degraded_after: Duration::from_secs(30), offline_after: Duration::from_secs(60), floor: None };
+        store.attach(&req, true, &rules, SystemTime::now(), &|_| None).unwrap();
+    }
+
+    #[test]
+    fn a_beat_that_changes_nothing_but_the_time_touches_no_file_until_its_recheck_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let store = FileStore::open(&paths, &FileGuard::live()).unwrap();
+        let minute = Duration::from_secs(60);
+        let beat = |session| store.soft_heartbeat("claude-a", session, Health::Online, SystemTime::now(), minute);
+        attach(&store, "claude-a", "s1");
+        assert!(!beat(Some("s1")), "the store's own write voids the cached document");
+        store.heartbeat("claude-a", Some("s1"), Health::Online, SystemTime::now()).unwrap();
+        // Checked just now: the next beats are kept without opening the
+        // file, which is now unreadable (a file access would fail).
+        let file = paths.store.join(PRESENCE);
+        std::fs::rename(&file, dir.path().join("moved")).unwrap();
+        std::fs::write(&file, "{torn").unwrap();
+        assert!(beat(Some("s1")) && beat(None), "kept in memory");
+        assert_eq!(store.kept().len(), 1);
+        // Refusals, state moves and an overdue recheck take the full path.
+        assert!(!beat(Some("old")), "a stale session is answered against the file");
+        assert!(!store.soft_heartbeat("claude-a", None, Health::Degraded, SystemTime::now(), minute));
+        assert!(!store.soft_heartbeat("claude-b", None, Health::Online, SystemTime::now(), minute));
+        assert!(!store.soft_heartbeat("claude-a", None, Health::Online, SystemTime::now(), Duration::ZERO));
+        assert!(matches!(store.presence(), Err(StoreError::Corrupt { .. })), "the recheck sees the other writer");
+        // A sweep writing holds the kept beats: the beat does not wait.
+        let held = store.kept();
+        assert!(!beat(None));
+        drop(held);
+    }
+
+    #[test]
+    fn the_waiting_counts_are_read_again_only_when_an_inbox_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path().to_path_buf());
+        let (store, other) = two_stores(&paths);
+        let fleet: FleetMap =
+            serde_json::from_value(serde_json::json!({"updatedAt": "2026-12-01T10:00:00Z", "peers": [
+                {"personality": "ada", "runtimes": ["claude"], "cwd": "/tmp/a"},
+                {"personality": "bob", "runtimes": ["claude"], "cwd": "/tmp/b"}
+            ]}))
+            .unwrap();
+        store.link(&fleet, "ada", "bob").unwrap();
+        assert!(store.waiting().unwrap().is_empty());
+        let limits =
+            peers::Limits { capacity: 10, send_rate: 10, history_max: 10, history_age: Duration::from_secs(3600) };
+        store.send(&fleet, &Draft::plain("ada", "bob", "hi"), &limits, SystemTime::now()).unwrap();
+        assert_eq!(store.waiting().unwrap(), BTreeMap::from([("bob".to_owned(), 1)]), "its own write");
+        other.send(&fleet, &Draft::plain("bob", "ada", "hello"), &limits, SystemTime::now()).unwrap();
+        let both = BTreeMap::from([("ada".to_owned(), 1), ("bob".to_owned(), 1)]);
+        assert_eq!(store.waiting().unwrap(), both, "another writer's rename into the inbox dir");
+        // Once the directory is older than the racy window, its stamp is
+        // trusted: a file changed in place (never done by a store) is not
+        // read again.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(store.waiting().unwrap(), both);
+        std::fs::write(paths.store.join(inbox_file("ada")), "{torn").unwrap();
+        assert_eq!(store.waiting().unwrap(), both, "no inbox read per call");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +85,22 @@ pub trait PresenceStore: Send + Sync {
         health: Health,
         now: SystemTime,
     ) -> Result<Vec<Event>, StoreError>;
+
+    /// A heartbeat that changes nothing but the time, kept without any I/O
+    /// or wait (the caller's async task may run it): true when kept. False
+    /// sends the beat to [`heartbeat`](Self::heartbeat): one that moves a
+    /// state or is refused, or whose session was not checked against the
+    /// stored document within `recheck`.
+    fn soft_heartbeat(
+        &self,
+        _node: &str,
+        _session: Option<&str>,
+        _health: Health,
+        _now: SystemTime,
+        _recheck: Duration,
+    ) -> bool {
+        false
+    }
 
     /// `runtimenode.detach`.
     fn detach(&self, node: &str, session: Option<&str>, now: SystemTime) -> Result<Vec<Event>, StoreError>;

@@ -5,9 +5,11 @@
 //! turned off for. Read and written under the provision lock.
 
 use crate::host::files::{FileError, FileGuard};
+use crate::host::stamp::{Seen, Stamp};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,7 +40,27 @@ pub struct SurfaceState {
     /// records so that "nothing is off", the usual case, costs nothing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     off: BTreeMap<PathBuf, BTreeSet<String>>,
+    /// What may have changed since the state was read or written.
+    #[serde(skip)]
+    touched: Touched,
 }
+
+/// The folders whose records were handed out for change, or `all`: saving
+/// compares only those with the saved state, not every record of the fleet.
+/// Bookkeeping, not state: equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+struct Touched {
+    folders: BTreeSet<PathBuf>,
+    all: bool,
+}
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Touched) -> bool {
+        true
+    }
+}
+
+impl Eq for Touched {}
 
 /// `S/surfaces.json` as this operation last read or wrote it. A sweep
 /// takes the lock batch by batch; it parses the file again only when
@@ -50,6 +72,8 @@ pub struct StateFile {
     path: PathBuf,
     /// The file's bytes when last read or written (`None`: no file).
     bytes: Option<Vec<u8>>,
+    /// The file's stamp when last read or written.
+    seen: Option<Seen>,
     /// What those bytes say.
     saved: SurfaceState,
     /// The working copy.
@@ -65,6 +89,7 @@ impl StateFile {
         let mut file = StateFile {
             path: path.to_path_buf(),
             bytes: None,
+            seen: None,
             saved: SurfaceState::default(),
             state: SurfaceState::default(),
         };
@@ -73,8 +98,16 @@ impl StateFile {
     }
 
     /// Catches up with the file (call it with the lock held): kept as is
-    /// when the bytes are those last seen.
+    /// when its stamp, or else its bytes, are those last seen.
     pub fn refresh(&mut self) {
+        let read_at = SystemTime::now();
+        let stamp = std::fs::metadata(&self.path).ok().map(|meta| Stamp::of(&meta));
+        if let (Some(seen), Some(stamp)) = (&self.seen, &stamp)
+            && seen.unchanged(stamp)
+        {
+            return;
+        }
+        self.seen = stamp.map(|stamp| Seen::new(stamp, read_at));
         let bytes = std::fs::read(&self.path).ok();
         if bytes == self.bytes {
             return;
@@ -89,15 +122,26 @@ impl StateFile {
         self.bytes = bytes;
     }
 
-    /// Writes the state when it changed.
+    /// Writes the state when it changed: compares the records handed out
+    /// since the last save, not the whole state.
     pub fn save(&mut self, files: &FileGuard) -> Result<(), FileError> {
-        if self.state == self.saved {
+        let (state, saved) = (&self.state, &self.saved);
+        let changed = if state.touched.all {
+            state != saved
+        } else {
+            state.touched.folders.iter().any(|folder| state.folders.get(folder) != saved.folders.get(folder))
+        };
+        if !changed {
+            self.state.touched = Touched::default();
             return Ok(());
         }
         let mut bytes = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
         bytes.push(b'\n');
+        let written_at = SystemTime::now();
         files.write_if_changed(&self.path, &bytes, Some(0o600))?;
+        self.seen = std::fs::metadata(&self.path).ok().map(|meta| Seen::new(Stamp::of(&meta), written_at));
         self.bytes = Some(bytes);
+        self.state.touched = Touched::default();
         self.saved = self.state.clone();
         Ok(())
     }
@@ -105,6 +149,9 @@ impl StateFile {
 
 impl SurfaceState {
     pub fn record(&mut self, folder: &Path) -> &mut PeerRecord {
+        if !self.touched.all && !self.touched.folders.contains(folder) {
+            self.touched.folders.insert(folder.to_path_buf());
+        }
         self.folders.entry(folder.to_path_buf()).or_default()
     }
 
@@ -124,6 +171,7 @@ impl SurfaceState {
     /// nothing to switch.
     pub fn switch(&mut self, cwd: &Path, runtime: &str, on: bool) {
         let Ok(real) = cwd.canonicalize() else { return };
+        self.touched.all = true;
         if on {
             if let Some(off) = self.off.get_mut(&real) {
                 off.remove(runtime);
@@ -138,11 +186,13 @@ impl SurfaceState {
 
     /// Forgets every switch (uninstall: a later `init` wires every peer).
     pub fn forget_switches(&mut self) {
+        self.touched.all = true;
         self.off.clear();
     }
 
     /// Drops records that hold nothing any more.
     pub fn prune(&mut self) {
+        self.touched.all = true;
         self.folders.retain(|_, r| !r.is_empty());
     }
 }
