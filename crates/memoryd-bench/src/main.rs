@@ -12,6 +12,7 @@
 mod chart;
 mod daemon;
 mod fleet;
+mod quality;
 mod report;
 
 use report::{Report, Stats, ms, per_second, ratio, ratio_of, us};
@@ -37,6 +38,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
         [_, flag, socket] if flag == "--floor-client" => return daemon::floor_client(socket),
+        [_, flag, dir] if flag == "--quality-tune" => {
+            quality::tune(&quality::cranfield(std::path::Path::new(dir))?);
+            return Ok(());
+        }
         [_, flag, secs] if flag == "--floor-idle" => {
             std::thread::sleep(Duration::from_secs(secs.parse()?));
             return Ok(());

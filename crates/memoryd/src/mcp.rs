@@ -684,7 +684,11 @@ impl ServerHandler for MemoryServer {
         let (server, name) = (self.clone(), request.name.clone());
         let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args)).await;
         // The writer's next search must find it.
-        if request.name == "memory_write" && outcome.is_ok() && self.daemon.rescan_vault("memory_write").await {
+        if request.name == "memory_write"
+            && let (Ok(written), Some(vault)) = (&outcome, &self.daemon.vault.path)
+            && let Some(rel) = written.get("path").and_then(Value::as_str)
+            && self.daemon.update_vault([vault.join(rel)].into(), "memory_write").await
+        {
             self.daemon.refresh_fragments(None);
         }
         let result = match outcome {
