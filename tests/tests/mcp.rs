@@ -43,8 +43,8 @@ fn attach(root: &Root, node: &str, version: &str) {
 }
 
 fn paths_of(text: &str) -> Vec<String> {
-    let hits: Value = serde_json::from_str(text).unwrap();
-    hits.as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
+    let found: Value = serde_json::from_str(text).unwrap();
+    found["results"].as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
 }
 
 fn fragment(dir: &Path) -> String {
@@ -113,9 +113,9 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
     // Peers and messages.
     let (_, text) = mcp_tool(port, "claude-ada", "peers_list", json!({}));
     let visible: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(visible[1]["personality"], "bob");
-    assert_eq!(visible[1]["reason"], "peer");
-    assert_eq!(visible[1]["state"], "online");
+    assert_eq!(visible["peers"][1]["personality"], "bob");
+    assert_eq!(visible["peers"][1]["reason"], "peer");
+    assert_eq!(visible["peers"][1]["state"], "online");
     let (err, text) =
         mcp_tool(port, "claude-ada", "peer_send", json!({"to": "bob", "message": "The checklist is in the vault."}));
     assert!(!err, "{text}");
@@ -126,6 +126,79 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
         printed.contains("[Peer message from `ada` at ") && printed.contains("The checklist is in the vault."),
         "{printed}"
     );
+    drop(daemon);
+}
+
+/// Calls one MCP tool; the whole result.
+fn call(port: u16, identity: &str, tool: &str, arguments: Value) -> Value {
+    let v = mcp(port, identity, "tools/call", json!({"name": tool, "arguments": arguments}));
+    assert!(v["result"].is_object(), "{tool}: {v}");
+    v["result"].clone()
+}
+
+#[test]
+fn every_tool_declares_an_output_schema_and_answers_structured_content_with_links_within_zones() {
+    let w = world();
+    std::fs::write(
+        w.vault.join("ops/deploy.md"),
+        "# Deploy\nTune [[kafka]] first; bob's notes: [plan](../peers/bob/plan.md).\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(w.vault.join("peers/bob")).unwrap();
+    std::fs::write(w.vault.join("peers/bob/plan.md"), "# Bob's plan\nAfter [the deploy](../../ops/deploy.md).\n").unwrap();
+    let daemon = w.root.start_daemon();
+    let port = w.port;
+    attach(&w.root, "claude-ada", "1.0");
+
+    let list = mcp(port, "claude-ada", "tools/list", json!({}));
+    for tool in list["result"]["tools"].as_array().unwrap() {
+        let name = tool["name"].as_str().unwrap();
+        assert_eq!(tool["outputSchema"]["type"], "object", "{name}: {tool}");
+        let reads = ["memory_search", "memory_read", "peers_list"].contains(&name);
+        assert_eq!(tool["annotations"]["readOnlyHint"], reads, "{name}: {tool}");
+    }
+
+    // Each answer: an object as structured content, its JSON as the text.
+    let found = call(port, "claude-ada", "memory_search", json!({"query": "tuning kafka"}));
+    assert_eq!(found["structuredContent"]["mode"], "lexical", "{found}");
+    assert_eq!(found["structuredContent"]["results"][0]["path"], "ops/kafka.md", "{found}");
+    let text: Value = serde_json::from_str(found["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, found["structuredContent"]);
+    let peers = call(port, "claude-ada", "peers_list", json!({}));
+    assert_eq!(peers["structuredContent"]["peers"][0]["personality"], "ada", "{peers}");
+
+    // The graph: links and backlinks, each only if the caller may read it.
+    let paths = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|l| l["path"].as_str().unwrap().to_owned()).collect()
+    };
+    let read = call(port, "claude-ada", "memory_read", json!({"path": "ops/deploy.md"}));
+    let note = &read["structuredContent"];
+    assert!(note["text"].as_str().unwrap().contains("Tune [[kafka]]"), "{read}");
+    assert_eq!(paths(&note["links"]), ["ops/kafka.md"], "bob's plan is not ada's to see: {read}");
+    assert!(paths(&note["backlinks"]).is_empty(), "{read}");
+    assert!(read["content"][0]["text"].as_str().unwrap().starts_with("# Deploy"), "the note's own text first");
+    assert_eq!(read["content"][1]["text"], "Links to: `ops/kafka.md`");
+    assert!(w.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
+    let read = call(port, "claude-ada", "memory_read", json!({"path": "ops/deploy.md"}));
+    assert_eq!(paths(&read["structuredContent"]["links"]), ["ops/kafka.md", "peers/bob/plan.md"], "{read}");
+    assert_eq!(paths(&read["structuredContent"]["backlinks"]), ["peers/bob/plan.md"], "{read}");
+    let kafka = call(port, "claude-ada", "memory_read", json!({"path": "ops/kafka.md"}));
+    assert_eq!(paths(&kafka["structuredContent"]["backlinks"]), ["ops/deploy.md"], "{kafka}");
+
+    // A write answers its own links, and what links to it already.
+    let written = call(
+        port,
+        "claude-ada",
+        "memory_write",
+        json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}),
+    );
+    let written = &written["structuredContent"];
+    assert_eq!(written["path"], "peers/ada/kafka.md", "{written}");
+    assert_eq!(paths(&written["links"]), ["ops/deploy.md"], "{written}");
+    assert!(written["similar"].is_array(), "{written}");
+    // A refusal is a tool error without structured content.
+    let refused = call(port, "claude-ada", "memory_read", json!({"path": "../x.md"}));
+    assert_eq!((refused["isError"].as_bool(), refused.get("structuredContent")), (Some(true), None), "{refused}");
     drop(daemon);
 }
 

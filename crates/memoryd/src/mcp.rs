@@ -29,12 +29,13 @@ use memoryd_core::presence::Refusal;
 use memoryd_core::vault::memory::{self, Caller};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -501,46 +502,159 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// What a tool does to the world, for its annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Reads,
+    /// Adds something, replacing nothing.
+    Adds,
+    /// May replace what is there.
+    Replaces,
+}
+
+/// A tool: its input schema (an argument it does not list is refused),
+/// the schema of its structured answer ([`Answer`]), and its effect.
+fn tool(name: &'static str, description: &'static str, input: Value, output: Value, effect: Effect) -> Tool {
+    let annotations = ToolAnnotations::new()
+        .read_only(effect == Effect::Reads)
+        .destructive(effect == Effect::Replaces)
+        .open_world(false);
+    Tool::new(name, description, object(input)).with_raw_output_schema(schema(output)).annotate(annotations)
+}
+
+/// An output schema: an object (MCP's structured content is one).
+fn schema(properties: Value) -> Arc<Map<String, Value>> {
+    let required: Vec<Value> = properties.as_object().map(|p| p.keys().map(|k| json!(k)).collect()).unwrap_or_default();
+    let schema = json!({"type": "object", "properties": properties, "required": required});
+    Arc::new(schema.as_object().cloned().unwrap_or_default())
+}
+
 fn tools() -> Vec<Tool> {
+    let text = || json!({"type": "string"});
+    let links = || {
+        json!({"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "title": {"type": "string"}}, "required": ["path", "title"]}})
+    };
     vec![
-        Tool::new(
+        tool(
             "memory_search",
             "Search the notes you may read (your own, shared ones, linked peers'); ranked by relevance.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "query": {"type": "string", "description": "What to look for"},
                 "limit": {"type": "integer", "minimum": 1, "maximum": 50, "description": "At most this many (10)"},
                 "scope": {"type": "string", "enum": ["all", "own", "shared", "peers"]},
-            }, "required": ["query"]})),
+            }, "required": ["query"]}),
+            json!({
+                "mode": {"type": "string", "enum": ["lexical", "hybrid"], "description": "What ranked the results"},
+                "results": {"type": "array", "items": {"type": "object", "properties": {
+                    "path": text(), "title": text(), "author": {"type": ["string", "null"]},
+                    "score": {"type": "number"}, "snippet": text(),
+                }, "required": ["path", "title", "author", "score", "snippet"]}},
+            }),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "memory_read",
-            "Read one note by its path relative to the vault (as memory_search returns it).",
-            object(json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})),
+            "Read one note by its path relative to the vault (as memory_search returns it), with the notes it links to and those linking to it.",
+            json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+            json!({"path": text(), "text": text(), "links": links(), "backlinks": links()}),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "memory_write",
-            "Save a note in your own zone (peers/<you>/<slug>.md); returns similar notes to link or merge by hand.",
-            object(json!({"type": "object", "properties": {
+            "Save a note in your own zone (peers/<you>/<slug>.md); returns similar notes to link or merge by hand, and the note's links and backlinks.",
+            json!({"type": "object", "properties": {
                 "title": {"type": "string"},
                 "body": {"type": "string"},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "replace": {"type": "boolean", "description": "Replace your existing note of that title"},
-            }, "required": ["title", "body"]})),
+            }, "required": ["title", "body"]}),
+            json!({
+                "path": text(), "created": {"type": "boolean"},
+                "similar": {"type": "array", "items": {"type": "object", "properties": {
+                    "path": text(), "title": text(), "score": {"type": "number"},
+                }, "required": ["path", "title", "score"]}},
+                "links": links(), "backlinks": links(),
+            }),
+            Effect::Replaces,
         ),
-        Tool::new(
+        tool(
             "peers_list",
             "The peers you can see: yourself and your linked peers, with their presence.",
-            object(json!({"type": "object", "properties": {}})),
+            json!({"type": "object", "properties": {}}),
+            json!({"peers": {"type": "array", "items": {"type": "object", "properties": {
+                "personality": text(), "reason": text(), "state": text(), "health": {},
+            }, "required": ["personality", "reason", "state", "health"]}}}),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "peer_send",
             "Send a short message to a linked peer; it arrives at the start of its next turn.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "to": {"type": "string"},
                 "message": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
-            }, "required": ["to", "message"]})),
+            }, "required": ["to", "message"]}),
+            json!({
+                "to": text(), "queued": {"type": "boolean"}, "queueDepth": {"type": "integer"},
+                "dropped": {"type": "integer"}, "ts": text(), "id": text(),
+            }),
+            Effect::Adds,
         ),
     ]
+}
+
+/// A tool's answer: the typed value its output schema declares, sent as
+/// `structuredContent` (MCP 2025-06-18), and the text content beside it
+/// for clients that read only text. Every tool answers through this.
+struct Answer {
+    structured: Value,
+    text: Vec<String>,
+}
+
+impl Answer {
+    /// The value, and its JSON as the text (as MCP advises).
+    fn of(value: &impl Serialize) -> Result<Answer, String> {
+        let structured = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        Ok(Answer { text: vec![structured.to_string()], structured })
+    }
+
+    /// The value, with texts of the tool's own (a note to read is better
+    /// read as itself than as a JSON string).
+    fn with_text(value: &impl Serialize, text: Vec<String>) -> Result<Answer, String> {
+        Ok(Answer { text, ..Answer::of(value)? })
+    }
+
+    /// The tool result of a call's outcome: an answer, or a one-sentence
+    /// refusal as a tool error.
+    fn result(outcome: Result<Answer, String>) -> CallToolResult {
+        match outcome {
+            Ok(answer) => {
+                let mut result = CallToolResult::success(answer.text.into_iter().map(ContentBlock::text).collect());
+                result.structured_content = Some(answer.structured);
+                result
+            }
+            Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),
+        }
+    }
+}
+
+/// `peers_list`'s answer (structured content is an object).
+#[derive(Serialize)]
+struct PeersList {
+    peers: Vec<memoryd_proto::peers::Visible>,
+}
+
+/// A read note's links as a line of text for clients that read only text;
+/// None when it has none.
+fn links_text(read: &memory::ReadNote) -> Option<String> {
+    let list = |l: &[memory::Linked]| l.iter().map(|l| format!("`{}`", l.path)).collect::<Vec<_>>().join(", ");
+    let mut lines = Vec::new();
+    if !read.links.is_empty() {
+        lines.push(format!("Links to: {}", list(&read.links)));
+    }
+    if !read.backlinks.is_empty() {
+        lines.push(format!("Linked from: {}", list(&read.backlinks)));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 fn refusal_text(r: &Refusal) -> String {
@@ -569,7 +683,7 @@ impl MemoryServer {
 
     /// Runs one tool (on a blocking thread: it reads and writes files and
     /// may wait for the store lock).
-    fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
+    fn run(&self, node: &str, name: &str, args: &Map<String, Value>) -> Result<Answer, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
         // The schema check let only these types through; a required one
         // that is absent all the same is still an error, not "".
@@ -585,11 +699,13 @@ impl MemoryServer {
                 vault.ok_or_else(no_vault)?;
                 let index = self.daemon.vault.index();
                 let limit = args.get("limit").and_then(Value::as_u64);
-                memory::search(&index, &caller, text("query")?, limit, optional("scope"))
+                Answer::of(&memory::search(&index, &caller, text("query")?, limit, optional("scope"))?)
             }
             "memory_read" => {
                 let vault = vault.ok_or_else(no_vault)?;
-                memory::read(&vault, &caller, text("path")?).map(Value::String)
+                let read = memory::read(&vault, &self.daemon.vault.index(), &caller, text("path")?)?;
+                let texts = std::iter::once(read.text.clone()).chain(links_text(&read)).collect();
+                Answer::with_text(&read, texts)
             }
             "memory_write" => {
                 let vault = vault.ok_or_else(no_vault)?;
@@ -612,14 +728,14 @@ impl MemoryServer {
                     replace,
                     SystemTime::now(),
                 )?;
-                Ok(result)
+                Answer::of(&result)
             }
             "peers_list" => {
                 let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
                 let floor = self.daemon.rules().floor;
                 let visible =
                     peers::visible_in(&*self.daemon.store, &fleet, floor, &personality).map_err(|e| e.to_string())?;
-                serde_json::to_value(visible).map_err(|e| e.to_string())
+                Answer::of(&PeersList { peers: visible })
             }
             "peer_send" => {
                 self.check_write(node)?;
@@ -635,7 +751,7 @@ impl MemoryServer {
                         other => other.to_string(),
                     })?;
                 self.daemon.refresh_fragments(Some(vec![to]));
-                serde_json::to_value(sent).map_err(|e| e.to_string())
+                Answer::of(&sent)
             }
             other => Err(format!("unknown tool `{other}`")),
         }
@@ -686,17 +802,12 @@ impl ServerHandler for MemoryServer {
         // The writer's next search must find it.
         if request.name == "memory_write"
             && let (Ok(written), Some(vault)) = (&outcome, &self.daemon.vault.path)
-            && let Some(rel) = written.get("path").and_then(Value::as_str)
+            && let Some(rel) = written.structured.get("path").and_then(Value::as_str)
             && self.daemon.update_vault([vault.join(rel)].into(), "memory_write").await
         {
             self.daemon.refresh_fragments(None);
         }
-        let result = match outcome {
-            Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
-            Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
-            Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),
-        };
-        Ok(result.into())
+        Ok(Answer::result(outcome).into())
     }
 }
 

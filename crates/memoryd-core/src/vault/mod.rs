@@ -15,10 +15,12 @@
 //! with its own files, threads and compile cost would buy nothing here.
 
 pub mod fragment;
+pub mod links;
 pub mod memory;
 pub mod terms;
 
 use crate::host::files::{EntryKind, FileError, RealDir};
+use links::Link;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 #[cfg(test)]
@@ -346,6 +348,7 @@ struct Entry {
     length: f32,
     /// The index keys this note holds a posting under.
     keys: Vec<String>,
+    links: Vec<Link>,
 }
 
 /// What became of one path of the vault, for [`Index::apply`].
@@ -466,7 +469,9 @@ impl Index {
         self.body_words += body_words;
         self.by_path.insert(note.path.clone(), slot);
         let length = weight * title_words as f32 + body_words as f32;
-        self.entries[slot as usize] = Some(Entry { digest: digest(&note), note, title_words, body_words, length, keys });
+        let links = links::parse(&note.path, &note.body);
+        self.entries[slot as usize] =
+            Some(Entry { digest: digest(&note), note, title_words, body_words, length, keys, links });
     }
 
     /// Takes a note out; whether it was in.
@@ -515,6 +520,65 @@ impl Index {
     /// per-note cache beside the index is keyed by.
     pub fn digest(&self, path: &str) -> Option<[u8; 32]> {
         self.entry(path).map(|e| e.digest)
+    }
+
+    /// The notes `links` (written in the note at `from`) lead to, in link
+    /// order, once each; a link to no indexed note is left out.
+    pub fn resolve(&self, from: &str, links: &[Link]) -> Vec<&Note> {
+        let mut out: Vec<&Note> = Vec::new();
+        for link in links {
+            if let Some(note) = self.target(from, link)
+                && !out.iter().any(|n| n.path == note.path)
+            {
+                out.push(note);
+            }
+        }
+        out
+    }
+
+    /// The notes that link to the note at `path` (indexed or about to be),
+    /// in path order.
+    pub fn backlinks(&self, path: &str) -> Vec<&Note> {
+        let name = links::name_of(path);
+        let mut out: Vec<&Note> = self
+            .entries
+            .iter()
+            .flatten()
+            .filter(|e| e.note.path != path)
+            .filter(|e| {
+                e.links.iter().any(|link| match link {
+                    Link::Path(p) => p == path,
+                    Link::Name(n) => *n == name && self.named(&e.note.path, n, Some(path)) == Some(path),
+                })
+            })
+            .map(|e| &e.note)
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    /// The note one link leads to: a path as it is; a name to the note of
+    /// that file name in the linking note's directory, else the first by
+    /// path (Obsidian's "shortest path when possible" is this for a vault
+    /// whose names are unique).
+    fn target(&self, from: &str, link: &Link) -> Option<&Note> {
+        match link {
+            Link::Path(path) => self.get(path),
+            Link::Name(name) => self.named(from, name, None).and_then(|p| self.get(p)),
+        }
+    }
+
+    /// The path a `[[name]]` in the note at `from` stands for, among the
+    /// indexed notes and `also`.
+    fn named<'a>(&'a self, from: &str, name: &str, also: Option<&'a str>) -> Option<&'a str> {
+        let dir = from.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let same_dir = |p: &str| p.rsplit_once('/').map_or("", |(d, _)| d) == dir;
+        self.by_path
+            .keys()
+            .map(String::as_str)
+            .chain(also)
+            .filter(|p| links::name_of(p) == name)
+            .min_by_key(|p| (!same_dir(p), *p))
     }
 
     /// Whether any indexed or skipped note lies under the directory `rel`.
