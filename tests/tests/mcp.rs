@@ -461,3 +461,49 @@ fn an_edited_note_reaches_search_and_the_fragments_that_can_read_it_without_a_re
     let cyd_after = std::fs::metadata(cyd.join(".iapeer/fragments/memoryd.md")).unwrap().modified().unwrap();
     assert_eq!(cyd_before, cyd_after, "a fragment whose inputs did not change keeps its mtime");
 }
+
+#[test]
+fn edits_renames_deletes_and_moved_directories_update_only_their_notes_and_the_fuse_still_holds() {
+    let w = world();
+    std::fs::create_dir_all(w.vault.join("area")).unwrap();
+    for i in 0..30 {
+        std::fs::write(w.vault.join(format!("area/n{i}.md")), format!("# Note {i}\nfiller text {i}\n")).unwrap();
+    }
+    let daemon = w.root.start_daemon();
+    let search = |q: &str| paths_of(&mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": q})).1);
+    assert!(eventually(|| search("kafka") == ["ops/kafka.md"]), "{}", daemon.log());
+    let rescans = || daemon.log().matches("vault indexed").count();
+    assert_eq!(rescans(), 1, "the start-up scan:\n{}", daemon.log());
+
+    // Edit: the new words are found at once, the old ones no more; the
+    // stem finds a relative of the word.
+    std::fs::write(w.vault.join("ops/kafka.md"), "# Kafka\nStabilized the consumers.\n").unwrap();
+    assert!(eventually(|| search("stabilizing") == ["ops/kafka.md"]), "{}", daemon.log());
+    assert!(search("linger").is_empty());
+    // Rename and delete: the old path goes.
+    std::fs::rename(w.vault.join("ops/kafka.md"), w.vault.join("ops/streams.md")).unwrap();
+    assert!(eventually(|| search("consumers") == ["ops/streams.md"]), "{}", daemon.log());
+    std::fs::remove_file(w.vault.join("ops/streams.md")).unwrap();
+    assert!(eventually(|| search("consumers").is_empty()), "{}", daemon.log());
+    // A burst of edits to many notes: the last version of each counts.
+    for round in 0..3 {
+        for i in 0..30 {
+            std::fs::write(w.vault.join(format!("area/n{i}.md")), format!("# Note {i}\nround{round} text\n")).unwrap();
+        }
+    }
+    assert!(eventually(|| search("round2").len() == 10 && search("round0").is_empty()), "{}", daemon.log());
+
+    // A directory moved in brings its notes, moved out takes them along.
+    let outside = w.root.dir.path().join("small");
+    std::fs::create_dir_all(outside.join("deeper")).unwrap();
+    std::fs::write(outside.join("deeper/one.md"), "# One\nsmallish words\n").unwrap();
+    std::fs::rename(&outside, w.vault.join("small")).unwrap();
+    assert!(eventually(|| search("smallish") == ["small/deeper/one.md"]), "{}", daemon.log());
+    std::fs::rename(w.vault.join("small"), &outside).unwrap();
+    assert!(eventually(|| search("smallish").is_empty()), "{}", daemon.log());
+    assert_eq!(rescans(), 1, "no change above needed a rescan:\n{}", daemon.log());
+    // Most of the vault gone at once: the rescan's fuse keeps the index.
+    std::fs::rename(w.vault.join("area"), w.root.dir.path().join("area-out")).unwrap();
+    assert!(eventually(|| daemon.log().contains("a rescan would drop most of the vault")), "{}", daemon.log());
+    assert_eq!(search("round2").len(), 10, "the old index stays");
+}

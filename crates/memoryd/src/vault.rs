@@ -1,9 +1,9 @@
 //! The daemon's vault index (spec 60): built whole at start, then kept
 //! current note by note from a recursive watcher: each changed path is
-//! reread and only its note's postings change. A full rescan remains for
-//! what one path cannot tell (a directory moved, the watcher's overflow),
-//! for a vault that cannot be watched (periodically), and for a batch that
-//! would drop much of the index, where the rescan's fuse refuses it.
+//! reread (a directory's whole subtree) and only its notes' postings
+//! change. A full rescan remains for the watcher's overflow, a vault that
+//! cannot be watched (periodically), and a batch that would drop much of
+//! the index, where the rescan's fuse refuses it.
 
 use crate::daemon::Daemon;
 use memoryd_core::vault::{self, Index, Update};
@@ -108,9 +108,10 @@ impl Daemon {
     }
 
     /// Brings the index up to date with these changed paths of the vault
-    /// (absolute), one note at a time; whether the index changed. What
-    /// one path cannot tell, or a batch that would drop more than the
-    /// rescan's fuse allows, is a rescan instead.
+    /// (absolute), one note at a time (a directory's notes all, a moved
+    /// one's both ways); whether the index changed. A path outside the
+    /// vault, a vault that cannot be opened, or a batch that would drop
+    /// more than the rescan's fuse allows is a rescan instead.
     pub async fn update_vault(self: &Arc<Self>, paths: BTreeSet<PathBuf>, why: &'static str) -> bool {
         let Some(root) = self.vault.path.clone() else { return false };
         let index = self.vault.index();
@@ -122,7 +123,7 @@ impl Daemon {
                         let rel = path.strip_prefix(&root).ok()?.to_str()?;
                         vault::reread(&root, rel, &index)
                     })
-                    .collect::<Option<Vec<Option<Update>>>>()
+                    .collect::<Option<Vec<Vec<Update>>>>()
                     .map(|updates| (updates.into_iter().flatten().collect::<Vec<_>>(), index))
             })
             .await;

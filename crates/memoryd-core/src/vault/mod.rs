@@ -26,7 +26,6 @@ use std::collections::{BTreeSet, HashMap};
 #[cfg(test)]
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::ops::Not;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -75,9 +74,15 @@ pub struct Scan {
 /// and note is opened through [`RealDir`], so a dir swapped for a link
 /// during the walk is not followed either.
 pub fn scan(vault: &Path) -> Result<Scan, FileError> {
-    let root = RealDir::open(vault)?;
+    scan_from(&RealDir::open(vault)?, "")
+}
+
+/// [`scan`] of the directory `under` (relative, `/`-separated; "" for the
+/// whole vault): an `under` that cannot be listed is an error only when it
+/// is the vault itself, else it holds nothing.
+fn scan_from(root: &RealDir, under: &str) -> Result<Scan, FileError> {
     let mut out = Scan::default();
-    let mut stack = vec![String::new()];
+    let mut stack = vec![under.to_owned()];
     while let Some(rel) = stack.pop() {
         let dir = match root.sub(Path::new(&rel)).and_then(|dir| dir.entries().map(|e| (dir, e))) {
             Ok(listed) => listed,
@@ -112,39 +117,46 @@ pub fn scan(vault: &Path) -> Result<Scan, FileError> {
 }
 
 /// What the change of one path of the vault (relative, `/`-separated)
-/// means for the index, read as [`scan`] would read it: Some(None) when the
-/// index does not care (a hidden or temporary name, a file that is no
-/// note), None when only a rescan can tell (a directory appeared or went,
-/// taking notes with it, or the vault cannot be opened).
-pub fn reread(vault: &Path, rel: &str, index: &Index) -> Option<Option<Update>> {
+/// means for the index, read as [`scan`] would read it: nothing for a
+/// hidden or temporary name or a file that is no note; for a directory
+/// (made, moved in or away), every note under it, and the indexed ones
+/// gone from it. None when the vault cannot be opened: only a rescan
+/// can tell.
+pub fn reread(vault: &Path, rel: &str, index: &Index) -> Option<Vec<Update>> {
     if rel.is_empty() || rel.split('/').any(|part| part.is_empty() || part.starts_with('.') || part.ends_with(".tmp")) {
-        return Some(None);
+        return Some(Vec::new());
     }
     let root = RealDir::open(vault).ok()?;
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let dir = match root.sub(Path::new(parent)) {
-        Ok(dir) => dir,
-        // Gone, or reached through a link the scan does not follow.
-        Err(_) if rel.ends_with(".md") => return Some(Some(Update::Gone(rel.to_owned()))),
-        Err(_) => return index.holds_under(rel).not().then_some(None),
+    // A parent that is gone, or reached through a link the scan does not
+    // follow, holds nothing.
+    let kind = root.sub(Path::new(parent)).ok().and_then(|dir| Some((dir.kind(OsStr::new(name)).ok()??, dir)));
+    let (kind, dir) = match kind {
+        Some((kind, dir)) => (Some(kind), Some(dir)),
+        None => (None, None),
     };
-    let kind = dir.kind(OsStr::new(name)).ok().flatten();
+    let mut updates = Vec::new();
     if kind == Some(EntryKind::Dir) || index.holds_under(rel) {
-        return None;
+        let found = if kind == Some(EntryKind::Dir) { scan_from(&root, rel).ok()? } else { Scan::default() };
+        let prefix = format!("{rel}/");
+        let kept: BTreeSet<&str> = found.notes.iter().map(|n| n.path.as_str()).chain(found.skipped.iter().map(String::as_str)).collect();
+        let gone = index.by_path.keys().chain(&index.skipped).filter(|p| p.starts_with(&prefix) && !kept.contains(p.as_str()));
+        updates.extend(gone.map(|p| Update::Gone(p.clone())));
+        updates.extend(found.notes.into_iter().map(Update::Note));
+        updates.extend(found.skipped.into_iter().map(Update::Skipped));
     }
-    if !rel.ends_with(".md") {
-        return Some(None);
+    if !rel.ends_with(".md") || kind == Some(EntryKind::Dir) {
+        return Some(updates);
     }
-    if rel.chars().any(breaks_line) {
-        return Some(Some(Update::Skipped(rel.to_owned())));
-    }
-    Some(Some(match kind {
-        Some(EntryKind::File) => match read_text(&dir, OsStr::new(name)) {
+    updates.push(match (kind, dir) {
+        _ if rel.chars().any(breaks_line) => Update::Skipped(rel.to_owned()),
+        (Some(EntryKind::File), Some(dir)) => match read_text(&dir, OsStr::new(name)) {
             Ok(Some((text, modified))) => Update::Note(parse_note(rel, &text, modified)),
             _ => Update::Skipped(rel.to_owned()),
         },
         _ => Update::Gone(rel.to_owned()),
-    }))
+    });
+    Some(updates)
 }
 
 /// A note's text and mtime, read from `dir` without following a symlink;
@@ -582,7 +594,7 @@ impl Index {
     }
 
     /// Whether any indexed or skipped note lies under the directory `rel`.
-    pub fn holds_under(&self, rel: &str) -> bool {
+    fn holds_under(&self, rel: &str) -> bool {
         let prefix = format!("{rel}/");
         self.by_path.keys().chain(&self.skipped).any(|p| p.starts_with(&prefix))
     }
@@ -951,27 +963,36 @@ mod tests {
         let v = dir.path();
         std::fs::create_dir_all(v.join("d/sub")).unwrap();
         std::fs::write(v.join("d/sub/n.md"), "# N\nbody").unwrap();
+        std::fs::write(v.join("d/m.md"), "# M\nbody").unwrap();
         std::fs::write(v.join("big.md"), vec![b'a'; (MAX_NOTE_BYTES + 1) as usize]).unwrap();
         std::fs::write(v.join("other.txt"), "x").unwrap();
         std::os::unix::fs::symlink(v.join("d/sub/n.md"), v.join("link.md")).unwrap();
         let index = Index::build(scan(v).unwrap());
-        let note = |u: Option<Option<Update>>| match u {
-            Some(Some(Update::Note(n))) => n.title,
-            other => panic!("{other:?}"),
+        let one = |rel: &str| match reread(v, rel, &index).unwrap().as_slice() {
+            [update] => update.clone(),
+            other => panic!("{rel}: {other:?}"),
         };
-        assert_eq!(note(reread(v, "d/sub/n.md", &index)), "N");
-        assert_eq!(reread(v, "big.md", &index), Some(Some(Update::Skipped("big.md".into()))));
-        assert_eq!(reread(v, "link.md", &index), Some(Some(Update::Gone("link.md".into()))), "links are not followed");
-        assert_eq!(reread(v, "gone.md", &index), Some(Some(Update::Gone("gone.md".into()))));
-        assert_eq!(reread(v, "no/such/dir/x.md", &index), Some(Some(Update::Gone("no/such/dir/x.md".into()))));
-        for ignored in [".git/x.md", "d/.hidden.md", "x.md.tmp", "other.txt"] {
-            assert_eq!(reread(v, ignored, &index), Some(None), "{ignored}");
+        assert!(matches!(one("d/sub/n.md"), Update::Note(n) if n.title == "N"));
+        assert_eq!(one("big.md"), Update::Skipped("big.md".into()));
+        assert_eq!(one("link.md"), Update::Gone("link.md".into()), "links are not followed");
+        assert_eq!(one("gone.md"), Update::Gone("gone.md".into()));
+        assert_eq!(one("no/such/dir/x.md"), Update::Gone("no/such/dir/x.md".into()));
+        for ignored in [".git/x.md", "d/.hidden.md", "x.md.tmp", "other.txt", "no/such/dir"] {
+            assert_eq!(reread(v, ignored, &index), Some(Vec::new()), "{ignored}");
         }
-        // A directory that appears or goes: only a rescan knows its notes.
-        assert_eq!(reread(v, "d", &index), None);
+        // A directory moved: its notes leave with it, and arrive with it.
         std::fs::rename(v.join("d"), v.join("e")).unwrap();
-        assert_eq!(reread(v, "d", &index), None, "it held indexed notes");
-        assert_eq!(reread(v, "e", &index), None, "a directory now");
+        let mut gone = reread(v, "d", &index).unwrap();
+        gone.sort_by_key(|u| format!("{u:?}"));
+        assert_eq!(gone, [Update::Gone("d/m.md".into()), Update::Gone("d/sub/n.md".into())]);
+        let mut came = reread(v, "e", &index).unwrap();
+        came.sort_by_key(|u| format!("{u:?}"));
+        let came: Vec<&str> = came.iter().map(|u| match u {
+            Update::Note(n) => n.path.as_str(),
+            other => panic!("{other:?}"),
+        }).collect();
+        assert_eq!(came, ["e/m.md", "e/sub/n.md"]);
+        assert_eq!(reread(Path::new("/no/such/vault"), "x.md", &index), None);
     }
 
     #[test]
