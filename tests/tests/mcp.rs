@@ -145,7 +145,8 @@ fn every_tool_declares_an_output_schema_and_answers_structured_content_with_link
     )
     .unwrap();
     std::fs::create_dir_all(w.vault.join("peers/bob")).unwrap();
-    std::fs::write(w.vault.join("peers/bob/plan.md"), "# Bob's plan\nAfter [the deploy](../../ops/deploy.md).\n").unwrap();
+    std::fs::write(w.vault.join("peers/bob/plan.md"), "# Bob's plan\nAfter [the deploy](../../ops/deploy.md).\n")
+        .unwrap();
     let daemon = w.root.start_daemon();
     let port = w.port;
     attach(&w.root, "claude-ada", "1.0");
@@ -186,12 +187,7 @@ fn every_tool_declares_an_output_schema_and_answers_structured_content_with_link
     assert_eq!(paths(&kafka["structuredContent"]["backlinks"]), ["ops/deploy.md"], "{kafka}");
 
     // A write answers its own links, and what links to it already.
-    let written = call(
-        port,
-        "claude-ada",
-        "memory_write",
-        json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}),
-    );
+    let written = call(port, "claude-ada", "memory_write", json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}));
     let written = &written["structuredContent"];
     assert_eq!(written["path"], "peers/ada/kafka.md", "{written}");
     assert_eq!(paths(&written["links"]), ["ops/deploy.md"], "{written}");

@@ -531,9 +531,7 @@ fn schema(properties: Value) -> Arc<Map<String, Value>> {
 
 fn tools() -> Vec<Tool> {
     let text = || json!({"type": "string"});
-    let links = || {
-        json!({"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "title": {"type": "string"}}, "required": ["path", "title"]}})
-    };
+    let links = || json!({"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "title": {"type": "string"}}, "required": ["path", "title"]}});
     vec![
         tool(
             "memory_search",

@@ -128,13 +128,17 @@ impl Daemon {
             })
             .await;
         let Some((updates, index)) = updates else { return self.rescan_vault(why).await };
-        let dropped =
-            updates.iter().filter(|u| matches!(u, Update::Gone(p) | Update::Skipped(p) if index.get(p).is_some())).count();
+        let dropped = updates
+            .iter()
+            .filter(|u| matches!(u, Update::Gone(p) | Update::Skipped(p) if index.get(p).is_some()))
+            .count();
         if vault::rescan_refused(index.len(), index.len() - dropped) {
             return self.rescan_vault(why).await;
         }
         let count = updates.len();
-        let changed = self.vault.apply(updates);
+        // Held here, this copy would make the update clone the whole index.
+        drop(index);
+        let changed = self.blocking(move |d| d.vault.apply(updates)).await;
         tracing::debug!(why, paths = count, changed, notes = self.vault.index().len(), "vault updated");
         changed
     }

@@ -311,8 +311,11 @@ mod tests {
         let v = dir.path();
         std::fs::create_dir_all(v.join("ops")).unwrap();
         std::fs::create_dir_all(v.join("peers/bob")).unwrap();
-        std::fs::write(v.join("ops/kafka.md"), "# Kafka\nSee [[deploy]], [bob's](../peers/bob/secret.md), [[nowhere]].")
-            .unwrap();
+        std::fs::write(
+            v.join("ops/kafka.md"),
+            "# Kafka\nSee [[deploy]], [bob's](../peers/bob/secret.md), [[nowhere]].",
+        )
+        .unwrap();
         std::fs::write(v.join("ops/deploy.md"), "# Deploy\nBack to [kafka](kafka.md).").unwrap();
         std::fs::write(v.join("peers/bob/secret.md"), "# Secret\n[[kafka]] and [[ops/deploy]]").unwrap();
         let index = Index::build(scan(v).unwrap());
@@ -329,8 +332,9 @@ mod tests {
         // A write answers its links, and the notes already linking to it.
         std::fs::write(v.join("ops/runbook.md"), "# Runbook\nStart from [[plan]].").unwrap();
         let index = Index::build(scan(v).unwrap());
-        let w = write(&FileGuard::live(), v, &index, &ada, "Plan", "Read [[kafka]] first.", &[], false, SystemTime::now())
-            .unwrap();
+        let w =
+            write(&FileGuard::live(), v, &index, &ada, "Plan", "Read [[kafka]] first.", &[], false, SystemTime::now())
+                .unwrap();
         assert_eq!((paths(&w.links).as_str(), paths(&w.backlinks).as_str()), ("ops/kafka.md", "ops/runbook.md"));
     }
 
@@ -389,8 +393,10 @@ mod tests {
         assert!(read(&v, &Index::default(), &ada_linked, "shared/alias.md").unwrap().text.contains("launch code"));
         assert!(read(&v, &Index::default(), &ada_linked, "shared/out.md").is_err(), "out of the vault for everyone");
         let v2 = v.clone();
-        let e =
-            within(move || read(&v2, &Index::default(), &Caller { personality: "ada", linked: &[] }, "peers/ada/pipe.md")).unwrap_err();
+        let e = within(move || {
+            read(&v2, &Index::default(), &Caller { personality: "ada", linked: &[] }, "peers/ada/pipe.md")
+        })
+        .unwrap_err();
         assert!(e.contains("pipe.md"), "{e}");
 
         // Search and fragments see only what the scan indexed: no link is followed.

@@ -22,9 +22,9 @@ pub mod terms;
 use crate::host::files::{EntryKind, FileError, RealDir};
 use links::Link;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
 #[cfg(test)]
 use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -139,8 +139,10 @@ pub fn reread(vault: &Path, rel: &str, index: &Index) -> Option<Vec<Update>> {
     if kind == Some(EntryKind::Dir) || index.holds_under(rel) {
         let found = if kind == Some(EntryKind::Dir) { scan_from(&root, rel).ok()? } else { Scan::default() };
         let prefix = format!("{rel}/");
-        let kept: BTreeSet<&str> = found.notes.iter().map(|n| n.path.as_str()).chain(found.skipped.iter().map(String::as_str)).collect();
-        let gone = index.by_path.keys().chain(&index.skipped).filter(|p| p.starts_with(&prefix) && !kept.contains(p.as_str()));
+        let kept: BTreeSet<&str> =
+            found.notes.iter().map(|n| n.path.as_str()).chain(found.skipped.iter().map(String::as_str)).collect();
+        let gone =
+            index.by_path.keys().chain(&index.skipped).filter(|p| p.starts_with(&prefix) && !kept.contains(p.as_str()));
         updates.extend(gone.map(|p| Update::Gone(p.clone())));
         updates.extend(found.notes.into_iter().map(Update::Note));
         updates.extend(found.skipped.into_iter().map(Update::Skipped));
@@ -399,6 +401,11 @@ pub struct Index {
     skipped: BTreeSet<String>,
 }
 
+/// [`Index::canonical`]: each note's postings (key → tf), the title and
+/// body word totals, the skipped paths.
+#[cfg(test)]
+type Canonical = (BTreeMap<String, BTreeMap<String, f32>>, u64, u64, BTreeSet<String>);
+
 /// One search hit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit<'a> {
@@ -651,12 +658,14 @@ impl Index {
     }
 
     /// The newest `n` notes `visible` allows (by `created`, else mtime).
-    pub fn recent(&self, visible: impl Fn(&Note) -> bool, n: usize) -> Vec<&Note> {
+    pub fn recent<'a>(&'a self, visible: impl Fn(&Note) -> bool, n: usize) -> Vec<&'a Note> {
         let mut notes: Vec<&Note> = self.entries.iter().flatten().map(|e| &e.note).filter(|n| visible(n)).collect();
         let key = |note: &Note| {
             note.created.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok()).unwrap_or(note.modified)
         };
-        notes.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.path.cmp(&b.path)));
+        // Each note's time parsed once: the fragments ask after every change.
+        let by_time = |note: &&'a Note| (std::cmp::Reverse(key(note)), note.path.as_str());
+        notes.sort_by_cached_key(by_time);
         notes.truncate(n);
         notes
     }
@@ -665,7 +674,7 @@ impl Index {
     /// note with its postings (key → tf), the total lengths and the
     /// skipped paths. Two indexes that agree here rank every query alike.
     #[cfg(test)]
-    fn canonical(&self) -> (BTreeMap<String, BTreeMap<String, f32>>, u64, u64, BTreeSet<String>) {
+    fn canonical(&self) -> Canonical {
         let mut notes: BTreeMap<String, BTreeMap<String, f32>> = BTreeMap::new();
         for (key, list) in &self.postings {
             for p in list {
@@ -987,10 +996,13 @@ mod tests {
         assert_eq!(gone, [Update::Gone("d/m.md".into()), Update::Gone("d/sub/n.md".into())]);
         let mut came = reread(v, "e", &index).unwrap();
         came.sort_by_key(|u| format!("{u:?}"));
-        let came: Vec<&str> = came.iter().map(|u| match u {
-            Update::Note(n) => n.path.as_str(),
-            other => panic!("{other:?}"),
-        }).collect();
+        let came: Vec<&str> = came
+            .iter()
+            .map(|u| match u {
+                Update::Note(n) => n.path.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert_eq!(came, ["e/m.md", "e/sub/n.md"]);
         assert_eq!(reread(Path::new("/no/such/vault"), "x.md", &index), None);
     }
