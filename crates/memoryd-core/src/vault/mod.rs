@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Notes larger than this are skipped (and counted).
@@ -386,14 +387,18 @@ pub enum Update {
 /// note's path and [`Index::digest`]: every change of a note goes through
 /// [`Index::apply`] or a new [`Index::build`], and the digest changes
 /// exactly when the note's indexed text does.
+///
+/// A clone shares the notes and posting lists (copied on write), so an
+/// update while a reader holds the old index costs little more than the
+/// change itself.
 #[derive(Debug, Clone, Default)]
 pub struct Index {
     ranking: Ranking,
     /// Slots; a removed note leaves a hole that the next added one fills.
-    entries: Vec<Option<Entry>>,
+    entries: Vec<Option<Arc<Entry>>>,
     free: Vec<u32>,
     by_path: HashMap<String, u32>,
-    postings: HashMap<String, Vec<Posting>>,
+    postings: HashMap<String, Arc<Vec<Posting>>>,
     /// The sum of the weighted lengths, kept in integers (title and body
     /// words apart) so that any order of updates gives the same average.
     title_words: u64,
@@ -481,7 +486,7 @@ impl Index {
         };
         let mut keys = Vec::with_capacity(tf.len());
         for (key, tf) in tf {
-            self.postings.entry(key.clone()).or_default().push(Posting { slot, tf });
+            Arc::make_mut(self.postings.entry(key.clone()).or_default()).push(Posting { slot, tf });
             keys.push(key);
         }
         self.title_words += title_words;
@@ -490,7 +495,7 @@ impl Index {
         let length = weight * title_words as f32 + body_words as f32;
         let links = links::parse(&note.path, &note.body);
         self.entries[slot as usize] =
-            Some(Entry { digest: digest(&note), note, title_words, body_words, length, keys, links });
+            Some(Arc::new(Entry { digest: digest(&note), note, title_words, body_words, length, keys, links }));
     }
 
     /// Takes a note out; whether it was in.
@@ -499,7 +504,7 @@ impl Index {
         let Some(entry) = self.entries[slot as usize].take() else { return false };
         for key in &entry.keys {
             if let Some(list) = self.postings.get_mut(key) {
-                list.retain(|p| p.slot != slot);
+                Arc::make_mut(list).retain(|p| p.slot != slot);
                 if list.is_empty() {
                     self.postings.remove(key);
                 }
@@ -607,7 +612,7 @@ impl Index {
     }
 
     fn entry(&self, path: &str) -> Option<&Entry> {
-        self.by_path.get(path).and_then(|&slot| self.entries[slot as usize].as_ref())
+        self.by_path.get(path).and_then(|&slot| self.entries[slot as usize].as_deref())
     }
 
     fn avg_length(&self) -> f32 {
@@ -635,7 +640,7 @@ impl Index {
             let Some(list) = self.postings.get(key) else { continue };
             let df = list.len() as f32;
             let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln() * weight;
-            for p in list {
+            for p in list.iter() {
                 let Some(entry) = &self.entries[p.slot as usize] else { continue };
                 let norm = k1 * (1.0 - b + b * entry.length / avg);
                 let score = &mut scores[p.slot as usize];
@@ -677,7 +682,7 @@ impl Index {
     fn canonical(&self) -> Canonical {
         let mut notes: BTreeMap<String, BTreeMap<String, f32>> = BTreeMap::new();
         for (key, list) in &self.postings {
-            for p in list {
+            for p in list.iter() {
                 let Some(entry) = &self.entries[p.slot as usize] else { continue };
                 notes.entry(entry.note.path.clone()).or_default().insert(key.clone(), p.tf);
             }
@@ -863,6 +868,22 @@ mod tests {
         assert_eq!(paths("runs")[0], "runs.md");
         assert!(paths("the of and").is_empty(), "stop words match nothing");
         assert_eq!(snippet(index.get("tail.md").unwrap(), "stabilizing"), "the tail was stabilized by a fin");
+    }
+
+    #[test]
+    fn an_update_leaves_a_copy_held_by_a_reader_as_it_was() {
+        let t = SystemTime::UNIX_EPOCH;
+        let notes = vec![parse_note("a.md", "# A\nold kafka words", t), parse_note("b.md", "# B\nkafka too", t)];
+        let mut index = Index::build(Scan { notes, skipped: Vec::new() });
+        let held = index.clone();
+        index.apply(Update::Note(parse_note("a.md", "# A\nnew zookeeper words", t)));
+        index.apply(Update::Gone("b.md".into()));
+        let paths =
+            |i: &Index, q: &str| i.search(q, |_| true, 10).iter().map(|h| h.note.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&held, "kafka"), ["a.md", "b.md"]);
+        assert!(paths(&held, "zookeeper").is_empty());
+        assert!(paths(&index, "kafka").is_empty());
+        assert_eq!(paths(&index, "zookeeper"), ["a.md"]);
     }
 
     /// One step of the property test: what happens to the vault.
