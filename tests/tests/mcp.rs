@@ -152,27 +152,38 @@ fn every_tool_declares_an_output_schema_and_answers_structured_content_with_link
     attach(&w.root, "claude-ada", "1.0");
 
     let list = mcp(port, "claude-ada", "tools/list", json!({}));
+    let mut required = std::collections::HashMap::new();
     for tool in list["result"]["tools"].as_array().unwrap() {
         let name = tool["name"].as_str().unwrap();
         assert_eq!(tool["outputSchema"]["type"], "object", "{name}: {tool}");
         let reads = ["memory_search", "memory_read", "peers_list"].contains(&name);
         assert_eq!(tool["annotations"]["readOnlyHint"], reads, "{name}: {tool}");
+        required.insert(name.to_owned(), tool["outputSchema"]["required"].clone());
     }
+    // A call as ada whose structured content holds what its schema requires.
+    let call = |tool: &str, arguments: Value| {
+        let result = call(port, "claude-ada", tool, arguments);
+        for key in required[tool].as_array().unwrap() {
+            let key = key.as_str().unwrap();
+            assert!(result["structuredContent"].get(key).is_some(), "{tool} lacks {key}: {result}");
+        }
+        result
+    };
 
     // Each answer: an object as structured content, its JSON as the text.
-    let found = call(port, "claude-ada", "memory_search", json!({"query": "tuning kafka"}));
+    let found = call("memory_search", json!({"query": "tuning kafka"}));
     assert_eq!(found["structuredContent"]["mode"], "lexical", "{found}");
     assert_eq!(found["structuredContent"]["results"][0]["path"], "ops/kafka.md", "{found}");
     let text: Value = serde_json::from_str(found["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(text, found["structuredContent"]);
-    let peers = call(port, "claude-ada", "peers_list", json!({}));
+    let peers = call("peers_list", json!({}));
     assert_eq!(peers["structuredContent"]["peers"][0]["personality"], "ada", "{peers}");
 
     // The graph: links and backlinks, each only if the caller may read it.
     let paths = |v: &Value| -> Vec<String> {
         v.as_array().unwrap().iter().map(|l| l["path"].as_str().unwrap().to_owned()).collect()
     };
-    let read = call(port, "claude-ada", "memory_read", json!({"path": "ops/deploy.md"}));
+    let read = call("memory_read", json!({"path": "ops/deploy.md"}));
     let note = &read["structuredContent"];
     assert!(note["text"].as_str().unwrap().contains("Tune [[kafka]]"), "{read}");
     assert_eq!(paths(&note["links"]), ["ops/kafka.md"], "bob's plan is not ada's to see: {read}");
@@ -180,20 +191,24 @@ fn every_tool_declares_an_output_schema_and_answers_structured_content_with_link
     assert!(read["content"][0]["text"].as_str().unwrap().starts_with("# Deploy"), "the note's own text first");
     assert_eq!(read["content"][1]["text"], "Links to: `ops/kafka.md`");
     assert!(w.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
-    let read = call(port, "claude-ada", "memory_read", json!({"path": "ops/deploy.md"}));
+    let read = call("memory_read", json!({"path": "ops/deploy.md"}));
     assert_eq!(paths(&read["structuredContent"]["links"]), ["ops/kafka.md", "peers/bob/plan.md"], "{read}");
     assert_eq!(paths(&read["structuredContent"]["backlinks"]), ["peers/bob/plan.md"], "{read}");
-    let kafka = call(port, "claude-ada", "memory_read", json!({"path": "ops/kafka.md"}));
+    let kafka = call("memory_read", json!({"path": "ops/kafka.md"}));
     assert_eq!(paths(&kafka["structuredContent"]["backlinks"]), ["ops/deploy.md"], "{kafka}");
 
     // A write answers its own links, and what links to it already.
-    let written = call(port, "claude-ada", "memory_write", json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}));
+    let written = call("memory_write", json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}));
+    let sent = call("peer_send", json!({"to": "bob", "message": "see ops/deploy.md"}));
+    assert_eq!(sent["structuredContent"]["queued"], true, "{sent}");
     let written = &written["structuredContent"];
     assert_eq!(written["path"], "peers/ada/kafka.md", "{written}");
     assert_eq!(paths(&written["links"]), ["ops/deploy.md"], "{written}");
     assert!(written["similar"].is_array(), "{written}");
     // A refusal is a tool error without structured content.
-    let refused = call(port, "claude-ada", "memory_read", json!({"path": "../x.md"}));
+    let refused =
+        mcp(port, "claude-ada", "tools/call", json!({"name": "memory_read", "arguments": {"path": "../x.md"}}));
+    let refused = &refused["result"];
     assert_eq!((refused["isError"].as_bool(), refused.get("structuredContent")), (Some(true), None), "{refused}");
     drop(daemon);
 }
