@@ -43,8 +43,8 @@ fn attach(root: &Root, node: &str, version: &str) {
 }
 
 fn paths_of(text: &str) -> Vec<String> {
-    let hits: Value = serde_json::from_str(text).unwrap();
-    hits.as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
+    let found: Value = serde_json::from_str(text).unwrap();
+    found["results"].as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect()
 }
 
 fn fragment(dir: &Path) -> String {
@@ -127,9 +127,9 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
     // Peers and messages.
     let (_, text) = mcp_tool(port, "claude-ada", "peers_list", json!({}));
     let visible: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(visible[1]["personality"], "bob");
-    assert_eq!(visible[1]["reason"], "peer");
-    assert_eq!(visible[1]["state"], "online");
+    assert_eq!(visible["peers"][1]["personality"], "bob");
+    assert_eq!(visible["peers"][1]["reason"], "peer");
+    assert_eq!(visible["peers"][1]["state"], "online");
     let (err, text) =
         mcp_tool(port, "claude-ada", "peer_send", json!({"to": "bob", "message": "The checklist is in the vault."}));
     assert!(!err, "{text}");
@@ -140,6 +140,90 @@ fn an_mcp_client_searches_reads_writes_and_messages_within_its_zones() {
         printed.contains("[Peer message from `ada` at ") && printed.contains("The checklist is in the vault."),
         "{printed}"
     );
+    drop(daemon);
+}
+
+/// Calls one MCP tool; the whole result.
+fn call(port: u16, identity: &str, tool: &str, arguments: Value) -> Value {
+    let v = mcp(port, identity, "tools/call", json!({"name": tool, "arguments": arguments}));
+    assert!(v["result"].is_object(), "{tool}: {v}");
+    v["result"].clone()
+}
+
+#[test]
+fn every_tool_declares_an_output_schema_and_answers_structured_content_with_links_within_zones() {
+    let w = world();
+    std::fs::write(
+        w.vault.join("ops/deploy.md"),
+        "# Deploy\nTune [[kafka]] first; bob's notes: [plan](../peers/bob/plan.md).\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(w.vault.join("peers/bob")).unwrap();
+    std::fs::write(w.vault.join("peers/bob/plan.md"), "# Bob's plan\nAfter [the deploy](../../ops/deploy.md).\n")
+        .unwrap();
+    let daemon = w.root.start_daemon();
+    let port = w.port;
+    attach(&w.root, "claude-ada", "1.0");
+
+    let list = mcp(port, "claude-ada", "tools/list", json!({}));
+    let mut required = std::collections::HashMap::new();
+    for tool in list["result"]["tools"].as_array().unwrap() {
+        let name = tool["name"].as_str().unwrap();
+        assert_eq!(tool["outputSchema"]["type"], "object", "{name}: {tool}");
+        let reads = ["memory_search", "memory_read", "peers_list"].contains(&name);
+        assert_eq!(tool["annotations"]["readOnlyHint"], reads, "{name}: {tool}");
+        required.insert(name.to_owned(), tool["outputSchema"]["required"].clone());
+    }
+    // A call as ada whose structured content holds what its schema requires.
+    let call = |tool: &str, arguments: Value| {
+        let result = call(port, "claude-ada", tool, arguments);
+        for key in required[tool].as_array().unwrap() {
+            let key = key.as_str().unwrap();
+            assert!(result["structuredContent"].get(key).is_some(), "{tool} lacks {key}: {result}");
+        }
+        result
+    };
+
+    // Each answer: an object as structured content, its JSON as the text.
+    let found = call("memory_search", json!({"query": "tuning kafka"}));
+    assert_eq!(found["structuredContent"]["mode"], "lexical", "{found}");
+    assert_eq!(found["structuredContent"]["results"][0]["path"], "ops/kafka.md", "{found}");
+    let text: Value = serde_json::from_str(found["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, found["structuredContent"]);
+    let peers = call("peers_list", json!({}));
+    assert_eq!(peers["structuredContent"]["peers"][0]["personality"], "ada", "{peers}");
+
+    // The graph: links and backlinks, each only if the caller may read it.
+    let paths = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|l| l["path"].as_str().unwrap().to_owned()).collect()
+    };
+    let read = call("memory_read", json!({"path": "ops/deploy.md"}));
+    let note = &read["structuredContent"];
+    assert!(note["text"].as_str().unwrap().contains("Tune [[kafka]]"), "{read}");
+    assert_eq!(paths(&note["links"]), ["ops/kafka.md"], "bob's plan is not ada's to see: {read}");
+    assert!(paths(&note["backlinks"]).is_empty(), "{read}");
+    assert!(read["content"][0]["text"].as_str().unwrap().starts_with("# Deploy"), "the note's own text first");
+    assert_eq!(read["content"][1]["text"], "Links to: `ops/kafka.md`");
+    assert!(w.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
+    let read = call("memory_read", json!({"path": "ops/deploy.md"}));
+    assert_eq!(paths(&read["structuredContent"]["links"]), ["ops/kafka.md", "peers/bob/plan.md"], "{read}");
+    assert_eq!(paths(&read["structuredContent"]["backlinks"]), ["peers/bob/plan.md"], "{read}");
+    let kafka = call("memory_read", json!({"path": "ops/kafka.md"}));
+    assert_eq!(paths(&kafka["structuredContent"]["backlinks"]), ["ops/deploy.md"], "{kafka}");
+
+    // A write answers its own links, and what links to it already.
+    let written = call("memory_write", json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}));
+    let sent = call("peer_send", json!({"to": "bob", "message": "see ops/deploy.md"}));
+    assert_eq!(sent["structuredContent"]["queued"], true, "{sent}");
+    let written = &written["structuredContent"];
+    assert_eq!(written["path"], "peers/ada/kafka.md", "{written}");
+    assert_eq!(paths(&written["links"]), ["ops/deploy.md"], "{written}");
+    assert!(written["similar"].is_array(), "{written}");
+    // A refusal is a tool error without structured content.
+    let refused =
+        mcp(port, "claude-ada", "tools/call", json!({"name": "memory_read", "arguments": {"path": "../x.md"}}));
+    let refused = &refused["result"];
+    assert_eq!((refused["isError"].as_bool(), refused.get("structuredContent")), (Some(true), None), "{refused}");
     drop(daemon);
 }
 
@@ -401,4 +485,50 @@ fn an_edited_note_reaches_search_and_the_fragments_that_can_read_it_without_a_re
     assert!(!fragment(cyd).contains("Ada's plan"));
     let cyd_after = std::fs::metadata(cyd.join(".iapeer/fragments/memoryd.md")).unwrap().modified().unwrap();
     assert_eq!(cyd_before, cyd_after, "a fragment whose inputs did not change keeps its mtime");
+}
+
+#[test]
+fn edits_renames_deletes_and_moved_directories_update_only_their_notes_and_the_fuse_still_holds() {
+    let w = world();
+    std::fs::create_dir_all(w.vault.join("area")).unwrap();
+    for i in 0..30 {
+        std::fs::write(w.vault.join(format!("area/n{i}.md")), format!("# Note {i}\nfiller text {i}\n")).unwrap();
+    }
+    let daemon = w.root.start_daemon();
+    let search = |q: &str| paths_of(&mcp_tool(w.port, "claude-ada", "memory_search", json!({"query": q})).1);
+    assert!(eventually(|| search("kafka") == ["ops/kafka.md"]), "{}", daemon.log());
+    let rescans = || daemon.log().matches("vault indexed").count();
+    assert_eq!(rescans(), 1, "the start-up scan:\n{}", daemon.log());
+
+    // Edit: the new words are found at once, the old ones no more; the
+    // stem finds a relative of the word.
+    std::fs::write(w.vault.join("ops/kafka.md"), "# Kafka\nStabilized the consumers.\n").unwrap();
+    assert!(eventually(|| search("stabilizing") == ["ops/kafka.md"]), "{}", daemon.log());
+    assert!(search("linger").is_empty());
+    // Rename and delete: the old path goes.
+    std::fs::rename(w.vault.join("ops/kafka.md"), w.vault.join("ops/streams.md")).unwrap();
+    assert!(eventually(|| search("consumers") == ["ops/streams.md"]), "{}", daemon.log());
+    std::fs::remove_file(w.vault.join("ops/streams.md")).unwrap();
+    assert!(eventually(|| search("consumers").is_empty()), "{}", daemon.log());
+    // A burst of edits to many notes: the last version of each counts.
+    for round in 0..3 {
+        for i in 0..30 {
+            std::fs::write(w.vault.join(format!("area/n{i}.md")), format!("# Note {i}\nround{round} text\n")).unwrap();
+        }
+    }
+    assert!(eventually(|| search("round2").len() == 10 && search("round0").is_empty()), "{}", daemon.log());
+
+    // A directory moved in brings its notes, moved out takes them along.
+    let outside = w.root.dir.path().join("small");
+    std::fs::create_dir_all(outside.join("deeper")).unwrap();
+    std::fs::write(outside.join("deeper/one.md"), "# One\nsmallish words\n").unwrap();
+    std::fs::rename(&outside, w.vault.join("small")).unwrap();
+    assert!(eventually(|| search("smallish") == ["small/deeper/one.md"]), "{}", daemon.log());
+    std::fs::rename(w.vault.join("small"), &outside).unwrap();
+    assert!(eventually(|| search("smallish").is_empty()), "{}", daemon.log());
+    assert_eq!(rescans(), 1, "no change above needed a rescan:\n{}", daemon.log());
+    // Most of the vault gone at once: the rescan's fuse keeps the index.
+    std::fs::rename(w.vault.join("area"), w.root.dir.path().join("area-out")).unwrap();
+    assert!(eventually(|| daemon.log().contains("a rescan would drop most of the vault")), "{}", daemon.log());
+    assert_eq!(search("round2").len(), 10, "the old index stays");
 }

@@ -121,30 +121,57 @@ fn write_vault(vault: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The vault a [`Live`] daemon serves.
+pub enum Vault<'a> {
+    /// `n` synthetic notes.
+    Synthetic(usize),
+    /// The documents of a labelled collection, one note each.
+    Collection(&'a crate::quality::Collection),
+}
+
+fn write_collection(vault: &Path, collection: &crate::quality::Collection) -> anyhow::Result<()> {
+    std::fs::create_dir_all(vault.join(collection.name))?;
+    for (id, title, body) in &collection.docs {
+        std::fs::write(
+            vault.join(crate::quality::note_path(collection.name, id)),
+            crate::quality::note_text(title, body),
+        )?;
+    }
+    Ok(())
+}
+
 impl Live {
-    /// Starts `memoryd` on a fleet of `n` peers (and a vault of `notes`),
-    /// and waits for its start-up sweep.
-    pub fn start(dir: &Path, n: usize, notes: Option<usize>, bins: &Bins) -> anyhow::Result<Live> {
+    /// Starts `memoryd` on a fleet of `n` peers (and a vault), and waits
+    /// for its start-up sweep.
+    pub fn start(dir: &Path, n: usize, notes: Option<Vault<'_>>, bins: &Bins) -> anyhow::Result<Live> {
         Live::start_with(dir, n, notes, "", bins)
     }
 
     /// [`Live::start`] with more lines of config (tables last); a vault
     /// already laid out in `dir` is kept (a restart onto a warm vector
     /// cache).
-    pub fn start_with(dir: &Path, n: usize, notes: Option<usize>, config: &str, bins: &Bins) -> anyhow::Result<Live> {
+    pub fn start_with(
+        dir: &Path,
+        n: usize,
+        notes: Option<Vault<'_>>,
+        config: &str,
+        bins: &Bins,
+    ) -> anyhow::Result<Live> {
         let root = dir.join("r");
         let state = root.join("state/memoryd");
         std::fs::create_dir_all(&state)?;
         std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let peers = fleet::peers(dir, n, 0)?;
         write_map(&state.join("fleet.json"), &peers)?;
-        let vault = match notes {
-            Some(notes) => {
-                let vault = dir.join("vault");
-                if !vault.exists() {
-                    write_vault(&vault, notes)?;
-                }
-                Some(vault)
+        let vault = match &notes {
+            Some(_) if dir.join("vault").exists() => Some(dir.join("vault")),
+            Some(Vault::Synthetic(notes)) => {
+                write_vault(&dir.join("vault"), *notes)?;
+                Some(dir.join("vault"))
+            }
+            Some(Vault::Collection(collection)) => {
+                write_collection(&dir.join("vault"), collection)?;
+                Some(dir.join("vault"))
             }
             None => None,
         };
@@ -405,6 +432,62 @@ impl Live {
     /// CPU seconds over `window` and resident memory at its end.
     pub fn idle(&self, window: Duration) -> anyhow::Result<(f64, u64)> {
         cpu_and_rss(self.child.id(), window)
+    }
+
+    /// One `memory_search` over MCP: the paths found, best first.
+    fn search_paths(&self, query: &str, limit: usize) -> anyhow::Result<Vec<String>> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query, "limit": limit}}}).to_string();
+        let answer = self.http_post("claude-p1", &body)?;
+        // The JSON body, whatever framing (chunks) surrounds it.
+        let json = match (answer.find("\r\n\r\n{"), answer.rfind('}')) {
+            (Some(a), Some(b)) if a + 4 <= b => &answer[a + 4..=b],
+            _ => "",
+        };
+        let result: Value = serde_json::from_str(json).with_context(|| format!("not JSON: {answer}"))?;
+        let hits = result["result"]["structuredContent"]["results"]
+            .as_array()
+            .with_context(|| format!("memory_search failed: {answer}"))?;
+        Ok(hits.iter().filter_map(|h| h["path"].as_str().map(str::to_owned)).collect())
+    }
+
+    /// Every query of `collection` through `memory_search` over MCP (the
+    /// top 50): query id → document ids, best first.
+    pub fn quality_run(
+        &self,
+        collection: &crate::quality::Collection,
+    ) -> anyhow::Result<std::collections::HashMap<String, Vec<String>>> {
+        self.indexed()?;
+        let mut run = std::collections::HashMap::new();
+        for (id, text) in &collection.queries {
+            let paths = self.search_paths(text, 50)?;
+            run.insert(id.clone(), paths.iter().filter_map(|p| crate::quality::doc_id(p).map(str::to_owned)).collect());
+        }
+        Ok(run)
+    }
+
+    /// Edit on disk → searchable: a note rewritten with a word no note
+    /// holds, until `memory_search` over MCP finds it (polled back to
+    /// back); and the floor, one search round trip (for that word, before
+    /// the edit).
+    pub fn edit_to_searchable(&self, edits: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+        let vault = self.vault.clone().context("no vault")?;
+        self.indexed()?;
+        let (mut took, mut floor) = (Vec::new(), Vec::new());
+        for i in 0..edits {
+            let word = format!("edited{i}x");
+            let note = vault.join(format!("notes/{}/n{}.md", (i * 4 + 1) % 50, i * 4 + 1));
+            let round_trip = Instant::now();
+            anyhow::ensure!(self.search_paths(&word, 10)?.is_empty(), "{word} found before the edit");
+            floor.push(round_trip.elapsed());
+            let started = Instant::now();
+            std::fs::write(&note, format!("# Edited {i}\n{word} and more words\n"))?;
+            let deadline = started + Duration::from_secs(10);
+            while self.search_paths(&word, 10)?.is_empty() {
+                anyhow::ensure!(Instant::now() < deadline, "an edited note was not searchable within 10 s");
+            }
+            took.push(started.elapsed());
+        }
+        Ok((took, floor))
     }
 
     /// `memory_search` over MCP, and the same queries on an index built in

@@ -9,7 +9,7 @@
 //! cache (same model name, same dimension), and each query is embedded by
 //! the real model. The vectors' meaning does not matter to latency.
 
-use crate::daemon::{Bins, Live, query};
+use crate::daemon::{Bins, Live, Vault, query};
 use crate::report::{Report, Stats, ms, us};
 use memoryd_core::vault::embed::{self, Semantic, Vectors};
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ pub fn run(bins: &Bins, report: &mut Report) -> anyhow::Result<()> {
             "[search]\nembeddings_url = \"http://127.0.0.1:{fast}/v1/embeddings\"\nembeddings_model = \"{MODEL}\"\nbatch_size = 256\n"
         );
         let started = Instant::now();
-        let live = Live::start_with(tmp.path(), 10, Some(notes), &fill, bins)?;
+        let live = Live::start_with(tmp.path(), 10, Some(Vault::Synthetic(notes)), &fill, bins)?;
         wait_embedded(&live, notes, Duration::from_secs(3600))?;
         eprintln!("   {notes} notes embedded by the fast server in {:?}", started.elapsed());
         drop(live);
@@ -45,7 +45,7 @@ pub fn run(bins: &Bins, report: &mut Report) -> anyhow::Result<()> {
             "[search]\nembeddings_url = \"http://127.0.0.1:{query_port}/v1/embeddings\"\nembeddings_model = \"{MODEL}\"\nquery_deadline = \"5s\"\n"
         );
         let started = Instant::now();
-        let live = Live::start_with(tmp.path(), 10, Some(notes), &search, bins)?;
+        let live = Live::start_with(tmp.path(), 10, Some(Vault::Synthetic(notes)), &search, bins)?;
         wait_embedded(&live, notes, Duration::from_secs(600))?;
         let warm = started.elapsed();
         let loaded = live.log_text().lines().find(|l| l.contains("vector cache loaded")).unwrap_or("").to_owned();

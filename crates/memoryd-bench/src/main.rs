@@ -16,6 +16,7 @@ mod daemon;
 mod fleet;
 mod hybrid;
 mod messages;
+mod quality;
 mod report;
 
 use report::{Report, Stats, ms, per_second, ratio, ratio_of, us};
@@ -41,6 +42,31 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
         [_, flag, socket] if flag == "--floor-client" => return daemon::floor_client(socket),
+        [_, flag, dir] if flag == "--quality-tune" => {
+            quality::tune(&quality::cranfield(std::path::Path::new(dir))?);
+            return Ok(());
+        }
+        [_, flag, dir, out, rest @ ..] if flag == "--quality-run" => {
+            let extra = match rest {
+                [flag, config] if flag == "--config" => config.as_str(),
+                [] => "",
+                _ => anyhow::bail!("usage: memoryd-bench --quality-run COLLECTION_DIR OUT.json [--config TOML_LINES]"),
+            };
+            sandbox();
+            let collection = quality::cranfield(std::path::Path::new(dir))?;
+            let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
+            let vault = daemon::Vault::Collection(&collection);
+            let live =
+                daemon::Live::start_with(tmp.path(), 10, Some(vault), extra, &daemon::Bins::next_to_this_binary()?)?;
+            let run = live.quality_run(&collection)?;
+            std::fs::write(out, serde_json::to_string(&run)?)?;
+            let s = quality::Scores::of(&collection, &run);
+            eprintln!(
+                "memoryd over MCP: nDCG@10 {:.4} R@10 {:.4} R@50 {:.4} MRR {:.4}",
+                s.ndcg10, s.recall10, s.recall50, s.mrr
+            );
+            return Ok(());
+        }
         [_, flag, secs] if flag == "--floor-idle" => {
             std::thread::sleep(Duration::from_secs(secs.parse()?));
             return Ok(());
@@ -54,12 +80,7 @@ fn main() -> anyhow::Result<()> {
         Some(max) => SIZES.iter().copied().filter(|n| *n <= max).collect(),
         None => SIZES.to_vec(),
     };
-    // SAFETY of the sandbox: set before any thread starts.
-    #[allow(unsafe_code)]
-    // SAFETY: single-threaded at this point; nothing reads the environment concurrently.
-    unsafe {
-        std::env::set_var("MEMORYD_TEST_SANDBOX", "1");
-    }
+    sandbox();
     // MEMORYD_BENCH_ONLY: a comma list of parts (sweeps, daemon,
     // heartbeats, search, messages) for a quick look at some figures.
     let only = std::env::var("MEMORYD_BENCH_ONLY").ok();
@@ -268,16 +289,32 @@ fn heartbeat_figures(
     Ok(())
 }
 
-/// `memory_search` over MCP at two vault sizes, and its growth chart.
+/// Arms the test sandbox for every process this harness starts.
+fn sandbox() {
+    #[allow(unsafe_code)]
+    // SAFETY: called first, single-threaded; nothing reads the environment concurrently.
+    unsafe {
+        std::env::set_var("MEMORYD_TEST_SANDBOX", "1");
+    }
+}
+
+/// The search figures: latency over MCP against the index in process,
+/// edit to searchable, and quality on the vendored Cranfield collection.
 fn search_figures(report: &mut Report, bins: &daemon::Bins) -> anyhow::Result<()> {
     eprintln!("== MCP memory_search");
     let mut search_growth = Vec::new();
     for notes in [1_000usize, 10_000] {
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-        let live = daemon::Live::start(tmp.path(), 10, Some(notes), bins)?;
+        let live = daemon::Live::start(tmp.path(), 10, Some(daemon::Vault::Synthetic(notes)), bins)?;
         let (over_http, in_process) = live.search(200)?;
         let (http, floor) = (Stats::of(over_http), Stats::of(in_process));
         search_growth.push((notes, http.p50, floor.p50));
+        let (took, round_trip) = live.edit_to_searchable(50)?;
+        let (took, round_trip) = (Stats::of(took), Stats::of(round_trip));
+        report.row(
+            "edit",
+            vec![notes.to_string(), ms(took.p50), ms(took.p99), ms(round_trip.p50), ratio(took.p50, round_trip.p50)],
+        );
         report.row(
             "search",
             vec![
@@ -306,6 +343,24 @@ fn search_figures(report: &mut Report, bins: &daemon::Bins) -> anyhow::Result<()
         ],
         "notes",
     )?;
+
+    eprintln!("== search quality (Cranfield, over MCP)");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("collections/cranfield");
+    let collection = quality::cranfield(&dir)?;
+    let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
+    let live = daemon::Live::start(tmp.path(), 10, Some(daemon::Vault::Collection(&collection)), bins)?;
+    let s = quality::Scores::of(&collection, &live.quality_run(&collection)?);
+    report.row(
+        "quality",
+        vec![
+            format!("Cranfield 1400 ({} judged queries)", s.queries),
+            "memoryd lexical, over MCP".into(),
+            format!("{:.3}", s.ndcg10),
+            format!("{:.3}", s.recall10),
+            format!("{:.3}", s.recall50),
+            format!("{:.3}", s.mrr),
+        ],
+    );
     Ok(())
 }
 

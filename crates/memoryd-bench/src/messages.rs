@@ -13,7 +13,7 @@
 //! fresh process that connects to memoryd's socket and reads one line (a
 //! hook is a process the agent starts, and it must reach the daemon).
 
-use crate::daemon::{Bins, Live, http_post, timed};
+use crate::daemon::{Bins, Live, Vault, http_post, timed};
 use crate::report::{Report, Stats, ms, ratio};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -212,7 +212,7 @@ impl FloorState {
                 modified: std::time::SystemTime::UNIX_EPOCH,
             })
             .collect();
-        let index = memoryd_core::vault::Index::build(memoryd_core::vault::Scan { notes, skipped: 0 });
+        let index = memoryd_core::vault::Index::build(memoryd_core::vault::Scan { notes, skipped: Vec::new() });
         Ok(index.search(query, |_| true, 20).len())
     }
 }
@@ -380,7 +380,8 @@ fn row(report: &mut Report, name: &str, ours: &Tally, floor: &Tally) {
 pub fn run(dir: &Path, bins: &Bins, window: Duration, report: &mut Report) -> anyhow::Result<()> {
     // The rate limit protects agents from a looping peer; here every agent
     // sends as fast as the machine lets it, which is the figure.
-    let live = Live::start_with(dir, AGENTS, Some(10), "[presence]\npeer_send_rate = 1000000\n", bins)?;
+    let live =
+        Live::start_with(dir, AGENTS, Some(Vault::Synthetic(10)), "[presence]\npeer_send_rate = 1000000\n", bins)?;
     for a in 0..AGENTS {
         for b in a + 1..AGENTS {
             let (pa, pb) = (&live.peers[a].personality, &live.peers[b].personality);

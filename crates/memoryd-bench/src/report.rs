@@ -64,6 +64,20 @@ fn intro(section: &str) -> Option<&'static str> {
              the work itself); a hook is a fresh process that connects to memoryd's socket, says hello and reads \
              one line (a hook is a process the agent starts, and it must reach the daemon).\n",
         ),
+        "edit" => Some(
+            "## Edit on disk → searchable\n\n\
+             **Edit → searchable**: a note of the vault rewritten on disk with a word no note holds, until \
+             `memory_search` over MCP finds it (polled back to back). The watcher hands memoryd the changed \
+             path after a 10 ms debounce, and only that note's postings change (issue 20; a full rescan took \
+             about 1 s at 14,000 notes before). The floor is one search round trip.\n",
+        ),
+        "quality" => Some(
+            "## Search quality\n\n\
+             **Search quality**: every query of the Cranfield collection (1,400 aeronautics abstracts, 225 \
+             queries with graded judgements, vendored under `crates/memoryd-bench/collections/cranfield`) \
+             through `memory_search` over MCP, top 50. `scripts/search-quality.py` puts `bm25s` (English \
+             stems and stop words) and memoryd's ranking before issue 20 beside it on the same notes.\n",
+        ),
         _ => None,
     }
 }
@@ -108,6 +122,8 @@ fn header(section: &str) -> &'static [&'static str] {
             "MCP p50 − embedding p50",
             "warm-cache start (spawn → every note has its vector)",
         ],
+        "edit" => &["notes", "edit → searchable p50", "p99", "floor: one search round trip p50", "p50 / floor"],
+        "quality" => &["collection", "ranking", "nDCG@10", "Recall@10", "Recall@50", "MRR"],
         "machine" => &["fact", "value"],
         _ => &[],
     }

@@ -746,7 +746,7 @@ pub fn history(mailbox: &Inbox, p: &HistoryParams) -> Result<Vec<HistoryRow>, Re
             modified: m.ts.time(),
         })
         .collect();
-    let index = crate::vault::Index::build(crate::vault::Scan { notes, skipped: 0 });
+    let index = crate::vault::Index::build(crate::vault::Scan { notes, skipped: Vec::new() });
     Ok(index
         .search(query, |_| true, limit)
         .into_iter()

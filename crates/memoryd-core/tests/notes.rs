@@ -17,7 +17,7 @@ fn hostile(text: &str) -> bool {
 }
 
 /// Writes one note as ada into a fresh vault; the vault, and the result.
-fn write(title: &str, tags: &[String]) -> (tempfile::TempDir, Result<serde_json::Value, String>) {
+fn write(title: &str, tags: &[String]) -> (tempfile::TempDir, Result<memory::Written, String>) {
     let dir = tempfile::tempdir().unwrap();
     let files = FileGuard::live();
     let result =
@@ -26,8 +26,8 @@ fn write(title: &str, tags: &[String]) -> (tempfile::TempDir, Result<serde_json:
 }
 
 /// What went in comes back from the index and from a read, authored by ada.
-fn assert_round_trip(dir: &tempfile::TempDir, written: &serde_json::Value, title: &str, tags: &[String]) {
-    let rel = written["path"].as_str().unwrap();
+fn assert_round_trip(dir: &tempfile::TempDir, written: &memory::Written, title: &str, tags: &[String]) {
+    let rel = written.path.as_str();
     let scan = vault::scan(dir.path()).unwrap();
     assert_eq!(scan.notes.len(), 1, "{:?}", scan.notes);
     let note = &scan.notes[0];
@@ -35,8 +35,8 @@ fn assert_round_trip(dir: &tempfile::TempDir, written: &serde_json::Value, title
     assert_eq!(note.author.as_deref(), Some("ada"));
     assert_eq!(note.tags, tags);
     assert_eq!(note.body, "body text\n");
-    let text = memory::read(dir.path(), &ADA, rel).unwrap();
-    let reread = vault::parse_note(rel, &text, note.modified);
+    let read = memory::read(dir.path(), &Index::default(), &ADA, rel).unwrap();
+    let reread = vault::parse_note(rel, &read.text, note.modified);
     assert_eq!(&reread, note);
 }
 

@@ -325,7 +325,7 @@ pub async fn run(daemon: Arc<Daemon>) {
             let index = index.clone();
             let previous = std::mem::take(&mut seen);
             let known = store.clone();
-            match tokio::task::spawn_blocking(move || note_keys(index.notes(), &model, &prefix, previous, &known)).await
+            match tokio::task::spawn_blocking(move || note_keys(&index.notes(), &model, &prefix, previous, &known)).await
             {
                 Ok(done) => done,
                 Err(_) => return,
@@ -383,7 +383,7 @@ struct Pass {
 
 /// The keys of `notes`, each note hashed only when it changed.
 fn note_keys(
-    notes: &[Note],
+    notes: &[&Note],
     model: &str,
     prefix: &str,
     mut previous: HashMap<String, Seen>,

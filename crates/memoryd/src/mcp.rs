@@ -32,12 +32,13 @@ use memoryd_proto::RpcError;
 use memoryd_proto::peers::{AcknowledgeParams, HistoryParams, ReplyParams};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -504,101 +505,240 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// What a tool does to the world, for its annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Reads,
+    /// Adds something, replacing nothing.
+    Adds,
+    /// May replace what is there.
+    Replaces,
+}
+
+/// A tool: its input schema (an argument it does not list is refused),
+/// the schema of its structured answer ([`Answer`]), and its effect.
+fn tool(name: &'static str, description: &'static str, input: Value, output: Value, effect: Effect) -> Tool {
+    let annotations = ToolAnnotations::new()
+        .read_only(effect == Effect::Reads)
+        .destructive(effect == Effect::Replaces)
+        .open_world(false);
+    Tool::new(name, description, object(input)).with_raw_output_schema(schema(output)).annotate(annotations)
+}
+
+/// An output schema: an object (MCP's structured content is one).
+fn schema(properties: Value) -> Arc<Map<String, Value>> {
+    let required: Vec<Value> = properties.as_object().map(|p| p.keys().map(|k| json!(k)).collect()).unwrap_or_default();
+    let schema = json!({"type": "object", "properties": properties, "required": required});
+    Arc::new(schema.as_object().cloned().unwrap_or_default())
+}
+
 fn tools() -> Vec<Tool> {
+    let text = || json!({"type": "string"});
+    let links = || json!({"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "title": {"type": "string"}}, "required": ["path", "title"]}});
+    // What a send and a reply answer (proto `Sent`).
+    let sent = || {
+        json!({
+            "to": text(), "queued": {"type": "boolean"}, "queueDepth": {"type": "integer"},
+            "dropped": {"type": "integer"}, "ts": text(), "id": text(), "thread": text(),
+            "recipients": {"type": "array", "items": {"type": "object"}},
+        })
+    };
+    // A list of messages (proto `OutboxRow` or `HistoryRow`).
+    let messages = || json!({"messages": {"type": "array", "items": {"type": "object"}}});
     vec![
-        Tool::new(
+        tool(
             "memory_search",
             "Search the notes you may read (your own, shared ones, linked peers'); ranked by relevance.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "query": {"type": "string", "description": "What to look for"},
                 "limit": {"type": "integer", "minimum": 1, "maximum": 50, "description": "At most this many (10)"},
                 "scope": {"type": "string", "enum": ["all", "own", "shared", "peers"]},
-            }, "required": ["query"]})),
+            }, "required": ["query"]}),
+            json!({
+                "mode": {"type": "string", "enum": ["lexical", "hybrid"], "description": "What ranked the results"},
+                "results": {"type": "array", "items": {"type": "object", "properties": {
+                    "path": text(), "title": text(), "author": {"type": ["string", "null"]},
+                    "score": {"type": "number"}, "snippet": text(),
+                }, "required": ["path", "title", "author", "score", "snippet"]}},
+            }),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "memory_read",
-            "Read one note by its path relative to the vault (as memory_search returns it).",
-            object(json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]})),
+            "Read one note by its path relative to the vault (as memory_search returns it), with the notes it links to and those linking to it.",
+            json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+            json!({"path": text(), "text": text(), "links": links(), "backlinks": links()}),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "memory_write",
-            "Save a note in your own zone (peers/<you>/<slug>.md); returns similar notes to link or merge by hand.",
-            object(json!({"type": "object", "properties": {
+            "Save a note in your own zone (peers/<you>/<slug>.md); returns similar notes to link or merge by hand, and the note's links and backlinks.",
+            json!({"type": "object", "properties": {
                 "title": {"type": "string"},
                 "body": {"type": "string"},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "replace": {"type": "boolean", "description": "Replace your existing note of that title"},
-            }, "required": ["title", "body"]})),
+            }, "required": ["title", "body"]}),
+            json!({
+                "path": text(), "created": {"type": "boolean"},
+                "similar": {"type": "array", "items": {"type": "object", "properties": {
+                    "path": text(), "title": text(), "score": {"type": "number"},
+                }, "required": ["path", "title", "score"]}},
+                "links": links(), "backlinks": links(),
+            }),
+            Effect::Replaces,
         ),
-        Tool::new(
+        tool(
             "peers_list",
             "The peers you can see: yourself and your linked peers, with their presence.",
-            object(json!({"type": "object", "properties": {}})),
+            json!({"type": "object", "properties": {}}),
+            json!({"peers": {"type": "array", "items": {"type": "object", "properties": {
+                "personality": text(), "reason": text(), "state": text(), "health": {},
+            }, "required": ["personality", "reason", "state", "health"]}}}),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "peer_send",
             "Message one or more linked peers. It reaches them at their next turn; urgent ones at their next tool use. Returns the id and thread; peer_outbox shows whether it was delivered.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "to": {"description": "A linked peer, or a list of up to 16"},
                 "message": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
                 "subject": {"type": "string", "maxLength": peers::MAX_SUBJECT_CHARS, "description": "One line"},
                 "importance": {"type": "string", "enum": ["normal", "urgent"], "description": "urgent: interrupts their work (use rarely)"},
                 "ackRequired": {"type": "boolean", "description": "Ask them to confirm with peer_ack; you get a receipt"},
-            }, "required": ["to", "message"]})),
+            }, "required": ["to", "message"]}),
+            sent(),
+            Effect::Adds,
         ),
-        Tool::new(
+        tool(
             "peer_reply",
             "Reply to a message you received (by its id): to its sender, in its thread, with its subject.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "messageId": {"type": "string"},
                 "body": {"type": "string", "maxLength": peers::MAX_MESSAGE_CHARS},
                 "ackRequired": {"type": "boolean"},
-            }, "required": ["messageId", "body"]})),
+            }, "required": ["messageId", "body"]}),
+            sent(),
+            Effect::Adds,
         ),
-        Tool::new(
+        tool(
             "peer_ack",
             "Confirm a received message that asks for it (ackRequired), once you have acted on it; its sender gets a receipt.",
-            object(
-                json!({"type": "object", "properties": {"messageId": {"type": "string"}}, "required": ["messageId"]}),
-            ),
+            json!({"type": "object", "properties": {"messageId": {"type": "string"}}, "required": ["messageId"]}),
+            json!({"messageId": text(), "acknowledged": {"type": "boolean"}, "receipt": {"type": "boolean"}}),
+            Effect::Adds,
         ),
-        Tool::new(
+        tool(
             "peer_outbox",
             "Your recent sent messages, newest first, with each recipient's state: queued, delivered, acknowledged, dropped.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "limit": {"type": "integer", "minimum": 1, "maximum": peers::MAX_ROWS, "description": "At most this many (20)"},
-            }})),
+            }}),
+            messages(),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "peer_thread",
             "The messages of one thread that you sent or received, oldest first.",
-            object(json!({"type": "object", "properties": {"thread": {"type": "string"}}, "required": ["thread"]})),
+            json!({"type": "object", "properties": {"thread": {"type": "string"}}, "required": ["thread"]}),
+            messages(),
+            Effect::Reads,
         ),
-        Tool::new(
+        tool(
             "peer_messages_search",
             "Search the peer messages you sent or received (delivered ones), ranked by relevance.",
-            object(json!({"type": "object", "properties": {
+            json!({"type": "object", "properties": {
                 "query": {"type": "string"},
                 "with": {"type": "string", "description": "Only those exchanged with this peer"},
                 "thread": {"type": "string"},
-            }, "required": ["query"]})),
+            }, "required": ["query"]}),
+            messages(),
+            Effect::Reads,
         ),
     ]
+}
+
+/// A tool's answer: the typed value its output schema declares, sent as
+/// `structuredContent` (MCP 2025-06-18), and the text content beside it
+/// for clients that read only text. Every tool answers through this.
+struct Answer {
+    structured: Value,
+    text: Vec<String>,
+}
+
+impl Answer {
+    /// The value, and its JSON as the text (as MCP advises).
+    fn of(value: &impl Serialize) -> Result<Answer, String> {
+        let structured = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        Ok(Answer { text: vec![structured.to_string()], structured })
+    }
+
+    /// The value, with texts of the tool's own (a note to read is better
+    /// read as itself than as a JSON string).
+    fn with_text(value: &impl Serialize, text: Vec<String>) -> Result<Answer, String> {
+        Ok(Answer { text, ..Answer::of(value)? })
+    }
+
+    /// The tool result of a call's outcome: an answer, or a one-sentence
+    /// refusal as a tool error.
+    fn result(outcome: Result<Answer, String>) -> CallToolResult {
+        match outcome {
+            Ok(answer) => {
+                let mut result = CallToolResult::success(answer.text.into_iter().map(ContentBlock::text).collect());
+                result.structured_content = Some(answer.structured);
+                result
+            }
+            Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),
+        }
+    }
+}
+
+/// `peers_list`'s answer (structured content is an object).
+#[derive(Serialize)]
+struct PeersList {
+    peers: Vec<memoryd_proto::peers::Visible>,
+}
+
+/// A read note's links as a line of text for clients that read only text;
+/// None when it has none.
+fn links_text(read: &memory::ReadNote) -> Option<String> {
+    let list = |l: &[memory::Linked]| l.iter().map(|l| format!("`{}`", l.path)).collect::<Vec<_>>().join(", ");
+    let mut lines = Vec::new();
+    if !read.links.is_empty() {
+        lines.push(format!("Links to: {}", list(&read.links)));
+    }
+    if !read.backlinks.is_empty() {
+        lines.push(format!("Linked from: {}", list(&read.backlinks)));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 fn refusal_text(r: &Refusal) -> String {
     format!("{} ({})", r.message, r.kind)
 }
 
-/// A tool's answer as JSON, or its refusal as the tool error: the
-/// sentence with the error kind, which names the limit.
-fn json_of<T: serde::Serialize>(outcome: Result<T, RpcError>) -> Result<Value, String> {
+/// A tool's answer, or its refusal as the tool error: the sentence with
+/// the error kind, which names the limit.
+fn answer_of<T: Serialize>(outcome: Result<T, RpcError>) -> Result<Answer, String> {
     match outcome {
-        Ok(value) => serde_json::to_value(value).map_err(|e| e.to_string()),
+        Ok(value) => Answer::of(&value),
         Err(e) => Err(match e.kind() {
             Some(kind) => format!("{} ({kind})", e.message),
             None => e.message,
         }),
+    }
+}
+
+/// A list of messages as a tool's answer (structured content is an
+/// object).
+#[derive(Serialize)]
+struct Messages<T> {
+    messages: Vec<T>,
+}
+
+impl<T> Messages<T> {
+    fn of(messages: Vec<T>) -> Messages<T> {
+        Messages { messages }
     }
 }
 
@@ -630,7 +770,7 @@ impl MemoryServer {
         name: &str,
         args: &Map<String, Value>,
         query_vector: Option<Vec<f32>>,
-    ) -> Result<Value, String> {
+    ) -> Result<Answer, String> {
         let personality = split_node_id(node).map(|(_, p)| p.to_owned()).ok_or("bad identity")?;
         // The schema check let only these types through; a required one
         // that is absent all the same is still an error, not "".
@@ -653,11 +793,20 @@ impl MemoryServer {
                     (Some(e), Some(vectors), Some(query)) => Some(Semantic { vectors, query, rrf_k: e.rrf_k() }),
                     _ => None,
                 };
-                memory::search(&index, &caller, text("query")?, limit, optional("scope"), semantic.as_ref())
+                Answer::of(&memory::search(
+                    &index,
+                    &caller,
+                    text("query")?,
+                    limit,
+                    optional("scope"),
+                    semantic.as_ref(),
+                )?)
             }
             "memory_read" => {
                 let vault = vault.ok_or_else(no_vault)?;
-                memory::read(&vault, &caller, text("path")?).map(Value::String)
+                let read = memory::read(&vault, &self.daemon.vault.index(), &caller, text("path")?)?;
+                let texts = std::iter::once(read.text.clone()).chain(links_text(&read)).collect();
+                Answer::with_text(&read, texts)
             }
             "memory_write" => {
                 let vault = vault.ok_or_else(no_vault)?;
@@ -680,14 +829,14 @@ impl MemoryServer {
                     replace,
                     SystemTime::now(),
                 )?;
-                Ok(result)
+                Answer::of(&result)
             }
             "peers_list" => {
                 let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
                 let floor = self.daemon.rules().floor;
                 let visible =
                     peers::visible_in(&*self.daemon.store, &fleet, floor, &personality).map_err(|e| e.to_string())?;
-                serde_json::to_value(visible).map_err(|e| e.to_string())
+                Answer::of(&PeersList { peers: visible })
             }
             "peer_send" => {
                 self.check_write(node)?;
@@ -713,7 +862,7 @@ impl MemoryServer {
                     thread: None,
                     in_reply_to: None,
                 };
-                json_of(self.daemon.send_now(&draft, false))
+                answer_of(self.daemon.send_now(&draft, false))
             }
             "peer_reply" => {
                 self.check_write(node)?;
@@ -723,17 +872,19 @@ impl MemoryServer {
                     message: text("body")?.to_owned(),
                     ack_required: flag("ackRequired"),
                 };
-                json_of(self.daemon.reply_now(&params))
+                answer_of(self.daemon.reply_now(&params))
             }
             "peer_ack" => {
                 self.check_write(node)?;
                 let params =
                     AcknowledgeParams { personality: personality.clone(), message_id: text("messageId")?.to_owned() };
-                json_of(self.daemon.acknowledge_now(&params))
+                answer_of(self.daemon.acknowledge_now(&params))
             }
             "peer_outbox" => {
                 let limit = args.get("limit").and_then(Value::as_u64).map(|l| l as usize);
-                json_of(self.daemon.store.outbox(&personality, limit).map_err(crate::presence::rpc_error))
+                answer_of(
+                    self.daemon.store.outbox(&personality, limit).map(Messages::of).map_err(crate::presence::rpc_error),
+                )
             }
             "peer_thread" | "peer_messages_search" => {
                 let params = HistoryParams {
@@ -743,7 +894,7 @@ impl MemoryServer {
                     query: optional("query").map(str::to_owned),
                     limit: None,
                 };
-                json_of(self.daemon.history_now(&params))
+                answer_of(self.daemon.history_now(&params).map(Messages::of))
             }
             other => Err(format!("unknown tool `{other}`")),
         }
@@ -799,21 +950,14 @@ impl ServerHandler for MemoryServer {
         let (server, name) = (self.clone(), request.name.clone());
         let outcome = self.daemon.blocking(move |_| server.run(&node, &name, &args, query_vector)).await;
         // The writer's next search must find it.
-        if request.name == "memory_write" && outcome.is_ok() && self.daemon.rescan_vault("memory_write").await {
+        if request.name == "memory_write"
+            && let (Ok(written), Some(vault)) = (&outcome, &self.daemon.vault.path)
+            && let Some(rel) = written.structured.get("path").and_then(Value::as_str)
+            && self.daemon.update_vault([vault.join(rel)].into(), "memory_write").await
+        {
             self.daemon.refresh_fragments(None);
         }
-        let result = match outcome {
-            // The text is the results list as before; the mode rides in the structured result.
-            Ok(found) if request.name == "memory_search" => {
-                let mut result = CallToolResult::success(vec![ContentBlock::text(found["results"].to_string())]);
-                result.structured_content = Some(found);
-                result
-            }
-            Ok(Value::String(text)) => CallToolResult::success(vec![ContentBlock::text(text)]),
-            Ok(value) => CallToolResult::success(vec![ContentBlock::text(value.to_string())]),
-            Err(sentence) => CallToolResult::error(vec![ContentBlock::text(sentence)]),
-        };
-        Ok(result.into())
+        Ok(Answer::result(outcome).into())
     }
 }
 

@@ -1,18 +1,25 @@
-//! The daemon's vault index (spec 60): built at start, kept current from a
-//! recursive watcher (debounced), with a periodic rescan when watching
-//! fails. A rescan that would empty much of the index is refused.
+//! The daemon's vault index (spec 60): built whole at start, then kept
+//! current note by note from a recursive watcher: each changed path is
+//! reread (a directory's whole subtree) and only its notes' postings
+//! change. A full rescan remains for the watcher's overflow, a vault that
+//! cannot be watched (periodically), and a batch that would drop much of
+//! the index, where the rescan's fuse refuses it.
 
 use crate::daemon::Daemon;
-use memoryd_core::vault::{self, Index};
+use memoryd_core::vault::{self, Index, Update};
 use notify::Watcher;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Changes closer together than this are one rescan.
-const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Changes closer together than this are one batch: an editor's save is a
+/// few events within a millisecond or two, and an edit must be searchable
+/// within 100 ms.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+/// More changed paths than this waiting at once are a rescan instead.
+const MAX_CHANGED_PATHS: usize = 4096;
 /// The rescan period when the vault cannot be watched (and the retry of a
 /// refused rescan).
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
@@ -29,6 +36,8 @@ pub struct VaultState {
     pub fragments: FragmentQueue,
     /// Vectors for hybrid search, when `search.embeddings_url` is set.
     pub embedder: Option<Arc<crate::embedder::Embedder>>,
+    /// Vault paths changed since the watcher last looked.
+    changes: MergeQueue<PathBuf>,
 }
 
 impl VaultState {
@@ -40,6 +49,7 @@ impl VaultState {
             refused: AtomicBool::new(false),
             fragments: FragmentQueue::default(),
             embedder: embedder.map(Arc::new),
+            changes: MergeQueue::with_limit(MAX_CHANGED_PATHS),
         }
     }
 
@@ -54,6 +64,25 @@ impl VaultState {
         if let Some(embedder) = &self.embedder {
             embedder.wake.notify_one();
         }
+    }
+
+    /// Applies note updates in place (a search holding the old index
+    /// meanwhile keeps its copy); whether anything changed.
+    fn apply(&self, updates: Vec<Update>) -> bool {
+        let changed = {
+            let Ok(mut current) = self.index.write() else { return false };
+            let index = Arc::make_mut(&mut current);
+            updates.into_iter().fold(false, |changed, update| index.apply(update) | changed)
+        };
+        if changed && let Some(embedder) = &self.embedder {
+            embedder.wake.notify_one();
+        }
+        changed
+    }
+
+    /// Notes a change of vault paths for the watcher task.
+    pub fn changed(&self, paths: Vec<PathBuf>) {
+        self.changes.push(Some(paths));
     }
 }
 
@@ -82,12 +111,48 @@ impl Daemon {
             return false;
         }
         self.vault.refused.store(false, Ordering::Relaxed);
-        if old.notes() == scan.notes.as_slice() {
+        if old.notes().into_iter().eq(&scan.notes) && old.skipped() == scan.skipped.len() {
             return false;
         }
-        tracing::info!(why, notes = scan.notes.len(), skipped = scan.skipped, "vault indexed");
+        tracing::info!(why, notes = scan.notes.len(), skipped = scan.skipped.len(), "vault indexed");
         self.vault.swap(Index::build(scan));
         true
+    }
+
+    /// Brings the index up to date with these changed paths of the vault
+    /// (absolute), one note at a time (a directory's notes all, a moved
+    /// one's both ways); whether the index changed. A path outside the
+    /// vault, a vault that cannot be opened, or a batch that would drop
+    /// more than the rescan's fuse allows is a rescan instead.
+    pub async fn update_vault(self: &Arc<Self>, paths: BTreeSet<PathBuf>, why: &'static str) -> bool {
+        let Some(root) = self.vault.path.clone() else { return false };
+        let index = self.vault.index();
+        let updates = self
+            .blocking(move |_| {
+                paths
+                    .iter()
+                    .map(|path| {
+                        let rel = path.strip_prefix(&root).ok()?.to_str()?;
+                        vault::reread(&root, rel, &index)
+                    })
+                    .collect::<Option<Vec<Vec<Update>>>>()
+                    .map(|updates| (updates.into_iter().flatten().collect::<Vec<_>>(), index))
+            })
+            .await;
+        let Some((updates, index)) = updates else { return self.rescan_vault(why).await };
+        let dropped = updates
+            .iter()
+            .filter(|u| matches!(u, Update::Gone(p) | Update::Skipped(p) if index.get(p).is_some()))
+            .count();
+        if vault::rescan_refused(index.len(), index.len() - dropped) {
+            return self.rescan_vault(why).await;
+        }
+        let count = updates.len();
+        // Held here, this copy would make the update clone the whole index.
+        drop(index);
+        let changed = self.blocking(move |d| d.vault.apply(updates)).await;
+        tracing::debug!(why, paths = count, changed, notes = self.vault.index().len(), "vault updated");
+        changed
     }
 }
 
@@ -95,16 +160,18 @@ impl Daemon {
 /// first fragments list the notes); every change re-renders the fragments.
 pub async fn watch(daemon: Arc<Daemon>) {
     let Some(path) = daemon.vault.path.clone() else { return };
-    // Bounded: one waiting wake-up is as good as many.
-    let (tx, mut rx) = mpsc::channel::<()>(crate::tasks::WATCH_QUEUE);
     let watched = path.clone();
+    let state = daemon.clone();
     // A recursive watch walks the whole vault: on a blocking thread.
     let watcher = daemon
         .blocking(move |_| {
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| crate::tasks::is_change(&e)) {
-                    let _ = tx.try_send(());
-                }
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                // The kernel's queue overflowed, or a watch was lost: only a
+                // rescan knows what changed.
+                Ok(e) if e.need_rescan() => state.vault.changes.push(None),
+                Ok(e) if crate::tasks::is_change(&e) => state.vault.changed(e.paths),
+                Ok(_) => {}
+                Err(_) => state.vault.changes.push(None),
             })
             .and_then(|mut w| {
                 w.watch(&watched, notify::RecursiveMode::Recursive)?;
@@ -126,50 +193,74 @@ pub async fn watch(daemon: Arc<Daemon>) {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     rescan.tick().await;
     loop {
-        let why = tokio::select! {
+        let changed = tokio::select! {
             _ = daemon.host.shutdown.begun.cancelled() => return,
-            Some(()) = rx.recv() => {
+            () = daemon.vault.changes.wait() => {
                 tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                "change"
+                match daemon.vault.changes.take() {
+                    None => false,
+                    Some(Some(paths)) => daemon.update_vault(paths, "change").await,
+                    Some(None) => daemon.rescan_vault("watcher overflow").await,
+                }
             }
-            _ = rescan.tick(), if _watcher.is_none() || daemon.vault.refused.load(Ordering::Relaxed) => "rescan",
+            _ = rescan.tick(), if _watcher.is_none() || daemon.vault.refused.load(Ordering::Relaxed) => {
+                daemon.rescan_vault("rescan").await
+            }
         };
-        if daemon.rescan_vault(why).await {
+        if changed {
             daemon.refresh_fragments(None);
         }
     }
 }
 
-/// The fragments waiting to be re-rendered. Requests merge into one set
-/// (or "all"), so however fast changes come, what waits is bounded by the
-/// fleet's size, and the renderer is woken once for a burst.
-#[derive(Default)]
-pub struct FragmentQueue {
-    pending: Mutex<Pending>,
+/// Work waiting for a task: requests merge into one set (or "all"), so
+/// however fast they come, what waits is bounded (by the fleet's size for
+/// fragments, by a limit past which it becomes "all" for vault paths), and
+/// the task is woken once for a burst.
+pub struct MergeQueue<T> {
+    pending: Mutex<Pending<T>>,
     wake: tokio::sync::Notify,
+    limit: usize,
 }
 
-#[derive(Default)]
-enum Pending {
-    #[default]
+/// The fragments waiting to be re-rendered, by personality.
+pub type FragmentQueue = MergeQueue<String>;
+
+enum Pending<T> {
     Nothing,
-    Peers(std::collections::BTreeSet<String>),
+    Some(BTreeSet<T>),
     All,
 }
 
-impl FragmentQueue {
-    /// Asks for these peers' fragments (every peer's with None).
-    pub fn push(&self, peers: Option<Vec<String>>) {
+impl<T> Default for MergeQueue<T> {
+    fn default() -> MergeQueue<T> {
+        MergeQueue::with_limit(usize::MAX)
+    }
+}
+
+impl<T> MergeQueue<T> {
+    /// A queue where more than `limit` items waiting become "all".
+    pub fn with_limit(limit: usize) -> MergeQueue<T> {
+        MergeQueue { pending: Mutex::new(Pending::Nothing), wake: tokio::sync::Notify::new(), limit }
+    }
+
+    /// Asks for these items (all with None).
+    pub fn push(&self, items: Option<Vec<T>>)
+    where
+        T: Ord,
+    {
         if let Ok(mut pending) = self.pending.lock() {
-            *pending = match (std::mem::take(&mut *pending), peers) {
+            *pending = match (std::mem::replace(&mut *pending, Pending::Nothing), items) {
                 (Pending::All, _) | (_, None) => Pending::All,
-                (Pending::Nothing, Some(more)) => Pending::Peers(more.into_iter().collect()),
-                (Pending::Peers(mut set), Some(more)) => {
+                (Pending::Nothing, Some(more)) => Pending::Some(more.into_iter().collect()),
+                (Pending::Some(mut set), Some(more)) => {
                     set.extend(more);
-                    Pending::Peers(set)
+                    Pending::Some(set)
                 }
             };
+            if matches!(&*pending, Pending::Some(set) if set.len() > self.limit) {
+                *pending = Pending::All;
+            }
         }
         self.wake.notify_one();
     }
@@ -179,12 +270,12 @@ impl FragmentQueue {
         self.wake.notified().await;
     }
 
-    /// What is waiting: None for nothing, `Some(None)` for every peer.
-    pub fn take(&self) -> Option<Option<std::collections::BTreeSet<String>>> {
-        match self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default() {
-            Pending::Nothing => None,
-            Pending::Peers(set) => Some(Some(set)),
-            Pending::All => Some(None),
+    /// What is waiting: None for nothing, `Some(None)` for all.
+    pub fn take(&self) -> Option<Option<BTreeSet<T>>> {
+        match self.pending.lock().map(|mut p| std::mem::replace(&mut *p, Pending::Nothing)) {
+            Ok(Pending::Nothing) | Err(_) => None,
+            Ok(Pending::Some(set)) => Some(Some(set)),
+            Ok(Pending::All) => Some(None),
         }
     }
 }
@@ -233,5 +324,11 @@ mod tests {
         queue.push(None);
         queue.push(Some(vec!["bob".into()]));
         assert_eq!(queue.take(), Some(None), "all absorbs the rest");
+        let paths = super::MergeQueue::with_limit(3);
+        paths.push(Some(vec![1, 2, 3]));
+        paths.push(Some(vec![3]));
+        assert_eq!(paths.take(), Some(Some([1, 2, 3].into())), "within the limit");
+        paths.push(Some(vec![1, 2, 3, 4]));
+        assert_eq!(paths.take(), Some(None), "past the limit: all");
     }
 }

@@ -470,7 +470,7 @@ impl Verify<'_> {
             (Some(vault), Some(index)) => out.line(
                 "vault",
                 Good,
-                &format!("{}: {} notes indexed, {} skipped", vault.display(), index.len(), index.skipped),
+                &format!("{}: {} notes indexed, {} skipped", vault.display(), index.len(), index.skipped()),
             ),
             (Some(vault), None) => out.line("vault", Fail, &format!("{}: cannot be indexed", vault.display())),
         }

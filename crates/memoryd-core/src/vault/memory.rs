@@ -3,8 +3,8 @@
 //! A refusal is one sentence, returned to the agent as a tool error.
 
 use crate::host::files::{EntryKind, FileError, FileGuard, RealDir};
-use crate::vault::{self, Index, Note, embed, readable};
-use serde_json::{Value, json};
+use crate::vault::{self, Index, Note, embed, links, readable};
+use serde::Serialize;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::SystemTime;
@@ -35,8 +35,69 @@ fn rounded(score: f32) -> f64 {
     (f64::from(score) * 1000.0).round() / 1000.0
 }
 
-/// `memory_search {query, limit?, scope?}`: `{"mode", "results"}`, the
-/// mode saying whether the query's vector took part ([`embed::rank`]).
+/// `memory_search`'s answer; the mode says whether the query's vector
+/// took part ([`embed::rank`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    pub mode: embed::Mode,
+    pub results: Vec<SearchHit>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchHit {
+    pub path: String,
+    pub title: String,
+    pub author: Option<String>,
+    pub score: f64,
+    pub snippet: String,
+}
+
+/// A note a link leads to, or a note linking here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Linked {
+    pub path: String,
+    pub title: String,
+}
+
+/// `memory_read`'s answer: the note's text and its place in the graph.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadNote {
+    pub path: String,
+    pub text: String,
+    /// The notes this one links to that the caller may read.
+    pub links: Vec<Linked>,
+    /// The notes the caller may read that link to this one.
+    pub backlinks: Vec<Linked>,
+}
+
+/// `memory_write`'s answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    pub path: String,
+    pub created: bool,
+    /// Notes like it, to link or merge by hand.
+    pub similar: Vec<Similar>,
+    pub links: Vec<Linked>,
+    pub backlinks: Vec<Linked>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Similar {
+    pub path: String,
+    pub title: String,
+    pub score: f64,
+}
+
+/// The notes among `notes` the caller may read, as links.
+fn as_links<'a>(caller: &Caller<'_>, notes: impl IntoIterator<Item = &'a Note>) -> Vec<Linked> {
+    notes
+        .into_iter()
+        .filter(|n| caller.may_read(n))
+        .map(|n| Linked { path: n.path.clone(), title: n.title.clone() })
+        .collect()
+}
+
+/// `memory_search {query, limit?, scope?}`.
 pub fn search(
     index: &Index,
     caller: &Caller<'_>,
@@ -44,7 +105,7 @@ pub fn search(
     limit: Option<u64>,
     scope: Option<&str>,
     semantic: Option<&embed::Semantic<'_>>,
-) -> Result<Value, String> {
+) -> Result<Found, String> {
     if query.trim().is_empty() {
         return Err("`query` is empty; say what to look for".to_owned());
     }
@@ -61,26 +122,25 @@ pub fn search(
         return Err(format!("`scope` {s:?} is not one of all, own, shared, peers"));
     }
     let (hits, mode) = embed::rank(index, query, semantic, |n| caller.may_read(n) && in_scope(n), limit);
-    let results: Vec<Value> = hits
+    let results = hits
         .iter()
-        .map(|h| {
-            json!({
-                "path": h.note.path,
-                "title": h.note.title,
-                "author": h.note.author,
-                "score": rounded(h.score),
-                "snippet": vault::snippet(h.note, query),
-            })
+        .map(|h| SearchHit {
+            path: h.note.path.clone(),
+            title: h.note.title.clone(),
+            author: h.note.author.clone(),
+            score: rounded(h.score),
+            snippet: vault::snippet(h.note, query),
         })
         .collect();
-    Ok(json!({"mode": mode.as_str(), "results": results}))
+    Ok(Found { mode, results })
 }
 
-/// `memory_read {path}`: the note's text, if the caller may read it.
-/// Access is decided on the file a symlink leads to: its real path must lie
-/// inside the vault, and the zone of that path (not of the link) says who
-/// may read it.
-pub fn read(vault: &Path, caller: &Caller<'_>, path: &str) -> Result<String, String> {
+/// `memory_read {path}`: the note's text, if the caller may read it, with
+/// the notes it links to and those linking to it (each only if the caller
+/// may read it). Access is decided on the file a symlink leads to: its real
+/// path must lie inside the vault, and the zone of that path (not of the
+/// link) says who may read it; links are those of that real note.
+pub fn read(vault: &Path, index: &Index, caller: &Caller<'_>, path: &str) -> Result<ReadNote, String> {
     let refused =
         || format!("{path:?} is not a note you can read (a path relative to the vault, inside it, ending in .md)");
     let rel = vault::safe_relative(path).ok_or_else(refused)?;
@@ -97,7 +157,12 @@ pub fn read(vault: &Path, caller: &Caller<'_>, path: &str) -> Result<String, Str
     // link since the check above fails instead of redirecting the read.
     let dir = RealDir::open(&real_vault).and_then(|v| v.sub(parent)).map_err(|e| unreadable(path, &e))?;
     match vault::read_text(&dir, name) {
-        Ok(Some((text, _))) => Ok(text),
+        Ok(Some((text, _))) => Ok(ReadNote {
+            links: as_links(caller, index.resolve(&real_text, &links::parse(&real_text, &text))),
+            backlinks: as_links(caller, index.backlinks(&real_text)),
+            path: path.to_owned(),
+            text,
+        }),
         Ok(None) => Err(format!("{path:?} is not a readable note (larger than 1 MiB or not UTF-8)")),
         Err(e) => Err(unreadable(path, &e)),
     }
@@ -122,7 +187,7 @@ pub fn write(
     tags: &[String],
     replace: bool,
     now: SystemTime,
-) -> Result<Value, String> {
+) -> Result<Written, String> {
     one_line("`title`", title)?;
     for (i, tag) in tags.iter().enumerate() {
         if tag.is_empty() {
@@ -166,12 +231,18 @@ pub fn write(
         return Err(format!("{rel} exists; pass replace: true to replace it, or choose another title"));
     }
     files.write_in(&dir, name, text.as_bytes(), Some(0o644)).map_err(linked)?;
-    let similar: Vec<Value> = index
+    let similar = index
         .search(&format!("{title} {body}"), |n| n.path != rel && caller.may_read(n), 3)
         .iter()
-        .map(|h| json!({"path": h.note.path, "title": h.note.title, "score": rounded(h.score)}))
+        .map(|h| Similar { path: h.note.path.clone(), title: h.note.title.clone(), score: rounded(h.score) })
         .collect();
-    Ok(json!({"path": rel, "created": !existed, "similar": similar}))
+    Ok(Written {
+        links: as_links(caller, index.resolve(&rel, &links::parse(&rel, body))),
+        backlinks: as_links(caller, index.backlinks(&rel)),
+        path: rel,
+        created: !existed,
+        similar,
+    })
 }
 
 /// Refuses a front matter value that could end its line: a control
@@ -204,24 +275,18 @@ mod tests {
         let index = Index::build(scan(v).unwrap());
         let ada = Caller { personality: "ada", linked: &[] };
         let ada_linked = Caller { personality: "ada", linked: &["bob"] };
-        assert_eq!(search(&index, &ada, "kafka", None, None, None).unwrap()["results"].as_array().unwrap().len(), 1);
-        assert_eq!(
-            search(&index, &ada_linked, "kafka", None, Some("peers"), None).unwrap()["results"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(read(v, &ada, "peers/bob/secret.md").is_err());
-        assert!(read(v, &ada_linked, "peers/bob/secret.md").unwrap().contains("kafka"));
-        assert!(read(v, &ada, "../../etc/passwd").is_err());
+        assert_eq!(search(&index, &ada, "kafka", None, None, None).unwrap().results.len(), 1);
+        assert_eq!(search(&index, &ada_linked, "kafka", None, Some("peers"), None).unwrap().results.len(), 1);
+        assert!(read(v, &Index::default(), &ada, "peers/bob/secret.md").is_err());
+        assert!(read(v, &Index::default(), &ada_linked, "peers/bob/secret.md").unwrap().text.contains("kafka"));
+        assert!(read(v, &Index::default(), &ada, "../../etc/passwd").is_err());
         let files = FileGuard::live();
         let w =
             write(&files, v, &index, &ada, "Kafka tuning!", "batch sizes", &["ops".into()], false, SystemTime::now())
                 .unwrap();
-        assert_eq!(w["path"], "peers/ada/kafka-tuning.md");
-        assert_eq!(w["created"], true);
-        assert!(w["similar"].as_array().unwrap().iter().any(|s| s["path"] == "shared.md"));
+        assert_eq!(w.path, "peers/ada/kafka-tuning.md");
+        assert!(w.created);
+        assert!(w.similar.iter().any(|s| s.path == "shared.md"));
         let again = write(&files, v, &index, &ada, "Kafka tuning!", "x", &[], false, SystemTime::now()).unwrap_err();
         assert!(again.contains("replace: true"), "{again}");
         assert!(write(&files, v, &index, &ada, "Kafka tuning!", "x", &[], true, SystemTime::now()).is_ok());
@@ -232,6 +297,39 @@ mod tests {
         assert_eq!(rescanned.get("peers/ada/foreign.md").unwrap().author.as_deref(), Some("ada"));
         assert!(write(&files, v, &index, &ada, "foreign", "y", &[], false, SystemTime::now()).is_err());
         assert!(write(&files, v, &index, &ada, "foreign", "y", &[], true, SystemTime::now()).is_ok());
+    }
+
+    #[test]
+    fn reads_and_writes_answer_links_and_backlinks_the_caller_may_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path();
+        std::fs::create_dir_all(v.join("ops")).unwrap();
+        std::fs::create_dir_all(v.join("peers/bob")).unwrap();
+        std::fs::write(
+            v.join("ops/kafka.md"),
+            "# Kafka\nSee [[deploy]], [bob's](../peers/bob/secret.md), [[nowhere]].",
+        )
+        .unwrap();
+        std::fs::write(v.join("ops/deploy.md"), "# Deploy\nBack to [kafka](kafka.md).").unwrap();
+        std::fs::write(v.join("peers/bob/secret.md"), "# Secret\n[[kafka]] and [[ops/deploy]]").unwrap();
+        let index = Index::build(scan(v).unwrap());
+        let paths = |l: &[Linked]| l.iter().map(|l| l.path.as_str()).collect::<Vec<_>>().join(" ");
+        let ada = Caller { personality: "ada", linked: &[] };
+        let read_kafka = read(v, &index, &ada, "ops/kafka.md").unwrap();
+        assert_eq!(paths(&read_kafka.links), "ops/deploy.md", "bob's note is not ada's to see");
+        assert_eq!(paths(&read_kafka.backlinks), "ops/deploy.md");
+        let bob = Caller { personality: "bob", linked: &[] };
+        let read_kafka = read(v, &index, &bob, "ops/kafka.md").unwrap();
+        assert_eq!(paths(&read_kafka.links), "ops/deploy.md peers/bob/secret.md");
+        assert_eq!(paths(&read_kafka.backlinks), "ops/deploy.md peers/bob/secret.md");
+        assert_eq!(read_kafka.links[0].title, "Deploy");
+        // A write answers its links, and the notes already linking to it.
+        std::fs::write(v.join("ops/runbook.md"), "# Runbook\nStart from [[plan]].").unwrap();
+        let index = Index::build(scan(v).unwrap());
+        let w =
+            write(&FileGuard::live(), v, &index, &ada, "Plan", "Read [[kafka]] first.", &[], false, SystemTime::now())
+                .unwrap();
+        assert_eq!((paths(&w.links).as_str(), paths(&w.backlinks).as_str()), ("ops/kafka.md", "ops/runbook.md"));
     }
 
     /// Runs `f` on a thread and gives up after a few seconds, so a read
@@ -263,20 +361,20 @@ mod tests {
 
         let ada = Caller { personality: "ada", linked: &[] };
         for path in ["shared/alias.md", "shared/absolute.md", "shared/bobdir/secret.md", "shared/out.md"] {
-            let e = read(&v, &ada, path).unwrap_err();
+            let e = read(&v, &Index::default(), &ada, path).unwrap_err();
             assert!(!e.contains("launch") && !e.contains("Outside"), "{path}: {e}");
         }
         assert!(
-            read(&v, &ada, "shared/ops-alias.md").unwrap().contains("shared text"),
+            read(&v, &Index::default(), &ada, "shared/ops-alias.md").unwrap().text.contains("shared text"),
             "a link within a zone ada reads"
         );
         // A hard link has no real path to judge it by: refused for everyone,
         // in bob's zone too, and never indexed.
         std::fs::hard_link(v.join("peers/bob/secret.md"), v.join("shared/hard.md")).unwrap();
-        let e = read(&v, &ada, "shared/hard.md").unwrap_err();
+        let e = read(&v, &Index::default(), &ada, "shared/hard.md").unwrap_err();
         assert!(e.contains("hard links") && !e.contains("launch"), "{e}");
         let bob = Caller { personality: "bob", linked: &[] };
-        assert!(read(&v, &bob, "peers/bob/secret.md").unwrap_err().contains("hard links"));
+        assert!(read(&v, &Index::default(), &bob, "peers/bob/secret.md").unwrap_err().contains("hard links"));
         assert!(
             crate::vault::scan(&v)
                 .unwrap()
@@ -286,11 +384,13 @@ mod tests {
         );
         std::fs::remove_file(v.join("shared/hard.md")).unwrap();
         let ada_linked = Caller { personality: "ada", linked: &["bob"] };
-        assert!(read(&v, &ada_linked, "shared/alias.md").unwrap().contains("launch code"));
-        assert!(read(&v, &ada_linked, "shared/out.md").is_err(), "out of the vault for everyone");
+        assert!(read(&v, &Index::default(), &ada_linked, "shared/alias.md").unwrap().text.contains("launch code"));
+        assert!(read(&v, &Index::default(), &ada_linked, "shared/out.md").is_err(), "out of the vault for everyone");
         let v2 = v.clone();
-        let e =
-            within(move || read(&v2, &Caller { personality: "ada", linked: &[] }, "peers/ada/pipe.md")).unwrap_err();
+        let e = within(move || {
+            read(&v2, &Index::default(), &Caller { personality: "ada", linked: &[] }, "peers/ada/pipe.md")
+        })
+        .unwrap_err();
         assert!(e.contains("pipe.md"), "{e}");
 
         // Search and fragments see only what the scan indexed: no link is followed.
@@ -299,7 +399,7 @@ mod tests {
         let paths: Vec<&str> = scanned.notes.iter().map(|n| n.path.as_str()).collect();
         assert_eq!(paths, ["ops.md", "peers/bob/secret.md"]);
         let index = Index::build(scanned);
-        assert!(search(&index, &ada, "launch", None, None, None).unwrap()["results"].as_array().unwrap().is_empty());
+        assert!(search(&index, &ada, "launch", None, None, None).unwrap().results.is_empty());
     }
 
     #[test]
@@ -336,7 +436,7 @@ mod tests {
         let v4 = dir.path().join("vault4");
         std::fs::create_dir_all(&v4).unwrap();
         let w = write(&files, &v4, &index, &ada, "Plan", "fine", &[], false, now).unwrap();
-        assert_eq!(w["path"], "peers/ada/plan.md");
+        assert_eq!(w.path, "peers/ada/plan.md");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(v4.join("peers/ada")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o755, 0, "{mode:o}: created 0755 (less any umask bits)");

@@ -275,9 +275,12 @@ pub fn fuse<'a>(lists: &[Vec<Hit<'a>>], k: usize, limit: usize) -> Vec<Hit<'a>> 
 }
 
 /// How a search was ranked, as its result says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// BM25 over stems and words ([`Index::search`]).
     Lexical,
+    /// That and the nearest vectors, fused by reciprocal rank.
     Hybrid,
 }
 
@@ -380,7 +383,7 @@ mod tests {
             parse_note("kafka.md", "# Kafka\nhow to vary batch sizes", t),
             parse_note("peers/bob/secret.md", "# Bob\nair altitude notes", t),
         ];
-        let index = Index::build(Scan { notes, skipped: 0 });
+        let index = Index::build(Scan { notes, skipped: Vec::new() });
         let v = |x: &[f32]| unit(x.to_vec()).unwrap();
         let (a, k, b) = (v(&[1.0, 0.1]), v(&[0.0, 1.0]), v(&[1.0, 0.0]));
         let vectors = Vectors::new([("atmosphere.md", &a[..]), ("kafka.md", &k[..]), ("peers/bob/secret.md", &b[..])]);
@@ -404,7 +407,7 @@ mod tests {
     fn the_scan_keeps_the_best_and_skips_other_dimensions() {
         let t = SystemTime::UNIX_EPOCH;
         let notes: Vec<Note> = (0..50).map(|i| parse_note(&format!("n{i:02}.md"), "x", t)).collect();
-        let index = Index::build(Scan { notes, skipped: 0 });
+        let index = Index::build(Scan { notes, skipped: Vec::new() });
         let rows: Vec<(String, Vec<f32>)> = (0..50)
             .map(|i| {
                 (format!("n{i:02}.md"), if i == 49 { vec![1.0, 0.0, 0.0] } else { unit(vec![1.0, i as f32]).unwrap() })
