@@ -52,9 +52,9 @@ impl World {
         let structured = &result["structuredContent"];
         let paths: Vec<String> =
             structured["results"].as_array().unwrap().iter().map(|h| h["path"].as_str().unwrap().to_owned()).collect();
-        // The text is the same list.
+        // The text is the same answer.
         let text: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
-        assert_eq!(&text, &structured["results"], "{v}");
+        assert_eq!(&text, structured, "{v}");
         (structured["mode"].as_str().unwrap().to_owned(), paths)
     }
 

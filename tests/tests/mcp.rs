@@ -170,7 +170,9 @@ fn every_tool_declares_an_output_schema_and_answers_structured_content_with_link
     for tool in list["result"]["tools"].as_array().unwrap() {
         let name = tool["name"].as_str().unwrap();
         assert_eq!(tool["outputSchema"]["type"], "object", "{name}: {tool}");
-        let reads = ["memory_search", "memory_read", "peers_list"].contains(&name);
+        let reads =
+            ["memory_search", "memory_read", "peers_list", "peer_outbox", "peer_thread", "peer_messages_search"]
+                .contains(&name);
         assert_eq!(tool["annotations"]["readOnlyHint"], reads, "{name}: {tool}");
         required.insert(name.to_owned(), tool["outputSchema"]["required"].clone());
     }
@@ -215,6 +217,10 @@ fn every_tool_declares_an_output_schema_and_answers_structured_content_with_link
     let written = call("memory_write", json!({"title": "Kafka", "body": "Mine; see [[deploy]]."}));
     let sent = call("peer_send", json!({"to": "bob", "message": "see ops/deploy.md"}));
     assert_eq!(sent["structuredContent"]["queued"], true, "{sent}");
+    let outbox = call("peer_outbox", json!({}));
+    assert_eq!(outbox["structuredContent"]["messages"][0]["id"], sent["structuredContent"]["id"], "{outbox}");
+    let thread = call("peer_thread", json!({"thread": sent["structuredContent"]["thread"]}));
+    assert!(thread["structuredContent"]["messages"].is_array(), "{thread}");
     let written = &written["structuredContent"];
     assert_eq!(written["path"], "peers/ada/kafka.md", "{written}");
     assert_eq!(paths(&written["links"]), ["ops/deploy.md"], "{written}");

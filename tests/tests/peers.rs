@@ -79,7 +79,8 @@ fn tool(port: u16, node: &str, name: &str, arguments: Value) -> Value {
 /// The states of a message in its sender's outbox, by recipient.
 fn states(port: u16, node: &str, id: &str) -> Vec<String> {
     let rows = tool(port, node, "peer_outbox", json!({}));
-    let row = rows.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id} in {rows}"));
+    let row =
+        rows["messages"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id} in {rows}"));
     row["deliveries"]
         .as_array()
         .unwrap()
@@ -330,10 +331,11 @@ fn a_conversation_through_the_real_shims_and_tools() {
         "{context}"
     );
     let rows = tool(port, ada, "peer_thread", json!({"thread": thread}));
-    let ids: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = rows["messages"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!((ids.first(), ids.last()), (Some(&review_id), Some(&reply["id"].as_str().unwrap())), "{rows}");
     // History search finds the delivered message by a word of its body.
     let hits = tool(port, bob, "peer_messages_search", json!({"query": "rollout"}));
+    let hits = &hits["messages"];
     assert_eq!(hits[0]["id"], review_id, "{hits}");
     assert_eq!(hits[0]["direction"], "received");
     let history: Value =

@@ -325,7 +325,8 @@ pub async fn run(daemon: Arc<Daemon>) {
             let index = index.clone();
             let previous = std::mem::take(&mut seen);
             let known = store.clone();
-            match tokio::task::spawn_blocking(move || note_keys(&index.notes(), &model, &prefix, previous, &known)).await
+            match tokio::task::spawn_blocking(move || note_keys(&index.notes(), &model, &prefix, previous, &known))
+                .await
             {
                 Ok(done) => done,
                 Err(_) => return,
