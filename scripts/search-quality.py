@@ -186,7 +186,7 @@ def memoryd_run(extra_config):
         cmd = [bench, "--quality-run", COLLECTION, out.name]
         if extra_config:
             cmd += ["--config", extra_config]
-        subprocess.run(cmd, check=True, timeout=900)
+        subprocess.run(cmd, check=True, timeout=3600)
         return json.load(out)
 
 
