@@ -436,14 +436,9 @@ impl Live {
 
     /// One `memory_search` over MCP: the paths found, best first.
     fn search_paths(&self, query: &str, limit: usize) -> anyhow::Result<(String, Vec<String>)> {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query, "limit": limit}}}).to_string();
-        let answer = self.http_post("claude-p1", &body)?;
-        // The JSON body, whatever framing (chunks) surrounds it.
-        let json = match (answer.find("\r\n\r\n{"), answer.rfind('}')) {
-            (Some(a), Some(b)) if a + 4 <= b => &answer[a + 4..=b],
-            _ => "",
-        };
-        let result: Value = serde_json::from_str(json).with_context(|| format!("not JSON: {answer}"))?;
+        let answer =
+            self.http_post("claude-p1", &tools_call("memory_search", json!({"query": query, "limit": limit})))?;
+        let result = json_body(&answer)?;
         let found = &result["result"]["structuredContent"];
         let hits = found["results"].as_array().with_context(|| format!("memory_search failed: {answer}"))?;
         let mode = found["mode"].as_str().unwrap_or_default().to_owned();
@@ -521,7 +516,7 @@ impl Live {
             let hits = index.search(&query, |n| memoryd_core::vault::readable(n, "p1", &[]), 10);
             floor.push(started.elapsed());
             std::hint::black_box(hits);
-            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query}}}).to_string();
+            let body = tools_call("memory_search", json!({"query": query}));
             let started = Instant::now();
             let answer = self.http_post("claude-p1", &body)?;
             http.push(started.elapsed());
@@ -545,13 +540,11 @@ impl Live {
 
     /// `memory_search` over MCP: its time and its `mode`.
     pub fn search_once(&self, query: &str) -> anyhow::Result<(Duration, String)> {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "memory_search", "arguments": {"query": query}}}).to_string();
+        let body = tools_call("memory_search", json!({"query": query}));
         let started = Instant::now();
         let answer = self.http_post("claude-p1", &body)?;
         let took = started.elapsed();
-        let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-        let json = json.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or(json).trim();
-        let v: Value = serde_json::from_str(json).with_context(|| format!("memory_search: {answer}"))?;
+        let v = json_body(&answer)?;
         let mode = v["result"]["structuredContent"]["mode"].as_str().context("no mode")?.to_owned();
         Ok((took, mode))
     }
@@ -573,15 +566,8 @@ impl Live {
     /// One MCP tool call as `identity`: whether it succeeded, and the
     /// tool's text.
     pub fn mcp_tool(&self, identity: &str, tool: &str, arguments: Value) -> anyhow::Result<(bool, String)> {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}).to_string();
-        let answer = self.http_post(identity, &body)?;
-        // The body's JSON object (a chunked body has size lines around it).
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let json = match (body.find('{'), body.rfind('}')) {
-            (Some(a), Some(b)) if a < b => &body[a..=b],
-            _ => body,
-        };
-        let v: Value = serde_json::from_str(json).with_context(|| format!("{tool}: {answer}"))?;
+        let answer = self.http_post(identity, &tools_call(tool, arguments))?;
+        let v = json_body(&answer)?;
         let result = &v["result"];
         let text = result["content"][0]["text"].as_str().unwrap_or("").to_owned();
         Ok((answer.starts_with("HTTP/1.1 200") && result["isError"] == false, text))
@@ -591,6 +577,23 @@ impl Live {
     pub fn rpc(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         Conn::open(&self.socket)?.call(method, params)
     }
+}
+
+/// An MCP `tools/call` request body.
+fn tools_call(tool: &str, arguments: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+        .to_string()
+}
+
+/// The JSON object of an HTTP answer, whatever framing surrounds it (chunk
+/// size lines, an SSE `data:` prefix).
+fn json_body(answer: &str) -> anyhow::Result<Value> {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if a < b => &body[a..=b],
+        _ => body,
+    };
+    serde_json::from_str(json).with_context(|| format!("not a JSON answer: {answer}"))
 }
 
 /// One HTTP/1.1 POST on a new loopback connection; the whole answer.
