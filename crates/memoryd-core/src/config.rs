@@ -33,6 +33,61 @@ pub struct Config {
     pub log_keep: usize,
     pub presence: PresenceConfig,
     pub search: SearchConfig,
+    pub store: StoreConfig,
+}
+
+/// Where presence, links, inboxes and events last (spec 80).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// `S/store/` and `S/events.jsonl`: one host.
+    #[default]
+    File,
+    /// One PostgreSQL database shared by every host of the fleet.
+    Postgres,
+}
+
+/// The `[store]` and `[postgres]` tables.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub postgres: PostgresConfig,
+}
+
+/// The `[postgres]` table: how this host reaches the fleet database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// A libpq-style URL or key/value string, without a password.
+    pub url: Option<String>,
+    /// A 0600 file holding the password; else `PGPASSFILE` / `~/.pgpass`.
+    pub password_file: Option<PathBuf>,
+    /// This host's name in the fleet (`^[a-z][a-z0-9-]{0,31}$`).
+    pub host_id: Option<String>,
+    /// The schema holding every table.
+    pub schema: String,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    /// The whole store call for requests that serve hooks and MCP.
+    pub call_timeout: Duration,
+    /// The same for operator commands.
+    pub operator_timeout: Duration,
+    /// Full reload of the caches, whatever the notifications said.
+    pub resync_every: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            password_file: None,
+            host_id: None,
+            schema: "memoryd".into(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_millis(800),
+            operator_timeout: Duration::from_secs(10),
+            resync_every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The `[search]` table: optional embeddings for hybrid ranking. Without
@@ -124,6 +179,7 @@ impl Default for Config {
                 history_age: Duration::from_secs(30 * 24 * 3600),
             },
             search: SearchConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }

@@ -101,6 +101,16 @@ error_kinds! {
     PeerMessageUnknown => "peer.message_unknown",
     /// There is no readable fleet map to work on.
     FleetUnavailable => "fleet.unavailable",
+    /// The fleet database (spec 80) cannot be reached or did not answer
+    /// within the call's deadline; per-host work goes on.
+    StoreUnavailable => "store.unavailable",
+    /// The fleet database's schema is newer than this memoryd can use, or an
+    /// applied migration does not match its file.
+    StoreIncompatible => "store.incompatible",
+    /// Another running host already uses this `postgres.host_id`.
+    StoreHostTaken => "store.host_taken",
+    /// The personality is owned by another host in the fleet.
+    PeerNameTaken => "peer.name_taken",
     /// No memoryd install at the root (its config file is missing).
     /// Raised by memoryctl.
     InstallMissing => "install.missing",

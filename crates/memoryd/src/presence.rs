@@ -34,6 +34,7 @@ pub fn rpc_error(e: StoreError) -> RpcError {
             }
         }
         StoreError::Lock(e) => RpcError::new(ErrorKind::LockBusy, e.to_string()),
+        StoreError::Unavailable { kind, message } => RpcError::new(kind, message),
         other => RpcError::new(ErrorKind::Internal, other.to_string()),
     }
 }

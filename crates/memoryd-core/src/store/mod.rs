@@ -53,6 +53,10 @@ pub enum StoreError {
     Lock(#[from] LockError),
     #[error(transparent)]
     File(#[from] FileError),
+    /// A shared store (spec 80) that is down, did not answer in time, or
+    /// cannot be used; answered at once, never retried by the caller.
+    #[error("{message}")]
+    Unavailable { kind: memoryd_proto::ErrorKind, message: String },
 }
 
 impl From<Refusal> for StoreError {
@@ -228,6 +232,19 @@ pub const RECENT_EVENTS: usize = 200;
 
 /// A whole store: what the daemon and `memoryctl` hold.
 pub trait StateStore: PresenceStore + PeerStore + EventLog {
+    /// Makes `local` (this host's fleet map) the host's part of the fleet
+    /// registry: called at start, on every fleet-map change and at every
+    /// resync. The file store's registry is the local map itself.
+    fn publish(&self, _local: &FleetMap) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The fleet that links, visibility and sends are checked against:
+    /// every present peer of every host (spec 80), else the local map.
+    fn registry(&self, local: &FleetMap) -> Result<FleetMap, StoreError> {
+        Ok(local.clone())
+    }
+
     /// Records a whole-fleet surface sweep as the last one.
     fn record_sweep(&self, sweep: &SweepStatus) -> Result<(), StoreError>;
 

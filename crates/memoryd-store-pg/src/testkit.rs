@@ -1,0 +1,255 @@
+//! A throwaway PostgreSQL cluster for tests (spec 80's commands): one per
+//! test process, started from a template data directory that `initdb`
+//! makes once per machine and user (under a lock), so a test pays about a
+//! copy and a start, not an `initdb`. The server refuses to run as root:
+//! as root, every server command runs as the `postgres` user.
+//!
+//! Without a server on the machine a test skips, saying so on stderr;
+//! with `MEMORYD_PG_REQUIRED=1` (set by `.ci/run`) it fails instead.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // test support
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The newest `/usr/lib/postgresql/*/bin`, or `MEMORYD_PG_BIN`.
+pub fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("MEMORYD_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("pg_ctl").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs `cmd` (as `postgres` when we are root), killed past `deadline`.
+fn run(bin: &Path, program: &str, args: &[&str], deadline: Duration) -> Result<(), String> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+        c
+    } else {
+        Command::new(bin.join(program))
+    };
+    let mut child = cmd
+        .args(args)
+        .env_remove("PGDATA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let out = child.wait_with_output().map_err(|e| e.to_string())?;
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{program} {args:?} failed ({status}): {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ))
+                };
+            }
+            Ok(None) if start.elapsed() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} {args:?} did not finish within {deadline:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn chown_postgres(path: &Path) {
+    if is_root() {
+        let out = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status();
+        assert!(out.is_ok_and(|s| s.success()), "cannot chown {} to postgres", path.display());
+    }
+}
+
+/// The template data directory, made once by `initdb`.
+fn template(bin: &Path) -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    let version = bin.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("x").to_owned();
+    let base = std::env::temp_dir().join(format!("memoryd-pg-template-{version}-{uid}"));
+    let data = base.join("data");
+    let lock_path = std::env::temp_dir().join(format!("memoryd-pg-template-{version}-{uid}.lock"));
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    if !base.join("ready").exists() {
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        chown_postgres(&base);
+        run(
+            bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "memoryd",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        std::fs::write(base.join("ready"), "").unwrap();
+    }
+    drop(lock);
+    data
+}
+
+static SCHEMAS: AtomicU32 = AtomicU32::new(0);
+
+/// A running throwaway cluster, stopped (immediately) and removed on drop.
+pub struct Cluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Starts a cluster, or None (said on stderr) when the machine has no
+    /// PostgreSQL and `MEMORYD_PG_REQUIRED` is not set.
+    pub fn start() -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var_os("MEMORYD_PG_REQUIRED").is_none_or(|v| v != "1"),
+                "MEMORYD_PG_REQUIRED=1 but no PostgreSQL server is installed (install Debian's postgresql, or set MEMORYD_PG_BIN)"
+            );
+            eprintln!("skipped: no PostgreSQL server here (set MEMORYD_PG_BIN or install postgresql)");
+            return None;
+        };
+        let template = template(&bin);
+        let dir = tempfile::Builder::new().prefix("memoryd-pg.").tempdir().unwrap();
+        let data = dir.path().join("data");
+        let status = Command::new("cp").arg("-a").arg(&template).arg(&data).status().unwrap();
+        assert!(status.success(), "cannot copy the template cluster");
+        chown_postgres(dir.path());
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let port = free_port();
+        let cluster = Cluster { bin, dir, port };
+        cluster.pg_ctl_start();
+        cluster.psql("postgres", "CREATE DATABASE memoryd_test");
+        Some(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The socket directory; also where the server log is.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        run(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                &options,
+                "start",
+            ],
+            Duration::from_secs(40),
+        )
+        .unwrap();
+    }
+
+    /// Runs one SQL text with psql against `db`.
+    pub fn psql(&self, db: &str, sql: &str) {
+        let conn = format!("host={} port={} user=memoryd dbname={db}", self.dir.path().display(), self.port);
+        run(&self.bin, "psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1", &conn, "-c", sql], Duration::from_secs(30))
+            .unwrap();
+    }
+
+    /// The test database's URL over loopback TCP.
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=memoryd dbname=memoryd_test", self.port)
+    }
+
+    /// A schema name no other test of this process uses.
+    pub fn fresh_schema(&self) -> String {
+        format!("t_{}_{}", std::process::id(), SCHEMAS.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Stops the server at once (`-m immediate`): clients see their
+    /// connections drop.
+    pub fn stop(&self) {
+        run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", self.data().to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// `pg_ctl restart -m fast`.
+    pub fn restart(&self) {
+        run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "stop"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = run(
+            &self.bin,
+            "pg_ctl",
+            &["-D", self.data().to_str().unwrap_or(""), "-m", "immediate", "-w", "stop"],
+            Duration::from_secs(30),
+        );
+    }
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

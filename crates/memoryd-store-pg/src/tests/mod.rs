@@ -1,0 +1,4 @@
+//! The store's tests, against a throwaway cluster (`testkit`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod migrate;
