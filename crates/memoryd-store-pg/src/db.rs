@@ -316,3 +316,17 @@ impl Drop for Checked {
         }
     }
 }
+
+/// A test build's pause inside a transaction (spec 80, scenario 4): with
+/// the test sandbox armed and `MEMORYD_TEST_PAUSE_IN_TX` naming `op`
+/// (`attach`, `send`, `ack`, `link`, `flush`), the change logs that it is
+/// paused, after its writes and before its commit, and waits there (at
+/// most a minute) for the harness to kill the process.
+pub async fn pause_point(op: &str) {
+    let armed = std::env::var_os("MEMORYD_TEST_SANDBOX").is_some_and(|v| v == "1");
+    if armed && std::env::var("MEMORYD_TEST_PAUSE_IN_TX").is_ok_and(|v| v == op) {
+        tracing::warn!(op, "test: paused inside the transaction");
+        eprintln!("memoryd-test: paused inside the transaction of {op}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
