@@ -279,7 +279,9 @@ impl Db {
                 Some(c) => f(&mut *c).await,
                 None => return Err(Failure::Pool("no connection".into())),
             };
-            if r.is_ok() {
+            // A refusal left the connection clean (its transaction rolled
+            // back when dropped): only a database error makes it suspect.
+            if matches!(r, Ok(_) | Err(Failure::Store(_))) {
                 client.keep();
             }
             r

@@ -150,7 +150,14 @@ fn unreachable_runtime() -> ! {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.shared.stopping();
-        self.block(supervisor::release(&self.db, &self.shared));
+        if let Some(rt) = &self.rt {
+            // On a thread of its own: the store may be dropped inside
+            // another runtime, where blocking on this one would panic.
+            let (handle, db, shared) = (rt.handle(), &self.db, &self.shared);
+            std::thread::scope(|s| {
+                let _ = s.spawn(|| handle.block_on(supervisor::release(db, shared))).join();
+            });
+        }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }

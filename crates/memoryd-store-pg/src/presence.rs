@@ -733,8 +733,10 @@ pub async fn sweep(
         }
     }
     let mut events = demote(db, shared, rules, now, probe, &extra).await?;
+    let deadline = db.settings.call_timeout;
     for (node, session, at) in revive {
-        match heartbeat(db, shared, &node, Some(&session), Health::Online, at).await {
+        let beat = |p: &mut Presence| p.heartbeat(&node, Some(&session), Health::Online, at).map(|e| ((), e));
+        match simple(db, shared, &node, at, deadline, false, beat).await.map(|((), e)| e) {
             Ok(e) => events.extend(e),
             Err(e) => tracing::debug!(node = %node, error = %e, "a demoted session's kept beat was not replayed"),
         }
@@ -753,7 +755,11 @@ async fn flush(db: &Db, shared: &Shared, beats: &Kept) -> Result<Vec<(String, St
         sessions.push(session.clone());
         times.push(db.db_time(memoryd_proto::event::rfc3339::millis(*at)));
     }
-    db.call(db.settings.call_timeout, async |client| {
+    if nodes.is_empty() && !shared.options.daemon {
+        return Ok(Vec::new());
+    }
+    let (moved, unsure) = db
+        .call(db.settings.call_timeout, async |client| {
         let tx = client.transaction().await?;
         tx.batch_execute("SET LOCAL synchronous_commit = off").await?;
         if shared.options.daemon {
@@ -761,7 +767,7 @@ async fn flush(db: &Db, shared: &Shared, beats: &Kept) -> Result<Vec<(String, St
         }
         if nodes.is_empty() {
             tx.commit().await?;
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let rows = tx
             .query(
@@ -780,23 +786,37 @@ async fn flush(db: &Db, shared: &Shared, beats: &Kept) -> Result<Vec<(String, St
             .await?;
         let mut moved = Vec::with_capacity(rows.len());
         let mut staged: BTreeMap<String, NodeState> = BTreeMap::new();
+        // Rows whose state the copy does not know as stored: reloaded.
+        let mut unsure = Vec::new();
         {
             let roster = shared.roster();
             for row in &rows {
                 let node: String = row.try_get(0)?;
                 let session: String = row.try_get(1)?;
                 let at = db.host_time(row.try_get(2)?);
+                let stored: String = row.try_get(3)?;
                 let state = staged.entry(node.clone()).or_insert_with(|| roster.node(&node));
+                let mut known = false;
                 for r in state.rows.iter_mut().filter(|r| r.att.session_id == session && r.att.state.is_active()) {
                     r.att.last_heartbeat_at = at;
+                    known = text(&r.att.state) == stored;
                 }
-                moved.push((node, session, row.try_get(3)?));
+                if !known {
+                    unsure.push(node.clone());
+                }
+                moved.push((node, session, stored));
             }
         }
+        staged.retain(|node, _| !unsure.contains(node));
         commit_staged(tx, shared, staged.into_iter().collect()).await?;
-        Ok(moved)
+        Ok((moved, unsure))
     })
-    .await
+    .await?;
+    let mut roster = shared.roster();
+    for node in &unsure {
+        roster.mark_dirty(node);
+    }
+    Ok(moved)
 }
 
 /// Steps 2 and 3: under the demotion lock, the stale active nodes of the
