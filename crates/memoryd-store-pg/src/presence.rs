@@ -442,7 +442,7 @@ async fn change<T>(
     let node = c.node.to_owned();
     let nodes = [node.clone()];
     let scope: BTreeSet<String> = nodes.iter().cloned().collect();
-    db.call(c.deadline, async |client| {
+    let attempt = async |client: &mut deadpool_postgres::ClientWrapper| {
         let tx = client.transaction().await?;
         tx.execute(
             "INSERT INTO runtime_node_presence (node_id, last_heartbeat_at, health_state) VALUES ($1, $2, 'offline')
@@ -479,8 +479,29 @@ async fn change<T>(
         let staged = after.into_iter().filter(|(n, _)| moved.contains(n)).collect();
         commit_staged(tx, shared, staged).await?;
         Ok((value, events, renames))
+    };
+    // The unique index on active rows is the backstop of the node lock: a
+    // violation (a writer that skipped the lock) is retried once, then
+    // answered as a conflict.
+    db.call(c.deadline, async |client| match attempt(client).await {
+        Err(e) if second_active_row(&e) => match attempt(client).await {
+            Err(e) if second_active_row(&e) => Err(Failure::from(Refusal {
+                kind: ErrorKind::RuntimenodeAttachConflict,
+                message: format!("{node} got a second active session from a concurrent change; try again"),
+                details: None,
+            })),
+            r => r,
+        },
+        r => r,
     })
     .await
+}
+
+fn second_active_row(e: &Failure) -> bool {
+    matches!(e, Failure::Db(e) if e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("idx_node_attachments_active")
+    }))
 }
 
 /// Who owns a node's personality in the fleet registry.
