@@ -717,6 +717,7 @@ pub async fn sweep(
     now: SystemTime,
     probe: Probe<'_>,
 ) -> Result<Vec<Event>, StoreError> {
+    fresh(db, shared).await?;
     let kept = std::mem::take(&mut *shared.kept());
     let mut beats: Kept = kept.clone();
     let live = shared.roster().own_pids(&db.host_id);
@@ -754,6 +755,9 @@ pub async fn sweep(
         }
     }
     let mut events = demote(db, shared, rules, now, probe, &extra).await?;
+    if let Some(since) = shared.take_outage() {
+        events.extend(reattach_after_outage(db, shared, rules, now, probe, since).await);
+    }
     let deadline = db.settings.call_timeout;
     for (node, session, at) in revive {
         let beat = |p: &mut Presence| p.heartbeat(&node, Some(&session), Health::Online, at).map(|e| ((), e));
@@ -763,6 +767,72 @@ pub async fn sweep(
         }
     }
     Ok(events)
+}
+
+/// After an outage (spec 80, "connection back"): every own session the
+/// fleet ended while this host was cut off and whose process still lives
+/// is attached again, unless another session of its node became active.
+/// What cannot be re-attached comes back at its next hook.
+async fn reattach_after_outage(
+    db: &Db,
+    shared: &Shared,
+    rules: &Rules,
+    now: SystemTime,
+    probe: Probe<'_>,
+    since: SystemTime,
+) -> Vec<Event> {
+    // Read from the database, not the copy: the notification of the
+    // demotion may not have reached this host yet.
+    let found = db
+        .call(db.settings.call_timeout, async |client| {
+            let rows = client
+                .query(
+                    "SELECT DISTINCT a.node_id FROM runtime_node_attachments a
+                      WHERE a.host_id = $1 AND a.state = 'offline' AND a.updated_at >= $2
+                        AND NOT EXISTS (SELECT 1 FROM runtime_node_attachments o WHERE o.node_id = a.node_id
+                                          AND o.state IN ('registering','online','degraded'))",
+                    &[&db.host_id, &db.db_time(since)],
+                )
+                .await?;
+            let nodes: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+            load(&**client, db, Some(&nodes)).await
+        })
+        .await;
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, "sessions ended during the outage not read; the next sweep tries again");
+            shared.note_outage(since);
+            return Vec::new();
+        }
+    };
+    let mut candidates = Vec::new();
+    for state in found.values() {
+        let ended = state.rows.iter().rev().find(|r| r.host == db.host_id && r.att.state == State::Offline);
+        let Some(row) = ended.map(|r| &r.att) else { continue };
+        let alive = row.pid.is_some_and(|pid| row.pid_start.is_some() && probe(pid) == row.pid_start);
+        if alive && row.updated_at >= since {
+            candidates.push(AttachParams {
+                session_id: row.session_id.clone(),
+                node_id: row.node_id.clone(),
+                client_version: row.client_version.clone(),
+                capabilities: row.capabilities.clone(),
+                health_state: Health::Online,
+                pid: row.pid,
+            });
+        }
+    }
+    let mut events = Vec::new();
+    for req in candidates {
+        match attach(db, shared, &req, true, rules, now, probe).await {
+            Ok((_, e)) => {
+                tracing::info!(node = %req.node_id, session = %req.session_id, "re-attached after the outage");
+                events.extend(e);
+            }
+            Err(e) => tracing::info!(node = %req.node_id, error = %e, "not re-attached after the outage"),
+        }
+    }
+    events
 }
 
 /// Step 1: the beats, newer times only, for sessions still active; also

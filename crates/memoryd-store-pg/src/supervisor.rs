@@ -114,6 +114,10 @@ pub struct Shared {
     stop: tokio::sync::watch::Sender<bool>,
     /// This run's claim on the host's row.
     pub boot_id: String,
+    /// When the store last went down while up (host clock), until the
+    /// first sweep after it came back re-attached what the fleet ended
+    /// meanwhile.
+    outage: Mutex<Option<SystemTime>>,
 }
 
 impl Shared {
@@ -127,6 +131,7 @@ impl Shared {
             listening: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(false),
             boot_id: new_boot_id(),
+            outage: Mutex::default(),
         }
     }
 
@@ -155,6 +160,17 @@ impl Shared {
     pub fn host_now(&self) -> SystemTime {
         let offset = Duration::from_millis(self.options.clock_offset_ms.unsigned_abs());
         if self.options.clock_offset_ms >= 0 { SystemTime::now() + offset } else { SystemTime::now() - offset }
+    }
+
+    /// Records an outage that began at `since` (the earliest one wins).
+    pub fn note_outage(&self, since: SystemTime) {
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        *outage = Some(outage.map_or(since, |o| o.min(since)));
+    }
+
+    /// The start of the outage the store came back from, once.
+    pub fn take_outage(&self) -> Option<SystemTime> {
+        self.outage.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     fn forward(&self, hint: Hint) {
@@ -211,6 +227,7 @@ async fn supervise(db: Arc<Db>, shared: Arc<Shared>) {
                 let why = serve(&db, &shared, listener, &mut stop).await;
                 shared.listening.store(false, Ordering::Release);
                 shared.roster().mark_stale();
+                shared.note_outage(shared.host_now());
                 match why {
                     Some(error) => db.mark_down(error),
                     None => return,

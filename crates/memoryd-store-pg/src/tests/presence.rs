@@ -271,3 +271,39 @@ fn a_host_clock_300_s_ahead_ages_sessions_like_the_others() {
     let diff = a_seen.duration_since(b_seen).unwrap();
     assert!(diff.abs_diff(Duration::from_secs(300)) < Duration::from_secs(1), "{diff:?}");
 }
+
+#[test]
+fn a_live_session_the_fleet_ended_during_an_outage_is_attached_again() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let a = open(&cluster, &schema, "host-a");
+    let b = open(&cluster, &schema, "host-b");
+    own(&cluster, &schema, "host-a", &["boris"]);
+    let node = "claude-boris";
+    let alive = |pid: i32| (pid == 100).then(|| "a".to_owned());
+    let now = SystemTime::now();
+    let mut params = req(node, "s1");
+    params.pid = Some(100);
+    a.attach(&params, true, &rules(), now, &alive).unwrap();
+    let StoreState::Up { since: up_since } = a.state() else { panic!("{:?}", a.state()) };
+    // host-a's connections are cut; it reconnects by itself.
+    cluster.psql(
+        "memoryd_test",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'memoryd/host-a'",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(a.state(), StoreState::Up { since } if since != up_since) {
+        assert!(Instant::now() < deadline, "host-a never came back: {:?}", a.state());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Meanwhile host-b ended the silent session (it never probes host-a's pids).
+    let ended = b.sweep(&rules(), now + Duration::from_secs(61), &alive).unwrap();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    // host-a's next sweep finds its process alive: attached again.
+    let events = a.sweep(&rules(), now + Duration::from_secs(62), &alive).unwrap();
+    assert!(events.iter().any(|e| e.new_state() == Some(State::Online)), "{events:?}");
+    let active = a.presence().unwrap().active(node).cloned().unwrap();
+    assert_eq!((active.session_id.as_str(), active.state), ("s1", State::Online));
+    // Once: the next sweep has nothing to do.
+    assert!(a.sweep(&rules(), now + Duration::from_secs(63), &alive).unwrap().is_empty());
+}
