@@ -309,9 +309,13 @@ async fn connect(db: &Db, shared: &Shared) -> Result<Listener, NotUp> {
     // Listening before the resync: nothing committed after the resync's
     // read is missed.
     let listener = listen(db).await.map_err(NotUp::Down)?;
-    shared.listening.store(true, Ordering::Release);
     shared.roster().mark_stale();
-    crate::presence::reload(&client, db, shared).await.map_err(fail)?;
+    let deadline = db.settings.operator_timeout;
+    match tokio::time::timeout(deadline, crate::presence::reload(&client, db, shared)).await {
+        Ok(r) => r.map_err(fail)?,
+        Err(_) => return Err(NotUp::Down(format!("the roster did not load within {deadline:?}"))),
+    }
+    shared.listening.store(true, Ordering::Release);
     Ok(listener)
 }
 
