@@ -99,6 +99,8 @@ pub struct Db {
     pub lost: Notify,
     /// Host clock minus database clock, in milliseconds, as last measured.
     skew_ms: std::sync::atomic::AtomicI64,
+    /// Down because another live boot holds this host's row.
+    host_taken: std::sync::atomic::AtomicBool,
 }
 
 /// The postgres URL with any password left out, for messages.
@@ -173,6 +175,7 @@ impl Db {
             state: Mutex::new(StoreState::Connecting),
             lost: Notify::new(),
             skew_ms: Default::default(),
+            host_taken: Default::default(),
         })
     }
 
@@ -219,10 +222,28 @@ impl Db {
         }
     }
 
+    /// A database time mapped onto the host's clock (the inverse of
+    /// [`Db::db_time`]).
+    pub fn host_time(&self, database: SystemTime) -> SystemTime {
+        let skew = self.skew_ms();
+        if skew >= 0 {
+            database + Duration::from_millis(skew.unsigned_abs())
+        } else {
+            database - Duration::from_millis(skew.unsigned_abs())
+        }
+    }
+
+    pub fn set_host_taken(&self, taken: bool) {
+        self.host_taken.store(taken, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The answer for a call made while the store is not up: at once, with
     /// no connection attempt.
     pub fn unavailable(&self) -> StoreError {
         match self.state() {
+            StoreState::Down { error, .. } if self.host_taken.load(std::sync::atomic::Ordering::Relaxed) => {
+                StoreError::Unavailable { kind: ErrorKind::StoreHostTaken, message: error }
+            }
             StoreState::Incompatible { reason } => {
                 StoreError::Unavailable { kind: ErrorKind::StoreIncompatible, message: reason }
             }
@@ -258,7 +279,9 @@ impl Db {
                 Some(c) => f(&mut *c).await,
                 None => return Err(Failure::Pool("no connection".into())),
             };
-            if r.is_ok() {
+            // A refusal left the connection clean (its transaction rolled
+            // back when dropped): only a database error makes it suspect.
+            if matches!(r, Ok(_) | Err(Failure::Store(_))) {
                 client.keep();
             }
             r
