@@ -37,11 +37,13 @@ pub enum Hint {
 pub struct Shared {
     pub options: Options,
     pub hints: tokio::sync::broadcast::Sender<Hint>,
+    /// The fleet registry as last read, and this host's name conflicts.
+    pub registry: crate::registry::Cache,
 }
 
 impl Shared {
     pub fn new(options: Options) -> Shared {
-        Shared { options, hints: tokio::sync::broadcast::Sender::new(256) }
+        Shared { options, hints: tokio::sync::broadcast::Sender::new(256), registry: Default::default() }
     }
 
     /// The store is being dropped: tasks end.

@@ -103,6 +103,7 @@ fn names(events: &[Event]) -> Vec<&'static str> {
             EventKind::MessageQueued { .. } => "message_queued",
             EventKind::MessageDelivered { .. } => "message_delivered",
             EventKind::MessageAcknowledged { .. } => "message_acknowledged",
+            EventKind::ClaimMoved { .. } => "claim_moved",
         })
         .collect()
 }
