@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 /// The host-down threshold when the settings row is not there yet.
-const HOST_OFFLINE_AFTER: &str =
-    "COALESCE((SELECT host_offline_after FROM fleet_settings), interval '90 s')";
+const HOST_OFFLINE_AFTER: &str = "COALESCE((SELECT host_offline_after FROM fleet_settings), interval '90 s')";
 
 /// One row of `memoryctl fleet hosts`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -117,12 +116,15 @@ pub async fn fleet_hosts(db: &Db) -> Result<Vec<HostRow>, StoreError> {
 /// Updates the fleet's settings and tells every host: a raised floor makes
 /// sessions on every host read-only at their next write.
 pub async fn update_settings(db: &Db, change: &SettingsChange) -> Result<(), StoreError> {
-    let invalid = |message: String| StoreError::Refused(Refusal { kind: ErrorKind::RequestInvalid, message, details: None });
+    let invalid =
+        |message: String| StoreError::Refused(Refusal { kind: ErrorKind::RequestInvalid, message, details: None });
     if change.no_floor && change.min_client_version.is_some() {
         return Err(invalid("give either a new floor or --no-floor, not both".into()));
     }
     let floor = match &change.min_client_version {
-        Some(v) => Some(v.parse::<ClientVersion>().map_err(|e| invalid(format!("min_client_version: {e}")))?.to_string()),
+        Some(v) => {
+            Some(v.parse::<ClientVersion>().map_err(|e| invalid(format!("min_client_version: {e}")))?.to_string())
+        }
         None => None,
     };
     let capacity = match change.inbox_capacity {
@@ -360,7 +362,8 @@ pub async fn import(db: &Db, shared: &Shared, file: &FileState, apply: bool) -> 
 }
 
 pub async fn record_sweep(db: &Db, sweep: &SweepStatus) -> Result<(), StoreError> {
-    let body = serde_json::to_value(sweep).map_err(|e| db.answer(tx::internal(format!("a sweep does not serialize: {e}"))))?;
+    let body =
+        serde_json::to_value(sweep).map_err(|e| db.answer(tx::internal(format!("a sweep does not serialize: {e}"))))?;
     db.call(db.settings.operator_timeout, async |c| -> Result<(), Failure> {
         c.execute(
             "INSERT INTO host_sweeps (host_id, body) VALUES ($1, $2) ON CONFLICT (host_id) DO UPDATE SET body = excluded.body",

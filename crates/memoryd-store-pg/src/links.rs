@@ -39,7 +39,10 @@ pub async fn link(db: &Db, a: &str, b: &str) -> Result<bool, StoreError> {
         // the insert's answer.
         Links::default().link(&fleet, a, b)?;
         let new = tx
-            .execute("INSERT INTO links (a, b) VALUES (least($1, $2), greatest($1, $2)) ON CONFLICT DO NOTHING", &[&a, &b])
+            .execute(
+                "INSERT INTO links (a, b) VALUES (least($1, $2), greatest($1, $2)) ON CONFLICT DO NOTHING",
+                &[&a, &b],
+            )
             .await?
             == 1;
         if new {

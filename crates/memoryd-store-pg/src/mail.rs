@@ -257,7 +257,9 @@ pub async fn reply(db: &Db, p: &ReplyParams, limits: &Limits, now: SystemTime) -
 
 /// The messages waiting for `p`, read without a lock.
 async fn waiting_of(client: &impl GenericClient, p: &str) -> Result<Inbox, Failure> {
-    let rows = client.query("SELECT id, body FROM mail WHERE personality = $1 AND box = $2 ORDER BY seq", &[&p, &WAITING]).await?;
+    let rows = client
+        .query("SELECT id, body FROM mail WHERE personality = $1 AND box = $2 ORDER BY seq", &[&p, &WAITING])
+        .await?;
     let mut inbox = Inbox::default();
     for r in rows {
         inbox.messages.push(parse(p, r.get(0), r.get(1))?);
@@ -268,8 +270,10 @@ async fn waiting_of(client: &impl GenericClient, p: &str) -> Result<Inbox, Failu
 pub async fn inbox(db: &Db, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError> {
     peers::check_name(p)?;
     let now = db.db_time(now);
-    db.call(db.settings.call_timeout, async |c| -> Result<_, Failure> { Ok(waiting_of(&**c, p).await?.free(now, false)) })
-        .await
+    db.call(db.settings.call_timeout, async |c| -> Result<_, Failure> {
+        Ok(waiting_of(&**c, p).await?.free(now, false))
+    })
+    .await
 }
 
 pub async fn lease(db: &Db, p: &str, urgent_only: bool, now: SystemTime) -> Result<Vec<Message>, StoreError> {
@@ -352,7 +356,12 @@ pub async fn outbox(db: &Db, p: &str, limit: Option<usize>) -> Result<Vec<Outbox
     peers::check_name(p)?;
     db.call(db.settings.call_timeout, async |c| -> Result<_, Failure> {
         // One snapshot for the sender's history and its recipients'.
-        let tx = c.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let tx = c
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
         let sender = load(&*tx, &[p]).await?.remove(p).unwrap_or_default().inbox;
         let recipients = peers::outbox_recipients(&sender, limit);
         let names: Vec<&str> = recipients.iter().map(String::as_str).collect();
@@ -394,8 +403,7 @@ pub async fn check_all(client: &impl GenericClient) -> Result<usize, Failure> {
 pub async fn import(tx: &Tx<'_>, p: &str, inbox: &Inbox) -> Result<usize, Failure> {
     let mut boxes = Boxes::load(tx, &[p]).await?;
     let target = boxes.get(p);
-    let known: HashSet<(&'static str, String)> =
-        items(target)?.into_iter().map(|(b, id, _)| (b, id)).collect();
+    let known: HashSet<(&'static str, String)> = items(target)?.into_iter().map(|(b, id, _)| (b, id)).collect();
     let mut merged = target.clone();
     let mut waiting = 0;
     for m in &inbox.messages {

@@ -75,10 +75,7 @@ impl Cache {
 
     fn fresh(&self, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
         let s = self.lock();
-        s.loaded
-            .as_ref()
-            .filter(|l| l.generation == s.generation && l.at.elapsed() < max_age)
-            .map(|l| l.rows.clone())
+        s.loaded.as_ref().filter(|l| l.generation == s.generation && l.at.elapsed() < max_age).map(|l| l.rows.clone())
     }
 
     fn generation(&self) -> u64 {
@@ -305,8 +302,11 @@ pub async fn release(db: &Db, shared: &Shared, personality: &str) -> Result<bool
             };
             let was: bool = row.get(0);
             if was {
-                tx.execute("UPDATE peers SET present = false, updated_at = now() WHERE personality = $1", &[&personality])
-                    .await?;
+                tx.execute(
+                    "UPDATE peers SET present = false, updated_at = now() WHERE personality = $1",
+                    &[&personality],
+                )
+                .await?;
                 tx::notify(&tx, db, &Hint::Peer { personality: personality.to_owned() }).await?;
             }
             tx.commit().await?;

@@ -55,8 +55,7 @@ pub async fn notify(tx: &Tx<'_>, db: &Db, hint: &Hint) -> Result<(), Failure> {
         Hint::Roster => serde_json::json!({"k": "roster"}),
         Hint::Presence { node, state } => serde_json::json!({"k": "presence", "n": node, "s": state}),
     };
-    tx.execute("SELECT pg_notify($1, $2)", &[&format!("memoryd.{}", db.settings.schema), &payload.to_string()])
-        .await?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&format!("memoryd.{}", db.settings.schema), &payload.to_string()]).await?;
     Ok(())
 }
 
@@ -64,4 +63,3 @@ pub async fn notify(tx: &Tx<'_>, db: &Db, hint: &Hint) -> Result<(), Failure> {
 pub fn internal(message: String) -> Failure {
     Failure::Store(StoreError::Unavailable { kind: ErrorKind::Internal, message: format!("fleet database: {message}") })
 }
-

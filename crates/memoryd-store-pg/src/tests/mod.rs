@@ -1,6 +1,7 @@
 //! The store's tests, against a throwaway cluster (`testkit`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fleet;
 mod migrate;
 mod peers;
 mod support;
