@@ -104,6 +104,10 @@ pub enum EventKind {
     /// Confirmed by `personality`'s agent.
     #[serde(rename = "peer.message_acknowledged", rename_all = "camelCase")]
     MessageAcknowledged { personality: String, message_id: String, from: String },
+    /// A host claimed a personality that another host owned but no longer
+    /// had present (spec 80): the peer moved, with its links and inbox.
+    #[serde(rename = "peer.claim_moved", rename_all = "camelCase")]
+    ClaimMoved { personality: String, from: String, to: String },
 }
 
 impl Event {
@@ -121,7 +125,8 @@ impl Event {
             EventKind::MessageDropped { .. }
             | EventKind::MessageQueued { .. }
             | EventKind::MessageDelivered { .. }
-            | EventKind::MessageAcknowledged { .. } => None,
+            | EventKind::MessageAcknowledged { .. }
+            | EventKind::ClaimMoved { .. } => None,
         }
     }
 
@@ -139,7 +144,8 @@ impl Event {
             | EventKind::MessageDropped { .. }
             | EventKind::MessageQueued { .. }
             | EventKind::MessageDelivered { .. }
-            | EventKind::MessageAcknowledged { .. } => None,
+            | EventKind::MessageAcknowledged { .. }
+            | EventKind::ClaimMoved { .. } => None,
         }
     }
 

@@ -32,8 +32,9 @@ mod presence;
 mod registry;
 mod roster_cache;
 mod supervisor;
+mod tx;
 
-pub use admin::{HostRow, Import, SettingsChange};
+pub use admin::{FileState, HostRow, Import, NameConflict, SettingsChange};
 pub use db::{StoreState, redacted};
 pub use supervisor::{FleetSettings, Hint, Seed};
 
@@ -131,6 +132,44 @@ impl PgStore {
     /// The notifications of other hosts' changes, as hints (spec 80).
     pub fn hints(&self) -> tokio::sync::broadcast::Receiver<Hint> {
         self.shared.hints.subscribe()
+    }
+
+    /// This host's name conflicts as its last publish found them:
+    /// (personality, the host that owns it). Their attaches are refused
+    /// and `verify` warns about each.
+    pub fn name_conflicts(&self) -> Vec<(String, String)> {
+        self.shared.registry.conflicts()
+    }
+
+    /// `memoryctl fleet hosts`.
+    pub fn fleet_hosts(&self) -> Result<Vec<HostRow>, StoreError> {
+        self.block(admin::fleet_hosts(&self.db))
+    }
+
+    /// `memoryctl fleet settings`.
+    pub fn update_settings(&self, change: &SettingsChange) -> Result<(), StoreError> {
+        self.block(admin::update_settings(&self.db, change))
+    }
+
+    /// `memoryctl fleet release P`: whether it was present.
+    pub fn release(&self, personality: &str) -> Result<bool, StoreError> {
+        self.block(registry::release(&self.db, &self.shared, personality))
+    }
+
+    /// `memoryctl fleet leave`: the personalities released and the events
+    /// of the sessions taken offline.
+    pub fn leave(&self, now: SystemTime) -> Result<(Vec<String>, Vec<Event>), StoreError> {
+        self.block(admin::leave(&self.db, &self.shared, now))
+    }
+
+    /// `memoryctl fleet migrate --contract`, with test steps in `extra`.
+    pub fn migrate_contract(&self, extra: &[migrate::Migration]) -> Result<migrate::Schema, StoreError> {
+        self.block(admin::migrate_contract(&self.db, extra))
+    }
+
+    /// `memoryctl store import [--apply]` from this host's file store.
+    pub fn import(&self, file: &FileState, apply: bool) -> Result<Import, StoreError> {
+        self.block(admin::import(&self.db, &self.shared, file, apply))
     }
 
     /// Blocks the caller's (blocking) thread on the store's runtime.

@@ -118,6 +118,8 @@ pub struct Shared {
     /// first sweep after it came back re-attached what the fleet ended
     /// meanwhile.
     outage: Mutex<Option<SystemTime>>,
+    /// The fleet registry as last read, and this host's name conflicts.
+    pub registry: crate::registry::Cache,
 }
 
 impl Shared {
@@ -132,6 +134,7 @@ impl Shared {
             stop: tokio::sync::watch::Sender::new(false),
             boot_id: new_boot_id(),
             outage: Mutex::default(),
+            registry: Default::default(),
         }
     }
 

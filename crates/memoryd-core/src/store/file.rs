@@ -259,6 +259,11 @@ impl FileStore {
         Ok(peers::sent(&message, recipients))
     }
 
+    /// Every stored mailbox, by peer (for `memoryctl store import`).
+    pub fn mailboxes(&self) -> Result<Vec<(String, Inbox)>, StoreError> {
+        self.inboxes()?.into_iter().map(|(peer, path)| Ok((peer, read_doc(&path)?))).collect()
+    }
+
     /// The inbox files: (peer, path).
     fn inboxes(&self) -> Result<Vec<(String, PathBuf)>, StoreError> {
         let dir = self.dir.join(INBOXES);

@@ -103,6 +103,7 @@ fn names(events: &[Event]) -> Vec<&'static str> {
             EventKind::MessageQueued { .. } => "message_queued",
             EventKind::MessageDelivered { .. } => "message_delivered",
             EventKind::MessageAcknowledged { .. } => "message_acknowledged",
+            EventKind::ClaimMoved { .. } => "claim_moved",
         })
         .collect()
 }
@@ -311,6 +312,7 @@ pub fn capability_updates(store: &dyn StateStore) {
 
 pub fn links(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob"]);
+    store.publish(&map).unwrap();
     assert!(store.link(&map, "ada", "bob").unwrap());
     assert!(!store.link(&map, "bob", "ada").unwrap(), "already linked");
     assert!(store.links().unwrap().linked("bob", "ada"), "reciprocal");
@@ -324,14 +326,18 @@ pub fn links(store: &dyn StateStore) {
     let missing = crate::peers::visible_in(store, &map, None, "zed").unwrap_err();
     assert!(missing.to_string().contains("`zed` is not a peer of the fleet (its peers: ada, bob)"), "{missing}");
     // ada left the fleet: her link is kept, and may be removed, once.
+    store.publish(&fleet(&["bob"])).unwrap();
     assert!(store.unlink(Some(&fleet(&["bob"])), "bob", "ada").unwrap());
+    store.publish(&map).unwrap();
     assert!(!store.unlink(Some(&map), "bob", "ada").unwrap());
+    store.publish(&fleet(&["bob"])).unwrap();
     assert_eq!(kind(store.unlink(Some(&fleet(&["bob"])), "bob", "ada")), ErrorKind::PeerMissing);
     assert!(store.links().unwrap().pairs.is_empty());
 }
 
 pub fn send_lease_ack(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob", "cyd"]);
+    store.publish(&map).unwrap();
     store.link(&map, "ada", "bob").unwrap();
     let now = at(0);
     let send = |to: &str, text: &str| store.send(&map, &Draft::plain("ada", to, text), &limits(10), now);
@@ -364,6 +370,7 @@ pub fn send_lease_ack(store: &dyn StateStore) {
 
 pub fn capacity_drops(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob"]);
+    store.publish(&map).unwrap();
     store.link(&map, "ada", "bob").unwrap();
     for n in 0..4 {
         let sent = store.send(&map, &Draft::plain("ada", "bob", &format!("m{n}")), &limits(3), at(n)).unwrap();
@@ -422,6 +429,7 @@ fn states(store: &dyn StateStore, sender: &str, id: &str) -> Vec<(String, Delive
 /// receipt reaches the sender once, however often the recipient confirms.
 pub fn states_receipts_and_events(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob", "cyd"]);
+    store.publish(&map).unwrap();
     store.link(&map, "ada", "bob").unwrap();
     store.link(&map, "ada", "cyd").unwrap();
     let mut d = draft("ada", &["bob", "cyd"], "Please review the release notes.");
@@ -499,6 +507,7 @@ pub fn states_receipts_and_events(store: &dyn StateStore) {
 /// a thread shows what the caller sent and received, in order.
 pub fn replies_and_threads(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob", "cyd"]);
+    store.publish(&map).unwrap();
     store.link(&map, "ada", "bob").unwrap();
     let mut d = draft("ada", &["bob"], "Can you take the migration?");
     d.subject = Some("Migration".into());
@@ -542,6 +551,7 @@ pub fn replies_and_threads(store: &dyn StateStore) {
 /// drops its own oldest, and the sender sees that recipient as dropped.
 pub fn multi_recipient_capacity_drops(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob", "cyd", "dan"]);
+    store.publish(&map).unwrap();
     for p in ["bob", "cyd", "dan"] {
         store.link(&map, "ada", p).unwrap();
     }
@@ -587,6 +597,7 @@ pub fn multi_recipient_capacity_drops(store: &dyn StateStore) {
 /// limit; a minute later it may send again. Replies count too.
 pub fn rate_limits(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob"]);
+    store.publish(&map).unwrap();
     store.link(&map, "ada", "bob").unwrap();
     let tight = Limits { send_rate: 3, ..limits(100) };
     for n in 0..3 {
@@ -611,6 +622,7 @@ pub fn rate_limits(store: &dyn StateStore) {
 /// and found by a word of their body, ranked.
 pub fn history_bounds_and_search(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob", "cyd"]);
+    store.publish(&map).unwrap();
     store.link(&map, "ada", "bob").unwrap();
     store.link(&map, "cyd", "bob").unwrap();
     let small = Limits { history_max: 3, history_age: Duration::from_secs(1000), ..limits(100) };
@@ -662,6 +674,7 @@ pub fn history_bounds_and_search(store: &dyn StateStore) {
 /// their own, in the middle of a turn.
 pub fn operator_and_urgent(store: &dyn StateStore) {
     let map = fleet(&["ada", "bob"]);
+    store.publish(&map).unwrap();
     let mut op = draft(OPERATOR, &["ada", "bob"], "Stop deploying.");
     op.operator = true;
     op.importance = Importance::Urgent;

@@ -2,5 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod fleet;
 mod migrate;
+mod peers;
 mod presence;
+mod support;

@@ -1,0 +1,57 @@
+//! The peer cases of the domain suite (`memoryd_core::store::suite`)
+//! against the PostgreSQL store, each on a fresh schema.
+
+use super::support::store;
+use crate::testkit::Cluster;
+use memoryd_core::store::suite;
+
+fn run(case: suite::Case) {
+    let Some(cluster) = Cluster::start() else { return };
+    let store = store(&cluster, &cluster.fresh_schema(), "host-a");
+    case(&store);
+}
+
+#[test]
+fn links() {
+    run(suite::links);
+}
+
+#[test]
+fn send_lease_ack() {
+    run(suite::send_lease_ack);
+}
+
+#[test]
+fn capacity_drops() {
+    run(suite::capacity_drops);
+}
+
+#[test]
+fn states_receipts_and_events() {
+    run(suite::states_receipts_and_events);
+}
+
+#[test]
+fn replies_and_threads() {
+    run(suite::replies_and_threads);
+}
+
+#[test]
+fn multi_recipient_capacity_drops() {
+    run(suite::multi_recipient_capacity_drops);
+}
+
+#[test]
+fn rate_limits() {
+    run(suite::rate_limits);
+}
+
+#[test]
+fn history_bounds_and_search() {
+    run(suite::history_bounds_and_search);
+}
+
+#[test]
+fn operator_and_urgent() {
+    run(suite::operator_and_urgent);
+}
