@@ -476,6 +476,9 @@ async fn change<T>(
         let (after, renames) = from_domain(presence, &before, &masked, &db.host_id, &scope, claimed);
         let moved = write_all(&tx, db, &before, &after).await?;
         events::insert(&tx, &db.host_id, &events).await?;
+        if c.attach.is_some() {
+            crate::db::pause_point("attach").await;
+        }
         let staged = after.into_iter().filter(|(n, _)| moved.contains(n)).collect();
         commit_staged(tx, shared, staged).await?;
         Ok((value, events, renames))
@@ -899,6 +902,7 @@ async fn flush(db: &Db, shared: &Shared, beats: &Kept) -> Result<Vec<(String, St
             }
         }
         staged.retain(|node, _| !unsure.contains(node));
+        crate::db::pause_point("flush").await;
         commit_staged(tx, shared, staged.into_iter().collect()).await?;
         Ok((moved, unsure))
     })

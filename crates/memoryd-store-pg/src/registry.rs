@@ -10,7 +10,7 @@
 
 use crate::db::{Db, Failure};
 use crate::supervisor::{Hint, Shared};
-use crate::tx::{self, Tx};
+use crate::tx::Tx;
 use memoryd_core::fleet::names::is_personality;
 use memoryd_core::fleet::{FleetMap, FleetPeer};
 use memoryd_core::presence::{Event, EventKind};
@@ -255,9 +255,9 @@ pub async fn publish(db: &Db, shared: &Shared, local: &FleetMap) -> Result<(), S
                     changed.push(name.clone());
                 }
             }
-            tx::insert_events(&tx, me, &events).await?;
+            crate::events::insert(&tx, me, &events).await?;
             for personality in &changed {
-                tx::notify(&tx, db, &Hint::Peer { personality: personality.clone() }).await?;
+                crate::supervisor::notify(&tx, &db.settings.schema, &Hint::Peer { personality: personality.clone() }).await?;
             }
             tx.commit().await?;
             Ok((conflicts, changed))
@@ -307,7 +307,12 @@ pub async fn release(db: &Db, shared: &Shared, personality: &str) -> Result<bool
                     &[&personality],
                 )
                 .await?;
-                tx::notify(&tx, db, &Hint::Peer { personality: personality.to_owned() }).await?;
+                crate::supervisor::notify(
+                    &tx,
+                    &db.settings.schema,
+                    &Hint::Peer { personality: personality.to_owned() },
+                )
+                .await?;
             }
             tx.commit().await?;
             Ok(was)

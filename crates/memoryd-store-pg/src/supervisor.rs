@@ -6,7 +6,7 @@
 
 use crate::Options;
 use crate::db::{Db, Failure, StoreState};
-use crate::migrate::{MIGRATIONS, migrate};
+use crate::migrate::{migrate, newest, steps};
 use crate::roster_cache::RosterCache;
 use memoryd_core::config::ClientVersion;
 use memoryd_core::presence::Health;
@@ -52,14 +52,11 @@ pub fn channel(schema: &str) -> String {
     format!("{schema}_fleet")
 }
 
-fn internal(message: String) -> Failure {
-    Failure::Store(StoreError::Unavailable { kind: ErrorKind::Internal, message })
-}
-
 /// Sends `hint` to every host's listener when the caller's transaction
 /// commits (never on rollback).
 pub async fn notify(tx: &deadpool_postgres::Transaction<'_>, schema: &str, hint: &Hint) -> Result<(), Failure> {
-    let payload = serde_json::to_string(hint).map_err(|e| internal(format!("a notification does not encode: {e}")))?;
+    let payload =
+        serde_json::to_string(hint).map_err(|e| crate::tx::internal(format!("a notification does not encode: {e}")))?;
     tx.execute("SELECT pg_notify($1, $2)", &[&channel(schema), &payload]).await?;
     Ok(())
 }
@@ -299,8 +296,11 @@ async fn connect(db: &Db, shared: &Shared) -> Result<Listener, NotUp> {
     };
     let setup = async {
         let mut client = db.pool.get().await.map_err(|e| Failure::Pool(e.to_string()))?;
-        let schema = migrate(&mut client, &db.settings.schema, &db.host_id, MIGRATIONS, false).await?;
-        claim(&mut client, db, shared, schema.version).await?;
+        // A host records the newest schema its binary knows: what a
+        // contract step's floor is checked against.
+        let steps = steps();
+        migrate(&mut client, &db.settings.schema, &db.host_id, &steps, false).await?;
+        claim(&mut client, db, shared, newest(&steps)).await?;
         db.set_host_taken(false);
         refresh(&client, db, shared).await?;
         Ok::<_, Failure>(client)
