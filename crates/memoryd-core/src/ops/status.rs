@@ -45,6 +45,15 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
         }
         _ => {}
     }
+    if let Some(store) = &status.store
+        && store.state != "up"
+    {
+        let why = store.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        problems.push(format!(
+            "the fleet database is {}{why}; presence, links and messages answer store.unavailable until it is up.",
+            store.state
+        ));
+    }
     status.healthy = problems.is_empty();
     status.problems = problems;
 }
@@ -113,6 +122,7 @@ pub fn shared_facts(
         mcp: McpStatus { port: config.mcp_port, ..McpStatus::default() },
         vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },
         supervisor: None,
+        store: None,
         healthy: false,
         problems: Vec::new(),
     }
