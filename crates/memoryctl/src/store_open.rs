@@ -1,0 +1,63 @@
+//! The configured store, opened by memoryctl itself: when no daemon
+//! answers, and for the fleet commands, which need none. With the fleet
+//! database this process connects as an offline client (it does not hold
+//! the host's row) and gives up, saying why, when the database is not up.
+
+use anyhow::Context as _;
+use memoryd_core::config::{Backend, Config};
+use memoryd_core::host::files::FileGuard;
+use memoryd_core::host::paths::Paths;
+use memoryd_core::store::{FileStore, StateStore};
+use memoryd_store_pg::{Options, PgStore, StoreState};
+use std::time::Duration;
+
+/// How the file store is opened: to change it, or only to read it.
+pub enum Access<'a> {
+    Write(&'a FileGuard),
+    Read,
+}
+
+/// The store the config names.
+pub fn open(paths: &Paths, config: &Config, access: Access<'_>) -> anyhow::Result<Box<dyn StateStore>> {
+    match (config.store.backend, access) {
+        (Backend::File, Access::Write(files)) => Ok(Box::new(FileStore::open(paths, files)?)),
+        (Backend::File, Access::Read) => Ok(Box::new(FileStore::read_only(paths))),
+        (Backend::Postgres, _) => Ok(Box::new(open_fleet(config)?)),
+    }
+}
+
+/// The fleet database, connected: refused in one sentence (naming the
+/// URL, never a password) when it is not up within the connect timeout.
+pub fn open_fleet(config: &Config) -> anyhow::Result<PgStore> {
+    if config.store.backend != Backend::Postgres {
+        anyhow::bail!("this host has no fleet database: store.backend is \"file\" (see README, \"Several hosts\")");
+    }
+    let settings = config.store.postgres.clone();
+    let url = memoryd_store_pg::redacted(settings.url.as_deref().unwrap_or(""));
+    let wait = settings.connect_timeout + Duration::from_secs(1);
+    let options = Options {
+        host_id: settings.host_id_or(&memoryd_core::host::heartbeat::hostname()),
+        settings,
+        daemon_version: memoryd_core::VERSION.to_owned(),
+        daemon: false,
+    };
+    let store = PgStore::open(options).with_context(|| format!("cannot open the fleet database {url}"))?;
+    match off_runtime(|| store.wait_connected(wait)) {
+        StoreState::Up { .. } => Ok(store),
+        StoreState::Connecting => {
+            anyhow::bail!("the fleet database {url} did not answer within {}s", wait.as_secs())
+        }
+        StoreState::Down { error, .. } => anyhow::bail!("the fleet database {url} is down: {error}"),
+        StoreState::Incompatible { reason } => anyhow::bail!("the fleet database {url} cannot be used: {reason}"),
+    }
+}
+
+/// Runs `f` on a thread of its own: the fleet database's calls block on
+/// the store's runtime, which a thread that drives memoryctl's own
+/// runtime must not do.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
