@@ -123,7 +123,7 @@ pub fn run_locally_with<T: Send>(
     let tools = Tools::new(&ctx.paths, config, &running, files.is_sandboxed());
     let paths = &ctx.paths;
     store_open::off_runtime(|| {
-        let store = store_open::open(paths, config, store_open::Access::Write(&files))?;
+        let store = store_open::open(paths, config, store_open::Access::Provision(&files))?;
         Ok(provide(paths, &files, &tools, config, &*store, &lock, job))
     })
 }

@@ -11,17 +11,27 @@ use memoryd_core::store::{FileStore, StateStore};
 use memoryd_store_pg::{Options, PgStore, StoreState};
 use std::time::Duration;
 
-/// How the file store is opened: to change it, or only to read it.
+/// How the store is opened: to change it, or only to read it; or for a
+/// provisioning run, whose work is per host and goes on (fragments kept
+/// as they are) when the fleet database is not up.
 pub enum Access<'a> {
     Write(&'a FileGuard),
     Read,
+    Provision(&'a FileGuard),
 }
 
 /// The store the config names.
 pub fn open(paths: &Paths, config: &Config, access: Access<'_>) -> anyhow::Result<Box<dyn StateStore>> {
     match (config.store.backend, access) {
-        (Backend::File, Access::Write(files)) => Ok(Box::new(FileStore::open(paths, files)?)),
+        (Backend::File, Access::Write(files) | Access::Provision(files)) => Ok(Box::new(FileStore::open(paths, files)?)),
         (Backend::File, Access::Read) => Ok(Box::new(FileStore::read_only(paths))),
+        (Backend::Postgres, Access::Provision(_)) => {
+            let (store, state) = connect(config)?;
+            if let Err(e) = up(config, state) {
+                eprintln!("memoryctl: {e:#}; per-host work goes on, fragments keep their last content");
+            }
+            Ok(Box::new(store))
+        }
         (Backend::Postgres, _) => Ok(Box::new(open_fleet(config)?)),
     }
 }
@@ -32,8 +42,14 @@ pub fn open_fleet(config: &Config) -> anyhow::Result<PgStore> {
     if config.store.backend != Backend::Postgres {
         anyhow::bail!("this host has no fleet database: store.backend is \"file\" (see README, \"Several hosts\")");
     }
+    let (store, state) = connect(config)?;
+    up(config, state)?;
+    Ok(store)
+}
+
+/// Opens the fleet database and waits (bounded) for its first connection.
+fn connect(config: &Config) -> anyhow::Result<(PgStore, StoreState)> {
     let settings = config.store.postgres.clone();
-    let url = memoryd_store_pg::redacted(settings.url.as_deref().unwrap_or(""));
     let wait = settings.connect_timeout + Duration::from_secs(1);
     let options = Options {
         host_id: settings.host_id_or(&memoryd_core::host::heartbeat::hostname()),
@@ -41,12 +57,21 @@ pub fn open_fleet(config: &Config) -> anyhow::Result<PgStore> {
         daemon_version: memoryd_core::VERSION.to_owned(),
         daemon: false,
     };
-    let store = PgStore::open(options).with_context(|| format!("cannot open the fleet database {url}"))?;
-    match off_runtime(|| store.wait_connected(wait)) {
-        StoreState::Up { .. } => Ok(store),
-        StoreState::Connecting => {
-            anyhow::bail!("the fleet database {url} did not answer within {}s", wait.as_secs())
-        }
+    let store = PgStore::open(options).with_context(|| format!("cannot open the fleet database {}", url(config)))?;
+    let state = off_runtime(|| store.wait_connected(wait));
+    Ok((store, state))
+}
+
+fn url(config: &Config) -> String {
+    memoryd_store_pg::redacted(config.store.postgres.url.as_deref().unwrap_or(""))
+}
+
+/// The state as a refusal, unless up.
+fn up(config: &Config, state: StoreState) -> anyhow::Result<()> {
+    let url = url(config);
+    match state {
+        StoreState::Up { .. } => Ok(()),
+        StoreState::Connecting => anyhow::bail!("the fleet database {url} did not answer in time"),
         StoreState::Down { error, .. } => anyhow::bail!("the fleet database {url} is down: {error}"),
         StoreState::Incompatible { reason } => anyhow::bail!("the fleet database {url} cannot be used: {reason}"),
     }
