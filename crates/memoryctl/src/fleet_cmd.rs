@@ -137,7 +137,10 @@ fn admin(_store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
             let links = local.links()?.pairs.len();
             let waiting: usize = local.waiting()?.values().sum();
             let verb = if *apply { "store import --apply" } else { "store import" };
-            return Err(unavailable(&format!("{verb}"), &format!(" (S/store/ holds {links} link(s) and {waiting} waiting message(s))")));
+            return Err(unavailable(
+                verb,
+                &format!(" (S/store/ holds {links} link(s) and {waiting} waiting message(s))"),
+            ));
         }
     };
     Err(unavailable(&what, ""))

@@ -2,11 +2,11 @@
 //! `revoke`, `unrevoke` and `events`.
 
 use crate::Ctx;
+use crate::store_open::{Access, off_runtime, open};
 use clap::Args;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::presence::Revoker;
-use crate::store_open::{Access, off_runtime, open};
 use memoryd_core::store::StoreError;
 use memoryd_proto::presence::{
     AttachParams, Attached, DetachParams, Health, HeartbeatParams, RevocationParams, RosterRow, TailParams,
@@ -141,7 +141,12 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 ctx.not_answering().trim_end_matches('.')
             );
             let floor = ctx.config.presence.min_client_version;
-            (off_runtime(|| open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor).map_err(anyhow::Error::from))?, "disk")
+            (
+                off_runtime(|| {
+                    open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor).map_err(anyhow::Error::from)
+                })?,
+                "disk",
+            )
         }
     };
     let waiting = off_runtime(|| open(&ctx.paths, &ctx.config, Access::Read).map(|s| s.waiting()))?;

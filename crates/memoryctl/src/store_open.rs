@@ -23,7 +23,9 @@ pub enum Access<'a> {
 /// The store the config names.
 pub fn open(paths: &Paths, config: &Config, access: Access<'_>) -> anyhow::Result<Box<dyn StateStore>> {
     match (config.store.backend, access) {
-        (Backend::File, Access::Write(files) | Access::Provision(files)) => Ok(Box::new(FileStore::open(paths, files)?)),
+        (Backend::File, Access::Write(files) | Access::Provision(files)) => {
+            Ok(Box::new(FileStore::open(paths, files)?))
+        }
         (Backend::File, Access::Read) => Ok(Box::new(FileStore::read_only(paths))),
         (Backend::Postgres, Access::Provision(_)) => {
             let (store, state) = connect(config)?;

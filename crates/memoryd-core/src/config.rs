@@ -856,7 +856,8 @@ fn check_consistency(config: &Config, origins: &HashMap<&'static str, Origin>, f
         return Err(key_error(
             &origin_of("store.backend"),
             "postgres.url",
-            "`store.backend` is \"postgres\" but `postgres.url` is not set; set it to the fleet database's URL".to_owned(),
+            "`store.backend` is \"postgres\" but `postgres.url` is not set; set it to the fleet database's URL"
+                .to_owned(),
         ));
     }
     if config.heartbeat_stale_after <= config.heartbeat_interval {
@@ -1040,10 +1041,11 @@ mod tests {
     #[test]
     fn settings_go_into_their_table() {
         let path = Path::new("/r/memoryd.toml");
-        let text = with_settings(path, "mcp_port = 0\n[store]\nbackend = \"file\"\n", &[(
-            "postgres.host_id",
-            Setting::Text("box".into()),
-        )])
+        let text = with_settings(
+            path,
+            "mcp_port = 0\n[store]\nbackend = \"file\"\n",
+            &[("postgres.host_id", Setting::Text("box".into()))],
+        )
         .unwrap();
         assert!(text.contains("[postgres]\nhost_id = \"box\""), "{text}");
     }
@@ -1102,15 +1104,23 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("search.query_prefix", format!("{:?}", s.query_prefix)),
         ("search.passage_prefix", format!("{:?}", s.passage_prefix)),
         ("search.rrf_k", s.rrf_k.to_string()),
-        ("store.backend", match config.store.backend {
-            Backend::File => "file",
-            Backend::Postgres => "postgres",
-        }
-        .to_owned()),
+        (
+            "store.backend",
+            match config.store.backend {
+                Backend::File => "file",
+                Backend::Postgres => "postgres",
+            }
+            .to_owned(),
+        ),
         // The URL never holds a password (refused when loading).
         ("postgres.url", unset(&pg.url)),
         ("postgres.password_file", path(&pg.password_file)),
-        ("postgres.host_id", pg.host_id.clone().unwrap_or_else(|| format!("unset (default {})", pg.host_id_or(&crate::host::heartbeat::hostname())))),
+        (
+            "postgres.host_id",
+            pg.host_id
+                .clone()
+                .unwrap_or_else(|| format!("unset (default {})", pg.host_id_or(&crate::host::heartbeat::hostname()))),
+        ),
         ("postgres.schema", pg.schema.clone()),
         ("postgres.pool_size", pg.pool_size.to_string()),
         ("postgres.connect_timeout", dur(pg.connect_timeout)),

@@ -23,14 +23,13 @@ use tokio::sync::broadcast::error::RecvError;
 /// Past this, `verify` warns about the clock skew between host and database.
 const SKEW_WARN: Duration = Duration::from_secs(5);
 
+/// A store, and the same store as the fleet database when it is that one.
+pub type Opened = (Arc<dyn StateStore>, Option<Arc<PgStore>>);
+
 /// The store the config names, and the fleet database as itself when it is
 /// that one. Opening the database does not wait for it: the daemon starts
 /// with the store `connecting` and serves what is per host meanwhile.
-pub fn open(
-    paths: &Paths,
-    files: &FileGuard,
-    config: &Config,
-) -> anyhow::Result<(Arc<dyn StateStore>, Option<Arc<PgStore>>)> {
+pub fn open(paths: &Paths, files: &FileGuard, config: &Config) -> anyhow::Result<Opened> {
     match config.store.backend {
         Backend::File => {
             let store = FileStore::open(paths, files).context("cannot open the store S/store")?;
@@ -77,7 +76,10 @@ impl Daemon {
     /// The presence settings in force.
     pub fn presence_config(&self) -> PresenceConfig {
         let config = self.config();
-        self.pg.as_deref().and_then(|pg| fleet_presence(pg, &config.presence)).unwrap_or_else(|| config.presence.clone())
+        self.pg
+            .as_deref()
+            .and_then(|pg| fleet_presence(pg, &config.presence))
+            .unwrap_or_else(|| config.presence.clone())
     }
 
     /// The fleet that links, visibility and sends are checked against:
@@ -205,7 +207,9 @@ fn settings_differences(config: &PresenceConfig, fleet: &PresenceConfig) -> Vec<
     .into_iter()
     .filter(|(_, mine, theirs)| mine != theirs)
     .map(|(key, mine, theirs)| {
-        format!("{key} is {mine} here but {theirs} in the fleet, which applies (change it with: memoryctl fleet settings)")
+        format!(
+            "{key} is {mine} here but {theirs} in the fleet, which applies (change it with: memoryctl fleet settings)"
+        )
     })
     .collect()
 }

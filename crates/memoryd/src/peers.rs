@@ -91,9 +91,7 @@ impl Daemon {
 
     /// `peer.acknowledge` and the MCP tool `peer_ack`.
     pub fn acknowledge_now(&self, p: &AcknowledgeParams) -> Result<Acknowledged, RpcError> {
-        self.store
-            .acknowledge(&p.personality, &p.message_id, &self.message_limits(), clock::now())
-            .map_err(rpc_error)
+        self.store.acknowledge(&p.personality, &p.message_id, &self.message_limits(), clock::now()).map_err(rpc_error)
     }
 
     /// `peer.history` and the MCP tools `peer_thread` and
@@ -150,10 +148,8 @@ impl Daemon {
     /// `peer.ack`.
     pub async fn peer_ack(self: &Arc<Self>, p: AckParams) -> Result<Acked, RpcError> {
         self.blocking(move |daemon| {
-            let acked = daemon
-                .store
-                .ack(&p.personality, &p.ids, &daemon.message_limits(), clock::now())
-                .map_err(rpc_error)?;
+            let acked =
+                daemon.store.ack(&p.personality, &p.ids, &daemon.message_limits(), clock::now()).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.personality]));
             Ok(Acked { acked })
         })

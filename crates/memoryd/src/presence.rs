@@ -165,8 +165,13 @@ impl Daemon {
     pub async fn presence_sweep(self: &Arc<Self>) {
         let now = clock::now();
         let result = self.change_tracked(move |d| Ok(((), d.store.sweep(&d.rules(), now, &probe)?))).await;
-        if let Err(e) = result {
-            tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed");
+        match result {
+            Ok(()) => {}
+            // Said once per outage by the store; not once per sweep.
+            Err(e) if e.kind() == Some(ErrorKind::StoreUnavailable) => {
+                tracing::debug!(task = "presence-sweep", error = %e.message, "presence sweep waits for the fleet database");
+            }
+            Err(e) => tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed"),
         }
     }
 
