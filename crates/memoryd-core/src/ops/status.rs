@@ -78,6 +78,11 @@ pub fn from_disk(paths: &Paths, config: &Config, config_file: &Path, now: System
     let store = FileStore::read_only(paths);
     let mut status = shared_facts(paths, config, config_file, now, peers, &store);
     status.pid = if locked { read_pid(&paths.pid_file) } else { None };
+    if config.store.backend == crate::config::Backend::Postgres {
+        // The fleet database holds them, not S/store/: not read, so null.
+        status.waiting_messages = None;
+        return status;
+    }
     status.presence = store.presence().ok().map(|p| p.counts());
     status.last_sweep = store.last_sweep().ok().flatten();
     status
