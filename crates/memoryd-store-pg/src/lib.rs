@@ -30,11 +30,12 @@ mod links;
 mod mail;
 mod presence;
 mod registry;
+mod roster_cache;
 mod supervisor;
 
 pub use admin::{HostRow, Import, SettingsChange};
 pub use db::{StoreState, redacted};
-pub use supervisor::Hint;
+pub use supervisor::{FleetSettings, Hint, Seed};
 
 use db::Db;
 use memoryd_core::config::{ClientVersion, PostgresConfig};
@@ -69,6 +70,11 @@ pub struct Options {
     /// The daemon holds the host's row (claims it, flushes, demotes); an
     /// offline `memoryctl` only reads and makes single changes.
     pub daemon: bool,
+    /// Seeds `fleet_settings` when the schema is first created.
+    pub seed: Seed,
+    /// A test clock's offset from the system clock, in milliseconds (spec
+    /// 80's skew test): the host clock the skew is measured with. 0 in use.
+    pub clock_offset_ms: i64,
 }
 
 impl PgStore {
@@ -107,6 +113,12 @@ impl PgStore {
         self.db.state()
     }
 
+    /// The fleet's settings as last read (None before the first connect);
+    /// the daemon builds its presence rules and limits from them.
+    pub fn fleet_settings(&self) -> Option<FleetSettings> {
+        self.shared.fleet_settings()
+    }
+
     /// Host clock minus database clock, as last measured.
     pub fn clock_skew_ms(&self) -> i64 {
         self.db.skew_ms()
@@ -138,6 +150,14 @@ fn unreachable_runtime() -> ! {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.shared.stopping();
+        if let Some(rt) = &self.rt {
+            // On a thread of its own: the store may be dropped inside
+            // another runtime, where blocking on this one would panic.
+            let (handle, db, shared) = (rt.handle(), &self.db, &self.shared);
+            std::thread::scope(|s| {
+                let _ = s.spawn(|| handle.block_on(supervisor::release(db, shared))).join();
+            });
+        }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }

@@ -1,4 +1,6 @@
 //! The store's tests, against a throwaway cluster (`testkit`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod migrate;
+mod presence;
