@@ -51,14 +51,8 @@ pub fn open_fleet(config: &Config) -> anyhow::Result<PgStore> {
 
 /// Opens the fleet database and waits (bounded) for its first connection.
 fn connect(config: &Config) -> anyhow::Result<(PgStore, StoreState)> {
-    let settings = config.store.postgres.clone();
-    let wait = settings.connect_timeout + Duration::from_secs(1);
-    let options = Options {
-        host_id: settings.host_id_or(&memoryd_core::host::heartbeat::hostname()),
-        settings,
-        daemon_version: memoryd_core::VERSION.to_owned(),
-        daemon: false,
-    };
+    let wait = config.store.postgres.connect_timeout + Duration::from_secs(1);
+    let options = Options::from_config(config, false);
     let store = PgStore::open(options).with_context(|| format!("cannot open the fleet database {}", url(config)))?;
     let state = off_runtime(|| store.wait_connected(wait));
     Ok((store, state))

@@ -36,32 +36,26 @@ pub fn open(paths: &Paths, files: &FileGuard, config: &Config) -> anyhow::Result
             Ok((Arc::new(store), None))
         }
         Backend::Postgres => {
-            let pg = Arc::new(PgStore::open(options(config, true)).context("cannot open the fleet database")?);
+            let pg =
+                Arc::new(PgStore::open(Options::from_config(config, true)).context("cannot open the fleet database")?);
             Ok((pg.clone(), Some(pg)))
         }
     }
 }
 
-/// How this host opens the fleet database: as its daemon (holding the
-/// host's row) or as an offline command.
-pub fn options(config: &Config, daemon: bool) -> Options {
-    let settings = config.store.postgres.clone();
-    Options {
-        host_id: settings.host_id_or(&memoryd_core::host::heartbeat::hostname()),
-        settings,
-        daemon_version: memoryd_core::VERSION.to_owned(),
-        daemon,
-    }
-}
-
 /// The fleet's presence settings (`fleet_settings`: floor, thresholds,
 /// inbox capacity) over the config's, which in postgres mode only seed
-/// them. `presence.sweep_every` and the history keys stay per host.
-///
-/// Until the store exposes the fleet's settings row (`PgStore::fleet_settings`,
-/// spec 80), the config's values apply.
-fn fleet_presence(_pg: &PgStore, _config: &PresenceConfig) -> Option<PresenceConfig> {
-    None
+/// them; None before the store first read them. `presence.sweep_every`
+/// and the history keys stay per host.
+fn fleet_presence(pg: &PgStore, config: &PresenceConfig) -> Option<PresenceConfig> {
+    let fleet = pg.fleet_settings()?;
+    Some(PresenceConfig {
+        min_client_version: fleet.min_client_version,
+        degraded_after: fleet.degraded_after,
+        offline_after: fleet.offline_after,
+        inbox_capacity: fleet.inbox_capacity,
+        ..config.clone()
+    })
 }
 
 /// The name conflicts of this host: `(personality, owning host)` for each

@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-/// The test offset in milliseconds (may be negative), read once.
-fn offset_ms() -> i64 {
+/// The test offset in milliseconds (may be negative), read once; 0 in use.
+pub fn offset_ms() -> i64 {
     static OFFSET: OnceLock<i64> = OnceLock::new();
     *OFFSET.get_or_init(|| {
         if !crate::sandbox_armed() {
