@@ -28,6 +28,7 @@ mod admin;
 mod events;
 mod links;
 mod mail;
+mod options;
 mod presence;
 mod registry;
 mod roster_cache;
