@@ -8,8 +8,8 @@ use crate::Ctx;
 use crate::store_open::{off_runtime, open_fleet};
 use clap::{Args, Subcommand};
 use memoryd_core::config::ClientVersion;
-use memoryd_core::store::{FileStore, PeerStore, StoreError};
-use memoryd_store_pg::PgStore;
+use memoryd_core::store::FileStore;
+use memoryd_store_pg::{FileState, PgStore, SettingsChange};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
@@ -93,64 +93,52 @@ pub enum StoreAction {
     },
 }
 
-/// One operator call on the fleet database.
-enum Call<'a> {
-    Hosts,
-    Settings(&'a SettingsArgs),
-    Release(&'a str),
-    Leave,
-    MigrateContract,
-    Import { local: &'a FileStore, apply: bool },
-}
-
-/// Runs `call` on the store; its answer as JSON (rows, or one object).
-///
-/// The fleet database's operator calls (`PgStore`'s admin side, spec 80)
-/// are not in this build yet: every call is checked, then says so.
-fn admin(_store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
-    let refused = |message: String| StoreError::Unavailable { kind: memoryd_proto::ErrorKind::RequestInvalid, message };
-    let what = match call {
-        Call::Hosts => "fleet hosts".to_owned(),
-        Call::Settings(args) => {
+/// Runs one `fleet` action on the store; its answer as JSON.
+fn fleet_call(store: &PgStore, action: &FleetAction) -> anyhow::Result<Value> {
+    Ok(match action {
+        FleetAction::Hosts => serde_json::to_value(store.fleet_hosts()?)?,
+        FleetAction::Settings(args) if args.changes_something() => {
             if let Some(v) = &args.min_client_version {
-                v.parse::<ClientVersion>().map_err(|e| refused(format!("--min-client-version: {e}")))?;
+                v.parse::<ClientVersion>().map_err(|e| crate::Usage(format!("--min-client-version: {e}")))?;
             }
-            if let (Some(d), Some(o)) = (args.degraded_after, args.offline_after)
-                && o <= d
-            {
-                return Err(refused("--offline-after must be longer than --degraded-after".to_owned()));
-            }
-            if args.inbox_capacity == Some(0) {
-                return Err(refused("--inbox-capacity must be at least 1".to_owned()));
-            }
-            "fleet settings".to_owned()
+            let change = SettingsChange {
+                min_client_version: args.min_client_version.clone(),
+                no_floor: args.no_floor,
+                degraded_after: args.degraded_after,
+                offline_after: args.offline_after,
+                inbox_capacity: args.inbox_capacity,
+            };
+            store.update_settings(&change)?;
+            serde_json::to_value(change)?
         }
-        Call::Release(personality) => {
+        FleetAction::Settings(_) => {
+            let Some(f) = store.fleet_settings() else {
+                anyhow::bail!("the fleet's settings were not read yet; try again in a moment")
+            };
+            let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
+            json!({
+                "minClientVersion": f.min_client_version.map(|v| v.to_string()),
+                "degradedAfter": dur(f.degraded_after),
+                "offlineAfter": dur(f.offline_after),
+                "hostOfflineAfter": dur(f.host_offline_after),
+                "inboxCapacity": f.inbox_capacity,
+            })
+        }
+        FleetAction::Release { personality } => {
             if !memoryd_core::fleet::names::is_personality(personality) {
-                return Err(refused(format!("{personality:?} is not a personality")));
+                return Err(crate::Usage(format!("{personality:?} is not a personality")).into());
             }
-            format!("fleet release {personality}")
+            json!({"personality": personality, "released": store.release(personality)?})
         }
-        Call::Leave => "fleet leave".to_owned(),
-        Call::MigrateContract => "fleet migrate --contract".to_owned(),
-        Call::Import { local, apply } => {
-            let links = local.links()?.pairs.len();
-            let waiting: usize = local.waiting()?.values().sum();
-            let verb = if *apply { "store import --apply" } else { "store import" };
-            return Err(unavailable(
-                verb,
-                &format!(" (S/store/ holds {links} link(s) and {waiting} waiting message(s))"),
-            ));
+        FleetAction::Leave => {
+            let (released, events) = store.leave(memoryd_core::host::clock::now())?;
+            json!({"released": released, "sessionsOffline": events.len()})
         }
-    };
-    Err(unavailable(&what, ""))
-}
-
-fn unavailable(what: &str, more: &str) -> StoreError {
-    StoreError::Unavailable {
-        kind: memoryd_proto::ErrorKind::Internal,
-        message: format!("`memoryctl {what}` is not available in this build of the fleet database's store{more}"),
-    }
+        FleetAction::Migrate { .. } => {
+            let schema = store.migrate_contract(&[])?;
+            json!({"version": schema.version, "compatFloor": schema.compat_floor, "applied": schema.applied})
+        }
+    })
 }
 
 /// `memoryctl fleet …`.
@@ -162,17 +150,7 @@ pub fn fleet(ctx: &Ctx, action: FleetAction) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let answer = off_runtime(|| -> anyhow::Result<Value> {
-        let store = open_fleet(&ctx.config)?;
-        let call = match &action {
-            FleetAction::Hosts => Call::Hosts,
-            FleetAction::Settings(args) => Call::Settings(args),
-            FleetAction::Release { personality } => Call::Release(personality),
-            FleetAction::Leave => Call::Leave,
-            FleetAction::Migrate { .. } => Call::MigrateContract,
-        };
-        Ok(admin(&store, &call)?)
-    })?;
+    let answer = off_runtime(|| fleet_call(&open_fleet(&ctx.config)?, &action))?;
     if ctx.json {
         crate::print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
@@ -184,8 +162,11 @@ pub fn fleet(ctx: &Ctx, action: FleetAction) -> anyhow::Result<ExitCode> {
             println!("fleet settings changed; every host applies them now:");
             print_object(&answer);
         }
-        FleetAction::Release { personality } => {
+        FleetAction::Release { personality } if answer["released"] == true => {
             println!("{personality} released: another host may claim it now");
+        }
+        FleetAction::Release { personality } => {
+            println!("{personality} was not present on any host: nothing to release");
         }
         FleetAction::Leave => {
             println!("this host left the fleet: its peers are not present and its sessions are offline");
@@ -204,8 +185,8 @@ pub fn store(ctx: &Ctx, action: StoreAction) -> anyhow::Result<ExitCode> {
     }
     let answer = off_runtime(|| -> anyhow::Result<Value> {
         let store = open_fleet(&ctx.config)?;
-        let local = FileStore::read_only(&ctx.paths);
-        Ok(admin(&store, &Call::Import { local: &local, apply })?)
+        let local = FileState::read(&FileStore::read_only(&ctx.paths))?;
+        Ok(serde_json::to_value(store.import(&local, apply)?)?)
     })?;
     if ctx.json {
         crate::print_json(&json!({"applied": apply, "import": answer}))?;
