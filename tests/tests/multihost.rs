@@ -116,6 +116,11 @@ impl Host {
         v.as_array().into_iter().flatten().filter_map(|r| r["personality"].as_str().map(str::to_owned)).collect()
     }
 
+    /// The first peer's fragment as this host last rendered it.
+    fn fragment(&self) -> String {
+        std::fs::read_to_string(self.dirs[0].join(".iapeer/fragments/memoryd.md")).unwrap_or_default()
+    }
+
     fn attach(&self, session: &str) -> std::process::Output {
         let node = format!("claude-{}", self.names[0]);
         self.root.ctl(&["attach", "--node", &node, "--session", session, "--client-version", "1.0"])
@@ -157,12 +162,18 @@ fn peers_of_two_hosts_link_from_a_third_see_each_other_and_message() {
     assert!(linked, "{}\n{}", stderr(&c.root.ctl(&["peer", "link", "ada", "bob"])), c.log());
     assert!(eventually(|| a.visible("ada").contains(&"bob".to_owned())), "{:?}\n{}", a.visible("ada"), a.log());
     assert!(eventually(|| b.visible("bob").contains(&"ada".to_owned())), "{:?}\n{}", b.visible("bob"), b.log());
+    // bob's fragment, rendered by host B, lists ada (on host A) once linked.
+    assert!(eventually(|| b.fragment().contains("`ada`")), "{}\n{}", b.fragment(), b.log());
     let sent = a.root.ctl(&["peer", "send", "--from", "ada", "bob", "hello from host a"]);
     assert!(sent.status.success(), "{}{}", stderr(&sent), a.log());
+    // Host B hears of the send (a notification) and re-renders the count.
+    let waits = |text: &str| b.fragment().contains(text);
+    assert!(eventually_within(Duration::from_secs(3), || waits("1 message waits")), "{}", b.fragment());
     let (printed, _) = b.hook("prompt-submit", "s1");
     assert!(printed.contains("hello from host a"), "{printed:?}\n{}", b.log());
     assert_eq!(b.hook("prompt-submit", "s1").0, "", "delivered once, then acknowledged");
     assert!(stdout(&b.root.ctl(&["peer", "inbox", "bob"])).contains("no message waits"));
+    assert!(eventually_within(Duration::from_secs(3), || waits("None waiting.")), "{}", b.fragment());
 }
 
 /// (2) Two hosts publishing one personality: the second host's sessions
