@@ -265,6 +265,15 @@ fn a_host_clock_300_s_ahead_changes_no_threshold() {
     other.start();
     ahead.wait_up();
     other.wait_up();
+    let skew = |host: &Host| host.status()["store"]["clockSkewMs"].as_i64().unwrap();
+    assert!((299_000..301_000).contains(&skew(&ahead)), "{}", ahead.status());
+    assert!(skew(&other).abs() < 1000, "{}", other.status());
+    let verify: Value = serde_json::from_slice(&ahead.root.ctl(&["verify", "--json"]).stdout).unwrap();
+    let warned =
+        verify["checks"].as_array().unwrap().iter().any(|c| {
+            c["name"] == "store" && c["status"] == "warn" && c["detail"].as_str().unwrap_or("").contains("clock")
+        });
+    assert!(warned, "{verify}");
     let attached = Instant::now();
     let out = ahead.attach("s1");
     assert!(out.status.success(), "{}\n{}", stderr(&out), ahead.log());
@@ -284,4 +293,48 @@ fn a_host_clock_300_s_ahead_changes_no_threshold() {
     assert!(degraded >= Duration::from_millis(1500) && degraded < Duration::from_secs(8), "{degraded:?}");
     assert!(offline >= Duration::from_millis(3500) && offline < Duration::from_secs(12), "{offline:?}");
     assert_eq!(state(&ahead).as_deref(), Some("offline"), "both hosts agree");
+}
+
+/// The operator's fleet commands need no daemon: hosts, settings shown and
+/// changed, a release, a store import's dry run; a database that is down
+/// is one sentence naming its URL.
+#[test]
+fn the_fleet_commands_work_without_a_daemon() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut a = Host::new(&url, &schema, "host-a", &["ada"]);
+    a.start();
+    a.wait_up();
+    let verify: Value = serde_json::from_slice(&a.root.ctl(&["verify", "--json"]).stdout).unwrap();
+    let store = verify["checks"].as_array().unwrap().iter().find(|c| c["name"] == "store").cloned().unwrap();
+    assert_eq!(store["status"], "ok", "{verify}");
+    assert!(store["detail"].as_str().unwrap().contains("127.0.0.1"), "{store}");
+    // Host B has no daemon running: its memoryctl reaches the database itself.
+    let b = Host::new(&url, &schema, "host-b", &["bob"]);
+    let ok = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = b.root.ctl(&all);
+        assert!(out.status.success(), "memoryctl {args:?}: {}{}", stdout(&out), stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let hosts = ok(&["fleet", "hosts"]);
+    let host_a = hosts.as_array().unwrap().iter().find(|h| h["host"] == "host-a").cloned();
+    let host_a = host_a.unwrap_or_else(|| panic!("{hosts}"));
+    assert_eq!((host_a["up"].clone(), host_a["peers"].clone()), (json!(true), json!(["ada"])), "{hosts}");
+    assert!(stdout(&b.root.ctl(&["fleet", "hosts"])).contains("host-a"));
+    assert_eq!(ok(&["fleet", "settings"])["degradedAfter"], "2s");
+    ok(&["fleet", "settings", "--inbox-capacity", "5"]);
+    assert_eq!(ok(&["fleet", "settings"])["inboxCapacity"], 5);
+    let import = ok(&["store", "import"]);
+    assert_eq!(import["applied"], false, "{import}");
+    let usage = b.root.ctl(&["fleet", "migrate"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    assert_eq!(ok(&["fleet", "release", "ada"])["released"], true);
+    drop(a);
+    cluster.stop();
+    let down = b.root.ctl(&["fleet", "hosts"]);
+    assert!(!down.status.success());
+    let said = stderr(&down);
+    assert!(said.contains("fleet database") && said.contains("127.0.0.1"), "{said}");
 }
