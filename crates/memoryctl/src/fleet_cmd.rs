@@ -8,8 +8,8 @@ use crate::Ctx;
 use crate::store_open::{off_runtime, open_fleet};
 use clap::{Args, Subcommand};
 use memoryd_core::config::ClientVersion;
-use memoryd_core::store::{FileStore, PeerStore, StoreError};
-use memoryd_store_pg::PgStore;
+use memoryd_core::store::{FileStore, StoreError};
+use memoryd_store_pg::{FileState, PgStore, SettingsChange};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
@@ -104,13 +104,10 @@ enum Call<'a> {
 }
 
 /// Runs `call` on the store; its answer as JSON (rows, or one object).
-///
-/// The fleet database's operator calls (`PgStore`'s admin side, spec 80)
-/// are not in this build yet: every call is checked, then says so.
-fn admin(_store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
+fn admin(store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
     let refused = |message: String| StoreError::Unavailable { kind: memoryd_proto::ErrorKind::RequestInvalid, message };
-    let what = match call {
-        Call::Hosts => "fleet hosts".to_owned(),
+    match call {
+        Call::Hosts => Ok(encode(&store.fleet_hosts()?)),
         Call::Settings(args) => {
             if let Some(v) = &args.min_client_version {
                 v.parse::<ClientVersion>().map_err(|e| refused(format!("--min-client-version: {e}")))?;
@@ -123,34 +120,45 @@ fn admin(_store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
             if args.inbox_capacity == Some(0) {
                 return Err(refused("--inbox-capacity must be at least 1".to_owned()));
             }
-            "fleet settings".to_owned()
+            if args.changes_something() {
+                store.update_settings(&SettingsChange {
+                    min_client_version: args.min_client_version.clone(),
+                    no_floor: args.no_floor,
+                    degraded_after: args.degraded_after,
+                    offline_after: args.offline_after,
+                    inbox_capacity: args.inbox_capacity,
+                })?;
+            }
+            let settings = store.fleet_settings_now()?;
+            Ok(json!({
+                "minClientVersion": settings.min_client_version.map(|v| v.to_string()),
+                "degradedAfter": humantime::format_duration(settings.degraded_after).to_string(),
+                "offlineAfter": humantime::format_duration(settings.offline_after).to_string(),
+                "hostOfflineAfter": humantime::format_duration(settings.host_offline_after).to_string(),
+                "inboxCapacity": settings.inbox_capacity,
+            }))
         }
         Call::Release(personality) => {
             if !memoryd_core::fleet::names::is_personality(personality) {
                 return Err(refused(format!("{personality:?} is not a personality")));
             }
-            format!("fleet release {personality}")
+            Ok(json!({"personality": personality, "wasPresent": store.release(personality)?}))
         }
-        Call::Leave => "fleet leave".to_owned(),
-        Call::MigrateContract => "fleet migrate --contract".to_owned(),
-        Call::Import { local, apply } => {
-            let links = local.links()?.pairs.len();
-            let waiting: usize = local.waiting()?.values().sum();
-            let verb = if *apply { "store import --apply" } else { "store import" };
-            return Err(unavailable(
-                verb,
-                &format!(" (S/store/ holds {links} link(s) and {waiting} waiting message(s))"),
-            ));
+        Call::Leave => {
+            let (released, events) = store.leave(std::time::SystemTime::now())?;
+            Ok(json!({"released": released, "sessionsEnded": events.iter().filter(|e| e.new_state().is_some()).count()}))
         }
-    };
-    Err(unavailable(&what, ""))
+        Call::MigrateContract => {
+            let schema = store.migrate_contract(&[])?;
+            Ok(json!({"schema": schema.version, "compatFloor": schema.compat_floor, "applied": schema.applied}))
+        }
+        Call::Import { local, apply } => Ok(encode(&store.import(&FileState::read(local)?, *apply)?)),
+    }
 }
 
-fn unavailable(what: &str, more: &str) -> StoreError {
-    StoreError::Unavailable {
-        kind: memoryd_proto::ErrorKind::Internal,
-        message: format!("`memoryctl {what}` is not available in this build of the fleet database's store{more}"),
-    }
+/// An answer as JSON (plain data: it always serializes).
+fn encode<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or_default()
 }
 
 /// `memoryctl fleet …`.

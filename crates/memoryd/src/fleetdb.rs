@@ -58,14 +58,6 @@ fn fleet_presence(pg: &PgStore, config: &PresenceConfig) -> Option<PresenceConfi
     })
 }
 
-/// The name conflicts of this host: `(personality, owning host)` for each
-/// local peer another host owns (spec 80).
-///
-/// Until the store exposes them (`PgStore::conflicts`), none are known.
-fn conflicts(_pg: &PgStore) -> Vec<(String, String)> {
-    Vec::new()
-}
-
 impl Daemon {
     /// The presence settings in force.
     pub fn presence_config(&self) -> PresenceConfig {
@@ -136,7 +128,7 @@ impl Daemon {
             StoreState::Down { error, .. } => Err(format!("down: {error}")),
             StoreState::Incompatible { reason } => Err(format!("incompatible: {reason}")),
         };
-        let mut warnings: Vec<String> = conflicts(pg)
+        let mut warnings: Vec<String> = pg.name_conflicts()
             .into_iter()
             .map(|(personality, owner)| {
                 format!(
