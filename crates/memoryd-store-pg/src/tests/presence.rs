@@ -352,3 +352,44 @@ fn a_mass_demotion_is_one_sweep() {
     }
     assert!(a.roster(None).unwrap().iter().all(|r| r.state == State::Offline));
 }
+
+#[test]
+fn soft_beats_are_kept_in_memory_while_the_copy_is_current() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let a = open(&cluster, &schema, "host-a");
+    let b = open(&cluster, &schema, "host-b");
+    own(&cluster, &schema, "host-a", &["boris"]);
+    let node = "claude-boris";
+    let now = SystemTime::now();
+    let minute = Duration::from_secs(60);
+    a.attach(&req(node, "s1"), true, &rules(), now, &none_run).unwrap();
+    assert!(a.soft_heartbeat(node, Some("s1"), Health::Online, now, minute));
+    assert!(a.soft_heartbeat(node, None, Health::Online, now, minute));
+    // Refusals and state moves take the full path.
+    assert!(!a.soft_heartbeat(node, Some("s0"), Health::Online, now, minute));
+    assert!(!a.soft_heartbeat(node, None, Health::Degraded, now, minute));
+    assert!(!a.soft_heartbeat("claude-ada", None, Health::Online, now, minute));
+    // Another host ends the session: once its notification arrives the
+    // beat is no longer kept in memory, and the full path refuses it.
+    b.detach(node, Some("s1"), now).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.soft_heartbeat(node, Some("s1"), Health::Online, now, minute) {
+        assert!(Instant::now() < deadline, "host-a never heard of the detach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(kind(a.heartbeat(node, Some("s1"), Health::Online, now)), ErrorKind::RuntimenodeNotAttached);
+}
+
+#[test]
+fn a_schema_changed_by_another_build_is_incompatible() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    drop(open(&cluster, &schema, "host-a"));
+    cluster.psql("memoryd_test", &format!("UPDATE \"{schema}\".schema_migrations SET checksum = 'other'"));
+    let store = PgStore::open(options(&cluster, &schema, "host-b", true)).unwrap();
+    let state = store.wait_connected(Duration::from_secs(15));
+    assert!(matches!(&state, StoreState::Incompatible { reason } if reason.contains("does not match")), "{state:?}");
+    let r = store.attach(&req("claude-boris", "s1"), true, &rules(), SystemTime::now(), &none_run);
+    assert_eq!(kind(r), ErrorKind::StoreIncompatible);
+}
