@@ -330,7 +330,7 @@ fn the_fleet_commands_work_without_a_daemon() {
     assert_eq!(import["applied"], false, "{import}");
     let usage = b.root.ctl(&["fleet", "migrate"]);
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
-    assert_eq!(ok(&["fleet", "release", "ada"])["released"], true);
+    assert_eq!(ok(&["fleet", "release", "ada"])["wasPresent"], true);
     drop(a);
     cluster.stop();
     let down = b.root.ctl(&["fleet", "hosts"]);

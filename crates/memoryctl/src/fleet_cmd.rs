@@ -8,7 +8,7 @@ use crate::Ctx;
 use crate::store_open::{off_runtime, open_fleet};
 use clap::{Args, Subcommand};
 use memoryd_core::config::ClientVersion;
-use memoryd_core::store::FileStore;
+use memoryd_core::store::{FileStore, StoreError};
 use memoryd_store_pg::{FileState, PgStore, SettingsChange};
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -93,52 +93,74 @@ pub enum StoreAction {
     },
 }
 
-/// Runs one `fleet` action on the store; its answer as JSON.
-fn fleet_call(store: &PgStore, action: &FleetAction) -> anyhow::Result<Value> {
-    Ok(match action {
-        FleetAction::Hosts => serde_json::to_value(store.fleet_hosts()?)?,
-        FleetAction::Settings(args) if args.changes_something() => {
+/// One operator call on the fleet database.
+enum Call<'a> {
+    Hosts,
+    Settings(&'a SettingsArgs),
+    Release(&'a str),
+    Leave,
+    MigrateContract,
+    Import { local: &'a FileStore, apply: bool },
+}
+
+/// Runs `call` on the store; its answer as JSON (rows, or one object).
+fn admin(store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
+    let refused = |message: String| StoreError::Unavailable { kind: memoryd_proto::ErrorKind::RequestInvalid, message };
+    match call {
+        Call::Hosts => Ok(encode(&store.fleet_hosts()?)),
+        Call::Settings(args) => {
             if let Some(v) = &args.min_client_version {
-                v.parse::<ClientVersion>().map_err(|e| crate::Usage(format!("--min-client-version: {e}")))?;
+                v.parse::<ClientVersion>().map_err(|e| refused(format!("--min-client-version: {e}")))?;
             }
-            let change = SettingsChange {
-                min_client_version: args.min_client_version.clone(),
-                no_floor: args.no_floor,
-                degraded_after: args.degraded_after,
-                offline_after: args.offline_after,
-                inbox_capacity: args.inbox_capacity,
-            };
-            store.update_settings(&change)?;
-            serde_json::to_value(change)?
+            if let (Some(d), Some(o)) = (args.degraded_after, args.offline_after)
+                && o <= d
+            {
+                return Err(refused("--offline-after must be longer than --degraded-after".to_owned()));
+            }
+            if args.inbox_capacity == Some(0) {
+                return Err(refused("--inbox-capacity must be at least 1".to_owned()));
+            }
+            if args.changes_something() {
+                store.update_settings(&SettingsChange {
+                    min_client_version: args.min_client_version.clone(),
+                    no_floor: args.no_floor,
+                    degraded_after: args.degraded_after,
+                    offline_after: args.offline_after,
+                    inbox_capacity: args.inbox_capacity,
+                })?;
+            }
+            let settings = store.fleet_settings_now()?;
+            Ok(json!({
+                "minClientVersion": settings.min_client_version.map(|v| v.to_string()),
+                "degradedAfter": humantime::format_duration(settings.degraded_after).to_string(),
+                "offlineAfter": humantime::format_duration(settings.offline_after).to_string(),
+                "hostOfflineAfter": humantime::format_duration(settings.host_offline_after).to_string(),
+                "inboxCapacity": settings.inbox_capacity,
+            }))
         }
-        FleetAction::Settings(_) => {
-            let Some(f) = store.fleet_settings() else {
-                anyhow::bail!("the fleet's settings were not read yet; try again in a moment")
-            };
-            let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
-            json!({
-                "minClientVersion": f.min_client_version.map(|v| v.to_string()),
-                "degradedAfter": dur(f.degraded_after),
-                "offlineAfter": dur(f.offline_after),
-                "hostOfflineAfter": dur(f.host_offline_after),
-                "inboxCapacity": f.inbox_capacity,
-            })
-        }
-        FleetAction::Release { personality } => {
+        Call::Release(personality) => {
             if !memoryd_core::fleet::names::is_personality(personality) {
-                return Err(crate::Usage(format!("{personality:?} is not a personality")).into());
+                return Err(refused(format!("{personality:?} is not a personality")));
             }
-            json!({"personality": personality, "released": store.release(personality)?})
+            Ok(json!({"personality": personality, "wasPresent": store.release(personality)?}))
         }
-        FleetAction::Leave => {
-            let (released, events) = store.leave(memoryd_core::host::clock::now())?;
-            json!({"released": released, "sessionsOffline": events.len()})
+        Call::Leave => {
+            let (released, events) = store.leave(std::time::SystemTime::now())?;
+            Ok(
+                json!({"released": released, "sessionsEnded": events.iter().filter(|e| e.new_state().is_some()).count()}),
+            )
         }
-        FleetAction::Migrate { .. } => {
+        Call::MigrateContract => {
             let schema = store.migrate_contract(&[])?;
-            json!({"version": schema.version, "compatFloor": schema.compat_floor, "applied": schema.applied})
+            Ok(json!({"schema": schema.version, "compatFloor": schema.compat_floor, "applied": schema.applied}))
         }
-    })
+        Call::Import { local, apply } => Ok(encode(&store.import(&FileState::read(local)?, *apply)?)),
+    }
+}
+
+/// An answer as JSON (plain data: it always serializes).
+fn encode<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or_default()
 }
 
 /// `memoryctl fleet …`.
@@ -150,7 +172,17 @@ pub fn fleet(ctx: &Ctx, action: FleetAction) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let answer = off_runtime(|| fleet_call(&open_fleet(&ctx.config)?, &action))?;
+    let answer = off_runtime(|| -> anyhow::Result<Value> {
+        let store = open_fleet(&ctx.config)?;
+        let call = match &action {
+            FleetAction::Hosts => Call::Hosts,
+            FleetAction::Settings(args) => Call::Settings(args),
+            FleetAction::Release { personality } => Call::Release(personality),
+            FleetAction::Leave => Call::Leave,
+            FleetAction::Migrate { .. } => Call::MigrateContract,
+        };
+        Ok(admin(&store, &call)?)
+    })?;
     if ctx.json {
         crate::print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
@@ -162,11 +194,8 @@ pub fn fleet(ctx: &Ctx, action: FleetAction) -> anyhow::Result<ExitCode> {
             println!("fleet settings changed; every host applies them now:");
             print_object(&answer);
         }
-        FleetAction::Release { personality } if answer["released"] == true => {
-            println!("{personality} released: another host may claim it now");
-        }
         FleetAction::Release { personality } => {
-            println!("{personality} was not present on any host: nothing to release");
+            println!("{personality} released: another host may claim it now");
         }
         FleetAction::Leave => {
             println!("this host left the fleet: its peers are not present and its sessions are offline");
@@ -185,8 +214,8 @@ pub fn store(ctx: &Ctx, action: StoreAction) -> anyhow::Result<ExitCode> {
     }
     let answer = off_runtime(|| -> anyhow::Result<Value> {
         let store = open_fleet(&ctx.config)?;
-        let local = FileState::read(&FileStore::read_only(&ctx.paths))?;
-        Ok(serde_json::to_value(store.import(&local, apply)?)?)
+        let local = FileStore::read_only(&ctx.paths);
+        Ok(admin(&store, &Call::Import { local: &local, apply })?)
     })?;
     if ctx.json {
         crate::print_json(&json!({"applied": apply, "import": answer}))?;

@@ -121,6 +121,11 @@ impl PgStore {
         self.shared.fleet_settings()
     }
 
+    /// The fleet's settings read from the database now.
+    pub fn fleet_settings_now(&self) -> Result<FleetSettings, StoreError> {
+        self.block(supervisor::settings_now(&self.db, &self.shared))
+    }
+
     /// Host clock minus database clock, as last measured.
     pub fn clock_skew_ms(&self) -> i64 {
         self.db.skew_ms()

@@ -257,106 +257,19 @@ fn node_state(state: &NodeState) -> (&'static str, Option<&Attachment>) {
     (name, active)
 }
 
-/// Writes the difference of one node's rows, its revocation and its lock
-/// row. The unique index on active rows sees rows leave the active states
-/// before others enter them.
-async fn write_node(
-    tx: &deadpool_postgres::Transaction<'_>,
-    db: &Db,
-    node: &str,
-    before: &NodeState,
-    after: &NodeState,
-) -> Result<(), Failure> {
-    let old: HashMap<&str, &Row> = before.rows.iter().map(|r| (r.att.attachment_id.as_str(), r)).collect();
-    let new: HashMap<&str, &Row> = after.rows.iter().map(|r| (r.att.attachment_id.as_str(), r)).collect();
-    let gone: Vec<String> = old.keys().filter(|id| !new.contains_key(*id)).map(|id| (*id).to_owned()).collect();
-    if !gone.is_empty() {
-        tx.execute("DELETE FROM runtime_node_attachments WHERE id = ANY($1)", &[&gone]).await?;
-    }
-    let mut changed: Vec<&Row> =
-        after.rows.iter().filter(|r| old.get(r.att.attachment_id.as_str()).is_some_and(|o| *o != *r)).collect();
-    changed.sort_by_key(|r| r.att.state.is_active());
-    for row in changed {
-        let a = &row.att;
-        tx.execute(
-            "UPDATE runtime_node_attachments SET session_id = $2, host_id = $3, capabilities = $4, client_version = $5,
-                    state = $6, health = $7, pid = $8, pid_start = $9, attached_at = $10, last_heartbeat_at = $11,
-                    updated_at = $12
-              WHERE id = $1",
-            &[
-                &a.attachment_id,
-                &a.session_id,
-                &row.host,
-                &Value::Object(a.capabilities.clone()),
-                &a.client_version,
-                &text(&a.state),
-                &text(&a.health),
-                &a.pid,
-                &a.pid_start,
-                &db.db_time(a.attached_at),
-                &db.db_time(a.last_heartbeat_at),
-                &db.db_time(a.updated_at),
-            ],
-        )
-        .await?;
-    }
-    for row in after.rows.iter().filter(|r| !old.contains_key(r.att.attachment_id.as_str())) {
-        let a = &row.att;
-        tx.execute(
-            "INSERT INTO runtime_node_attachments (id, node_id, session_id, host_id, capabilities, client_version,
-                    state, health, pid, pid_start, attached_at, last_heartbeat_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            &[
-                &a.attachment_id,
-                &a.node_id,
-                &a.session_id,
-                &row.host,
-                &Value::Object(a.capabilities.clone()),
-                &a.client_version,
-                &text(&a.state),
-                &text(&a.health),
-                &a.pid,
-                &a.pid_start,
-                &db.db_time(a.attached_at),
-                &db.db_time(a.last_heartbeat_at),
-                &db.db_time(a.updated_at),
-            ],
-        )
-        .await?;
-    }
-    if before.revoked != after.revoked {
-        match &after.revoked {
-            None => {
-                tx.execute("DELETE FROM revocations WHERE node_id = $1", &[&node]).await?;
-            }
-            Some(r) => {
-                tx.execute(
-                    "INSERT INTO revocations (node_id, revoked_by, reason, revoked_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (node_id) DO UPDATE SET revoked_by = EXCLUDED.revoked_by, reason = EXCLUDED.reason,
-                       revoked_at = EXCLUDED.revoked_at",
-                    &[&node, &text(&r.revoked_by), &r.reason, &db.db_time(r.at)],
-                )
-                .await?;
-            }
-        }
-    }
-    let (_, active) = node_state(after);
-    let health = match active.map(|a| a.state) {
+/// The lock row's mirror of a node's active attachment.
+fn lock_row_health(active: Option<&Attachment>) -> &'static str {
+    match active.map(|a| a.state) {
         Some(State::Degraded) => "degraded",
         Some(_) => "online",
         None => "offline",
-    };
-    tx.execute(
-        "UPDATE runtime_node_presence SET health_state = $2, last_heartbeat_at = COALESCE($3, last_heartbeat_at)
-          WHERE node_id = $1",
-        &[&node, &health, &active.map(|a| db.db_time(a.last_heartbeat_at))],
-    )
-    .await?;
-    Ok(())
+    }
 }
 
-/// Writes every changed node of a change, notifies, and stages the new
-/// states in the roster copy; the nodes that changed.
+/// Writes the difference of a change (rows, revocations, lock rows) in a
+/// few statements whatever the number of nodes, then notifies; the nodes
+/// that changed. Rows leave the active states before others enter them,
+/// for the unique index on active rows.
 async fn write_all(
     tx: &deadpool_postgres::Transaction<'_>,
     db: &Db,
@@ -365,23 +278,138 @@ async fn write_all(
 ) -> Result<Vec<String>, Failure> {
     let empty = NodeState::default();
     let mut moved = Vec::new();
+    let mut gone: Vec<String> = Vec::new();
+    let mut upserts: Vec<&Row> = Vec::new();
+    let (mut lock_nodes, mut lock_health, mut lock_beat) = (Vec::new(), Vec::new(), Vec::new());
     for (node, new) in after {
         let old = before.get(node).unwrap_or(&empty);
-        if old != new {
-            write_node(tx, db, node, old, new).await?;
-            moved.push(node.clone());
+        if old == new {
+            continue;
         }
+        let old_rows: HashMap<&str, &Row> = old.rows.iter().map(|r| (r.att.attachment_id.as_str(), r)).collect();
+        let new_ids: BTreeSet<&str> = new.rows.iter().map(|r| r.att.attachment_id.as_str()).collect();
+        gone.extend(old_rows.keys().filter(|id| !new_ids.contains(*id)).map(|id| (*id).to_owned()));
+        upserts.extend(new.rows.iter().filter(|r| old_rows.get(r.att.attachment_id.as_str()) != Some(r)));
+        if old.revoked != new.revoked {
+            write_revocation(tx, db, node, new.revoked.as_ref()).await?;
+        }
+        let (_, active) = node_state(new);
+        lock_nodes.push(node.clone());
+        lock_health.push(lock_row_health(active));
+        lock_beat.push(active.map(|a| db.db_time(a.last_heartbeat_at)));
+        moved.push(node.clone());
     }
+    if moved.is_empty() {
+        return Ok(moved);
+    }
+    if !gone.is_empty() {
+        tx.execute("DELETE FROM runtime_node_attachments WHERE id = ANY($1)", &[&gone]).await?;
+    }
+    if !upserts.is_empty() {
+        upsert_rows(tx, db, upserts).await?;
+    }
+    tx.execute(
+        "UPDATE runtime_node_presence p SET health_state = u.health,
+                last_heartbeat_at = COALESCE(u.beat, p.last_heartbeat_at)
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(node_id, health, beat)
+          WHERE p.node_id = u.node_id",
+        &[&lock_nodes, &lock_health, &lock_beat],
+    )
+    .await?;
     let schema = &db.settings.schema;
     if moved.len() > NOTIFY_EACH_UP_TO {
         notify(tx, schema, &Hint::Roster).await?;
     } else {
-        for node in &moved {
-            let (state, _) = node_state(&after[node]);
-            notify(tx, schema, &Hint::Presence { node: node.clone(), state: state.to_owned() }).await?;
-        }
+        let payloads: Vec<String> = moved
+            .iter()
+            .map(|node| {
+                let (state, _) = node_state(&after[node]);
+                let hint = Hint::Presence { node: node.clone(), state: state.to_owned() };
+                serde_json::to_string(&hint).unwrap_or_default()
+            })
+            .collect();
+        tx.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n",
+            &[&crate::supervisor::channel(schema), &payloads],
+        )
+        .await?;
     }
     Ok(moved)
+}
+
+/// Inserts new rows and updates changed ones, in one statement, in the
+/// order given after the inactive ones first.
+async fn upsert_rows(tx: &deadpool_postgres::Transaction<'_>, db: &Db, mut rows: Vec<&Row>) -> Result<(), Failure> {
+    rows.sort_by_key(|r| r.att.state.is_active());
+    let col = |f: &dyn Fn(&Row) -> String| rows.iter().map(|r| f(r)).collect::<Vec<String>>();
+    let ids = col(&|r| r.att.attachment_id.clone());
+    let nodes = col(&|r| r.att.node_id.clone());
+    let sessions = col(&|r| r.att.session_id.clone());
+    let hosts = col(&|r| r.host.clone());
+    let versions = col(&|r| r.att.client_version.clone());
+    let states = col(&|r| text(&r.att.state));
+    let healths = col(&|r| text(&r.att.health));
+    let capabilities: Vec<Value> = rows.iter().map(|r| Value::Object(r.att.capabilities.clone())).collect();
+    let pids: Vec<Option<i32>> = rows.iter().map(|r| r.att.pid).collect();
+    let starts: Vec<Option<String>> = rows.iter().map(|r| r.att.pid_start.clone()).collect();
+    let time = |f: &dyn Fn(&Attachment) -> SystemTime| rows.iter().map(|r| db.db_time(f(&r.att))).collect::<Vec<_>>();
+    let attached = time(&|a| a.attached_at);
+    let beats = time(&|a| a.last_heartbeat_at);
+    let updated = time(&|a| a.updated_at);
+    tx.execute(
+        "INSERT INTO runtime_node_attachments (id, node_id, session_id, host_id, capabilities, client_version, state,
+                health, pid, pid_start, attached_at, last_heartbeat_at, updated_at)
+         SELECT u.id, u.node_id, u.session_id, u.host_id, u.capabilities, u.client_version, u.state, u.health, u.pid,
+                u.pid_start, u.attached_at, u.last_heartbeat_at, u.updated_at
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::text[], $8::text[],
+                       $9::int4[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[])
+                WITH ORDINALITY AS u(id, node_id, session_id, host_id, capabilities, client_version, state, health, pid,
+                                     pid_start, attached_at, last_heartbeat_at, updated_at, n)
+          ORDER BY u.n
+         ON CONFLICT (id) DO UPDATE SET session_id = EXCLUDED.session_id, host_id = EXCLUDED.host_id,
+                capabilities = EXCLUDED.capabilities, client_version = EXCLUDED.client_version,
+                state = EXCLUDED.state, health = EXCLUDED.health, pid = EXCLUDED.pid, pid_start = EXCLUDED.pid_start,
+                attached_at = EXCLUDED.attached_at, last_heartbeat_at = EXCLUDED.last_heartbeat_at,
+                updated_at = EXCLUDED.updated_at",
+        &[
+            &ids,
+            &nodes,
+            &sessions,
+            &hosts,
+            &capabilities,
+            &versions,
+            &states,
+            &healths,
+            &pids,
+            &starts,
+            &attached,
+            &beats,
+            &updated,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn write_revocation(
+    tx: &deadpool_postgres::Transaction<'_>,
+    db: &Db,
+    node: &str,
+    revoked: Option<&Revocation>,
+) -> Result<(), Failure> {
+    match revoked {
+        None => tx.execute("DELETE FROM revocations WHERE node_id = $1", &[&node]).await?,
+        Some(r) => {
+            tx.execute(
+                "INSERT INTO revocations (node_id, revoked_by, reason, revoked_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (node_id) DO UPDATE SET revoked_by = EXCLUDED.revoked_by, reason = EXCLUDED.reason,
+                   revoked_at = EXCLUDED.revoked_at",
+                &[&node, &text(&r.revoked_by), &r.reason, &db.db_time(r.at)],
+            )
+            .await?
+        }
+    };
+    Ok(())
 }
 
 /// Commits a change whose new node states are staged in the roster copy

@@ -440,6 +440,16 @@ async fn read_settings(client: &tokio_postgres::Client, shared: &Shared) -> Resu
     Ok(())
 }
 
+/// The fleet's settings read now, not the copy the listener keeps (an
+/// operator's change shows its own result at once).
+pub async fn settings_now(db: &Db, shared: &Shared) -> Result<FleetSettings, StoreError> {
+    db.call(db.settings.operator_timeout, async |c| -> Result<FleetSettings, Failure> {
+        read_settings(c, shared).await?;
+        shared.fleet_settings().ok_or_else(|| crate::tx::internal("fleet_settings has no row".to_owned()))
+    })
+    .await
+}
+
 /// Opens the listener connection (outside the pool) and `LISTEN`s.
 async fn listen(db: &Db) -> Result<Listener, String> {
     let deadline = db.settings.connect_timeout;

@@ -307,3 +307,89 @@ fn a_live_session_the_fleet_ended_during_an_outage_is_attached_again() {
     // Once: the next sweep has nothing to do.
     assert!(a.sweep(&rules(), now + Duration::from_secs(63), &alive).unwrap().is_empty());
 }
+
+#[test]
+fn a_mass_demotion_is_one_sweep() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let a = open(&cluster, &schema, "host-a");
+    let b = open(&cluster, &schema, "host-b");
+    let n = 200;
+    cluster.psql(
+        "memoryd_test",
+        &format!(
+            "INSERT INTO \"{schema}\".peers (personality, host_id, runtimes)
+             SELECT 'p' || i, 'host-a', '{{claude}}' FROM generate_series(1, {n}) i"
+        ),
+    );
+    let now = SystemTime::now();
+    for i in 1..=n {
+        a.attach(&req(&format!("claude-p{i}"), "s1"), true, &rules(), now, &none_run).unwrap();
+    }
+    let mut hints = b.hints();
+    let started = Instant::now();
+    let degraded = b.sweep(&rules(), now + Duration::from_secs(31), &none_run).unwrap();
+    let took = started.elapsed();
+    eprintln!("{n} nodes demoted in {took:?}");
+    assert_eq!(degraded.len(), n);
+    assert!(degraded.iter().all(|e| e.new_state() == Some(State::Degraded)));
+    let offline = b.sweep(&rules(), now + Duration::from_secs(61), &none_run).unwrap();
+    assert_eq!(offline.len(), n);
+    let one_event_each = "SELECT count(*) FROM events WHERE event = 'runtime_node.offline'";
+    assert_eq!(sql_count(&cluster, &schema, one_event_each), i64::try_from(n).unwrap());
+    // One roster hint per mass move, not one per node.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rosters = 0;
+    while rosters < 2 {
+        assert!(Instant::now() < deadline, "only {rosters} roster hints");
+        match hints.try_recv() {
+            Ok(crate::Hint::Roster) => rosters += 1,
+            // (Late hints of the attaches may still arrive.)
+            Ok(crate::Hint::Presence { node, state }) if state != "online" => panic!("a hint for {node} alone"),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(a.roster(None).unwrap().iter().all(|r| r.state == State::Offline));
+}
+
+#[test]
+fn soft_beats_are_kept_in_memory_while_the_copy_is_current() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let a = open(&cluster, &schema, "host-a");
+    let b = open(&cluster, &schema, "host-b");
+    own(&cluster, &schema, "host-a", &["boris"]);
+    let node = "claude-boris";
+    let now = SystemTime::now();
+    let minute = Duration::from_secs(60);
+    a.attach(&req(node, "s1"), true, &rules(), now, &none_run).unwrap();
+    assert!(a.soft_heartbeat(node, Some("s1"), Health::Online, now, minute));
+    assert!(a.soft_heartbeat(node, None, Health::Online, now, minute));
+    // Refusals and state moves take the full path.
+    assert!(!a.soft_heartbeat(node, Some("s0"), Health::Online, now, minute));
+    assert!(!a.soft_heartbeat(node, None, Health::Degraded, now, minute));
+    assert!(!a.soft_heartbeat("claude-ada", None, Health::Online, now, minute));
+    // Another host ends the session: once its notification arrives the
+    // beat is no longer kept in memory, and the full path refuses it.
+    b.detach(node, Some("s1"), now).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.soft_heartbeat(node, Some("s1"), Health::Online, now, minute) {
+        assert!(Instant::now() < deadline, "host-a never heard of the detach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(kind(a.heartbeat(node, Some("s1"), Health::Online, now)), ErrorKind::RuntimenodeNotAttached);
+}
+
+#[test]
+fn a_schema_changed_by_another_build_is_incompatible() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    drop(open(&cluster, &schema, "host-a"));
+    cluster.psql("memoryd_test", &format!("UPDATE \"{schema}\".schema_migrations SET checksum = 'other'"));
+    let store = PgStore::open(options(&cluster, &schema, "host-b", true)).unwrap();
+    let state = store.wait_connected(Duration::from_secs(15));
+    assert!(matches!(&state, StoreState::Incompatible { reason } if reason.contains("does not match")), "{state:?}");
+    let r = store.attach(&req("claude-boris", "s1"), true, &rules(), SystemTime::now(), &none_run);
+    assert_eq!(kind(r), ErrorKind::StoreIncompatible);
+}
