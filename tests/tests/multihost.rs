@@ -338,3 +338,24 @@ fn the_fleet_commands_work_without_a_daemon() {
     let said = stderr(&down);
     assert!(said.contains("fleet database") && said.contains("127.0.0.1"), "{said}");
 }
+
+/// A host's own peers are in the registry as soon as its store is up:
+/// a link made at once does not miss them (the map is published before
+/// the registry is read, whatever the order of the reconnect's tasks).
+#[test]
+fn a_link_made_as_the_store_comes_up_finds_the_hosts_own_peers() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut old = Host::new(&url, &schema, "host-old", &["ada"]);
+    let mut new = Host::new(&url, &schema, "host-new", &["bob"]);
+    old.start();
+    old.wait_up();
+    new.start();
+    new.wait_up();
+    let out = new.root.ctl(&["peer", "link", "ada", "bob"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), new.log());
+    // The other host's copy of the registry follows the notification; the
+    // send is checked in its own transaction either way.
+    let sent = old.root.ctl(&["peer", "send", "--from", "ada", "bob", "right away"]);
+    assert!(sent.status.success(), "{}\n{}", stderr(&sent), old.log());
+}

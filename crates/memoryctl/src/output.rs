@@ -241,7 +241,7 @@ fn store_line(store: &memoryd_proto::status::StoreStatus, style: Style) -> Strin
     if let Some(host) = &store.host_id {
         line.push_str(&format!(", host {host}"));
     }
-    if let Some(schema) = &store.schema {
+    if let Some(schema) = store.schema {
         line.push_str(&format!(", schema {schema}"));
     }
     if let Some(skew) = store.clock_skew_ms.filter(|s| *s != 0) {

@@ -147,9 +147,10 @@ pub struct StoreStatus {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_id: Option<String>,
-    /// The PostgreSQL schema holding the fleet's tables.
+    /// The fleet database's schema version, as this host's last connect
+    /// found it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
+    pub schema: Option<i32>,
     /// The lowest schema version a binary may know and still use the
     /// database, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

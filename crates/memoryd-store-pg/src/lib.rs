@@ -126,6 +126,12 @@ impl PgStore {
         self.block(supervisor::settings_now(&self.db, &self.shared))
     }
 
+    /// The database's schema version and compatibility floor, as the last
+    /// connect found them (`status`).
+    pub fn schema(&self) -> Option<(i32, i32)> {
+        self.db.schema()
+    }
+
     /// Host clock minus database clock, as last measured.
     pub fn clock_skew_ms(&self) -> i64 {
         self.db.skew_ms()

@@ -299,7 +299,8 @@ async fn connect(db: &Db, shared: &Shared) -> Result<Listener, NotUp> {
         // A host records the newest schema its binary knows: what a
         // contract step's floor is checked against.
         let steps = steps();
-        migrate(&mut client, &db.settings.schema, &db.host_id, &steps, false).await?;
+        let schema = migrate(&mut client, &db.settings.schema, &db.host_id, &steps, false).await?;
+        db.set_schema(schema.version, schema.compat_floor);
         claim(&mut client, db, shared, newest(&steps)).await?;
         db.set_host_taken(false);
         refresh(&client, db, shared).await?;
@@ -541,7 +542,9 @@ async fn hint(db: &Db, shared: &Shared, payload: &str) {
                 tracing::debug!(error = %e, "fleet settings not re-read; the next resync does");
             }
         }
-        Hint::Inbox { .. } | Hint::Link { .. } | Hint::Peer { .. } => {}
+        // Another host published, released or claimed a peer.
+        Hint::Peer { .. } => shared.registry.invalidate(),
+        Hint::Inbox { .. } | Hint::Link { .. } => {}
     }
     shared.forward(hint);
 }
