@@ -6,7 +6,7 @@
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use memoryd_e2e::*;
-use memoryd_store_pg::testkit::{Cluster, invariants};
+use memoryd_store_pg::testkit::{Cluster, invariants, mailbox_ids};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 /// One host of the fleet: its own root and fleet map, the shared schema.
 struct Host {
     root: Root,
+    names: Vec<String>,
     _dirs: Vec<PathBuf>,
 }
 
@@ -32,7 +33,7 @@ fn host(cluster: &Cluster, schema: &str, host_id: &str, names: &[&str]) -> Host 
     let peers: Vec<(&str, &std::path::Path, &[&str])> =
         names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
     root.write_fleet_map(&peers);
-    Host { root, _dirs: dirs }
+    Host { root, names: names.iter().map(|n| (*n).to_owned()).collect(), _dirs: dirs }
 }
 
 impl Host {
@@ -48,6 +49,13 @@ impl Host {
             self.request("host.status", json!({}))["result"]["store"]["state"] == "up"
         });
         assert!(up, "the store did not come up:\n{}", daemon.log());
+        // Published: the registry has this host's peers.
+        for name in &self.names {
+            let published = eventually_within(Duration::from_secs(10), || {
+                self.request("peer.visible", json!({"personality": name}))["result"].to_string().contains("\"self\"")
+            });
+            assert!(published, "{name} was not published:\n{}", daemon.log());
+        }
         daemon
     }
 
@@ -162,7 +170,11 @@ fn a_daemon_killed_inside_each_kind_of_transaction_leaves_no_partial_change_and_
                 assert!(r.get("result").is_some() || r.get("error").is_some(), "{r}");
             }
         }
-        assert!(took.elapsed() < Duration::from_secs(3), "{op}: a lock outlived the killed daemon ({:?})", took.elapsed());
+        assert!(
+            took.elapsed() < Duration::from_secs(3),
+            "{op}: a lock outlived the killed daemon ({:?})",
+            took.elapsed()
+        );
         check_invariants(&cluster, &schema);
         if op == "ack" {
             b_daemon = Some(fresh);
@@ -222,7 +234,10 @@ fn sigkill_at_random_while_two_hosts_link_send_lease_and_ack_loses_and_tears_not
                             }
                             r
                         }
-                        3 => on_a.request("runtimenode.attach", attach(&session, &format!("claude-{}", names[rng.next(2) as usize]))),
+                        3 => on_a.request(
+                            "runtimenode.attach",
+                            attach(&session, &format!("claude-{}", names[rng.next(2) as usize])),
+                        ),
                         _ => {
                             // B's peers read their inboxes on B.
                             let p = names[2 + rng.next(2) as usize];
@@ -251,16 +266,16 @@ fn sigkill_at_random_while_two_hosts_link_send_lease_and_ack_loses_and_tears_not
         check_invariants(&cluster, &schema);
     }
     assert!(!acked.is_empty(), "the crash loop sent nothing (seed {seed})");
-    // Every acknowledged send is waiting, delivered or dropped (with its
-    // event) in its recipient's mailbox, as B's daemon reads it.
-    let _a_daemon = a.start(&[]);
+    // Every acknowledged send is waiting, delivered or dropped in its
+    // recipient's mailbox.
     for p in names {
-        let owner = if p.starts_with('a') { &a } else { &b };
-        let mailbox = owner.request("peer.messages_search", json!({"personality": p, "limit": 100000}));
-        let inbox = owner.request("peer.inbox", json!({"personality": p}));
-        let text = format!("{mailbox}{inbox}");
+        let held: Vec<String> = mailbox_ids(&cluster.url(), &schema, p)
+            .into_iter()
+            .filter(|(b, _)| b == "waiting" || b == "received" || b == "dropped")
+            .map(|(_, id)| id)
+            .collect();
         for (_, id) in acked.iter().filter(|(to, _)| to == p) {
-            assert!(text.contains(id.as_str()), "seed {seed}: acknowledged message {id} to {p} was lost");
+            assert!(held.contains(id), "seed {seed}: acknowledged message {id} to {p} was lost");
         }
     }
 }
@@ -275,7 +290,17 @@ fn a_rolling_upgrade_expands_while_old_hosts_run_and_contracts_once_they_are_gon
     let mut old_daemon = old.start(&[]);
     let _new_daemon = new.start(&extra);
     // Both work on the expanded schema, across hosts.
-    assert_eq!(new.request("peer.link", json!({"a": "ada", "b": "bob"}))["result"]["linked"], true);
+    let linked = new.request("peer.link", json!({"a": "ada", "b": "bob"}));
+    let hosts = new.root.ctl(&["fleet", "hosts", "--json"]);
+    assert_eq!(
+        linked["result"]["linked"],
+        true,
+        "{linked}\n{}{}\n{}\n{}",
+        stdout(&hosts),
+        stderr(&hosts),
+        new.request("peer.visible", json!({"personality": "bob"})),
+        old.request("peer.visible", json!({"personality": "ada"}))
+    );
     let sent = old.request("peer.send", json!({"from": "ada", "to": "bob", "message": "from the old host"}));
     assert_eq!(sent["result"]["queued"], true, "{sent}");
     let status = new.request("host.status", json!({}));

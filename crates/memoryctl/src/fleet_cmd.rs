@@ -146,7 +146,9 @@ fn admin(store: &PgStore, call: &Call<'_>) -> Result<Value, StoreError> {
         }
         Call::Leave => {
             let (released, events) = store.leave(std::time::SystemTime::now())?;
-            Ok(json!({"released": released, "sessionsEnded": events.iter().filter(|e| e.new_state().is_some()).count()}))
+            Ok(
+                json!({"released": released, "sessionsEnded": events.iter().filter(|e| e.new_state().is_some()).count()}),
+            )
         }
         Call::MigrateContract => {
             let schema = store.migrate_contract(&[])?;

@@ -149,7 +149,10 @@ pub struct StoreStatus {
     pub host_id: Option<String>,
     /// The PostgreSQL schema holding the fleet's tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
+    pub schema_name: Option<String>,
+    /// The newest schema version applied to the database, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<i32>,
     /// The lowest schema version a binary may know and still use the
     /// database, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

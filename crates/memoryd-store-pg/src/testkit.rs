@@ -323,3 +323,24 @@ pub fn invariants(url: &str, schema: &str) -> Vec<String> {
         broken
     })
 }
+
+/// The ids of every item of `personality`'s mailbox on `schema`, by box
+/// (`waiting`, `received`, `sent`, `dropped`): what a test's ledger of
+/// acknowledged sends is checked against.
+pub fn mailbox_ids(url: &str, schema: &str, personality: &str) -> Vec<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .query(
+                &format!("SELECT box, id FROM \"{schema}\".mail WHERE personality = $1 ORDER BY seq"),
+                &[&personality],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    })
+}

@@ -24,6 +24,7 @@ pub(super) fn options(cluster: &Cluster, schema: &str, host: &str, daemon: bool)
         daemon,
         seed: Seed::default(),
         clock_offset_ms: 0,
+        instance: None,
     }
 }
 
