@@ -241,8 +241,11 @@ fn store_line(store: &memoryd_proto::status::StoreStatus, style: Style) -> Strin
     if let Some(host) = &store.host_id {
         line.push_str(&format!(", host {host}"));
     }
-    if let Some(schema) = store.schema {
-        line.push_str(&format!(", schema {schema}"));
+    if let Some(name) = &store.schema_name {
+        line.push_str(&format!(", schema {name}"));
+    }
+    if let (Some(version), Some(floor)) = (store.schema, store.compat_floor) {
+        line.push_str(&format!(" v{version} (floor {floor})"));
     }
     if let Some(skew) = store.clock_skew_ms.filter(|s| *s != 0) {
         line.push_str(&format!(", clock skew {skew} ms"));

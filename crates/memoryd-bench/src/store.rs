@@ -142,6 +142,7 @@ fn pg_store(cluster: &Cluster, schema: &str, host: &str) -> anyhow::Result<PgSto
         daemon: true,
         seed: Default::default(),
         clock_offset_ms: 0,
+        instance: None,
     })?;
     let state = store.wait_connected(Duration::from_secs(20));
     anyhow::ensure!(state.name() == "up", "the PostgreSQL store did not come up: {state:?}");

@@ -147,8 +147,10 @@ pub struct StoreStatus {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_id: Option<String>,
-    /// The fleet database's schema version, as this host's last connect
-    /// found it.
+    /// The PostgreSQL schema holding the fleet's tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_name: Option<String>,
+    /// The newest schema version applied to the database, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<i32>,
     /// The lowest schema version a binary may know and still use the

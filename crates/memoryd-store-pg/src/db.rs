@@ -99,9 +99,6 @@ pub struct Db {
     pub lost: Notify,
     /// Host clock minus database clock, in milliseconds, as last measured.
     skew_ms: std::sync::atomic::AtomicI64,
-    /// The schema version and compatibility floor the last connect found
-    /// (0: not connected yet).
-    schema: [std::sync::atomic::AtomicI32; 2],
     /// Down because another live boot holds this host's row.
     host_taken: std::sync::atomic::AtomicBool,
 }
@@ -178,7 +175,6 @@ impl Db {
             state: Mutex::new(StoreState::Connecting),
             lost: Notify::new(),
             skew_ms: Default::default(),
-            schema: Default::default(),
             host_taken: Default::default(),
         })
     }
@@ -210,19 +206,6 @@ impl Db {
 
     pub fn skew_ms(&self) -> i64 {
         self.skew_ms.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The database's schema version and compatibility floor, as the last
-    /// connect found them.
-    pub fn schema(&self) -> Option<(i32, i32)> {
-        let [version, floor] = &self.schema;
-        let version = version.load(std::sync::atomic::Ordering::Relaxed);
-        (version > 0).then(|| (version, floor.load(std::sync::atomic::Ordering::Relaxed)))
-    }
-
-    pub fn set_schema(&self, version: i32, floor: i32) {
-        self.schema[1].store(floor, std::sync::atomic::Ordering::Relaxed);
-        self.schema[0].store(version, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_skew_ms(&self, ms: i64) {

@@ -37,7 +37,7 @@ mod tx;
 
 pub use admin::{FileState, HostRow, Import, NameConflict, SettingsChange};
 pub use db::{StoreState, redacted};
-pub use supervisor::{FleetSettings, Hint, Seed};
+pub use supervisor::{FleetSettings, Hint, Seed, random_id};
 
 use db::Db;
 use memoryd_core::config::{ClientVersion, PostgresConfig};
@@ -77,6 +77,12 @@ pub struct Options {
     /// A test clock's offset from the system clock, in milliseconds (spec
     /// 80's skew test): the host clock the skew is measured with. 0 in use.
     pub clock_offset_ms: i64,
+    /// This host's lasting identity (the daemon keeps one per root), the
+    /// first part of every boot id it claims the host's row with: a
+    /// restart after a crash finds its own, younger claim and takes it
+    /// over, where another machine configured with the same host id is
+    /// refused. None: a fresh one per process.
+    pub instance: Option<String>,
 }
 
 impl PgStore {
@@ -121,15 +127,16 @@ impl PgStore {
         self.shared.fleet_settings()
     }
 
+    /// The database's schema version and compatibility floor, as the last
+    /// connect found them.
+    pub fn schema(&self) -> Option<(i32, i32)> {
+        let schema = self.shared.schema.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schema.as_ref().map(|s| (s.version, s.compat_floor))
+    }
+
     /// The fleet's settings read from the database now.
     pub fn fleet_settings_now(&self) -> Result<FleetSettings, StoreError> {
         self.block(supervisor::settings_now(&self.db, &self.shared))
-    }
-
-    /// The database's schema version and compatibility floor, as the last
-    /// connect found them (`status`).
-    pub fn schema(&self) -> Option<(i32, i32)> {
-        self.db.schema()
     }
 
     /// Host clock minus database clock, as last measured.

@@ -25,6 +25,7 @@ impl Options {
                 inbox_capacity: p.inbox_capacity,
             },
             clock_offset_ms: memoryd_core::host::clock::offset_ms(),
+            instance: None,
         }
     }
 }

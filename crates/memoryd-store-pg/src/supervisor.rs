@@ -28,6 +28,10 @@ pub enum Hint {
         node: String,
         #[serde(rename = "s")]
         state: String,
+        /// The boot id of the process that made the change: its own copy
+        /// has the change already, so its listener leaves the node clean.
+        #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
     },
     /// Many nodes moved, or the listener (re)connected: reload everything.
     Roster,
@@ -117,10 +121,13 @@ pub struct Shared {
     outage: Mutex<Option<SystemTime>>,
     /// The fleet registry as last read, and this host's name conflicts.
     pub registry: crate::registry::Cache,
+    /// The database's schema as the last connect found it.
+    pub schema: Mutex<Option<crate::migrate::Schema>>,
 }
 
 impl Shared {
     pub fn new(options: Options) -> Shared {
+        let boot_id = format!("{}/{}", options.instance.clone().unwrap_or_else(random_id), random_id());
         Shared {
             options,
             hints: tokio::sync::broadcast::Sender::new(256),
@@ -129,10 +136,19 @@ impl Shared {
             settings: Mutex::default(),
             listening: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(false),
-            boot_id: new_boot_id(),
+            boot_id,
             outage: Mutex::default(),
             registry: Default::default(),
+            schema: Mutex::default(),
         }
+    }
+
+    /// Everything this host copied from the database may be behind (a
+    /// reconnect, a resync, many nodes moved): the roster and the registry
+    /// are read again.
+    pub fn stale(&self) {
+        self.roster().mark_stale();
+        self.registry.invalidate();
     }
 
     /// The store is being dropped: tasks end.
@@ -179,8 +195,8 @@ impl Shared {
     }
 }
 
-/// A random id for this run: the kernel's uuid, else time and pid.
-fn new_boot_id() -> String {
+/// A random id: the kernel's uuid, else time and pid.
+pub fn random_id() -> String {
     match std::fs::read_to_string("/proc/sys/kernel/random/uuid") {
         Ok(uuid) if !uuid.trim().is_empty() => uuid.trim().to_owned(),
         _ => format!(
@@ -226,7 +242,7 @@ async fn supervise(db: Arc<Db>, shared: Arc<Shared>) {
                 shared.forward(Hint::Roster);
                 let why = serve(&db, &shared, listener, &mut stop).await;
                 shared.listening.store(false, Ordering::Release);
-                shared.roster().mark_stale();
+                shared.stale();
                 shared.note_outage(shared.host_now());
                 match why {
                     Some(error) => db.mark_down(error),
@@ -299,8 +315,8 @@ async fn connect(db: &Db, shared: &Shared) -> Result<Listener, NotUp> {
         // A host records the newest schema its binary knows: what a
         // contract step's floor is checked against.
         let steps = steps();
-        let schema = migrate(&mut client, &db.settings.schema, &db.host_id, &steps, false).await?;
-        db.set_schema(schema.version, schema.compat_floor);
+        let found = migrate(&mut client, &db.settings.schema, &db.host_id, &steps, false).await?;
+        *shared.schema.lock().unwrap_or_else(PoisonError::into_inner) = Some(found);
         claim(&mut client, db, shared, newest(&steps)).await?;
         db.set_host_taken(false);
         refresh(&client, db, shared).await?;
@@ -313,7 +329,7 @@ async fn connect(db: &Db, shared: &Shared) -> Result<Listener, NotUp> {
     // Listening before the resync: nothing committed after the resync's
     // read is missed.
     let listener = listen(db).await.map_err(NotUp::Down)?;
-    shared.roster().mark_stale();
+    shared.stale();
     let deadline = db.settings.operator_timeout;
     match tokio::time::timeout(deadline, crate::presence::reload(&client, db, shared)).await {
         Ok(r) => r.map_err(fail)?,
@@ -357,7 +373,7 @@ async fn claim(
     let held = tx
         .query_opt(
             "SELECT h.boot_id, (now() - h.last_seen_at)::text FROM hosts h, fleet_settings s
-              WHERE h.host_id = $1 AND h.boot_id IS NOT NULL AND h.boot_id <> $2
+              WHERE h.host_id = $1 AND h.boot_id IS NOT NULL AND split_part(h.boot_id, '/', 1) <> split_part($2, '/', 1)
                 AND h.last_seen_at > now() - s.host_offline_after
                 FOR UPDATE OF h",
             &[&db.host_id, &shared.boot_id],
@@ -414,7 +430,7 @@ async fn refresh(client: &tokio_postgres::Client, db: &Db, shared: &Shared) -> R
         tracing::info!(skew_ms = skew, "clock skew to the fleet database");
         db.set_skew_ms(skew);
         // Cached times were converted with the old skew.
-        shared.roster().mark_stale();
+        shared.stale();
     }
     Ok(())
 }
@@ -528,8 +544,9 @@ async fn hint(db: &Db, shared: &Shared, payload: &str) {
         }
     };
     match &hint {
+        Hint::Presence { origin: Some(origin), .. } if *origin == shared.boot_id => {}
         Hint::Presence { node, .. } => shared.roster().mark_dirty(node),
-        Hint::Roster => shared.roster().mark_stale(),
+        Hint::Roster => shared.stale(),
         Hint::Settings => {
             let read = async {
                 let client = db.pool.get().await.map_err(|e| Failure::Pool(e.to_string()))?;
@@ -542,7 +559,8 @@ async fn hint(db: &Db, shared: &Shared, payload: &str) {
                 tracing::debug!(error = %e, "fleet settings not re-read; the next resync does");
             }
         }
-        // Another host published, released or claimed a peer.
+        // Another host published, claimed or released a peer: the next
+        // registry read goes to the database.
         Hint::Peer { .. } => shared.registry.invalidate(),
         Hint::Inbox { .. } | Hint::Link { .. } => {}
     }
@@ -554,7 +572,7 @@ async fn resync(db: &Db, shared: &Shared) -> Result<(), String> {
     let run = async {
         let client = db.pool.get().await.map_err(|e| Failure::Pool(e.to_string()))?;
         refresh(&client, db, shared).await?;
-        shared.roster().mark_stale();
+        shared.stale();
         crate::presence::reload(&client, db, shared).await
     };
     let deadline = db.settings.operator_timeout;

@@ -37,11 +37,31 @@ pub fn open(paths: &Paths, files: &FileGuard, config: &Config) -> anyhow::Result
             Ok((Arc::new(store), None))
         }
         Backend::Postgres => {
-            let pg =
-                Arc::new(PgStore::open(Options::from_config(config, true)).context("cannot open the fleet database")?);
+            let options = Options { instance: Some(instance(paths, files)?), ..Options::from_config(config, true) };
+            let pg = Arc::new(PgStore::open(options).context("cannot open the fleet database")?);
             Ok((pg.clone(), Some(pg)))
         }
     }
+}
+
+/// This root's lasting identity in the fleet (`S/fleet-instance`, made
+/// once): the first part of each boot id the daemon claims its host's row
+/// with, so a daemon restarted after a crash takes its own claim over at
+/// once, while another machine given the same host id is refused.
+fn instance(paths: &Paths, files: &FileGuard) -> anyhow::Result<String> {
+    let path = paths.state.join("fleet-instance");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let id = memoryd_store_pg::random_id();
+    files.create_dir_all(&paths.state, 0o700).context("cannot create the state dir")?;
+    files
+        .write_durable(&path, format!("{id}\n").as_bytes(), Some(0o600))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }
 
 /// The fleet's presence settings (`fleet_settings`: floor, thresholds,
@@ -126,6 +146,7 @@ impl Daemon {
             since,
             last_error,
             host_id: Some(pg.host_id().to_owned()),
+            schema_name: Some(self.config().store.postgres.schema.clone()),
             schema: pg.schema().map(|(version, _)| version),
             compat_floor: pg.schema().map(|(_, floor)| floor),
             clock_skew_ms: Some(pg.clock_skew_ms()),
