@@ -49,7 +49,10 @@ CREATE TABLE runtime_node_attachments (
   pid_start TEXT,
   attached_at TIMESTAMPTZ NOT NULL,
   last_heartbeat_at TIMESTAMPTZ NOT NULL,
-  updated_at TIMESTAMPTZ NOT NULL);
+  updated_at TIMESTAMPTZ NOT NULL
+-- Room on each page, so the flush's update of last_heartbeat_at (never
+-- indexed) stays a HOT update.
+) WITH (fillfactor = 70);
 CREATE UNIQUE INDEX idx_node_attachments_node ON runtime_node_attachments(node_id, session_id);
 CREATE UNIQUE INDEX idx_node_attachments_active ON runtime_node_attachments(node_id)
   WHERE state IN ('registering','online','degraded');
