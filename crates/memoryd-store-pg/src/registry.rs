@@ -90,13 +90,14 @@ impl Cache {
     }
 }
 
-/// Every present peer, by name.
-pub async fn present(client: &impl GenericClient) -> Result<Vec<Row>, Failure> {
+/// Every present peer (of `only`, when given), by name.
+pub async fn present(client: &impl GenericClient, only: Option<&[&str]>) -> Result<Vec<Row>, Failure> {
     let rows = client
         .query(
-            "SELECT personality, host_id, runtimes, description FROM peers WHERE present
+            "SELECT personality, host_id, runtimes, description FROM peers
+              WHERE present AND ($1::text[] IS NULL OR personality = ANY($1))
               ORDER BY personality COLLATE \"C\"",
-            &[],
+            &[&only],
         )
         .await?;
     Ok(rows
@@ -126,16 +127,17 @@ pub fn fleet_of(rows: &[Row], host_id: &str, local: Option<&FleetMap>) -> FleetM
 }
 
 /// The registry read inside a change's transaction: what its checks run
-/// against.
-pub async fn in_tx(tx: &Tx<'_>, host_id: &str) -> Result<FleetMap, Failure> {
-    Ok(fleet_of(&present(&**tx).await?, host_id, None))
+/// against. With `only`, just those peers: enough to pass a check, though
+/// not for the sentence of a refusal that lists the fleet.
+pub async fn in_tx(tx: &Tx<'_>, host_id: &str, only: Option<&[&str]>) -> Result<FleetMap, Failure> {
+    Ok(fleet_of(&present(&**tx, only).await?, host_id, None))
 }
 
 /// Reads the registry again, whatever the cache holds (H1's resync calls
 /// it after a reconnect and every `resync_every`).
 pub async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreError> {
     let generation = shared.registry.generation();
-    let rows = Arc::new(db.call(db.settings.call_timeout, async |c| present(&**c).await).await?);
+    let rows = Arc::new(db.call(db.settings.call_timeout, async |c| present(&**c, None).await).await?);
     shared.registry.store(generation, rows.clone());
     Ok(rows)
 }
