@@ -506,37 +506,28 @@ pub async fn check_all(client: &impl GenericClient) -> Result<usize, Failure> {
     Ok(load(client, &names, Depth::Full).await?.len())
 }
 
+/// Appends to `to` the items of `from` whose key is not in `known`: how
+/// many.
+fn append<T: Clone>(to: &mut Vec<T>, from: &[T], key: impl Fn(&T) -> &str, known: &HashSet<String>) -> usize {
+    let new: Vec<T> = from.iter().filter(|x| !known.contains(key(x))).cloned().collect();
+    let n = new.len();
+    to.extend(new);
+    n
+}
+
 /// Appends the items of `inbox` that `p`'s stored mailbox does not have
-/// yet (for `store import`): how many messages were waiting among them.
+/// yet (for `store import`), in order, without pruning: how many messages
+/// were waiting among them. Send times are not carried: they only count
+/// against the rate of the current minute.
 pub async fn import(tx: &Tx<'_>, p: &str, inbox: &Inbox) -> Result<usize, Failure> {
-    let mut boxes = Boxes::load(tx, &[p], Depth::Full).await?;
+    let mut boxes = Boxes::load(tx, &[p], Depth::Stubs).await?;
     let target = boxes.get(p);
-    let known: HashSet<(&str, String)> =
-        BOXES.into_iter().flat_map(|b| items(target, b).into_iter().map(move |(id, _)| (b, id))).collect();
-    let mut merged = target.clone();
-    let mut waiting = 0;
-    for m in &inbox.messages {
-        if !known.contains(&(WAITING, m.id.clone())) {
-            merged.messages.push(m.clone());
-            waiting += 1;
-        }
-    }
-    for k in &inbox.received {
-        if !known.contains(&(RECEIVED, k.message.id.clone())) {
-            merged.received.push(k.clone());
-        }
-    }
-    for m in &inbox.sent {
-        if !known.contains(&(SENT, m.id.clone())) {
-            merged.sent.push(m.clone());
-        }
-    }
-    for d in &inbox.dropped {
-        if !known.contains(&(DROPPED, d.clone())) {
-            merged.dropped.push(d.clone());
-        }
-    }
-    *target = merged;
+    let known = |b: &str| -> HashSet<String> { items(target, b).into_iter().map(|(id, _)| id).collect() };
+    let (waiting, received, sent, dropped) = (known(WAITING), known(RECEIVED), known(SENT), known(DROPPED));
+    let n = append(&mut target.messages, &inbox.messages, |m| &m.id, &waiting);
+    append(&mut target.received, &inbox.received, |k| &k.message.id, &received);
+    append(&mut target.sent, &inbox.sent, |m| &m.id, &sent);
+    append(&mut target.dropped, &inbox.dropped, |d| d, &dropped);
     boxes.write(tx).await?;
-    Ok(waiting)
+    Ok(n)
 }

@@ -55,7 +55,7 @@ pub async fn notify(tx: &Tx<'_>, db: &Db, hint: &Hint) -> Result<(), Failure> {
         Hint::Roster => serde_json::json!({"k": "roster"}),
         Hint::Presence { node, state } => serde_json::json!({"k": "presence", "n": node, "s": state}),
     };
-    tx.execute("SELECT pg_notify($1, $2)", &[&format!("memoryd.{}", db.settings.schema), &payload.to_string()]).await?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&format!("{}_fleet", db.settings.schema), &payload.to_string()]).await?;
     Ok(())
 }
 

@@ -277,3 +277,54 @@ fn the_operator_lists_hosts_changes_settings_and_contracts_the_schema() {
     assert_eq!((released, events.len()), (vec!["bob".to_owned()], 0));
     assert_eq!(a.registry(&fleet(&["ada"])).unwrap().names(), ["ada"]);
 }
+
+#[test]
+fn every_change_tells_the_other_hosts_what_it_changed() {
+    use futures_util::StreamExt;
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (client, mut connection) = rt.block_on(tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)).unwrap();
+    let (heard, mut hints) = tokio::sync::mpsc::unbounded_channel();
+    rt.spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = heard.send(serde_json::from_str::<serde_json::Value>(n.payload()).unwrap());
+            }
+        }
+    });
+    rt.block_on(client.batch_execute(&format!("LISTEN \"{schema}_fleet\""))).unwrap();
+    let a = store(&cluster, &schema, "host-a");
+    let b = store(&cluster, &schema, "host-b");
+    a.publish(&fleet(&["ada"])).unwrap();
+    b.publish(&fleet(&["bob"])).unwrap();
+    b.publish(&fleet(&["bob"])).unwrap();
+    a.link(&fleet(&[]), "ada", "bob").unwrap();
+    let sent = a.send(&fleet(&[]), &Draft::plain("ada", "bob", "hi"), &limits(), SystemTime::now()).unwrap();
+    b.lease("bob", false, SystemTime::now()).unwrap();
+    b.ack("bob", &[sent.id], &limits(), SystemTime::now()).unwrap();
+    a.update_settings(&SettingsChange { inbox_capacity: Some(9), ..SettingsChange::default() }).unwrap();
+    let got = rt.block_on(async {
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            match tokio::time::timeout(Duration::from_secs(5), hints.recv()).await {
+                Ok(Some(hint)) => got.push(hint),
+                _ => break,
+            }
+        }
+        got
+    });
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"k": "peer", "p": "ada"}),
+            serde_json::json!({"k": "peer", "p": "bob"}),
+            serde_json::json!({"k": "link", "a": "ada", "b": "bob"}),
+            serde_json::json!({"k": "inbox", "p": "bob"}),
+            serde_json::json!({"k": "inbox", "p": "bob"}),
+            serde_json::json!({"k": "settings"}),
+        ],
+        "an unchanged publish and a lease say nothing"
+    );
+}
