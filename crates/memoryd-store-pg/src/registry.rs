@@ -171,7 +171,7 @@ pub async fn publish(db: &Db, shared: &Shared, local: &FleetMap) -> Result<(), S
         }
     }
     let names: Vec<&str> = wanted.keys().copied().collect();
-    let now = rfc3339::millis(db.db_time(SystemTime::now()));
+    let now = rfc3339::millis(SystemTime::now());
     let (conflicts, changed) = db
         .call(db.settings.operator_timeout, async |c| -> Result<_, Failure> {
             let tx = c.transaction().await?;

@@ -100,6 +100,30 @@ fn a_peer_of_one_host_links_with_and_messages_a_peer_of_another() {
 }
 
 #[test]
+fn a_lease_taken_on_one_host_holds_on_another_whose_clock_differs() {
+    let Some(cluster) = Cluster::start() else { return };
+    let (a, b) = two_hosts(&cluster);
+    a.link(&fleet(&[]), "ada", "bob").unwrap();
+    // host-a's clock is 300 s ahead of the database's, host-b's 300 s behind.
+    a.db.set_skew_ms(300_000);
+    b.db.set_skew_ms(-300_000);
+    let real = SystemTime::now();
+    let (a_now, b_now) = (real + Duration::from_secs(300), real - Duration::from_secs(300));
+    let sent = a.send(&fleet(&[]), &Draft::plain("ada", "bob", "hi"), &limits(), a_now).unwrap();
+    let leased = b.lease("bob", false, b_now).unwrap();
+    assert_eq!(leased.len(), 1);
+    let age = b_now.duration_since(leased[0].ts.time()).unwrap_or_default();
+    assert!(age < Duration::from_secs(5), "shown on host-b's clock: {age:?}");
+    assert!(a.inbox("bob", a_now + Duration::from_secs(29)).unwrap().is_empty(), "leased for 30 s, seen from host-a");
+    assert_eq!(a.inbox("bob", a_now + Duration::from_secs(31)).unwrap().len(), 1, "and not longer");
+    let stored = sql(&a, "SELECT body->>'ts' FROM mail WHERE box = 'waiting'")[0].get::<_, String>(0);
+    let stored = memoryd_proto::event::rfc3339::parse(&stored).unwrap();
+    assert!(stored.duration_since(real).unwrap_or_default() < Duration::from_secs(5), "stored on the database's clock");
+    assert_eq!(b.ack("bob", std::slice::from_ref(&sent.id), &limits(), b_now).unwrap(), 1);
+    assert_eq!(a.outbox("ada", None).unwrap()[0].deliveries[0].state, DeliveryState::Delivered);
+}
+
+#[test]
 fn a_present_name_of_another_host_is_a_conflict_until_released_then_it_moves() {
     let Some(cluster) = Cluster::start() else { return };
     let (a, b) = two_hosts(&cluster);
