@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
+use tokio::sync::broadcast;
 use tokio_postgres::GenericClient;
 
 /// One present peer of the fleet.
@@ -34,8 +35,8 @@ pub struct Row {
 
 /// The registry as last read, and this host's name conflicts as its last
 /// publish found them. A hint about a peer (another host's publish,
-/// claim or release) bumps the generation; a read made before the bump is
-/// never served after it.
+/// claim or release, as the listener forwards it) or a resync bumps the
+/// generation; a read made before the bump is never served after it.
 #[derive(Debug, Default)]
 pub struct Cache {
     state: Mutex<CacheState>,
@@ -46,6 +47,8 @@ struct CacheState {
     generation: u64,
     loaded: Option<Loaded>,
     conflicts: Vec<(String, String)>,
+    /// The listener's hints, read at each use of the cache.
+    hints: Option<broadcast::Receiver<Hint>>,
 }
 
 #[derive(Debug)]
@@ -73,16 +76,40 @@ impl Cache {
         self.lock().conflicts.clone()
     }
 
-    fn fresh(&self, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
-        let s = self.lock();
+    /// The rows, unless a hint or `max_age` made them stale.
+    pub(crate) fn fresh(&self, hints: &broadcast::Sender<Hint>, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
+        let mut s = self.lock();
+        let stale = match &mut s.hints {
+            None => {
+                s.hints = Some(hints.subscribe());
+                true
+            }
+            Some(heard) => {
+                let mut stale = false;
+                loop {
+                    match heard.try_recv() {
+                        Ok(Hint::Peer { .. } | Hint::Roster) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            stale = true;
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                stale
+            }
+        };
+        if stale {
+            s.generation += 1;
+            s.loaded = None;
+        }
         s.loaded.as_ref().filter(|l| l.generation == s.generation && l.at.elapsed() < max_age).map(|l| l.rows.clone())
     }
 
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.lock().generation
     }
 
-    fn store(&self, generation: u64, rows: Arc<Vec<Row>>) {
+    pub(crate) fn store(&self, generation: u64, rows: Arc<Vec<Row>>) {
         let mut s = self.lock();
         if s.generation == generation {
             s.loaded = Some(Loaded { generation, at: Instant::now(), rows });
@@ -133,9 +160,8 @@ pub async fn in_tx(tx: &Tx<'_>, host_id: &str, only: Option<&[&str]>) -> Result<
     Ok(fleet_of(&present(&**tx, only).await?, host_id, None))
 }
 
-/// Reads the registry again, whatever the cache holds (H1's resync calls
-/// it after a reconnect and every `resync_every`).
-pub async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreError> {
+/// Reads the registry again, whatever the cache holds.
+async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreError> {
     let generation = shared.registry.generation();
     let rows = Arc::new(db.call(db.settings.call_timeout, async |c| present(&**c, None).await).await?);
     shared.registry.store(generation, rows.clone());
@@ -143,7 +169,7 @@ pub async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreErro
 }
 
 pub async fn registry(db: &Db, shared: &Shared, local: &FleetMap) -> Result<FleetMap, StoreError> {
-    let rows = match shared.registry.fresh(db.settings.resync_every) {
+    let rows = match shared.registry.fresh(&shared.hints, db.settings.resync_every) {
         Some(rows) => rows,
         None => reload(db, shared).await?,
     };
