@@ -367,15 +367,15 @@ async fn send_in(
         owners.push(&message.from);
     }
     tx::lock_peers(&tx, &owners).await?;
-    let links = match message.operator {
-        true => Links::default(),
-        false => links::between_locked(&tx, &message.from, &to).await?,
-    };
+    // The operator needs no link: its messages go to any fleet peer.
+    let links =
+        if message.operator { Links::default() } else { links::between_locked(&tx, &message.from, &to).await? };
     let check = |fleet: &FleetMap| -> Result<(), Refusal> {
         for t in &to {
-            match message.operator {
-                true => peers::check_known(Some(fleet), t, false)?,
-                false => peers::check_visible(&links, fleet, &message.from, t)?,
+            if message.operator {
+                peers::check_known(Some(fleet), t, false)?;
+            } else {
+                peers::check_visible(&links, fleet, &message.from, t)?;
             }
         }
         Ok(())

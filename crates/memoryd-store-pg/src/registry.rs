@@ -76,6 +76,19 @@ impl Cache {
         self.lock().conflicts.clone()
     }
 
+    /// Records what a publish found, returning the conflicts it did not
+    /// know yet (each is logged once, not at every resync).
+    fn published(&self, conflicts: Vec<(String, String)>) -> Vec<(String, String)> {
+        let new = {
+            let mut s = self.lock();
+            let new = conflicts.iter().filter(|c| !s.conflicts.contains(c)).cloned().collect();
+            s.conflicts = conflicts;
+            new
+        };
+        self.invalidate();
+        new
+    }
+
     /// The rows, unless a hint or `max_age` made them stale.
     pub(crate) fn fresh(&self, hints: &broadcast::Sender<Hint>, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
         let mut s = self.lock();
@@ -291,23 +304,13 @@ pub async fn publish(db: &Db, shared: &Shared, local: &FleetMap) -> Result<(), S
             Ok((conflicts, changed))
         })
         .await?;
-    for (personality, owner) in &conflicts {
-        tracing::warn!(personality, owner, "name conflict: another host owns this personality and has it present");
-    }
     if !changed.is_empty() {
         tracing::debug!(changed = changed.len(), "published the fleet map");
     }
-    shared.registry.published(conflicts);
-    Ok(())
-}
-
-impl Cache {
-    fn published(&self, conflicts: Vec<(String, String)>) {
-        let mut s = self.lock();
-        s.conflicts = conflicts;
-        s.generation += 1;
-        s.loaded = None;
+    for (personality, owner) in shared.registry.published(conflicts) {
+        tracing::warn!(personality, owner, "name conflict: another host owns this personality and has it present");
     }
+    Ok(())
 }
 
 /// `memoryctl fleet release P`: marks the personality `present = false`,
