@@ -6,7 +6,8 @@
 # Knobs: MEMORYD_BENCH_IDLE_SECS (60), MEMORYD_BENCH_MAX_PEERS (10000),
 # MEMORYD_BENCH_REPEATS (5), MEMORYD_BENCH_TOOLS (where pueue is),
 # MEMORYD_BENCH_MIX_SECS (30, the peer-message mix), MEMORYD_BENCH_ONLY
-# (a comma list of sweeps, daemon, heartbeats, search, messages).
+# (a comma list of sweeps, daemon, heartbeats, search, hybrid, messages, store;
+# `memoryd-bench --store postgres` is the store part alone).
 set -eu
 cd "$(dirname "$0")/.."
 export MEMORYD_BENCH_TOOLS="${MEMORYD_BENCH_TOOLS:-$(pwd)/target/tools}"

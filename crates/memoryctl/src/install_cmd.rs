@@ -83,6 +83,13 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<ExitCode> {
     if let Some(port) = args.mcp_port {
         settings.push(("mcp_port", Setting::Number(i64::from(port))));
     }
+    // A fleet host keeps the name it joined with, whatever its hostname
+    // becomes later.
+    let pg = &ctx.config.store.postgres;
+    if ctx.config.store.backend == config::Backend::Postgres && pg.host_id.is_none() {
+        let host_id = pg.host_id_or(&memoryd_core::host::heartbeat::hostname());
+        settings.push(("postgres.host_id", Setting::Text(host_id)));
+    }
     let text = std::fs::read_to_string(&ctx.config_file).unwrap_or_default();
     let new_text = config::with_settings(&ctx.config_file, &text, &settings)?;
     if let Some(dir) = ctx.config_file.parent() {

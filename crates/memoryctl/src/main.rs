@@ -3,6 +3,7 @@
 mod client;
 mod daemon_cmd;
 mod failure;
+mod fleet_cmd;
 mod hook_cmd;
 mod install_cmd;
 mod lean;
@@ -13,6 +14,7 @@ mod peer_cmd;
 mod presence_cmd;
 mod provision_cmd;
 mod service_cmd;
+mod store_open;
 mod top_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -231,6 +233,18 @@ enum Command {
     /// scroll, q quit. With the daemon down it says so and exits 1
     /// (`peers` reads the stored roster).
     Top(top_cmd::TopArgs),
+    /// The fleet database shared by several hosts (store.backend =
+    /// "postgres"): hosts, settings, releasing names, leaving, schema
+    /// contract steps. Needs no daemon.
+    Fleet {
+        #[command(subcommand)]
+        action: fleet_cmd::FleetAction,
+    },
+    /// Move this host's embedded store (S/store/) into the fleet database
+    Store {
+        #[command(subcommand)]
+        action: fleet_cmd::StoreAction,
+    },
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -284,6 +298,8 @@ impl Command {
             Command::Completions { .. } => "completions",
             Command::Manpage => "manpage",
             Command::Config { .. } => "config check",
+            Command::Fleet { .. } => "fleet",
+            Command::Store { .. } => "store",
             Command::Service { action: service_cmd::ServiceAction::Install { .. } } => "service install",
             Command::Service { action: service_cmd::ServiceAction::Uninstall } => "service uninstall",
             Command::Top(_) => "top",
@@ -645,6 +661,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Printed in `generated`, before anything that could fail.
         Command::Completions { .. } | Command::Manpage => Ok(ExitCode::SUCCESS),
         Command::Config { action: ConfigAction::Check } => config_check(&ctx),
+        Command::Fleet { action } => fleet_cmd::fleet(&ctx, action),
+        Command::Store { action } => fleet_cmd::store(&ctx, action),
         Command::Service { action } => service_cmd::run(&ctx, action).await,
         Command::Top(args) => top_cmd::top(&ctx, args).await,
     }

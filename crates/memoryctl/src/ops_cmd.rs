@@ -80,7 +80,7 @@ async fn verify_locally(ctx: &Ctx, repair: bool, lines: &mut Lines) -> anyhow::R
         verify::config(p.config, config_error.as_deref(), &mut tally);
         tally.line("memoryd-heartbeat", hb_status, &hb_detail);
         tally.line("memoryd-socket", sock_status, &sock_detail);
-        verify::Verify { p, repair, home, refused_rescan: false, embeddings: None }.rest(&mut tally);
+        verify::Verify { p, repair, home, refused_rescan: false, embeddings: None, fleet: None }.rest(&mut tally);
         tally.problems == 0
     })?;
     Ok(ok)

@@ -133,6 +133,9 @@ pub fn status_lines(s: &HostStatus, style: Style) -> Vec<String> {
         "messages",
         s.waiting_messages.map_or("unknown (the inboxes do not load)".to_owned(), |n| format!("{n} waiting")),
     ));
+    if let Some(store) = &s.store {
+        rows.push(("store", store_line(store, style)));
+    }
     rows.push((
         "mcp",
         match s.mcp.port {
@@ -221,4 +224,34 @@ impl Lines {
 /// A failed peer-runtime under an `update` step, named `<peer>:<runtime>`.
 fn is_sub_line(p: &Progress) -> bool {
     p.name.contains(':') && !p.name.contains('[')
+}
+
+/// The store's row of `status`: `file, up`, or the fleet database's state
+/// with its host, schema and clock skew.
+fn store_line(store: &memoryd_proto::status::StoreStatus, style: Style) -> String {
+    let since = store
+        .since
+        .as_ref()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t.time()).ok())
+        .map(|d| format!(" for {}", humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))))
+        .unwrap_or_default();
+    let state = format!("{}{since}", store.state);
+    let state = if store.state == "up" { style.good(&state) } else { style.bad(&state) };
+    let mut line = format!("{}, {state}", store.backend);
+    if let Some(host) = &store.host_id {
+        line.push_str(&format!(", host {host}"));
+    }
+    if let Some(name) = &store.schema_name {
+        line.push_str(&format!(", schema {name}"));
+    }
+    if let (Some(version), Some(floor)) = (store.schema, store.compat_floor) {
+        line.push_str(&format!(" v{version} (floor {floor})"));
+    }
+    if let Some(skew) = store.clock_skew_ms.filter(|s| *s != 0) {
+        line.push_str(&format!(", clock skew {skew} ms"));
+    }
+    if let Some(error) = &store.last_error {
+        line.push_str(&format!(": {error}"));
+    }
+    line
 }

@@ -2,11 +2,12 @@
 //! `revoke`, `unrevoke` and `events`.
 
 use crate::Ctx;
+use crate::store_open::{Access, off_runtime, open};
 use clap::Args;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
 use memoryd_core::presence::Revoker;
-use memoryd_core::store::{EventLog, FileStore, PeerStore, PresenceStore, StoreError};
+use memoryd_core::store::StoreError;
 use memoryd_proto::presence::{
     AttachParams, Attached, DetachParams, Health, HeartbeatParams, RevocationParams, RosterRow, TailParams,
 };
@@ -139,10 +140,16 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 "{}; the roster below is read from disk, as memoryd last stored it",
                 ctx.not_answering().trim_end_matches('.')
             );
-            (FileStore::read_only(&ctx.paths).roster(ctx.config.presence.min_client_version)?, "disk")
+            let floor = ctx.config.presence.min_client_version;
+            (
+                off_runtime(|| {
+                    open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor).map_err(anyhow::Error::from)
+                })?,
+                "disk",
+            )
         }
     };
-    let waiting = FileStore::read_only(&ctx.paths).waiting();
+    let waiting = off_runtime(|| open(&ctx.paths, &ctx.config, Access::Read).map(|s| s.waiting()))?;
     if ctx.json {
         let waiting = waiting.ok();
         crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
@@ -218,11 +225,16 @@ pub async fn revocation(ctx: &Ctx, node: &str, what: Revocation) -> anyhow::Resu
             let fleet = FleetRead::load(&ctx.paths.fleet_map);
             let files = FileGuard::for_install(&ctx.paths.root, ctx.config.vault.as_deref());
             memoryd_core::host::instance::ensure_private_dir(&files, &ctx.paths.state)?;
-            let store = FileStore::open(&ctx.paths, &files)?;
             let now = SystemTime::now();
             let by = Revoker::Operator { fleet: fleet.map(), force };
-            let changed =
-                if revoke { store.revoke(node, by, reason.as_deref(), now) } else { store.unrevoke(node, by, now) };
+            let changed = off_runtime(|| {
+                let store = open(&ctx.paths, &ctx.config, Access::Write(&files))?;
+                anyhow::Ok(if revoke {
+                    store.revoke(node, by, reason.as_deref(), now)
+                } else {
+                    store.unrevoke(node, by, now)
+                })
+            })?;
             if let Err(StoreError::Refused(r)) = changed {
                 return Err(RpcError::new(r.kind, r.message).into());
             }
@@ -279,16 +291,17 @@ pub async fn events(ctx: &Ctx, params: TailParams) -> anyhow::Result<ExitCode> {
     } else {
         // No daemon: read (and follow) the store's log here, as the daemon
         // would.
-        let store = FileStore::read_only(&ctx.paths);
+        let store = off_runtime(|| open(&ctx.paths, &ctx.config, Access::Read))?;
         let node = params.node.as_deref();
-        let (recent, mut cursor) = store.recent_since(node, params.limit, params.since.map(Timestamp::time))?;
+        let since = params.since.map(Timestamp::time);
+        let (recent, mut cursor) = off_runtime(|| store.recent_since(node, params.limit, since))?;
         for event in recent {
             print(serde_json::to_value(event)?);
         }
         if follow {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                for event in store.follow(&mut cursor, node)? {
+                for event in off_runtime(|| store.follow(&mut cursor, node))? {
                     print(serde_json::to_value(event)?);
                 }
             }

@@ -2,7 +2,7 @@
 //! when it answers, run in-process under the same provision lock when it
 //! does not (or with `--local`).
 
-use crate::{Ctx, Usage};
+use crate::{Ctx, Usage, store_open};
 use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::config::Config;
@@ -11,7 +11,6 @@ use memoryd_core::host::instance;
 use memoryd_core::host::lock::ProvisionLock;
 use memoryd_core::ops::install::Binaries;
 use memoryd_core::ops::provision::{self, PeerReport, PeerRequest, Provisioner, Tools};
-use memoryd_core::store::FileStore;
 use memoryd_core::surfaces::Action;
 use memoryd_proto::host::Swept;
 use memoryd_proto::{Command, ErrorKind};
@@ -106,35 +105,56 @@ fn print_peer_report(report: &PeerReport, request: &PeerRequest, provisioning: b
 }
 
 /// Runs `job` in this process, with the provision lock the daemon uses.
-pub fn run_locally<T>(ctx: &Ctx, job: impl FnOnce(&Provisioner<'_>) -> T) -> anyhow::Result<T> {
+pub fn run_locally<T: Send>(ctx: &Ctx, job: impl FnOnce(&Provisioner<'_>) -> T + Send) -> anyhow::Result<T> {
     run_locally_with(ctx, &ctx.config, job)
 }
 
-/// [`run_locally`] with another config (`init`'s new one).
-pub fn run_locally_with<T>(ctx: &Ctx, config: &Config, job: impl FnOnce(&Provisioner<'_>) -> T) -> anyhow::Result<T> {
+/// [`run_locally`] with another config (`init`'s new one). The job runs
+/// off memoryctl's runtime, as the fleet database's calls need.
+pub fn run_locally_with<T: Send>(
+    ctx: &Ctx,
+    config: &Config,
+    job: impl FnOnce(&Provisioner<'_>) -> T + Send,
+) -> anyhow::Result<T> {
     let files = FileGuard::for_install(&ctx.paths.root, config.vault.as_deref());
     instance::ensure_private_dir(&files, &ctx.paths.state)?;
     let lock = ProvisionLock::open(&files, &ctx.paths.provision_lock)?;
     let running = Binaries::running().context("cannot find this memoryctl binary")?;
     let tools = Tools::new(&ctx.paths, config, &running, files.is_sandboxed());
-    let store = FileStore::open(&ctx.paths, &files)?;
+    let paths = &ctx.paths;
+    store_open::off_runtime(|| {
+        let store = store_open::open(paths, config, store_open::Access::Provision(&files))?;
+        Ok(provide(paths, &files, &tools, config, &*store, &lock, job))
+    })
+}
+
+/// Builds the provisioner of one local run and runs `job` with it.
+fn provide<T>(
+    paths: &memoryd_core::host::paths::Paths,
+    files: &FileGuard,
+    tools: &Tools,
+    config: &Config,
+    store: &dyn memoryd_core::store::StateStore,
+    lock: &ProvisionLock,
+    job: impl FnOnce(&Provisioner<'_>) -> T,
+) -> T {
     // The fragments list the vault's notes: scan it once for this run.
     let index =
         config.vault.as_deref().and_then(|v| memoryd_core::vault::scan(v).ok()).map(memoryd_core::vault::Index::build);
     let provisioner = Provisioner {
-        paths: &ctx.paths,
-        files: &files,
-        tools: &tools,
+        paths,
+        files,
+        tools,
         config,
-        store: &store,
+        store,
         index: index.as_ref(),
-        lock: &lock,
+        lock,
         cancelled: &|| false,
         on_batch: &|_, _, _| {},
         // A one-off run: nothing earlier to remember.
         memory: None,
     };
-    Ok(job(&provisioner))
+    job(&provisioner)
 }
 
 /// `sweep`: ask the daemon to sweep every peer now.

@@ -211,6 +211,7 @@ pub mod tests {
             mcp: McpStatus::default(),
             vault: VaultStatus::default(),
             supervisor: None,
+            store: None,
             healthy: true,
             problems: Vec::new(),
         }

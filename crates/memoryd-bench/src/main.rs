@@ -16,6 +16,7 @@ mod hybrid;
 mod messages;
 mod quality;
 mod report;
+mod store;
 
 use report::{Report, Stats, ms, per_second, ratio, ratio_of, us};
 use std::path::PathBuf;
@@ -80,9 +81,11 @@ fn main() -> anyhow::Result<()> {
     };
     sandbox();
     // MEMORYD_BENCH_ONLY: a comma list of parts (sweeps, daemon,
-    // heartbeats, search, hybrid, messages) for a quick look at some
+    // heartbeats, search, hybrid, messages, store) for a quick look at some
     // figures.
-    let only = std::env::var("MEMORYD_BENCH_ONLY").ok();
+    // `--store postgres` (spec 80's name for it) is the store part alone.
+    let store_only = args.windows(2).any(|w| w[0] == "--store" && w[1] == "postgres");
+    let only = if store_only { Some("store".to_owned()) } else { std::env::var("MEMORYD_BENCH_ONLY").ok() };
     let part = |name: &str| only.as_deref().is_none_or(|only| only.split(',').any(|p| p.trim() == name));
     let repeats: usize = std::env::var("MEMORYD_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(REPEATS);
     let bins = daemon::Bins::next_to_this_binary()?;
@@ -158,6 +161,10 @@ fn main() -> anyhow::Result<()> {
         eprintln!("== peer messages: {mix_secs} s mix");
         let tmp = tempfile::Builder::new().prefix("mdbench").tempdir()?;
         messages::run(tmp.path(), &bins, Duration::from_secs(mix_secs), &mut report)?;
+    }
+    if part("store") {
+        eprintln!("== the file store and the PostgreSQL store");
+        store::run(&mut report)?;
     }
     report.machine(started.elapsed());
     report.write(&PathBuf::from(out))?;

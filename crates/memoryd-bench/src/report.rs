@@ -90,6 +90,17 @@ fn intro(section: &str) -> Option<&'static str> {
              the floor is the same hybrid ranking in this process. Warm-cache start: from spawn until every note \
              has its vector.\n",
         ),
+        "store" => Some(
+            "## The stores side by side (spec 80)\n\n\
+             The same trait calls on the embedded file store and on the PostgreSQL store, in one run \
+             (`MEMORYD_BENCH_ONLY=store`), against a throwaway local PostgreSQL cluster the bench starts \
+             (`fsync=off`, as the tests run it: commit latency here is the disk's, so the durable figures of \
+             a real server are higher by its fsync time). Nodes are attached first; the flush is one sweep \
+             writing one kept heartbeat per node; the demotion is a sweep in which a quarter of the nodes \
+             have been silent past `degraded_after`; sends and lease + ack pairs run between linked pairs of \
+             the largest fleet; the cross-host row is a send on host A until host B's listener hears the \
+             `inbox` hint that makes it re-render the recipient's fragment.\n",
+        ),
         _ => None,
     }
 }
@@ -136,6 +147,7 @@ fn header(section: &str) -> &'static [&'static str] {
         ],
         "edit" => &["notes", "edit → searchable p50", "p99", "floor: one search round trip p50", "p50 / floor"],
         "quality" => &["collection", "ranking", "nDCG@10", "Recall@10", "Recall@50", "MRR"],
+        "store" => &["operation", "file store", "PostgreSQL store", "spec 80 target"],
         "machine" => &["fact", "value"],
         _ => &[],
     }

@@ -294,6 +294,14 @@ enum Kind {
     Url,
     /// Any string, empty allowed.
     Text,
+    /// `file` or `postgres`.
+    Backend,
+    /// A PostgreSQL URL or key/value string without a password.
+    PgUrl,
+    /// A fleet host name (`^[a-z][a-z0-9-]{0,31}$`).
+    HostId,
+    /// A PostgreSQL schema name (`^[a-z_][a-z0-9_]{0,62}$`).
+    Schema,
 }
 
 /// Every key: its dotted name and kind.
@@ -334,6 +342,16 @@ const KEYS: &[(&str, Kind)] = &[
     ("search.query_prefix", Kind::Text),
     ("search.passage_prefix", Kind::Text),
     ("search.rrf_k", Kind::Count),
+    ("store.backend", Kind::Backend),
+    ("postgres.url", Kind::PgUrl),
+    ("postgres.password_file", Kind::AbsPath),
+    ("postgres.host_id", Kind::HostId),
+    ("postgres.schema", Kind::Schema),
+    ("postgres.pool_size", Kind::Count),
+    ("postgres.connect_timeout", Kind::Duration),
+    ("postgres.call_timeout", Kind::Duration),
+    ("postgres.operator_timeout", Kind::Duration),
+    ("postgres.resync_every", Kind::Duration),
 ];
 
 /// Every key's dotted name, in documentation order.
@@ -364,6 +382,7 @@ enum Parsed {
     Name(String),
     Version(ClientVersion),
     Text(String),
+    Backend(Backend),
 }
 
 fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, String> {
@@ -441,6 +460,93 @@ fn parse_value(kind: Kind, raw: Raw<'_>, from_text: bool) -> Result<Parsed, Stri
             crate::vault::embed::Endpoint::parse(s.trim()).map(|_| Parsed::Text(s.trim().to_owned()))
         }
         Kind::Text => string(raw, "a string").map(Parsed::Text),
+        Kind::Backend => match string(raw, "\"file\" or \"postgres\"")?.trim() {
+            "file" => Ok(Parsed::Backend(Backend::File)),
+            "postgres" => Ok(Parsed::Backend(Backend::Postgres)),
+            other => Err(format!("{other:?} is not a store backend; use \"file\" or \"postgres\"")),
+        },
+        Kind::PgUrl => {
+            let s = string(raw, "a PostgreSQL URL")?;
+            if has_password(&s) {
+                return Err("the URL holds a password; remove it and put the password in postgres.password_file \
+                     (or PGPASSFILE / ~/.pgpass)"
+                    .to_owned());
+            }
+            Ok(Parsed::Text(s.trim().to_owned()))
+        }
+        Kind::HostId => {
+            let s = string(raw, "a host name")?;
+            if !is_personality(&s) {
+                return Err(format!(
+                    "{s:?} is not a host id (lower-case letters, digits and dashes, starting with a letter, at most 32)"
+                ));
+            }
+            Ok(Parsed::Name(s))
+        }
+        Kind::Schema => {
+            let s = string(raw, "a schema name")?;
+            if !is_schema(&s) {
+                return Err(format!(
+                    "{s:?} is not a schema name (lower-case letters, digits and underscores, not starting with a digit, at most 63)"
+                ));
+            }
+            Ok(Parsed::Name(s))
+        }
+    }
+}
+
+/// Whether a PostgreSQL URL (`postgres://user:pw@…`, `?password=`) or
+/// key/value string (`password=…`) carries a password.
+fn has_password(url: &str) -> bool {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("postgresql://").or_else(|| lower.strip_prefix("postgres://")) {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let userinfo_has_colon = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        let query = rest.split_once('?').map_or("", |(_, q)| q);
+        return userinfo_has_colon || query.split('&').any(|kv| kv.trim_start().starts_with("password="));
+    }
+    // Key/value form: a `password` key, with or without spaces around `=`.
+    lower.match_indices("password").any(|(at, word)| {
+        let before = lower[..at].chars().next_back();
+        let after = lower[at + word.len()..].trim_start();
+        before.is_none_or(char::is_whitespace) && after.starts_with('=')
+    })
+}
+
+/// `^[a-z_][a-z0-9_]{0,62}$`.
+pub fn is_schema(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+/// This host's default name in the fleet: the hostname lower-cased, every
+/// run of other characters turned into `-`, cut to 32 (and made to start
+/// with a letter, as the name rule wants).
+pub fn default_host_id(hostname: &str) -> String {
+    let mut out = String::new();
+    for c in hostname.to_ascii_lowercase().chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut id = out.trim_matches('-').to_owned();
+    if !id.starts_with(|c: char| c.is_ascii_lowercase()) {
+        id = format!("h-{id}");
+    }
+    id.truncate(32);
+    id.trim_end_matches('-').to_owned()
+}
+
+impl PostgresConfig {
+    /// `postgres.host_id`, else the default made from `hostname`.
+    pub fn host_id_or(&self, hostname: &str) -> String {
+        self.host_id.clone().unwrap_or_else(|| default_host_id(hostname))
     }
 }
 
@@ -504,6 +610,16 @@ fn apply(config: &mut Config, key: &str, value: Parsed) {
         ("search.query_prefix", Text(v)) => config.search.query_prefix = v,
         ("search.passage_prefix", Text(v)) => config.search.passage_prefix = v,
         ("search.rrf_k", Number(v)) => config.search.rrf_k = v,
+        ("store.backend", Backend(v)) => config.store.backend = v,
+        ("postgres.url", Text(v)) => config.store.postgres.url = Some(v),
+        ("postgres.password_file", Path(v)) => config.store.postgres.password_file = Some(v),
+        ("postgres.host_id", Name(v)) => config.store.postgres.host_id = Some(v),
+        ("postgres.schema", Name(v)) => config.store.postgres.schema = v,
+        ("postgres.pool_size", Number(v)) => config.store.postgres.pool_size = v,
+        ("postgres.connect_timeout", Duration(v)) => config.store.postgres.connect_timeout = v,
+        ("postgres.call_timeout", Duration(v)) => config.store.postgres.call_timeout = v,
+        ("postgres.operator_timeout", Duration(v)) => config.store.postgres.operator_timeout = v,
+        ("postgres.resync_every", Duration(v)) => config.store.postgres.resync_every = v,
         // KEYS and this table name the same keys with the same kinds.
         (key, _) => debug_assert!(false, "config key {key} has no setter"),
     }
@@ -576,10 +692,20 @@ pub fn with_settings(file: &Path, text: &str, settings: &[(&str, Setting)]) -> R
         message: format!("not valid TOML: {}", e.message()),
     })?;
     for (key, value) in settings {
-        doc[*key] = match value {
+        let value = match value {
             Setting::Text(s) => toml_edit::value(s.as_str()),
             Setting::Number(n) => toml_edit::value(*n),
         };
+        // `postgres.host_id` goes into the `[postgres]` table.
+        match key.split_once('.') {
+            Some((table, leaf)) => {
+                if !doc.contains_table(table) {
+                    doc[table] = toml_edit::table();
+                }
+                doc[table][leaf] = value;
+            }
+            None => doc[*key] = value,
+        }
     }
     let text = doc.to_string();
     let mut config = Config::default();
@@ -726,6 +852,14 @@ fn check_consistency(config: &Config, origins: &HashMap<&'static str, Origin>, f
             format!("`{set}` is set but `{key}` is not; set both to turn embeddings on, or neither"),
         ));
     }
+    if config.store.backend == Backend::Postgres && config.store.postgres.url.is_none() {
+        return Err(key_error(
+            &origin_of("store.backend"),
+            "postgres.url",
+            "`store.backend` is \"postgres\" but `postgres.url` is not set; set it to the fleet database's URL"
+                .to_owned(),
+        ));
+    }
     if config.heartbeat_stale_after <= config.heartbeat_interval {
         let key =
             if origins.contains_key("heartbeat_stale_after") { "heartbeat_stale_after" } else { "heartbeat_interval" };
@@ -856,6 +990,67 @@ mod tests {
     }
 
     #[test]
+    fn the_store_keys() {
+        let c = load_text(
+            "[store]\nbackend = \"postgres\"\n[postgres]\nurl = \"host=/run/postgresql dbname=fleet\"\n\
+             host_id = \"box-1\"\nschema = \"t_1\"\ncall_timeout = \"300ms\"\npool_size = 2\n",
+        )
+        .unwrap()
+        .config
+        .store;
+        assert_eq!(c.backend, Backend::Postgres);
+        assert_eq!(c.postgres.url.as_deref(), Some("host=/run/postgresql dbname=fleet"));
+        assert_eq!((c.postgres.host_id.as_deref(), c.postgres.schema.as_str()), (Some("box-1"), "t_1"));
+        assert_eq!((c.postgres.call_timeout, c.postgres.pool_size), (Duration::from_millis(300), 2));
+        let e = load_text("[store]\nbackend = \"postgres\"\n").unwrap_err();
+        assert_eq!(e.key(), Some("postgres.url"), "{e}");
+        for url in [
+            "postgres://u:secret@db/fleet",
+            "postgresql://db/fleet?sslmode=require&password=x",
+            "host=db password=x",
+            "host=db password = x",
+        ] {
+            let e = load_text(&format!("[postgres]\nurl = {url:?}\n")).unwrap_err();
+            assert!(e.to_string().contains("password_file"), "{url}: {e}");
+        }
+        for url in ["postgres://u@db:5432/fleet", "host=db user=passwordless dbname=fleet"] {
+            assert!(load_text(&format!("[postgres]\nurl = {url:?}\n")).is_ok(), "{url}");
+        }
+        for (key, bad) in [("host_id", "Box"), ("schema", "1x"), ("schema", "a-b")] {
+            let e = load_text(&format!("[postgres]\n{key} = {bad:?}\n")).unwrap_err();
+            assert_eq!(e.key(), Some(format!("postgres.{key}").as_str()), "{e}");
+        }
+        let e = load_text("[store]\nbackend = \"sqlite\"\n").unwrap_err();
+        assert!(e.to_string().contains("postgres"), "{e}");
+    }
+
+    #[test]
+    fn default_host_ids_follow_the_name_rule() {
+        for (hostname, id) in [
+            ("Build.Example.COM", "build-example-com"),
+            ("web_01--a", "web-01-a"),
+            ("9lives", "h-9lives"),
+            ("", "h"),
+            (&"x".repeat(40), &"x".repeat(32)),
+        ] {
+            assert_eq!(default_host_id(hostname), id);
+            assert!(is_personality(&default_host_id(hostname)), "{hostname}");
+        }
+    }
+
+    #[test]
+    fn settings_go_into_their_table() {
+        let path = Path::new("/r/memoryd.toml");
+        let text = with_settings(
+            path,
+            "mcp_port = 0\n[store]\nbackend = \"file\"\n",
+            &[("postgres.host_id", Setting::Text("box".into()))],
+        )
+        .unwrap();
+        assert!(text.contains("[postgres]\nhost_id = \"box\""), "{text}");
+    }
+
+    #[test]
     fn socket_path_limit() {
         let paths = Paths::new(PathBuf::from(format!("/{}", "r".repeat(120))));
         let e = Config::default().checked_socket(&paths).unwrap_err();
@@ -871,6 +1066,7 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
     let unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".to_owned());
     let p = &config.presence;
     let s = &config.search;
+    let pg = &config.store.postgres;
     vec![
         ("vault", path(&config.vault)),
         ("mcp_port", config.mcp_port.to_string()),
@@ -908,6 +1104,29 @@ pub fn describe(config: &Config) -> Vec<(&'static str, String)> {
         ("search.query_prefix", format!("{:?}", s.query_prefix)),
         ("search.passage_prefix", format!("{:?}", s.passage_prefix)),
         ("search.rrf_k", s.rrf_k.to_string()),
+        (
+            "store.backend",
+            match config.store.backend {
+                Backend::File => "file",
+                Backend::Postgres => "postgres",
+            }
+            .to_owned(),
+        ),
+        // The URL never holds a password (refused when loading).
+        ("postgres.url", unset(&pg.url)),
+        ("postgres.password_file", path(&pg.password_file)),
+        (
+            "postgres.host_id",
+            pg.host_id
+                .clone()
+                .unwrap_or_else(|| format!("unset (default {})", pg.host_id_or(&crate::host::heartbeat::hostname()))),
+        ),
+        ("postgres.schema", pg.schema.clone()),
+        ("postgres.pool_size", pg.pool_size.to_string()),
+        ("postgres.connect_timeout", dur(pg.connect_timeout)),
+        ("postgres.call_timeout", dur(pg.call_timeout)),
+        ("postgres.operator_timeout", dur(pg.operator_timeout)),
+        ("postgres.resync_every", dur(pg.resync_every)),
     ]
 }
 
@@ -920,5 +1139,32 @@ mod describe_tests {
     fn describes_every_key_in_order() {
         let names: Vec<_> = describe(&Config::default()).into_iter().map(|(k, _)| k).collect();
         assert_eq!(names, key_names().collect::<Vec<_>>());
+    }
+
+    /// config/memoryd.toml documents every key: each appears as `key =`
+    /// (or commented out, `# key =`) in its table.
+    #[test]
+    fn the_shipped_file_documents_every_key() {
+        let text = include_str!("../../../config/memoryd.toml");
+        let mut table = String::new();
+        let mut seen = Vec::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = format!("{name}.");
+            } else if let Some((key, _)) = line.split_once(" = ")
+                && !key.contains(' ')
+            {
+                seen.push(format!("{table}{key}"));
+            }
+        }
+        for key in key_names() {
+            assert!(seen.iter().any(|k| k == key), "config/memoryd.toml does not document `{key}`");
+        }
+        // The shipped file as it is loads.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        let config = load(file.path(), true, |_| None, &Vec::new()).unwrap().config;
+        assert_eq!(config, Config::default());
     }
 }

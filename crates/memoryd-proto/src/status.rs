@@ -31,6 +31,10 @@ pub struct HostStatus {
     pub mcp: McpStatus,
     pub vault: VaultStatus,
     pub supervisor: Option<String>,
+    /// Where presence, links and inboxes last (spec 80); null from a
+    /// daemon older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
     pub healthy: bool,
     /// One sentence per reason `healthy` is false.
     pub problems: Vec<String>,
@@ -125,4 +129,35 @@ pub enum EndpointHealth {
     Unknown,
     Up,
     Down,
+}
+
+/// The store as `status` shows it: the file store is always `up`; the
+/// fleet database is `connecting`, `up`, `down` or `incompatible`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStatus {
+    /// `file` or `postgres`.
+    pub backend: String,
+    pub state: String,
+    /// When the store went `up` or `down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<crate::time::Timestamp>,
+    /// Why it is `down` or `incompatible`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// The PostgreSQL schema holding the fleet's tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_name: Option<String>,
+    /// The newest schema version applied to the database, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<i32>,
+    /// The lowest schema version a binary may know and still use the
+    /// database, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat_floor: Option<i32>,
+    /// This host's clock minus the database's, as last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }

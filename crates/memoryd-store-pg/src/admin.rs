@@ -5,7 +5,7 @@
 
 use crate::db::{Db, Failure};
 use crate::mail;
-use crate::migrate::{MIGRATION_LOCK, MIGRATIONS, Migration, Schema};
+use crate::migrate::{MIGRATION_LOCK, Migration, Schema};
 use crate::supervisor::{Hint, Shared};
 use crate::tx;
 use memoryd_core::config::ClientVersion;
@@ -160,7 +160,7 @@ pub async fn update_settings(db: &Db, change: &SettingsChange) -> Result<(), Sto
                 ),
             ));
         }
-        tx::notify(&tx, db, &Hint::Settings).await?;
+        crate::supervisor::notify(&tx, &db.settings.schema, &Hint::Settings).await?;
         tx.commit().await?;
         Ok(())
     })
@@ -184,7 +184,8 @@ pub async fn leave(db: &Db, shared: &Shared, now: SystemTime) -> Result<(Vec<Str
                 .await?;
             let released: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
             for personality in &released {
-                tx::notify(&tx, db, &Hint::Peer { personality: personality.clone() }).await?;
+                crate::supervisor::notify(&tx, &db.settings.schema, &Hint::Peer { personality: personality.clone() })
+                    .await?;
             }
             let nodes = tx
                 .query(
@@ -215,7 +216,7 @@ pub async fn leave(db: &Db, shared: &Shared, now: SystemTime) -> Result<(Vec<Str
 /// host runs a schema below the new floor (named). The check and the
 /// steps run under the migration lock, so no host starts in between.
 pub async fn migrate_contract(db: &Db, extra: &[Migration]) -> Result<Schema, StoreError> {
-    let steps: Vec<Migration> = MIGRATIONS.iter().chain(extra).copied().collect();
+    let steps: Vec<Migration> = crate::migrate::steps().iter().chain(extra).copied().collect();
     let schema = db.settings.schema.as_str();
     db.call(db.settings.operator_timeout, async |c| -> Result<Schema, Failure> {
         c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
@@ -347,7 +348,7 @@ pub async fn import(db: &Db, shared: &Shared, file: &FileState, apply: bool) -> 
                 out.revocations += usize::try_from(n).unwrap_or(0);
             }
             if apply {
-                tx::notify(&tx, db, &Hint::Roster).await?;
+                crate::supervisor::notify(&tx, &db.settings.schema, &Hint::Roster).await?;
                 tx.commit().await?;
             } else {
                 tx.rollback().await?;

@@ -99,6 +99,8 @@ pub struct Db {
     pub lost: Notify,
     /// Host clock minus database clock, in milliseconds, as last measured.
     skew_ms: std::sync::atomic::AtomicI64,
+    /// Down because another live boot holds this host's row.
+    host_taken: std::sync::atomic::AtomicBool,
 }
 
 /// The postgres URL with any password left out, for messages.
@@ -173,6 +175,7 @@ impl Db {
             state: Mutex::new(StoreState::Connecting),
             lost: Notify::new(),
             skew_ms: Default::default(),
+            host_taken: Default::default(),
         })
     }
 
@@ -219,10 +222,28 @@ impl Db {
         }
     }
 
+    /// A database time mapped onto the host's clock (the inverse of
+    /// [`Db::db_time`]).
+    pub fn host_time(&self, database: SystemTime) -> SystemTime {
+        let skew = self.skew_ms();
+        if skew >= 0 {
+            database + Duration::from_millis(skew.unsigned_abs())
+        } else {
+            database - Duration::from_millis(skew.unsigned_abs())
+        }
+    }
+
+    pub fn set_host_taken(&self, taken: bool) {
+        self.host_taken.store(taken, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The answer for a call made while the store is not up: at once, with
     /// no connection attempt.
     pub fn unavailable(&self) -> StoreError {
         match self.state() {
+            StoreState::Down { error, .. } if self.host_taken.load(std::sync::atomic::Ordering::Relaxed) => {
+                StoreError::Unavailable { kind: ErrorKind::StoreHostTaken, message: error }
+            }
             StoreState::Incompatible { reason } => {
                 StoreError::Unavailable { kind: ErrorKind::StoreIncompatible, message: reason }
             }
@@ -258,7 +279,9 @@ impl Db {
                 Some(c) => f(&mut *c).await,
                 None => return Err(Failure::Pool("no connection".into())),
             };
-            if r.is_ok() {
+            // A refusal left the connection clean (its transaction rolled
+            // back when dropped): only a database error makes it suspect.
+            if matches!(r, Ok(_) | Err(Failure::Store(_))) {
                 client.keep();
             }
             r
@@ -314,5 +337,19 @@ impl Drop for Checked {
         if let Some(object) = self.0.take() {
             drop(deadpool_postgres::Object::take(object));
         }
+    }
+}
+
+/// A test build's pause inside a transaction (spec 80, scenario 4): with
+/// the test sandbox armed and `MEMORYD_TEST_PAUSE_IN_TX` naming `op`
+/// (`attach`, `send`, `ack`, `link`, `flush`), the change logs that it is
+/// paused, after its writes and before its commit, and waits there (at
+/// most a minute) for the harness to kill the process.
+pub async fn pause_point(op: &str) {
+    let armed = std::env::var_os("MEMORYD_TEST_SANDBOX").is_some_and(|v| v == "1");
+    if armed && std::env::var("MEMORYD_TEST_PAUSE_IN_TX").is_ok_and(|v| v == op) {
+        tracing::warn!(op, "test: paused inside the transaction");
+        eprintln!("memoryd-test: paused inside the transaction of {op}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }

@@ -28,14 +28,16 @@ mod admin;
 mod events;
 mod links;
 mod mail;
+mod options;
 mod presence;
 mod registry;
+mod roster_cache;
 mod supervisor;
 mod tx;
 
 pub use admin::{FileState, HostRow, Import, NameConflict, SettingsChange};
 pub use db::{StoreState, redacted};
-pub use supervisor::Hint;
+pub use supervisor::{FleetSettings, Hint, Seed, random_id};
 
 use db::Db;
 use memoryd_core::config::{ClientVersion, PostgresConfig};
@@ -70,6 +72,17 @@ pub struct Options {
     /// The daemon holds the host's row (claims it, flushes, demotes); an
     /// offline `memoryctl` only reads and makes single changes.
     pub daemon: bool,
+    /// Seeds `fleet_settings` when the schema is first created.
+    pub seed: Seed,
+    /// A test clock's offset from the system clock, in milliseconds (spec
+    /// 80's skew test): the host clock the skew is measured with. 0 in use.
+    pub clock_offset_ms: i64,
+    /// This host's lasting identity (the daemon keeps one per root), the
+    /// first part of every boot id it claims the host's row with: a
+    /// restart after a crash finds its own, younger claim and takes it
+    /// over, where another machine configured with the same host id is
+    /// refused. None: a fresh one per process.
+    pub instance: Option<String>,
 }
 
 impl PgStore {
@@ -106,6 +119,24 @@ impl PgStore {
 
     pub fn state(&self) -> StoreState {
         self.db.state()
+    }
+
+    /// The fleet's settings as last read (None before the first connect);
+    /// the daemon builds its presence rules and limits from them.
+    pub fn fleet_settings(&self) -> Option<FleetSettings> {
+        self.shared.fleet_settings()
+    }
+
+    /// The database's schema version and compatibility floor, as the last
+    /// connect found them.
+    pub fn schema(&self) -> Option<(i32, i32)> {
+        let schema = self.shared.schema.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        schema.as_ref().map(|s| (s.version, s.compat_floor))
+    }
+
+    /// The fleet's settings read from the database now.
+    pub fn fleet_settings_now(&self) -> Result<FleetSettings, StoreError> {
+        self.block(supervisor::settings_now(&self.db, &self.shared))
     }
 
     /// Host clock minus database clock, as last measured.
@@ -177,6 +208,14 @@ fn unreachable_runtime() -> ! {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.shared.stopping();
+        if let Some(rt) = &self.rt {
+            // On a thread of its own: the store may be dropped inside
+            // another runtime, where blocking on this one would panic.
+            let (handle, db, shared) = (rt.handle(), &self.db, &self.shared);
+            std::thread::scope(|s| {
+                let _ = s.spawn(|| handle.block_on(supervisor::release(db, shared))).join();
+            });
+        }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }

@@ -9,7 +9,7 @@
 use crate::db::{Db, Failure};
 use crate::registry;
 use crate::supervisor::Hint;
-use crate::tx::{self, Tx};
+use crate::tx::Tx;
 use memoryd_core::peers::Links;
 use memoryd_core::store::StoreError;
 use tokio_postgres::GenericClient;
@@ -28,7 +28,7 @@ async fn links_of(client: &impl GenericClient, names: &[&str]) -> Result<Links, 
 }
 
 async fn notify(tx: &Tx<'_>, db: &Db, a: &str, b: &str) -> Result<(), Failure> {
-    tx::notify(tx, db, &Hint::Link { a: a.to_owned(), b: b.to_owned() }).await
+    crate::supervisor::notify(tx, &db.settings.schema, &Hint::Link { a: a.to_owned(), b: b.to_owned() }).await
 }
 
 pub async fn link(db: &Db, a: &str, b: &str) -> Result<bool, StoreError> {
@@ -48,6 +48,7 @@ pub async fn link(db: &Db, a: &str, b: &str) -> Result<bool, StoreError> {
         if new {
             notify(&tx, db, a, b).await?;
         }
+        crate::db::pause_point("link").await;
         tx.commit().await?;
         Ok(new)
     })

@@ -342,9 +342,9 @@ impl Boxes {
 
 /// Ends a change: its events, a hint per changed inbox, the commit.
 async fn finish(tx: Tx<'_>, db: &Db, events: &[Event], inboxes: &[&str]) -> Result<(), Failure> {
-    tx::insert_events(&tx, &db.host_id, events).await?;
+    crate::events::insert(&tx, &db.host_id, events).await?;
     for p in inboxes {
-        tx::notify(&tx, db, &Hint::Inbox { personality: (*p).to_owned() }).await?;
+        crate::supervisor::notify(&tx, &db.settings.schema, &Hint::Inbox { personality: (*p).to_owned() }).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -400,6 +400,7 @@ async fn send_in(
         boxes.get(&message.from).record_sent(message, limits, now);
     }
     boxes.write(&tx).await?;
+    crate::db::pause_point("send").await;
     finish(tx, db, &events, &to).await?;
     Ok(peers::sent(message, recipients))
 }
@@ -483,6 +484,7 @@ pub async fn ack(db: &Db, p: &str, ids: &[String], limits: &Limits, now: SystemT
         let (n, events) = boxes.get(p).deliver(p, ids, limits, now);
         boxes.write(&tx).await?;
         let changed: &[&str] = if n > 0 { &[p] } else { &[] };
+        crate::db::pause_point("ack").await;
         finish(tx, db, &events, changed).await?;
         Ok(n)
     })

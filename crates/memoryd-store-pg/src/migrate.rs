@@ -32,6 +32,30 @@ impl Migration {
 pub const MIGRATIONS: &[Migration] =
     &[Migration { version: 1, name: "fleet", sql: include_str!("../migrations/0001_fleet.sql"), compat_floor: 1 }];
 
+/// A test build's extra steps (spec 80, scenario 7), only with the test
+/// sandbox armed and `MEMORYD_TEST_EXTRA_MIGRATIONS=1`: an expand step
+/// (a new table; the floor stays) and a contract step that raises the
+/// floor to itself.
+pub(crate) const TEST_STEPS: &[Migration] = &[
+    Migration { version: 2, name: "test-expand", sql: "CREATE TABLE test_expand (x INTEGER);", compat_floor: 1 },
+    Migration { version: 3, name: "test-contract", sql: "DROP TABLE test_expand;", compat_floor: 3 },
+];
+
+/// The steps this binary runs: [`MIGRATIONS`], and a test build's extras.
+pub fn steps() -> Vec<Migration> {
+    let mut steps = MIGRATIONS.to_vec();
+    let armed = |k: &str| std::env::var_os(k).is_some_and(|v| v == "1");
+    if armed("MEMORYD_TEST_SANDBOX") && armed("MEMORYD_TEST_EXTRA_MIGRATIONS") {
+        steps.extend_from_slice(TEST_STEPS);
+    }
+    steps
+}
+
+/// The newest schema `steps` know.
+pub fn newest(steps: &[Migration]) -> i32 {
+    steps.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// What a start found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema {
@@ -60,7 +84,7 @@ pub async fn migrate(
     steps: &[Migration],
     contract: bool,
 ) -> Result<Schema, Failure> {
-    let newest = steps.iter().map(|m| m.version).max().unwrap_or(0);
+    let newest = newest(steps);
     let mut applied_now = Vec::new();
     loop {
         let tx = client.transaction().await?;

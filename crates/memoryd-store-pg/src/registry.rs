@@ -10,7 +10,7 @@
 
 use crate::db::{Db, Failure};
 use crate::supervisor::{Hint, Shared};
-use crate::tx::{self, Tx};
+use crate::tx::Tx;
 use memoryd_core::fleet::names::is_personality;
 use memoryd_core::fleet::{FleetMap, FleetPeer};
 use memoryd_core::presence::{Event, EventKind};
@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
-use tokio::sync::broadcast;
 use tokio_postgres::GenericClient;
 
 /// One present peer of the fleet.
@@ -35,8 +34,9 @@ pub struct Row {
 
 /// The registry as last read, and this host's name conflicts as its last
 /// publish found them. A hint about a peer (another host's publish,
-/// claim or release, as the listener forwards it) or a resync bumps the
-/// generation; a read made before the bump is never served after it.
+/// claim or release) or a resync bumps the generation (the supervisor
+/// calls [`Cache::invalidate`]); a read made before the bump is never
+/// served after it.
 #[derive(Debug, Default)]
 pub struct Cache {
     state: Mutex<CacheState>,
@@ -47,8 +47,6 @@ struct CacheState {
     generation: u64,
     loaded: Option<Loaded>,
     conflicts: Vec<(String, String)>,
-    /// The listener's hints, read at each use of the cache.
-    hints: Option<broadcast::Receiver<Hint>>,
 }
 
 #[derive(Debug)]
@@ -89,32 +87,9 @@ impl Cache {
         new
     }
 
-    /// The rows, unless a hint or `max_age` made them stale.
-    pub(crate) fn fresh(&self, hints: &broadcast::Sender<Hint>, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
-        let mut s = self.lock();
-        let stale = match &mut s.hints {
-            None => {
-                s.hints = Some(hints.subscribe());
-                true
-            }
-            Some(heard) => {
-                let mut stale = false;
-                loop {
-                    match heard.try_recv() {
-                        Ok(Hint::Peer { .. } | Hint::Roster) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                            stale = true;
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-                stale
-            }
-        };
-        if stale {
-            s.generation += 1;
-            s.loaded = None;
-        }
+    /// The rows, unless a change or `max_age` made them stale.
+    pub(crate) fn fresh(&self, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
+        let s = self.lock();
         s.loaded.as_ref().filter(|l| l.generation == s.generation && l.at.elapsed() < max_age).map(|l| l.rows.clone())
     }
 
@@ -182,7 +157,7 @@ async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreError> {
 }
 
 pub async fn registry(db: &Db, shared: &Shared, local: &FleetMap) -> Result<FleetMap, StoreError> {
-    let rows = match shared.registry.fresh(&shared.hints, db.settings.resync_every) {
+    let rows = match shared.registry.fresh(db.settings.resync_every) {
         Some(rows) => rows,
         None => reload(db, shared).await?,
     };
@@ -296,9 +271,9 @@ pub async fn publish(db: &Db, shared: &Shared, local: &FleetMap) -> Result<(), S
                     changed.push(name.clone());
                 }
             }
-            tx::insert_events(&tx, me, &events).await?;
+            crate::events::insert(&tx, me, &events).await?;
             for personality in &changed {
-                tx::notify(&tx, db, &Hint::Peer { personality: personality.clone() }).await?;
+                crate::supervisor::notify(&tx, &db.settings.schema, &Hint::Peer { personality: personality.clone() }).await?;
             }
             tx.commit().await?;
             Ok((conflicts, changed))
@@ -338,7 +313,12 @@ pub async fn release(db: &Db, shared: &Shared, personality: &str) -> Result<bool
                     &[&personality],
                 )
                 .await?;
-                tx::notify(&tx, db, &Hint::Peer { personality: personality.to_owned() }).await?;
+                crate::supervisor::notify(
+                    &tx,
+                    &db.settings.schema,
+                    &Hint::Peer { personality: personality.to_owned() },
+                )
+                .await?;
             }
             tx.commit().await?;
             Ok(was)

@@ -253,3 +253,94 @@ impl Drop for Cluster {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The invariants of spec 80's scenario 5, checked after every scenario:
+/// by SQL on `schema` (no link row with `a >= b`, at most one active
+/// attachment per node) and on the event log (exactly one event per state
+/// transition: each session's state events chain, every one moving from
+/// the state the previous one reached). Every violation, in words.
+pub fn invariants(url: &str, schema: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let mut broken = Vec::new();
+        let q = |sql: &str| format!("SET search_path = \"{schema}\"; {sql}");
+        let one_sided: i64 = client
+            .simple_query(&q("SELECT count(*) FROM links WHERE a >= b"))
+            .await
+            .unwrap()
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if one_sided > 0 {
+            broken.push(format!("{one_sided} link rows with a >= b"));
+        }
+        let doubles = client
+            .query(
+                &format!(
+                    "SELECT node_id, count(*) FROM \"{schema}\".runtime_node_attachments
+                      WHERE state IN ('registering','online','degraded') GROUP BY node_id HAVING count(*) > 1"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        for row in doubles {
+            broken.push(format!("node {} has {} active attachments", row.get::<_, String>(0), row.get::<_, i64>(1)));
+        }
+        let events = client
+            .query(&format!("SELECT body FROM \"{schema}\".events ORDER BY seq"), &[])
+            .await
+            .unwrap();
+        let mut last: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
+        for row in events {
+            let body: serde_json::Value = row.get(0);
+            let (Some(node), Some(session), Some(new)) =
+                (body["nodeId"].as_str(), body["sessionId"].as_str(), body["newState"].as_str())
+            else {
+                continue;
+            };
+            let key = (node.to_owned(), session.to_owned());
+            if let Some(previous) = body["previousState"].as_str() {
+                if previous == new {
+                    broken.push(format!("event {} of {node}/{session} moves {previous} to itself", body["event"]));
+                }
+                if let Some(seen) = last.get(&key)
+                    && seen != previous
+                {
+                    broken.push(format!(
+                        "event {} of {node}/{session} moves from {previous}, but the session was {seen} (a transition recorded twice or missed)",
+                        body["event"]
+                    ));
+                }
+            }
+            last.insert(key, new.to_owned());
+        }
+        broken
+    })
+}
+
+/// The ids of every item of `personality`'s mailbox on `schema`, by box
+/// (`waiting`, `received`, `sent`, `dropped`): what a test's ledger of
+/// acknowledged sends is checked against.
+pub fn mailbox_ids(url: &str, schema: &str, personality: &str) -> Vec<(String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .query(
+                &format!("SELECT box, id FROM \"{schema}\".mail WHERE personality = $1 ORDER BY seq"),
+                &[&personality],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    })
+}

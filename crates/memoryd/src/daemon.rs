@@ -41,7 +41,10 @@ impl ConfigSource {
 pub struct Daemon {
     pub host: Host,
     /// Presence, links and messages (presence.rs, peers.rs).
-    pub store: Box<dyn memoryd_core::store::StateStore>,
+    pub store: Arc<dyn memoryd_core::store::StateStore>,
+    /// The same store when it is the fleet database (fleetdb.rs): its
+    /// state, hints and clock skew.
+    pub pg: Option<Arc<memoryd_store_pg::PgStore>>,
     /// The fleet map and the provisioning that follows it (provisioning.rs).
     pub fleet: crate::provisioning::FleetState,
     /// The vault index and the fragments made from it (vault.rs).
@@ -89,12 +92,13 @@ pub struct Parts {
     pub supervisor: Option<&'static str>,
     pub running_exe: PathBuf,
     pub lock: ProvisionLock,
-    pub store: Box<dyn memoryd_core::store::StateStore>,
+    pub store: Arc<dyn memoryd_core::store::StateStore>,
+    pub pg: Option<Arc<memoryd_store_pg::PgStore>>,
 }
 
 impl Daemon {
     pub fn new(parts: Parts) -> Daemon {
-        let Parts { paths, source, config, files, socket, supervisor, running_exe, lock, store } = parts;
+        let Parts { paths, source, config, files, socket, supervisor, running_exe, lock, store, pg } = parts;
         let fleet = FleetRead::load(&paths.fleet_map);
         let embedder = config
             .vault
@@ -120,6 +124,7 @@ impl Daemon {
                 restarting: AtomicBool::new(false),
             },
             store,
+            pg,
             fleet: crate::provisioning::FleetState::new(fleet, lock),
             vault,
             mcp: crate::mcp::McpState::new(),
@@ -144,10 +149,11 @@ impl Daemon {
         self.vault.fragments.push(peers);
     }
 
-    /// The peers linked with `personality` that are present in the fleet.
+    /// The peers linked with `personality` that are present in the fleet
+    /// (on any host, with the fleet database).
     pub fn linked_with(&self, personality: &str) -> Vec<String> {
         let links = self.store.links().unwrap_or_default();
-        let fleet = self.fleet.map.lock().ok().and_then(|f| f.map().cloned());
+        let fleet = self.registry().ok();
         links
             .of(personality)
             .filter(|l| fleet.as_ref().is_some_and(|m| m.peer(l).is_some()))
@@ -202,6 +208,11 @@ impl Daemon {
             restart_needed.push("search");
             new.search = old.search.clone();
         }
+        // The store is opened once.
+        if new.store != old.store {
+            restart_needed.push("store");
+            new.store = old.store.clone();
+        }
         for key in &restart_needed {
             tracing::warn!(key, "config change takes effect at the next start of memoryd");
             progress.send(key, ProgressStatus::Warn, "changed; takes effect at the next start of memoryd");
@@ -249,6 +260,7 @@ impl Daemon {
         status.started_at = Some(self.host.started_at.into());
         status.watch = Some(if self.fleet.watching.load(Ordering::Relaxed) { "on" } else { "off" }.to_owned());
         status.supervisor = self.host.supervisor.map(str::to_owned);
+        status.store = Some(self.store_status());
         status.last_sweep = self.fleet.last_sweep.lock().ok().and_then(|s| s.clone());
         status.presence = self.presence_counts();
         status.mcp.listening = Some(self.mcp.listening.load(Ordering::Relaxed));

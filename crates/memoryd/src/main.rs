@@ -3,6 +3,7 @@
 
 mod daemon;
 mod embedder;
+mod fleetdb;
 mod inherit;
 mod logging;
 mod mcp;
@@ -229,11 +230,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
     let provision_lock = ProvisionLock::open(&files, &paths.provision_lock)
         .context("cannot open the provision lock")
         .map_err(fatal(1))?;
-    let store = Box::new(
-        memoryd_core::store::FileStore::open(&paths, &files)
-            .context("cannot open the store S/store")
-            .map_err(fatal(1))?,
-    );
+    let (store, pg) = fleetdb::open(&paths, &files, &config).map_err(fatal(1))?;
     let daemon = Arc::new(Daemon::new(Parts {
         paths,
         source,
@@ -244,6 +241,7 @@ fn run(args: Args, inherited: Option<String>) -> Result<ExitCode, Fatal> {
         running_exe,
         lock: provision_lock,
         store,
+        pg,
     }));
     let ending = runtime.block_on(serve(daemon.clone(), run_files.clone(), inherited_control, inherited_mcp))?;
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -389,6 +387,7 @@ async fn serve(
     spawn_task(Some(&tasks), &daemon, "vault-watcher", vault::watch(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "fragments", vault::fragment_renderer(daemon.clone()));
     spawn_task(Some(&tasks), &daemon, "embedder", embedder::run(daemon.clone()));
+    spawn_task(Some(&tasks), &daemon, "fleet-hints", fleetdb::follow_hints(daemon.clone()));
     if let Some(listener) = mcp_listener {
         spawn_task(Some(&tasks), &daemon, "mcp", mcp::serve(listener, daemon.clone()));
     }

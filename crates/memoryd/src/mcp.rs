@@ -832,10 +832,7 @@ impl MemoryServer {
                 Answer::of(&result)
             }
             "peers_list" => {
-                let fleet = self.daemon.fleet_map().map_err(|e| e.message)?;
-                let floor = self.daemon.rules().floor;
-                let visible =
-                    peers::visible_in(&*self.daemon.store, &fleet, floor, &personality).map_err(|e| e.to_string())?;
+                let visible = self.daemon.visible_now(&personality).map_err(|e| e.message)?;
                 Answer::of(&PeersList { peers: visible })
             }
             "peer_send" => {

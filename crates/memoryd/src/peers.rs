@@ -4,6 +4,7 @@
 use crate::daemon::Daemon;
 use crate::presence::rpc_error;
 use memoryd_core::fleet::FleetMap;
+use memoryd_core::host::clock;
 use memoryd_core::peers;
 use memoryd_core::peers::{Draft, Limits};
 use memoryd_proto::peers::{
@@ -12,7 +13,6 @@ use memoryd_proto::peers::{
 };
 use memoryd_proto::{ErrorKind, RpcError};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 impl Daemon {
     /// The fleet map in use, or the refusal saying there is none.
@@ -25,11 +25,10 @@ impl Daemon {
         })
     }
 
-    /// `peer.link`.
+    /// `peer.link`: both peers present in the fleet (on any host).
     pub async fn peer_link(self: &Arc<Self>, p: PeerPair) -> Result<Linked, RpcError> {
-        let fleet = self.fleet_map();
         self.blocking(move |daemon| {
-            let made = daemon.store.link(&fleet?, &p.a, &p.b).map_err(rpc_error)?;
+            let made = daemon.store.link(&daemon.registry()?, &p.a, &p.b).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.a.clone(), p.b.clone()]));
             Ok(Linked { linked: true, already: !made, a: p.a, b: p.b })
         })
@@ -50,48 +49,49 @@ impl Daemon {
 
     /// `peer.visible`.
     pub async fn peer_visible(self: &Arc<Self>, p: PersonalityParams) -> Result<Vec<Visible>, RpcError> {
-        let fleet = self.fleet_map();
-        let floor = self.rules().floor;
-        self.blocking(move |daemon| {
-            peers::visible_in(&*daemon.store, &fleet?, floor, &p.personality).map_err(rpc_error)
-        })
-        .await
+        self.blocking(move |daemon| daemon.visible_now(&p.personality)).await
     }
 
-    /// The message limits of the config in use.
+    /// `peer.visible` and the MCP tool `peers_list`: `personality`'s linked
+    /// peers present in the fleet, with their presence.
+    pub fn visible_now(&self, personality: &str) -> Result<Vec<Visible>, RpcError> {
+        let fleet = self.registry()?;
+        peers::visible_in(&*self.store, &fleet, self.rules().floor, personality).map_err(rpc_error)
+    }
+
+    /// The message limits in force (the fleet's inbox capacity, with the
+    /// fleet database).
     pub fn message_limits(&self) -> Limits {
-        Limits::of(&self.config().presence)
+        Limits::of(&self.presence_config())
     }
 
     /// `peer.send` and the MCP tool `peer_send`, on a blocking thread. An
     /// operator's names are checked first, naming the fleet's peers (the
     /// MCP tool's caller gets no such list).
     pub fn send_now(&self, draft: &Draft, naming: bool) -> Result<Sent, RpcError> {
-        let fleet = self.fleet_map()?;
+        let fleet = self.registry()?;
         if naming {
             let from = (!draft.operator).then_some(&draft.from);
             for name in from.into_iter().chain(&draft.to) {
                 peers::check_known(Some(&fleet), name, false).map_err(|r| rpc_error(r.into()))?;
             }
         }
-        let sent = self.store.send(&fleet, draft, &self.message_limits(), SystemTime::now()).map_err(rpc_error)?;
+        let sent = self.store.send(&fleet, draft, &self.message_limits(), clock::now()).map_err(rpc_error)?;
         self.refresh_fragments(Some(draft.to.clone()));
         Ok(sent)
     }
 
     /// `peer.reply` and the MCP tool `peer_reply`.
     pub fn reply_now(&self, p: &ReplyParams) -> Result<Sent, RpcError> {
-        let fleet = self.fleet_map()?;
-        let sent = self.store.reply(&fleet, p, &self.message_limits(), SystemTime::now()).map_err(rpc_error)?;
+        let fleet = self.registry()?;
+        let sent = self.store.reply(&fleet, p, &self.message_limits(), clock::now()).map_err(rpc_error)?;
         self.refresh_fragments(Some(vec![sent.to.clone()]));
         Ok(sent)
     }
 
     /// `peer.acknowledge` and the MCP tool `peer_ack`.
     pub fn acknowledge_now(&self, p: &AcknowledgeParams) -> Result<Acknowledged, RpcError> {
-        self.store
-            .acknowledge(&p.personality, &p.message_id, &self.message_limits(), SystemTime::now())
-            .map_err(rpc_error)
+        self.store.acknowledge(&p.personality, &p.message_id, &self.message_limits(), clock::now()).map_err(rpc_error)
     }
 
     /// `peer.history` and the MCP tools `peer_thread` and
@@ -129,11 +129,11 @@ impl Daemon {
     /// `peer.inbox`: a lease is a hook fetching its own peer's messages; a
     /// look names any peer, which must be one the store knows.
     pub async fn peer_inbox(self: &Arc<Self>, p: InboxParams) -> Result<Vec<Message>, RpcError> {
-        let fleet = self.fleet_map();
-        let now = SystemTime::now();
+        let now = clock::now();
         self.blocking(move |daemon| {
             let store = &daemon.store;
             if !p.lease {
+                let fleet = daemon.registry();
                 let kept = memoryd_core::fleet::names::is_personality(&p.personality)
                     && store.waiting().is_ok_and(|w| w.contains_key(&p.personality));
                 peers::check_known(fleet.as_ref().ok(), &p.personality, kept).map_err(|r| rpc_error(r.into()))?;
@@ -148,10 +148,8 @@ impl Daemon {
     /// `peer.ack`.
     pub async fn peer_ack(self: &Arc<Self>, p: AckParams) -> Result<Acked, RpcError> {
         self.blocking(move |daemon| {
-            let acked = daemon
-                .store
-                .ack(&p.personality, &p.ids, &daemon.message_limits(), SystemTime::now())
-                .map_err(rpc_error)?;
+            let acked =
+                daemon.store.ack(&p.personality, &p.ids, &daemon.message_limits(), clock::now()).map_err(rpc_error)?;
             daemon.refresh_fragments(Some(vec![p.personality]));
             Ok(Acked { acked })
         })

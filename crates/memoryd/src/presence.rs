@@ -5,6 +5,7 @@
 use crate::daemon::Daemon;
 use crate::server::ProgressSink;
 use crate::tasks::every;
+use memoryd_core::host::clock;
 use memoryd_core::host::egress::Egress;
 use memoryd_core::presence::{Event, Refusal, Revoker, Rules};
 use memoryd_core::store::StoreError;
@@ -16,7 +17,7 @@ use memoryd_proto::status::PresenceCounts;
 use memoryd_proto::{ErrorKind, RpcError, Timestamp, methods};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How often a follower looks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
@@ -57,12 +58,13 @@ fn probe(pid: i32) -> Option<String> {
 }
 
 impl Daemon {
+    /// The presence rules in force (the fleet's, with the fleet database).
     pub fn rules(&self) -> Rules {
-        let config = self.config();
+        let presence = self.presence_config();
         Rules {
-            degraded_after: config.presence.degraded_after,
-            offline_after: config.presence.offline_after,
-            floor: config.presence.min_client_version,
+            degraded_after: presence.degraded_after,
+            offline_after: presence.offline_after,
+            floor: presence.min_client_version,
         }
     }
 
@@ -99,7 +101,7 @@ impl Daemon {
 
     /// `runtimenode.attach`.
     pub async fn attach(self: &Arc<Self>, req: AttachParams) -> Result<Attached, RpcError> {
-        let now = SystemTime::now();
+        let now = clock::now();
         let known = self.knows(&req.node_id);
         self.change_tracked(move |d| d.store.attach(&req, known, &d.rules(), now, &probe)).await
     }
@@ -109,7 +111,7 @@ impl Daemon {
     /// (memory only); the store re-checks its file at most once per sweep
     /// interval, on the blocking path.
     pub async fn heartbeat(self: &Arc<Self>, p: HeartbeatParams) -> Result<(), RpcError> {
-        let now = SystemTime::now();
+        let now = clock::now();
         let health = p.health_state.unwrap_or(Health::Online);
         let recheck = self.config().presence.sweep_every;
         if self.store.soft_heartbeat(&p.node_id, p.session_id.as_deref(), health, now, recheck) {
@@ -121,13 +123,13 @@ impl Daemon {
 
     /// `runtimenode.detach`.
     pub async fn detach(self: &Arc<Self>, p: DetachParams) -> Result<(), RpcError> {
-        let now = SystemTime::now();
+        let now = clock::now();
         self.change_tracked(move |d| Ok(((), d.store.detach(&p.node_id, p.session_id.as_deref(), now)?))).await
     }
 
     /// `runtimenode.capabilityupdate`, refused to a node below the floor.
     pub async fn capability_update(self: &Arc<Self>, p: CapabilityParams) -> Result<CapabilityUpdated, RpcError> {
-        let now = SystemTime::now();
+        let now = clock::now();
         self.change_tracked(move |d| {
             let health = p.health_changes.map(|h| h.state);
             d.store.capability_update(&p.node_id, &p.capabilities, health, d.rules().floor, now)
@@ -144,7 +146,7 @@ impl Daemon {
     /// `runtimenode.revoke` (`revoke`) or `runtimenode.unrevoke`, by the
     /// operator: the node must be in the fleet unless forced.
     pub async fn revocation(self: &Arc<Self>, p: RevocationParams, revoke: bool) -> Result<(), RpcError> {
-        let now = SystemTime::now();
+        let now = clock::now();
         let fleet = self.fleet.map.lock().ok().and_then(|f| f.map().cloned());
         self.change_tracked(move |d| {
             let by = Revoker::Operator { fleet: fleet.as_ref(), force: p.force };
@@ -161,10 +163,15 @@ impl Daemon {
     /// One staleness sweep: writes the heartbeats kept in memory, then
     /// demotes silent sessions; live pids count as heartbeats.
     pub async fn presence_sweep(self: &Arc<Self>) {
-        let now = SystemTime::now();
+        let now = clock::now();
         let result = self.change_tracked(move |d| Ok(((), d.store.sweep(&d.rules(), now, &probe)?))).await;
-        if let Err(e) = result {
-            tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed");
+        match result {
+            Ok(()) => {}
+            // Said once per outage by the store; not once per sweep.
+            Err(e) if e.kind() == Some(ErrorKind::StoreUnavailable) => {
+                tracing::debug!(task = "presence-sweep", error = %e.message, "presence sweep waits for the fleet database");
+            }
+            Err(e) => tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed"),
         }
     }
 

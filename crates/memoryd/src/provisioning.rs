@@ -240,6 +240,7 @@ impl Daemon {
     /// Acts on a fleet change: new peers, new session runtimes and moved
     /// folders are provisioned now; peers that left are only hidden.
     pub async fn on_fleet_change(self: &Arc<Self>, diff: FleetDiff) {
+        self.publish().await;
         for personality in &diff.gone {
             tracing::info!(personality, "peer left the fleet map: hidden, not revoked and not unprovisioned");
         }
@@ -318,6 +319,7 @@ impl Daemon {
             Some(embedder) => Some(embedder.probe().await),
             None => None,
         };
+        let fleet = self.blocking(Daemon::fleet_check).await;
         let checks = self
             .provisioning_for(progress.clone(), move |p| {
                 let mut checks = Vec::new();
@@ -332,7 +334,7 @@ impl Daemon {
                     let heartbeat = verify::heartbeat_from_disk(&p.paths.heartbeat, p.config, SystemTime::now());
                     tally.line("memoryd-heartbeat", heartbeat.0, &heartbeat.1);
                     tally.line("memoryd-socket", ProgressStatus::Ok, &format!("answering (pid {pid})"));
-                    verify::Verify { p, repair, home, refused_rescan, embeddings }.rest(&mut tally);
+                    verify::Verify { p, repair, home, refused_rescan, embeddings, fleet }.rest(&mut tally);
                     tally.problems == 0
                 };
                 (ok, checks)

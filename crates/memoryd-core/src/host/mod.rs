@@ -2,6 +2,7 @@
 //! guard and the egress), the locks, the single instance and its heartbeat,
 //! and the supervisor memoryd may run under.
 
+pub mod clock;
 pub mod egress;
 pub mod files;
 pub mod heartbeat;

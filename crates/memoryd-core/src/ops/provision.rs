@@ -214,6 +214,14 @@ impl Provisioner<'_> {
         personality: &str,
         cwd: &Path,
     ) -> Outcome {
+        if context.unavailable {
+            return Outcome {
+                surface: "fragment".to_owned(),
+                action: Action::Skipped,
+                path: cwd.to_path_buf(),
+                detail: Some("the fleet database is unavailable; the fragment keeps its last content".to_owned()),
+            };
+        }
         let port = self.tools.settings.mcp_port;
         let inputs = context.inputs(personality, self.config.vault.as_deref(), (port != 0).then_some(port));
         let outcome = self.surfaces().write_fragment(held, state, cwd, &fragment::render(&inputs));
@@ -412,7 +420,7 @@ impl Provisioner<'_> {
                 }
                 match self.fragment(held, &context, state, &peer.personality, &peer.cwd).action {
                     Action::Written => counts.0 += 1,
-                    Action::Already => counts.1 += 1,
+                    Action::Already | Action::Skipped => counts.1 += 1,
                     _ => counts.2 += 1,
                 }
             },

@@ -45,6 +45,15 @@ pub fn assess(status: &mut HostStatus, config: &Config) {
         }
         _ => {}
     }
+    if let Some(store) = &status.store
+        && store.state != "up"
+    {
+        let why = store.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        problems.push(format!(
+            "the fleet database is {}{why}; presence, links and messages answer store.unavailable until it is up.",
+            store.state
+        ));
+    }
     status.healthy = problems.is_empty();
     status.problems = problems;
 }
@@ -69,6 +78,11 @@ pub fn from_disk(paths: &Paths, config: &Config, config_file: &Path, now: System
     let store = FileStore::read_only(paths);
     let mut status = shared_facts(paths, config, config_file, now, peers, &store);
     status.pid = if locked { read_pid(&paths.pid_file) } else { None };
+    if config.store.backend == crate::config::Backend::Postgres {
+        // The fleet database holds them, not S/store/: not read, so null.
+        status.waiting_messages = None;
+        return status;
+    }
     status.presence = store.presence().ok().map(|p| p.counts());
     status.last_sweep = store.last_sweep().ok().flatten();
     status
@@ -113,6 +127,7 @@ pub fn shared_facts(
         mcp: McpStatus { port: config.mcp_port, ..McpStatus::default() },
         vault: VaultStatus { path: config.vault.as_ref().map(|v| v.display().to_string()), ..VaultStatus::default() },
         supervisor: None,
+        store: None,
         healthy: false,
         problems: Vec::new(),
     }

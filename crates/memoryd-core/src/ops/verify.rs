@@ -63,6 +63,21 @@ pub struct Verify<'a> {
     /// The daemon's probe of the embeddings endpoint (None offline: the
     /// endpoint is the daemon's to ask).
     pub embeddings: Option<(ProgressStatus, String)>,
+    /// The fleet database's facts (None with the file store).
+    pub fleet: Option<FleetCheck>,
+}
+
+/// What the `store` rows say of the fleet database (spec 80), gathered by
+/// whoever holds the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetCheck {
+    /// The URL, never with a password.
+    pub url: String,
+    /// Up and compatible, or why not.
+    pub state: Result<(), String>,
+    /// One sentence per `warn` row: name conflicts, config values that
+    /// differ from the fleet's, clock skew.
+    pub warnings: Vec<String>,
 }
 
 impl Verify<'_> {
@@ -515,10 +530,19 @@ impl Verify<'_> {
 
     /// Loads everything stored (presence, links, each inbox); what does
     /// not load is named, never deleted.
+    /// With the fleet database: FAIL (no repair) unless it is up and
+    /// compatible, then a `warn` row per warning.
     fn store(&self, out: &mut Tally<'_>) {
-        match self.p.store.check() {
-            Ok(loaded) => out.line("store", Good, &loaded),
-            Err(e) => out.line("store", Fail, &e.to_string()),
+        let at = self.fleet.as_ref().map(|f| format!("fleet database {}: ", f.url)).unwrap_or_default();
+        match self.fleet.as_ref().map(|f| &f.state) {
+            Some(Err(e)) => out.line("store", Fail, &format!("{at}{e}")),
+            _ => match self.p.store.check() {
+                Ok(loaded) => out.line("store", Good, &format!("{at}{loaded}")),
+                Err(e) => out.line("store", Fail, &format!("{at}{e}")),
+            },
+        }
+        for warning in self.fleet.iter().flat_map(|f| &f.warnings) {
+            out.line("store", Warn, warning);
         }
     }
 }

@@ -50,11 +50,16 @@ pub struct Context<'a> {
     /// Messages waiting, by peer.
     pub waiting: std::collections::BTreeMap<String, usize>,
     pub index: Option<&'a crate::vault::Index>,
+    /// The store is a fleet database that cannot be reached: fragments
+    /// keep their last bytes rather than lose their links and presence.
+    pub unavailable: bool,
 }
 
 impl<'a> Context<'a> {
     /// Reads the map, the links and the roster; a store that does not load
     /// renders as no links and no presence (and is reported by `verify`).
+    /// The peers present are the fleet registry's: with the fleet database,
+    /// those of every host.
     pub fn load(
         paths: &crate::host::paths::Paths,
         store: &dyn crate::store::StateStore,
@@ -63,11 +68,14 @@ impl<'a> Context<'a> {
     ) -> Context<'a> {
         let present = crate::fleet::FleetRead::load(&paths.fleet_map)
             .map()
+            .map(|m| store.registry(m).unwrap_or_else(|_| m.clone()))
             .map(|m| m.peers.iter().map(|p| p.personality.clone()).collect())
             .unwrap_or_default();
+        let links = store.links();
         Context {
             present,
-            links: store.links().unwrap_or_default(),
+            unavailable: matches!(links, Err(crate::store::StoreError::Unavailable { .. })),
+            links: links.unwrap_or_default(),
             roster: store.presence().map(|p| p.roster(floor)).unwrap_or_default(),
             waiting: store.waiting().unwrap_or_default(),
             index,

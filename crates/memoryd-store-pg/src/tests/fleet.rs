@@ -100,11 +100,9 @@ fn a_peer_of_one_host_links_with_and_messages_a_peer_of_another() {
 }
 
 #[test]
-fn the_cached_registry_is_read_again_after_a_hint_about_a_peer_or_a_resync() {
-    use crate::Hint;
+fn the_cached_registry_is_read_again_after_a_change_and_never_kept_from_before_it() {
     use crate::registry::{Cache, Row};
     let cache = Cache::default();
-    let hints = tokio::sync::broadcast::Sender::new(4);
     let hour = Duration::from_secs(3600);
     let rows = |names: &[&str]| {
         std::sync::Arc::new(
@@ -119,30 +117,19 @@ fn the_cached_registry_is_read_again_after_a_hint_about_a_peer_or_a_resync() {
                 .collect::<Vec<_>>(),
         )
     };
-    let load = |names: &[&str]| {
-        let generation = cache.generation();
-        cache.store(generation, rows(names));
-    };
-    assert!(cache.fresh(&hints, hour).is_none(), "nothing read yet");
-    load(&["bob"]);
-    assert_eq!(cache.fresh(&hints, hour), Some(rows(&["bob"])));
-    hints.send(Hint::Inbox { personality: "bob".into() }).unwrap();
-    assert!(cache.fresh(&hints, hour).is_some(), "an inbox changes no peer");
-    hints.send(Hint::Peer { personality: "cyd".into() }).unwrap();
-    assert!(cache.fresh(&hints, hour).is_none());
-    // A read that began before a hint is not kept after it.
+    assert!(cache.fresh(hour).is_none(), "nothing read yet");
+    cache.store(cache.generation(), rows(&["bob"]));
+    assert_eq!(cache.fresh(hour), Some(rows(&["bob"])));
+    // A peer hint or a resync while a read was under way: that read is
+    // not kept.
     let generation = cache.generation();
-    hints.send(Hint::Roster).unwrap();
-    assert!(cache.fresh(&hints, hour).is_none(), "a resync");
+    cache.invalidate();
+    assert!(cache.fresh(hour).is_none());
     cache.store(generation, rows(&["bob"]));
-    assert!(cache.fresh(&hints, hour).is_none());
-    load(&["bob", "cyd"]);
-    for n in 0..10 {
-        hints.send(Hint::Inbox { personality: format!("p{n}") }).unwrap();
-    }
-    assert!(cache.fresh(&hints, hour).is_none(), "hints missed (lagged) may have named a peer");
-    load(&["bob"]);
-    assert!(cache.fresh(&hints, Duration::ZERO).is_none(), "older than resync_every");
+    assert!(cache.fresh(hour).is_none(), "read before the change");
+    cache.store(cache.generation(), rows(&["bob", "cyd"]));
+    assert_eq!(cache.fresh(hour), Some(rows(&["bob", "cyd"])));
+    assert!(cache.fresh(Duration::ZERO).is_none(), "older than resync_every");
 }
 
 #[test]

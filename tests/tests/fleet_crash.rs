@@ -1,0 +1,336 @@
+//! Several hosts on one PostgreSQL database (spec 80), under crashes and
+//! upgrades: a daemon killed inside the transaction of each kind of change
+//! (scenario 4), killed at random while clients work across two hosts (the
+//! crash loop), and a rolling upgrade with an expand and a contract step
+//! (scenario 7). After each, the invariants of scenario 5 hold.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use memoryd_e2e::*;
+use memoryd_store_pg::testkit::{Cluster, invariants, mailbox_ids};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// One host of the fleet: its own root and fleet map, the shared schema.
+struct Host {
+    root: Root,
+    names: Vec<String>,
+    _dirs: Vec<PathBuf>,
+}
+
+fn host(cluster: &Cluster, schema: &str, host_id: &str, names: &[&str]) -> Host {
+    let root = Root::bare();
+    root.write_config(&format!(
+        "mcp_port = 0\n\
+         [presence]\ninbox_capacity = 100000\npeer_send_rate = 100000\nhistory_max = 100000\nsweep_every = \"500ms\"\n\
+         [store]\nbackend = \"postgres\"\n\
+         [postgres]\nurl = \"{}\"\nschema = \"{schema}\"\nhost_id = \"{host_id}\"\ncall_timeout = \"3s\"\n",
+        cluster.url()
+    ));
+    let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
+    let peers: Vec<(&str, &std::path::Path, &[&str])> =
+        names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
+    root.write_fleet_map(&peers);
+    Host { root, names: names.iter().map(|n| (*n).to_owned()).collect(), _dirs: dirs }
+}
+
+impl Host {
+    /// A daemon, once its store is up and its map published.
+    fn start(&self, env: &[(&str, &str)]) -> Daemon {
+        let mut daemon = self.root.spawn_daemon_with(|cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        });
+        daemon.wait_ready(&self.root);
+        let up = eventually_within(Duration::from_secs(20), || {
+            self.request("host.status", json!({}))["result"]["store"]["state"] == "up"
+        });
+        assert!(up, "the store did not come up:\n{}", daemon.log());
+        // Published: the registry has this host's peers.
+        for name in &self.names {
+            let published = eventually_within(Duration::from_secs(10), || {
+                self.request("peer.visible", json!({"personality": name}))["result"].to_string().contains("\"self\"")
+            });
+            assert!(published, "{name} was not published:\n{}", daemon.log());
+        }
+        daemon
+    }
+
+    fn request(&self, method: &str, params: Value) -> Value {
+        match Conn::open(&self.root.socket()) {
+            Ok(mut conn) => {
+                conn.hello();
+                conn.request(method, params)
+            }
+            Err(_) => Value::Null,
+        }
+    }
+}
+
+fn attach(session: &str, node: &str) -> Value {
+    json!({"sessionId": session, "nodeId": node, "clientVersion": "1.0"})
+}
+
+fn check_invariants(cluster: &Cluster, schema: &str) {
+    let broken = invariants(&cluster.url(), schema);
+    assert!(broken.is_empty(), "invariants broken:\n{}", broken.join("\n"));
+}
+
+/// Waits for the daemon's log to say it paused inside a transaction.
+fn paused(daemon: &Daemon) -> bool {
+    eventually_within(Duration::from_secs(10), || daemon.log().contains("paused inside the transaction"))
+}
+
+#[test]
+fn a_daemon_killed_inside_each_kind_of_transaction_leaves_no_partial_change_and_no_lock() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let a = host(&cluster, &schema, "host-a", &["ada", "amy"]);
+    let b = host(&cluster, &schema, "host-b", &["bob"]);
+    let mut b_daemon = Some(b.start(&[]));
+    {
+        let _a = a.start(&[]);
+        assert_eq!(a.request("peer.link", json!({"a": "ada", "b": "bob"}))["result"]["linked"], true, "seed link");
+        let sent = a.request("peer.send", json!({"from": "ada", "to": "bob", "message": "before"}));
+        assert_eq!(sent["result"]["queued"], true, "{sent}");
+    }
+    // Each op runs on a daemon paused inside its transaction (B's for the
+    // ack: bob is B's peer and reads his inbox there), from a thread whose
+    // answer never comes; the daemon is killed there.
+    let ops = ["attach", "link", "send", "ack", "flush"];
+    for op in ops {
+        let on = if op == "ack" { &b } else { &a };
+        if op == "ack" {
+            drop(b_daemon.take());
+        }
+        let mut daemon = on.start(&[("MEMORYD_TEST_PAUSE_IN_TX", op)]);
+        let (method, params) = match op {
+            "attach" => ("runtimenode.attach", attach("s-paused", "claude-ada")),
+            "link" => ("peer.link", json!({"a": "amy", "b": "bob"})),
+            "send" => ("peer.send", json!({"from": "ada", "to": "bob", "message": "paused"})),
+            "ack" => {
+                let leased = b.request("peer.inbox", json!({"personality": "bob", "lease": true}));
+                let ids: Vec<Value> = leased["result"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+                assert!(!ids.is_empty(), "{leased}");
+                ("peer.ack", json!({"personality": "bob", "ids": ids}))
+            }
+            // The flush is the sweep's: an attached session's kept beats.
+            _ => ("runtimenode.attach", attach("s-flush", "claude-amy")),
+        };
+        let socket = on.root.socket();
+        std::thread::spawn(move || {
+            if let Ok(mut conn) = Conn::open(&socket) {
+                conn.hello();
+                conn.request(method, params);
+                if method == "runtimenode.attach" {
+                    conn.request("runtimenode.heartbeat", json!({"nodeId": "claude-amy", "sessionId": "s-flush"}));
+                }
+            }
+        });
+        assert!(paused(&daemon), "{op}: the daemon never paused inside its transaction:\n{}", daemon.log());
+        daemon.signal(Signal::SIGKILL);
+        daemon.wait_exit(Duration::from_secs(5));
+        // Nothing of the change is visible, and nothing it locked stays
+        // locked: the same change by a fresh daemon goes through at once.
+        let fresh = on.start(&[]);
+        let took = Instant::now();
+        match op {
+            "attach" => {
+                let roster = a.request("runtimenode.roster", json!({}));
+                assert!(
+                    !roster.to_string().contains("s-paused"),
+                    "attach: the killed transaction's session is visible: {roster}"
+                );
+                let r = a.request("runtimenode.attach", attach("s-after", "claude-ada"));
+                assert!(r.get("result").is_some(), "attach after the kill: {r}");
+            }
+            "link" => {
+                let v = b.request("peer.visible", json!({"personality": "bob"}));
+                assert!(!v.to_string().contains("\"amy\""), "link: the killed link is visible: {v}");
+                let r = a.request("peer.link", json!({"a": "amy", "b": "bob"}));
+                assert_eq!(r["result"]["linked"], true, "{r}");
+            }
+            "send" => {
+                let inbox = b.request("peer.inbox", json!({"personality": "bob"}));
+                assert!(!inbox.to_string().contains("\"paused\""), "send: the killed send is visible: {inbox}");
+                let r = a.request("peer.send", json!({"from": "ada", "to": "bob", "message": "after"}));
+                assert_eq!(r["result"]["queued"], true, "{r}");
+            }
+            "ack" => {
+                // The lease lapses (30 s) but the message is still waiting,
+                // never delivered: the ack did not commit.
+                let outbox = a.request("peer.outbox", json!({"personality": "ada"}));
+                assert!(!outbox.to_string().contains("delivered"), "ack: the killed ack is visible: {outbox}");
+            }
+            _ => {
+                let r = a.request("runtimenode.heartbeat", json!({"nodeId": "claude-amy"}));
+                assert!(r.get("result").is_some() || r.get("error").is_some(), "{r}");
+            }
+        }
+        assert!(
+            took.elapsed() < Duration::from_secs(3),
+            "{op}: a lock outlived the killed daemon ({:?})",
+            took.elapsed()
+        );
+        check_invariants(&cluster, &schema);
+        if op == "ack" {
+            b_daemon = Some(fresh);
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift), seeded per run and printed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+#[test]
+fn sigkill_at_random_while_two_hosts_link_send_lease_and_ack_loses_and_tears_nothing() {
+    let Some(cluster) = Cluster::start() else { return };
+    let iterations: usize = std::env::var("MEMORYD_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let schema = cluster.fresh_schema();
+    let a = host(&cluster, &schema, "host-a", &["ada", "amy"]);
+    let b = host(&cluster, &schema, "host-b", &["bob", "bea"]);
+    let names = ["ada", "amy", "bob", "bea"];
+    let _b_daemon = b.start(&[]);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut rng = Rng(seed);
+    // Every send a reply confirmed: (recipient, id).
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for iteration in 0..iterations {
+        let mut daemon = a.start(&[]);
+        let stop = AtomicBool::new(false);
+        let worker_seed = rng.next(u64::MAX) | 1;
+        let new = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let mut rng = Rng(worker_seed);
+                let mut acks = Vec::new();
+                let (Ok(mut on_a), Ok(mut on_b)) = (Conn::open(&a.root.socket()), Conn::open(&b.root.socket())) else {
+                    return acks;
+                };
+                on_a.hello();
+                on_b.hello();
+                let session = format!("s{iteration}");
+                while !stop.load(Ordering::Relaxed) {
+                    let (x, y) = (names[rng.next(4) as usize], names[rng.next(4) as usize]);
+                    let reply = match rng.next(5) {
+                        0 => on_a.request("peer.link", json!({"a": x, "b": y})),
+                        1 => on_a.request("peer.unlink", json!({"a": x, "b": y})),
+                        2 => {
+                            let text = format!("i{iteration}-{}", rng.next(1 << 40));
+                            let r = on_a.request("peer.send", json!({"from": x, "to": y, "message": text}));
+                            if let Some(id) = r["result"]["id"].as_str() {
+                                acks.push((y.to_owned(), id.to_owned()));
+                            }
+                            r
+                        }
+                        3 => on_a.request(
+                            "runtimenode.attach",
+                            attach(&session, &format!("claude-{}", names[rng.next(2) as usize])),
+                        ),
+                        _ => {
+                            // B's peers read their inboxes on B.
+                            let p = names[2 + rng.next(2) as usize];
+                            let r = on_b.request("peer.inbox", json!({"personality": p, "lease": true}));
+                            let ids: Vec<Value> =
+                                r["result"].as_array().into_iter().flatten().map(|m| m["id"].clone()).collect();
+                            if !ids.is_empty() {
+                                on_b.request("peer.ack", json!({"personality": p, "ids": ids}));
+                            }
+                            r
+                        }
+                    };
+                    if reply.is_null() {
+                        break; // host A died
+                    }
+                }
+                acks
+            });
+            std::thread::sleep(Duration::from_millis(50 + rng.next(400)));
+            daemon.signal(Signal::SIGKILL);
+            daemon.wait_exit(Duration::from_secs(5));
+            stop.store(true, Ordering::Relaxed);
+            worker.join().unwrap()
+        });
+        acked.extend(new);
+        check_invariants(&cluster, &schema);
+    }
+    assert!(!acked.is_empty(), "the crash loop sent nothing (seed {seed})");
+    // Every acknowledged send is waiting, delivered or dropped in its
+    // recipient's mailbox.
+    for p in names {
+        let held: Vec<String> = mailbox_ids(&cluster.url(), &schema, p)
+            .into_iter()
+            .filter(|(b, _)| b == "waiting" || b == "received" || b == "dropped")
+            .map(|(_, id)| id)
+            .collect();
+        for (_, id) in acked.iter().filter(|(to, _)| to == p) {
+            assert!(held.contains(id), "seed {seed}: acknowledged message {id} to {p} was lost");
+        }
+    }
+}
+
+#[test]
+fn a_rolling_upgrade_expands_while_old_hosts_run_and_contracts_once_they_are_gone() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let old = host(&cluster, &schema, "host-old", &["ada"]);
+    let new = host(&cluster, &schema, "host-new", &["bob"]);
+    let extra = [("MEMORYD_TEST_EXTRA_MIGRATIONS", "1")];
+    let mut old_daemon = old.start(&[]);
+    let _new_daemon = new.start(&extra);
+    // Both work on the expanded schema, across hosts.
+    let linked = new.request("peer.link", json!({"a": "ada", "b": "bob"}));
+    let hosts = new.root.ctl(&["fleet", "hosts", "--json"]);
+    assert_eq!(
+        linked["result"]["linked"],
+        true,
+        "{linked}\n{}{}\n{}\n{}",
+        stdout(&hosts),
+        stderr(&hosts),
+        new.request("peer.visible", json!({"personality": "bob"})),
+        old.request("peer.visible", json!({"personality": "ada"}))
+    );
+    let sent = old.request("peer.send", json!({"from": "ada", "to": "bob", "message": "from the old host"}));
+    assert_eq!(sent["result"]["queued"], true, "{sent}");
+    let status = new.request("host.status", json!({}));
+    assert_eq!(status["result"]["store"]["schema"], 2, "{status}");
+    // The contract step is refused while the old host runs, naming it.
+    let contract = |root: &Root| {
+        output_within(
+            root.command(&bins().memoryctl)
+                .env("MEMORYD_TEST_EXTRA_MIGRATIONS", "1")
+                .arg("--root")
+                .arg(&root.paths.root)
+                .args(["fleet", "migrate", "--contract"]),
+            Duration::from_secs(30),
+        )
+    };
+    let refused = contract(&new.root);
+    assert!(!refused.status.success(), "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("host-old"), "the refusal names the old host: {}", stderr(&refused));
+    // Once the old host is gone (a clean stop), it is applied.
+    old_daemon.signal(Signal::SIGTERM);
+    old_daemon.wait_exit(Duration::from_secs(20));
+    let applied = contract(&new.root);
+    assert!(applied.status.success(), "{}{}", stdout(&applied), stderr(&applied));
+    // The old binary no longer uses the store: `incompatible`, and it
+    // still serves what is per host.
+    let mut back = old.root.spawn_daemon();
+    back.wait_ready(&old.root);
+    let incompatible = eventually_within(Duration::from_secs(20), || {
+        old.request("host.status", json!({}))["result"]["store"]["state"] == "incompatible"
+    });
+    assert!(incompatible, "{}", back.log());
+    check_invariants(&cluster, &schema);
+}

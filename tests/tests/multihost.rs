@@ -1,0 +1,276 @@
+//! Several hosts on one fleet database (spec 80), end to end: real daemons
+//! as hosts (separate roots, distinct host ids, one schema, disjoint
+//! personalities, short presence settings) on a throwaway PostgreSQL
+//! cluster. Without a PostgreSQL server the tests skip, saying so
+//! (`MEMORYD_PG_REQUIRED=1`, set by CI, makes that a failure).
+#![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
+
+use memoryd_e2e::*;
+use memoryd_store_pg::testkit::Cluster;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The fleet's presence settings are seeded from the first host's config:
+/// degraded at 2 s, offline at 4 s; each host sweeps every 500 ms.
+const FAST: &str = "[presence]\ndegraded_after = \"2s\"\noffline_after = \"4s\"\nsweep_every = \"500ms\"\n";
+
+/// One host: its root, its peers' folders (claude), its daemon.
+struct Host {
+    root: Root,
+    dirs: Vec<PathBuf>,
+    names: Vec<String>,
+    daemon: Option<Daemon>,
+}
+
+impl Host {
+    /// A host `id` with peers `names` on the fleet database at `url`,
+    /// schema `schema`, its first peer provisioned (shims and surfaces).
+    fn new(url: &str, schema: &str, id: &str, names: &[&str]) -> Host {
+        let root = Root::bare();
+        root.write_config(&format!(
+            "mcp_port = 0\n{FAST}[store]\nbackend = \"postgres\"\n\
+             [postgres]\nurl = {url:?}\nhost_id = {id:?}\nschema = {schema:?}\nconnect_timeout = \"1s\"\n"
+        ));
+        let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
+        let peers: Vec<(&str, &Path, &[&str])> =
+            names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
+        root.write_fleet_map(&peers);
+        let out = root.ctl(&[
+            "provision-peer",
+            "--cwd",
+            dirs[0].to_str().unwrap(),
+            "--runtime",
+            "claude",
+            "--personality",
+            names[0],
+        ]);
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        Host { root, dirs, names: names.iter().map(|n| (*n).to_owned()).collect(), daemon: None }
+    }
+
+    fn start(&mut self) {
+        self.start_with(|_| {});
+    }
+
+    fn start_with(&mut self, setup: impl FnOnce(&mut Command)) {
+        let mut daemon = self.root.spawn_daemon_with(setup);
+        daemon.wait_ready(&self.root);
+        self.daemon = Some(daemon);
+    }
+
+    fn log(&self) -> String {
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.root.ctl(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}{}", stdout(&out), stderr(&out)))
+    }
+
+    fn store_state(&self) -> String {
+        self.status()["store"]["state"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// Waits until this host's store is `up`.
+    fn wait_up(&self) {
+        assert!(
+            eventually_within(Duration::from_secs(20), || self.store_state() == "up"),
+            "the store never came up: {}\n{}",
+            self.status(),
+            self.log()
+        );
+    }
+
+    /// Runs this host's `hook` shim for its first peer, as Claude would;
+    /// its stdout (the shim must exit 0).
+    fn hook(&self, event: &str, session: &str) -> (String, Duration) {
+        let shim = self.root.paths.hooks_dir.join(format!("memoryd.claude.{event}.sh"));
+        let started = Instant::now();
+        let mut child = self
+            .root
+            .command(Path::new("/bin/sh"))
+            .arg(shim)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = json!({"session_id": session, "cwd": self.dirs[0], "hook_event_name": "x"}).to_string();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = wait_within(&mut child, CHILD_LIMIT);
+        assert_eq!(out.status.code(), Some(0), "a hook always exits 0: {}", stderr(&out));
+        (stdout(&out), started.elapsed())
+    }
+
+    fn roster_row(&self, node: &str) -> Option<Value> {
+        let out = self.root.ctl(&["peers", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["nodes"].as_array()?.iter().find(|r| r["nodeId"] == node).cloned()
+    }
+
+    fn visible(&self, personality: &str) -> Vec<String> {
+        let out = self.root.ctl(&["peer", "visible", personality, "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array().into_iter().flatten().filter_map(|r| r["personality"].as_str().map(str::to_owned)).collect()
+    }
+
+    fn attach(&self, session: &str) -> std::process::Output {
+        let node = format!("claude-{}", self.names[0]);
+        self.root.ctl(&["attach", "--node", &node, "--session", session, "--client-version", "1.0"])
+    }
+}
+
+/// A cluster and a fresh schema, or None (the test skips) without a server.
+fn fleet_db() -> Option<(Cluster, String)> {
+    let cluster = Cluster::start()?;
+    let schema = cluster.fresh_schema();
+    Some((cluster, schema))
+}
+
+fn error_kind(out: &std::process::Output) -> Option<String> {
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["error"]["kind"].as_str().map(str::to_owned)
+}
+
+/// (1) A peer of host A and a peer of host B, linked from host C, see each
+/// other; A sends; B's prompt-submit hook prints the message and acks it.
+#[test]
+fn peers_of_two_hosts_link_from_a_third_see_each_other_and_message() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut hosts: Vec<Host> = [("host-a", "ada"), ("host-b", "bob"), ("host-c", "cyd")]
+        .iter()
+        .map(|(id, p)| Host::new(&url, &schema, id, &[p]))
+        .collect();
+    for host in &mut hosts {
+        host.start();
+    }
+    for host in &hosts {
+        host.wait_up();
+    }
+    let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+    // The registry knows ada and bob once their hosts published.
+    let linked =
+        eventually_within(Duration::from_secs(10), || c.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
+    assert!(linked, "{}\n{}", stderr(&c.root.ctl(&["peer", "link", "ada", "bob"])), c.log());
+    assert!(eventually(|| a.visible("ada").contains(&"bob".to_owned())), "{:?}\n{}", a.visible("ada"), a.log());
+    assert!(eventually(|| b.visible("bob").contains(&"ada".to_owned())), "{:?}\n{}", b.visible("bob"), b.log());
+    let sent = a.root.ctl(&["peer", "send", "--from", "ada", "bob", "hello from host a"]);
+    assert!(sent.status.success(), "{}{}", stderr(&sent), a.log());
+    let (printed, _) = b.hook("prompt-submit", "s1");
+    assert!(printed.contains("hello from host a"), "{printed:?}\n{}", b.log());
+    assert_eq!(b.hook("prompt-submit", "s1").0, "", "delivered once, then acknowledged");
+    assert!(stdout(&b.root.ctl(&["peer", "inbox", "bob"])).contains("no message waits"));
+}
+
+/// (2) Two hosts publishing one personality: the second host's sessions
+/// are refused with peer.name_taken, and its verify warns.
+#[test]
+fn a_personality_published_by_two_hosts_is_the_first_ones() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut first = Host::new(&url, &schema, "host-a", &["ada"]);
+    first.start();
+    first.wait_up();
+    let attached = first.attach("s1");
+    assert!(attached.status.success(), "{}\n{}", stderr(&attached), first.log());
+    let mut second = Host::new(&url, &schema, "host-b", &["ada"]);
+    second.start();
+    second.wait_up();
+    let out =
+        second.root.ctl(&["--json", "attach", "--node", "claude-ada", "--session", "s2", "--client-version", "1.0"]);
+    assert!(!out.status.success());
+    assert_eq!(error_kind(&out).as_deref(), Some("peer.name_taken"), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("host-a") || stderr(&out).contains("host-a"), "names the owner");
+    let verify: Value = serde_json::from_slice(&second.root.ctl(&["verify", "--json"]).stdout).unwrap();
+    let warned =
+        verify["checks"].as_array().unwrap().iter().any(|c| {
+            c["name"] == "store" && c["status"] == "warn" && c["detail"].as_str().unwrap_or("").contains("ada")
+        });
+    assert!(warned, "{verify}");
+}
+
+/// (6) The database down at start: the daemons start and serve, the store
+/// shows down, an attach answers store.unavailable at once and hooks exit
+/// 0 in time; once the server starts, the store comes up. A restart
+/// mid-life: back up, and a change made during the gap reaches the other
+/// host after its resync.
+#[test]
+fn the_database_down_at_start_and_restarted_mid_life() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    cluster.stop();
+    let mut a = Host::new(&url, &schema, "host-a", &["ada"]);
+    let mut b = Host::new(&url, &schema, "host-b", &["bob"]);
+    a.start();
+    b.start();
+    let status = a.status();
+    assert_eq!(status["store"]["backend"], "postgres", "{status}");
+    assert!(eventually(|| ["down", "connecting"].contains(&a.store_state().as_str())), "{}", a.status());
+    let asked = Instant::now();
+    let out = a.root.ctl(&["--json", "attach", "--node", "claude-ada", "--session", "s1", "--client-version", "1.0"]);
+    assert!(!out.status.success());
+    assert_eq!(error_kind(&out).as_deref(), Some("store.unavailable"), "{}{}", stdout(&out), stderr(&out));
+    assert!(asked.elapsed() < Duration::from_secs(2), "answered at once: {:?}", asked.elapsed());
+    let (printed, took) = a.hook("prompt-submit", "s1");
+    assert_eq!(printed, "");
+    assert!(took < Duration::from_secs(3), "within the hook's budget: {took:?}");
+    let (_, took) = a.hook("session-end", "s1");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    cluster.start_again();
+    a.wait_up();
+    b.wait_up();
+    assert!(a.attach("s1").status.success(), "{}", a.log());
+
+    cluster.restart();
+    a.wait_up();
+    let linked =
+        eventually_within(Duration::from_secs(10), || a.root.ctl(&["peer", "link", "ada", "bob"]).status.success());
+    assert!(linked, "{}", a.log());
+    b.wait_up();
+    assert!(
+        eventually_within(Duration::from_secs(20), || b.visible("bob").contains(&"ada".to_owned())),
+        "{:?}\n{}",
+        b.visible("bob"),
+        b.log()
+    );
+}
+
+/// (8) A host whose clock is 300 s ahead changes no threshold: its
+/// session is online at once, degraded after about 2 s and offline after
+/// about 4 s, as the other host sees it.
+#[test]
+fn a_host_clock_300_s_ahead_changes_no_threshold() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut ahead = Host::new(&url, &schema, "host-a", &["ada"]);
+    let mut other = Host::new(&url, &schema, "host-b", &["bob"]);
+    ahead.start_with(|c| {
+        c.env("MEMORYD_TEST_CLOCK_OFFSET_MS", "300000");
+    });
+    other.start();
+    ahead.wait_up();
+    other.wait_up();
+    let attached = Instant::now();
+    let out = ahead.attach("s1");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), ahead.log());
+    let state = |host: &Host| host.roster_row("claude-ada").map(|r| r["state"].as_str().unwrap_or("").to_owned());
+    assert!(
+        eventually_within(Duration::from_secs(5), || state(&other).as_deref() == Some("online")),
+        "{:?}\n{}",
+        other.roster_row("claude-ada"),
+        other.log()
+    );
+    let online_for = attached.elapsed();
+    assert!(online_for < Duration::from_millis(1900), "online at once, not aged by 300 s: {online_for:?}");
+    assert!(eventually_within(Duration::from_secs(10), || state(&other).as_deref() == Some("degraded")));
+    let degraded = attached.elapsed();
+    assert!(eventually_within(Duration::from_secs(10), || state(&other).as_deref() == Some("offline")));
+    let offline = attached.elapsed();
+    assert!(degraded >= Duration::from_millis(1500) && degraded < Duration::from_secs(8), "{degraded:?}");
+    assert!(offline >= Duration::from_millis(3500) && offline < Duration::from_secs(12), "{offline:?}");
+    assert_eq!(state(&ahead).as_deref(), Some("offline"), "both hosts agree");
+}
