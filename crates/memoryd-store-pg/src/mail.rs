@@ -10,6 +10,12 @@
 //! them in place, so new rows (new `seq`) keep the order. An item's `id` is
 //! its message id (the dropped id, the send time); the n-th repeat of one
 //! within a box gets `#n` (two sends in one millisecond).
+//!
+//! Every lock order of spec 80 holds but one: a send also locks its
+//! sender's row (its history and send times change with the recipients'
+//! inboxes), and an acknowledgement its receipt's recipient's. All of them
+//! are taken in one statement, in name order, which keeps two sends in
+//! opposite directions from deadlocking.
 
 use crate::db::{Db, Failure};
 use crate::links;
