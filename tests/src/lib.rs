@@ -617,3 +617,25 @@ pub fn mcp_tool(port: u16, identity: &str, tool: &str, arguments: Value) -> (boo
     assert!(result.is_object(), "{tool}: {v}");
     (result["isError"] == true, result["content"][0]["text"].as_str().unwrap_or("").to_owned())
 }
+
+/// A fake agent: a non-shell process that runs a session-start `shim`
+/// with `input` on stdin the way Claude Code does, then stays alive (its
+/// pid is the one the hook records); killed when dropped.
+pub fn fake_agent(root: &Root, shim: &Path, input: &str) -> Reaped {
+    let script = "import subprocess, sys, time\n\
+                  subprocess.run(['/bin/sh', sys.argv[1]], input=sys.argv[2].encode(), stdout=subprocess.DEVNULL)\n\
+                  print('hooked', flush=True)\n\
+                  time.sleep(300)\n";
+    let mut child = Reaped(
+        root.command(Path::new("/usr/bin/env"))
+            .args(["python3", "-c", script])
+            .arg(shim)
+            .arg(input)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Lines::new(child.stdout.take().unwrap());
+    assert_eq!(lines.next_within(CHILD_LIMIT, "the fake agent"), "hooked");
+    child
+}

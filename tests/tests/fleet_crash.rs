@@ -6,7 +6,7 @@
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
 use memoryd_e2e::*;
-use memoryd_store_pg::testkit::{Cluster, invariants, mailbox_ids};
+use memoryd_store_pg::testkit::{Cluster, Proxy, event_count, invariants, mailbox_ids};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -17,23 +17,31 @@ use std::time::{Duration, Instant};
 struct Host {
     root: Root,
     names: Vec<String>,
-    _dirs: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
 }
 
 fn host(cluster: &Cluster, schema: &str, host_id: &str, names: &[&str]) -> Host {
+    // A generous call deadline: two cores run several test processes.
+    host_at(&cluster.url(), schema, host_id, names, "3s")
+}
+
+/// A host reaching the server at `url` (through a proxy, say). The first
+/// host started seeds the fleet's settings: sessions degrade after 2 s of
+/// silence and go offline after 4 s.
+fn host_at(url: &str, schema: &str, host_id: &str, names: &[&str], call_timeout: &str) -> Host {
     let root = Root::bare();
     root.write_config(&format!(
         "mcp_port = 0\n\
          [presence]\ninbox_capacity = 100000\npeer_send_rate = 100000\nhistory_max = 100000\nsweep_every = \"500ms\"\n\
+         degraded_after = \"2s\"\noffline_after = \"4s\"\n\
          [store]\nbackend = \"postgres\"\n\
-         [postgres]\nurl = \"{}\"\nschema = \"{schema}\"\nhost_id = \"{host_id}\"\ncall_timeout = \"3s\"\n",
-        cluster.url()
+         [postgres]\nurl = \"{url}\"\nschema = \"{schema}\"\nhost_id = \"{host_id}\"\ncall_timeout = \"{call_timeout}\"\n"
     ));
     let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
     let peers: Vec<(&str, &std::path::Path, &[&str])> =
         names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
     root.write_fleet_map(&peers);
-    Host { root, names: names.iter().map(|n| (*n).to_owned()).collect(), _dirs: dirs }
+    Host { root, names: names.iter().map(|n| (*n).to_owned()).collect(), dirs }
 }
 
 impl Host {
@@ -332,5 +340,110 @@ fn a_rolling_upgrade_expands_while_old_hosts_run_and_contracts_once_they_are_gon
         old.request("host.status", json!({}))["result"]["store"]["state"] == "incompatible"
     });
     assert!(incompatible, "{}", back.log());
+    check_invariants(&cluster, &schema);
+}
+
+impl Host {
+    /// The hook shim of `event` for this host's claude peers.
+    fn shim(&self, event: &str) -> PathBuf {
+        self.root.paths.hooks_dir.join(format!("memoryd.claude.{event}.sh"))
+    }
+
+    /// The hook input of peer `i`'s session.
+    fn hook_input(&self, i: usize, session: &str) -> String {
+        json!({"session_id": session, "cwd": self.dirs[i], "hook_event_name": "x", "source": "startup"}).to_string()
+    }
+
+    /// Runs a hook from an agent process (not a shell, which the hook
+    /// would look past) that has exited by the time anyone probes the
+    /// recorded pid: a session with no live process. The hook's exit code
+    /// and time.
+    fn hook(&self, event: &str, i: usize, session: &str) -> (Option<i32>, Duration) {
+        let script = "import subprocess, sys\n\
+                      sys.exit(subprocess.run(['/bin/sh', sys.argv[1]], input=sys.argv[2].encode(),\n\
+                      stdout=subprocess.DEVNULL).returncode)\n";
+        let started = Instant::now();
+        let mut child = self
+            .root
+            .command(std::path::Path::new("/usr/bin/env"))
+            .args(["python3", "-c", script])
+            .arg(self.shim(event))
+            .arg(self.hook_input(i, session))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = wait_within(&mut child, CHILD_LIMIT);
+        (out.status.code(), started.elapsed())
+    }
+
+    /// The state of `node` in this host's roster of the fleet.
+    fn state_of(&self, node: &str) -> String {
+        let roster = self.request("runtimenode.roster", json!({}));
+        roster["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["nodeId"] == node)
+            .and_then(|r| r["state"].as_str())
+            .unwrap_or("none")
+            .to_owned()
+    }
+}
+
+#[test]
+fn a_partitioned_host_goes_degraded_then_offline_its_hooks_stay_quick_and_its_live_sessions_come_back() {
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let proxy = Proxy::start(cluster.port);
+    let a = host(&cluster, &schema, "host-a", &["ada"]);
+    // The default call deadline, which keeps a hook within its budget.
+    let b = host_at(&proxy.url(), &schema, "host-b", &["bob", "bea"], "800ms");
+    let _a_daemon = a.start(&[]);
+    let b_daemon = b.start(&[]);
+    // bob's session runs in a live agent; bea's hook ran from a shell that
+    // is gone.
+    let _agent = fake_agent(&b.root, &b.shim("session-start"), &b.hook_input(0, "s-bob"));
+    assert_eq!(b.hook("session-start", 1, "s-bea").0, Some(0));
+    let (bob, bea) = ("claude-bob", "claude-bea");
+    assert!(
+        eventually(|| a.state_of(bob) == "online" && a.state_of(bea) == "online"),
+        "host A sees B's sessions online: {} {}\n{}",
+        a.state_of(bob),
+        a.state_of(bea),
+        b_daemon.log()
+    );
+    proxy.pause();
+    // Throughout the partition, B's hooks fail open within their budgets.
+    for _ in 0..3 {
+        let (code, took) = b.hook("prompt-submit", 1, "s-bea");
+        assert_eq!(code, Some(0));
+        assert!(took < Duration::from_secs(2), "prompt-submit took {took:?} during the partition");
+        let (code, took) = b.hook("session-end", 1, "s-other");
+        assert_eq!(code, Some(0));
+        assert!(took < Duration::from_secs(1), "session-end took {took:?} during the partition");
+    }
+    // A's roster: B's nodes degraded, then offline, each once.
+    for node in [bob, bea] {
+        assert!(
+            eventually_within(Duration::from_secs(15), || a.state_of(node) == "offline"),
+            "{node} never went offline on A: {}",
+            a.state_of(node)
+        );
+        for event in ["runtime_node.degraded", "runtime_node.offline"] {
+            assert_eq!(event_count(&cluster.url(), &schema, event, node), 1, "{event} of {node}");
+        }
+    }
+    proxy.resume();
+    // bob's process lives: back online without a hook. bea's does not: it
+    // stays offline until its next hook.
+    assert!(
+        eventually_within(Duration::from_secs(20), || a.state_of(bob) == "online"),
+        "bob did not come back: {}\n{}",
+        a.state_of(bob),
+        b_daemon.log()
+    );
+    assert_eq!(a.state_of(bea), "offline");
+    assert_eq!(b.hook("prompt-submit", 1, "s-bea").0, Some(0));
+    assert!(eventually(|| a.state_of(bea) == "online"), "bea after its hook: {}", a.state_of(bea));
     check_invariants(&cluster, &schema);
 }

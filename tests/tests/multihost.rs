@@ -116,6 +116,11 @@ impl Host {
         v.as_array().into_iter().flatten().filter_map(|r| r["personality"].as_str().map(str::to_owned)).collect()
     }
 
+    /// The first peer's fragment as this host last rendered it.
+    fn fragment(&self) -> String {
+        std::fs::read_to_string(self.dirs[0].join(".iapeer/fragments/memoryd.md")).unwrap_or_default()
+    }
+
     fn attach(&self, session: &str) -> std::process::Output {
         let node = format!("claude-{}", self.names[0]);
         self.root.ctl(&["attach", "--node", &node, "--session", session, "--client-version", "1.0"])
@@ -157,12 +162,18 @@ fn peers_of_two_hosts_link_from_a_third_see_each_other_and_message() {
     assert!(linked, "{}\n{}", stderr(&c.root.ctl(&["peer", "link", "ada", "bob"])), c.log());
     assert!(eventually(|| a.visible("ada").contains(&"bob".to_owned())), "{:?}\n{}", a.visible("ada"), a.log());
     assert!(eventually(|| b.visible("bob").contains(&"ada".to_owned())), "{:?}\n{}", b.visible("bob"), b.log());
+    // bob's fragment, rendered by host B, lists ada (on host A) once linked.
+    assert!(eventually(|| b.fragment().contains("`ada`")), "{}\n{}", b.fragment(), b.log());
     let sent = a.root.ctl(&["peer", "send", "--from", "ada", "bob", "hello from host a"]);
     assert!(sent.status.success(), "{}{}", stderr(&sent), a.log());
+    // Host B hears of the send (a notification) and re-renders the count.
+    let waits = |text: &str| b.fragment().contains(text);
+    assert!(eventually_within(Duration::from_secs(3), || waits("1 message waits")), "{}", b.fragment());
     let (printed, _) = b.hook("prompt-submit", "s1");
     assert!(printed.contains("hello from host a"), "{printed:?}\n{}", b.log());
     assert_eq!(b.hook("prompt-submit", "s1").0, "", "delivered once, then acknowledged");
     assert!(stdout(&b.root.ctl(&["peer", "inbox", "bob"])).contains("no message waits"));
+    assert!(eventually_within(Duration::from_secs(3), || waits("None waiting.")), "{}", b.fragment());
 }
 
 /// (2) Two hosts publishing one personality: the second host's sessions
@@ -254,6 +265,15 @@ fn a_host_clock_300_s_ahead_changes_no_threshold() {
     other.start();
     ahead.wait_up();
     other.wait_up();
+    let skew = |host: &Host| host.status()["store"]["clockSkewMs"].as_i64().unwrap();
+    assert!((299_000..301_000).contains(&skew(&ahead)), "{}", ahead.status());
+    assert!(skew(&other).abs() < 1000, "{}", other.status());
+    let verify: Value = serde_json::from_slice(&ahead.root.ctl(&["verify", "--json"]).stdout).unwrap();
+    let warned =
+        verify["checks"].as_array().unwrap().iter().any(|c| {
+            c["name"] == "store" && c["status"] == "warn" && c["detail"].as_str().unwrap_or("").contains("clock")
+        });
+    assert!(warned, "{verify}");
     let attached = Instant::now();
     let out = ahead.attach("s1");
     assert!(out.status.success(), "{}\n{}", stderr(&out), ahead.log());
@@ -273,4 +293,69 @@ fn a_host_clock_300_s_ahead_changes_no_threshold() {
     assert!(degraded >= Duration::from_millis(1500) && degraded < Duration::from_secs(8), "{degraded:?}");
     assert!(offline >= Duration::from_millis(3500) && offline < Duration::from_secs(12), "{offline:?}");
     assert_eq!(state(&ahead).as_deref(), Some("offline"), "both hosts agree");
+}
+
+/// The operator's fleet commands need no daemon: hosts, settings shown and
+/// changed, a release, a store import's dry run; a database that is down
+/// is one sentence naming its URL.
+#[test]
+fn the_fleet_commands_work_without_a_daemon() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut a = Host::new(&url, &schema, "host-a", &["ada"]);
+    a.start();
+    a.wait_up();
+    let verify: Value = serde_json::from_slice(&a.root.ctl(&["verify", "--json"]).stdout).unwrap();
+    let store = verify["checks"].as_array().unwrap().iter().find(|c| c["name"] == "store").cloned().unwrap();
+    assert_eq!(store["status"], "ok", "{verify}");
+    assert!(store["detail"].as_str().unwrap().contains("127.0.0.1"), "{store}");
+    // Host B has no daemon running: its memoryctl reaches the database itself.
+    let b = Host::new(&url, &schema, "host-b", &["bob"]);
+    let ok = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = b.root.ctl(&all);
+        assert!(out.status.success(), "memoryctl {args:?}: {}{}", stdout(&out), stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let hosts = ok(&["fleet", "hosts"]);
+    let host_a = hosts.as_array().unwrap().iter().find(|h| h["host"] == "host-a").cloned();
+    let host_a = host_a.unwrap_or_else(|| panic!("{hosts}"));
+    assert_eq!((host_a["up"].clone(), host_a["peers"].clone()), (json!(true), json!(["ada"])), "{hosts}");
+    assert!(stdout(&b.root.ctl(&["fleet", "hosts"])).contains("host-a"));
+    assert_eq!(ok(&["fleet", "settings"])["degradedAfter"], "2s");
+    ok(&["fleet", "settings", "--inbox-capacity", "5"]);
+    assert_eq!(ok(&["fleet", "settings"])["inboxCapacity"], 5);
+    let import = ok(&["store", "import"]);
+    assert_eq!(import["applied"], false, "{import}");
+    let usage = b.root.ctl(&["fleet", "migrate"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    assert_eq!(ok(&["fleet", "release", "ada"])["wasPresent"], true);
+    drop(a);
+    cluster.stop();
+    let down = b.root.ctl(&["fleet", "hosts"]);
+    assert!(!down.status.success());
+    let said = stderr(&down);
+    assert!(said.contains("fleet database") && said.contains("127.0.0.1"), "{said}");
+}
+
+/// A host's own peers are in the registry as soon as its store is up:
+/// a link made at once does not miss them (the map is published before
+/// the registry is read, whatever the order of the reconnect's tasks).
+#[test]
+fn a_link_made_as_the_store_comes_up_finds_the_hosts_own_peers() {
+    let Some((cluster, schema)) = fleet_db() else { return };
+    let url = cluster.url();
+    let mut old = Host::new(&url, &schema, "host-old", &["ada"]);
+    let mut new = Host::new(&url, &schema, "host-new", &["bob"]);
+    old.start();
+    old.wait_up();
+    new.start();
+    new.wait_up();
+    let out = new.root.ctl(&["peer", "link", "ada", "bob"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), new.log());
+    // The other host's copy of the registry follows the notification; the
+    // send is checked in its own transaction either way.
+    let sent = old.root.ctl(&["peer", "send", "--from", "ada", "bob", "right away"]);
+    assert!(sent.status.success(), "{}\n{}", stderr(&sent), old.log());
 }

@@ -35,27 +35,6 @@ fn run_hook(root: &Root, event: &str, input: &str) -> (Option<i32>, String, Dura
     (out.status.code(), stdout(&out), started.elapsed())
 }
 
-/// A fake agent: a non-shell process that runs the session-start hook the
-/// way Claude Code does, then stays alive.
-fn fake_agent(root: &Root, input: &str) -> Reaped {
-    let script = "import subprocess, sys, time\n\
-                  subprocess.run(['/bin/sh', sys.argv[1]], input=sys.argv[2].encode(), stdout=subprocess.DEVNULL)\n\
-                  print('hooked', flush=True)\n\
-                  time.sleep(300)\n";
-    let mut child = Reaped(
-        root.command(Path::new("/usr/bin/env"))
-            .args(["python3", "-c", script])
-            .arg(shim(root, "session-start"))
-            .arg(input)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let lines = Lines::new(child.stdout.take().unwrap());
-    assert_eq!(lines.next_within(CHILD_LIMIT, "the fake agent"), "hooked");
-    child
-}
-
 /// `memoryctl attach` of boris's claude node, session s1, version 1.0.
 fn attach_boris(root: &Root) {
     let out = root.ctl(&["attach", "--node", "claude-boris", "--session", "s1", "--client-version", "1.0"]);
@@ -76,7 +55,7 @@ fn row(root: &Root, node: &str) -> Option<Value> {
 fn a_hooked_agent_is_online_and_after_it_dies_degraded_then_offline() {
     let (root, boris) = wired_root(FAST);
     let daemon = root.start_daemon();
-    let mut agent = fake_agent(&root, &hook_json("s1", &boris, "SessionStart"));
+    let mut agent = fake_agent(&root, &shim(&root, "session-start"), &hook_json("s1", &boris, "SessionStart"));
     let r = row(&root, "claude-boris").unwrap_or_else(|| panic!("not attached:\n{}", daemon.log()));
     assert_eq!(r["state"], "online", "{r}");
     assert_eq!(r["sessionId"], "s1");

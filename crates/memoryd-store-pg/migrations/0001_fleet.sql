@@ -91,7 +91,11 @@ CREATE TABLE events (
   host_id TEXT NOT NULL,
   event TEXT NOT NULL,
   node_id TEXT,
-  body JSONB NOT NULL);
+  body JSONB NOT NULL,
+  -- The writing transaction's start, by the database's clock: a follower
+  -- waits at a gap in seq (a transaction still open) until the row after
+  -- it is older than any transaction lives.
+  written_at TIMESTAMPTZ NOT NULL DEFAULT now());
 CREATE INDEX idx_events_node ON events(node_id, seq) WHERE node_id IS NOT NULL;
 CREATE INDEX idx_events_ts ON events(ts);
 

@@ -4,7 +4,8 @@
 //! A row's `body` is the event as the domain made it (serde JSON, its
 //! times in the writing host's clock, as its caller saw them); `ts` is the
 //! event's time too and serves pruning only. A [`Cursor`] stands after a
-//! `seq` (`log` is always 0: there is one log).
+//! `seq` (`log` is always 0: there is one log) below which no open
+//! transaction can still add an event.
 
 use crate::db::{Db, Failure};
 use memoryd_core::presence::Event;
@@ -66,8 +67,59 @@ fn decode(rows: Vec<tokio_postgres::Row>) -> Result<(Vec<Event>, u64), Failure> 
     Ok((events, last))
 }
 
+/// How long a transaction may live at most (a call's deadline, the
+/// server's statement and idle-in-transaction timeouts, with margin): a
+/// gap in `seq` older than this is a rolled-back insert, never a late one.
+const LONGEST_TRANSACTION: &str = "15 seconds";
+
+/// The rows after `after`, in seq order, cut before the first gap that a
+/// transaction still open may fill: identity values are taken at insert
+/// and committed in any order, so a follower that moved past a gap could
+/// miss the event that lands in it. The cursor after them.
+async fn settled_after(
+    client: &impl tokio_postgres::GenericClient,
+    after: i64,
+) -> Result<(Vec<tokio_postgres::Row>, i64), Failure> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT seq, body, node_id, now() - written_at > interval '{LONGEST_TRANSACTION}'
+                   FROM events WHERE seq > $1 ORDER BY seq"
+            ),
+            &[&after],
+        )
+        .await?;
+    let mut cursor = after;
+    let mut settled = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get(0)?;
+        let old: bool = row.try_get(3)?;
+        if seq != cursor + 1 && !old {
+            break;
+        }
+        cursor = seq;
+        settled.push(row);
+    }
+    Ok((settled, cursor))
+}
+
+fn of_node(rows: Vec<tokio_postgres::Row>, node: Option<&str>) -> Result<Vec<tokio_postgres::Row>, Failure> {
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        let of: Option<String> = row.try_get(2)?;
+        if node.is_none() || of.as_deref() == node {
+            kept.push(row);
+        }
+    }
+    Ok(kept)
+}
+
+fn cursor_at(seq: i64) -> Cursor {
+    Cursor { log: 0, at: u64::try_from(seq).unwrap_or(0) }
+}
+
 /// The last `limit` events (of `node`, or all), oldest first, and the
-/// cursor after the newest event of the whole log.
+/// cursor after the newest one that no open transaction can precede.
 pub async fn recent(db: &Db, node: Option<&str>, limit: usize) -> Result<(Vec<Event>, Cursor), StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     db.call(db.settings.operator_timeout, async |client| {
@@ -79,46 +131,46 @@ pub async fn recent(db: &Db, node: Option<&str>, limit: usize) -> Result<(Vec<Ev
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .start()
             .await?;
-        let rows = tx
+        // The settled prefix starts before the open transactions' window:
+        // the newest rows older than it, then everything after.
+        let start: Option<i64> = tx
+            .query_one(
+                &format!("SELECT max(seq) FROM events WHERE now() - written_at > interval '{LONGEST_TRANSACTION}'"),
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        let start = start.unwrap_or(0);
+        let older = tx
             .query(
-                "SELECT seq, body FROM (SELECT seq, body FROM events
-                   WHERE $1::text IS NULL OR node_id = $1 ORDER BY seq DESC LIMIT $2) r ORDER BY seq",
-                &[&node, &limit],
+                "SELECT seq, body, node_id FROM (SELECT seq, body, node_id FROM events
+                   WHERE seq <= $1 AND ($2::text IS NULL OR node_id = $2) ORDER BY seq DESC LIMIT $3) r ORDER BY seq",
+                &[&start, &node, &limit],
             )
             .await?;
-        let newest: Option<i64> = tx.query_one("SELECT max(seq) FROM events", &[]).await?.try_get(0)?;
+        let (newer, cursor) = settled_after(&*tx, start).await?;
         tx.commit().await?;
-        let (events, _) = decode(rows)?;
-        Ok((events, Cursor { log: 0, at: newest.and_then(|s| u64::try_from(s).ok()).unwrap_or(0) }))
+        let mut rows = older;
+        rows.extend(of_node(newer, node)?);
+        let skip = rows.len().saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        let (events, _) = decode(rows.into_iter().skip(skip).collect())?;
+        Ok((events, cursor_at(cursor)))
     })
     .await
 }
 
 /// The events (of `node`, or all) after `cursor`, which moves past every
-/// event read (of any node).
+/// settled event read (of any node).
 pub async fn follow(db: &Db, cursor: &mut Cursor, node: Option<&str>) -> Result<Vec<Event>, StoreError> {
     let after = i64::try_from(cursor.at).unwrap_or(i64::MAX);
-    let (events, last) = db
+    let (events, at) = db
         .call(db.settings.operator_timeout, async |client| {
-            let tx = client
-                .build_transaction()
-                .read_only(true)
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .start()
-                .await?;
-            let rows = tx
-                .query(
-                    "SELECT seq, body FROM events WHERE seq > $1 AND ($2::text IS NULL OR node_id = $2) ORDER BY seq",
-                    &[&after, &node],
-                )
-                .await?;
-            let newest: Option<i64> = tx.query_one("SELECT max(seq) FROM events", &[]).await?.try_get(0)?;
-            tx.commit().await?;
-            let (events, _) = decode(rows)?;
-            Ok((events, newest.and_then(|s| u64::try_from(s).ok()).unwrap_or(0)))
+            let (rows, at) = settled_after(&**client, after).await?;
+            let (events, _) = decode(of_node(rows, node)?)?;
+            Ok((events, at))
         })
         .await?;
-    cursor.at = cursor.at.max(last);
+    *cursor = cursor_at(at);
     Ok(events)
 }
 

@@ -269,10 +269,12 @@ fn lock_row_health(active: Option<&Attachment>) -> &'static str {
 /// Writes the difference of a change (rows, revocations, lock rows) in a
 /// few statements whatever the number of nodes, then notifies; the nodes
 /// that changed. Rows leave the active states before others enter them,
-/// for the unique index on active rows.
+/// for the unique index on active rows. `origin`: this process's boot id,
+/// carried by the hints.
 async fn write_all(
     tx: &deadpool_postgres::Transaction<'_>,
     db: &Db,
+    origin: &str,
     before: &BTreeMap<String, NodeState>,
     after: &BTreeMap<String, NodeState>,
 ) -> Result<Vec<String>, Failure> {
@@ -324,7 +326,8 @@ async fn write_all(
             .iter()
             .map(|node| {
                 let (state, _) = node_state(&after[node]);
-                let hint = Hint::Presence { node: node.clone(), state: state.to_owned() };
+                let hint =
+                    Hint::Presence { node: node.clone(), state: state.to_owned(), origin: Some(origin.to_owned()) };
                 serde_json::to_string(&hint).unwrap_or_default()
             })
             .collect();
@@ -502,7 +505,7 @@ async fn change<T>(
         };
         let claimed = c.attach.map(|(session, _)| (node.as_str(), session));
         let (after, renames) = from_domain(presence, &before, &masked, &db.host_id, &scope, claimed);
-        let moved = write_all(&tx, db, &before, &after).await?;
+        let moved = write_all(&tx, db, &shared.boot_id, &before, &after).await?;
         events::insert(&tx, &db.host_id, &events).await?;
         if c.attach.is_some() {
             crate::db::pause_point("attach").await;
@@ -984,7 +987,7 @@ async fn demote(
             events = presence.sweep(rules, now, probe);
             let scope: BTreeSet<String> = nodes.iter().cloned().collect();
             let (after, _) = from_domain(presence, &before, &masked, &db.host_id, &scope, None);
-            let moved = write_all(&tx, db, &before, &after).await?;
+            let moved = write_all(&tx, db, &shared.boot_id, &before, &after).await?;
             events::insert(&tx, &db.host_id, &events).await?;
             let staged: Vec<(String, NodeState)> = after.into_iter().filter(|(n, _)| moved.contains(n)).collect();
             if granted {

@@ -28,6 +28,10 @@ pub enum Hint {
         node: String,
         #[serde(rename = "s")]
         state: String,
+        /// The boot id of the process that made the change: its own copy
+        /// has the change already, so its listener leaves the node clean.
+        #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
     },
     /// Many nodes moved, or the listener (re)connected: reload everything.
     Roster,
@@ -540,6 +544,7 @@ async fn hint(db: &Db, shared: &Shared, payload: &str) {
         }
     };
     match &hint {
+        Hint::Presence { origin: Some(origin), .. } if *origin == shared.boot_id => {}
         Hint::Presence { node, .. } => shared.roster().mark_dirty(node),
         Hint::Roster => shared.stale(),
         Hint::Settings => {

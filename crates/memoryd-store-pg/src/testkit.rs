@@ -344,3 +344,110 @@ pub fn mailbox_ids(url: &str, schema: &str, personality: &str) -> Vec<(String, S
             .collect()
     })
 }
+
+/// How many events named `event` (`runtime_node.degraded`, …) node `node`
+/// has on `schema`.
+pub fn event_count(url: &str, schema: &str, event: &str, node: &str) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .query_one(
+                &format!("SELECT count(*) FROM \"{schema}\".events WHERE event = $1 AND node_id = $2"),
+                &[&event, &node],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+}
+
+/// A TCP proxy between one host and the server that can `pause` (stop
+/// forwarding, keep every socket open: a half-open partition) and
+/// `resume`. Stopped when dropped.
+pub struct Proxy {
+    pub port: u16,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (paused, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (p, s) = (paused.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                        let _ = client.set_nonblocking(false);
+                        for (from, to) in [(client.try_clone(), server.try_clone()), (Ok(server), Ok(client))] {
+                            if let (Ok(from), Ok(to)) = (from, to) {
+                                let (p, s) = (p.clone(), s.clone());
+                                std::thread::spawn(move || pump(from, to, &p, &s));
+                            }
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy { port, paused, stop }
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// The server's URL through this proxy.
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=memoryd dbname=memoryd_test", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` while not paused; while paused nothing is read,
+/// so the peer's bytes wait in the kernel and its answers never come.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    paused: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}

@@ -45,6 +45,9 @@ pub struct Daemon {
     /// The same store when it is the fleet database (fleetdb.rs): its
     /// state, hints and clock skew.
     pub pg: Option<Arc<memoryd_store_pg::PgStore>>,
+    /// Whether this host's map is in the fleet registry since the fleet
+    /// database's last (re)connect (fleetdb.rs).
+    pub published: AtomicBool,
     /// The fleet map and the provisioning that follows it (provisioning.rs).
     pub fleet: crate::provisioning::FleetState,
     /// The vault index and the fragments made from it (vault.rs).
@@ -125,6 +128,7 @@ impl Daemon {
             },
             store,
             pg,
+            published: AtomicBool::new(false),
             fleet: crate::provisioning::FleetState::new(fleet, lock),
             vault,
             mcp: crate::mcp::McpState::new(),

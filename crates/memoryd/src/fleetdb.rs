@@ -17,6 +17,7 @@ use memoryd_core::store::{FileStore, StateStore};
 use memoryd_proto::status::StoreStatus;
 use memoryd_store_pg::{Hint, Options, PgStore, StoreState};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -91,8 +92,14 @@ impl Daemon {
     /// The fleet that links, visibility and sends are checked against:
     /// every present peer of every host with the fleet database, else this
     /// host's map. A store call: run it on a blocking thread.
+    /// This host's map is published first if it is not yet since the last
+    /// (re)connect: a call that comes as the store turns up does not miss
+    /// this host's own peers.
     pub fn registry(&self) -> Result<memoryd_core::fleet::FleetMap, memoryd_proto::RpcError> {
         let local = self.fleet_map()?;
+        if self.pg.is_some() && !self.published.load(Ordering::Acquire) {
+            self.publish_now(&local);
+        }
         self.store.registry(&local).map_err(crate::presence::rpc_error)
     }
 
@@ -103,10 +110,19 @@ impl Daemon {
         if self.pg.is_none() {
             return;
         }
+        // Until this succeeds, the registry may miss what changed.
+        self.published.store(false, Ordering::Release);
         let Ok(map) = self.fleet_map() else { return };
-        let peers = map.peers.len();
-        match self.blocking(move |d| d.store.publish(&map)).await {
-            Ok(()) => tracing::info!(peers, "fleet map published to the fleet database"),
+        self.blocking(move |d| d.publish_now(&map)).await;
+    }
+
+    /// [`publish`](Self::publish) on this (blocking) thread.
+    fn publish_now(&self, map: &memoryd_core::fleet::FleetMap) {
+        match self.store.publish(map) {
+            Ok(()) => {
+                self.published.store(true, Ordering::Release);
+                tracing::info!(peers = map.peers.len(), "fleet map published to the fleet database");
+            }
             // Said once per outage by the store; published again on reconnect.
             Err(e) => tracing::info!(error = %e, "fleet map not published yet; it is once the fleet database is up"),
         }

@@ -67,10 +67,12 @@ impl Daemon {
 
     /// `peer.send` and the MCP tool `peer_send`, on a blocking thread. An
     /// operator's names are checked first, naming the fleet's peers (the
-    /// MCP tool's caller gets no such list).
+    /// MCP tool's caller gets no such list); the fleet database checks
+    /// them in the send's own transaction instead, against every host's
+    /// peers as committed (this host's copy may be a notification behind).
     pub fn send_now(&self, draft: &Draft, naming: bool) -> Result<Sent, RpcError> {
         let fleet = self.registry()?;
-        if naming {
+        if naming && self.pg.is_none() {
             let from = (!draft.operator).then_some(&draft.from);
             for name in from.into_iter().chain(&draft.to) {
                 peers::check_known(Some(&fleet), name, false).map_err(|r| rpc_error(r.into()))?;

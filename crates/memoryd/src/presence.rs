@@ -168,7 +168,12 @@ impl Daemon {
         match result {
             Ok(()) => {}
             // Said once per outage by the store; not once per sweep.
-            Err(e) if e.kind() == Some(ErrorKind::StoreUnavailable) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    Some(ErrorKind::StoreUnavailable | ErrorKind::StoreIncompatible | ErrorKind::StoreHostTaken)
+                ) =>
+            {
                 tracing::debug!(task = "presence-sweep", error = %e.message, "presence sweep waits for the fleet database");
             }
             Err(e) => tracing::warn!(task = "presence-sweep", error = %e.message, "presence sweep failed"),

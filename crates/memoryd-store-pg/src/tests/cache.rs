@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 #[test]
 fn hints_are_the_payloads_of_spec_80() {
-    let presence = Hint::Presence { node: "claude-ada".into(), state: "degraded".into() };
+    let presence = Hint::Presence { node: "claude-ada".into(), state: "degraded".into(), origin: None };
     assert_eq!(serde_json::to_string(&presence).unwrap(), r#"{"k":"presence","n":"claude-ada","s":"degraded"}"#);
     assert_eq!(serde_json::to_string(&Hint::Roster).unwrap(), r#"{"k":"roster"}"#);
     let inbox: Hint = serde_json::from_str(r#"{"k":"inbox","p":"bob"}"#).unwrap();

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cache;
+mod events;
 mod fleet;
 mod migrate;
 mod peers;

@@ -346,7 +346,7 @@ fn a_mass_demotion_is_one_sweep() {
         match hints.try_recv() {
             Ok(crate::Hint::Roster) => rosters += 1,
             // (Late hints of the attaches may still arrive.)
-            Ok(crate::Hint::Presence { node, state }) if state != "online" => panic!("a hint for {node} alone"),
+            Ok(crate::Hint::Presence { node, state, .. }) if state != "online" => panic!("a hint for {node} alone"),
             Ok(_) => {}
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
