@@ -328,7 +328,7 @@ pub async fn import(db: &Db, shared: &Shared, file: &FileState, apply: bool) -> 
             out.links = usize::try_from(links).unwrap_or(usize::MAX);
             for (p, inbox) in &file.mailboxes {
                 if ours(p) {
-                    out.waiting += mail::import(&tx, p, inbox).await?;
+                    out.waiting += mail::import(&tx, p, inbox, mail::Clock::of(db)).await?;
                     out.mailboxes += 1;
                 }
             }
@@ -403,7 +403,7 @@ pub async fn check(db: &Db) -> Result<String, StoreError> {
                 &[],
             )
             .await?;
-        let mailboxes = mail::check_all(&**c).await?;
+        let mailboxes = mail::check_all(&**c, mail::Clock::of(db)).await?;
         Ok(format!(
             "schema {} (floor {}); {} host(s), {} peer(s) ({} present), {} link(s), {} waiting message(s); {mailboxes} mailbox(es) load",
             r.get::<_, i32>(0),

@@ -34,7 +34,7 @@ async fn notify(tx: &Tx<'_>, db: &Db, a: &str, b: &str) -> Result<(), Failure> {
 pub async fn link(db: &Db, a: &str, b: &str) -> Result<bool, StoreError> {
     db.call(db.settings.operator_timeout, async |c| -> Result<bool, Failure> {
         let tx = c.transaction().await?;
-        let fleet = registry::in_tx(&tx, &db.host_id).await?;
+        let fleet = registry::in_tx(&tx, &db.host_id, None).await?;
         // The domain's checks and sentences; whether the pair is new is
         // the insert's answer.
         Links::default().link(&fleet, a, b)?;
@@ -59,7 +59,7 @@ pub async fn link(db: &Db, a: &str, b: &str) -> Result<bool, StoreError> {
 pub async fn unlink(db: &Db, a: &str, b: &str) -> Result<bool, StoreError> {
     db.call(db.settings.operator_timeout, async |c| -> Result<bool, Failure> {
         let tx = c.transaction().await?;
-        let fleet = registry::in_tx(&tx, &db.host_id).await?;
+        let fleet = registry::in_tx(&tx, &db.host_id, None).await?;
         links_of(&*tx, &[a, b]).await?.unlink(Some(&fleet), a, b)?;
         let removed =
             tx.execute("DELETE FROM links WHERE a = least($1, $2) AND b = greatest($1, $2)", &[&a, &b]).await? == 1;

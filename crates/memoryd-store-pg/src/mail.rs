@@ -10,21 +10,28 @@
 //! them in place, so new rows (new `seq`) keep the order. An item's `id` is
 //! its message id (the dropped id, the send time); the n-th repeat of one
 //! within a box gets `#n` (two sends in one millisecond).
+//!
+//! Every lock order of spec 80 holds but one: a send also locks its
+//! sender's row (its history and send times change with the recipients'
+//! inboxes), and an acknowledgement its receipt's recipient's. All of them
+//! are taken in one statement, in name order, which keeps two sends in
+//! opposite directions from deadlocking.
 
 use crate::db::{Db, Failure};
 use crate::links;
 use crate::registry;
 use crate::supervisor::Hint;
 use crate::tx::{self, Tx};
-use memoryd_core::peers::{self, Draft, Inbox, Kept, Limits, Message, OutboxRow};
-use memoryd_core::presence::Event;
+use memoryd_core::fleet::FleetMap;
+use memoryd_core::peers::{self, Draft, Inbox, Kept, Limits, Links, Message, OutboxRow};
+use memoryd_core::presence::{Event, Refusal};
 use memoryd_core::store::StoreError;
 use memoryd_proto::Timestamp;
 use memoryd_proto::event::rfc3339;
 use memoryd_proto::peers::{Acknowledged, ReplyParams, Sent};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio_postgres::GenericClient;
 
 const WAITING: &str = "waiting";
@@ -33,45 +40,124 @@ const SENT: &str = "sent";
 const DROPPED: &str = "dropped";
 const SENDS: &str = "sends";
 
-/// A mailbox as loaded, with the row of each item, to write the
-/// difference.
-#[derive(Debug, Default)]
+/// How much of a mailbox's history a change loads. A send, a lease and
+/// an ack only prune the history (by its times and counts) and append to
+/// it: they get the received and sent items as stubs (id, sender, times),
+/// which spares moving and parsing up to `history_max` full messages
+/// twice per change. A stub is never written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    Full,
+    Stubs,
+}
+
+/// Host clock minus database clock (ms), taken once per call: the stored
+/// times are the database's (a lease set on one host holds on every
+/// other), the domain's and the caller's are the host's, as in the
+/// presence tables and the events.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(i64);
+
+impl Clock {
+    pub fn of(db: &Db) -> Clock {
+        Clock(db.skew_ms())
+    }
+
+    fn shift(self, t: Timestamp, to_host: bool) -> Timestamp {
+        let d = Duration::from_millis(self.0.unsigned_abs());
+        let later = (self.0 >= 0) == to_host;
+        Timestamp(if later { t.0.checked_add(d) } else { t.0.checked_sub(d) }.unwrap_or(t.0))
+    }
+
+    fn message(self, m: &mut Message, to_host: bool) {
+        m.ts = self.shift(m.ts, to_host);
+        m.leased_until = m.leased_until.map(|t| self.shift(t, to_host));
+    }
+
+    fn kept(self, k: &mut Kept, to_host: bool) {
+        self.message(&mut k.message, to_host);
+        k.delivered_at = self.shift(k.delivered_at, to_host);
+        k.acknowledged_at = k.acknowledged_at.map(|t| self.shift(t, to_host));
+    }
+}
+
+/// A mailbox as loaded, with the `seq` of each item, box by box in order,
+/// to write the difference.
+#[derive(Debug)]
 struct Stored {
     inbox: Inbox,
-    rows: HashMap<(String, String), (i64, Value)>,
+    seqs: HashMap<&'static str, Vec<i64>>,
+    depth: Depth,
+    clock: Clock,
 }
 
-fn body<T: serde::Serialize>(item: &T) -> Result<Value, Failure> {
-    serde_json::to_value(item).map_err(|e| tx::internal(format!("a mailbox item does not serialize: {e}")))
+impl Stored {
+    fn empty(depth: Depth, clock: Clock) -> Stored {
+        Stored { inbox: Inbox::default(), seqs: HashMap::new(), depth, clock }
+    }
 }
 
-/// The rows of `inbox`, in order: (box, id, body).
-fn items(inbox: &Inbox) -> Result<Vec<(&'static str, String, Value)>, Failure> {
-    let mut out = Vec::new();
-    for m in &inbox.messages {
-        out.push((WAITING, m.id.clone(), body(m)?));
+/// One item of a mailbox, as the domain holds it.
+#[derive(Debug, PartialEq)]
+enum Item<'a> {
+    Message(&'a Message),
+    Kept(&'a Kept),
+    Id(&'a String),
+    Time(&'a Timestamp),
+}
+
+impl Item<'_> {
+    /// The item as stored: its times on the database's clock.
+    fn body(&self, clock: Clock) -> Result<Value, Failure> {
+        let value = match self {
+            Item::Message(m) => {
+                let mut m = (*m).clone();
+                clock.message(&mut m, false);
+                serde_json::to_value(m)
+            }
+            Item::Kept(k) => {
+                let mut k = (*k).clone();
+                clock.kept(&mut k, false);
+                serde_json::to_value(k)
+            }
+            Item::Id(id) => serde_json::to_value(id),
+            Item::Time(t) => serde_json::to_value(clock.shift(**t, false)),
+        };
+        value.map_err(|e| tx::internal(format!("a mailbox item does not serialize: {e}")))
     }
-    for k in &inbox.received {
-        out.push((RECEIVED, k.message.id.clone(), body(k)?));
-    }
-    for m in &inbox.sent {
-        out.push((SENT, m.id.clone(), body(m)?));
-    }
-    for id in &inbox.dropped {
-        out.push((DROPPED, id.clone(), body(id)?));
-    }
-    for t in &inbox.sends {
-        out.push((SENDS, rfc3339::format(t.time()), body(t)?));
-    }
-    let mut seen: HashMap<(&'static str, String), usize> = HashMap::new();
-    for (b, id, _) in &mut out {
-        let n = seen.entry((*b, id.clone())).or_default();
+}
+
+const BOXES: [&str; 5] = [WAITING, RECEIVED, SENT, DROPPED, SENDS];
+
+/// The items of one box of `inbox`, in order: (id, item).
+fn items<'a>(inbox: &'a Inbox, b: &str, clock: Clock) -> Vec<(String, Item<'a>)> {
+    let mut out: Vec<(String, Item<'a>)> = match b {
+        WAITING => inbox.messages.iter().map(|m| (m.id.clone(), Item::Message(m))).collect(),
+        RECEIVED => inbox.received.iter().map(|k| (k.message.id.clone(), Item::Kept(k))).collect(),
+        SENT => inbox.sent.iter().map(|m| (m.id.clone(), Item::Message(m))).collect(),
+        DROPPED => inbox.dropped.iter().map(|id| (id.clone(), Item::Id(id))).collect(),
+        _ => inbox.sends.iter().map(|t| (rfc3339::format(clock.shift(*t, false).time()), Item::Time(t))).collect(),
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (id, _) in &mut out {
+        let n = seen.entry(id.clone()).or_default();
         if *n > 0 {
             id.push_str(&format!("#{n}"));
         }
         *n += 1;
     }
-    Ok(out)
+    out
+}
+
+/// Whether one box is the same in both.
+fn same(a: &Inbox, b: &Inbox, which: &str) -> bool {
+    match which {
+        WAITING => a.messages == b.messages,
+        RECEIVED => a.received == b.received,
+        SENT => a.sent == b.sent,
+        DROPPED => a.dropped == b.dropped,
+        _ => a.sends == b.sends,
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(who: &str, id: &str, body: Value) -> Result<T, Failure> {
@@ -79,53 +165,130 @@ fn parse<T: serde::de::DeserializeOwned>(who: &str, id: &str, body: Value) -> Re
         .map_err(|e| tx::internal(format!("the item {id} of {who}'s mailbox does not load: {e}; it is kept as it is")))
 }
 
-/// The mailboxes of `names`, each whole (a name with no rows: empty).
-async fn load(client: &impl GenericClient, names: &[&str]) -> Result<BTreeMap<String, Stored>, Failure> {
+/// The mailboxes of `names` (a name with no rows: empty).
+async fn load(
+    client: &impl GenericClient,
+    names: &[&str],
+    depth: Depth,
+    clock: Clock,
+) -> Result<BTreeMap<String, Stored>, Failure> {
     let rows = client
-        .query("SELECT personality, seq, box, id, body FROM mail WHERE personality = ANY($1) ORDER BY seq", &[&names])
+        .query(
+            "SELECT personality, seq, box, id, CASE WHEN stub THEN NULL ELSE body END,
+                    CASE WHEN stub THEN body->>'id' END, CASE WHEN stub THEN body->>'from' END,
+                    CASE WHEN stub THEN body->>'ts' END, CASE WHEN stub THEN body->>'deliveredAt' END
+               FROM (SELECT *, $2 AND box IN ('received', 'sent') AS stub FROM mail WHERE personality = ANY($1)) m
+              ORDER BY seq",
+            &[&names, &(depth == Depth::Stubs)],
+        )
         .await?;
-    let mut out: BTreeMap<String, Stored> = names.iter().map(|n| ((*n).to_owned(), Stored::default())).collect();
+    let mut out: BTreeMap<String, Stored> =
+        names.iter().map(|n| ((*n).to_owned(), Stored::empty(depth, clock))).collect();
     for r in rows {
-        let (who, seq, b, id, value): (String, i64, String, String, Value) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let stored = out.entry(who.clone()).or_default();
+        let (who, seq, b, id): (String, i64, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let stored = out.entry(who.clone()).or_insert_with(|| Stored::empty(depth, clock));
         let inbox = &mut stored.inbox;
-        match b.as_str() {
-            WAITING => inbox.messages.push(parse(&who, &id, value.clone())?),
-            RECEIVED => inbox.received.push(parse::<Kept>(&who, &id, value.clone())?),
-            SENT => inbox.sent.push(parse(&who, &id, value.clone())?),
-            DROPPED => inbox.dropped.push(parse(&who, &id, value.clone())?),
-            _ => inbox.sends.push(parse::<Timestamp>(&who, &id, value.clone())?),
-        }
-        stored.rows.insert((b, id), (seq, value));
+        let b = match (b.as_str(), r.get::<_, Option<Value>>(4)) {
+            (WAITING, Some(value)) => {
+                let mut m: Message = parse(&who, &id, value)?;
+                clock.message(&mut m, true);
+                inbox.messages.push(m);
+                WAITING
+            }
+            (RECEIVED, Some(value)) => {
+                let mut k: Kept = parse(&who, &id, value)?;
+                clock.kept(&mut k, true);
+                inbox.received.push(k);
+                RECEIVED
+            }
+            (SENT, Some(value)) => {
+                let mut m: Message = parse(&who, &id, value)?;
+                clock.message(&mut m, true);
+                inbox.sent.push(m);
+                SENT
+            }
+            (DROPPED, Some(value)) => {
+                inbox.dropped.push(parse(&who, &id, value)?);
+                DROPPED
+            }
+            (SENDS, Some(value)) => {
+                inbox.sends.push(clock.shift(parse(&who, &id, value)?, true));
+                SENDS
+            }
+            (RECEIVED, None) => {
+                let message = stub(&who, &id, &r)?;
+                let delivered_at = time(&who, &id, r.get(8))?;
+                let mut k = Kept { message, delivered_at, acknowledged_at: None };
+                clock.kept(&mut k, true);
+                inbox.received.push(k);
+                RECEIVED
+            }
+            (SENT, None) => {
+                let mut m = stub(&who, &id, &r)?;
+                clock.message(&mut m, true);
+                inbox.sent.push(m);
+                SENT
+            }
+            (other, _) => return Err(tx::internal(format!("{who}'s mailbox has an item in an unknown box {other:?}"))),
+        };
+        stored.seqs.entry(b).or_default().push(seq);
     }
     Ok(out)
 }
 
+/// A history message as a stub: its id, sender and time.
+fn stub(who: &str, id: &str, r: &tokio_postgres::Row) -> Result<Message, Failure> {
+    let missing = || tx::internal(format!("the item {id} of {who}'s mailbox has no id or sender"));
+    let (message_id, from): (Option<String>, Option<String>) = (r.get(5), r.get(6));
+    Ok(Message::plain(
+        message_id.ok_or_else(missing)?,
+        from.ok_or_else(missing)?,
+        time(who, id, r.get(7))?,
+        String::new(),
+    ))
+}
+
+fn time(who: &str, id: &str, text: Option<String>) -> Result<Timestamp, Failure> {
+    text.as_deref()
+        .and_then(rfc3339::parse)
+        .map(Timestamp)
+        .ok_or_else(|| tx::internal(format!("the item {id} of {who}'s mailbox has no valid time")))
+}
+
 /// Writes what changed between the stored mailbox and `after`: removed
 /// items deleted, changed ones updated in place, new ones appended in
-/// order.
+/// order. Only new and changed items are serialized.
 async fn write(tx: &Tx<'_>, who: &str, before: &Stored, after: &Inbox) -> Result<(), Failure> {
-    let mut kept = HashSet::new();
+    let mut gone = Vec::new();
     let (mut upd_seq, mut upd_body) = (Vec::new(), Vec::new());
     let (mut new_box, mut new_id, mut new_body) = (Vec::new(), Vec::new(), Vec::new());
-    for (b, id, value) in items(after)? {
-        match before.rows.get(&(b.to_owned(), id.clone())) {
-            Some((seq, old)) => {
-                kept.insert(*seq);
-                if *old != value {
-                    upd_seq.push(*seq);
-                    upd_body.push(value);
+    for b in BOXES.into_iter().filter(|b| !same(&before.inbox, after, b)) {
+        let seqs = before.seqs.get(b).map(Vec::as_slice).unwrap_or_default();
+        let old_items = items(&before.inbox, b, before.clock);
+        if old_items.len() != seqs.len() {
+            return Err(tx::internal(format!("{who}'s mailbox lost track of its rows")));
+        }
+        let mut old: HashMap<String, (i64, Item<'_>)> =
+            old_items.into_iter().zip(seqs).map(|((id, item), seq)| (id, (*seq, item))).collect();
+        for (id, item) in items(after, b, before.clock) {
+            match old.remove(&id) {
+                Some((seq, prev)) if prev != item => {
+                    if before.depth == Depth::Stubs && (b == RECEIVED || b == SENT) {
+                        return Err(tx::internal(format!("a change of {who}'s history was made on its stubs")));
+                    }
+                    upd_seq.push(seq);
+                    upd_body.push(item.body(before.clock)?);
+                }
+                Some(_) => {}
+                None => {
+                    new_box.push(b);
+                    new_id.push(id);
+                    new_body.push(item.body(before.clock)?);
                 }
             }
-            None => {
-                new_box.push(b);
-                new_id.push(id);
-                new_body.push(value);
-            }
         }
+        gone.extend(old.into_values().map(|(seq, _)| seq));
     }
-    let gone: Vec<i64> = before.rows.values().map(|(seq, _)| *seq).filter(|s| !kept.contains(s)).collect();
     if !gone.is_empty() {
         tx.execute("DELETE FROM mail WHERE seq = ANY($1)", &[&gone]).await?;
     }
@@ -150,28 +313,31 @@ async fn write(tx: &Tx<'_>, who: &str, before: &Stored, after: &Inbox) -> Result
 
 /// The working copies of locked mailboxes: loaded, changed by the domain,
 /// written back.
-struct Boxes(BTreeMap<String, (Stored, Inbox)>);
+struct Boxes {
+    boxes: BTreeMap<String, (Stored, Inbox)>,
+    clock: Clock,
+}
 
 impl Boxes {
-    async fn load(tx: &Tx<'_>, names: &[&str]) -> Result<Boxes, Failure> {
-        Ok(Boxes(
-            load(&**tx, names)
-                .await?
-                .into_iter()
-                .map(|(who, stored)| {
-                    let working = stored.inbox.clone();
-                    (who, (stored, working))
-                })
-                .collect(),
-        ))
+    async fn load(tx: &Tx<'_>, names: &[&str], depth: Depth, clock: Clock) -> Result<Boxes, Failure> {
+        let stored = load(&**tx, names, depth, clock).await?;
+        let boxes = stored
+            .into_iter()
+            .map(|(who, stored)| {
+                let working = stored.inbox.clone();
+                (who, (stored, working))
+            })
+            .collect();
+        Ok(Boxes { boxes, clock })
     }
 
     fn get(&mut self, who: &str) -> &mut Inbox {
-        &mut self.0.entry(who.to_owned()).or_insert_with(|| (Stored::default(), Inbox::default())).1
+        let clock = self.clock;
+        &mut self.boxes.entry(who.to_owned()).or_insert_with(|| (Stored::empty(Depth::Full, clock), Inbox::default())).1
     }
 
     async fn write(&self, tx: &Tx<'_>) -> Result<(), Failure> {
-        for (who, (stored, after)) in &self.0 {
+        for (who, (stored, after)) in &self.boxes {
             if stored.inbox != *after {
                 write(tx, who, stored, after).await?;
             }
@@ -193,25 +359,39 @@ async fn finish(tx: Tx<'_>, db: &Db, events: &[Event], inboxes: &[&str]) -> Resu
 /// `peer.send` inside its transaction (the file store's `send_held`): the
 /// checks against the registry and the links, the sender's rate, every
 /// recipient's inbox, then the sender's history.
-async fn send_in(tx: Tx<'_>, db: &Db, message: &Message, limits: &Limits, now: SystemTime) -> Result<Sent, Failure> {
+async fn send_in(
+    tx: Tx<'_>,
+    db: &Db,
+    clock: Clock,
+    message: &Message,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<Sent, Failure> {
     let to: Vec<&str> = message.to.iter().map(String::as_str).collect();
     let mut owners = to.clone();
     if !message.operator {
         owners.push(&message.from);
     }
     tx::lock_peers(&tx, &owners).await?;
-    let fleet = registry::in_tx(&tx, &db.host_id).await?;
-    if message.operator {
+    // The operator needs no link: its messages go to any fleet peer.
+    let links =
+        if message.operator { Links::default() } else { links::between_locked(&tx, &message.from, &to).await? };
+    let check = |fleet: &FleetMap| -> Result<(), Refusal> {
         for t in &to {
-            peers::check_known(Some(&fleet), t, false)?;
+            if message.operator {
+                peers::check_known(Some(fleet), t, false)?;
+            } else {
+                peers::check_visible(&links, fleet, &message.from, t)?;
+            }
         }
-    } else {
-        let links = links::between_locked(&tx, &message.from, &to).await?;
-        for t in &to {
-            peers::check_visible(&links, &fleet, &message.from, t)?;
-        }
+        Ok(())
+    };
+    // The peers of the message are enough to pass; a refusal is worded
+    // against the whole registry (it lists the fleet's peers).
+    if check(&registry::in_tx(&tx, &db.host_id, Some(&owners)).await?).is_err() {
+        check(&registry::in_tx(&tx, &db.host_id, None).await?)?;
     }
-    let mut boxes = Boxes::load(&tx, &owners).await?;
+    let mut boxes = Boxes::load(&tx, &owners, Depth::Stubs, clock).await?;
     if !message.operator {
         boxes.get(&message.from).check_rate(&message.from, limits, now)?;
     }
@@ -232,10 +412,10 @@ async fn send_in(tx: Tx<'_>, db: &Db, message: &Message, limits: &Limits, now: S
 }
 
 pub async fn send(db: &Db, draft: &Draft, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError> {
-    let now = db.db_time(now);
+    let clock = Clock::of(db);
     let message = peers::compose(draft, now)?;
     db.call(db.settings.call_timeout, async |c| -> Result<Sent, Failure> {
-        send_in(c.transaction().await?, db, &message, limits, now).await
+        send_in(c.transaction().await?, db, clock, &message, limits, now).await
     })
     .await
 }
@@ -245,50 +425,53 @@ pub async fn send(db: &Db, draft: &Draft, limits: &Limits, now: SystemTime) -> R
 /// changes but for its acknowledgement.
 pub async fn reply(db: &Db, p: &ReplyParams, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError> {
     peers::check_name(&p.from)?;
-    let now = db.db_time(now);
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<Sent, Failure> {
         let tx = c.transaction().await?;
-        let mailbox = load(&*tx, &[&p.from]).await?.remove(&p.from).unwrap_or_default().inbox;
+        let mailbox =
+            load(&*tx, &[&p.from], Depth::Full, clock).await?.remove(&p.from).map(|s| s.inbox).unwrap_or_default();
         let original = &mailbox.received_message(&p.message_id)?.message;
         let message = peers::compose(&Draft::reply(&p.from, original, &p.message, p.ack_required)?, now)?;
-        send_in(tx, db, &message, limits, now).await
+        send_in(tx, db, clock, &message, limits, now).await
     })
     .await
 }
 
 /// The messages waiting for `p`, read without a lock.
-async fn waiting_of(client: &impl GenericClient, p: &str) -> Result<Inbox, Failure> {
+async fn waiting_of(client: &impl GenericClient, p: &str, clock: Clock) -> Result<Inbox, Failure> {
     let rows = client
         .query("SELECT id, body FROM mail WHERE personality = $1 AND box = $2 ORDER BY seq", &[&p, &WAITING])
         .await?;
     let mut inbox = Inbox::default();
     for r in rows {
-        inbox.messages.push(parse(p, r.get(0), r.get(1))?);
+        let mut m: Message = parse(p, r.get(0), r.get(1))?;
+        clock.message(&mut m, true);
+        inbox.messages.push(m);
     }
     Ok(inbox)
 }
 
 pub async fn inbox(db: &Db, p: &str, now: SystemTime) -> Result<Vec<Message>, StoreError> {
     peers::check_name(p)?;
-    let now = db.db_time(now);
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<_, Failure> {
-        Ok(waiting_of(&**c, p).await?.free(now, false))
+        Ok(waiting_of(&**c, p, clock).await?.free(now, false))
     })
     .await
 }
 
 pub async fn lease(db: &Db, p: &str, urgent_only: bool, now: SystemTime) -> Result<Vec<Message>, StoreError> {
     peers::check_name(p)?;
-    let now = db.db_time(now);
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<_, Failure> {
         // Every hook asks, and most find nothing: a look without the lock
         // spares them the row lock's write.
-        if waiting_of(&**c, p).await?.free(now, urgent_only).is_empty() {
+        if waiting_of(&**c, p, clock).await?.free(now, urgent_only).is_empty() {
             return Ok(Vec::new());
         }
         let tx = c.transaction().await?;
         tx::lock_peers(&tx, &[p]).await?;
-        let mut boxes = Boxes::load(&tx, &[p]).await?;
+        let mut boxes = Boxes::load(&tx, &[p], Depth::Stubs, clock).await?;
         let taken = boxes.get(p).lease(now, urgent_only);
         boxes.write(&tx).await?;
         tx.commit().await?;
@@ -299,11 +482,11 @@ pub async fn lease(db: &Db, p: &str, urgent_only: bool, now: SystemTime) -> Resu
 
 pub async fn ack(db: &Db, p: &str, ids: &[String], limits: &Limits, now: SystemTime) -> Result<usize, StoreError> {
     peers::check_name(p)?;
-    let now = db.db_time(now);
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<usize, Failure> {
         let tx = c.transaction().await?;
         tx::lock_peers(&tx, &[p]).await?;
-        let mut boxes = Boxes::load(&tx, &[p]).await?;
+        let mut boxes = Boxes::load(&tx, &[p], Depth::Stubs, clock).await?;
         let (n, events) = boxes.get(p).deliver(p, ids, limits, now);
         boxes.write(&tx).await?;
         let changed: &[&str] = if n > 0 { &[p] } else { &[] };
@@ -324,16 +507,16 @@ pub async fn acknowledge(
     now: SystemTime,
 ) -> Result<Acknowledged, StoreError> {
     peers::check_name(p)?;
-    let now = db.db_time(now);
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<Acknowledged, Failure> {
         let tx = c.transaction().await?;
         // Whom a receipt would go to, to lock both mailboxes in order.
-        let look = load(&*tx, &[p]).await?.remove(p).unwrap_or_default().inbox;
+        let look = load(&*tx, &[p], Depth::Full, clock).await?.remove(p).map(|s| s.inbox).unwrap_or_default();
         let original = look.acknowledgeable(id)?.message.clone();
         let sender = original.from.as_str();
         let owners: Vec<&str> = if original.operator { vec![p] } else { vec![p, sender] };
         tx::lock_peers(&tx, &owners).await?;
-        let mut boxes = Boxes::load(&tx, &owners).await?;
+        let mut boxes = Boxes::load(&tx, &owners, Depth::Full, clock).await?;
         let kept = boxes.get(p).acknowledgeable(id)?.clone();
         let receipt = match kept.acknowledged_at {
             None => peers::receipt(p, &kept.message, now),
@@ -356,6 +539,7 @@ pub async fn acknowledge(
 
 pub async fn outbox(db: &Db, p: &str, limit: Option<usize>) -> Result<Vec<OutboxRow>, StoreError> {
     peers::check_name(p)?;
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<_, Failure> {
         // One snapshot for the sender's history and its recipients'.
         let tx = c
@@ -364,11 +548,11 @@ pub async fn outbox(db: &Db, p: &str, limit: Option<usize>) -> Result<Vec<Outbox
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .start()
             .await?;
-        let sender = load(&*tx, &[p]).await?.remove(p).unwrap_or_default().inbox;
+        let sender = load(&*tx, &[p], Depth::Full, clock).await?.remove(p).map(|s| s.inbox).unwrap_or_default();
         let recipients = peers::outbox_recipients(&sender, limit);
         let names: Vec<&str> = recipients.iter().map(String::as_str).collect();
         let mailboxes: BTreeMap<String, Inbox> =
-            load(&*tx, &names).await?.into_iter().map(|(who, s)| (who, s.inbox)).collect();
+            load(&*tx, &names, Depth::Full, clock).await?.into_iter().map(|(who, s)| (who, s.inbox)).collect();
         tx.commit().await?;
         Ok(peers::outbox(&sender, limit, |to| mailboxes.get(to)))
     })
@@ -377,8 +561,9 @@ pub async fn outbox(db: &Db, p: &str, limit: Option<usize>) -> Result<Vec<Outbox
 
 pub async fn mailbox(db: &Db, p: &str) -> Result<Inbox, StoreError> {
     peers::check_name(p)?;
+    let clock = Clock::of(db);
     db.call(db.settings.call_timeout, async |c| -> Result<Inbox, Failure> {
-        Ok(load(&**c, &[p]).await?.remove(p).unwrap_or_default().inbox)
+        Ok(load(&**c, &[p], Depth::Full, clock).await?.remove(p).map(|s| s.inbox).unwrap_or_default())
     })
     .await
 }
@@ -393,43 +578,35 @@ pub async fn waiting(db: &Db) -> Result<BTreeMap<String, usize>, StoreError> {
 }
 
 /// Every mailbox, loaded with its real types (for `check`): how many.
-pub async fn check_all(client: &impl GenericClient) -> Result<usize, Failure> {
+pub async fn check_all(client: &impl GenericClient, clock: Clock) -> Result<usize, Failure> {
     let rows = client.query("SELECT DISTINCT personality FROM mail", &[]).await?;
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    Ok(load(client, &names).await?.len())
+    Ok(load(client, &names, Depth::Full, clock).await?.len())
+}
+
+/// Appends to `to` the items of `from` whose key is not in `known`: how
+/// many.
+fn append<T: Clone>(to: &mut Vec<T>, from: &[T], key: impl Fn(&T) -> &str, known: &HashSet<String>) -> usize {
+    let new: Vec<T> = from.iter().filter(|x| !known.contains(key(x))).cloned().collect();
+    let n = new.len();
+    to.extend(new);
+    n
 }
 
 /// Appends the items of `inbox` that `p`'s stored mailbox does not have
-/// yet (for `store import`): how many messages were waiting among them.
-pub async fn import(tx: &Tx<'_>, p: &str, inbox: &Inbox) -> Result<usize, Failure> {
-    let mut boxes = Boxes::load(tx, &[p]).await?;
+/// yet (for `store import`), in order, without pruning: how many messages
+/// were waiting among them. Send times are not carried: they only count
+/// against the rate of the current minute.
+pub async fn import(tx: &Tx<'_>, p: &str, inbox: &Inbox, clock: Clock) -> Result<usize, Failure> {
+    let mut boxes = Boxes::load(tx, &[p], Depth::Stubs, clock).await?;
     let target = boxes.get(p);
-    let known: HashSet<(&'static str, String)> = items(target)?.into_iter().map(|(b, id, _)| (b, id)).collect();
-    let mut merged = target.clone();
-    let mut waiting = 0;
-    for m in &inbox.messages {
-        if !known.contains(&(WAITING, m.id.clone())) {
-            merged.messages.push(m.clone());
-            waiting += 1;
-        }
-    }
-    for k in &inbox.received {
-        if !known.contains(&(RECEIVED, k.message.id.clone())) {
-            merged.received.push(k.clone());
-        }
-    }
-    for m in &inbox.sent {
-        if !known.contains(&(SENT, m.id.clone())) {
-            merged.sent.push(m.clone());
-        }
-    }
-    for d in &inbox.dropped {
-        if !known.contains(&(DROPPED, d.clone())) {
-            merged.dropped.push(d.clone());
-        }
-    }
-    *target = merged;
+    let known = |b: &str| -> HashSet<String> { items(target, b, clock).into_iter().map(|(id, _)| id).collect() };
+    let (waiting, received, sent, dropped) = (known(WAITING), known(RECEIVED), known(SENT), known(DROPPED));
+    let n = append(&mut target.messages, &inbox.messages, |m| &m.id, &waiting);
+    append(&mut target.received, &inbox.received, |k| &k.message.id, &received);
+    append(&mut target.sent, &inbox.sent, |m| &m.id, &sent);
+    append(&mut target.dropped, &inbox.dropped, |d| d, &dropped);
     boxes.write(tx).await?;
-    Ok(waiting)
+    Ok(n)
 }

@@ -34,8 +34,9 @@ pub struct Row {
 
 /// The registry as last read, and this host's name conflicts as its last
 /// publish found them. A hint about a peer (another host's publish,
-/// claim or release) bumps the generation; a read made before the bump is
-/// never served after it.
+/// claim or release) or a resync bumps the generation (the supervisor
+/// calls [`Cache::invalidate`]); a read made before the bump is never
+/// served after it.
 #[derive(Debug, Default)]
 pub struct Cache {
     state: Mutex<CacheState>,
@@ -73,16 +74,30 @@ impl Cache {
         self.lock().conflicts.clone()
     }
 
-    fn fresh(&self, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
+    /// Records what a publish found, returning the conflicts it did not
+    /// know yet (each is logged once, not at every resync).
+    fn published(&self, conflicts: Vec<(String, String)>) -> Vec<(String, String)> {
+        let new = {
+            let mut s = self.lock();
+            let new = conflicts.iter().filter(|c| !s.conflicts.contains(c)).cloned().collect();
+            s.conflicts = conflicts;
+            new
+        };
+        self.invalidate();
+        new
+    }
+
+    /// The rows, unless a change or `max_age` made them stale.
+    pub(crate) fn fresh(&self, max_age: std::time::Duration) -> Option<Arc<Vec<Row>>> {
         let s = self.lock();
         s.loaded.as_ref().filter(|l| l.generation == s.generation && l.at.elapsed() < max_age).map(|l| l.rows.clone())
     }
 
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.lock().generation
     }
 
-    fn store(&self, generation: u64, rows: Arc<Vec<Row>>) {
+    pub(crate) fn store(&self, generation: u64, rows: Arc<Vec<Row>>) {
         let mut s = self.lock();
         if s.generation == generation {
             s.loaded = Some(Loaded { generation, at: Instant::now(), rows });
@@ -90,13 +105,14 @@ impl Cache {
     }
 }
 
-/// Every present peer, by name.
-pub async fn present(client: &impl GenericClient) -> Result<Vec<Row>, Failure> {
+/// Every present peer (of `only`, when given), by name.
+pub async fn present(client: &impl GenericClient, only: Option<&[&str]>) -> Result<Vec<Row>, Failure> {
     let rows = client
         .query(
-            "SELECT personality, host_id, runtimes, description FROM peers WHERE present
+            "SELECT personality, host_id, runtimes, description FROM peers
+              WHERE present AND ($1::text[] IS NULL OR personality = ANY($1))
               ORDER BY personality COLLATE \"C\"",
-            &[],
+            &[&only],
         )
         .await?;
     Ok(rows
@@ -126,16 +142,16 @@ pub fn fleet_of(rows: &[Row], host_id: &str, local: Option<&FleetMap>) -> FleetM
 }
 
 /// The registry read inside a change's transaction: what its checks run
-/// against.
-pub async fn in_tx(tx: &Tx<'_>, host_id: &str) -> Result<FleetMap, Failure> {
-    Ok(fleet_of(&present(&**tx).await?, host_id, None))
+/// against. With `only`, just those peers: enough to pass a check, though
+/// not for the sentence of a refusal that lists the fleet.
+pub async fn in_tx(tx: &Tx<'_>, host_id: &str, only: Option<&[&str]>) -> Result<FleetMap, Failure> {
+    Ok(fleet_of(&present(&**tx, only).await?, host_id, None))
 }
 
-/// Reads the registry again, whatever the cache holds (H1's resync calls
-/// it after a reconnect and every `resync_every`).
-pub async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreError> {
+/// Reads the registry again, whatever the cache holds.
+async fn reload(db: &Db, shared: &Shared) -> Result<Arc<Vec<Row>>, StoreError> {
     let generation = shared.registry.generation();
-    let rows = Arc::new(db.call(db.settings.call_timeout, async |c| present(&**c).await).await?);
+    let rows = Arc::new(db.call(db.settings.call_timeout, async |c| present(&**c, None).await).await?);
     shared.registry.store(generation, rows.clone());
     Ok(rows)
 }
@@ -169,7 +185,7 @@ pub async fn publish(db: &Db, shared: &Shared, local: &FleetMap) -> Result<(), S
         }
     }
     let names: Vec<&str> = wanted.keys().copied().collect();
-    let now = rfc3339::millis(db.db_time(SystemTime::now()));
+    let now = rfc3339::millis(SystemTime::now());
     let (conflicts, changed) = db
         .call(db.settings.operator_timeout, async |c| -> Result<_, Failure> {
             let tx = c.transaction().await?;
@@ -263,23 +279,13 @@ pub async fn publish(db: &Db, shared: &Shared, local: &FleetMap) -> Result<(), S
             Ok((conflicts, changed))
         })
         .await?;
-    for (personality, owner) in &conflicts {
-        tracing::warn!(personality, owner, "name conflict: another host owns this personality and has it present");
-    }
     if !changed.is_empty() {
         tracing::debug!(changed = changed.len(), "published the fleet map");
     }
-    shared.registry.published(conflicts);
-    Ok(())
-}
-
-impl Cache {
-    fn published(&self, conflicts: Vec<(String, String)>) {
-        let mut s = self.lock();
-        s.conflicts = conflicts;
-        s.generation += 1;
-        s.loaded = None;
+    for (personality, owner) in shared.registry.published(conflicts) {
+        tracing::warn!(personality, owner, "name conflict: another host owns this personality and has it present");
     }
+    Ok(())
 }
 
 /// `memoryctl fleet release P`: marks the personality `present = false`,

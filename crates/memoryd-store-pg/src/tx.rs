@@ -11,17 +11,15 @@ pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
 /// owner's lock: foreign-key checks still pass), always in byte order of
 /// the names, so two changes that lock overlapping sets (a send and a send
 /// the other way, an acknowledgement and its receipt, a publish) wait for
-/// each other instead of deadlocking. Returns (personality, present) of
-/// the rows that exist.
-pub async fn lock_peers(tx: &Tx<'_>, names: &[&str]) -> Result<Vec<(String, bool)>, Failure> {
-    let rows = tx
-        .query(
-            "SELECT personality, present FROM peers WHERE personality = ANY($1)
-              ORDER BY personality COLLATE \"C\" FOR NO KEY UPDATE",
-            &[&names],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+/// each other instead of deadlocking. A name without a row locks
+/// nothing (it has no mailbox either).
+pub async fn lock_peers(tx: &Tx<'_>, names: &[&str]) -> Result<(), Failure> {
+    tx.execute(
+        "SELECT 1 FROM peers WHERE personality = ANY($1) ORDER BY personality COLLATE \"C\" FOR NO KEY UPDATE",
+        &[&names],
+    )
+    .await?;
+    Ok(())
 }
 
 /// A failure that is this build's fault, not the database's.

@@ -100,6 +100,63 @@ fn a_peer_of_one_host_links_with_and_messages_a_peer_of_another() {
 }
 
 #[test]
+fn the_cached_registry_is_read_again_after_a_change_and_never_kept_from_before_it() {
+    use crate::registry::{Cache, Row};
+    let cache = Cache::default();
+    let hour = Duration::from_secs(3600);
+    let rows = |names: &[&str]| {
+        std::sync::Arc::new(
+            names
+                .iter()
+                .map(|n| Row {
+                    personality: (*n).into(),
+                    host_id: "host-b".into(),
+                    runtimes: Vec::new(),
+                    description: String::new(),
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert!(cache.fresh(hour).is_none(), "nothing read yet");
+    cache.store(cache.generation(), rows(&["bob"]));
+    assert_eq!(cache.fresh(hour), Some(rows(&["bob"])));
+    // A peer hint or a resync while a read was under way: that read is
+    // not kept.
+    let generation = cache.generation();
+    cache.invalidate();
+    assert!(cache.fresh(hour).is_none());
+    cache.store(generation, rows(&["bob"]));
+    assert!(cache.fresh(hour).is_none(), "read before the change");
+    cache.store(cache.generation(), rows(&["bob", "cyd"]));
+    assert_eq!(cache.fresh(hour), Some(rows(&["bob", "cyd"])));
+    assert!(cache.fresh(Duration::ZERO).is_none(), "older than resync_every");
+}
+
+#[test]
+fn a_lease_taken_on_one_host_holds_on_another_whose_clock_differs() {
+    let Some(cluster) = Cluster::start() else { return };
+    let (a, b) = two_hosts(&cluster);
+    a.link(&fleet(&[]), "ada", "bob").unwrap();
+    // host-a's clock is 300 s ahead of the database's, host-b's 300 s behind.
+    a.db.set_skew_ms(300_000);
+    b.db.set_skew_ms(-300_000);
+    let real = SystemTime::now();
+    let (a_now, b_now) = (real + Duration::from_secs(300), real - Duration::from_secs(300));
+    let sent = a.send(&fleet(&[]), &Draft::plain("ada", "bob", "hi"), &limits(), a_now).unwrap();
+    let leased = b.lease("bob", false, b_now).unwrap();
+    assert_eq!(leased.len(), 1);
+    let age = b_now.duration_since(leased[0].ts.time()).unwrap_or_default();
+    assert!(age < Duration::from_secs(5), "shown on host-b's clock: {age:?}");
+    assert!(a.inbox("bob", a_now + Duration::from_secs(29)).unwrap().is_empty(), "leased for 30 s, seen from host-a");
+    assert_eq!(a.inbox("bob", a_now + Duration::from_secs(31)).unwrap().len(), 1, "and not longer");
+    let stored = sql(&a, "SELECT body->>'ts' FROM mail WHERE box = 'waiting'")[0].get::<_, String>(0);
+    let stored = memoryd_proto::event::rfc3339::parse(&stored).unwrap();
+    assert!(stored.duration_since(real).unwrap_or_default() < Duration::from_secs(5), "stored on the database's clock");
+    assert_eq!(b.ack("bob", std::slice::from_ref(&sent.id), &limits(), b_now).unwrap(), 1);
+    assert_eq!(a.outbox("ada", None).unwrap()[0].deliveries[0].state, DeliveryState::Delivered);
+}
+
+#[test]
 fn a_present_name_of_another_host_is_a_conflict_until_released_then_it_moves() {
     let Some(cluster) = Cluster::start() else { return };
     let (a, b) = two_hosts(&cluster);
@@ -276,4 +333,55 @@ fn the_operator_lists_hosts_changes_settings_and_contracts_the_schema() {
     let (released, events) = b.leave(SystemTime::now()).unwrap();
     assert_eq!((released, events.len()), (vec!["bob".to_owned()], 0));
     assert_eq!(a.registry(&fleet(&["ada"])).unwrap().names(), ["ada"]);
+}
+
+#[test]
+fn every_change_tells_the_other_hosts_what_it_changed() {
+    use futures_util::StreamExt;
+    let Some(cluster) = Cluster::start() else { return };
+    let schema = cluster.fresh_schema();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (client, mut connection) = rt.block_on(tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)).unwrap();
+    let (heard, mut hints) = tokio::sync::mpsc::unbounded_channel();
+    rt.spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = heard.send(serde_json::from_str::<serde_json::Value>(n.payload()).unwrap());
+            }
+        }
+    });
+    rt.block_on(client.batch_execute(&format!("LISTEN \"{schema}_fleet\""))).unwrap();
+    let a = store(&cluster, &schema, "host-a");
+    let b = store(&cluster, &schema, "host-b");
+    a.publish(&fleet(&["ada"])).unwrap();
+    b.publish(&fleet(&["bob"])).unwrap();
+    b.publish(&fleet(&["bob"])).unwrap();
+    a.link(&fleet(&[]), "ada", "bob").unwrap();
+    let sent = a.send(&fleet(&[]), &Draft::plain("ada", "bob", "hi"), &limits(), SystemTime::now()).unwrap();
+    b.lease("bob", false, SystemTime::now()).unwrap();
+    b.ack("bob", &[sent.id], &limits(), SystemTime::now()).unwrap();
+    a.update_settings(&SettingsChange { inbox_capacity: Some(9), ..SettingsChange::default() }).unwrap();
+    let got = rt.block_on(async {
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            match tokio::time::timeout(Duration::from_secs(5), hints.recv()).await {
+                Ok(Some(hint)) => got.push(hint),
+                _ => break,
+            }
+        }
+        got
+    });
+    assert_eq!(
+        got,
+        [
+            serde_json::json!({"k": "peer", "p": "ada"}),
+            serde_json::json!({"k": "peer", "p": "bob"}),
+            serde_json::json!({"k": "link", "a": "ada", "b": "bob"}),
+            serde_json::json!({"k": "inbox", "p": "bob"}),
+            serde_json::json!({"k": "inbox", "p": "bob"}),
+            serde_json::json!({"k": "settings"}),
+        ],
+        "an unchanged publish and a lease say nothing"
+    );
 }

@@ -11,6 +11,30 @@ fn run(case: suite::Case) {
     case(&store);
 }
 
+/// Every peer case again on a host whose clock is 300 s ahead of the
+/// database's: the store keeps the domain and its answers on the host's
+/// clock.
+#[test]
+fn the_peer_cases_with_the_host_clock_300_s_ahead() {
+    let Some(cluster) = Cluster::start() else { return };
+    let cases: [suite::Case; 9] = [
+        suite::send_lease_ack,
+        suite::replies_and_threads,
+        suite::multi_recipient_capacity_drops,
+        suite::rate_limits,
+        suite::history_bounds_and_search,
+        suite::operator_and_urgent,
+        suite::links,
+        suite::capacity_drops,
+        suite::states_receipts_and_events,
+    ];
+    for case in cases {
+        let store = store(&cluster, &cluster.fresh_schema(), "host-a");
+        store.db.set_skew_ms(300_000);
+        case(&store);
+    }
+}
+
 #[test]
 fn links() {
     run(suite::links);
