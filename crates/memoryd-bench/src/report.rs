@@ -93,9 +93,10 @@ fn intro(section: &str) -> Option<&'static str> {
         "store" => Some(
             "## The stores side by side (spec 80)\n\n\
              The same trait calls on the embedded file store and on the PostgreSQL store, in one run \
-             (`MEMORYD_BENCH_ONLY=store`), against a throwaway local PostgreSQL cluster the bench starts \
-             (`fsync=off`, as the tests run it: commit latency here is the disk's, so the durable figures of \
-             a real server are higher by its fsync time). Nodes are attached first; the flush is one sweep \
+             (`memoryd-bench --store postgres`), against a throwaway local PostgreSQL 15 cluster the bench \
+             starts with the server's durable defaults (`fsync`, synchronous commit: a send is acknowledged \
+             only once its commit is on this machine's disk; the heartbeat flush commits asynchronously, as \
+             spec 80 says). Nodes are attached first; the flush is one sweep \
              writing one kept heartbeat per node; the demotion is a sweep in which a quarter of the nodes \
              have been silent past `degraded_after`; sends and lease + ack pairs run between linked pairs of \
              the largest fleet; the cross-host row is a send on host A until host B's listener hears the \

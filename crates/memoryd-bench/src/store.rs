@@ -183,7 +183,7 @@ fn cross_host(cluster: &Cluster) -> anyhow::Result<Stats> {
 }
 
 pub fn run(report: &mut Report) -> anyhow::Result<()> {
-    let Some(cluster) = Cluster::start() else {
+    let Some(cluster) = Cluster::start_durable() else {
         anyhow::bail!("no PostgreSQL server here for the store figures (install postgresql or set MEMORYD_PG_BIN)")
     };
     let t0 = SystemTime::now();

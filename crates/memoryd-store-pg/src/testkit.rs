@@ -127,12 +127,26 @@ pub struct Cluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// Commits wait for the disk (fsync on), as a real server's do; the
+    /// tests run without, the benchmark with.
+    durable: bool,
 }
 
 impl Cluster {
     /// Starts a cluster, or None (said on stderr) when the machine has no
     /// PostgreSQL and `MEMORYD_PG_REQUIRED` is not set.
     pub fn start() -> Option<Cluster> {
+        Cluster::start_with(false)
+    }
+
+    /// A cluster whose commits are durable (fsync, synchronous commit,
+    /// full page writes: the server's defaults), for figures that must
+    /// include the disk.
+    pub fn start_durable() -> Option<Cluster> {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("MEMORYD_PG_REQUIRED").is_none_or(|v| v != "1"),
@@ -149,7 +163,7 @@ impl Cluster {
         chown_postgres(dir.path());
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         let port = free_port();
-        let cluster = Cluster { bin, dir, port };
+        let cluster = Cluster { bin, dir, port, durable };
         cluster.pg_ctl_start();
         cluster.psql("postgres", "CREATE DATABASE memoryd_test");
         Some(cluster)
@@ -166,9 +180,10 @@ impl Cluster {
 
     fn pg_ctl_start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.durable { "" } else { " -c fsync=off -c synchronous_commit=off -c full_page_writes=off" }
         );
         let log = self.dir.path().join("server.log");
         run(
