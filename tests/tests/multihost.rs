@@ -134,6 +134,12 @@ fn fleet_db() -> Option<(Cluster, String)> {
     Some((cluster, schema))
 }
 
+/// Spec 80's invariants (scenario 5), after every scenario.
+fn check_invariants(cluster: &Cluster, schema: &str) {
+    let broken = memoryd_store_pg::testkit::invariants(&cluster.url(), schema);
+    assert!(broken.is_empty(), "invariants broken:\n{}", broken.join("\n"));
+}
+
 fn error_kind(out: &std::process::Output) -> Option<String> {
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     v["error"]["kind"].as_str().map(str::to_owned)
@@ -174,6 +180,7 @@ fn peers_of_two_hosts_link_from_a_third_see_each_other_and_message() {
     assert_eq!(b.hook("prompt-submit", "s1").0, "", "delivered once, then acknowledged");
     assert!(stdout(&b.root.ctl(&["peer", "inbox", "bob"])).contains("no message waits"));
     assert!(eventually_within(Duration::from_secs(3), || waits("None waiting.")), "{}", b.fragment());
+    check_invariants(&cluster, &schema);
 }
 
 /// (2) Two hosts publishing one personality: the second host's sessions
@@ -201,6 +208,7 @@ fn a_personality_published_by_two_hosts_is_the_first_ones() {
             c["name"] == "store" && c["status"] == "warn" && c["detail"].as_str().unwrap_or("").contains("ada")
         });
     assert!(warned, "{verify}");
+    check_invariants(&cluster, &schema);
 }
 
 /// (6) The database down at start: the daemons start and serve, the store
@@ -248,6 +256,7 @@ fn the_database_down_at_start_and_restarted_mid_life() {
         b.visible("bob"),
         b.log()
     );
+    check_invariants(&cluster, &schema);
 }
 
 /// (8) A host whose clock is 300 s ahead changes no threshold: its
@@ -293,6 +302,7 @@ fn a_host_clock_300_s_ahead_changes_no_threshold() {
     assert!(degraded >= Duration::from_millis(1500) && degraded < Duration::from_secs(8), "{degraded:?}");
     assert!(offline >= Duration::from_millis(3500) && offline < Duration::from_secs(12), "{offline:?}");
     assert_eq!(state(&ahead).as_deref(), Some("offline"), "both hosts agree");
+    check_invariants(&cluster, &schema);
 }
 
 /// The operator's fleet commands need no daemon: hosts, settings shown and
