@@ -22,16 +22,17 @@ struct Host {
 
 fn host(cluster: &Cluster, schema: &str, host_id: &str, names: &[&str]) -> Host {
     // A generous call deadline: two cores run several test processes.
-    host_at(&cluster.url(), schema, host_id, names, "3s")
+    host_at(&cluster.url(), schema, host_id, names, "3s", 0)
 }
 
 /// A host reaching the server at `url` (through a proxy, say). The first
 /// host started seeds the fleet's settings: sessions degrade after 2 s of
 /// silence and go offline after 4 s.
-fn host_at(url: &str, schema: &str, host_id: &str, names: &[&str], call_timeout: &str) -> Host {
+/// `mcp_port` 0: no MCP endpoint.
+fn host_at(url: &str, schema: &str, host_id: &str, names: &[&str], call_timeout: &str, mcp_port: u16) -> Host {
     let root = Root::bare();
     root.write_config(&format!(
-        "mcp_port = 0\n\
+        "mcp_port = {mcp_port}\n\
          [presence]\ninbox_capacity = 100000\npeer_send_rate = 100000\nhistory_max = 100000\nsweep_every = \"500ms\"\n\
          degraded_after = \"2s\"\noffline_after = \"4s\"\n\
          [store]\nbackend = \"postgres\"\n\
@@ -397,7 +398,8 @@ fn a_partitioned_host_goes_degraded_then_offline_its_hooks_stay_quick_and_its_li
     let proxy = Proxy::start(cluster.port);
     let a = host(&cluster, &schema, "host-a", &["ada"]);
     // The default call deadline, which keeps a hook within its budget.
-    let b = host_at(&proxy.url(), &schema, "host-b", &["bob", "bea"], "800ms");
+    let port = free_port();
+    let b = host_at(&proxy.url(), &schema, "host-b", &["bob", "bea"], "800ms", port);
     let _a_daemon = a.start(&[]);
     let b_daemon = b.start(&[]);
     // bob's session runs in a live agent; bea's hook ran from a shell that
@@ -412,6 +414,13 @@ fn a_partitioned_host_goes_degraded_then_offline_its_hooks_stay_quick_and_its_li
         a.state_of(bea),
         b_daemon.log()
     );
+    assert_eq!(a.request("peer.link", json!({"a": "ada", "b": "bob"}))["result"]["linked"], true);
+    let peers_list = || {
+        let (error, text) = mcp_tool(port, bob, "peers_list", json!({}));
+        assert!(!error, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    assert!(eventually(|| peers_list()["peers"].to_string().contains("\"ada\"")), "{}", peers_list());
     proxy.pause();
     // Throughout the partition, B's hooks fail open within their budgets.
     for _ in 0..3 {
@@ -433,6 +442,10 @@ fn a_partitioned_host_goes_degraded_then_offline_its_hooks_stay_quick_and_its_li
             assert_eq!(event_count(&cluster.url(), &schema, event, node), 1, "{event} of {node}");
         }
     }
+    // bob's agent still sees its peers, from what B last read, marked so.
+    let stale = peers_list();
+    assert_eq!(stale["stale"], true, "{stale}");
+    assert!(stale["peers"].to_string().contains("\"ada\""), "{stale}");
     proxy.resume();
     // bob's process lives: back online without a hook. bea's does not: it
     // stays offline until its next hook.

@@ -127,6 +127,20 @@ impl PgStore {
         self.shared.fleet_settings()
     }
 
+    /// The registry, links and presence as this host last read them,
+    /// however old: what `peers_list` answers from, marked stale, while the
+    /// database cannot be reached (spec 80). None until each was read once.
+    pub fn last_known(&self, local: &FleetMap) -> Option<(FleetMap, Links, Arc<Presence>)> {
+        let rows = self.shared.registry.last_known()?;
+        let links = self.shared.last_links.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()?;
+        let mut roster = self.shared.roster();
+        if !roster.loaded() {
+            return None;
+        }
+        let presence = roster.built().presence;
+        Some((registry::fleet_of(&rows, &self.db.host_id, Some(local)), links, presence))
+    }
+
     /// The database's schema version and compatibility floor, as the last
     /// connect found them.
     pub fn schema(&self) -> Option<(i32, i32)> {
@@ -307,7 +321,9 @@ impl PeerStore for PgStore {
     }
 
     fn links(&self) -> Result<Links, StoreError> {
-        self.block(links::links(&self.db))
+        let links = self.block(links::links(&self.db))?;
+        *self.shared.last_links.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(links.clone());
+        Ok(links)
     }
 
     fn send(&self, _fleet: &FleetMap, draft: &Draft, limits: &Limits, now: SystemTime) -> Result<Sent, StoreError> {

@@ -47,6 +47,9 @@ struct CacheState {
     generation: u64,
     loaded: Option<Loaded>,
     conflicts: Vec<(String, String)>,
+    /// The last rows read, kept through invalidations: what a reader
+    /// gets, marked stale, while the database cannot be reached.
+    last: Option<Arc<Vec<Row>>>,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,11 @@ impl Cache {
         let mut s = self.lock();
         s.generation += 1;
         s.loaded = None;
+    }
+
+    /// The registry as last read, however old.
+    pub fn last_known(&self) -> Option<Arc<Vec<Row>>> {
+        self.lock().last.clone()
     }
 
     /// This host's name conflicts: (personality, the host that owns it).
@@ -99,6 +107,7 @@ impl Cache {
 
     pub(crate) fn store(&self, generation: u64, rows: Arc<Vec<Row>>) {
         let mut s = self.lock();
+        s.last = Some(rows.clone());
         if s.generation == generation {
             s.loaded = Some(Loaded { generation, at: Instant::now(), rows });
         }

@@ -123,6 +123,8 @@ pub struct Shared {
     pub registry: crate::registry::Cache,
     /// The database's schema as the last connect found it.
     pub schema: Mutex<Option<crate::migrate::Schema>>,
+    /// The links as last read (see [`crate::PgStore::last_known`]).
+    pub last_links: Mutex<Option<memoryd_core::peers::Links>>,
 }
 
 impl Shared {
@@ -140,6 +142,7 @@ impl Shared {
             outage: Mutex::default(),
             registry: Default::default(),
             schema: Mutex::default(),
+            last_links: Mutex::default(),
         }
     }
 

@@ -590,11 +590,12 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "peers_list",
-            "The peers you can see: yourself and your linked peers, with their presence.",
+            "The peers you can see: yourself and your linked peers, with their presence \
+             (`stale: true` when the fleet database cannot be reached and this is what was last known).",
             json!({"type": "object", "properties": {}}),
             json!({"peers": {"type": "array", "items": {"type": "object", "properties": {
                 "personality": text(), "reason": text(), "state": text(), "health": {},
-            }, "required": ["personality", "reason", "state", "health"]}}}),
+            }, "required": ["personality", "reason", "state", "health"]}}, "stale": {"type": "boolean"}}),
             Effect::Reads,
         ),
         tool(
@@ -697,6 +698,9 @@ impl Answer {
 #[derive(Serialize)]
 struct PeersList {
     peers: Vec<memoryd_proto::peers::Visible>,
+    /// From what this host last read of the fleet database, which cannot
+    /// be reached now (always false with the file store).
+    stale: bool,
 }
 
 /// A read note's links as a line of text for clients that read only text;
@@ -832,8 +836,8 @@ impl MemoryServer {
                 Answer::of(&result)
             }
             "peers_list" => {
-                let visible = self.daemon.visible_now(&personality).map_err(|e| e.message)?;
-                Answer::of(&PeersList { peers: visible })
+                let (peers, stale) = self.daemon.visible_or_last_known(&personality).map_err(|e| e.message)?;
+                Answer::of(&PeersList { peers, stale })
             }
             "peer_send" => {
                 self.check_write(node)?;

@@ -59,6 +59,23 @@ impl Daemon {
         peers::visible_in(&*self.store, &fleet, self.rules().floor, personality).map_err(rpc_error)
     }
 
+    /// `peers_list`: as [`Self::visible_now`], and while the fleet
+    /// database cannot be reached, the answer from what this host last
+    /// read of it, with `true` for stale (spec 80) rather than no answer.
+    pub fn visible_or_last_known(&self, personality: &str) -> Result<(Vec<Visible>, bool), RpcError> {
+        let e = match self.visible_now(personality) {
+            Ok(visible) => return Ok((visible, false)),
+            Err(e) => e,
+        };
+        let last = match (&self.pg, e.kind()) {
+            (Some(pg), Some(memoryd_proto::ErrorKind::StoreUnavailable)) => pg.last_known(&self.fleet_map()?),
+            _ => None,
+        };
+        let Some((fleet, links, presence)) = last else { return Err(e) };
+        peers::check_known(Some(&fleet), personality, false).map_err(|r| rpc_error(r.into()))?;
+        Ok((peers::visible(&links, &fleet, &presence.roster(self.rules().floor), personality), true))
+    }
+
     /// The message limits in force (the fleet's inbox capacity, with the
     /// fleet database).
     pub fn message_limits(&self) -> Limits {
