@@ -59,6 +59,8 @@ struct Figures {
     demotion: Duration,
     send: Option<Stats>,
     lease_ack: Option<Stats>,
+    /// Sends between two peers whose mailboxes hold a full history.
+    send_full: Option<Stats>,
     roster: Duration,
 }
 
@@ -129,8 +131,44 @@ fn measure(store: &dyn StateStore, n: usize, t0: SystemTime, figures: &mut Figur
         }
         figures.send = Some(Stats::of(sends));
         figures.lease_ack = Some(Stats::of(pairs));
+        figures.send_full = Some(full_history(store, &map, at)?);
     }
     Ok(())
+}
+
+/// How many messages a full history holds each way (`presence.history_max`'s
+/// default).
+const HISTORY: usize = 1_000;
+
+/// Sends from the first peer to the second once each has a full history:
+/// `HISTORY` messages delivered to the second (received, and sent by the
+/// first), then `HISTORY` the other way; then `SENDS / 4` timed sends.
+fn full_history(store: &dyn StateStore, map: &FleetMap, at: SystemTime) -> anyhow::Result<Stats> {
+    let (a, b) = (&map.peers[0].personality, &map.peers[1].personality);
+    for (from, to) in [(a, b), (b, a)] {
+        for k in 0..HISTORY {
+            let draft = Draft::plain(from, to, &format!("history {k}: a message of a few words, as agents send them"));
+            store.send(map, &draft, &limits(), at)?;
+            if k % 100 == 99 {
+                let ids: Vec<String> = store.lease(to, false, at)?.into_iter().map(|m| m.id).collect();
+                store.ack(to, &ids, &limits(), at)?;
+            }
+        }
+    }
+    let mailbox = store.mailbox(b)?;
+    anyhow::ensure!(
+        mailbox.received.len() >= HISTORY && mailbox.sent.len() >= HISTORY,
+        "{b}'s history holds {} received and {} sent, not {HISTORY} each",
+        mailbox.received.len(),
+        mailbox.sent.len()
+    );
+    let mut sends = Vec::new();
+    for _ in 0..SENDS / 4 {
+        let start = Instant::now();
+        store.send(map, &Draft::plain(a, b, "a message into a full history"), &limits(), at)?;
+        sends.push(start.elapsed());
+    }
+    Ok(Stats::of(sends))
 }
 
 fn pg_store(cluster: &Cluster, schema: &str, host: &str) -> anyhow::Result<PgStore> {
@@ -214,6 +252,15 @@ pub fn run(report: &mut Report) -> anyhow::Result<()> {
     let (fs, ps) = (stats(&file.send), stats(&pg.send));
     report.row("store", vec!["peer.send p50".into(), fs.0, ps.0, "≤ 10 ms".into()]);
     report.row("store", vec!["peer.send p99".into(), fs.1, ps.1, "≤ 50 ms".into()]);
+    let (ff, pf) = (stats(&file.send_full), stats(&pg.send_full));
+    report.row(
+        "store",
+        vec![format!("peer.send p50, both mailboxes at {HISTORY} received + {HISTORY} sent"), ff.0, pf.0, "".into()],
+    );
+    report.row(
+        "store",
+        vec![format!("peer.send p99, both mailboxes at {HISTORY} received + {HISTORY} sent"), ff.1, pf.1, "".into()],
+    );
     let (fl, pl) = (stats(&file.lease_ack), stats(&pg.lease_ack));
     report.row("store", vec!["lease then ack p50".into(), fl.0, pl.0, "≤ 20 ms".into()]);
     report.row("store", vec!["lease then ack p99".into(), fl.1, pl.1, "".into()]);
