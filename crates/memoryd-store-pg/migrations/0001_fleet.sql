@@ -86,7 +86,12 @@ CREATE TABLE mail (
   box TEXT NOT NULL CHECK (box IN ('waiting','received','sent','dropped','sends')),
   id TEXT NOT NULL,
   body JSONB NOT NULL,
+  -- A history item's time (a received message's delivery, a sent one's
+  -- sending), by the database's clock: what the history is pruned by.
+  at TIMESTAMPTZ,
   UNIQUE (personality, box, id));
+CREATE INDEX idx_mail_order ON mail(personality, box, seq);
+CREATE INDEX idx_mail_at ON mail(personality, box, at) WHERE at IS NOT NULL;
 
 CREATE TABLE events (
   seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -40,15 +40,17 @@ const SENT: &str = "sent";
 const DROPPED: &str = "dropped";
 const SENDS: &str = "sends";
 
-/// How much of a mailbox's history a change loads. A send, a lease and
-/// an ack only prune the history (by its times and counts) and append to
-/// it: they get the received and sent items as stubs (id, sender, times),
-/// which spares moving and parsing up to `history_max` full messages
-/// twice per change. A stub is never written back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much of a mailbox a change loads. A send, a lease and an ack only
+/// append to the history and prune it (by times and counts): they load
+/// the waiting messages, the dropped ids and the send times, and of the
+/// history only the items whose ids the change names (a retried receipt
+/// or send is known by its id); the history is pruned in SQL
+/// ([`prune_history`]) rather than carried through the domain, so a full
+/// history (`history_max` each way) costs a send no more rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Depth {
     Full,
-    Stubs,
+    Partial(Vec<String>),
 }
 
 /// Host clock minus database clock (ms), taken once per call: the stored
@@ -87,13 +89,12 @@ impl Clock {
 struct Stored {
     inbox: Inbox,
     seqs: HashMap<&'static str, Vec<i64>>,
-    depth: Depth,
     clock: Clock,
 }
 
 impl Stored {
-    fn empty(depth: Depth, clock: Clock) -> Stored {
-        Stored { inbox: Inbox::default(), seqs: HashMap::new(), depth, clock }
+    fn empty(clock: Clock) -> Stored {
+        Stored { inbox: Inbox::default(), seqs: HashMap::new(), clock }
     }
 }
 
@@ -107,6 +108,17 @@ enum Item<'a> {
 }
 
 impl Item<'_> {
+    /// A history item's time (delivery of a received message, sending of a
+    /// sent one) on the database's clock: the `at` the history is pruned
+    /// by; None for the other boxes.
+    fn at(&self, b: &str, clock: Clock) -> Option<SystemTime> {
+        match (self, b) {
+            (Item::Kept(k), RECEIVED) => Some(clock.shift(k.delivered_at, false).time()),
+            (Item::Message(m), SENT) => Some(clock.shift(m.ts, false).time()),
+            _ => None,
+        }
+    }
+
     /// The item as stored: its times on the database's clock.
     fn body(&self, clock: Clock) -> Result<Value, Failure> {
         let value = match self {
@@ -172,21 +184,22 @@ async fn load(
     depth: Depth,
     clock: Clock,
 ) -> Result<BTreeMap<String, Stored>, Failure> {
+    let (partial, ids) = match &depth {
+        Depth::Full => (false, &Vec::new()),
+        Depth::Partial(ids) => (true, ids),
+    };
     let rows = client
         .query(
-            "SELECT personality, seq, box, id, CASE WHEN stub THEN NULL ELSE body END,
-                    CASE WHEN stub THEN body->>'id' END, CASE WHEN stub THEN body->>'from' END,
-                    CASE WHEN stub THEN body->>'ts' END, CASE WHEN stub THEN body->>'deliveredAt' END
-               FROM (SELECT *, $2 AND box IN ('received', 'sent') AS stub FROM mail WHERE personality = ANY($1)) m
+            "SELECT personality, seq, box, id, body FROM mail
+              WHERE personality = ANY($1) AND (NOT $2 OR box NOT IN ('received', 'sent') OR id = ANY($3))
               ORDER BY seq",
-            &[&names, &(depth == Depth::Stubs)],
+            &[&names, &partial, ids],
         )
         .await?;
-    let mut out: BTreeMap<String, Stored> =
-        names.iter().map(|n| ((*n).to_owned(), Stored::empty(depth, clock))).collect();
+    let mut out: BTreeMap<String, Stored> = names.iter().map(|n| ((*n).to_owned(), Stored::empty(clock))).collect();
     for r in rows {
         let (who, seq, b, id): (String, i64, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
-        let stored = out.entry(who.clone()).or_insert_with(|| Stored::empty(depth, clock));
+        let stored = out.entry(who.clone()).or_insert_with(|| Stored::empty(clock));
         let inbox = &mut stored.inbox;
         let b = match (b.as_str(), r.get::<_, Option<Value>>(4)) {
             (WAITING, Some(value)) => {
@@ -215,44 +228,11 @@ async fn load(
                 inbox.sends.push(clock.shift(parse(&who, &id, value)?, true));
                 SENDS
             }
-            (RECEIVED, None) => {
-                let message = stub(&who, &id, &r)?;
-                let delivered_at = time(&who, &id, r.get(8))?;
-                let mut k = Kept { message, delivered_at, acknowledged_at: None };
-                clock.kept(&mut k, true);
-                inbox.received.push(k);
-                RECEIVED
-            }
-            (SENT, None) => {
-                let mut m = stub(&who, &id, &r)?;
-                clock.message(&mut m, true);
-                inbox.sent.push(m);
-                SENT
-            }
             (other, _) => return Err(tx::internal(format!("{who}'s mailbox has an item in an unknown box {other:?}"))),
         };
         stored.seqs.entry(b).or_default().push(seq);
     }
     Ok(out)
-}
-
-/// A history message as a stub: its id, sender and time.
-fn stub(who: &str, id: &str, r: &tokio_postgres::Row) -> Result<Message, Failure> {
-    let missing = || tx::internal(format!("the item {id} of {who}'s mailbox has no id or sender"));
-    let (message_id, from): (Option<String>, Option<String>) = (r.get(5), r.get(6));
-    Ok(Message::plain(
-        message_id.ok_or_else(missing)?,
-        from.ok_or_else(missing)?,
-        time(who, id, r.get(7))?,
-        String::new(),
-    ))
-}
-
-fn time(who: &str, id: &str, text: Option<String>) -> Result<Timestamp, Failure> {
-    text.as_deref()
-        .and_then(rfc3339::parse)
-        .map(Timestamp)
-        .ok_or_else(|| tx::internal(format!("the item {id} of {who}'s mailbox has no valid time")))
 }
 
 /// Writes what changed between the stored mailbox and `after`: removed
@@ -261,7 +241,7 @@ fn time(who: &str, id: &str, text: Option<String>) -> Result<Timestamp, Failure>
 async fn write(tx: &Tx<'_>, who: &str, before: &Stored, after: &Inbox) -> Result<(), Failure> {
     let mut gone = Vec::new();
     let (mut upd_seq, mut upd_body) = (Vec::new(), Vec::new());
-    let (mut new_box, mut new_id, mut new_body) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut new_box, mut new_id, mut new_body, mut new_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in BOXES.into_iter().filter(|b| !same(&before.inbox, after, b)) {
         let seqs = before.seqs.get(b).map(Vec::as_slice).unwrap_or_default();
         let old_items = items(&before.inbox, b, before.clock);
@@ -273,9 +253,6 @@ async fn write(tx: &Tx<'_>, who: &str, before: &Stored, after: &Inbox) -> Result
         for (id, item) in items(after, b, before.clock) {
             match old.remove(&id) {
                 Some((seq, prev)) if prev != item => {
-                    if before.depth == Depth::Stubs && (b == RECEIVED || b == SENT) {
-                        return Err(tx::internal(format!("a change of {who}'s history was made on its stubs")));
-                    }
                     upd_seq.push(seq);
                     upd_body.push(item.body(before.clock)?);
                 }
@@ -283,6 +260,7 @@ async fn write(tx: &Tx<'_>, who: &str, before: &Stored, after: &Inbox) -> Result
                 None => {
                     new_box.push(b);
                     new_id.push(id);
+                    new_at.push(item.at(b, before.clock));
                     new_body.push(item.body(before.clock)?);
                 }
             }
@@ -301,10 +279,11 @@ async fn write(tx: &Tx<'_>, who: &str, before: &Stored, after: &Inbox) -> Result
     }
     if !new_box.is_empty() {
         tx.execute(
-            "INSERT INTO mail (personality, box, id, body)
-             SELECT $1, u.b, u.i, u.j FROM unnest($2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS u(b, i, j, n)
+            "INSERT INTO mail (personality, box, id, body, at)
+             SELECT $1, u.b, u.i, u.j, u.a
+               FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::timestamptz[]) WITH ORDINALITY AS u(b, i, j, a, n)
               ORDER BY u.n",
-            &[&who, &new_box, &new_id, &new_body],
+            &[&who, &new_box, &new_id, &new_body, &new_at],
         )
         .await?;
     }
@@ -333,7 +312,7 @@ impl Boxes {
 
     fn get(&mut self, who: &str) -> &mut Inbox {
         let clock = self.clock;
-        &mut self.boxes.entry(who.to_owned()).or_insert_with(|| (Stored::empty(Depth::Full, clock), Inbox::default())).1
+        &mut self.boxes.entry(who.to_owned()).or_insert_with(|| (Stored::empty(clock), Inbox::default())).1
     }
 
     async fn write(&self, tx: &Tx<'_>) -> Result<(), Failure> {
@@ -344,6 +323,45 @@ impl Boxes {
         }
         Ok(())
     }
+}
+
+/// `limits` with the history unbounded: what the domain gets when the
+/// history is only partly loaded (see [`Depth::Partial`]) and
+/// [`prune_history`] bounds it instead.
+fn unbounded_history(limits: &Limits) -> Limits {
+    Limits { history_max: usize::MAX, history_age: Duration::MAX, ..*limits }
+}
+
+/// The domain's history bounds, in SQL, for the mailboxes of `owners`:
+/// received and sent items older than `history_age` (by delivery, by
+/// sending) go, then the oldest past `history_max` of each box, as
+/// `Inbox::prune` does. Times in the rows are on the database's clock.
+async fn prune_history(
+    tx: &Tx<'_>,
+    owners: &[&str],
+    limits: &Limits,
+    now: SystemTime,
+    clock: Clock,
+) -> Result<(), Failure> {
+    let now = clock.shift(Timestamp(now), false).time();
+    let cutoff = now.checked_sub(limits.history_age).unwrap_or(SystemTime::UNIX_EPOCH);
+    let max = i64::try_from(limits.history_max).unwrap_or(i64::MAX);
+    // By age first, then by count among what is left: both by index.
+    tx.execute(
+        "DELETE FROM mail WHERE personality = ANY($1) AND box IN ('received', 'sent') AND at <= $2 AND at < $3",
+        &[&owners, &cutoff, &now],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM mail WHERE seq IN (
+           SELECT old.seq FROM unnest($1::text[]) AS o(p)
+             CROSS JOIN (VALUES ('received'), ('sent')) AS b(box)
+             CROSS JOIN LATERAL (SELECT seq FROM mail WHERE personality = o.p AND box = b.box
+                                  ORDER BY seq DESC OFFSET $2) AS old)",
+        &[&owners, &max],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Ends a change: its events, a hint per changed inbox, the commit.
@@ -391,21 +409,23 @@ async fn send_in(
     if check(&registry::in_tx(&tx, &db.host_id, Some(&owners)).await?).is_err() {
         check(&registry::in_tx(&tx, &db.host_id, None).await?)?;
     }
-    let mut boxes = Boxes::load(&tx, &owners, Depth::Stubs, clock).await?;
+    let mut boxes = Boxes::load(&tx, &owners, Depth::Partial(vec![message.id.clone()]), clock).await?;
     if !message.operator {
         boxes.get(&message.from).check_rate(&message.from, limits, now)?;
     }
     let mut recipients = Vec::new();
     let mut events = Vec::new();
+    let domain = unbounded_history(limits);
     for t in &to {
-        let (queued, e) = boxes.get(t).queue(t, message.clone(), limits, now);
+        let (queued, e) = boxes.get(t).queue(t, message.clone(), &domain, now);
         recipients.push(queued);
         events.extend(e);
     }
     if !message.operator {
-        boxes.get(&message.from).record_sent(message, limits, now);
+        boxes.get(&message.from).record_sent(message, &domain, now);
     }
     boxes.write(&tx).await?;
+    prune_history(&tx, &owners, limits, now, clock).await?;
     crate::db::pause_point("send").await;
     finish(tx, db, &events, &to).await?;
     Ok(peers::sent(message, recipients))
@@ -471,7 +491,7 @@ pub async fn lease(db: &Db, p: &str, urgent_only: bool, now: SystemTime) -> Resu
         }
         let tx = c.transaction().await?;
         tx::lock_peers(&tx, &[p]).await?;
-        let mut boxes = Boxes::load(&tx, &[p], Depth::Stubs, clock).await?;
+        let mut boxes = Boxes::load(&tx, &[p], Depth::Partial(Vec::new()), clock).await?;
         let taken = boxes.get(p).lease(now, urgent_only);
         boxes.write(&tx).await?;
         tx.commit().await?;
@@ -486,9 +506,10 @@ pub async fn ack(db: &Db, p: &str, ids: &[String], limits: &Limits, now: SystemT
     db.call(db.settings.call_timeout, async |c| -> Result<usize, Failure> {
         let tx = c.transaction().await?;
         tx::lock_peers(&tx, &[p]).await?;
-        let mut boxes = Boxes::load(&tx, &[p], Depth::Stubs, clock).await?;
-        let (n, events) = boxes.get(p).deliver(p, ids, limits, now);
+        let mut boxes = Boxes::load(&tx, &[p], Depth::Partial(ids.to_vec()), clock).await?;
+        let (n, events) = boxes.get(p).deliver(p, ids, &unbounded_history(limits), now);
         boxes.write(&tx).await?;
+        prune_history(&tx, &[p], limits, now, clock).await?;
         let changed: &[&str] = if n > 0 { &[p] } else { &[] };
         crate::db::pause_point("ack").await;
         finish(tx, db, &events, changed).await?;
@@ -599,7 +620,7 @@ fn append<T: Clone>(to: &mut Vec<T>, from: &[T], key: impl Fn(&T) -> &str, known
 /// were waiting among them. Send times are not carried: they only count
 /// against the rate of the current minute.
 pub async fn import(tx: &Tx<'_>, p: &str, inbox: &Inbox, clock: Clock) -> Result<usize, Failure> {
-    let mut boxes = Boxes::load(tx, &[p], Depth::Stubs, clock).await?;
+    let mut boxes = Boxes::load(tx, &[p], Depth::Full, clock).await?;
     let target = boxes.get(p);
     let known = |b: &str| -> HashSet<String> { items(target, b, clock).into_iter().map(|(id, _)| id).collect() };
     let (waiting, received, sent, dropped) = (known(WAITING), known(RECEIVED), known(SENT), known(DROPPED));
