@@ -431,16 +431,22 @@ fn a_partitioned_host_goes_degraded_then_offline_its_hooks_stay_quick_and_its_li
         assert_eq!(code, Some(0));
         assert!(took < Duration::from_secs(1), "session-end took {took:?} during the partition");
     }
-    // A's roster: B's nodes degraded, then offline, each once.
+    // A's roster: B's nodes go offline, with one event. They pass through
+    // degraded (one event) unless a transaction B had open when the link
+    // froze held the node's row past offline_after: A's demotion skips a
+    // locked row, and the server ends B's transaction only after
+    // idle_in_transaction_session_timeout (10 s), by when the node is past
+    // both thresholds and goes offline in one step (spec 80's "a cut holds
+    // them until idle_in_transaction_session_timeout").
     for node in [bob, bea] {
         assert!(
-            eventually_within(Duration::from_secs(15), || a.state_of(node) == "offline"),
+            eventually_within(Duration::from_secs(20), || a.state_of(node) == "offline"),
             "{node} never went offline on A: {}",
             a.state_of(node)
         );
-        for event in ["runtime_node.degraded", "runtime_node.offline"] {
-            assert_eq!(event_count(&cluster.url(), &schema, event, node), 1, "{event} of {node}");
-        }
+        assert_eq!(event_count(&cluster.url(), &schema, "runtime_node.offline", node), 1, "offline events of {node}");
+        let degraded = event_count(&cluster.url(), &schema, "runtime_node.degraded", node);
+        assert!(degraded <= 1, "{degraded} degraded events of {node}");
     }
     // bob's agent still sees its peers, from what B last read, marked so.
     let stale = peers_list();
