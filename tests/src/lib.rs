@@ -467,6 +467,16 @@ impl Root {
         dir.canonicalize().unwrap()
     }
 
+    /// A folder per peer of `names` (claude) and the fleet map listing
+    /// them; the folders, in order.
+    pub fn claude_fleet(&self, names: &[&str]) -> Vec<PathBuf> {
+        let dirs: Vec<PathBuf> = names.iter().map(|n| self.peer_dir(n)).collect();
+        let peers: Vec<(&str, &Path, &[&str])> =
+            names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
+        self.write_fleet_map(&peers);
+        dirs
+    }
+
     /// Creates the state dir `S` as the daemon would (0700).
     pub fn make_state_dir(&self) {
         std::fs::create_dir_all(&self.paths.state).unwrap();

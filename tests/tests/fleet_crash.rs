@@ -38,10 +38,7 @@ fn host_at(url: &str, schema: &str, host_id: &str, names: &[&str], call_timeout:
          [store]\nbackend = \"postgres\"\n\
          [postgres]\nurl = \"{url}\"\nschema = \"{schema}\"\nhost_id = \"{host_id}\"\ncall_timeout = \"{call_timeout}\"\n"
     ));
-    let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
-    let peers: Vec<(&str, &std::path::Path, &[&str])> =
-        names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
-    root.write_fleet_map(&peers);
+    let dirs = root.claude_fleet(names);
     Host { root, names: names.iter().map(|n| (*n).to_owned()).collect(), dirs }
 }
 

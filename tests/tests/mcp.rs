@@ -30,10 +30,7 @@ fn world() -> World {
         vault.display()
     ));
     let names = ["ada", "bob", "cyd"];
-    let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
-    let fleet: Vec<(&str, &Path, &[&str])> =
-        names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
-    root.write_fleet_map(&fleet);
+    let dirs = root.claude_fleet(&names);
     World { root, port, vault, dirs }
 }
 

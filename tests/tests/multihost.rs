@@ -34,10 +34,7 @@ impl Host {
             "mcp_port = 0\n{FAST}[store]\nbackend = \"postgres\"\n\
              [postgres]\nurl = {url:?}\nhost_id = {id:?}\nschema = {schema:?}\nconnect_timeout = \"1s\"\n"
         ));
-        let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
-        let peers: Vec<(&str, &Path, &[&str])> =
-            names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
-        root.write_fleet_map(&peers);
+        let dirs = root.claude_fleet(names);
         let out = root.ctl(&[
             "provision-peer",
             "--cwd",

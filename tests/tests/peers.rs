@@ -19,10 +19,7 @@ fn fleet_root(names: &[&str], config: &str) -> (Root, Vec<PathBuf>) {
 fn fleet_root_on(names: &[&str], port: u16, config: &str) -> (Root, Vec<PathBuf>) {
     let root = Root::bare();
     root.write_config(&format!("mcp_port = {port}\n{config}"));
-    let dirs: Vec<PathBuf> = names.iter().map(|n| root.peer_dir(n)).collect();
-    let peers: Vec<(&str, &Path, &[&str])> =
-        names.iter().zip(&dirs).map(|(n, d)| (*n, d.as_path(), &["claude"][..])).collect();
-    root.write_fleet_map(&peers);
+    let dirs = root.claude_fleet(names);
     let out = root.ctl(&[
         "provision-peer",
         "--cwd",

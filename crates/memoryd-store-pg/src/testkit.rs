@@ -269,16 +269,27 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs `f` on a fresh connection to `url` (a check's own, beside the
+/// stores under test), the whole of it within 30 s.
+fn on_db<T>(url: &str, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let run = async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            f(&client).await
+        };
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the test database did not answer within 30 s")
+    })
+}
+
 /// The invariants of spec 80's scenario 5, checked after every scenario:
 /// by SQL on `schema` (no link row with `a >= b`, at most one active
 /// attachment per node) and on the event log (exactly one event per state
 /// transition: each session's state events chain, every one moving from
 /// the state the previous one reached). Every violation, in words.
 pub fn invariants(url: &str, schema: &str) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
+    on_db(url, async |client| {
         let mut broken = Vec::new();
         let q = |sql: &str| format!("SET search_path = \"{schema}\"; {sql}");
         let one_sided: i64 = client
@@ -307,10 +318,7 @@ pub fn invariants(url: &str, schema: &str) -> Vec<String> {
         for row in doubles {
             broken.push(format!("node {} has {} active attachments", row.get::<_, String>(0), row.get::<_, i64>(1)));
         }
-        let events = client
-            .query(&format!("SELECT body FROM \"{schema}\".events ORDER BY seq"), &[])
-            .await
-            .unwrap();
+        let events = client.query(&format!("SELECT body FROM \"{schema}\".events ORDER BY seq"), &[]).await.unwrap();
         let mut last: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
         for row in events {
             let body: serde_json::Value = row.get(0);
@@ -343,10 +351,7 @@ pub fn invariants(url: &str, schema: &str) -> Vec<String> {
 /// (`waiting`, `received`, `sent`, `dropped`): what a test's ledger of
 /// acknowledged sends is checked against.
 pub fn mailbox_ids(url: &str, schema: &str, personality: &str) -> Vec<(String, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
+    on_db(url, async |client| {
         client
             .query(
                 &format!("SELECT box, id FROM \"{schema}\".mail WHERE personality = $1 ORDER BY seq"),
@@ -363,10 +368,7 @@ pub fn mailbox_ids(url: &str, schema: &str, personality: &str) -> Vec<(String, S
 /// How many events named `event` (`runtime_node.degraded`, …) node `node`
 /// has on `schema`.
 pub fn event_count(url: &str, schema: &str, event: &str, node: &str) -> i64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
+    on_db(url, async |client| {
         client
             .query_one(
                 &format!("SELECT count(*) FROM \"{schema}\".events WHERE event = $1 AND node_id = $2"),
