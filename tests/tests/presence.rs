@@ -137,6 +137,42 @@ fn with_the_daemon_down_every_hook_exits_0_quickly_and_prints_nothing() {
 }
 
 #[test]
+fn a_hook_whose_stdin_never_ends_or_overflows_exits_0_within_its_budget() {
+    let (root, _boris) = wired_root("");
+    let hook = |input: Option<usize>| {
+        let started = Instant::now();
+        let mut child = root
+            .command(Path::new("/bin/sh"))
+            .arg(shim(&root, "prompt-submit"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // An agent that never closes stdin keeps the pipe; one that sends
+        // too much is cut off (the hook stops reading, so the rest fails).
+        let (writer, _held) = match input {
+            Some(len) => (Some(std::thread::spawn(move || drop(stdin.write_all(&vec![b' '; len])))), None),
+            None => (None, Some(stdin)),
+        };
+        let out = wait_within(&mut child, CHILD_LIMIT);
+        if let Some(writer) = writer {
+            writer.join().unwrap();
+        }
+        (out.status.code(), stdout(&out), started.elapsed())
+    };
+    let (code, out, took) = hook(None);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let (code, out, took) = hook(Some(3 << 20));
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let log = std::fs::read_to_string(root.paths.logs.join("hook-errors.log")).unwrap();
+    assert!(log.contains("stdin did not end within the hook's budget"), "{log}");
+    assert!(log.contains("stdin is longer than 1048576 bytes"), "{log}");
+}
+
+#[test]
 fn revocation_by_the_core_crosses_processes_and_only_birth_or_unrevoke_lift_it() {
     let (root, boris) = wired_root("");
     let _daemon = root.start_daemon();

@@ -5,7 +5,7 @@
 //! finishes within 2 s (session-end within 1 s); problems go to one line
 //! each in `R/logs/memoryd/hook-errors.log`.
 
-use crate::client::{Client, ConnectError};
+use crate::client::{Client, ConnectError, Queued};
 use memoryd_core::config;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::fleet::names::split_node_id;
@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The most of the agent's hook JSON we read from stdin.
-const MAX_STDIN: u64 = 1 << 20;
+const MAX_STDIN: usize = 1 << 20;
 
 /// A hook event the shims call, by its shim name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,58 +123,68 @@ pub async fn run(paths: &Paths, args: &HookArgs) {
 
 async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(), String> {
     let event: Event = args.event.parse()?;
-    let input = read_stdin().await?;
+    let input = read_stdin(deadline)?;
     let session = input["session_id"].as_str().filter(|s| !s.is_empty()).ok_or("the hook's JSON has no session_id")?;
     let cwd = input["cwd"].as_str().map(Path::new);
     let node = node_of(paths, args.runtime.as_deref(), cwd)?;
     let socket = lenient_config(paths).socket(paths);
     let hook = Hook { args, node, session: session.to_owned() };
-    let mut client = match Client::connect(&socket, remaining(deadline)).await {
-        Ok(client) => client,
+    let presence = match event {
+        Event::SessionStart => attach_command(&hook),
+        // Sent; the daemon finishes it even after we are gone.
+        Event::SessionEnd => Command::Detach(DetachParams {
+            node_id: hook.node.clone(),
+            session_id: Some(hook.session.clone()),
+            reason: Some("session-end".to_owned()),
+        }),
+        Event::PromptSubmit | Event::PostTool | Event::Stop => Command::Heartbeat(HeartbeatParams {
+            node_id: hook.node.clone(),
+            session_id: Some(hook.session.clone()),
+            health_state: Some(Health::Online),
+        }),
+    };
+    let personality = split_node_id(&hook.node).map(|(_, p)| p.to_owned()).ok_or("bad node")?;
+    let lease = event.delivers().map(|which| {
+        let urgent = which == Delivery::Urgent;
+        Command::PeerInbox(InboxParams { personality: personality.clone(), lease: true, urgent })
+    });
+    // The presence change and the lease go behind the hello in one write:
+    // an agent's turn pays one round trip.
+    let (mut client, [presence]) = match Client::connect_ahead(&socket, remaining(deadline), [&presence]).await {
+        Ok(connected) => connected,
         Err(ConnectError::NotAnswering(why)) | Err(ConnectError::Refused(RpcError { message: why, .. })) => {
             return Err(format!("memoryd does not answer: {why}"));
         }
     };
-    let attached = match event {
-        Event::SessionStart => attach(&mut client, &hook).await,
-        Event::SessionEnd => {
-            // Sent; the daemon finishes it even after we are gone.
-            let detach = DetachParams {
-                node_id: hook.node.clone(),
-                session_id: Some(hook.session.clone()),
-                reason: Some("session-end".to_owned()),
-            };
-            call(&mut client, &Command::Detach(detach)).await.map(drop).map_err(|e| e.message)
-        }
-        Event::PromptSubmit | Event::PostTool | Event::Stop => {
-            let beat = HeartbeatParams {
-                node_id: hook.node.clone(),
-                session_id: Some(hook.session.clone()),
-                health_state: Some(Health::Online),
-            };
-            match call(&mut client, &Command::Heartbeat(beat)).await {
-                Err(e) if e.kind() == Some(ErrorKind::RuntimenodeNotAttached) => attach(&mut client, &hook).await,
-                other => other.map(drop).map_err(|e| e.message),
-            }
-        }
-    };
+    let lease = lease.map(|lease| client.queue(&lease));
+    let presence = answer(&mut client, presence).await;
     // Messages are delivered even when presence had a problem.
-    let delivered = match event.delivers() {
-        Some(which) => deliver(&mut client, &hook, event, which).await,
+    let leased = match lease {
+        Some(lease) => Some(answer(&mut client, lease).await),
+        None => None,
+    };
+    let attached = match presence {
+        // A session the daemon does not know (it restarted, or the node was
+        // swept offline) attaches again.
+        Err(e) if e.kind() == Some(ErrorKind::RuntimenodeNotAttached) && event != Event::SessionStart => {
+            answer_to(&mut client, &attach_command(&hook)).await
+        }
+        other => other,
+    };
+    let delivered = match leased {
+        Some(Ok(leased)) => deliver(&mut client, &personality, event, leased).await,
+        Some(Err(e)) => Err(e.message),
         None => Ok(()),
     };
-    attached.and(delivered)
+    attached.map(drop).map_err(|e| e.message).and(delivered)
 }
 
-/// Leases the waiting peer messages, prints them as the one JSON object
-/// both runtimes add to the model's context, then acknowledges what was
-/// printed (a message not acknowledged comes again when its lease ends).
-/// A stop hook blocks the stop with the messages as its reason: once per
-/// message, since a printed message is acknowledged and never comes again.
-async fn deliver(client: &mut Client, hook: &Hook<'_>, event: Event, which: Delivery) -> Result<(), String> {
-    let personality = split_node_id(&hook.node).map(|(_, p)| p).ok_or("bad node")?;
-    let lease = InboxParams { personality: personality.to_owned(), lease: true, urgent: which == Delivery::Urgent };
-    let leased = call(client, &Command::PeerInbox(lease)).await.map_err(|e| e.message)?;
+/// Prints the leased peer messages as the one JSON object both runtimes
+/// add to the model's context, then acknowledges what was printed (a
+/// message not acknowledged comes again when its lease ends). A stop hook
+/// blocks the stop with the messages as its reason: once per message,
+/// since a printed message is acknowledged and never comes again.
+async fn deliver(client: &mut Client, personality: &str, event: Event, leased: Value) -> Result<(), String> {
     let messages: Vec<Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
     if messages.is_empty() {
         return Ok(());
@@ -189,30 +199,34 @@ async fn deliver(client: &mut Client, hook: &Hook<'_>, event: Event, which: Deli
     writeln!(stdout, "{output}")
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot print the messages: {e}"))?;
-    call(client, &Command::PeerAck(AckParams { personality: personality.to_owned(), ids: printed }))
+    answer_to(client, &Command::PeerAck(AckParams { personality: personality.to_owned(), ids: printed }))
         .await
         .map(drop)
         .map_err(|e| e.message)
 }
 
-async fn attach(client: &mut Client, hook: &Hook<'_>) -> Result<(), String> {
+fn attach_command(hook: &Hook<'_>) -> Command {
     let version = hook.args.client_version.clone().unwrap_or_else(|| "0.0".to_owned());
     let mut capabilities = Map::new();
     capabilities.insert("hooks".to_owned(), serde_json::to_value(Event::ALL).unwrap_or_default());
-    let attach = AttachParams {
+    Command::Attach(AttachParams {
         session_id: hook.session.clone(),
         node_id: hook.node.clone(),
         client_version: version,
         capabilities,
         health_state: Health::Online,
         pid: agent_pid(),
-    };
-    call(client, &Command::Attach(attach)).await.map(drop).map_err(|e| e.message)
+    })
 }
 
-async fn call(client: &mut Client, command: &Command) -> Result<Value, RpcError> {
-    // The hook's whole budget (`run`'s `timeout_at`) bounds every call.
-    match client.call(command, Duration::MAX, |_| {}).await {
+async fn answer_to(client: &mut Client, command: &Command) -> Result<Value, RpcError> {
+    let queued = client.queue(command);
+    answer(client, queued).await
+}
+
+async fn answer(client: &mut Client, queued: Queued) -> Result<Value, RpcError> {
+    // The hook's whole budget (`run`'s `timeout_at`) bounds every answer.
+    match client.answer(queued, Duration::MAX, |_| {}).await {
         Ok(outcome) => outcome,
         Err(e) => Err(RpcError::new(ErrorKind::Internal, e.to_string())),
     }
@@ -222,12 +236,31 @@ fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-async fn read_stdin() -> Result<Value, String> {
-    let read = tokio::task::spawn_blocking(|| {
-        let mut input = Vec::new();
-        std::io::stdin().take(MAX_STDIN).read_to_end(&mut input).map(|_| input)
-    });
-    let input = read.await.map_err(|e| e.to_string())?.map_err(|e| format!("cannot read the hook's stdin: {e}"))?;
+/// The hook's JSON, read by `deadline`: each read waits (poll) only as
+/// long as the budget allows, so an agent that never closes stdin costs
+/// its budget and no thread.
+fn read_stdin(deadline: Instant) -> Result<Value, String> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let (mut input, mut chunk) = (Vec::new(), [0u8; 16 * 1024]);
+    loop {
+        let wait = nix::poll::PollTimeout::try_from(remaining(deadline)).unwrap_or(nix::poll::PollTimeout::MAX);
+        let mut fds = [nix::poll::PollFd::new(stdin.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, wait) {
+            Ok(0) => return Err("the hook's stdin did not end within the hook's budget".to_owned()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("cannot wait for the hook's stdin: {e}")),
+        }
+        match stdin.lock().read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if input.len() + n > MAX_STDIN => {
+                return Err(format!("the hook's stdin is longer than {MAX_STDIN} bytes"));
+            }
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read the hook's stdin: {e}")),
+        }
+    }
     serde_json::from_slice(&input).map_err(|e| format!("the hook's stdin is not JSON: {e}"))
 }
 

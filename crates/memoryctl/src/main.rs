@@ -19,7 +19,7 @@ mod top_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use client::{CallError, Client, ConnectError};
+use client::{CallError, Client, ConnectError, Queued};
 pub use failure::Failure;
 use memoryd_core::config::{self, Config, ConfigError};
 use memoryd_core::host::paths::{self, Paths};
@@ -424,13 +424,39 @@ impl Ctx {
         client: &mut Client,
         command: &Call,
     ) -> anyhow::Result<Result<T, RpcError>> {
+        self.call_with(client, command, self.progress_printer()).await
+    }
+
+    /// `command` on a connection of its own, sent behind the hello in the
+    /// same write (one round trip for the commands every agent turn and
+    /// most operators run); None when the daemon does not answer.
+    pub async fn ask<T: DeserializeOwned>(&self, command: &Call) -> anyhow::Result<Option<Result<T, RpcError>>> {
+        match Client::connect_ahead(&self.socket, self.connect_timeout, [command]).await {
+            Ok((mut client, [queued])) => {
+                let mut on_progress = self.progress_printer();
+                let answer = self.answer_raw(&mut client, queued, command.is_long(), |n| {
+                    if let Some(progress) = progress_of(n) {
+                        on_progress(progress);
+                    }
+                });
+                answer.await.map(Some)
+            }
+            Err(ConnectError::NotAnswering(why)) => {
+                tracing::debug!(why, "memoryd is not answering");
+                Ok(None)
+            }
+            Err(ConnectError::Refused(e)) => Err(e.into()),
+        }
+    }
+
+    /// Prints each progress line in text mode.
+    fn progress_printer(&self) -> impl FnMut(memoryd_proto::Progress) + use<> {
         let (style, json) = (self.style, self.json);
-        self.call_with(client, command, |p| {
+        move |p| {
             if !json {
                 println!("{}", style.progress(&p));
             }
-        })
-        .await
+        }
     }
 
     /// One request, each progress line handed to `on_progress` as it
@@ -442,9 +468,7 @@ impl Ctx {
         mut on_progress: impl FnMut(memoryd_proto::Progress),
     ) -> anyhow::Result<Result<T, RpcError>> {
         self.call_raw(client, command, |n| {
-            if n.method == methods::HOST_PROGRESS
-                && let Ok(progress) = serde_json::from_value(n.params)
-            {
+            if let Some(progress) = progress_of(n) {
                 on_progress(progress);
             }
         })
@@ -460,10 +484,22 @@ impl Ctx {
         command: &Call,
         on_notification: impl FnMut(memoryd_proto::Notification),
     ) -> anyhow::Result<Result<T, RpcError>> {
-        let silence = self.silence_limit(command.is_long());
-        match client.call(command, silence, on_notification).await {
+        let queued = client.queue(command);
+        self.answer_raw(client, queued, command.is_long(), on_notification).await
+    }
+
+    /// The answer to a queued request, as [`Ctx::call_raw`] reads it.
+    async fn answer_raw<T: DeserializeOwned>(
+        &self,
+        client: &mut Client,
+        queued: Queued,
+        long: bool,
+        on_notification: impl FnMut(memoryd_proto::Notification),
+    ) -> anyhow::Result<Result<T, RpcError>> {
+        let method = queued.method();
+        match client.answer(queued, self.silence_limit(long), on_notification).await {
             Ok(Ok(result)) => Ok(Ok(serde_json::from_value(result)
-                .with_context(|| format!("memoryd sent a malformed answer to {}", command.method()))?)),
+                .with_context(|| format!("memoryd sent a malformed answer to {method}"))?)),
             Ok(Err(refusal)) => Ok(Err(refusal)),
             Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(client.hello.pid, &e)))),
             Err(e) => Err(Failure::new(ErrorKind::DaemonNotAnswering, e.to_string()).into()),
@@ -542,8 +578,6 @@ fn main() -> ExitCode {
             && let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
         {
             rt.block_on(hook_cmd::run(&Paths::new(root), args));
-            // A stdin read that never ends must not hold the agent.
-            rt.shutdown_background();
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::process::exit(0);
@@ -668,14 +702,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A notification's progress line, if it is one.
+fn progress_of(n: memoryd_proto::Notification) -> Option<memoryd_proto::Progress> {
+    (n.method == methods::HOST_PROGRESS).then(|| serde_json::from_value(n.params).ok()).flatten()
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let status = match ctx.connect().await? {
-        Some(mut client) => ctx.call(&mut client, &Call::HostStatus).await??,
+    let status = match ctx.ask(&Call::HostStatus).await? {
+        Some(answer) => answer?,
         None => {
             eprintln!("{}", ctx.not_answering());
             let mut status =
@@ -687,9 +726,10 @@ async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     if ctx.json {
         print_json(&status)?;
     } else {
-        for line in output::status_lines(&status, ctx.style) {
-            println!("{line}");
-        }
+        // One write: stdout is line-buffered, and this runs on every status.
+        let mut text = output::status_lines(&status, ctx.style).join("\n");
+        text.push('\n');
+        std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()).context("cannot write to stdout")?;
     }
     Ok(if status.running && status.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

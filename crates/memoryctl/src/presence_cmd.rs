@@ -133,8 +133,8 @@ async fn answered_null(ctx: &Ctx, command: &Command, done: Value, line: &str) ->
 /// answer (said on stderr, and by `source` in JSON), with the messages
 /// waiting for each peer.
 pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let (rows, source): (Vec<RosterRow>, &str) = match ctx.connect().await? {
-        Some(mut client) => (ctx.call(&mut client, &Command::Roster).await??, "memoryd"),
+    let (rows, source): (Vec<RosterRow>, &str) = match ctx.ask(&Command::Roster).await? {
+        Some(answer) => (answer?, "memoryd"),
         None => {
             eprintln!(
                 "{}; the roster below is read from disk, as memoryd last stored it",

@@ -362,7 +362,11 @@ pub fn key_names() -> impl Iterator<Item = &'static str> {
 /// The environment variable that sets `key`: `MEMORYD_<KEY>` with dots as
 /// underscores (`presence.sweep_every` → `MEMORYD_PRESENCE_SWEEP_EVERY`).
 pub fn env_var(key: &str) -> String {
-    format!("MEMORYD_{}", key.replace('.', "_").to_ascii_uppercase())
+    // Built by hand: every memoryctl start names each key's variable once.
+    let mut name = String::with_capacity("MEMORYD_".len() + key.len());
+    name.push_str("MEMORYD_");
+    name.extend(key.chars().map(|c| if c == '.' { '_' } else { c.to_ascii_uppercase() }));
+    name
 }
 
 /// A value as it arrived: TOML scalars keep their type, the environment and
@@ -778,7 +782,7 @@ fn collect<'a>(table: &'a toml_edit::Table, prefix: &str, out: &mut Vec<(String,
     for (key, item) in table.iter() {
         let dotted = if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
         let span = table.key(key).and_then(|k| k.span());
-        let is_section = KEYS.iter().any(|(name, _)| name.starts_with(&format!("{dotted}.")));
+        let is_section = KEYS.iter().any(|(name, _)| name.strip_prefix(dotted.as_str()).is_some_and(|rest| rest.starts_with('.')));
         match (item.as_table(), item.as_inline_table()) {
             (Some(sub), _) if is_section => collect(sub, &dotted, out),
             (_, Some(sub)) if is_section => {
