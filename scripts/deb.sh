@@ -20,4 +20,7 @@ if ! grep -qx 'ExecStart=/usr/bin/memoryd --root %h/.iapeer' "$out/memoryd.servi
   exit 1
 fi
 mv "$out/memoryd.service.tmp" "$out/memoryd.service"
-exec cargo deb --locked -p memoryd "$@"
+# The binaries as the install builds them (memoryctl statically linked
+# where it can be; see scripts/build.sh), then packaged as they are.
+scripts/build.sh --release
+exec cargo deb --locked --no-build -p memoryd "$@"

@@ -9,7 +9,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
-cargo build --quiet -p memoryd -p memoryctl
+scripts/build.sh
 # Where cargo put them: CARGO_TARGET_DIR, a configured target-dir, or ./target.
 target="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 ctl="$target/debug/memoryctl"

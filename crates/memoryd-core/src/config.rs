@@ -782,7 +782,8 @@ fn collect<'a>(table: &'a toml_edit::Table, prefix: &str, out: &mut Vec<(String,
     for (key, item) in table.iter() {
         let dotted = if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
         let span = table.key(key).and_then(|k| k.span());
-        let is_section = KEYS.iter().any(|(name, _)| name.strip_prefix(dotted.as_str()).is_some_and(|rest| rest.starts_with('.')));
+        let is_section =
+            KEYS.iter().any(|(name, _)| name.strip_prefix(dotted.as_str()).is_some_and(|rest| rest.starts_with('.')));
         match (item.as_table(), item.as_inline_table()) {
             (Some(sub), _) if is_section => collect(sub, &dotted, out),
             (_, Some(sub)) if is_section => {
