@@ -19,8 +19,7 @@ if [ ! -x "$MEMORYD_BENCH_TOOLS/bin/pueue" ]; then
     cargo install pueue --locked --quiet --root "$MEMORYD_BENCH_TOOLS" &
     pueue_build=$!
 fi
-cargo build --release --quiet -p memoryd-bench
-scripts/build.sh --release
+scripts/build.sh --release --bench
 if [ -n "$pueue_build" ]; then
     wait "$pueue_build" || { echo "cargo install pueue failed" >&2; exit 1; }
 fi

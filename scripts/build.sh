@@ -4,6 +4,8 @@
 #   scripts/build.sh                          -> target/debug/{memoryd,memoryctl}
 #   scripts/build.sh --release                -> target/release/{memoryd,memoryctl}
 #   scripts/build.sh --release --install DIR  -> also copied into DIR/bin
+#   scripts/build.sh --release --bench        -> also memoryd-bench and its
+#                                                floor client (linked as memoryctl)
 #
 # memoryctl is linked statically, without PIE, where that is safe: Linux
 # with glibc 2.34 or newer, whose static libc answers user and host-name
@@ -20,9 +22,11 @@ set -eu
 cd "$(dirname "$0")/.."
 profile=dev
 prefix=
+bench=
 while [ $# -gt 0 ]; do
   case "$1" in
     --release) profile=release ;;
+    --bench) bench=1 ;;
     --install) prefix="${2:?--install needs a directory}"; shift ;;
     *) echo "build.sh: unknown argument $1 (see the comment at the top)" >&2; exit 2 ;;
   esac
@@ -38,15 +42,21 @@ static_glibc() {
   [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 34 ]; }
 }
 
-cargo build --quiet --profile "$profile" -p memoryd
-if [ "${MEMORYD_DYNAMIC_CTL:-0}" != 1 ] && static_glibc; then
-  if ! cargo rustc --quiet --profile "$profile" -p memoryctl --bin memoryctl -- \
-    -C target-feature=+crt-static -C relocation-model=static; then
-    echo "build.sh: memoryctl did not link statically (is libc6-dev's libc.a installed?); linking it dynamically" >&2
-    cargo build --quiet --profile "$profile" -p memoryctl
+# Builds binary $2 of package $1 as memoryctl is linked.
+link_like_memoryctl() {
+  if [ "${MEMORYD_DYNAMIC_CTL:-0}" != 1 ] && static_glibc; then
+    cargo rustc --quiet --profile "$profile" -p "$1" --bin "$2" -- \
+      -C target-feature=+crt-static -C relocation-model=static && return
+    echo "build.sh: $2 did not link statically (is libc6-dev's libc.a installed?); linking it dynamically" >&2
   fi
-else
-  cargo build --quiet --profile "$profile" -p memoryctl
+  cargo build --quiet --profile "$profile" -p "$1" --bin "$2"
+}
+
+cargo build --quiet --profile "$profile" -p memoryd
+link_like_memoryctl memoryctl memoryctl
+if [ -n "$bench" ]; then
+  cargo build --quiet --profile "$profile" -p memoryd-bench --bin memoryd-bench
+  link_like_memoryctl memoryd-bench memoryd-floor-client
 fi
 
 if [ -n "$prefix" ]; then

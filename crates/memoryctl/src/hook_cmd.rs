@@ -5,7 +5,7 @@
 //! finishes within 2 s (session-end within 1 s); problems go to one line
 //! each in `R/logs/memoryd/hook-errors.log`.
 
-use crate::client::{Client, ConnectError, Queued};
+use crate::client::{BlockingClient, ConnectError, Queued};
 use memoryd_core::config;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::fleet::names::split_node_id;
@@ -106,22 +106,17 @@ struct Hook<'a> {
     session: String,
 }
 
-/// Runs the hook within its time budget; never fails.
-pub async fn run(paths: &Paths, args: &HookArgs) {
+/// Runs the hook within its time budget (every wait, from stdin to the
+/// last answer, ends by its deadline); never fails.
+pub fn run(paths: &Paths, args: &HookArgs) {
     let budget = args.event.parse().map_or(Duration::from_secs(2), Event::budget);
     let deadline = Instant::now() + budget - Duration::from_millis(100);
-    let outcome = tokio::time::timeout_at(deadline.into(), handle(paths, args, deadline)).await;
-    let problem = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(problem)) => Some(problem),
-        Err(_) => Some(format!("gave up after {}ms", budget.as_millis())),
-    };
-    if let Some(problem) = problem {
+    if let Err(problem) = handle(paths, args, deadline) {
         log_error(paths, &format!("{} ({}): {problem}", args.event, args.runtime.as_deref().unwrap_or("?")));
     }
 }
 
-async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(), String> {
+fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(), String> {
     let event: Event = args.event.parse()?;
     let input = read_stdin(deadline)?;
     let session = input["session_id"].as_str().filter(|s| !s.is_empty()).ok_or("the hook's JSON has no session_id")?;
@@ -150,29 +145,29 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
     });
     // The presence change and the lease go behind the hello in one write:
     // an agent's turn pays one round trip.
-    let (mut client, [presence]) = match Client::connect_ahead(&socket, remaining(deadline), [&presence]).await {
+    let (mut client, [presence]) = match BlockingClient::connect_ahead(&socket, remaining(deadline), [&presence]) {
         Ok(connected) => connected,
         Err(ConnectError::NotAnswering(why)) | Err(ConnectError::Refused(RpcError { message: why, .. })) => {
             return Err(format!("memoryd does not answer: {why}"));
         }
     };
     let lease = lease.map(|lease| client.queue(&lease));
-    let presence = answer(&mut client, presence).await;
+    let presence = answer(&mut client, presence, deadline);
     // Messages are delivered even when presence had a problem.
-    let leased = match lease {
-        Some(lease) => Some(answer(&mut client, lease).await),
-        None => None,
-    };
+    let leased = lease.map(|lease| answer(&mut client, lease, deadline));
     let attached = match presence {
-        // A session the daemon does not know (it restarted, or the node was
-        // swept offline) attaches again.
-        Err(e) if e.kind() == Some(ErrorKind::RuntimenodeNotAttached) && event != Event::SessionStart => {
-            answer_to(&mut client, &attach_command(&hook)).await
+        // A beating session the daemon does not know (it restarted, or the
+        // node was swept offline) attaches again.
+        Err(e)
+            if e.kind() == Some(ErrorKind::RuntimenodeNotAttached)
+                && matches!(event, Event::PromptSubmit | Event::PostTool | Event::Stop) =>
+        {
+            answer_to(&mut client, &attach_command(&hook), deadline)
         }
         other => other,
     };
     let delivered = match leased {
-        Some(Ok(leased)) => deliver(&mut client, &personality, event, leased).await,
+        Some(Ok(leased)) => deliver(&mut client, &personality, event, leased, deadline),
         Some(Err(e)) => Err(e.message),
         None => Ok(()),
     };
@@ -184,7 +179,13 @@ async fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(),
 /// message not acknowledged comes again when its lease ends). A stop hook
 /// blocks the stop with the messages as its reason: once per message,
 /// since a printed message is acknowledged and never comes again.
-async fn deliver(client: &mut Client, personality: &str, event: Event, leased: Value) -> Result<(), String> {
+fn deliver(
+    client: &mut BlockingClient,
+    personality: &str,
+    event: Event,
+    leased: Value,
+    deadline: Instant,
+) -> Result<(), String> {
     let messages: Vec<Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
     if messages.is_empty() {
         return Ok(());
@@ -199,10 +200,8 @@ async fn deliver(client: &mut Client, personality: &str, event: Event, leased: V
     writeln!(stdout, "{output}")
         .and_then(|()| stdout.flush())
         .map_err(|e| format!("cannot print the messages: {e}"))?;
-    answer_to(client, &Command::PeerAck(AckParams { personality: personality.to_owned(), ids: printed }))
-        .await
-        .map(drop)
-        .map_err(|e| e.message)
+    let ack = Command::PeerAck(AckParams { personality: personality.to_owned(), ids: printed });
+    answer_to(client, &ack, deadline).map(drop).map_err(|e| e.message)
 }
 
 fn attach_command(hook: &Hook<'_>) -> Command {
@@ -219,14 +218,13 @@ fn attach_command(hook: &Hook<'_>) -> Command {
     })
 }
 
-async fn answer_to(client: &mut Client, command: &Command) -> Result<Value, RpcError> {
+fn answer_to(client: &mut BlockingClient, command: &Command, deadline: Instant) -> Result<Value, RpcError> {
     let queued = client.queue(command);
-    answer(client, queued).await
+    answer(client, queued, deadline)
 }
 
-async fn answer(client: &mut Client, queued: Queued) -> Result<Value, RpcError> {
-    // The hook's whole budget (`run`'s `timeout_at`) bounds every answer.
-    match client.answer(queued, Duration::MAX, |_| {}).await {
+fn answer(client: &mut BlockingClient, queued: Queued, deadline: Instant) -> Result<Value, RpcError> {
+    match client.answer(queued, remaining(deadline)) {
         Ok(outcome) => outcome,
         Err(e) => Err(RpcError::new(ErrorKind::Internal, e.to_string())),
     }

@@ -19,7 +19,7 @@ mod top_cmd;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use client::{CallError, Client, ConnectError, Queued};
+use client::{BlockingClient, CallError, Client, ConnectError};
 pub use failure::Failure;
 use memoryd_core::config::{self, Config, ConfigError};
 use memoryd_core::host::paths::{self, Paths};
@@ -373,7 +373,12 @@ impl Ctx {
 
     /// Connects to the daemon; None when it does not answer.
     pub async fn connect(&self) -> anyhow::Result<Option<Client>> {
-        match Client::connect(&self.socket, self.connect_timeout).await {
+        self.connected(Client::connect(&self.socket, self.connect_timeout).await)
+    }
+
+    /// A connection, None when the daemon did not answer, or its refusal.
+    fn connected<C>(&self, connected: Result<C, ConnectError>) -> anyhow::Result<Option<C>> {
+        match connected {
             Ok(client) => Ok(Some(client)),
             Err(ConnectError::NotAnswering(why)) => {
                 tracing::debug!(why, "memoryd is not answering");
@@ -424,39 +429,27 @@ impl Ctx {
         client: &mut Client,
         command: &Call,
     ) -> anyhow::Result<Result<T, RpcError>> {
-        self.call_with(client, command, self.progress_printer()).await
-    }
-
-    /// `command` on a connection of its own, sent behind the hello in the
-    /// same write (one round trip for the commands every agent turn and
-    /// most operators run); None when the daemon does not answer.
-    pub async fn ask<T: DeserializeOwned>(&self, command: &Call) -> anyhow::Result<Option<Result<T, RpcError>>> {
-        match Client::connect_ahead(&self.socket, self.connect_timeout, [command]).await {
-            Ok((mut client, [queued])) => {
-                let mut on_progress = self.progress_printer();
-                let answer = self.answer_raw(&mut client, queued, command.is_long(), |n| {
-                    if let Some(progress) = progress_of(n) {
-                        on_progress(progress);
-                    }
-                });
-                answer.await.map(Some)
-            }
-            Err(ConnectError::NotAnswering(why)) => {
-                tracing::debug!(why, "memoryd is not answering");
-                Ok(None)
-            }
-            Err(ConnectError::Refused(e)) => Err(e.into()),
-        }
-    }
-
-    /// Prints each progress line in text mode.
-    fn progress_printer(&self) -> impl FnMut(memoryd_proto::Progress) + use<> {
         let (style, json) = (self.style, self.json);
-        move |p| {
+        self.call_with(client, command, |p| {
             if !json {
                 println!("{}", style.progress(&p));
             }
-        }
+        })
+        .await
+    }
+
+    /// `command` alone on a blocking connection of its own, sent behind the
+    /// hello in the same write: one round trip and no runtime, for the
+    /// short commands most operators run (`status`, `peers`). The whole
+    /// wait is bounded as a short request's; None when the daemon does not
+    /// answer.
+    pub fn ask<T: DeserializeOwned>(&self, command: &Call) -> anyhow::Result<Option<Result<T, RpcError>>> {
+        let connected = BlockingClient::connect_ahead(&self.socket, self.connect_timeout, [command]);
+        let Some((mut client, [queued])) = self.connected(connected)? else {
+            return Ok(None);
+        };
+        let answer = client.answer(queued, self.silence_limit(command.is_long()));
+        self.answer_of(answer, command.method(), client.hello.pid).map(Some)
     }
 
     /// One request, each progress line handed to `on_progress` as it
@@ -468,7 +461,9 @@ impl Ctx {
         mut on_progress: impl FnMut(memoryd_proto::Progress),
     ) -> anyhow::Result<Result<T, RpcError>> {
         self.call_raw(client, command, |n| {
-            if let Some(progress) = progress_of(n) {
+            if n.method == methods::HOST_PROGRESS
+                && let Ok(progress) = serde_json::from_value(n.params)
+            {
                 on_progress(progress);
             }
         })
@@ -484,24 +479,24 @@ impl Ctx {
         command: &Call,
         on_notification: impl FnMut(memoryd_proto::Notification),
     ) -> anyhow::Result<Result<T, RpcError>> {
-        let queued = client.queue(command);
-        self.answer_raw(client, queued, command.is_long(), on_notification).await
+        let answer = client.call(command, self.silence_limit(command.is_long()), on_notification).await;
+        self.answer_of(answer, command.method(), client.hello.pid)
     }
 
-    /// The answer to a queued request, as [`Ctx::call_raw`] reads it.
-    async fn answer_raw<T: DeserializeOwned>(
+    /// A daemon's answer to `method` as the commands take it: the result as
+    /// its type, or the daemon's refusal; a silent or lost daemon is an
+    /// error that says what to do.
+    fn answer_of<T: DeserializeOwned>(
         &self,
-        client: &mut Client,
-        queued: Queued,
-        long: bool,
-        on_notification: impl FnMut(memoryd_proto::Notification),
+        answer: Result<Result<Value, RpcError>, CallError>,
+        method: &str,
+        pid: u32,
     ) -> anyhow::Result<Result<T, RpcError>> {
-        let method = queued.method();
-        match client.answer(queued, self.silence_limit(long), on_notification).await {
+        match answer {
             Ok(Ok(result)) => Ok(Ok(serde_json::from_value(result)
                 .with_context(|| format!("memoryd sent a malformed answer to {method}"))?)),
             Ok(Err(refusal)) => Ok(Err(refusal)),
-            Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(client.hello.pid, &e)))),
+            Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(pid, &e)))),
             Err(e) => Err(Failure::new(ErrorKind::DaemonNotAnswering, e.to_string()).into()),
         }
     }
@@ -574,10 +569,8 @@ fn main() -> ExitCode {
     if let Command::Hook(args) = &cli.command {
         // Nothing here may fail the hook: a missing root, config or daemon
         // is logged and the agent goes on.
-        if let Ok(root) = paths::resolve_root(cli.root.as_deref(), |k| std::env::var_os(k))
-            && let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build()
-        {
-            rt.block_on(hook_cmd::run(&Paths::new(root), args));
+        if let Ok(root) = paths::resolve_root(cli.root.as_deref(), |k| std::env::var_os(k)) {
+            hook_cmd::run(&Paths::new(root), args);
         }
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::process::exit(0);
@@ -585,12 +578,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let verb = cli.command.verb();
     let json = cli.json;
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
-    match result {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             let message = format!("{e:#}");
@@ -655,7 +643,7 @@ fn generated(command: &Command) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if generated(&cli.command)? {
         return Ok(ExitCode::SUCCESS);
     }
@@ -664,47 +652,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         eprintln!("memoryctl: warning: {e}; using the defaults to reach memoryd (see: memoryctl config check)");
     }
     match cli.command {
-        Command::Status => status(&ctx).await,
-        Command::Shutdown => daemon_cmd::shutdown(&ctx, false).await,
-        Command::Reload => reload(&ctx).await,
-        Command::Sweep => provision_cmd::sweep(&ctx).await,
-        Command::Init(args) => install_cmd::init(&ctx, args).await,
-        Command::Uninstall { yes } => install_cmd::uninstall(&ctx, yes).await,
-        Command::Verify { repair, local } => ops_cmd::verify(&ctx, repair, local).await,
-        Command::Update { skip, local } => ops_cmd::update(&ctx, skip, local).await,
-        Command::ProvisionPeer(args) => provision_cmd::peer(&ctx, args, true).await,
-        Command::UnprovisionPeer(args) => provision_cmd::peer(&ctx, args, false).await,
-        // Handled in `main`, before anything that could fail.
-        Command::Hook(_) => Ok(ExitCode::SUCCESS),
-        Command::Attach(args) => presence_cmd::attach(&ctx, args).await,
-        Command::Heartbeat(args) => presence_cmd::heartbeat(&ctx, args).await,
-        Command::Detach(args) => presence_cmd::detach(&ctx, args).await,
-        Command::Peers => presence_cmd::peers(&ctx).await,
-        Command::Revoke { node, reason, force } => {
-            presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
-        }
-        Command::Unrevoke { node } => presence_cmd::revocation(&ctx, &node, presence_cmd::Revocation::Unrevoke).await,
-        Command::Events { follow, node, lines, since } => {
-            presence_cmd::events(&ctx, TailParams { follow, node, limit: lines, since: since.map(Timestamp) }).await
-        }
-        Command::Peer { action } => peer_cmd::run(&ctx, action).await,
-        Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(&ctx).await,
-        Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(&ctx, true).await,
-        Command::Daemon { action: DaemonAction::Restart } => daemon_cmd::restart(&ctx).await,
-        Command::Logs { follow, lines } => logs_cmd::logs(&ctx, follow, lines).await,
-        // Printed in `generated`, before anything that could fail.
-        Command::Completions { .. } | Command::Manpage => Ok(ExitCode::SUCCESS),
-        Command::Config { action: ConfigAction::Check } => config_check(&ctx),
-        Command::Fleet { action } => fleet_cmd::fleet(&ctx, action),
-        Command::Store { action } => fleet_cmd::store(&ctx, action),
-        Command::Service { action } => service_cmd::run(&ctx, action).await,
-        Command::Top(args) => top_cmd::top(&ctx, args).await,
+        // The short commands most operators run start no runtime: one
+        // blocking connection, one round trip (Ctx::ask).
+        Command::Status => status(&ctx),
+        Command::Peers => presence_cmd::peers(&ctx),
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?
+            .block_on(run_on_runtime(&ctx, command)),
     }
 }
 
-/// A notification's progress line, if it is one.
-fn progress_of(n: memoryd_proto::Notification) -> Option<memoryd_proto::Progress> {
-    (n.method == methods::HOST_PROGRESS).then(|| serde_json::from_value(n.params).ok()).flatten()
+async fn run_on_runtime(ctx: &Ctx, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Shutdown => daemon_cmd::shutdown(ctx, false).await,
+        Command::Reload => reload(ctx).await,
+        Command::Sweep => provision_cmd::sweep(ctx).await,
+        Command::Init(args) => install_cmd::init(ctx, args).await,
+        Command::Uninstall { yes } => install_cmd::uninstall(ctx, yes).await,
+        Command::Verify { repair, local } => ops_cmd::verify(ctx, repair, local).await,
+        Command::Update { skip, local } => ops_cmd::update(ctx, skip, local).await,
+        Command::ProvisionPeer(args) => provision_cmd::peer(ctx, args, true).await,
+        Command::UnprovisionPeer(args) => provision_cmd::peer(ctx, args, false).await,
+        // Run before any runtime starts: the hooks in `main`, before
+        // anything that could fail; status and peers in `run`.
+        Command::Hook(_) | Command::Status | Command::Peers => Ok(ExitCode::SUCCESS),
+        Command::Attach(args) => presence_cmd::attach(ctx, args).await,
+        Command::Heartbeat(args) => presence_cmd::heartbeat(ctx, args).await,
+        Command::Detach(args) => presence_cmd::detach(ctx, args).await,
+        Command::Revoke { node, reason, force } => {
+            presence_cmd::revocation(ctx, &node, presence_cmd::Revocation::Revoke { reason, force }).await
+        }
+        Command::Unrevoke { node } => presence_cmd::revocation(ctx, &node, presence_cmd::Revocation::Unrevoke).await,
+        Command::Events { follow, node, lines, since } => {
+            presence_cmd::events(ctx, TailParams { follow, node, limit: lines, since: since.map(Timestamp) }).await
+        }
+        Command::Peer { action } => peer_cmd::run(ctx, action).await,
+        Command::Daemon { action: DaemonAction::Start } => daemon_cmd::start(ctx).await,
+        Command::Daemon { action: DaemonAction::Stop } => daemon_cmd::shutdown(ctx, true).await,
+        Command::Daemon { action: DaemonAction::Restart } => daemon_cmd::restart(ctx).await,
+        Command::Logs { follow, lines } => logs_cmd::logs(ctx, follow, lines).await,
+        // Printed in `generated`, before anything that could fail.
+        Command::Completions { .. } | Command::Manpage => Ok(ExitCode::SUCCESS),
+        Command::Config { action: ConfigAction::Check } => config_check(ctx),
+        Command::Fleet { action } => fleet_cmd::fleet(ctx, action),
+        Command::Store { action } => fleet_cmd::store(ctx, action),
+        Command::Service { action } => service_cmd::run(ctx, action).await,
+        Command::Top(args) => top_cmd::top(ctx, args).await,
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -712,8 +708,8 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let status = match ctx.ask(&Call::HostStatus).await? {
+fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let status = match ctx.ask(&Call::HostStatus)? {
         Some(answer) => answer?,
         None => {
             eprintln!("{}", ctx.not_answering());

@@ -3,6 +3,7 @@
 
 use crate::Ctx;
 use crate::store_open::{Access, off_runtime, open};
+use anyhow::Context as _;
 use clap::Args;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::host::files::FileGuard;
@@ -132,8 +133,10 @@ async fn answered_null(ctx: &Ctx, command: &Command, done: Value, line: &str) ->
 /// `peers`: the roster, from the daemon, or as stored when it does not
 /// answer (said on stderr, and by `source` in JSON), with the messages
 /// waiting for each peer.
-pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let (rows, source): (Vec<RosterRow>, &str) = match ctx.ask(&Command::Roster).await? {
+pub fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    // No runtime runs here (see `Ctx::ask`), so the store is opened on this
+    // thread.
+    let (rows, source): (Vec<RosterRow>, &str) = match ctx.ask(&Command::Roster)? {
         Some(answer) => (answer?, "memoryd"),
         None => {
             eprintln!(
@@ -141,35 +144,32 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 ctx.not_answering().trim_end_matches('.')
             );
             let floor = ctx.config.presence.min_client_version;
-            (
-                off_runtime(|| {
-                    open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor).map_err(anyhow::Error::from)
-                })?,
-                "disk",
-            )
+            (open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor)?, "disk")
         }
     };
-    let waiting = off_runtime(|| open(&ctx.paths, &ctx.config, Access::Read).map(|s| s.waiting()))?;
+    let waiting = open(&ctx.paths, &ctx.config, Access::Read)?.waiting();
     if ctx.json {
         let waiting = waiting.ok();
         crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
         return Ok(ExitCode::SUCCESS);
     }
+    // Written at once: stdout is line-buffered.
+    let mut text = String::new();
     if rows.is_empty() {
-        println!("no agent session has attached yet");
+        text.push_str("no agent session has attached yet\n");
     } else {
-        println!(
-            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID",
+        text.push_str(&format!(
+            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} PID\n",
             "NODE", "SESSION", "STATE", "HEALTH", "READONLY", "VERSION", "HEARTBEAT"
-        );
+        ));
     }
     let now = SystemTime::now();
     for r in rows {
         let age =
             now.duration_since(r.last_heartbeat_at.time()).map_or("?".to_owned(), |d| format!("{}s ago", d.as_secs()));
         let session: String = r.session_id.chars().take(8).collect();
-        println!(
-            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} {}",
+        text.push_str(&format!(
+            "{:<28} {:<10} {:<11} {:<9} {:<9} {:<8} {:<10} {}\n",
             r.node_id,
             session,
             r.state.as_str(),
@@ -178,16 +178,17 @@ pub async fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             r.client_version,
             age,
             r.pid.map_or("-".to_owned(), |p| p.to_string()),
-        );
+        ));
     }
     match waiting {
-        Ok(w) if w.is_empty() => println!("no peer message waits"),
+        Ok(w) if w.is_empty() => text.push_str("no peer message waits\n"),
         Ok(w) => {
             let each: Vec<String> = w.iter().map(|(peer, n)| format!("{peer} {n}")).collect();
-            println!("peer messages waiting: {}", each.join(", "));
+            text.push_str(&format!("peer messages waiting: {}\n", each.join(", ")));
         }
-        Err(e) => println!("peer messages waiting: unknown ({e})"),
+        Err(e) => text.push_str(&format!("peer messages waiting: unknown ({e})\n")),
     }
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()).context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,28 +16,26 @@ use std::time::{Duration, Instant};
 pub struct Bins {
     pub memoryd: PathBuf,
     pub memoryctl: PathBuf,
+    /// The floor of a whole client process (src/bin/memoryd-floor-client.rs).
+    pub floor_client: PathBuf,
     pub me: PathBuf,
 }
 
 impl Bins {
     pub fn next_to_this_binary() -> anyhow::Result<Bins> {
         let me = std::env::current_exe()?.canonicalize()?;
-        let bins = Bins { memoryd: me.with_file_name("memoryd"), memoryctl: me.with_file_name("memoryctl"), me };
+        let bins = Bins {
+            memoryd: me.with_file_name("memoryd"),
+            memoryctl: me.with_file_name("memoryctl"),
+            floor_client: me.with_file_name("memoryd-floor-client"),
+            me,
+        };
         anyhow::ensure!(
-            bins.memoryd.is_file() && bins.memoryctl.is_file(),
-            "build memoryd and memoryctl first (scripts/bench.sh does)"
+            [&bins.memoryd, &bins.memoryctl, &bins.floor_client].iter().all(|b| b.is_file()),
+            "build memoryd, memoryctl and memoryd-floor-client first (scripts/build.sh --release --bench does)"
         );
         Ok(bins)
     }
-}
-
-/// What the floor client does: connect, say hello, read one line.
-pub fn floor_client(socket: &str) -> anyhow::Result<()> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"session.hello\",\"params\":{\"protocol\":1,\"client\":\"floor\"}}\n")?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    Ok(())
 }
 
 /// A line protocol connection.
@@ -319,10 +317,11 @@ impl Live {
         Ok(done as f64 / window.as_secs_f64())
     }
 
-    /// The floor: a minimal Rust process that connects and reads one line.
+    /// The floor: a minimal Rust process that connects, says hello and
+    /// reads the answer, linked as memoryctl is.
     pub fn time_floor_client(&self, bins: &Bins) -> anyhow::Result<Duration> {
-        let mut command = Command::new(&bins.me);
-        command.arg("--floor-client").arg(&self.socket);
+        let mut command = Command::new(&bins.floor_client);
+        command.arg(&self.socket);
         timed(command, &[0])
     }
 }

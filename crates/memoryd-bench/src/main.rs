@@ -40,7 +40,6 @@ struct Growth {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
-        [_, flag, socket] if flag == "--floor-client" => return daemon::floor_client(socket),
         [_, flag, dir] if flag == "--quality-tune" => {
             quality::tune(&quality::cranfield(std::path::Path::new(dir))?);
             return Ok(());

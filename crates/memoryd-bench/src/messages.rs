@@ -224,8 +224,8 @@ impl Target for Floor<'_> {
     }
 
     fn hook(&self, _agent: usize) -> anyhow::Result<bool> {
-        let mut command = Command::new(&self.bins.me);
-        command.arg("--floor-client").arg(self.socket);
+        let mut command = Command::new(&self.bins.floor_client);
+        command.arg(self.socket);
         Ok(timed(command, &[0]).is_ok())
     }
 
