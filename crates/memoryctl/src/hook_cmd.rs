@@ -5,7 +5,7 @@
 //! finishes within 2 s (session-end within 1 s); problems go to one line
 //! each in `R/logs/memoryd/hook-errors.log`.
 
-use crate::client::{BlockingClient, ConnectError, Queued};
+use crate::client::{BlockingClient, ConnectError, Outcome, Queued};
 use memoryd_core::config;
 use memoryd_core::fleet::FleetRead;
 use memoryd_core::fleet::names::split_node_id;
@@ -167,8 +167,7 @@ fn handle(paths: &Paths, args: &HookArgs, deadline: Instant) -> Result<(), Strin
         other => other,
     };
     let delivered = match leased {
-        Some(Ok(leased)) => deliver(&mut client, &personality, event, leased, deadline),
-        Some(Err(e)) => Err(e.message),
+        Some(leased) => deliver(&mut client, &personality, event, leased, deadline),
         None => Ok(()),
     };
     attached.map(drop).map_err(|e| e.message).and(delivered)
@@ -183,10 +182,11 @@ fn deliver(
     client: &mut BlockingClient,
     personality: &str,
     event: Event,
-    leased: Value,
+    leased: Outcome,
     deadline: Instant,
 ) -> Result<(), String> {
-    let messages: Vec<Message> = serde_json::from_value(leased).map_err(|e| e.to_string())?;
+    let leased = leased.map_err(|e| e.message)?;
+    let messages: Vec<Message> = serde_json::from_str(leased.get()).map_err(|e| e.to_string())?;
     if messages.is_empty() {
         return Ok(());
     }
@@ -218,12 +218,12 @@ fn attach_command(hook: &Hook<'_>) -> Command {
     })
 }
 
-fn answer_to(client: &mut BlockingClient, command: &Command, deadline: Instant) -> Result<Value, RpcError> {
+fn answer_to(client: &mut BlockingClient, command: &Command, deadline: Instant) -> Outcome {
     let queued = client.queue(command);
     answer(client, queued, deadline)
 }
 
-fn answer(client: &mut BlockingClient, queued: Queued, deadline: Instant) -> Result<Value, RpcError> {
+fn answer(client: &mut BlockingClient, queued: Queued, deadline: Instant) -> Outcome {
     match client.answer(queued, remaining(deadline)) {
         Ok(outcome) => outcome,
         Err(e) => Err(RpcError::new(ErrorKind::Internal, e.to_string())),

@@ -488,12 +488,12 @@ impl Ctx {
     /// error that says what to do.
     fn answer_of<T: DeserializeOwned>(
         &self,
-        answer: Result<Result<Value, RpcError>, CallError>,
+        answer: Result<client::Outcome, CallError>,
         method: &str,
         pid: u32,
     ) -> anyhow::Result<Result<T, RpcError>> {
         match answer {
-            Ok(Ok(result)) => Ok(Ok(serde_json::from_value(result)
+            Ok(Ok(result)) => Ok(Ok(serde_json::from_str(result.get())
                 .with_context(|| format!("memoryd sent a malformed answer to {method}"))?)),
             Ok(Err(refusal)) => Ok(Err(refusal)),
             Err(e @ CallError::Silent { .. }) => Err(anyhow!(Silent(self.silent_sentence(pid, &e)))),

@@ -2,10 +2,9 @@
 //! one connection, the hello and the first requests in one write, every
 //! connect, write and read bounded by a deadline, and no runtime started.
 
-use super::{CallError, ConnectError, Conversation, Queued};
+use super::{CallError, ConnectError, Conversation, Outcome, Queued};
 use memoryd_proto::framing::LineFramer;
-use memoryd_proto::{Command, HelloResult, RpcError};
-use serde_json::Value;
+use memoryd_proto::{Command, HelloResult};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -60,7 +59,7 @@ impl BlockingClient {
     /// Sends what is queued, then reads until the answer to `queued`, all
     /// within `limit`. Answers to other queued requests that come first are
     /// kept for their own turn; notifications (progress) are not shown.
-    pub fn answer(&mut self, queued: Queued, limit: Duration) -> Result<Result<Value, RpcError>, CallError> {
+    pub fn answer(&mut self, queued: Queued, limit: Duration) -> Result<Outcome, CallError> {
         if let Some(answer) = self.talk.early(&queued) {
             return Ok(answer);
         }

@@ -13,7 +13,7 @@ pub use tokio_client::Client;
 
 use memoryd_proto::message::Incoming;
 use memoryd_proto::{Command, ErrorKind, Hello, HelloResult, Notification, PROTOCOL_VERSION, RpcError};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,6 +40,10 @@ pub enum ConnectError {
     Refused(RpcError),
 }
 
+/// The daemon's answer to one request: its result as the JSON text it came
+/// as (decoded once, by the caller, into its type), or its refusal.
+pub type Outcome = Result<Box<RawValue>, RpcError>;
+
 /// A request queued on a client: its answer is read by the client's
 /// `answer`. The daemon answers a connection's requests in the order they
 /// came, so several queued requests cost one round trip.
@@ -56,7 +60,7 @@ pub struct Conversation {
     /// Request lines queued and not yet written.
     outbox: Vec<u8>,
     /// Answers read while waiting for another (ids of queued requests).
-    early: Vec<(u64, Result<Value, RpcError>)>,
+    early: Vec<(u64, Outcome)>,
 }
 
 impl Conversation {
@@ -83,7 +87,7 @@ impl Conversation {
     }
 
     /// The answer to `queued`, if it came while another was awaited.
-    fn early(&mut self, queued: &Queued) -> Option<Result<Value, RpcError>> {
+    fn early(&mut self, queued: &Queued) -> Option<Outcome> {
         let at = self.early.iter().position(|(id, _)| *id == queued.id)?;
         Some(self.early.swap_remove(at).1)
     }
@@ -96,7 +100,7 @@ impl Conversation {
         line: &[u8],
         queued: &Queued,
         on_notification: &mut impl FnMut(Notification),
-    ) -> Result<Option<Result<Value, RpcError>>, CallError> {
+    ) -> Result<Option<Outcome>, CallError> {
         match Incoming::decode(line).map_err(CallError::Lost)? {
             Incoming::Notification(n) => on_notification(n),
             // A refusal sent before any request was read has a null id.
@@ -124,13 +128,13 @@ fn closed(queued: &Queued, unsent: Option<&std::io::Error>) -> CallError {
 }
 
 /// The daemon's answer to `session.hello`.
-fn greeted(answer: Result<Result<Value, RpcError>, CallError>) -> Result<HelloResult, ConnectError> {
+fn greeted(answer: Result<Outcome, CallError>) -> Result<HelloResult, ConnectError> {
     let result = match answer {
         Ok(Ok(result)) => result,
         Ok(Err(refusal)) => return Err(ConnectError::Refused(refusal)),
         Err(e) => return Err(ConnectError::NotAnswering(e.to_string())),
     };
-    serde_json::from_value(result)
+    serde_json::from_str(result.get())
         .map_err(|e| ConnectError::NotAnswering(format!("memoryd sent a malformed hello: {e}")))
 }
 
@@ -184,7 +188,7 @@ fn placeholder_hello() -> HelloResult {
 mod tests {
     use super::*;
     use memoryd_proto::message::{Notification, Response};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn line(id: Value, outcome: Result<Value, RpcError>) -> Vec<u8> {
         Response { id, outcome }.encode()
@@ -208,9 +212,9 @@ mod tests {
         // An id nobody asked for is dropped.
         assert!(talk.read(&line(json!(99), Ok(json!("stray"))), &hello, &mut note).unwrap().is_none());
         let answer = talk.read(&line(json!(1), Ok(json!("hi"))), &hello, &mut note).unwrap();
-        assert_eq!(answer.unwrap().unwrap(), json!("hi"));
+        assert_eq!(answer.unwrap().unwrap().get(), r#""hi""#);
         assert_eq!(seen, ["host.progress"]);
-        assert_eq!(talk.early(&roster).unwrap().unwrap(), json!("roster"));
+        assert_eq!(talk.early(&roster).unwrap().unwrap().get(), r#""roster""#);
         assert!(talk.early(&status).is_none());
         // A refusal before any request was read (null id) answers whoever waits.
         let busy = RpcError::new(ErrorKind::ServerBusy, "busy");

@@ -1,9 +1,8 @@
 //! The client on tokio, for the commands that run on a runtime (long
 //! requests with progress, `top`, `events --follow`, the daemon commands).
 
-use super::{CallError, ConnectError, Conversation, Queued};
-use memoryd_proto::{Command, HelloResult, Notification, RpcError};
-use serde_json::Value;
+use super::{CallError, ConnectError, Conversation, Outcome, Queued};
+use memoryd_proto::{Command, HelloResult, Notification};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -50,7 +49,7 @@ impl Client {
         command: &Command,
         silence: Duration,
         on_notification: impl FnMut(Notification),
-    ) -> Result<Result<Value, RpcError>, CallError> {
+    ) -> Result<Outcome, CallError> {
         let queued = self.talk.queue(command);
         self.answer(queued, silence, on_notification).await
     }
@@ -60,7 +59,7 @@ impl Client {
         queued: Queued,
         silence: Duration,
         mut on_notification: impl FnMut(Notification),
-    ) -> Result<Result<Value, RpcError>, CallError> {
+    ) -> Result<Outcome, CallError> {
         if let Some(answer) = self.talk.early(&queued) {
             return Ok(answer);
         }
