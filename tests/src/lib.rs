@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub use memoryd_core::host::paths::Paths;
 
+pub mod fleet;
+
 /// The freshly built binaries (built once per test process, so a single
 /// test never runs a stale binary).
 pub struct Bins {

@@ -5,84 +5,32 @@
 //! (scenario 7). After each, the invariants of scenario 5 hold.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
+use memoryd_e2e::fleet::{FleetHost, HostConfig, check_invariants};
 use memoryd_e2e::*;
-use memoryd_store_pg::testkit::{Cluster, Proxy, event_count, invariants, mailbox_ids};
+use memoryd_store_pg::testkit::{Cluster, Proxy, event_count, mailbox_ids};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// One host of the fleet: its own root and fleet map, the shared schema.
-struct Host {
-    root: Root,
-    names: Vec<String>,
-    dirs: Vec<PathBuf>,
-}
-
-fn host(cluster: &Cluster, schema: &str, host_id: &str, names: &[&str]) -> Host {
+fn host(cluster: &Cluster, schema: &str, host_id: &str, names: &[&str]) -> FleetHost {
     // A generous call deadline: two cores run several test processes.
     host_at(&cluster.url(), schema, host_id, names, "3s", 0)
 }
 
 /// A host reaching the server at `url` (through a proxy, say). The first
 /// host started seeds the fleet's settings: sessions degrade after 2 s of
-/// silence and go offline after 4 s.
-/// `mcp_port` 0: no MCP endpoint.
-fn host_at(url: &str, schema: &str, host_id: &str, names: &[&str], call_timeout: &str, mcp_port: u16) -> Host {
-    let root = Root::bare();
-    root.write_config(&format!(
-        "mcp_port = {mcp_port}\n\
-         [presence]\ninbox_capacity = 100000\npeer_send_rate = 100000\nhistory_max = 100000\nsweep_every = \"500ms\"\n\
-         degraded_after = \"2s\"\noffline_after = \"4s\"\n\
-         [store]\nbackend = \"postgres\"\n\
-         [postgres]\nurl = \"{url}\"\nschema = \"{schema}\"\nhost_id = \"{host_id}\"\ncall_timeout = \"{call_timeout}\"\n"
-    ));
-    let dirs = root.claude_fleet(names);
-    Host { root, names: names.iter().map(|n| (*n).to_owned()).collect(), dirs }
-}
-
-impl Host {
-    /// A daemon, once its store is up and its map published.
-    fn start(&self, env: &[(&str, &str)]) -> Daemon {
-        let mut daemon = self.root.spawn_daemon_with(|cmd| {
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-        });
-        daemon.wait_ready(&self.root);
-        let up = eventually_within(Duration::from_secs(20), || {
-            self.request("host.status", json!({}))["result"]["store"]["state"] == "up"
-        });
-        assert!(up, "the store did not come up:\n{}", daemon.log());
-        // Published: the registry has this host's peers.
-        for name in &self.names {
-            let published = eventually_within(Duration::from_secs(10), || {
-                self.request("peer.visible", json!({"personality": name}))["result"].to_string().contains("\"self\"")
-            });
-            assert!(published, "{name} was not published:\n{}", daemon.log());
-        }
-        daemon
-    }
-
-    fn request(&self, method: &str, params: Value) -> Value {
-        match Conn::open(&self.root.socket()) {
-            Ok(mut conn) => {
-                conn.hello();
-                conn.request(method, params)
-            }
-            Err(_) => Value::Null,
-        }
-    }
+/// silence and go offline after 4 s; limits that the crash loop's traffic
+/// never reaches. `mcp_port` 0: no MCP endpoint.
+fn host_at(url: &str, schema: &str, host_id: &str, names: &[&str], call_timeout: &str, mcp_port: u16) -> FleetHost {
+    let presence = "inbox_capacity = 100000\npeer_send_rate = 100000\nhistory_max = 100000\nsweep_every = \"500ms\"\n\
+                    degraded_after = \"2s\"\noffline_after = \"4s\"";
+    let postgres = format!("call_timeout = {call_timeout:?}");
+    FleetHost::new(url, schema, host_id, names, &HostConfig { presence, postgres: &postgres, mcp_port })
 }
 
 fn attach(session: &str, node: &str) -> Value {
     json!({"sessionId": session, "nodeId": node, "clientVersion": "1.0"})
-}
-
-fn check_invariants(cluster: &Cluster, schema: &str) {
-    let broken = invariants(&cluster.url(), schema);
-    assert!(broken.is_empty(), "invariants broken:\n{}", broken.join("\n"));
 }
 
 /// Waits for the daemon's log to say it paused inside a transaction.
@@ -341,15 +289,34 @@ fn a_rolling_upgrade_expands_while_old_hosts_run_and_contracts_once_they_are_gon
     check_invariants(&cluster, &schema);
 }
 
-impl Host {
-    /// The hook shim of `event` for this host's claude peers.
-    fn shim(&self, event: &str) -> PathBuf {
-        self.root.paths.hooks_dir.join(format!("memoryd.claude.{event}.sh"))
-    }
+/// What these tests do with a host: start its daemon, run its agents'
+/// hooks, read its roster.
+trait Host {
+    fn start(&self, env: &[(&str, &str)]) -> Daemon;
+    fn hook(&self, event: &str, i: usize, session: &str) -> (Option<i32>, Duration);
+    fn state_of(&self, node: &str) -> String;
+}
 
-    /// The hook input of peer `i`'s session.
-    fn hook_input(&self, i: usize, session: &str) -> String {
-        json!({"session_id": session, "cwd": self.dirs[i], "hook_event_name": "x", "source": "startup"}).to_string()
+impl Host for FleetHost {
+    /// A host's daemon, once its store is up and its map published.
+    fn start(&self, env: &[(&str, &str)]) -> Daemon {
+        let daemon = self.spawn(|cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        });
+        let up = eventually_within(Duration::from_secs(20), || {
+            self.request("host.status", json!({}))["result"]["store"]["state"] == "up"
+        });
+        assert!(up, "the store did not come up:\n{}", daemon.log());
+        // Published: the registry has this host's peers.
+        for name in &self.names {
+            let published = eventually_within(Duration::from_secs(10), || {
+                self.request("peer.visible", json!({"personality": name}))["result"].to_string().contains("\"self\"")
+            });
+            assert!(published, "{name} was not published:\n{}", daemon.log());
+        }
+        daemon
     }
 
     /// Runs a hook from an agent process (not a shell, which the hook

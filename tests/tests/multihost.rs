@@ -5,47 +5,46 @@
 //! (`MEMORYD_PG_REQUIRED=1`, set by CI, makes that a failure).
 #![allow(clippy::disallowed_methods, clippy::unwrap_used, clippy::expect_used)]
 
+use memoryd_e2e::fleet::{FleetHost, HostConfig, check_invariants};
 use memoryd_e2e::*;
 use memoryd_store_pg::testkit::Cluster;
 use serde_json::{Value, json};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The fleet's presence settings are seeded from the first host's config:
 /// degraded at 2 s, offline at 4 s; each host sweeps every 500 ms.
-const FAST: &str = "[presence]\ndegraded_after = \"2s\"\noffline_after = \"4s\"\nsweep_every = \"500ms\"\n";
+const FAST: HostConfig = HostConfig {
+    presence: "degraded_after = \"2s\"\noffline_after = \"4s\"\nsweep_every = \"500ms\"",
+    postgres: "connect_timeout = \"1s\"",
+    mcp_port: 0,
+};
 
-/// One host: its root, its peers' folders (claude), its daemon.
+/// One host of the fleet and its daemon, when started.
 struct Host {
-    root: Root,
-    dirs: Vec<PathBuf>,
-    names: Vec<String>,
+    fleet: FleetHost,
     daemon: Option<Daemon>,
+}
+
+impl std::ops::Deref for Host {
+    type Target = FleetHost;
+
+    fn deref(&self) -> &FleetHost {
+        &self.fleet
+    }
 }
 
 impl Host {
     /// A host `id` with peers `names` on the fleet database at `url`,
     /// schema `schema`, its first peer provisioned (shims and surfaces).
     fn new(url: &str, schema: &str, id: &str, names: &[&str]) -> Host {
-        let root = Root::bare();
-        root.write_config(&format!(
-            "mcp_port = 0\n{FAST}[store]\nbackend = \"postgres\"\n\
-             [postgres]\nurl = {url:?}\nhost_id = {id:?}\nschema = {schema:?}\nconnect_timeout = \"1s\"\n"
-        ));
-        let dirs = root.claude_fleet(names);
-        let out = root.ctl(&[
-            "provision-peer",
-            "--cwd",
-            dirs[0].to_str().unwrap(),
-            "--runtime",
-            "claude",
-            "--personality",
-            names[0],
-        ]);
+        let fleet = FleetHost::new(url, schema, id, names, &FAST);
+        let cwd = fleet.dirs[0].to_str().unwrap();
+        let out = fleet.root.ctl(&["provision-peer", "--cwd", cwd, "--runtime", "claude", "--personality", names[0]]);
         assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-        Host { root, dirs, names: names.iter().map(|n| (*n).to_owned()).collect(), daemon: None }
+        Host { fleet, daemon: None }
     }
 
     fn start(&mut self) {
@@ -53,9 +52,7 @@ impl Host {
     }
 
     fn start_with(&mut self, setup: impl FnOnce(&mut Command)) {
-        let mut daemon = self.root.spawn_daemon_with(setup);
-        daemon.wait_ready(&self.root);
-        self.daemon = Some(daemon);
+        self.daemon = Some(self.fleet.spawn(setup));
     }
 
     fn log(&self) -> String {
@@ -84,18 +81,16 @@ impl Host {
     /// Runs this host's `hook` shim for its first peer, as Claude would;
     /// its stdout (the shim must exit 0).
     fn hook(&self, event: &str, session: &str) -> (String, Duration) {
-        let shim = self.root.paths.hooks_dir.join(format!("memoryd.claude.{event}.sh"));
         let started = Instant::now();
         let mut child = self
             .root
             .command(Path::new("/bin/sh"))
-            .arg(shim)
+            .arg(self.shim(event))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let input = json!({"session_id": session, "cwd": self.dirs[0], "hook_event_name": "x"}).to_string();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.stdin.take().unwrap().write_all(self.hook_input(0, session).as_bytes()).unwrap();
         let out = wait_within(&mut child, CHILD_LIMIT);
         assert_eq!(out.status.code(), Some(0), "a hook always exits 0: {}", stderr(&out));
         (stdout(&out), started.elapsed())
@@ -129,12 +124,6 @@ fn fleet_db() -> Option<(Cluster, String)> {
     let cluster = Cluster::start()?;
     let schema = cluster.fresh_schema();
     Some((cluster, schema))
-}
-
-/// Spec 80's invariants (scenario 5), after every scenario.
-fn check_invariants(cluster: &Cluster, schema: &str) {
-    let broken = memoryd_store_pg::testkit::invariants(&cluster.url(), schema);
-    assert!(broken.is_empty(), "invariants broken:\n{}", broken.join("\n"));
 }
 
 fn error_kind(out: &std::process::Output) -> Option<String> {
