@@ -87,6 +87,29 @@ impl Failure {
     }
 }
 
+/// Host clock minus database clock, in ms, as measured at a connect or
+/// resync: maps times between the two clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skew(pub i64);
+
+impl Skew {
+    /// A host time on the database's clock.
+    pub fn to_db(self, host: SystemTime) -> SystemTime {
+        shift(host, self.0.saturating_neg())
+    }
+
+    /// A database time on the host's clock.
+    pub fn to_host(self, database: SystemTime) -> SystemTime {
+        shift(database, self.0)
+    }
+}
+
+/// `t` moved by `ms` (left as it is past the ends of `SystemTime`).
+fn shift(t: SystemTime, ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 { t.checked_add(d) } else { t.checked_sub(d) }.unwrap_or(t)
+}
+
 /// The fleet database as this host sees it.
 pub struct Db {
     pub pool: deadpool_postgres::Pool,
@@ -212,25 +235,21 @@ impl Db {
         self.skew_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The clock skew as last measured, to map several times with one
+    /// value.
+    pub fn skew(&self) -> Skew {
+        Skew(self.skew_ms())
+    }
+
     /// A host time mapped onto the database's clock.
     pub fn db_time(&self, host: SystemTime) -> SystemTime {
-        let skew = self.skew_ms();
-        if skew >= 0 {
-            host - Duration::from_millis(skew.unsigned_abs())
-        } else {
-            host + Duration::from_millis(skew.unsigned_abs())
-        }
+        self.skew().to_db(host)
     }
 
     /// A database time mapped onto the host's clock (the inverse of
     /// [`Db::db_time`]).
     pub fn host_time(&self, database: SystemTime) -> SystemTime {
-        let skew = self.skew_ms();
-        if skew >= 0 {
-            database + Duration::from_millis(skew.unsigned_abs())
-        } else {
-            database - Duration::from_millis(skew.unsigned_abs())
-        }
+        self.skew().to_host(database)
     }
 
     pub fn set_host_taken(&self, taken: bool) {
@@ -351,5 +370,25 @@ pub async fn pause_point(op: &str) {
         tracing::warn!(op, "test: paused inside the transaction");
         eprintln!("memoryd-test: paused inside the transaction of {op}");
         tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+#[cfg(test)]
+mod skew_tests {
+    use super::Skew;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_host_ahead_of_the_database_maps_its_times_back_and_forth() {
+        let host = UNIX_EPOCH + Duration::from_secs(1_000);
+        for ms in [300_000, -300_000, 0] {
+            let skew = Skew(ms);
+            let db = skew.to_db(host);
+            assert_eq!(
+                host.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 - ms,
+                db.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+            );
+            assert_eq!(skew.to_host(db), host);
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! are taken in one statement, in name order, which keeps two sends in
 //! opposite directions from deadlocking.
 
-use crate::db::{Db, Failure};
+use crate::db::{Db, Failure, Skew};
 use crate::links;
 use crate::registry;
 use crate::supervisor::Hint;
@@ -58,17 +58,15 @@ enum Depth {
 /// other), the domain's and the caller's are the host's, as in the
 /// presence tables and the events.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock(i64);
+pub struct Clock(Skew);
 
 impl Clock {
     pub fn of(db: &Db) -> Clock {
-        Clock(db.skew_ms())
+        Clock(db.skew())
     }
 
     fn shift(self, t: Timestamp, to_host: bool) -> Timestamp {
-        let d = Duration::from_millis(self.0.unsigned_abs());
-        let later = (self.0 >= 0) == to_host;
-        Timestamp(if later { t.0.checked_add(d) } else { t.0.checked_sub(d) }.unwrap_or(t.0))
+        Timestamp(if to_host { self.0.to_host(t.0) } else { self.0.to_db(t.0) })
     }
 
     fn message(self, m: &mut Message, to_host: bool) {
