@@ -109,39 +109,76 @@ pub struct RealDir {
     path: PathBuf,
 }
 
-/// What [`RealDir::open_plain`] found.
+/// What a one-call look beneath a directory found.
 #[derive(Debug)]
-pub enum Beneath {
-    /// A regular file reached with no symbolic link on the way, open to
-    /// read, with its stamp.
-    File(File, Stamp),
+pub enum Beneath<T> {
+    /// What was asked for, reached with no symbolic link on the way.
+    Found(T),
     /// Nothing there, and no symbolic link on the way to it.
     Missing,
-    /// Not decided in one call (a link on the way, not a regular file, an
-    /// error, or a kernel without `openat2`): check part by part.
+    /// Not decided in one call (a link on the way, not the kind asked for,
+    /// an error, or a kernel without `openat2`): check part by part.
     Unsure,
 }
 
+/// A directory reached beneath a [`RealDir`] with no symbolic link on the
+/// way, held by an `O_PATH` descriptor (enough to look up and open the
+/// names in it), with its stamp when opened.
+#[derive(Debug)]
+pub struct PlainDir {
+    fd: OwnedFd,
+    stamp: Stamp,
+}
+
+impl PlainDir {
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// The stamp of the regular file `leaf` in this directory, in one
+    /// call: a symbolic link there is not followed but reported `Unsure`.
+    pub fn stat(&self, leaf: &OsStr) -> Beneath<Stamp> {
+        match fstatat(&self.fd, leaf, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File => Beneath::Found(Stamp::of_stat(&st)),
+            Err(Errno::ENOENT) => Beneath::Missing,
+            _ => Beneath::Unsure,
+        }
+    }
+
+    /// Opens the regular file `leaf` in this directory to read, not
+    /// following a symbolic link there; with its stamp.
+    pub fn open(&self, leaf: &OsStr) -> Beneath<(File, Stamp)> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        match openat(&self.fd, leaf, flags, Mode::empty()) {
+            Ok(fd) => match nix::sys::stat::fstat(&fd) {
+                Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File => {
+                    Beneath::Found((File::from(fd), Stamp::of_stat(&st)))
+                }
+                _ => Beneath::Unsure,
+            },
+            Err(Errno::ENOENT) => Beneath::Missing,
+            Err(_) => Beneath::Unsure,
+        }
+    }
+}
+
 impl RealDir {
-    /// Opens the regular file `rel` beneath this directory to read in one
-    /// call when no part of it is a symbolic link: `openat2` with
+    /// Opens the directory `rel` beneath this one (`.` for itself) when no
+    /// part of it is a symbolic link, in one call: `openat2` with
     /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (Linux 5.6 and later), so
-    /// nothing can lead the open out of the directory.
-    pub fn open_plain(&self, rel: &Path) -> Beneath {
+    /// nothing can lead it out of this directory.
+    pub fn plain_dir(&self, rel: &Path) -> Beneath<PlainDir> {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::{OpenHow, ResolveFlag, openat2};
             let how = OpenHow::new()
-                .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
                 .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
             match openat2(&self.fd, rel, how) {
-                Ok(fd) => {
-                    let file = File::from(fd);
-                    match file.metadata() {
-                        Ok(meta) if meta.is_file() => Beneath::File(file, Stamp::of(&meta)),
-                        _ => Beneath::Unsure,
-                    }
-                }
+                Ok(fd) => match nix::sys::stat::fstat(&fd) {
+                    Ok(st) => Beneath::Found(PlainDir { fd, stamp: Stamp::of_stat(&st) }),
+                    Err(_) => Beneath::Unsure,
+                },
                 // A link on the way would have been ELOOP: nothing is there.
                 Err(Errno::ENOENT | Errno::ENOTDIR) => Beneath::Missing,
                 Err(_) => Beneath::Unsure,
@@ -152,6 +189,24 @@ impl RealDir {
             let _ = rel;
             Beneath::Unsure
         }
+    }
+
+    /// Opens the directory `path` to look beneath it ([`plain_dir`]
+    /// only: the descriptor is `O_PATH`, so no read permission is needed),
+    /// following symlinks to it, and finds its real path: one `readlink`
+    /// of the descriptor in `/proc` instead of one per part of the path.
+    ///
+    /// [`plain_dir`]: Self::plain_dir
+    pub fn open_real(path: &Path) -> io::Result<RealDir> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(path, flags, Mode::empty())?;
+        let by_fd = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
+        // A folder removed meanwhile reads "... (deleted)"; no /proc: the slow way.
+        let real = match by_fd {
+            Ok(real) if real.is_absolute() && !real.as_os_str().as_bytes().ends_with(b" (deleted)") => real,
+            _ => path.canonicalize()?,
+        };
+        Ok(RealDir { fd, path: real })
     }
 
     /// Opens the directory `path` itself, following symlinks to it (it is
