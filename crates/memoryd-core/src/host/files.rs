@@ -162,12 +162,29 @@ impl PlainDir {
     }
 }
 
-impl RealDir {
-    /// Opens the directory `rel` beneath this one (`.` for itself) when no
-    /// part of it is a symbolic link, in one call: `openat2` with
-    /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (Linux 5.6 and later), so
-    /// nothing can lead it out of this directory.
-    pub fn plain_dir(&self, rel: &Path) -> Beneath<PlainDir> {
+impl PlainDir {
+    /// Opens the directory `path` to look beneath it (following symlinks
+    /// to it; `O_PATH`, so no read permission is needed) and finds its real
+    /// path: one `readlink` of the descriptor in `/proc` instead of one per
+    /// part of the path.
+    pub fn open_real(path: &Path) -> io::Result<(PlainDir, PathBuf)> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(path, flags, Mode::empty())?;
+        let stamp = Stamp::of_stat(&nix::sys::stat::fstat(&fd)?);
+        let by_fd = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
+        // A folder removed meanwhile reads "... (deleted)"; no /proc: the slow way.
+        let real = match by_fd {
+            Ok(real) if real.is_absolute() && !real.as_os_str().as_bytes().ends_with(b" (deleted)") => real,
+            _ => path.canonicalize()?,
+        };
+        Ok((PlainDir { fd, stamp }, real))
+    }
+
+    /// Opens the directory `rel` beneath this one when no part of it is a
+    /// symbolic link, in one call: `openat2` with `RESOLVE_BENEATH |
+    /// RESOLVE_NO_SYMLINKS` (Linux 5.6 and later), so nothing can lead it
+    /// out of this directory.
+    pub fn sub(&self, rel: &Path) -> Beneath<PlainDir> {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::{OpenHow, ResolveFlag, openat2};
@@ -190,25 +207,9 @@ impl RealDir {
             Beneath::Unsure
         }
     }
+}
 
-    /// Opens the directory `path` to look beneath it ([`plain_dir`]
-    /// only: the descriptor is `O_PATH`, so no read permission is needed),
-    /// following symlinks to it, and finds its real path: one `readlink`
-    /// of the descriptor in `/proc` instead of one per part of the path.
-    ///
-    /// [`plain_dir`]: Self::plain_dir
-    pub fn open_real(path: &Path) -> io::Result<RealDir> {
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd = nix::fcntl::open(path, flags, Mode::empty())?;
-        let by_fd = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
-        // A folder removed meanwhile reads "... (deleted)"; no /proc: the slow way.
-        let real = match by_fd {
-            Ok(real) if real.is_absolute() && !real.as_os_str().as_bytes().ends_with(b" (deleted)") => real,
-            _ => path.canonicalize()?,
-        };
-        Ok(RealDir { fd, path: real })
-    }
-
+impl RealDir {
     /// Opens the directory `path` itself, following symlinks to it (it is
     /// the operator's choice, such as the configured vault).
     pub fn open(path: &Path) -> Result<RealDir, FileError> {

@@ -5,7 +5,7 @@
 //! peer folders of the sweep under way. Only the daemon keeps one; without
 //! it every check reads in full.
 
-use crate::host::files::{Beneath, PlainDir, RealDir};
+use crate::host::files::{Beneath, PlainDir};
 use crate::host::stamp::{Seen, Stamp};
 use crate::surfaces::StateFile;
 use std::collections::HashMap;
@@ -87,8 +87,10 @@ impl FolderMemo {
 pub(super) struct OpenFolder {
     cwd: PathBuf,
     pub(super) real: PathBuf,
-    dir: Option<RealDir>,
-    /// The surface directories looked up so far (dropped on every write).
+    /// The folder itself (None: not open).
+    root: Option<PlainDir>,
+    /// The surface directories beneath it looked up so far (dropped on
+    /// every write).
     dirs: Vec<(&'static str, Beneath<PlainDir>)>,
     /// The directories already seen to for tmp files while open.
     pub(super) listed: Vec<&'static str>,
@@ -99,26 +101,29 @@ impl OpenFolder {
     /// Opens the folder `cwd` (following symlinks to it) and finds its
     /// real path.
     pub(super) fn open(cwd: &Path, memo: FolderMemo) -> std::io::Result<OpenFolder> {
-        let dir = RealDir::open_real(cwd)?;
-        let real = dir.path().to_path_buf();
-        Ok(OpenFolder { cwd: cwd.to_path_buf(), real, dir: Some(dir), dirs: Vec::new(), listed: Vec::new(), memo })
+        let (root, real) = PlainDir::open_real(cwd)?;
+        Ok(OpenFolder { cwd: cwd.to_path_buf(), real, root: Some(root), dirs: Vec::new(), listed: Vec::new(), memo })
     }
 
     /// The surface directory `rel` (`""`: the folder), looked up once
     /// while open.
-    pub(super) fn dir(&mut self, rel: &'static str) -> &Beneath<PlainDir> {
+    pub(super) fn dir(&mut self, rel: &'static str) -> Beneath<&PlainDir> {
+        let Some(root) = &self.root else { return Beneath::Unsure };
+        if rel.is_empty() {
+            return Beneath::Found(root);
+        }
         let at = match self.dirs.iter().position(|(r, _)| *r == rel) {
             Some(at) => at,
             None => {
-                let found = match &self.dir {
-                    Some(dir) => dir.plain_dir(Path::new(if rel.is_empty() { "." } else { rel })),
-                    None => Beneath::Unsure,
-                };
-                self.dirs.push((rel, found));
+                self.dirs.push((rel, root.sub(Path::new(rel))));
                 self.dirs.len() - 1
             }
         };
-        &self.dirs[at].1
+        match &self.dirs[at].1 {
+            Beneath::Found(dir) => Beneath::Found(dir),
+            Beneath::Missing => Beneath::Missing,
+            Beneath::Unsure => Beneath::Unsure,
+        }
     }
 
     /// A write or a delete changed what is there: look again.
