@@ -854,7 +854,8 @@ impl Surfaces<'_> {
         (bytes, hash): (&[u8], u64),
         dir_mode: u32,
     ) {
-        let want = folder.want.map(|want| memory::fnv_from(memory::fnv_from(want, rel.as_bytes()), &hash.to_le_bytes()));
+        let want =
+            folder.want.map(|want| memory::fnv_from(memory::fnv_from(want, rel.as_bytes()), &hash.to_le_bytes()));
         let read_at = SystemTime::now();
         let result = self.open_surface(folder, rel).and_then(|located| {
             if still_right(folder, rel, located.found, want).is_some() {
