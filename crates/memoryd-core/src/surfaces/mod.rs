@@ -1177,6 +1177,36 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_surface_moved_out_of_the_folder_behind_a_symlink_is_refused_not_taken_as_right() {
+        let p = peer();
+        let memory = SurfaceMemory::default();
+        let surfaces = Surfaces { settings: &p.settings, files: &p.files, egress: &p.egress, memory: Some(&memory) };
+        let mut state = SurfaceState::default();
+        let actions = |state: &mut SurfaceState| {
+            let _sweep = memory.sweep();
+            let outcomes = surfaces.ensure(state, "ada", &p.folder, "claude", false).unwrap();
+            outcomes.iter().map(|o| (o.surface.clone(), o.action)).collect::<Vec<_>>()
+        };
+        actions(&mut state);
+        std::thread::sleep(Duration::from_millis(100));
+        actions(&mut state);
+        assert!(actions(&mut state).iter().all(|(_, action)| *action == Action::Already));
+        // The very files, moved out (their stamps unchanged) and reached
+        // through links: a file link, then a directory link.
+        let outside = p.folder.parent().unwrap().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::rename(p.folder.join(CLAUDE_MCP), outside.join("mcp.json")).unwrap();
+        std::os::unix::fs::symlink(outside.join("mcp.json"), p.folder.join(CLAUDE_MCP)).unwrap();
+        std::fs::rename(p.folder.join(".claude"), outside.join("claude")).unwrap();
+        std::os::unix::fs::symlink(outside.join("claude"), p.folder.join(".claude")).unwrap();
+        let refused = actions(&mut state);
+        for surface in ["hooks", "approve", "mcp", "skill"] {
+            assert!(refused.contains(&(surface.to_owned(), Action::Failed)), "{surface}: {refused:?}");
+        }
+        assert_eq!(std::fs::read_link(p.folder.join(".claude")).unwrap(), outside.join("claude"), "left alone");
+    }
+
+    #[test]
     fn a_surface_dir_is_listed_for_stale_tmp_files_once_per_sweep_and_again_when_it_changed() {
         let p = peer();
         let memory = SurfaceMemory::default();
