@@ -197,6 +197,7 @@ impl Provisioner<'_> {
             &self.tools.settings.hooks_dir,
             &self.tools.settings.memoryctl,
             &self.tools.settings.root,
+            self.memory,
         )
         .map_err(ProvisionError::Shims)
     }

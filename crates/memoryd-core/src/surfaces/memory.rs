@@ -21,6 +21,9 @@ pub struct SurfaceMemory {
 struct Inner {
     /// What was found right in each real peer folder.
     folders: HashMap<PathBuf, FolderMemo>,
+    /// memoryd's own files found right outside the peer folders (the hook
+    /// shims), by path: a few, so a scan.
+    own: Vec<(PathBuf, Checked)>,
     /// Whether a sweep is under way: only then is `current` kept.
     sweeping: bool,
     /// The folder the sweep is at, kept open between the passes over it
@@ -180,6 +183,23 @@ impl SurfaceMemory {
         } else {
             drop(inner);
             self.put_back(open);
+        }
+    }
+
+    /// Whether memoryd's own file `path` was found right against `want`
+    /// and its stamp `now` says it has not changed since.
+    pub(super) fn own_unchanged(&self, path: &Path, now: &Stamp, want: u64) -> bool {
+        let inner = self.inner();
+        inner.own.iter().any(|(p, checked)| p == path && checked.want == want && checked.seen.unchanged(now))
+    }
+
+    /// memoryd's own file `path` was found right against `want`, as
+    /// `seen` (None: it was not, or it was written).
+    pub(super) fn own_checked(&self, path: &Path, seen: Option<Seen>, want: u64) {
+        let mut inner = self.inner();
+        inner.own.retain(|(p, _)| p != path);
+        if let Some(seen) = seen {
+            inner.own.push((path.to_path_buf(), Checked { seen, want, content: 0 }));
         }
     }
 
