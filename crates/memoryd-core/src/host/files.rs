@@ -2,7 +2,8 @@
 //!
 //! [`RealDir`] is the one way to reach files under a root without following
 //! symbolic links (the vault's zones: a link must not carry a read or a
-//! write into another zone or out of the vault).
+//! write into another zone or out of the vault); [`PlainDir`] looks beneath
+//! a peer folder in one call per directory and file (the surfaces).
 //!
 //! The live form writes; the refusing form (test sandbox armed) refuses any
 //! path under the real home's `.iapeer`, `.claude`, `.codex` or service
@@ -164,11 +165,15 @@ impl PlainDir {
 
 impl PlainDir {
     /// Opens the directory `path` to look beneath it (following symlinks
-    /// to it; `O_PATH`, so no read permission is needed) and finds its real
+    /// to it; `O_PATH` on Linux, so no read permission is needed) and finds its real
     /// path: one `readlink` of the descriptor in `/proc` instead of one per
     /// part of the path.
     pub fn open_real(path: &Path) -> io::Result<(PlainDir, PathBuf)> {
-        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        #[cfg(target_os = "linux")]
+        let look = OFlag::O_PATH;
+        #[cfg(not(target_os = "linux"))]
+        let look = OFlag::O_RDONLY;
+        let flags = look | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(path, flags, Mode::empty())?;
         let stamp = Stamp::of_stat(&nix::sys::stat::fstat(&fd)?);
         let by_fd = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));

@@ -1,8 +1,10 @@
 //! What one process's sweeps remember of the surface files between sweeps,
 //! so that a no-op sweep costs little more than looking at each file: the
 //! stamp of each file last checked as already right (and for what), the
-//! surface directories last listed clean of our tmp files, and the real
-//! peer folders of the sweep under way. Only the daemon keeps one; without
+//! surface directories last listed clean of our tmp files (both per peer
+//! folder, by relative path), the hook shims found right, and the peer
+//! folder the sweep is at, held open with its surface directories for the
+//! runtimes and fragment passes over it. Only the daemon keeps one; without
 //! it every check reads in full.
 
 use crate::host::files::{Beneath, PlainDir};

@@ -114,6 +114,33 @@ impl Settings {
     fn shim(&self, runtime: &str, event: &HookEvent) -> String {
         shims::sh_quote(&shims::shim_path(&self.hooks_dir, runtime, event).to_string_lossy())
     }
+
+    /// The edit that puts our hook groups into a runtime's hooks file (one
+    /// per event running its shim; Claude's with its tool matcher) or takes
+    /// them out. The groups are built only when the file is read, not in a
+    /// no-op sweep, where the memory answers.
+    fn hooks_edit<'e>(&'e self, runtime: &'e str, direction: Direction) -> Edit<'e, Object> {
+        let groups = move || -> Vec<(&str, Value)> {
+            EVENTS
+                .iter()
+                .map(|event| {
+                    let hook =
+                        json!({"type": "command", "command": self.shim(runtime, event), "timeout": event.timeout});
+                    let group = match event.claude_matcher.filter(|_| runtime == "claude") {
+                        Some(matcher) => json!({"matcher": matcher, "hooks": [hook]}),
+                        None => json!({"hooks": [hook]}),
+                    };
+                    (event.agent, group)
+                })
+                .collect()
+        };
+        match direction {
+            Direction::Ensure => {
+                Edit::new("hooks", direction, move |doc: &mut Object| json::merge_hooks(doc, &groups()))
+            }
+            Direction::Remove => Edit::new("hooks", direction, json::strip_hooks),
+        }
+    }
 }
 
 /// The surfaces of one session runtime.
@@ -551,22 +578,6 @@ impl Surfaces<'_> {
 
     fn claude(&self, folder: &mut Folder<'_, '_>, personality: &str, direction: Direction) {
         let settings = self.settings;
-        // The entries are built only when a file is read (not in a no-op
-        // sweep, where the memory answers).
-        let groups = || -> Vec<(&str, Value)> {
-            EVENTS
-                .iter()
-                .map(|event| {
-                    let command = settings.shim("claude", event);
-                    let hook = json!({"type": "command", "command": command, "timeout": event.timeout});
-                    let group = match event.claude_matcher {
-                        Some(matcher) => json!({"matcher": matcher, "hooks": [hook]}),
-                        None => json!({"hooks": [hook]}),
-                    };
-                    (event.agent, group)
-                })
-                .collect()
-        };
         // With the MCP endpoint off, our entries for it go.
         let mcp = if settings.mcp_port != 0 { direction } else { Direction::Remove };
         let server = || {
@@ -574,10 +585,7 @@ impl Surfaces<'_> {
                 json!({"type": "http", "url": url, "headers": {"X-IAPeer-Identity": format!("${{PEER_IDENTITY:-claude-{personality}}}")}})
             })
         };
-        let hooks = match direction {
-            Direction::Ensure => Edit::new("hooks", direction, |doc: &mut Object| json::merge_hooks(doc, &groups())),
-            Direction::Remove => Edit::new("hooks", direction, json::strip_hooks),
-        };
+        let hooks = settings.hooks_edit("claude", direction);
         // Approving the server shows the tools; allowing them lets a
         // headless session call them. Both parts or neither: a part that
         // cannot be edited leaves the document as it was.
@@ -644,21 +652,7 @@ impl Surfaces<'_> {
             }),
         };
         self.edit_file::<TomlFile>(folder, CODEX_CONFIG, vec![entry]);
-        let groups = || -> Vec<(&str, Value)> {
-            EVENTS
-                .iter()
-                .map(|event| {
-                    let command = settings.shim("codex", event);
-                    let hook = json!({"type": "command", "command": command, "timeout": event.timeout});
-                    (event.agent, json!({"hooks": [hook]}))
-                })
-                .collect()
-        };
-        let hooks = match direction {
-            Direction::Ensure => Edit::new("hooks", direction, |doc: &mut Object| json::merge_hooks(doc, &groups())),
-            Direction::Remove => Edit::new("hooks", direction, json::strip_hooks),
-        };
-        self.edit_file::<JsonFile>(folder, CODEX_HOOKS, vec![hooks]);
+        self.edit_file::<JsonFile>(folder, CODEX_HOOKS, vec![settings.hooks_edit("codex", direction)]);
         match direction {
             Direction::Ensure if folder.dry => {}
             Direction::Ensure => self.trust(folder),
