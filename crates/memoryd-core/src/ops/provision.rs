@@ -287,22 +287,21 @@ impl Provisioner<'_> {
 
     /// The peers a sweep works on; the others are reported skipped.
     fn sweepable<'p>(peers: &'p [FleetPeer], skipped: &mut Vec<Skipped>) -> Vec<&'p FleetPeer> {
-        peers
-            .iter()
-            .filter(|peer| {
-                let reason = if peer.session_runtimes().next().is_none() {
-                    Some("no session runtime".to_owned())
-                } else if !peer.cwd.is_dir() {
-                    Some(format!("cwd missing: {}", peer.cwd.display()))
-                } else {
-                    None
-                };
-                if let Some(reason) = &reason {
-                    skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
-                }
-                reason.is_none()
-            })
-            .collect()
+        let mut work = Vec::with_capacity(peers.len());
+        work.extend(peers.iter().filter(|peer| {
+            let reason = if peer.session_runtimes().next().is_none() {
+                Some("no session runtime".to_owned())
+            } else if !peer.cwd.is_dir() {
+                Some(format!("cwd missing: {}", peer.cwd.display()))
+            } else {
+                None
+            };
+            if let Some(reason) = &reason {
+                skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
+            }
+            reason.is_none()
+        }));
+        work
     }
 
     /// The peer's session runtimes memory is on for; those `unprovision-peer`
@@ -334,6 +333,8 @@ impl Provisioner<'_> {
         let _sweep = self.memory.map(SurfaceMemory::sweep);
         let mut report = SweepReport::default();
         let work = Self::sweepable(peers, &mut report.skipped);
+        // One allocation, not a dozen doublings of a large buffer.
+        report.pairs.reserve(work.iter().map(|peer| peer.session_runtimes().count()).sum());
         let mut shims_written = 0;
         let context = self.fragment_context();
         self.in_batches(

@@ -777,14 +777,14 @@ impl Surfaces<'_> {
                 return push_all(folder, &edits, &path, &problem);
             }
         };
-        let path = located.path.clone();
         if let Some(content) = still_right(folder, rel, located.found, want) {
             for edit in &edits {
-                folder.push(edit.surface, edit.direction.action(false), &path, None);
+                folder.push(edit.surface, edit.direction.action(false), &located.path, None);
             }
-            folder.hashed = Some((path, content));
+            folder.hashed = Some((located.path, content));
             return;
         }
+        let path = located.path.clone();
         let prepared = folder.read(rel, &located).and_then(|(existing, stamp)| {
             let doc = match &existing {
                 Some(bytes) => F::parse(bytes).map_err(|e| format!("{}: {e}; left as it is", path.display()))?,
