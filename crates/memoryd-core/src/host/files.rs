@@ -165,16 +165,28 @@ impl PlainDir {
 
 impl PlainDir {
     /// Opens the directory `path` to look beneath it (following symlinks
-    /// to it; `O_PATH` on Linux, so no read permission is needed) and finds its real
-    /// path: one `readlink` of the descriptor in `/proc` instead of one per
-    /// part of the path.
+    /// to it; `O_PATH` on Linux, so no read permission is needed) and finds
+    /// its real path: `path` itself when it is absolute, plain (no `.`,
+    /// `..` or doubled `/`) and opens with no symbolic link on the way (one
+    /// `openat2`, the usual case); else one `readlink` of the descriptor in
+    /// `/proc` rather than one per part of the path.
     pub fn open_real(path: &Path) -> io::Result<(PlainDir, PathBuf)> {
+        #[cfg(target_os = "linux")]
+        if is_plain_absolute(path) {
+            use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+            if let Ok(fd) = openat2(nix::fcntl::AT_FDCWD, path, how) {
+                let stamp = Stamp::of_stat(&nix::sys::stat::fstat(&fd)?);
+                return Ok((PlainDir { fd, stamp }, path.to_path_buf()));
+            }
+        }
         #[cfg(target_os = "linux")]
         let look = OFlag::O_PATH;
         #[cfg(not(target_os = "linux"))]
         let look = OFlag::O_RDONLY;
-        let flags = look | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd = nix::fcntl::open(path, flags, Mode::empty())?;
+        let fd = nix::fcntl::open(path, look | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
         let stamp = Stamp::of_stat(&nix::sys::stat::fstat(&fd)?);
         let by_fd = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
         // A folder removed meanwhile reads "... (deleted)"; no /proc: the slow way.
@@ -663,6 +675,21 @@ impl FileGuard {
     }
 }
 
+/// Whether `path` is `/` and plain names joined by single `/`s: written
+/// as its own canonical form (no `.`, `..`, doubled or trailing `/`).
+fn is_plain_absolute(path: &Path) -> bool {
+    let mut len = 0;
+    let plain = path.components().enumerate().all(|(i, part)| match part {
+        Component::RootDir => i == 0,
+        Component::Normal(name) => {
+            len += name.len() + 1;
+            true
+        }
+        _ => false,
+    });
+    plain && path.is_absolute() && path.as_os_str().len() == len.max(1)
+}
+
 /// A new tmp file beside `name` in `dir`: its name and the open file.
 fn create_tmp(dir: &RealDir, name: &OsStr) -> Result<(OsString, File), FileError> {
     let pid = u64::from(std::process::id());
@@ -684,6 +711,25 @@ fn create_tmp(dir: &RealDir, name: &OsStr) -> Result<(OsString, File), FileError
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_written_in_its_canonical_form_is_its_own_real_path_and_any_other_is_resolved() {
+        for plain in ["/", "/srv", "/srv/peer/a"] {
+            assert!(is_plain_absolute(Path::new(plain)), "{plain}");
+        }
+        for other in ["srv/peer", "/srv/./peer", "/srv/../peer", "/srv//peer", "/srv/peer/", "/srv/peer/.", "//srv"] {
+            assert!(!is_plain_absolute(Path::new(other)), "{other}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, real.parent().unwrap().join("link")).unwrap();
+        for path in [real.clone(), real.parent().unwrap().join("link"), real.join("sub/..")] {
+            let (dir, found) = PlainDir::open_real(&path).unwrap();
+            assert_eq!(found, real, "{}", path.display());
+            assert!(matches!(dir.sub(Path::new("sub")), Beneath::Found(_)));
+        }
+    }
 
     #[test]
     fn a_log_past_its_size_rotates_keeping_its_generations() {

@@ -127,7 +127,7 @@ impl<'a> Context<'a> {
 /// The four sections, in order.
 pub fn render(inputs: &FragmentInputs<'_>) -> String {
     // About what one takes: a sweep renders one per peer.
-    let mut out = String::with_capacity(1024);
+    let mut out = String::with_capacity(512);
     out.push_str("## memoryd\n\n");
     match inputs.vault {
         Some(vault) => {
