@@ -42,7 +42,7 @@ impl PairReport {
         self.outcomes.iter().filter(|o| o.action == Action::Failed).map(|o| SweepFailure {
             personality: self.personality.clone(),
             runtime: self.runtime.clone(),
-            surface: o.surface.clone(),
+            surface: o.surface.to_string(),
             detail: o.detail.clone().unwrap_or_default(),
         })
     }
@@ -217,7 +217,7 @@ impl Provisioner<'_> {
     ) -> Outcome {
         if context.unavailable {
             return Outcome {
-                surface: "fragment".to_owned(),
+                surface: "fragment".into(),
                 action: Action::Skipped,
                 path: cwd.to_path_buf(),
                 detail: Some("the fleet database is unavailable; the fragment keeps its last content".to_owned()),
@@ -570,7 +570,7 @@ fn nothing_for(runtime: &str) -> String {
 
 fn skipped_all(runtime: &str, cwd: &Path, reason: &str) -> Outcome {
     Outcome {
-        surface: runtime.to_owned(),
+        surface: runtime.to_owned().into(),
         action: Action::Skipped,
         path: cwd.to_path_buf(),
         detail: Some(reason.to_owned()),

@@ -27,6 +27,7 @@ use json::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shims::{EVENTS, HookEvent};
+use std::borrow::Cow;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,8 @@ impl Action {
 /// `{surface, action, path, detail?}` of spec 20.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
-    pub surface: String,
+    /// Our surfaces' names are constants: no allocation per outcome.
+    pub surface: Cow<'static, str>,
     pub action: Action,
     pub path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -412,8 +414,8 @@ impl<'r, 'm> Folder<'r, 'm> {
         path.strip_prefix(&self.open.real).ok().map(|p| p.to_string_lossy().into_owned())
     }
 
-    fn push(&mut self, surface: &str, action: Action, path: &Path, detail: Option<String>) {
-        self.outcomes.push(Outcome { surface: surface.to_owned(), action, path: path.to_path_buf(), detail });
+    fn push(&mut self, surface: &'static str, action: Action, path: &Path, detail: Option<String>) {
+        self.outcomes.push(Outcome { surface: surface.into(), action, path: path.to_path_buf(), detail });
     }
 }
 
@@ -520,8 +522,8 @@ impl Surfaces<'_> {
             return Err(format!("no surfaces for runtime `{runtime}`"));
         };
         let Ok(open) = self.open_folder(cwd) else {
-            let absent = |s: &&str| Outcome {
-                surface: (*s).to_owned(),
+            let absent = |s: &&'static str| Outcome {
+                surface: (*s).into(),
                 action: Action::Absent,
                 path: cwd.to_path_buf(),
                 detail: Some("the peer folder is gone".to_owned()),
@@ -559,7 +561,7 @@ impl Surfaces<'_> {
         let path = cwd.join(FRAGMENT_PATH);
         let Ok(open) = self.open_folder(cwd) else {
             return Outcome {
-                surface: "fragment".to_owned(),
+                surface: "fragment".into(),
                 action: Action::Skipped,
                 path,
                 detail: Some(format!("cwd missing: {}", cwd.display())),
@@ -569,7 +571,7 @@ impl Surfaces<'_> {
         folder.want = self.memory.map(|_| 0);
         self.put_file(&mut folder, "fragment", FRAGMENT_PATH, (text.as_bytes(), memory::fnv(text.as_bytes())), 0o700);
         folder.outcomes.pop().unwrap_or(Outcome {
-            surface: "fragment".to_owned(),
+            surface: "fragment".into(),
             action: Action::Failed,
             path,
             detail: None,
@@ -746,7 +748,7 @@ impl Surfaces<'_> {
     pub fn reseed_trust(&self, _held: &ProvisionGuard<'_>, state: &mut SurfaceState, cwd: &Path) -> Outcome {
         let Ok(open) = self.open_folder(cwd) else {
             return Outcome {
-                surface: "trust".to_owned(),
+                surface: "trust".into(),
                 action: Action::Skipped,
                 path: cwd.join(CODEX_HOOKS),
                 detail: Some(format!("cwd missing: {}", cwd.display())),
@@ -756,12 +758,7 @@ impl Surfaces<'_> {
         folder.record().trusted_hooks = None;
         self.trust(&mut folder);
         let path = folder.real().join(CODEX_HOOKS);
-        folder.outcomes.pop().unwrap_or(Outcome {
-            surface: "trust".to_owned(),
-            action: Action::Failed,
-            path,
-            detail: None,
-        })
+        folder.outcomes.pop().unwrap_or(Outcome { surface: "trust".into(), action: Action::Failed, path, detail: None })
     }
 
     /// Applies the edits of several surfaces to one file, read once and
@@ -843,7 +840,7 @@ impl Surfaces<'_> {
     fn put_file(
         &self,
         folder: &mut Folder<'_, '_>,
-        surface: &str,
+        surface: &'static str,
         rel: &'static str,
         (bytes, hash): (&[u8], u64),
         dir_mode: u32,
@@ -1179,7 +1176,7 @@ mod tests {
         let actions = |state: &mut SurfaceState| {
             let _sweep = memory.sweep();
             let outcomes = surfaces.ensure(state, "ada", &p.folder, "claude", false).unwrap();
-            outcomes.iter().map(|o| (o.surface.clone(), o.action)).collect::<Vec<_>>()
+            outcomes.iter().map(|o| (o.surface.to_string(), o.action)).collect::<Vec<_>>()
         };
         actions(&mut state);
         std::thread::sleep(Duration::from_millis(100));
