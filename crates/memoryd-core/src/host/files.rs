@@ -2,7 +2,8 @@
 //!
 //! [`RealDir`] is the one way to reach files under a root without following
 //! symbolic links (the vault's zones: a link must not carry a read or a
-//! write into another zone or out of the vault).
+//! write into another zone or out of the vault); [`PlainDir`] looks beneath
+//! a peer folder in one call per directory and file (the surfaces).
 //!
 //! The live form writes; the refusing form (test sandbox armed) refuses any
 //! path under the real home's `.iapeer`, `.claude`, `.codex` or service
@@ -109,39 +110,109 @@ pub struct RealDir {
     path: PathBuf,
 }
 
-/// What [`RealDir::open_plain`] found.
+/// What a one-call look beneath a directory found.
 #[derive(Debug)]
-pub enum Beneath {
-    /// A regular file reached with no symbolic link on the way, open to
-    /// read, with its stamp.
-    File(File, Stamp),
+pub enum Beneath<T> {
+    /// What was asked for, reached with no symbolic link on the way.
+    Found(T),
     /// Nothing there, and no symbolic link on the way to it.
     Missing,
-    /// Not decided in one call (a link on the way, not a regular file, an
-    /// error, or a kernel without `openat2`): check part by part.
+    /// Not decided in one call (a link on the way, not the kind asked for,
+    /// an error, or a kernel without `openat2`): check part by part.
     Unsure,
 }
 
-impl RealDir {
-    /// Opens the regular file `rel` beneath this directory to read in one
-    /// call when no part of it is a symbolic link: `openat2` with
-    /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (Linux 5.6 and later), so
-    /// nothing can lead the open out of the directory.
-    pub fn open_plain(&self, rel: &Path) -> Beneath {
+/// A directory reached beneath a [`RealDir`] with no symbolic link on the
+/// way, held by an `O_PATH` descriptor (enough to look up and open the
+/// names in it), with its stamp when opened.
+#[derive(Debug)]
+pub struct PlainDir {
+    fd: OwnedFd,
+    stamp: Stamp,
+}
+
+impl PlainDir {
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// The stamp of the regular file `leaf` in this directory, in one
+    /// call: a symbolic link there is not followed but reported `Unsure`.
+    pub fn stat(&self, leaf: &OsStr) -> Beneath<Stamp> {
+        match fstatat(&self.fd, leaf, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File => Beneath::Found(Stamp::of_stat(&st)),
+            Err(Errno::ENOENT) => Beneath::Missing,
+            _ => Beneath::Unsure,
+        }
+    }
+
+    /// Opens the regular file `leaf` in this directory to read, not
+    /// following a symbolic link there; with its stamp.
+    pub fn open(&self, leaf: &OsStr) -> Beneath<(File, Stamp)> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        match openat(&self.fd, leaf, flags, Mode::empty()) {
+            Ok(fd) => match nix::sys::stat::fstat(&fd) {
+                Ok(st) if EntryKind::of_mode(st.st_mode) == EntryKind::File => {
+                    Beneath::Found((File::from(fd), Stamp::of_stat(&st)))
+                }
+                _ => Beneath::Unsure,
+            },
+            Err(Errno::ENOENT) => Beneath::Missing,
+            Err(_) => Beneath::Unsure,
+        }
+    }
+}
+
+impl PlainDir {
+    /// Opens the directory `path` to look beneath it (following symlinks
+    /// to it; `O_PATH` on Linux, so no read permission is needed) and finds
+    /// its real path: `path` itself when it is absolute, plain (no `.`,
+    /// `..` or doubled `/`) and opens with no symbolic link on the way (one
+    /// `openat2`, the usual case); else one `readlink` of the descriptor in
+    /// `/proc` rather than one per part of the path.
+    pub fn open_real(path: &Path) -> io::Result<(PlainDir, PathBuf)> {
+        #[cfg(target_os = "linux")]
+        if is_plain_absolute(path) {
+            use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+            if let Ok(fd) = openat2(nix::fcntl::AT_FDCWD, path, how) {
+                let stamp = Stamp::of_stat(&nix::sys::stat::fstat(&fd)?);
+                return Ok((PlainDir { fd, stamp }, path.to_path_buf()));
+            }
+        }
+        #[cfg(target_os = "linux")]
+        let look = OFlag::O_PATH;
+        #[cfg(not(target_os = "linux"))]
+        let look = OFlag::O_RDONLY;
+        let fd = nix::fcntl::open(path, look | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let stamp = Stamp::of_stat(&nix::sys::stat::fstat(&fd)?);
+        let by_fd = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
+        // A folder removed meanwhile reads "... (deleted)"; no /proc: the slow way.
+        let real = match by_fd {
+            Ok(real) if real.is_absolute() && !real.as_os_str().as_bytes().ends_with(b" (deleted)") => real,
+            _ => path.canonicalize()?,
+        };
+        Ok((PlainDir { fd, stamp }, real))
+    }
+
+    /// Opens the directory `rel` beneath this one when no part of it is a
+    /// symbolic link, in one call: `openat2` with `RESOLVE_BENEATH |
+    /// RESOLVE_NO_SYMLINKS` (Linux 5.6 and later), so nothing can lead it
+    /// out of this directory.
+    pub fn sub(&self, rel: &Path) -> Beneath<PlainDir> {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::{OpenHow, ResolveFlag, openat2};
             let how = OpenHow::new()
-                .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
                 .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
             match openat2(&self.fd, rel, how) {
-                Ok(fd) => {
-                    let file = File::from(fd);
-                    match file.metadata() {
-                        Ok(meta) if meta.is_file() => Beneath::File(file, Stamp::of(&meta)),
-                        _ => Beneath::Unsure,
-                    }
-                }
+                Ok(fd) => match nix::sys::stat::fstat(&fd) {
+                    Ok(st) => Beneath::Found(PlainDir { fd, stamp: Stamp::of_stat(&st) }),
+                    Err(_) => Beneath::Unsure,
+                },
                 // A link on the way would have been ELOOP: nothing is there.
                 Err(Errno::ENOENT | Errno::ENOTDIR) => Beneath::Missing,
                 Err(_) => Beneath::Unsure,
@@ -153,7 +224,9 @@ impl RealDir {
             Beneath::Unsure
         }
     }
+}
 
+impl RealDir {
     /// Opens the directory `path` itself, following symlinks to it (it is
     /// the operator's choice, such as the configured vault).
     pub fn open(path: &Path) -> Result<RealDir, FileError> {
@@ -602,6 +675,21 @@ impl FileGuard {
     }
 }
 
+/// Whether `path` is `/` and plain names joined by single `/`s: written
+/// as its own canonical form (no `.`, `..`, doubled or trailing `/`).
+fn is_plain_absolute(path: &Path) -> bool {
+    let mut len = 0;
+    let plain = path.components().enumerate().all(|(i, part)| match part {
+        Component::RootDir => i == 0,
+        Component::Normal(name) => {
+            len += name.len() + 1;
+            true
+        }
+        _ => false,
+    });
+    plain && path.is_absolute() && path.as_os_str().len() == len.max(1)
+}
+
 /// A new tmp file beside `name` in `dir`: its name and the open file.
 fn create_tmp(dir: &RealDir, name: &OsStr) -> Result<(OsString, File), FileError> {
     let pid = u64::from(std::process::id());
@@ -623,6 +711,25 @@ fn create_tmp(dir: &RealDir, name: &OsStr) -> Result<(OsString, File), FileError
 #[allow(clippy::disallowed_methods)] // tests write their fixtures directly
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_written_in_its_canonical_form_is_its_own_real_path_and_any_other_is_resolved() {
+        for plain in ["/", "/srv", "/srv/peer/a"] {
+            assert!(is_plain_absolute(Path::new(plain)), "{plain}");
+        }
+        for other in ["srv/peer", "/srv/./peer", "/srv/../peer", "/srv//peer", "/srv/peer/", "/srv/peer/.", "//srv"] {
+            assert!(!is_plain_absolute(Path::new(other)), "{other}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, real.parent().unwrap().join("link")).unwrap();
+        for path in [real.clone(), real.parent().unwrap().join("link"), real.join("sub/..")] {
+            let (dir, found) = PlainDir::open_real(&path).unwrap();
+            assert_eq!(found, real, "{}", path.display());
+            assert!(matches!(dir.sub(Path::new("sub")), Beneath::Found(_)));
+        }
+    }
 
     #[test]
     fn a_log_past_its_size_rotates_keeping_its_generations() {

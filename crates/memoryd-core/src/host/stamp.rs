@@ -34,6 +34,19 @@ impl Stamp {
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         }
     }
+
+    /// The stamp of what `stat(2)` said.
+    pub fn of_stat(st: &nix::sys::stat::FileStat) -> Stamp {
+        // The field widths differ between targets; none of these overflow.
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        Stamp {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            len: st.st_size as u64,
+            mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+        }
+    }
 }
 
 /// A stamp and when the reader started the read that saw it.

@@ -42,7 +42,7 @@ impl PairReport {
         self.outcomes.iter().filter(|o| o.action == Action::Failed).map(|o| SweepFailure {
             personality: self.personality.clone(),
             runtime: self.runtime.clone(),
-            surface: o.surface.clone(),
+            surface: o.surface.to_string(),
             detail: o.detail.clone().unwrap_or_default(),
         })
     }
@@ -197,6 +197,7 @@ impl Provisioner<'_> {
             &self.tools.settings.hooks_dir,
             &self.tools.settings.memoryctl,
             &self.tools.settings.root,
+            self.memory,
         )
         .map_err(ProvisionError::Shims)
     }
@@ -216,7 +217,7 @@ impl Provisioner<'_> {
     ) -> Outcome {
         if context.unavailable {
             return Outcome {
-                surface: "fragment".to_owned(),
+                surface: "fragment".into(),
                 action: Action::Skipped,
                 path: cwd.to_path_buf(),
                 detail: Some("the fleet database is unavailable; the fragment keeps its last content".to_owned()),
@@ -286,22 +287,21 @@ impl Provisioner<'_> {
 
     /// The peers a sweep works on; the others are reported skipped.
     fn sweepable<'p>(peers: &'p [FleetPeer], skipped: &mut Vec<Skipped>) -> Vec<&'p FleetPeer> {
-        peers
-            .iter()
-            .filter(|peer| {
-                let reason = if peer.session_runtimes().next().is_none() {
-                    Some("no session runtime".to_owned())
-                } else if !peer.cwd.is_dir() {
-                    Some(format!("cwd missing: {}", peer.cwd.display()))
-                } else {
-                    None
-                };
-                if let Some(reason) = &reason {
-                    skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
-                }
-                reason.is_none()
-            })
-            .collect()
+        let mut work = Vec::with_capacity(peers.len());
+        work.extend(peers.iter().filter(|peer| {
+            let reason = if peer.session_runtimes().next().is_none() {
+                Some("no session runtime".to_owned())
+            } else if !peer.cwd.is_dir() {
+                Some(format!("cwd missing: {}", peer.cwd.display()))
+            } else {
+                None
+            };
+            if let Some(reason) = &reason {
+                skipped.push(Skipped { personality: peer.personality.clone(), reason: reason.clone() });
+            }
+            reason.is_none()
+        }));
+        work
     }
 
     /// The peer's session runtimes memory is on for; those `unprovision-peer`
@@ -333,6 +333,8 @@ impl Provisioner<'_> {
         let _sweep = self.memory.map(SurfaceMemory::sweep);
         let mut report = SweepReport::default();
         let work = Self::sweepable(peers, &mut report.skipped);
+        // One allocation, not a dozen doublings of a large buffer.
+        report.pairs.reserve(work.iter().map(|peer| peer.session_runtimes().count()).sum());
         let mut shims_written = 0;
         let context = self.fragment_context();
         self.in_batches(
@@ -568,7 +570,7 @@ fn nothing_for(runtime: &str) -> String {
 
 fn skipped_all(runtime: &str, cwd: &Path, reason: &str) -> Outcome {
     Outcome {
-        surface: runtime.to_owned(),
+        surface: runtime.to_owned().into(),
         action: Action::Skipped,
         path: cwd.to_path_buf(),
         detail: Some(reason.to_owned()),

@@ -14,10 +14,11 @@ mod state;
 pub mod toml;
 
 pub use memory::SurfaceMemory;
+use memory::{FolderMemo, OpenFolder};
 pub use state::{PeerRecord, StateFile, SurfaceState};
 
 use crate::host::egress::{Egress, EgressError};
-use crate::host::files::{Beneath, FileError, FileGuard, RealDir};
+use crate::host::files::{Beneath, FileError, FileGuard};
 use crate::host::lock::ProvisionGuard;
 use crate::host::paths::resolve_existing_prefix;
 use crate::host::stamp::{Seen, Stamp};
@@ -26,7 +27,7 @@ use json::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shims::{EVENTS, HookEvent};
-use std::fs::File;
+use std::borrow::Cow;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,8 @@ impl Action {
 /// `{surface, action, path, detail?}` of spec 20.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
-    pub surface: String,
+    /// Our surfaces' names are constants: no allocation per outcome.
+    pub surface: Cow<'static, str>,
     pub action: Action,
     pub path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +115,33 @@ impl Settings {
 
     fn shim(&self, runtime: &str, event: &HookEvent) -> String {
         shims::sh_quote(&shims::shim_path(&self.hooks_dir, runtime, event).to_string_lossy())
+    }
+
+    /// The edit that puts our hook groups into a runtime's hooks file (one
+    /// per event running its shim; Claude's with its tool matcher) or takes
+    /// them out. The groups are built only when the file is read, not in a
+    /// no-op sweep, where the memory answers.
+    fn hooks_edit<'e>(&'e self, runtime: &'e str, direction: Direction) -> Edit<'e, Object> {
+        let groups = move || -> Vec<(&str, Value)> {
+            EVENTS
+                .iter()
+                .map(|event| {
+                    let hook =
+                        json!({"type": "command", "command": self.shim(runtime, event), "timeout": event.timeout});
+                    let group = match event.claude_matcher.filter(|_| runtime == "claude") {
+                        Some(matcher) => json!({"matcher": matcher, "hooks": [hook]}),
+                        None => json!({"hooks": [hook]}),
+                    };
+                    (event.agent, group)
+                })
+                .collect()
+        };
+        match direction {
+            Direction::Ensure => {
+                Edit::new("hooks", direction, move |doc: &mut Object| json::merge_hooks(doc, &groups()))
+            }
+            Direction::Remove => Edit::new("hooks", direction, json::strip_hooks),
+        }
     }
 }
 
@@ -219,28 +248,55 @@ impl Format for TomlFile {
     }
 }
 
-/// One peer folder during one operation: its real path and its record.
-struct Folder<'r> {
-    real: PathBuf,
-    record: &'r mut PeerRecord,
+/// One peer folder during one operation: the folder open, and its record.
+struct Folder<'r, 'm> {
+    open: OpenFolder,
+    state: &'r mut SurfaceState,
+    /// Gets the open folder back when the pass ends (the daemon's).
+    memory: Option<&'m SurfaceMemory>,
     outcomes: Vec<Outcome>,
     /// Inspect only: report what a provision would change, touch nothing.
     dry: bool,
     /// What this pass checks the surfaces against, when a check may be
     /// remembered (a sweep with memory, never a dry run).
     want: Option<u64>,
-    /// The folder held open for the pass (inner None: it did not open).
-    dir: Option<Option<RealDir>>,
     /// The content hash of the file `edit_file` last left right, for the
     /// Codex trust step that follows it.
     hashed: Option<(PathBuf, u64)>,
 }
 
-/// Where a surface file really is, and the file when it was opened on
-/// the way (no symbolic link in its path).
+impl Drop for Folder<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(memory) = self.memory {
+            memory.close(std::mem::take(&mut self.open));
+        }
+    }
+}
+
+/// Where a surface file really is, and what one look at it found.
 struct Located {
     path: PathBuf,
-    file: Option<(File, Stamp)>,
+    found: Found,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    /// A regular file in a surface directory reached with no symbolic link
+    /// (the usual case), with its stamp; not opened yet.
+    Plain(Stamp),
+    /// Nothing there, and no symbolic link on the way.
+    Missing,
+    /// Located part by part (a link on the way, or no `openat2`).
+    ByParts,
+}
+
+impl Found {
+    fn stamp(self) -> Option<Stamp> {
+        match self {
+            Found::Plain(stamp) => Some(stamp),
+            Found::Missing | Found::ByParts => None,
+        }
+    }
 }
 
 /// What a dry run says about a surface a provision would write.
@@ -248,33 +304,87 @@ fn drift(existed: bool) -> String {
     if existed { "not as memoryd writes it".to_owned() } else { "missing".to_owned() }
 }
 
-impl<'r> Folder<'r> {
-    fn new(state: &'r mut SurfaceState, real: PathBuf, dry: bool) -> Folder<'r> {
-        Folder { record: state.record(&real), real, outcomes: Vec::new(), dry, want: None, dir: None, hashed: None }
+/// A surface path's directory (`""`: the folder) and its file name.
+fn split(rel: &'static str) -> (&'static str, &'static str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+impl<'r, 'm> Folder<'r, 'm> {
+    fn new(state: &'r mut SurfaceState, open: OpenFolder, memory: Option<&'m SurfaceMemory>, dry: bool) -> Self {
+        Folder { open, state, memory, outcomes: Vec::new(), dry, want: None, hashed: None }
+    }
+
+    fn real(&self) -> &Path {
+        &self.open.real
+    }
+
+    /// The folder's record, for change.
+    fn record(&mut self) -> &mut PeerRecord {
+        self.state.record(&self.open.real)
+    }
+
+    /// The folder's record, to look at.
+    fn peek(&self) -> Option<&PeerRecord> {
+        self.state.get(&self.open.real)
     }
 
     /// The real location of a surface file, refusing any that a symlink
-    /// takes outside the folder. One `openat2` beneath the folder when no
-    /// part of the path is a link (the usual case); otherwise part by part.
-    fn locate(&mut self, rel: &str) -> Result<Located, String> {
-        let real = &self.real;
-        if let Some(dir) = self.dir.get_or_insert_with(|| RealDir::open(real).ok()) {
-            match dir.open_plain(Path::new(rel)) {
-                Beneath::File(file, stamp) => {
-                    return Ok(Located { path: self.real.join(rel), file: Some((file, stamp)) });
+    /// takes outside the folder. Its directory opened beneath the folder
+    /// once per pass and the file looked at in one call when no part of
+    /// the path is a link (the usual case); otherwise part by part.
+    fn locate(&mut self, rel: &'static str) -> Result<Located, String> {
+        let (dir, leaf) = split(rel);
+        let found = match self.open.dir(dir) {
+            Beneath::Found(dir) => match dir.stat(leaf.as_ref()) {
+                Beneath::Found(stamp) => Some(Found::Plain(stamp)),
+                Beneath::Missing => Some(Found::Missing),
+                Beneath::Unsure => None,
+            },
+            Beneath::Missing => Some(Found::Missing),
+            Beneath::Unsure => None,
+        };
+        match found {
+            Some(found) => Ok(Located { path: self.open.real.join(rel), found }),
+            None => self.locate_by_parts(rel).map(|path| Located { path, found: Found::ByParts }),
+        }
+    }
+
+    /// The bytes of a located surface file (None: there is none), and the
+    /// stamp they were read with when the file was opened beneath the
+    /// folder.
+    fn read(&mut self, rel: &'static str, located: &Located) -> Result<(Option<Vec<u8>>, Option<Stamp>), Problem> {
+        let (dir, leaf) = split(rel);
+        if let (Found::Plain(_), Beneath::Found(dir)) = (located.found, self.open.dir(dir)) {
+            match dir.open(leaf.as_ref()) {
+                Beneath::Found((mut file, stamp)) => {
+                    let mut bytes = Vec::new();
+                    return match file.read_to_end(&mut bytes) {
+                        Ok(_) => Ok((Some(bytes), Some(stamp))),
+                        Err(e) => Err(format!("cannot read {}: {e}", located.path.display()).into()),
+                    };
                 }
-                Beneath::Missing => return Ok(Located { path: self.real.join(rel), file: None }),
+                Beneath::Missing => return Ok((None, None)),
+                // Replaced by a link since the look: the slow way.
                 Beneath::Unsure => {}
             }
         }
-        self.locate_by_parts(rel).map(|path| Located { path, file: None })
+        let path = match located.found {
+            Found::Missing => return Ok((None, None)),
+            Found::ByParts => located.path.clone(),
+            Found::Plain(_) => self.locate_by_parts(rel)?,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok((Some(bytes), None)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, None)),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+        }
     }
 
     fn locate_by_parts(&self, rel: &str) -> Result<PathBuf, String> {
-        let path = self.real.join(rel);
+        let path = self.open.real.join(rel);
         // The folder itself is already real: when no part of `rel` is a
         // symlink, the path is its own real location.
-        let mut partial = self.real.clone();
+        let mut partial = self.open.real.clone();
         let mut plain = true;
         for part in Path::new(rel).components() {
             partial.push(part);
@@ -294,18 +404,18 @@ impl<'r> Folder<'r> {
             return Err(format!("{} is a dangling symlink; fix or remove it", path.display()));
         }
         let real = resolve_existing_prefix(&path);
-        if !real.starts_with(&self.real) {
+        if !real.starts_with(&self.open.real) {
             return Err(format!("symlink escapes the peer folder: {} resolves to {}", path.display(), real.display()));
         }
         Ok(real)
     }
 
     fn relative(&self, path: &Path) -> Option<String> {
-        path.strip_prefix(&self.real).ok().map(|p| p.to_string_lossy().into_owned())
+        path.strip_prefix(&self.open.real).ok().map(|p| p.to_string_lossy().into_owned())
     }
 
-    fn push(&mut self, surface: &str, action: Action, path: &Path, detail: Option<String>) {
-        self.outcomes.push(Outcome { surface: surface.to_owned(), action, path: path.to_path_buf(), detail });
+    fn push(&mut self, surface: &'static str, action: Action, path: &Path, detail: Option<String>) {
+        self.outcomes.push(Outcome { surface: surface.into(), action, path: path.to_path_buf(), detail });
     }
 }
 
@@ -327,26 +437,6 @@ impl From<FileError> for Problem {
     fn from(e: FileError) -> Problem {
         let action = if e.is_refusal() { Action::Skipped } else { Action::Failed };
         Problem { action, detail: e.to_string() }
-    }
-}
-
-/// A surface file's bytes, from the file already open when there is one.
-fn read_optional(path: &Path, open: Option<File>) -> Result<Option<Vec<u8>>, Problem> {
-    match read_from(path, open) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
-    }
-}
-
-/// A file's bytes, from the file already open when there is one.
-fn read_from(path: &Path, open: Option<File>) -> std::io::Result<Vec<u8>> {
-    match open {
-        Some(mut file) => {
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map(|_| bytes)
-        }
-        None => std::fs::read(path),
     }
 }
 
@@ -396,8 +486,8 @@ impl Surfaces<'_> {
         if surface_names(runtime).is_none() {
             return Err(format!("no surfaces for runtime `{runtime}`"));
         }
-        let real = self.resolve(cwd).map_err(|e| format!("cwd missing: {} ({e})", cwd.display()))?;
-        let mut folder = Folder::new(state, real, dry);
+        let open = self.open_folder(cwd).map_err(|e| format!("cwd missing: {} ({e})", cwd.display()))?;
+        let mut folder = Folder::new(state, open, self.memory, dry);
         if self.memory.is_some() && !dry {
             folder.want = Some(self.want(personality, runtime));
         }
@@ -405,10 +495,16 @@ impl Surfaces<'_> {
             "claude" => self.claude(&mut folder, personality, Direction::Ensure),
             _ => self.codex(&mut folder, personality, Direction::Ensure),
         }
-        if !folder.outcomes.iter().any(|o| o.action == Action::Failed) {
-            folder.record.runtimes.insert(runtime.to_owned());
+        // The record is touched only when it changes (a no-op sweep
+        // compares and writes no state).
+        if !folder.peek().is_some_and(|r| r.runtimes.contains(runtime)) {
+            let ok = !folder.outcomes.iter().any(|o| o.action == Action::Failed);
+            let record = folder.record();
+            if ok {
+                record.runtimes.insert(runtime.to_owned());
+            }
         }
-        Ok(folder.outcomes)
+        Ok(std::mem::take(&mut folder.outcomes))
     }
 
     /// The mirror of [`provision`](Self::provision). A vanished folder
@@ -425,32 +521,32 @@ impl Surfaces<'_> {
         let Some(names) = surface_names(runtime) else {
             return Err(format!("no surfaces for runtime `{runtime}`"));
         };
-        let Ok(real) = self.resolve(cwd) else {
-            let absent = |s: &&str| Outcome {
-                surface: (*s).to_owned(),
+        let Ok(open) = self.open_folder(cwd) else {
+            let absent = |s: &&'static str| Outcome {
+                surface: (*s).into(),
                 action: Action::Absent,
                 path: cwd.to_path_buf(),
                 detail: Some("the peer folder is gone".to_owned()),
             };
             return Ok(names.iter().map(absent).collect());
         };
-        let mut folder = Folder::new(state, real, false);
+        let mut folder = Folder::new(state, open, self.memory, false);
         match runtime {
             "claude" => self.claude(&mut folder, personality, Direction::Remove),
             _ => self.codex(&mut folder, personality, Direction::Remove),
         }
         if !folder.outcomes.iter().any(|o| o.action == Action::Failed) {
-            folder.record.runtimes.remove(runtime);
+            folder.record().runtimes.remove(runtime);
         }
-        if folder.record.runtimes.is_empty() {
+        if folder.record().runtimes.is_empty() {
             let (_, fragment) = self.delete_file(&mut folder, FRAGMENT_PATH);
             if let Err(problem) = fragment {
-                tracing::warn!(folder = %folder.real.display(), detail = problem.detail, "cannot remove the fragment");
+                tracing::warn!(folder = %folder.real().display(), detail = problem.detail, "cannot remove the fragment");
             }
         }
         self.prune_created_dirs(&mut folder);
         let outcomes = std::mem::take(&mut folder.outcomes);
-        state.prune();
+        folder.state.prune();
         Ok(outcomes)
     }
 
@@ -463,48 +559,35 @@ impl Surfaces<'_> {
         text: &str,
     ) -> Outcome {
         let path = cwd.join(FRAGMENT_PATH);
-        let Ok(real) = self.resolve(cwd) else {
+        let Ok(open) = self.open_folder(cwd) else {
             return Outcome {
-                surface: "fragment".to_owned(),
+                surface: "fragment".into(),
                 action: Action::Skipped,
                 path,
                 detail: Some(format!("cwd missing: {}", cwd.display())),
             };
         };
-        let mut folder = Folder::new(state, real, false);
+        let mut folder = Folder::new(state, open, self.memory, false);
         folder.want = self.memory.map(|_| 0);
-        self.put_file(&mut folder, "fragment", FRAGMENT_PATH, text.as_bytes(), 0o700);
+        self.put_file(&mut folder, "fragment", FRAGMENT_PATH, (text.as_bytes(), memory::fnv(text.as_bytes())), 0o700);
         folder.outcomes.pop().unwrap_or(Outcome {
-            surface: "fragment".to_owned(),
+            surface: "fragment".into(),
             action: Action::Failed,
             path,
             detail: None,
         })
     }
 
-    fn claude(&self, folder: &mut Folder<'_>, personality: &str, direction: Direction) {
+    fn claude(&self, folder: &mut Folder<'_, '_>, personality: &str, direction: Direction) {
         let settings = self.settings;
-        let groups: Vec<(&str, Value)> = EVENTS
-            .iter()
-            .map(|event| {
-                let hook =
-                    json!({"type": "command", "command": settings.shim("claude", event), "timeout": event.timeout});
-                let group = match event.claude_matcher {
-                    Some(matcher) => json!({"matcher": matcher, "hooks": [hook]}),
-                    None => json!({"hooks": [hook]}),
-                };
-                (event.agent, group)
-            })
-            .collect();
         // With the MCP endpoint off, our entries for it go.
-        let mcp = if settings.mcp_url().is_some() { direction } else { Direction::Remove };
-        let server = settings.mcp_url().map(|url| {
-            json!({"type": "http", "url": url, "headers": {"X-IAPeer-Identity": format!("${{PEER_IDENTITY:-claude-{personality}}}")}})
-        });
-        let hooks = match direction {
-            Direction::Ensure => Edit::new("hooks", direction, |doc: &mut Object| json::merge_hooks(doc, &groups)),
-            Direction::Remove => Edit::new("hooks", direction, json::strip_hooks),
+        let mcp = if settings.mcp_port != 0 { direction } else { Direction::Remove };
+        let server = || {
+            settings.mcp_url().map(|url| {
+                json!({"type": "http", "url": url, "headers": {"X-IAPeer-Identity": format!("${{PEER_IDENTITY:-claude-{personality}}}")}})
+            })
         };
+        let hooks = settings.hooks_edit("claude", direction);
         // Approving the server shows the tools; allowing them lets a
         // headless session call them. Both parts or neither: a part that
         // cannot be edited leaves the document as it was.
@@ -526,15 +609,18 @@ impl Surfaces<'_> {
             }),
         };
         self.edit_file::<JsonFile>(folder, CLAUDE_SETTINGS, vec![hooks, approve]);
-        let entry = match (&server, mcp) {
-            (Some(server), Direction::Ensure) => {
-                Edit::new("mcp", mcp, move |d: &mut Object| json::ensure_entry(d, "mcpServers", SERVER_NAME, server))
+        let entry = match mcp {
+            Direction::Ensure => Edit::new("mcp", mcp, move |d: &mut Object| match server() {
+                Some(server) => json::ensure_entry(d, "mcpServers", SERVER_NAME, &server),
+                None => json::remove_entry(d, "mcpServers", SERVER_NAME),
+            }),
+            Direction::Remove => {
+                Edit::new("mcp", Direction::Remove, |d: &mut Object| json::remove_entry(d, "mcpServers", SERVER_NAME))
             }
-            _ => Edit::new("mcp", Direction::Remove, |d: &mut Object| json::remove_entry(d, "mcpServers", SERVER_NAME)),
         };
         self.edit_file::<JsonFile>(folder, CLAUDE_MCP, vec![entry]);
         match direction {
-            Direction::Ensure => self.put_file(folder, "skill", CLAUDE_SKILL, SKILL.as_bytes(), 0o755),
+            Direction::Ensure => self.put_file(folder, "skill", CLAUDE_SKILL, (SKILL.as_bytes(), *SKILL_HASH), 0o755),
             Direction::Remove => {
                 let (path, result) = self.delete_file(folder, CLAUDE_SKILL);
                 match result {
@@ -553,39 +639,29 @@ impl Surfaces<'_> {
         }
     }
 
-    fn codex(&self, folder: &mut Folder<'_>, personality: &str, direction: Direction) {
+    fn codex(&self, folder: &mut Folder<'_, '_>, personality: &str, direction: Direction) {
         let settings = self.settings;
-        let mcp = if settings.mcp_url().is_some() { direction } else { Direction::Remove };
-        let table = settings.mcp_url().map(|url| toml::server_table(&url, &format!("codex-{personality}")));
-        let entry = match (&table, mcp) {
-            (Some(table), Direction::Ensure) => {
-                Edit::new("mcp", mcp, move |d: &mut toml_edit::DocumentMut| toml::ensure_server(d, SERVER_NAME, table))
-            }
-            _ => Edit::new("mcp", Direction::Remove, |d: &mut toml_edit::DocumentMut| {
+        let mcp = if settings.mcp_port != 0 { direction } else { Direction::Remove };
+        let entry = match mcp {
+            Direction::Ensure => Edit::new("mcp", mcp, move |d: &mut toml_edit::DocumentMut| {
+                match settings.mcp_url().map(|url| toml::server_table(&url, &format!("codex-{personality}"))) {
+                    Some(table) => toml::ensure_server(d, SERVER_NAME, &table),
+                    None => toml::remove_server(d, SERVER_NAME),
+                }
+            }),
+            Direction::Remove => Edit::new("mcp", Direction::Remove, |d: &mut toml_edit::DocumentMut| {
                 toml::remove_server(d, SERVER_NAME)
             }),
         };
         self.edit_file::<TomlFile>(folder, CODEX_CONFIG, vec![entry]);
-        let groups: Vec<(&str, Value)> = EVENTS
-            .iter()
-            .map(|event| {
-                let hook =
-                    json!({"type": "command", "command": settings.shim("codex", event), "timeout": event.timeout});
-                (event.agent, json!({"hooks": [hook]}))
-            })
-            .collect();
-        let hooks = match direction {
-            Direction::Ensure => Edit::new("hooks", direction, |doc: &mut Object| json::merge_hooks(doc, &groups)),
-            Direction::Remove => Edit::new("hooks", direction, json::strip_hooks),
-        };
-        self.edit_file::<JsonFile>(folder, CODEX_HOOKS, vec![hooks]);
+        self.edit_file::<JsonFile>(folder, CODEX_HOOKS, vec![settings.hooks_edit("codex", direction)]);
         match direction {
             Direction::Ensure if folder.dry => {}
             Direction::Ensure => self.trust(folder),
             Direction::Remove => {
                 // Hook trust lives in the user's Codex config; we hold none.
-                folder.record.trusted_hooks = None;
-                let path = folder.real.join(CODEX_HOOKS);
+                folder.record().trusted_hooks = None;
+                let path = folder.real().join(CODEX_HOOKS);
                 folder.push("trust", Action::Absent, &path, None);
             }
         }
@@ -593,25 +669,26 @@ impl Surfaces<'_> {
 
     /// Re-seeds Codex's trust in our hooks.json when its content changed
     /// since it was last trusted; a no-op sweep spawns nothing.
-    fn trust(&self, folder: &mut Folder<'_>) {
+    fn trust(&self, folder: &mut Folder<'_, '_>) {
         let hooks_failed = folder.outcomes.iter().any(|o| o.surface == "hooks" && o.action == Action::Failed);
         // The hooks.json that edit_file just located and hashed.
         let (path, hash) = match folder.hashed.take().filter(|(path, _)| path.ends_with(CODEX_HOOKS)) {
             Some((path, hash)) => (path, Some(hash)),
             None => match folder.locate(CODEX_HOOKS) {
-                Ok(located) => {
-                    let read = read_from(&located.path, located.file.map(|(file, _)| file));
-                    match read {
-                        Ok(bytes) => (located.path, Some(memory::fnv(&bytes))),
-                        Err(e) if !hooks_failed => {
-                            let detail = format!("cannot read it: {e}");
-                            return folder.push("trust", Action::Failed, &located.path, Some(detail));
-                        }
-                        Err(_) => (located.path, None),
+                Ok(located) => match folder.read(CODEX_HOOKS, &located) {
+                    Ok((Some(bytes), _)) => (located.path, Some(memory::fnv(&bytes))),
+                    Ok((None, _)) if !hooks_failed => {
+                        let detail = "cannot read it: the file is missing".to_owned();
+                        return folder.push("trust", Action::Failed, &located.path, Some(detail));
                     }
-                }
+                    Err(problem) if !hooks_failed => {
+                        return folder.push("trust", Action::Failed, &located.path, Some(problem.detail));
+                    }
+                    Ok((None, _)) | Err(_) => (located.path, None),
+                },
                 Err(detail) => {
-                    return folder.push("trust", Action::Failed, &folder.real.join(CODEX_HOOKS), Some(detail));
+                    let path = folder.real().join(CODEX_HOOKS);
+                    return folder.push("trust", Action::Failed, &path, Some(detail));
                 }
             },
         };
@@ -619,7 +696,7 @@ impl Surfaces<'_> {
             return folder.push("trust", Action::Skipped, &path, Some("hooks.json was not written".to_owned()));
         }
         let Some(hash) = hash.map(content_hash) else { return };
-        if folder.record.trusted_hooks.as_deref() == Some(hash.as_str()) {
+        if folder.peek().and_then(|r| r.trusted_hooks.as_deref()) == Some(hash.as_str()) {
             return folder.push("trust", Action::Already, &path, None);
         }
         let iapeer = match &self.settings.iapeer {
@@ -631,7 +708,7 @@ impl Surfaces<'_> {
             // Seeded: now prove that Codex would run the hooks.
             Ok(out) if out.success() => match self.trust_verdict(&path) {
                 Ok(note) => {
-                    folder.record.trusted_hooks = Some(hash);
+                    folder.record().trusted_hooks = Some(hash);
                     let already = String::from_utf8_lossy(&out.stdout).contains("already");
                     (if already { Action::Already } else { Action::Written }, note)
                 }
@@ -669,58 +746,53 @@ impl Surfaces<'_> {
     /// `verify --repair`: runs the Codex trust step for the folder again,
     /// whatever its record says, and checks it; the `trust` outcome.
     pub fn reseed_trust(&self, _held: &ProvisionGuard<'_>, state: &mut SurfaceState, cwd: &Path) -> Outcome {
-        let Ok(real) = self.resolve(cwd) else {
+        let Ok(open) = self.open_folder(cwd) else {
             return Outcome {
-                surface: "trust".to_owned(),
+                surface: "trust".into(),
                 action: Action::Skipped,
                 path: cwd.join(CODEX_HOOKS),
                 detail: Some(format!("cwd missing: {}", cwd.display())),
             };
         };
-        let mut folder = Folder::new(state, real, false);
-        folder.record.trusted_hooks = None;
+        let mut folder = Folder::new(state, open, self.memory, false);
+        folder.record().trusted_hooks = None;
         self.trust(&mut folder);
-        let path = folder.real.join(CODEX_HOOKS);
-        folder.outcomes.pop().unwrap_or(Outcome {
-            surface: "trust".to_owned(),
-            action: Action::Failed,
-            path,
-            detail: None,
-        })
+        let path = folder.real().join(CODEX_HOOKS);
+        folder.outcomes.pop().unwrap_or(Outcome { surface: "trust".into(), action: Action::Failed, path, detail: None })
     }
 
     /// Applies the edits of several surfaces to one file, read once and
     /// written at most once; not even read when the memory says that it is
     /// unchanged since it was last found right.
-    fn edit_file<F: Format>(&self, folder: &mut Folder<'_>, rel: &str, edits: Vec<Edit<'_, F::Doc>>) {
+    fn edit_file<F: Format>(&self, folder: &mut Folder<'_, '_>, rel: &'static str, edits: Vec<Edit<'_, F::Doc>>) {
         let want = folder.want.map(|want| memory::fnv_from(want, rel.as_bytes()));
         let read_at = SystemTime::now();
         let located = match self.open_surface(folder, rel) {
             Ok(located) => located,
             Err(problem) => {
-                let path = folder.real.join(rel);
+                let path = folder.real().join(rel);
                 return push_all(folder, &edits, &path, &problem);
             }
         };
-        let (path, stamp) = (located.path, located.file.as_ref().map(|(_, stamp)| *stamp));
-        if let Some(content) = self.still_right(&path, stamp, want) {
-            folder.hashed = Some((path.clone(), content));
+        if let Some(content) = still_right(folder, rel, located.found, want) {
             for edit in &edits {
-                folder.push(edit.surface, edit.direction.action(false), &path, None);
+                folder.push(edit.surface, edit.direction.action(false), &located.path, None);
             }
+            folder.hashed = Some((located.path, content));
             return;
         }
-        let prepared = read_optional(&path, located.file.map(|(file, _)| file)).and_then(|existing| {
+        let path = located.path.clone();
+        let prepared = folder.read(rel, &located).and_then(|(existing, stamp)| {
             let doc = match &existing {
                 Some(bytes) => F::parse(bytes).map_err(|e| format!("{}: {e}; left as it is", path.display()))?,
                 None => F::empty(),
             };
-            Ok((existing, doc))
+            Ok((existing, stamp, doc))
         });
-        let (existing, mut doc) = match prepared {
+        let (existing, stamp, mut doc) = match prepared {
             Ok(p) => p,
             Err(problem) => {
-                let path = folder.real.join(rel);
+                let path = folder.real().join(rel);
                 return push_all(folder, &edits, &path, &problem);
             }
         };
@@ -734,7 +806,7 @@ impl Surfaces<'_> {
             Err(Problem { action: Action::Written, detail: drift(existed) })
         } else if only_removals
             && F::is_empty(&doc)
-            && folder.relative(&path).is_some_and(|r| folder.record.created.contains(&r))
+            && folder.relative(&path).is_some_and(|r| folder.peek().is_some_and(|record| record.created.contains(&r)))
         {
             // A file we created and that now holds nothing goes entirely.
             self.delete_file(folder, rel).1.map(|_| None)
@@ -743,9 +815,11 @@ impl Surfaces<'_> {
                 .map_err(Problem::from)
                 .and_then(|bytes| self.write(folder, &path, &bytes, existed, 0o755).map(|()| Some(memory::fnv(&bytes))))
         };
-        match (&written, changed, results.iter().all(Result::is_ok)) {
-            (Ok(Some(content)), false, true) => self.found_right(&path, stamp, read_at, want, *content),
-            _ => self.forget(&path),
+        match (&written, changed, results.iter().all(Result::is_ok), stamp, want) {
+            (Ok(Some(content)), false, true, Some(stamp), Some(want)) => {
+                folder.open.memo.remember(rel, Seen::new(stamp, read_at), want, *content);
+            }
+            _ => folder.open.memo.forget(rel),
         }
         folder.hashed = written.as_ref().ok().copied().flatten().map(|content| (path.clone(), content));
         for (edit, result) in edits.iter().zip(results) {
@@ -761,21 +835,32 @@ impl Surfaces<'_> {
         }
     }
 
-    /// A whole file of ours, compared byte for byte (or by the memory).
-    fn put_file(&self, folder: &mut Folder<'_>, surface: &str, rel: &str, bytes: &[u8], dir_mode: u32) {
-        let want = folder.want.map(|want| memory::fnv_from(memory::fnv_from(want, rel.as_bytes()), bytes));
+    /// A whole file of ours, compared byte for byte (or by the memory);
+    /// `hash` is [`memory::fnv`] of `bytes`, what the memory checks against.
+    fn put_file(
+        &self,
+        folder: &mut Folder<'_, '_>,
+        surface: &'static str,
+        rel: &'static str,
+        (bytes, hash): (&[u8], u64),
+        dir_mode: u32,
+    ) {
+        let want =
+            folder.want.map(|want| memory::fnv_from(memory::fnv_from(want, rel.as_bytes()), &hash.to_le_bytes()));
         let read_at = SystemTime::now();
         let result = self.open_surface(folder, rel).and_then(|located| {
-            let stamp = located.file.as_ref().map(|(_, stamp)| *stamp);
-            if self.still_right(&located.path, stamp, want).is_some() {
+            if still_right(folder, rel, located.found, want).is_some() {
                 return Ok((located.path, false));
             }
-            let current = read_optional(&located.path, located.file.map(|(file, _)| file))?;
+            let (current, stamp) = folder.read(rel, &located)?;
             if current.as_deref() == Some(bytes) {
-                self.found_right(&located.path, stamp, read_at, want, 0);
+                match (stamp, want) {
+                    (Some(stamp), Some(want)) => folder.open.memo.remember(rel, Seen::new(stamp, read_at), want, 0),
+                    _ => folder.open.memo.forget(rel),
+                }
                 return Ok((located.path, false));
             }
-            self.forget(&located.path);
+            folder.open.memo.forget(rel);
             if folder.dry {
                 return Err(Problem { action: Action::Written, detail: drift(current.is_some()) });
             }
@@ -783,63 +868,53 @@ impl Surfaces<'_> {
         });
         match result {
             Ok((path, changed)) => folder.push(surface, Direction::Ensure.action(changed), &path, None),
-            Err(problem) => folder.push(surface, problem.action, &folder.real.join(rel), Some(problem.detail)),
+            Err(problem) => {
+                let path = folder.real().join(rel);
+                folder.push(surface, problem.action, &path, Some(problem.detail));
+            }
         }
     }
 
-    /// Locates a surface file (opening it when its path is plain) and,
-    /// unless dry, clears its directory of our stale tmp files.
-    fn open_surface(&self, folder: &mut Folder<'_>, rel: &str) -> Result<Located, Problem> {
+    /// Locates a surface file and, unless dry, clears its directory of our
+    /// stale tmp files.
+    fn open_surface(&self, folder: &mut Folder<'_, '_>, rel: &'static str) -> Result<Located, Problem> {
         let located = folder.locate(rel)?;
         if !folder.dry {
-            self.clear_stale_tmp(&located.path);
+            self.clear_stale_tmp(folder, rel, &located);
         }
         Ok(located)
     }
 
-    /// Removes a killed writer's tmp files beside `path`. With memory, each
-    /// directory is listed at most once per sweep, and not at all while its
-    /// stamp is the one it had when it was last listed clean.
-    fn clear_stale_tmp(&self, path: &Path) {
-        let Some(memory) = self.memory else {
-            let _ = self.files.remove_stale_tmp(path, STALE_TMP);
-            return;
+    /// Removes a killed writer's tmp files beside a surface file. With
+    /// memory, each directory is listed at most once while its folder is
+    /// open (once per sweep), and not at all while its stamp is the one it
+    /// had when it was last listed clean.
+    fn clear_stale_tmp(&self, folder: &mut Folder<'_, '_>, rel: &'static str, located: &Located) {
+        let (dir_rel, _) = split(rel);
+        let stamp = match (self.memory, located.found, folder.open.dir(dir_rel)) {
+            (Some(_), Found::Plain(_) | Found::Missing, Beneath::Found(dir)) => dir.stamp(),
+            // No memory, or a directory not reached beneath the folder.
+            _ => {
+                let _ = self.files.remove_stale_tmp(&located.path, STALE_TMP);
+                return;
+            }
         };
-        let Some(dir) = path.parent() else { return };
-        let listed_at = SystemTime::now();
-        let stamp = std::fs::symlink_metadata(dir).ok().map(|meta| Stamp::of(&meta));
-        if memory.dir_is_clean(dir, stamp.as_ref()) {
+        if folder.open.listed.contains(&dir_rel) || folder.open.memo.dir_is_clean(dir_rel, &stamp) {
             return;
         }
+        folder.open.listed.push(dir_rel);
+        let listed_at = SystemTime::now();
+        let Some(dir) = located.path.parent() else { return };
         let clean = self.files.remove_stale_tmp_in(dir, STALE_TMP).is_ok_and(|swept| swept.left == 0);
         // Removing a tmp file moved the stamp: the next sweep lists it once more.
-        memory.dir_listed(dir, stamp.filter(|_| clean).map(|stamp| Seen::new(stamp, listed_at)));
+        folder.open.memo.dir_listed(dir_rel, clean.then(|| Seen::new(stamp, listed_at)));
     }
 
-    /// The content hash of a surface file the memory knows to be right
-    /// against `want` and unchanged since.
-    fn still_right(&self, path: &Path, stamp: Option<Stamp>, want: Option<u64>) -> Option<u64> {
-        self.memory?.unchanged(path, &stamp?, want?)
-    }
-
-    /// Remembers a surface file read at `read_at` and found right.
-    fn found_right(&self, path: &Path, stamp: Option<Stamp>, read_at: SystemTime, want: Option<u64>, content: u64) {
-        if let (Some(memory), Some(stamp), Some(want)) = (self.memory, stamp, want) {
-            memory.remember(path, Seen::new(stamp, read_at), want, content);
-        }
-    }
-
-    fn forget(&self, path: &Path) {
-        if let Some(memory) = self.memory {
-            memory.forget(path);
-        }
-    }
-
-    /// The real peer folder: once per sweep with memory.
-    fn resolve(&self, cwd: &Path) -> std::io::Result<PathBuf> {
+    /// The folder `cwd`, resolved and opened: once per sweep with memory.
+    fn open_folder(&self, cwd: &Path) -> std::io::Result<OpenFolder> {
         match self.memory {
-            Some(memory) => memory.resolve(cwd),
-            None => cwd.canonicalize(),
+            Some(memory) => memory.open(cwd),
+            None => OpenFolder::open(cwd, FolderMemo::default()),
         }
     }
 
@@ -871,52 +946,56 @@ impl Surfaces<'_> {
     /// created.
     fn write(
         &self,
-        folder: &mut Folder<'_>,
+        folder: &mut Folder<'_, '_>,
         path: &Path,
         bytes: &[u8],
         existed: bool,
         dir_mode: u32,
     ) -> Result<(), Problem> {
+        folder.open.changed();
         if let Some(dir) = path.parent() {
             let created = self.files.create_dirs(dir, dir_mode)?;
             for dir in created {
                 if let Some(rel) = folder.relative(&dir) {
-                    folder.record.created.insert(rel);
+                    folder.record().created.insert(rel);
                 }
             }
         }
         self.files.write_atomic(path, bytes, None)?;
         if !existed && let Some(rel) = folder.relative(path) {
-            folder.record.created.insert(rel);
+            folder.record().created.insert(rel);
         }
         Ok(())
     }
 
     /// Deletes a file of ours; whether it was there.
-    fn delete_file(&self, folder: &mut Folder<'_>, rel: &str) -> (PathBuf, Result<bool, Problem>) {
+    fn delete_file(&self, folder: &mut Folder<'_, '_>, rel: &'static str) -> (PathBuf, Result<bool, Problem>) {
         let path = match folder.locate(rel) {
             Ok(located) => located.path,
-            Err(detail) => return (folder.real.join(rel), Err(detail.into())),
+            Err(detail) => return (folder.real().join(rel), Err(detail.into())),
         };
-        self.forget(&path);
+        folder.open.memo.forget(rel);
+        folder.open.changed();
         let result = self.files.remove_file(&path).map_err(Problem::from);
         if result.is_ok()
             && let Some(rel) = folder.relative(&path)
         {
-            folder.record.created.remove(&rel);
+            folder.record().created.remove(&rel);
         }
         (path, result)
     }
 
     /// Removes the dirs we created that are empty now, deepest first.
-    fn prune_created_dirs(&self, folder: &mut Folder<'_>) {
+    fn prune_created_dirs(&self, folder: &mut Folder<'_, '_>) {
+        let real = folder.real().to_path_buf();
         let mut dirs: Vec<String> =
-            folder.record.created.iter().filter(|rel| folder.real.join(rel).is_dir()).cloned().collect();
+            folder.record().created.iter().filter(|rel| real.join(rel).is_dir()).cloned().collect();
         dirs.sort_by_key(|rel| std::cmp::Reverse(Path::new(rel).components().count()));
+        folder.open.changed();
         for rel in dirs {
-            match self.files.remove_empty_dir(&folder.real.join(&rel)) {
+            match self.files.remove_empty_dir(&real.join(&rel)) {
                 Ok(true) => {
-                    folder.record.created.remove(&rel);
+                    folder.record().created.remove(&rel);
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot remove a dir memoryd created"),
@@ -925,9 +1004,15 @@ impl Surfaces<'_> {
     }
 }
 
+/// The content hash of a surface file the memo knows to be right against
+/// `want` and unchanged since (looked at beneath the folder).
+fn still_right(folder: &Folder<'_, '_>, rel: &str, found: Found, want: Option<u64>) -> Option<u64> {
+    folder.open.memo.unchanged(rel, &found.stamp()?, want?)
+}
+
 /// Every edit of a file that could not be read or parsed fails (or is
 /// skipped) alike.
-fn push_all<D>(folder: &mut Folder<'_>, edits: &[Edit<'_, D>], path: &Path, problem: &Problem) {
+fn push_all<D>(folder: &mut Folder<'_, '_>, edits: &[Edit<'_, D>], path: &Path, problem: &Problem) {
     for edit in edits {
         folder.push(edit.surface, problem.action, path, Some(problem.detail.clone()));
     }
@@ -959,6 +1044,9 @@ pub fn rules_against_our_tools(settings: &Object) -> Vec<String> {
         })
         .collect()
 }
+
+/// [`memory::fnv`] of [`SKILL`], what the memory checks the skill against.
+static SKILL_HASH: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| memory::fnv(SKILL.as_bytes()));
 
 /// The skill that tells a Claude agent how to use its memory.
 const SKILL: &str = "---\n\
@@ -1042,7 +1130,7 @@ mod tests {
         let remembered = || {
             let stamp = Stamp::of(&std::fs::metadata(&mcp).unwrap());
             let want = memory::fnv_from(surfaces.want("ada", "claude"), CLAUDE_MCP.as_bytes());
-            memory.unchanged(&mcp, &stamp, want).is_some()
+            memory.unchanged(&p.folder, CLAUDE_MCP, &stamp, want)
         };
         assert_eq!(mcp_action(&surfaces, &mut state, &p.folder), Action::Written);
         // Found right within the racy window of its write: not trusted yet.
@@ -1077,6 +1165,36 @@ mod tests {
         let moved = Settings { mcp_port: 7779, ..p.settings.clone() };
         let surfaces = Surfaces { settings: &moved, ..surfaces };
         assert_eq!(mcp_action(&surfaces, &mut state, &p.folder), Action::Written);
+    }
+
+    #[test]
+    fn a_remembered_surface_moved_out_of_the_folder_behind_a_symlink_is_refused_not_taken_as_right() {
+        let p = peer();
+        let memory = SurfaceMemory::default();
+        let surfaces = Surfaces { settings: &p.settings, files: &p.files, egress: &p.egress, memory: Some(&memory) };
+        let mut state = SurfaceState::default();
+        let actions = |state: &mut SurfaceState| {
+            let _sweep = memory.sweep();
+            let outcomes = surfaces.ensure(state, "ada", &p.folder, "claude", false).unwrap();
+            outcomes.iter().map(|o| (o.surface.to_string(), o.action)).collect::<Vec<_>>()
+        };
+        actions(&mut state);
+        std::thread::sleep(Duration::from_millis(100));
+        actions(&mut state);
+        assert!(actions(&mut state).iter().all(|(_, action)| *action == Action::Already));
+        // The very files, moved out (their stamps unchanged) and reached
+        // through links: a file link, then a directory link.
+        let outside = p.folder.parent().unwrap().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::rename(p.folder.join(CLAUDE_MCP), outside.join("mcp.json")).unwrap();
+        std::os::unix::fs::symlink(outside.join("mcp.json"), p.folder.join(CLAUDE_MCP)).unwrap();
+        std::fs::rename(p.folder.join(".claude"), outside.join("claude")).unwrap();
+        std::os::unix::fs::symlink(outside.join("claude"), p.folder.join(".claude")).unwrap();
+        let refused = actions(&mut state);
+        for surface in ["hooks", "approve", "mcp", "skill"] {
+            assert!(refused.contains(&(surface.to_owned(), Action::Failed)), "{surface}: {refused:?}");
+        }
+        assert_eq!(std::fs::read_link(p.folder.join(".claude")).unwrap(), outside.join("claude"), "left alone");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! `memoryctl hook`. Every hook entry we write points at one of them.
 
 use crate::host::files::{FileError, FileGuard, WriteOutcome};
+use crate::host::stamp::{Seen, Stamp};
+use crate::surfaces::{SurfaceMemory, memory};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// The surfaces contract version (`MAJOR.MINOR` of the shim format). The
 /// shims report it as their client version, so a peer still wired by an
@@ -59,17 +62,42 @@ pub fn render(memoryctl: &Path, root: &Path, runtime: &str, event: &HookEvent) -
     )
 }
 
+/// The shims' mode.
+const SHIM_MODE: u32 = 0o755;
+
 /// Writes every shim of every session runtime (0755, byte for byte; a lost
-/// exec bit is drift). How many were (re)written.
-pub fn write_all(files: &FileGuard, hooks_dir: &Path, memoryctl: &Path, root: &Path) -> Result<usize, FileError> {
-    files.create_dir_all(hooks_dir, 0o755)?;
+/// exec bit is drift). How many were (re)written. With `memory`, a shim
+/// whose stamp is the one it had when last found right is not read (a
+/// chmod moves the ctime, so the mode is checked too).
+pub fn write_all(
+    files: &FileGuard,
+    hooks_dir: &Path,
+    memoryctl: &Path,
+    root: &Path,
+    memory: Option<&SurfaceMemory>,
+) -> Result<usize, FileError> {
+    files.create_dir_all(hooks_dir, SHIM_MODE)?;
     let mut written = 0;
     for runtime in SESSION_RUNTIMES {
         for event in &EVENTS {
             let bytes = render(memoryctl, root, runtime, event);
             let path = shim_path(hooks_dir, runtime, event);
-            if files.write_if_changed(&path, bytes.as_bytes(), Some(0o755))? == WriteOutcome::Written {
+            let want = memory::fnv_from(memory::fnv(bytes.as_bytes()), &SHIM_MODE.to_le_bytes());
+            let checked_at = SystemTime::now();
+            // Followed as the read follows it: a link's target is what runs.
+            let stamp = memory.and_then(|_| std::fs::metadata(&path).ok()).map(|meta| Stamp::of(&meta));
+            if let (Some(memory), Some(stamp)) = (memory, &stamp)
+                && memory.own_unchanged(&path, stamp, want)
+            {
+                continue;
+            }
+            let outcome = files.write_if_changed(&path, bytes.as_bytes(), Some(SHIM_MODE))?;
+            if outcome == WriteOutcome::Written {
                 written += 1;
+            }
+            if let Some(memory) = memory {
+                let right = stamp.filter(|_| outcome == WriteOutcome::Unchanged);
+                memory.own_checked(&path, right.map(|stamp| Seen::new(stamp, checked_at)), want);
             }
         }
     }
@@ -110,9 +138,19 @@ mod tests {
         std::fs::write(&fake, "#!/bin/sh\necho \"$@\"\ncat\n").unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let files = FileGuard::live();
-        assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 10);
-        assert_eq!(write_all(&files, &hooks, &fake, Path::new("/r oot")).unwrap(), 0, "unchanged shims stay");
+        let memory = SurfaceMemory::default();
+        let write = |memory| write_all(&files, &hooks, &fake, Path::new("/r oot"), memory).unwrap();
+        assert_eq!(write(None), 10);
+        assert_eq!(write(None), 0, "unchanged shims stay");
         let shim = shim_path(&hooks, "codex", &EVENTS[1]);
+        assert_eq!(std::fs::metadata(&shim).unwrap().permissions().mode() & 0o777, 0o755);
+        // Past the racy window a sweep remembers them; a lost exec bit (the
+        // ctime moves) is still drift.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(write(Some(&memory)), 0);
+        assert_eq!(write(Some(&memory)), 0);
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(write(Some(&memory)), 1, "a lost exec bit behind a remembered stamp");
         assert_eq!(std::fs::metadata(&shim).unwrap().permissions().mode() & 0o777, 0o755);
         let sh = PathBuf::from("/bin/sh");
         let egress = Egress::refusing(vec![sh.clone()]);

@@ -155,6 +155,11 @@ impl SurfaceState {
         self.folders.entry(folder.to_path_buf()).or_default()
     }
 
+    /// The record of `folder`, to look at (not marked for the save's compare).
+    pub fn get(&self, folder: &Path) -> Option<&PeerRecord> {
+        self.folders.get(folder)
+    }
+
     /// Every folder memoryd wired, with its record.
     pub fn folders(&self) -> impl Iterator<Item = (&Path, &PeerRecord)> {
         self.folders.iter().map(|(path, record)| (path.as_path(), record))

@@ -126,7 +126,9 @@ impl<'a> Context<'a> {
 
 /// The four sections, in order.
 pub fn render(inputs: &FragmentInputs<'_>) -> String {
-    let mut out = String::from("## memoryd\n\n");
+    // About what one takes: a sweep renders one per peer.
+    let mut out = String::with_capacity(512);
+    out.push_str("## memoryd\n\n");
     match inputs.vault {
         Some(vault) => {
             let _ = writeln!(out, "- vault: `{}`", vault.display());
