@@ -106,17 +106,23 @@ impl Daemon {
         self.change_tracked(move |d| d.store.attach(&req, known, &d.rules(), now, &probe)).await
     }
 
-    /// `runtimenode.heartbeat`: one that changes nothing but the time is
-    /// kept by the store until the presence sweep writes it, on this task
-    /// (memory only); the store re-checks its file at most once per sweep
-    /// interval, on the blocking path.
+    /// A `runtimenode.heartbeat` that changes nothing but the time, kept
+    /// by the store until the presence sweep writes it (memory only: the
+    /// store re-checks its file at most once per sweep interval, on the
+    /// blocking path); false for any other, which takes
+    /// [`Daemon::heartbeat`].
+    pub fn soft_heartbeat(&self, p: &HeartbeatParams) -> bool {
+        let health = p.health_state.unwrap_or(Health::Online);
+        let recheck = self.config().presence.sweep_every;
+        self.store.soft_heartbeat(&p.node_id, p.session_id.as_deref(), health, clock::now(), recheck)
+    }
+
+    /// `runtimenode.heartbeat` that [`Daemon::soft_heartbeat`] did not
+    /// keep (a change of state or health, a refusal, an overdue re-check):
+    /// on the blocking path, written at once.
     pub async fn heartbeat(self: &Arc<Self>, p: HeartbeatParams) -> Result<(), RpcError> {
         let now = clock::now();
         let health = p.health_state.unwrap_or(Health::Online);
-        let recheck = self.config().presence.sweep_every;
-        if self.store.soft_heartbeat(&p.node_id, p.session_id.as_deref(), health, now, recheck) {
-            return Ok(());
-        }
         self.change_tracked(move |d| Ok(((), d.store.heartbeat(&p.node_id, p.session_id.as_deref(), health, now)?)))
             .await
     }

@@ -33,6 +33,10 @@ pub trait Service: Send + Sync + 'static {
     fn limits(&self) -> (usize, usize);
     /// Answers `session.hello` (run inline: it must never wait).
     fn hello(&self, request: &Request) -> Result<Value, RpcError>;
+    /// Answers on the connection's own task what needs no waiting and no
+    /// progress (a heartbeat that changes nothing but the time); None:
+    /// the request runs as a task of its own ([`Service::call`]).
+    fn answer_now(&self, request: &Request) -> Option<Result<Value, RpcError>>;
     /// Runs any other method; progress lines go to `progress`.
     fn call(
         self: Arc<Self>,
@@ -252,6 +256,8 @@ async fn connection<S: Service>(stream: UnixStream, service: Arc<S>, shutdown: S
             Err(RpcError::invalid_request(format!(
                 "`{method}` before `session.hello`; every connection starts with session.hello"
             )))
+        } else if let Some(outcome) = service.answer_now(&request) {
+            outcome
         } else {
             match run_request(service.clone(), request, &shutdown, &mut writer).await {
                 Some(outcome) => outcome,
