@@ -188,8 +188,7 @@ fn daemon_figures(report: &mut Report, bins: &daemon::Bins, echo: &daemon::Echo)
     {
         report.row("births", vec![name.into(), ms(s.p50), ms(s.p99), ms(s.max), ratio(s.p50, birth_floor.p50)]);
     }
-    let (status, hello) = (live.round_trips("host.status", 2000)?, live.round_trips("session.hello", 2000)?);
-    let floor = Stats::of(echo.round_trips(2000)?);
+    let [hello, status, floor] = live.round_trips(echo, 2000)?.map(Stats::of);
     for (name, s) in [("session.hello", &hello), ("host.status", &status), ("floor: raw socket echo", &floor)] {
         report.row("socket", vec![name.into(), us(s.p50), us(s.p99), ratio(s.p50, floor.p50)]);
     }
