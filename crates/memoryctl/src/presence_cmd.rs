@@ -147,7 +147,10 @@ pub fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             (open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor)?, "disk")
         }
     };
-    let waiting = open(&ctx.paths, &ctx.config, Access::Read)?.waiting();
+    // Read from the store itself (with the fleet database, a connection of
+    // this process's own); a store that cannot be read leaves the counts
+    // unknown, not the roster unshown.
+    let waiting = open(&ctx.paths, &ctx.config, Access::Read).and_then(|s| Ok(s.waiting()?));
     if ctx.json {
         let waiting = waiting.ok();
         crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
@@ -186,7 +189,7 @@ pub fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             let each: Vec<String> = w.iter().map(|(peer, n)| format!("{peer} {n}")).collect();
             text.push_str(&format!("peer messages waiting: {}\n", each.join(", ")));
         }
-        Err(e) => text.push_str(&format!("peer messages waiting: unknown ({e})\n")),
+        Err(e) => text.push_str(&format!("peer messages waiting: unknown ({e:#})\n")),
     }
     std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()).context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
