@@ -262,3 +262,21 @@ fn a_sweep_tells_its_client_after_every_batch() {
     assert!(working.iter().all(|w| w["what"] == "sweep" && w["total"] == 3), "{working:?}");
     assert_eq!(working.last().unwrap()["done"], 3, "{working:?}");
 }
+
+#[test]
+fn limits_past_the_clock_s_range_are_waits_without_end_not_panics() {
+    let root = Root::new();
+    let huge = format!("{}s", u64::MAX);
+    let ask = |command: &str| root.ctl(&["--connect-timeout", &huge, "--timeout", &huge, command]);
+    // No daemon: the offline answers.
+    for command in ["status", "peers"] {
+        let out = ask(command);
+        assert!(!stderr(&out).contains("panicked"), "{command}: {}", stderr(&out));
+        assert!(stderr(&out).contains("memoryd is not running"), "{command}: {}", stderr(&out));
+    }
+    let _daemon = root.start_daemon();
+    for command in ["status", "peers"] {
+        let out = ask(command);
+        assert!(out.status.success(), "{command}: {}{}", stdout(&out), stderr(&out));
+    }
+}

@@ -34,7 +34,7 @@ impl BlockingClient {
         limit: Duration,
         ahead: [&Command; N],
     ) -> Result<(BlockingClient, [Queued; N]), ConnectError> {
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let stream = connect(socket, deadline).map_err(|e| match e.kind() {
             std::io::ErrorKind::TimedOut => super::no_answer(socket, limit),
             _ => super::connect_failed(socket, &e),
@@ -63,7 +63,7 @@ impl BlockingClient {
         if let Some(answer) = self.talk.early(&queued) {
             return Ok(answer);
         }
-        let deadline = Instant::now() + limit;
+        let deadline = deadline_after(limit);
         let silent = || CallError::Silent { method: queued.method.to_owned(), silence: limit };
         let outbox = self.talk.take_outbox();
         if !outbox.is_empty() && self.unsent.is_none() {
@@ -102,6 +102,12 @@ impl BlockingClient {
                 .map_err(|_| CallError::Lost(format!("memoryd sent a line longer than {MAX_LINE} bytes")))?;
         }
     }
+}
+
+/// `limit` from now, or as far as the clock goes (`--timeout 1000y`).
+fn deadline_after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit).unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()))
 }
 
 fn lost(e: std::io::Error) -> CallError {
