@@ -356,6 +356,25 @@ impl Conn {
     }
 }
 
+/// A small deterministic generator (xorshift) for the crash and storm
+/// tests: seeded per run, the seed printed with a failure to replay it.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock.
+    pub fn seeded() -> Rng {
+        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
 /// Waits until `probe` holds, for up to 10 s; false if it never does.
 pub fn eventually(probe: impl FnMut() -> bool) -> bool {
     eventually_within(Duration::from_secs(10), probe)

@@ -136,18 +136,6 @@ fn a_daemon_killed_inside_each_kind_of_transaction_leaves_no_partial_change_and_
     }
 }
 
-/// A small deterministic generator (xorshift), seeded per run and printed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 #[test]
 fn sigkill_at_random_while_two_hosts_link_send_lease_and_ack_loses_and_tears_nothing() {
     let Some(cluster) = Cluster::start() else { return };
@@ -157,8 +145,8 @@ fn sigkill_at_random_while_two_hosts_link_send_lease_and_ack_loses_and_tears_not
     let b = host(&cluster, &schema, "host-b", &["bob", "bea"]);
     let names = ["ada", "amy", "bob", "bea"];
     let _b_daemon = b.start(&[]);
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
+    let seed = rng.0;
     // Every send a reply confirmed: (recipient, id).
     let mut acked: Vec<(String, String)> = Vec::new();
     for iteration in 0..iterations {

@@ -180,18 +180,6 @@ fn bad_sends_fail_with_their_kinds_and_a_full_inbox_drops_the_oldest() {
     assert_eq!(log.matches("\"peer.message_dropped\"").count(), 2, "{log}");
 }
 
-/// A small deterministic generator (xorshift), seeded per run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Runs `work` against a fresh daemon, SIGKILLs the daemon 20 to 220 ms
 /// in, then sets the flag `work` watches; what `work` returned.
 fn kill_during<T: Send>(root: &Root, rng: &mut Rng, work: impl FnOnce(&AtomicBool) -> T + Send) -> T {
@@ -212,8 +200,8 @@ fn sigkill_during_links_and_sends_leaves_no_one_sided_link_and_loses_no_acknowle
     let iterations: usize = std::env::var("MEMORYD_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let names = ["ada", "bob", "cyd", "dan"];
     let (root, _dirs) = fleet_root(&names, "[presence]\ninbox_capacity = 100000\n");
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
+    let seed = rng.0;
     let mut acked: Vec<(String, String)> = Vec::new();
     for iteration in 0..iterations {
         let worker_seed = rng.next(u64::MAX) | 1;
@@ -402,8 +390,8 @@ fn sigkill_while_sending_delivering_and_acknowledging_loses_repeats_and_reverses
     let iterations: usize = std::env::var("MEMORYD_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let config = "[presence]\ninbox_capacity = 100000\npeer_send_rate = 100000\nhistory_max = 100000\n";
     let (root, _dirs) = fleet_root(&["ada", "bob"], config);
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
+    let seed = rng.0;
     {
         let _daemon = root.start_daemon();
         assert!(root.ctl(&["peer", "link", "ada", "bob"]).status.success());

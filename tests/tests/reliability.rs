@@ -15,22 +15,6 @@ fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A small deterministic generator, seeded per run and printed on failure.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        Rng(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1)
-    }
-
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 const FOREIGN_SETTINGS: &str =
     r#"{"model":"opus","hooks":{"SessionStart":[{"hooks":[{"type":"command","command":"mine.sh"}]}]},"env":{"A":"1"}}"#;
 const FOREIGN_TOML: &str = "# team\nmodel = \"o4\"\n\n[mcp_servers.github]\ncommand = \"gh\"\n";
