@@ -136,21 +136,23 @@ async fn answered_null(ctx: &Ctx, command: &Command, done: Value, line: &str) ->
 pub fn peers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     // No runtime runs here (see `Ctx::ask`), so the store is opened on this
     // thread.
-    let (rows, source): (Vec<RosterRow>, &str) = match ctx.ask(&Command::Roster)? {
-        Some(answer) => (answer?, "memoryd"),
+    let open_store = || open(&ctx.paths, &ctx.config, Access::Read);
+    let (rows, source, store) = match ctx.ask(&Command::Roster)? {
+        Some(answer) => (answer?, "memoryd", None),
         None => {
             eprintln!(
                 "{}; the roster below is read from disk, as memoryd last stored it",
                 ctx.not_answering().trim_end_matches('.')
             );
-            let floor = ctx.config.presence.min_client_version;
-            (open(&ctx.paths, &ctx.config, Access::Read)?.roster(floor)?, "disk")
+            let store = open_store()?;
+            let rows: Vec<RosterRow> = store.roster(ctx.config.presence.min_client_version)?;
+            (rows, "disk", Some(store))
         }
     };
     // Read from the store itself (with the fleet database, a connection of
-    // this process's own); a store that cannot be read leaves the counts
-    // unknown, not the roster unshown.
-    let waiting = open(&ctx.paths, &ctx.config, Access::Read).and_then(|s| Ok(s.waiting()?));
+    // this process's own, opened once); a store that cannot be read leaves
+    // the counts unknown, not the roster unshown.
+    let waiting = store.map_or_else(open_store, Ok).and_then(|s| Ok(s.waiting()?));
     if ctx.json {
         let waiting = waiting.ok();
         crate::print_json(&json!({"source": source, "nodes": rows, "waiting": waiting}))?;
